@@ -1,0 +1,194 @@
+import datetime
+
+from apidevs.alerts.v1 import resources_pb2 as _resources_pb2
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class IngestWebhookRequest(_message.Message):
+    __slots__ = ("webhook_token", "chart_id", "body", "content_type", "source_ip", "received_at", "user_agent", "query", "idempotency_key")
+    class QueryEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    WEBHOOK_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    CHART_ID_FIELD_NUMBER: _ClassVar[int]
+    BODY_FIELD_NUMBER: _ClassVar[int]
+    CONTENT_TYPE_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_IP_FIELD_NUMBER: _ClassVar[int]
+    RECEIVED_AT_FIELD_NUMBER: _ClassVar[int]
+    USER_AGENT_FIELD_NUMBER: _ClassVar[int]
+    QUERY_FIELD_NUMBER: _ClassVar[int]
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
+    webhook_token: str
+    chart_id: str
+    body: bytes
+    content_type: str
+    source_ip: str
+    received_at: _timestamp_pb2.Timestamp
+    user_agent: str
+    query: _containers.ScalarMap[str, str]
+    idempotency_key: str
+    def __init__(self, webhook_token: _Optional[str] = ..., chart_id: _Optional[str] = ..., body: _Optional[bytes] = ..., content_type: _Optional[str] = ..., source_ip: _Optional[str] = ..., received_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., user_agent: _Optional[str] = ..., query: _Optional[_Mapping[str, str]] = ..., idempotency_key: _Optional[str] = ...) -> None: ...
+
+class IngestWebhookResponse(_message.Message):
+    __slots__ = ("signal_id", "screenshot_status", "estimated_wait_seconds", "duplicate")
+    SIGNAL_ID_FIELD_NUMBER: _ClassVar[int]
+    SCREENSHOT_STATUS_FIELD_NUMBER: _ClassVar[int]
+    ESTIMATED_WAIT_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    DUPLICATE_FIELD_NUMBER: _ClassVar[int]
+    signal_id: str
+    screenshot_status: _resources_pb2.ScreenshotStatus
+    estimated_wait_seconds: int
+    duplicate: bool
+    def __init__(self, signal_id: _Optional[str] = ..., screenshot_status: _Optional[_Union[_resources_pb2.ScreenshotStatus, str]] = ..., estimated_wait_seconds: _Optional[int] = ..., duplicate: _Optional[bool] = ...) -> None: ...
+
+class GetSignalRequest(_message.Message):
+    __slots__ = ("signal_id",)
+    SIGNAL_ID_FIELD_NUMBER: _ClassVar[int]
+    signal_id: str
+    def __init__(self, signal_id: _Optional[str] = ...) -> None: ...
+
+class ListSignalsRequest(_message.Message):
+    __slots__ = ("user_id", "page_size", "page_token", "ticker", "indicator", "signal_type", "result", "created_after", "created_before", "screenshot_status")
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    TICKER_FIELD_NUMBER: _ClassVar[int]
+    INDICATOR_FIELD_NUMBER: _ClassVar[int]
+    SIGNAL_TYPE_FIELD_NUMBER: _ClassVar[int]
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AFTER_FIELD_NUMBER: _ClassVar[int]
+    CREATED_BEFORE_FIELD_NUMBER: _ClassVar[int]
+    SCREENSHOT_STATUS_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    page_size: int
+    page_token: str
+    ticker: str
+    indicator: str
+    signal_type: str
+    result: _resources_pb2.SignalResult
+    created_after: _timestamp_pb2.Timestamp
+    created_before: _timestamp_pb2.Timestamp
+    screenshot_status: _resources_pb2.ScreenshotStatus
+    def __init__(self, user_id: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., ticker: _Optional[str] = ..., indicator: _Optional[str] = ..., signal_type: _Optional[str] = ..., result: _Optional[_Union[_resources_pb2.SignalResult, str]] = ..., created_after: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., created_before: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., screenshot_status: _Optional[_Union[_resources_pb2.ScreenshotStatus, str]] = ...) -> None: ...
+
+class ListSignalsResponse(_message.Message):
+    __slots__ = ("signals", "next_page_token")
+    SIGNALS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    signals: _containers.RepeatedCompositeFieldContainer[_resources_pb2.Signal]
+    next_page_token: str
+    def __init__(self, signals: _Optional[_Iterable[_Union[_resources_pb2.Signal, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class UpdateSignalOutcomeRequest(_message.Message):
+    __slots__ = ("signal_id", "result", "profit_loss", "notes")
+    SIGNAL_ID_FIELD_NUMBER: _ClassVar[int]
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    PROFIT_LOSS_FIELD_NUMBER: _ClassVar[int]
+    NOTES_FIELD_NUMBER: _ClassVar[int]
+    signal_id: str
+    result: _resources_pb2.SignalResult
+    profit_loss: str
+    notes: str
+    def __init__(self, signal_id: _Optional[str] = ..., result: _Optional[_Union[_resources_pb2.SignalResult, str]] = ..., profit_loss: _Optional[str] = ..., notes: _Optional[str] = ...) -> None: ...
+
+class GetUserStatsRequest(_message.Message):
+    __slots__ = ("user_id",)
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    def __init__(self, user_id: _Optional[str] = ...) -> None: ...
+
+class SubscribeSignalsRequest(_message.Message):
+    __slots__ = ("user_id", "after_cursor")
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    AFTER_CURSOR_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    after_cursor: str
+    def __init__(self, user_id: _Optional[str] = ..., after_cursor: _Optional[str] = ...) -> None: ...
+
+class ClaimCaptureRequest(_message.Message):
+    __slots__ = ("signal_id", "attempt", "worker_id")
+    SIGNAL_ID_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    WORKER_ID_FIELD_NUMBER: _ClassVar[int]
+    signal_id: str
+    attempt: int
+    worker_id: str
+    def __init__(self, signal_id: _Optional[str] = ..., attempt: _Optional[int] = ..., worker_id: _Optional[str] = ...) -> None: ...
+
+class ClaimCaptureResponse(_message.Message):
+    __slots__ = ("proceed", "signal", "chart_id", "tradingview_session_ciphertext", "plan")
+    PROCEED_FIELD_NUMBER: _ClassVar[int]
+    SIGNAL_FIELD_NUMBER: _ClassVar[int]
+    CHART_ID_FIELD_NUMBER: _ClassVar[int]
+    TRADINGVIEW_SESSION_CIPHERTEXT_FIELD_NUMBER: _ClassVar[int]
+    PLAN_FIELD_NUMBER: _ClassVar[int]
+    proceed: bool
+    signal: _resources_pb2.Signal
+    chart_id: str
+    tradingview_session_ciphertext: bytes
+    plan: _resources_pb2.Plan
+    def __init__(self, proceed: _Optional[bool] = ..., signal: _Optional[_Union[_resources_pb2.Signal, _Mapping]] = ..., chart_id: _Optional[str] = ..., tradingview_session_ciphertext: _Optional[bytes] = ..., plan: _Optional[_Union[_resources_pb2.Plan, str]] = ...) -> None: ...
+
+class ReportCaptureRequest(_message.Message):
+    __slots__ = ("signal_id", "status", "object_key", "error", "size_bytes", "width", "height", "duration_ms", "attempt")
+    SIGNAL_ID_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    OBJECT_KEY_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    WIDTH_FIELD_NUMBER: _ClassVar[int]
+    HEIGHT_FIELD_NUMBER: _ClassVar[int]
+    DURATION_MS_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    signal_id: str
+    status: _resources_pb2.ScreenshotStatus
+    object_key: str
+    error: str
+    size_bytes: int
+    width: int
+    height: int
+    duration_ms: int
+    attempt: int
+    def __init__(self, signal_id: _Optional[str] = ..., status: _Optional[_Union[_resources_pb2.ScreenshotStatus, str]] = ..., object_key: _Optional[str] = ..., error: _Optional[str] = ..., size_bytes: _Optional[int] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., duration_ms: _Optional[int] = ..., attempt: _Optional[int] = ...) -> None: ...
+
+class ListFailedCapturesRequest(_message.Message):
+    __slots__ = ("user_id", "page_size", "page_token")
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    page_size: int
+    page_token: str
+    def __init__(self, user_id: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+
+class ListFailedCapturesResponse(_message.Message):
+    __slots__ = ("signals", "next_page_token")
+    SIGNALS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    signals: _containers.RepeatedCompositeFieldContainer[_resources_pb2.Signal]
+    next_page_token: str
+    def __init__(self, signals: _Optional[_Iterable[_Union[_resources_pb2.Signal, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class RetryCapturesRequest(_message.Message):
+    __slots__ = ("signal_ids", "all_failed")
+    SIGNAL_IDS_FIELD_NUMBER: _ClassVar[int]
+    ALL_FAILED_FIELD_NUMBER: _ClassVar[int]
+    signal_ids: _containers.RepeatedScalarFieldContainer[str]
+    all_failed: bool
+    def __init__(self, signal_ids: _Optional[_Iterable[str]] = ..., all_failed: _Optional[bool] = ...) -> None: ...
+
+class RetryCapturesResponse(_message.Message):
+    __slots__ = ("requeued_count",)
+    REQUEUED_COUNT_FIELD_NUMBER: _ClassVar[int]
+    requeued_count: int
+    def __init__(self, requeued_count: _Optional[int] = ...) -> None: ...

@@ -1,0 +1,101 @@
+"""``GET /media/{key}``: serves locally stored objects behind HMAC-signed, expiring URLs.
+
+The edge checks the signature itself (no storage call for a forged or expired link), then streams the
+object from StorageService.GetObject. The app must hold, in its state:
+
+- ``storage_stub``: a ``StorageServiceStub`` on a long-lived channel (``mesh.grpc.open_channel``),
+- ``media_signing_secret``: ``mesh.signing.media_signing_secret(settings)``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import grpc
+from litestar import Request, Response, get
+from litestar.response import Stream
+
+from apidevs.alerts.v1 import storage_service_pb2, storage_service_pb2_grpc
+from mesh.errors import NotFoundError, UnavailableError, from_rpc_error
+from mesh.signing import MediaSignatureError, verify_media_signature
+
+log = logging.getLogger(__name__)
+
+# Long enough for the largest object over a slow link; the first message (the info) comes at once.
+_GET_OBJECT_TIMEOUT_SECONDS = 120.0
+# Stored content is served from the edge's own origin, so nothing in it may run or be sniffed into HTML.
+_SANDBOX_POLICY = "sandbox; default-src 'none'; img-src 'self'; media-src 'self'; style-src 'unsafe-inline'"
+
+
+@get("/media/{key:path}", summary="A stored object, by signed URL", tags=["media"])
+async def get_media(
+    request: Request, key: Path, expires: str | None = None, sig: str | None = None
+) -> Response:
+    object_key = str(key).removeprefix("/")
+    try:
+        expires_at = verify_media_signature(object_key, expires, sig, request.app.state.media_signing_secret)
+    except MediaSignatureError as exc:
+        return Response(
+            {"error": f"link {exc.reason}"}, status_code=403, headers={"Cache-Control": "no-store"}
+        )
+
+    stub: storage_service_pb2_grpc.StorageServiceStub = request.app.state.storage_stub
+    call = stub.GetObject(
+        storage_service_pb2.GetObjectRequest(key=object_key), timeout=_GET_OBJECT_TIMEOUT_SECONDS
+    )
+    messages = aiter(call)
+    try:
+        first = await anext(messages)
+    except grpc.aio.AioRpcError as exc:
+        return _error_response(from_rpc_error(exc))
+    except StopAsyncIteration:
+        log.error("storage sent no object info", extra={"key": object_key})
+        return Response({"error": "storage failed"}, status_code=502)
+    info = first.info
+
+    headers = {
+        "Cache-Control": f"private, max-age={max(0, expires_at - int(time.time()))}",
+        "Content-Length": str(info.size_bytes),
+        "Last-Modified": _http_date(info.created_at.seconds),
+        "X-Content-Type-Options": "nosniff",
+        "Content-Security-Policy": _SANDBOX_POLICY,
+        "Content-Disposition": "inline" if info.content_type.startswith("image/") else "attachment",
+    }
+    if info.sha256:
+        headers["ETag"] = f'"{info.sha256}"'
+        if request.headers.get("if-none-match") == headers["ETag"]:
+            call.cancel()
+            del headers["Content-Length"]
+            return Response(b"", status_code=304, headers=headers)
+    return Stream(_chunks(call, messages), media_type=info.content_type, headers=headers)
+
+
+async def _chunks(
+    call: grpc.aio.UnaryStreamCall, messages: AsyncIterator[storage_service_pb2.GetObjectResponse]
+) -> AsyncIterator[bytes]:
+    try:
+        async for message in messages:
+            yield message.chunk
+    except grpc.aio.AioRpcError as exc:
+        # Headers are sent: the response is cut short, which the client sees as a length mismatch.
+        log.error("object stream broke", extra={"code": exc.code().name, "details": exc.details()})
+        raise
+    finally:
+        # The browser may go away mid-download; storage then stops reading too.
+        call.cancel()
+
+
+def _error_response(error: Exception) -> Response:
+    if isinstance(error, NotFoundError):
+        return Response({"error": "not found"}, status_code=404, headers={"Cache-Control": "no-store"})
+    if isinstance(error, UnavailableError):
+        return Response({"error": "storage unavailable"}, status_code=503, headers={"Retry-After": "1"})
+    log.error("storage refused an object read", extra={"error": str(error)})
+    return Response({"error": "storage failed"}, status_code=502)
+
+
+def _http_date(unix_seconds: int) -> str:
+    return time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(unix_seconds))

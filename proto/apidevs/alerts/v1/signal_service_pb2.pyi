@@ -11,7 +11,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class IngestWebhookRequest(_message.Message):
-    __slots__ = ("webhook_token", "chart_id", "body", "content_type", "source_ip", "received_at", "user_agent", "query", "idempotency_key")
+    __slots__ = ("webhook_token", "chart_id", "body", "content_type", "source_ip", "received_at", "user_agent", "query", "idempotency_key", "body_size")
     class QueryEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -28,6 +28,7 @@ class IngestWebhookRequest(_message.Message):
     USER_AGENT_FIELD_NUMBER: _ClassVar[int]
     QUERY_FIELD_NUMBER: _ClassVar[int]
     IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
+    BODY_SIZE_FIELD_NUMBER: _ClassVar[int]
     webhook_token: str
     chart_id: str
     body: bytes
@@ -37,7 +38,8 @@ class IngestWebhookRequest(_message.Message):
     user_agent: str
     query: _containers.ScalarMap[str, str]
     idempotency_key: str
-    def __init__(self, webhook_token: _Optional[str] = ..., chart_id: _Optional[str] = ..., body: _Optional[bytes] = ..., content_type: _Optional[str] = ..., source_ip: _Optional[str] = ..., received_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., user_agent: _Optional[str] = ..., query: _Optional[_Mapping[str, str]] = ..., idempotency_key: _Optional[str] = ...) -> None: ...
+    body_size: int
+    def __init__(self, webhook_token: _Optional[str] = ..., chart_id: _Optional[str] = ..., body: _Optional[bytes] = ..., content_type: _Optional[str] = ..., source_ip: _Optional[str] = ..., received_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., user_agent: _Optional[str] = ..., query: _Optional[_Mapping[str, str]] = ..., idempotency_key: _Optional[str] = ..., body_size: _Optional[int] = ...) -> None: ...
 
 class IngestWebhookResponse(_message.Message):
     __slots__ = ("signal_id", "screenshot_status", "estimated_wait_seconds", "duplicate")
@@ -192,3 +194,30 @@ class RetryCapturesResponse(_message.Message):
     REQUEUED_COUNT_FIELD_NUMBER: _ClassVar[int]
     requeued_count: int
     def __init__(self, requeued_count: _Optional[int] = ...) -> None: ...
+
+class GetServiceStatusRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class GetServiceStatusResponse(_message.Message):
+    __slots__ = ("database_ok", "broker_ok", "queue_length", "queue_lengths", "active_workers", "outbox_backlog")
+    class QueueLengthsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    DATABASE_OK_FIELD_NUMBER: _ClassVar[int]
+    BROKER_OK_FIELD_NUMBER: _ClassVar[int]
+    QUEUE_LENGTH_FIELD_NUMBER: _ClassVar[int]
+    QUEUE_LENGTHS_FIELD_NUMBER: _ClassVar[int]
+    ACTIVE_WORKERS_FIELD_NUMBER: _ClassVar[int]
+    OUTBOX_BACKLOG_FIELD_NUMBER: _ClassVar[int]
+    database_ok: bool
+    broker_ok: bool
+    queue_length: int
+    queue_lengths: _containers.ScalarMap[str, int]
+    active_workers: int
+    outbox_backlog: int
+    def __init__(self, database_ok: _Optional[bool] = ..., broker_ok: _Optional[bool] = ..., queue_length: _Optional[int] = ..., queue_lengths: _Optional[_Mapping[str, int]] = ..., active_workers: _Optional[int] = ..., outbox_backlog: _Optional[int] = ...) -> None: ...

@@ -86,6 +86,11 @@ class SignalServiceStub:
                 request_serializer=apidevs_dot_alerts_dot_v1_dot_signal__service__pb2.RetryCapturesRequest.SerializeToString,
                 response_deserializer=apidevs_dot_alerts_dot_v1_dot_signal__service__pb2.RetryCapturesResponse.FromString,
                 _registered_method=True)
+        self.GetServiceStatus = channel.unary_unary(
+                '/apidevs.alerts.v1.SignalService/GetServiceStatus',
+                request_serializer=apidevs_dot_alerts_dot_v1_dot_signal__service__pb2.GetServiceStatusRequest.SerializeToString,
+                response_deserializer=apidevs_dot_alerts_dot_v1_dot_signal__service__pb2.GetServiceStatusResponse.FromString,
+                _registered_method=True)
 
 
 class SignalServiceServicer:
@@ -159,6 +164,13 @@ class SignalServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetServiceStatus(self, request, context):
+        """Dependencies and backlog, for the edge's /health.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SignalServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -211,6 +223,11 @@ def add_SignalServiceServicer_to_server(servicer, server):
                     servicer.RetryCaptures,
                     request_deserializer=apidevs_dot_alerts_dot_v1_dot_signal__service__pb2.RetryCapturesRequest.FromString,
                     response_serializer=apidevs_dot_alerts_dot_v1_dot_signal__service__pb2.RetryCapturesResponse.SerializeToString,
+            ),
+            'GetServiceStatus': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetServiceStatus,
+                    request_deserializer=apidevs_dot_alerts_dot_v1_dot_signal__service__pb2.GetServiceStatusRequest.FromString,
+                    response_serializer=apidevs_dot_alerts_dot_v1_dot_signal__service__pb2.GetServiceStatusResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -484,6 +501,33 @@ class SignalService:
             '/apidevs.alerts.v1.SignalService/RetryCaptures',
             apidevs_dot_alerts_dot_v1_dot_signal__service__pb2.RetryCapturesRequest.SerializeToString,
             apidevs_dot_alerts_dot_v1_dot_signal__service__pb2.RetryCapturesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetServiceStatus(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/apidevs.alerts.v1.SignalService/GetServiceStatus',
+            apidevs_dot_alerts_dot_v1_dot_signal__service__pb2.GetServiceStatusRequest.SerializeToString,
+            apidevs_dot_alerts_dot_v1_dot_signal__service__pb2.GetServiceStatusResponse.FromString,
             options,
             channel_credentials,
             insecure,

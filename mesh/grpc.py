@@ -1,0 +1,254 @@
+"""gRPC bootstrap for every service: one server shape, one channel shape.
+
+Servers get Bearer API-key authentication (health and reflection stay open), the mapping of
+:class:`mesh.errors.AlertsError` to status codes, request ids in logs, and latency metrics; `serve` adds
+the library health service and reflection and drains on SIGTERM. Channels are long-lived, keep
+themselves alive, and carry the caller's key and the current request id on every call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from mesh.auth import ApiKeyRing, principal_var
+from mesh.errors import AlertsError, UnauthenticatedError, to_grpc_status
+from mesh.logging import request_id_var
+from mesh.metrics import GRPC_HANDLED, GRPC_IN_FLIGHT, GRPC_LATENCY
+from mesh.settings import CommonSettings
+
+log = logging.getLogger(__name__)
+
+_OPEN_METHOD_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+_KEEPALIVE_OPTIONS = [
+    ("grpc.keepalive_time_ms", 30_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.max_pings_without_data", 0),
+]
+_SERVER_OPTIONS = [
+    *_KEEPALIVE_OPTIONS,
+    ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
+    ("grpc.http2.max_ping_strikes", 0),
+    ("grpc.max_receive_message_length", 8 * 1024 * 1024),
+]
+
+
+def new_request_id() -> str:
+    return uuid.uuid4().hex
+
+
+class _ServerInterceptor(grpc.aio.ServerInterceptor):
+    def __init__(self, keys: ApiKeyRing) -> None:
+        self._keys = keys
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        method: str = handler_call_details.method
+        if handler is None or method.startswith(_OPEN_METHOD_PREFIXES):
+            return handler
+        metadata = {key: value for key, value in handler_call_details.invocation_metadata or ()}
+        request_id_var.set(str(metadata.get("x-request-id") or new_request_id()))
+        rejection: AlertsError | None = None
+        try:
+            principal_var.set(self._keys.authenticate(metadata.get("authorization")))
+        except UnauthenticatedError as exc:
+            rejection = exc
+        return _wrap_handler(handler, method.rsplit("/", 1)[-1], rejection)
+
+
+async def _abort(context: grpc.aio.ServicerContext, error: AlertsError) -> None:
+    await context.abort_with_status(to_grpc_status(error))
+
+
+def _code_name(context: grpc.aio.ServicerContext) -> str:
+    code = context.code()
+    return code.name if isinstance(code, grpc.StatusCode) else "OK"
+
+
+def _wrap_handler(
+    handler: grpc.RpcMethodHandler, method: str, rejection: AlertsError | None
+) -> grpc.RpcMethodHandler:
+    async def unary_response(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        behavior = handler.unary_unary or handler.stream_unary
+        started = time.perf_counter()
+        code = "OK"
+        GRPC_IN_FLIGHT.inc()
+        try:
+            if rejection is not None:
+                raise rejection
+            return await behavior(request, context)
+        except AlertsError as exc:
+            code = exc.code.name
+            await _abort(context, exc)
+        except grpc.aio.AbortError:
+            code = _code_name(context)
+            raise
+        except asyncio.CancelledError:
+            code = "CANCELLED"
+            raise
+        except Exception:
+            code = "INTERNAL"
+            log.exception("unhandled error", extra={"method": method})
+            await context.abort(grpc.StatusCode.INTERNAL, "internal error")
+        finally:
+            GRPC_IN_FLIGHT.dec()
+            GRPC_HANDLED.labels(method, code).inc()
+            GRPC_LATENCY.labels(method).observe(time.perf_counter() - started)
+
+    async def stream_response(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        behavior = handler.unary_stream or handler.stream_stream
+        code = "OK"
+        GRPC_IN_FLIGHT.inc()
+        try:
+            if rejection is not None:
+                raise rejection
+            async for item in behavior(request, context):
+                yield item
+        except AlertsError as exc:
+            code = exc.code.name
+            await _abort(context, exc)
+        except grpc.aio.AbortError:
+            code = _code_name(context)
+            raise
+        except asyncio.CancelledError:
+            code = "CANCELLED"
+            raise
+        except Exception:
+            code = "INTERNAL"
+            log.exception("unhandled error", extra={"method": method})
+            await context.abort(grpc.StatusCode.INTERNAL, "internal error")
+        finally:
+            GRPC_IN_FLIGHT.dec()
+            GRPC_HANDLED.labels(method, code).inc()
+
+    codec = {
+        "request_deserializer": handler.request_deserializer,
+        "response_serializer": handler.response_serializer,
+    }
+    if handler.unary_unary:
+        return grpc.unary_unary_rpc_method_handler(unary_response, **codec)
+    if handler.stream_unary:
+        return grpc.stream_unary_rpc_method_handler(unary_response, **codec)
+    if handler.unary_stream:
+        return grpc.unary_stream_rpc_method_handler(stream_response, **codec)
+    return grpc.stream_stream_rpc_method_handler(stream_response, **codec)
+
+
+def create_server(settings: CommonSettings) -> grpc.aio.Server:
+    keys = ApiKeyRing(settings.api_keys)
+    if not keys:
+        raise RuntimeError("no API keys configured (ALERTS_API_KEYS): every call would be refused")
+    return grpc.aio.server(interceptors=[_ServerInterceptor(keys)], options=_SERVER_OPTIONS)
+
+
+async def start(
+    server: grpc.aio.Server, *, address: str, service_names: Sequence[str]
+) -> tuple[int, health.aio.HealthServicer]:
+    """Adds health and reflection, binds and starts; returns the bound port (address may use port 0)."""
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        [*service_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
+        server,
+    )
+    port = server.add_insecure_port(address)
+    if port == 0:
+        raise RuntimeError(f"cannot bind gRPC server to {address}")
+    await server.start()
+    for name in ("", *service_names):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    return port, health_servicer
+
+
+async def serve(
+    server: grpc.aio.Server,
+    *,
+    address: str,
+    service_names: Sequence[str],
+    on_stop: Callable[[], Awaitable[None]] | None = None,
+    grace_seconds: float = 10.0,
+) -> None:
+    """Serves until SIGTERM or SIGINT, then reports NOT_SERVING, drains in-flight calls and stops."""
+    port, health_servicer = await start(server, address=address, service_names=service_names)
+    log.info("gRPC server listening", extra={"address": address, "port": port})
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stopping.set)
+    await stopping.wait()
+    log.info("shutting down", extra={"grace_seconds": grace_seconds})
+    await health_servicer.enter_graceful_shutdown()
+    await server.stop(grace_seconds)
+    if on_stop is not None:
+        await on_stop()
+    log.info("stopped")
+
+
+class _CallMetadata:
+    """Adds the caller's key and the current request id to a call's metadata."""
+
+    def __init__(self, api_key: str | None) -> None:
+        self._authorization = f"Bearer {api_key}" if api_key else None
+
+    def _details(self, details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
+        metadata = grpc.aio.Metadata(*(details.metadata or ()))
+        if self._authorization and "authorization" not in metadata:
+            metadata.add("authorization", self._authorization)
+        request_id = request_id_var.get()
+        if request_id and "x-request-id" not in metadata:
+            metadata.add("x-request-id", request_id)
+        return grpc.aio.ClientCallDetails(
+            details.method, details.timeout, metadata, details.credentials, details.wait_for_ready
+        )
+
+
+# grpc.aio files each interceptor under the first of the four kinds it is, so each kind needs its own class.
+class _UnaryUnaryMetadata(_CallMetadata, grpc.aio.UnaryUnaryClientInterceptor):
+    async def intercept_unary_unary(self, continuation, client_call_details, request):  # type: ignore[no-untyped-def]
+        return await continuation(self._details(client_call_details), request)
+
+
+class _UnaryStreamMetadata(_CallMetadata, grpc.aio.UnaryStreamClientInterceptor):
+    async def intercept_unary_stream(self, continuation, client_call_details, request):  # type: ignore[no-untyped-def]
+        return await continuation(self._details(client_call_details), request)
+
+
+class _StreamUnaryMetadata(_CallMetadata, grpc.aio.StreamUnaryClientInterceptor):
+    async def intercept_stream_unary(self, continuation, client_call_details, request_iterator):  # type: ignore[no-untyped-def]
+        return await continuation(self._details(client_call_details), request_iterator)
+
+
+class _StreamStreamMetadata(_CallMetadata, grpc.aio.StreamStreamClientInterceptor):
+    async def intercept_stream_stream(self, continuation, client_call_details, request_iterator):  # type: ignore[no-untyped-def]
+        return await continuation(self._details(client_call_details), request_iterator)
+
+
+_METADATA_INTERCEPTORS = (
+    _UnaryUnaryMetadata,
+    _UnaryStreamMetadata,
+    _StreamUnaryMetadata,
+    _StreamStreamMetadata,
+)
+
+
+def open_channel(address: str, api_key: str | None) -> grpc.aio.Channel:
+    """One long-lived channel per process and peer; it reconnects by itself."""
+    return grpc.aio.insecure_channel(
+        address,
+        options=[*_KEEPALIVE_OPTIONS, ("grpc.max_receive_message_length", 8 * 1024 * 1024)],
+        interceptors=[kind(api_key) for kind in _METADATA_INTERCEPTORS],
+    )

@@ -1,0 +1,65 @@
+"""The edge's app factory: routes, one long-lived gRPC channel per service, OpenAPI at /schema."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from grpc_health.v1 import health_pb2_grpc
+from litestar import Litestar
+from litestar.datastructures import State
+from litestar.openapi import OpenAPIConfig
+
+from apidevs.alerts.v1 import signal_service_pb2_grpc, storage_service_pb2_grpc
+from edge import health, media, webhooks
+from edge.settings import EdgeSettings, get_settings
+from mesh.grpc import open_channel
+from mesh.signing import media_signing_secret
+
+
+def create_app(settings: EdgeSettings) -> Litestar:
+    @asynccontextmanager
+    async def channels(app: Litestar) -> AsyncIterator[None]:
+        key = settings.service_api_key.get_secret_value() if settings.service_api_key else None
+        signal_channel = open_channel(settings.signal_addr, key)
+        storage_channel = open_channel(settings.storage_addr, key)
+        app.state.signal_stub = signal_service_pb2_grpc.SignalServiceStub(signal_channel)
+        app.state.signal_health = health_pb2_grpc.HealthStub(signal_channel)
+        app.state.storage_stub = storage_service_pb2_grpc.StorageServiceStub(storage_channel)
+        app.state.storage_health = health_pb2_grpc.HealthStub(storage_channel)
+        try:
+            yield
+        finally:
+            await signal_channel.close()
+            await storage_channel.close()
+
+    return Litestar(
+        route_handlers=[
+            webhooks.receive_webhook,
+            health.health,
+            health.live,
+            health.ready,
+            health.metrics,
+            media.get_media,
+        ],
+        lifespan=[channels],
+        state=State(
+            {
+                "settings": settings,
+                "started_monotonic": time.monotonic(),
+                "media_signing_secret": media_signing_secret(settings),
+            }
+        ),
+        openapi_config=OpenAPIConfig(
+            title="APIDevs alerts edge",
+            version="1.0.0",
+            description="TradingView webhooks in; signals, stats and live events out.",
+            path="/schema",
+        ),
+    )
+
+
+def app_from_environment() -> Litestar:
+    """The uvicorn factory for `alerts serve edge`."""
+    return create_app(get_settings())

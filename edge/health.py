@@ -1,0 +1,70 @@
+"""Health: liveness (the process answers), readiness (the signal service answers), and the full picture."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from litestar import Request, Response, get
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from apidevs.alerts.v1 import signal_service_pb2
+
+_CHECK_TIMEOUT_SECONDS = 1.0
+
+
+async def _grpc_serving(stub: health_pb2_grpc.HealthStub) -> bool:
+    try:
+        answer = await stub.Check(health_pb2.HealthCheckRequest(), timeout=_CHECK_TIMEOUT_SECONDS)
+    except grpc.aio.AioRpcError:
+        return False
+    return answer.status == health_pb2.HealthCheckResponse.SERVING
+
+
+@get("/health/live", summary="Liveness", tags=["health"])
+async def live() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@get("/health/ready", summary="Readiness: the signal service answers", tags=["health"])
+async def ready(request: Request) -> Response:
+    serving = await _grpc_serving(request.app.state.signal_health)
+    return Response({"status": "ok" if serving else "unavailable"}, status_code=200 if serving else 503)
+
+
+@get("/health", summary="Dependencies, capture backlog and uptime", tags=["health"])
+async def health(request: Request) -> Response:
+    state = request.app.state
+    storage_ok, status = await asyncio.gather(_grpc_serving(state.storage_health), _service_status(request))
+    checks = {
+        "signal_service": status is not None,
+        "database": bool(status and status.database_ok),
+        "broker": bool(status and status.broker_ok),
+        "storage_service": storage_ok,
+    }
+    healthy = all(checks.values())
+    body = {
+        "status": "ok" if healthy else "degraded",
+        "queue_length": status.queue_length if status else None,
+        "active_workers": status.active_workers if status else None,
+        "outbox_backlog": status.outbox_backlog if status else None,
+        "uptime": round(time.monotonic() - state.started_monotonic, 3),
+        "checks": checks,
+    }
+    return Response(body, status_code=200 if healthy else 503, headers={"Cache-Control": "no-store"})
+
+
+async def _service_status(request: Request) -> signal_service_pb2.GetServiceStatusResponse | None:
+    try:
+        return await request.app.state.signal_stub.GetServiceStatus(
+            signal_service_pb2.GetServiceStatusRequest(), timeout=_CHECK_TIMEOUT_SECONDS
+        )
+    except grpc.aio.AioRpcError:
+        return None
+
+
+@get("/metrics", summary="Prometheus metrics", tags=["health"], include_in_schema=False)
+async def metrics() -> Response:
+    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,27 @@
+"""`alerts serve edge`: the Litestar app under uvicorn (uvloop, httptools), draining on SIGTERM."""
+
+from __future__ import annotations
+
+import uvicorn
+
+from edge.settings import get_settings
+from mesh.logging import configure_logging
+
+
+def run() -> None:
+    settings = get_settings()
+    configure_logging("edge", settings.log_level)
+    uvicorn.run(
+        "edge.app:app_from_environment",
+        factory=True,
+        host=settings.edge_host,
+        port=settings.edge_port,
+        workers=settings.workers,
+        loop="uvloop",
+        http="httptools",
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=10,
+        # Slowloris: a client that sends nothing for this long is dropped.
+        timeout_keep_alive=5,
+    )

@@ -1,0 +1,35 @@
+from __future__ import annotations
+
+import ipaddress
+from functools import lru_cache
+from typing import Annotated
+
+from pydantic import Field, field_validator
+from pydantic_settings import NoDecode
+
+from mesh.settings import CommonSettings
+
+
+class EdgeSettings(CommonSettings):
+    # Networks whose X-Forwarded-For is believed (a load balancer, Envoy); empty trusts nobody.
+    trusted_proxies: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # TradingView gives up after 3 s: answer well within that, or spool and answer 202.
+    ingest_timeout_seconds: float = 2.0
+    # Bodies over the webhook limit are refused, but read up to this much so that the refusal is audited.
+    max_read_bytes: int = 1024 * 1024
+    webhook_body_limit: int = 64 * 1024
+    workers: int = 1
+
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _split(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = [item.strip() for item in value.split(",") if item.strip()]
+        for entry in value or ():
+            ipaddress.ip_network(entry, strict=False)
+        return value
+
+
+@lru_cache
+def get_settings() -> EdgeSettings:
+    return EdgeSettings()

@@ -1,0 +1,179 @@
+"""The `alerts` command: the composition root, the one module that may import every service's entry point."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+import time
+from collections.abc import Callable, Sequence
+
+from mesh.logging import configure_logging
+from mesh.settings import CommonSettings
+
+log = logging.getLogger("alerts")
+
+SERVE_TARGETS = ("edge", "signal", "storage", "capture", "chart-stub")
+
+
+def _serve(target: str, options: argparse.Namespace) -> int:
+    if target == "edge":
+        from edge.main import run as run_edge
+
+        run_edge()
+    elif target == "signal":
+        from signal_service.main import run as run_signal
+
+        run_signal()
+    elif target == "storage":
+        from storage_service.main import run as run_storage
+
+        run_storage()
+    elif target == "capture":
+        from capture_service.main import run_worker
+
+        run_worker()
+    elif target == "chart-stub":
+        from capture_service.main import run_chart_stub
+
+        run_chart_stub(options.host, options.port)
+    return 0
+
+
+def _migrate(options: argparse.Namespace) -> int:
+    from signal_service.migrate import upgrade
+    from signal_service.settings import get_settings
+
+    configure_logging("migrate")
+    settings = get_settings()
+    upgrade(settings.database_url)
+    log.info("migrations applied")
+    return 0
+
+
+def _dev(options: argparse.Namespace) -> int:
+    from mesh.dev import DevStack
+
+    configure_logging("dev")
+    stack = DevStack(CommonSettings(), capture_workers=options.capture_workers)
+    stopping = False
+
+    def request_stop(signum: int, frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    print("starting embedded infrastructure and services...", flush=True)
+    stack.start()
+    try:
+        print(
+            "\nalerts dev is running\n"
+            f"  webhooks:     {stack.edge_url}/webhook/u/<token>\n"
+            "                (create a user: alerts user create --plan premium)\n"
+            f"  health:       {stack.edge_url}/health\n"
+            f"  OpenAPI:      {stack.edge_url}/schema\n"
+            f"  gRPC signal:  {stack.settings.signal_addr}   storage: {stack.settings.storage_addr}\n"
+            f"  chart stub:   {stack.env.get('ALERTS_TRADINGVIEW_URL', '(real TradingView)')}\n"
+            f"  API key:      {stack.api_key}\n"
+            f"  logs:         {stack.log_dir}/\n"
+            "Press Ctrl-C to stop.",
+            flush=True,
+        )
+        while not stopping:
+            dead = [name for name, process in stack.processes.items() if not process.alive()]
+            if dead:
+                print(f"process exited: {', '.join(dead)}; see {stack.log_dir}/", file=sys.stderr, flush=True)
+                return 1
+            time.sleep(0.5)
+    finally:
+        print("stopping...", flush=True)
+        stack.stop()
+    return 0
+
+
+def _client_settings() -> tuple[str, str | None]:
+    """Where the signal service is and which key to present: the environment, else a running `alerts dev`."""
+    from mesh.dev import read_dev_state
+
+    settings = CommonSettings()
+    state = read_dev_state(settings.data_dir)
+    key = settings.service_api_key.get_secret_value() if settings.service_api_key else state.get("api_key")
+    address = (
+        state.get("signal_addr", settings.signal_addr)
+        if not settings.service_api_key
+        else settings.signal_addr
+    )
+    return address, key
+
+
+def _user_create(options: argparse.Namespace) -> int:
+    from apidevs.alerts.v1 import resources_pb2, user_service_pb2, user_service_pb2_grpc
+    from mesh.grpc import open_channel
+
+    plan = getattr(resources_pb2, f"PLAN_{options.plan.upper()}")
+    address, key = _client_settings()
+
+    async def create() -> user_service_pb2.CreateUserResponse:
+        async with open_channel(address, key) as channel:
+            stub = user_service_pb2_grpc.UserServiceStub(channel)
+            created = await stub.CreateUser(
+                user_service_pb2.CreateUserRequest(
+                    external_id=options.external_id or "", plan=plan, default_chart_id=options.chart or ""
+                )
+            )
+            if options.sessionid and options.sessionid_sign:
+                await stub.SetTradingViewSession(
+                    user_service_pb2.SetTradingViewSessionRequest(
+                        user_id=created.user.user_id,
+                        sessionid=options.sessionid,
+                        sessionid_sign=options.sessionid_sign,
+                    )
+                )
+            return created
+
+    created = asyncio.run(create())
+    print(f"user_id:     {created.user.user_id}")
+    print(f"plan:        {options.plan}")
+    print(f"webhook URL: {created.webhook_url}")
+    print("The webhook URL is shown only once; keep it secret.")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="alerts", description="TradingView alerts microservice")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    commands.add_parser("migrate", help="apply database migrations").set_defaults(handler=_migrate)
+
+    serve = commands.add_parser("serve", help="run one service in the foreground")
+    serve.add_argument("target", choices=SERVE_TARGETS)
+    serve.add_argument("--host", default="127.0.0.1", help="chart-stub only")
+    serve.add_argument("--port", type=int, default=8090, help="chart-stub only")
+    serve.set_defaults(handler=lambda options: _serve(options.target, options))
+
+    dev = commands.add_parser("dev", help="run everything locally (embedded PostgreSQL and Redis when unset)")
+    dev.add_argument("--capture-workers", type=int, default=1)
+    dev.set_defaults(handler=_dev)
+
+    user = commands.add_parser("user", help="manage users").add_subparsers(dest="user_command", required=True)
+    create = user.add_parser("create", help="create a user and print its webhook URL once")
+    create.add_argument("--plan", choices=("free", "basic", "pro", "premium"), default="free")
+    create.add_argument("--external-id")
+    create.add_argument("--chart", help="default TradingView chart layout id")
+    create.add_argument("--sessionid", help="TradingView sessionid cookie")
+    create.add_argument("--sessionid-sign", help="TradingView sessionid_sign cookie")
+    create.set_defaults(handler=_user_create)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    options = build_parser().parse_args(argv)
+    handler: Callable[[argparse.Namespace], int] = options.handler
+    return handler(options) or 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

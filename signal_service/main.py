@@ -1,0 +1,154 @@
+"""`alerts serve signal`: SignalService and UserService in one gRPC server, with the outbox relay."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import uvloop
+from dramatiq.brokers.redis import RedisBroker
+from redis.asyncio import Redis
+
+from apidevs.alerts.v1 import (
+    signal_service_pb2,
+    signal_service_pb2_grpc,
+    storage_service_pb2_grpc,
+    user_service_pb2,
+    user_service_pb2_grpc,
+)
+from mesh import grpc as mesh_grpc
+from mesh.crypto import CookieCipher
+from mesh.logging import configure_logging
+from mesh.metrics import start_metrics_server
+from mesh.queues import capture_workers_key, dramatiq_namespace
+from signal_service.audit import AuditWriter
+from signal_service.database import Database, create_engine
+from signal_service.outbox import OutboxRelay
+from signal_service.parsing import load_indicator_catalog
+from signal_service.ratelimit import RateLimiter
+from signal_service.service import (
+    CaptureCoordinator,
+    QueueBacklog,
+    SignalReader,
+    UserManager,
+    WebhookIngestor,
+)
+from signal_service.servicer import SignalServicer, UserServicer
+from signal_service.settings import SignalSettings, get_settings
+from signal_service.status import StatusReporter
+from signal_service.storage_links import ScreenshotLinks
+
+SERVICE_NAMES = (
+    signal_service_pb2.DESCRIPTOR.services_by_name["SignalService"].full_name,
+    user_service_pb2.DESCRIPTOR.services_by_name["UserService"].full_name,
+)
+
+
+@dataclass
+class SignalApp:
+    """Everything the signal process holds for its lifetime."""
+
+    settings: SignalSettings
+    database: Database
+    redis: Redis
+    audit: AuditWriter
+    relay: OutboxRelay
+    signal_servicer: SignalServicer
+    user_servicer: UserServicer
+
+    def start_background(self) -> None:
+        self.audit.start()
+        self.relay.start()
+
+    async def close(self) -> None:
+        await self.relay.stop()
+        await self.audit.stop()
+        await self.redis.aclose()
+        await self.database.dispose()
+
+
+@contextlib.asynccontextmanager
+async def signal_app(settings: SignalSettings) -> AsyncIterator[SignalApp]:
+    if not settings.redis_url:
+        raise RuntimeError("ALERTS_REDIS_URL is not set (only `alerts dev` provides an embedded one)")
+    database = Database(create_engine(settings.database_url, pool_size=settings.database_pool_size))
+    redis = Redis.from_url(settings.redis_url)
+    broker = RedisBroker(url=settings.redis_url, namespace=dramatiq_namespace(settings), middleware=[])
+    storage_channel = mesh_grpc.open_channel(
+        settings.storage_addr,
+        settings.service_api_key.get_secret_value() if settings.service_api_key else None,
+    )
+    backlog = QueueBacklog()
+    audit = AuditWriter(database)
+    relay = OutboxRelay(
+        database=database,
+        broker=broker,
+        redis=redis,
+        namespace=dramatiq_namespace(settings),
+        backlog=backlog,
+        batch_size=settings.outbox_batch_size,
+        poll_seconds=settings.outbox_poll_seconds,
+    )
+    ingestor = WebhookIngestor(
+        database=database,
+        settings=settings,
+        catalog=load_indicator_catalog(settings.indicators_path),
+        rate_limiter=RateLimiter(redis, settings.redis_namespace),
+        audit=audit,
+        backlog=backlog,
+        on_commit=relay.kick,
+    )
+    app = SignalApp(
+        settings=settings,
+        database=database,
+        redis=redis,
+        audit=audit,
+        relay=relay,
+        signal_servicer=SignalServicer(
+            ingestor=ingestor,
+            reader=SignalReader(database),
+            captures=CaptureCoordinator(database=database, settings=settings, on_commit=relay.kick),
+            links=ScreenshotLinks(
+                storage_service_pb2_grpc.StorageServiceStub(storage_channel),
+                ttl_seconds=settings.screenshot_url_ttl_seconds,
+            ),
+            status=StatusReporter(
+                database=database, redis=redis, backlog=backlog, workers_key=capture_workers_key(settings)
+            ),
+        ),
+        user_servicer=UserServicer(
+            UserManager(database=database, settings=settings, cipher=CookieCipher.from_settings(settings))
+        ),
+    )
+    try:
+        yield app
+    finally:
+        await app.close()
+        await storage_channel.close()
+        broker.close()
+
+
+def register(server: object, app: SignalApp) -> None:
+    signal_service_pb2_grpc.add_SignalServiceServicer_to_server(app.signal_servicer, server)
+    user_service_pb2_grpc.add_UserServiceServicer_to_server(app.user_servicer, server)
+
+
+async def serve(settings: SignalSettings) -> None:
+    async with signal_app(settings) as app:
+        server = mesh_grpc.create_server(settings)
+        register(server, app)
+        app.start_background()
+        await mesh_grpc.serve(
+            server,
+            address=settings.signal_addr,
+            service_names=SERVICE_NAMES,
+            grace_seconds=settings.grpc_grace_seconds,
+        )
+
+
+def run() -> None:
+    settings = get_settings()
+    configure_logging("signal", settings.log_level)
+    start_metrics_server(settings.metrics_port)
+    uvloop.run(serve(settings))

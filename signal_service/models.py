@@ -1,0 +1,227 @@
+"""Tables owned by the signal service. Only repository.py queries them."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from decimal import Decimal
+from enum import StrEnum
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql as pg
+from sqlmodel import Field, SQLModel
+
+
+class Plan(StrEnum):
+    FREE = "free"
+    BASIC = "basic"
+    PRO = "pro"
+    PREMIUM = "premium"
+
+
+class ScreenshotStatus(StrEnum):
+    PENDING = "pending"
+    PROCESSING = "processing"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+    EXPIRED = "expired"
+
+
+class SignalResult(StrEnum):
+    PENDING = "pending"
+    WIN = "win"
+    LOSS = "loss"
+    SKIP = "skip"
+
+
+class EventType(StrEnum):
+    CREATED = "created"
+    SCREENSHOT_UPDATED = "screenshot_updated"
+    OUTCOME_UPDATED = "outcome_updated"
+    TRADINGVIEW_SESSION_UPDATED = "tradingview_session_updated"
+
+
+def _utc_column(*, nullable: bool = False, index: bool = False) -> Any:
+    return sa.Column(sa.DateTime(timezone=True), nullable=nullable, index=index)
+
+
+def _now_column() -> Any:
+    return sa.Column(sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now())
+
+
+class User(SQLModel, table=True):
+    __tablename__ = "users"
+
+    id: uuid.UUID = Field(sa_column=sa.Column(pg.UUID(as_uuid=True), primary_key=True))
+    external_id: str | None = Field(default=None, sa_column=sa.Column(sa.Text, unique=True))
+    plan: str = Field(sa_column=sa.Column(sa.Text, nullable=False))
+    webhook_token_hash: str = Field(sa_column=sa.Column(sa.Text, nullable=False, unique=True))
+    previous_token_hash: str | None = Field(default=None, sa_column=sa.Column(sa.Text, unique=True))
+    previous_token_expires_at: datetime | None = Field(default=None, sa_column=_utc_column(nullable=True))
+    webhook_enabled: bool = Field(default=True, sa_column=sa.Column(sa.Boolean, nullable=False))
+    signals_quota: int = Field(sa_column=sa.Column(sa.BigInteger, nullable=False))
+    signals_used: int = Field(default=0, sa_column=sa.Column(sa.BigInteger, nullable=False))
+    quota_reset_at: datetime = Field(sa_column=_utc_column())
+    # Per-user event sequence: incremented under the row lock, so a user's events commit in order.
+    event_seq: int = Field(default=0, sa_column=sa.Column(sa.BigInteger, nullable=False))
+    created_at: datetime = Field(sa_column=_now_column())
+    updated_at: datetime = Field(sa_column=_now_column())
+
+
+class UserConfig(SQLModel, table=True):
+    __tablename__ = "user_config"
+
+    user_id: uuid.UUID = Field(
+        sa_column=sa.Column(
+            pg.UUID(as_uuid=True), sa.ForeignKey("users.id", ondelete="CASCADE"), primary_key=True
+        )
+    )
+    default_chart_id: str | None = Field(default=None, sa_column=sa.Column(sa.Text))
+    ip_allowlist: list[str] = Field(
+        default_factory=list, sa_column=sa.Column(pg.ARRAY(sa.Text), nullable=False, server_default="{}")
+    )
+    notification_preferences: dict[str, Any] = Field(
+        default_factory=dict, sa_column=sa.Column(pg.JSONB, nullable=False, server_default="{}")
+    )
+    # AES-GCM ciphertext of {"sessionid", "sessionid_sign"}; see mesh.crypto.
+    tv_session_ciphertext: bytes | None = Field(default=None, sa_column=sa.Column(sa.LargeBinary))
+    tv_cookies_valid: bool | None = Field(default=None, sa_column=sa.Column(sa.Boolean))
+    tv_cookies_checked_at: datetime | None = Field(default=None, sa_column=_utc_column(nullable=True))
+    tv_cookies_changed_at: datetime | None = Field(default=None, sa_column=_utc_column(nullable=True))
+    updated_at: datetime = Field(sa_column=_now_column())
+
+
+class Signal(SQLModel, table=True):
+    __tablename__ = "signals"
+    __table_args__ = (
+        sa.Index("ix_signals_user_created", "user_id", sa.text("created_at DESC"), sa.text("id DESC")),
+        sa.Index("ix_signals_user_body", "user_id", "body_sha256", "created_at"),
+        sa.Index(
+            "ix_signals_screenshot_open",
+            "screenshot_status",
+            postgresql_where=sa.text("screenshot_status IN ('pending', 'processing', 'failed')"),
+        ),
+    )
+
+    id: uuid.UUID = Field(sa_column=sa.Column(pg.UUID(as_uuid=True), primary_key=True))
+    user_id: uuid.UUID = Field(
+        sa_column=sa.Column(
+            pg.UUID(as_uuid=True), sa.ForeignKey("users.id", ondelete="CASCADE"), nullable=False
+        )
+    )
+    chart_id: str | None = Field(default=None, sa_column=sa.Column(sa.Text))
+    indicator: str | None = Field(default=None, sa_column=sa.Column(sa.Text))
+    ticker: str | None = Field(default=None, sa_column=sa.Column(sa.Text))
+    exchange: str | None = Field(default=None, sa_column=sa.Column(sa.Text))
+    symbol: str | None = Field(default=None, sa_column=sa.Column(sa.Text))
+    price: Decimal | None = Field(default=None, sa_column=sa.Column(sa.Numeric))
+    signal_type: str | None = Field(default=None, sa_column=sa.Column(sa.Text))
+    interval: str | None = Field(default=None, sa_column=sa.Column(sa.Text))
+    alert_time: datetime = Field(sa_column=_utc_column())
+    parse_status: str = Field(sa_column=sa.Column(sa.Text, nullable=False))
+    parse_problems: list[str] = Field(
+        default_factory=list, sa_column=sa.Column(pg.JSONB, nullable=False, server_default="[]")
+    )
+    extra: dict[str, Any] = Field(
+        default_factory=dict, sa_column=sa.Column(pg.JSONB, nullable=False, server_default="{}")
+    )
+    raw_body: bytes = Field(sa_column=sa.Column(sa.LargeBinary, nullable=False))
+    content_type: str | None = Field(default=None, sa_column=sa.Column(sa.Text))
+    body_sha256: bytes = Field(sa_column=sa.Column(sa.LargeBinary, nullable=False))
+    source_ip: str | None = Field(default=None, sa_column=sa.Column(sa.Text))
+    # Set by the edge when it replays a spooled request: a replay of an already stored request is a no-op.
+    idempotency_key: str | None = Field(default=None, sa_column=sa.Column(sa.Text, unique=True))
+    result: str = Field(default=SignalResult.PENDING, sa_column=sa.Column(sa.Text, nullable=False))
+    profit_loss: Decimal | None = Field(default=None, sa_column=sa.Column(sa.Numeric))
+    notes: str | None = Field(default=None, sa_column=sa.Column(sa.Text))
+    screenshot_status: str = Field(sa_column=sa.Column(sa.Text, nullable=False))
+    created_at: datetime = Field(sa_column=_utc_column())
+    updated_at: datetime = Field(sa_column=_now_column())
+
+
+class Screenshot(SQLModel, table=True):
+    __tablename__ = "screenshots"
+    __table_args__ = (
+        sa.Index(
+            "ix_screenshots_stale_processing",
+            "claimed_at",
+            postgresql_where=sa.text("status = 'processing'"),
+        ),
+    )
+
+    signal_id: uuid.UUID = Field(
+        sa_column=sa.Column(
+            pg.UUID(as_uuid=True), sa.ForeignKey("signals.id", ondelete="CASCADE"), primary_key=True
+        )
+    )
+    user_id: uuid.UUID = Field(sa_column=sa.Column(pg.UUID(as_uuid=True), nullable=False, index=True))
+    status: str = Field(sa_column=sa.Column(sa.Text, nullable=False))
+    object_key: str | None = Field(default=None, sa_column=sa.Column(sa.Text))
+    size_bytes: int | None = Field(default=None, sa_column=sa.Column(sa.BigInteger))
+    width: int | None = Field(default=None, sa_column=sa.Column(sa.Integer))
+    height: int | None = Field(default=None, sa_column=sa.Column(sa.Integer))
+    duration_ms: int | None = Field(default=None, sa_column=sa.Column(sa.Integer))
+    attempts: int = Field(default=0, sa_column=sa.Column(sa.Integer, nullable=False, server_default="0"))
+    error: str | None = Field(default=None, sa_column=sa.Column(sa.Text))
+    worker_id: str | None = Field(default=None, sa_column=sa.Column(sa.Text))
+    claimed_at: datetime | None = Field(default=None, sa_column=_utc_column(nullable=True))
+    completed_at: datetime | None = Field(default=None, sa_column=_utc_column(nullable=True))
+    created_at: datetime = Field(sa_column=_now_column())
+    updated_at: datetime = Field(sa_column=_now_column())
+
+
+class AuditLog(SQLModel, table=True):
+    __tablename__ = "audit_logs"
+    __table_args__ = (sa.Index("ix_audit_logs_user_created", "user_id", "created_at"),)
+
+    id: int | None = Field(default=None, sa_column=sa.Column(sa.BigInteger, sa.Identity(), primary_key=True))
+    created_at: datetime = Field(sa_column=_utc_column(index=True))
+    user_id: uuid.UUID | None = Field(default=None, sa_column=sa.Column(pg.UUID(as_uuid=True)))
+    signal_id: uuid.UUID | None = Field(default=None, sa_column=sa.Column(pg.UUID(as_uuid=True)))
+    request_id: str | None = Field(default=None, sa_column=sa.Column(sa.Text))
+    source_ip: str | None = Field(default=None, sa_column=sa.Column(sa.Text))
+    user_agent: str | None = Field(default=None, sa_column=sa.Column(sa.Text))
+    # "accepted", "duplicate", or the refusal reason's status: "not_found", "forbidden", "rate_limited", ...
+    outcome: str = Field(sa_column=sa.Column(sa.Text, nullable=False))
+    reason: str | None = Field(default=None, sa_column=sa.Column(sa.Text))
+    latency_ms: float | None = Field(default=None, sa_column=sa.Column(sa.Float))
+    body_sha256: str | None = Field(default=None, sa_column=sa.Column(sa.Text))
+    body: bytes | None = Field(default=None, sa_column=sa.Column(sa.LargeBinary))
+    body_size: int | None = Field(default=None, sa_column=sa.Column(sa.BigInteger))
+    content_type: str | None = Field(default=None, sa_column=sa.Column(sa.Text))
+
+
+class OutboxMessage(SQLModel, table=True):
+    """A message to send to the broker once its transaction has committed; deleted once sent."""
+
+    __tablename__ = "outbox"
+    __table_args__ = (sa.Index("ix_outbox_available", "available_at"),)
+
+    id: int | None = Field(default=None, sa_column=sa.Column(sa.BigInteger, sa.Identity(), primary_key=True))
+    queue_name: str = Field(sa_column=sa.Column(sa.Text, nullable=False))
+    actor_name: str = Field(sa_column=sa.Column(sa.Text, nullable=False))
+    args: list[Any] = Field(default_factory=list, sa_column=sa.Column(pg.JSONB, nullable=False))
+    options: dict[str, Any] = Field(default_factory=dict, sa_column=sa.Column(pg.JSONB, nullable=False))
+    attempts: int = Field(default=0, sa_column=sa.Column(sa.Integer, nullable=False, server_default="0"))
+    last_error: str | None = Field(default=None, sa_column=sa.Column(sa.Text))
+    available_at: datetime = Field(sa_column=_now_column())
+    created_at: datetime = Field(sa_column=_now_column())
+
+
+class SignalEvent(SQLModel, table=True):
+    """The ordered log behind SubscribeSignals: one row per change, in the change's transaction."""
+
+    __tablename__ = "signal_events"
+    __table_args__ = (sa.UniqueConstraint("user_id", "seq", name="uq_signal_events_user_seq"),)
+
+    id: int | None = Field(default=None, sa_column=sa.Column(sa.BigInteger, sa.Identity(), primary_key=True))
+    user_id: uuid.UUID = Field(sa_column=sa.Column(pg.UUID(as_uuid=True), nullable=False))
+    seq: int = Field(sa_column=sa.Column(sa.BigInteger, nullable=False))
+    type: str = Field(sa_column=sa.Column(sa.Text, nullable=False))
+    signal_id: uuid.UUID | None = Field(default=None, sa_column=sa.Column(pg.UUID(as_uuid=True)))
+    payload: dict[str, Any] = Field(
+        default_factory=dict, sa_column=sa.Column(pg.JSONB, nullable=False, server_default="{}")
+    )
+    created_at: datetime = Field(sa_column=_now_column())

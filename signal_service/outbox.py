@@ -1,0 +1,140 @@
+"""The outbox relay: sends committed outbox rows to Dramatiq, and keeps the capture backlog figure fresh.
+
+Rows are claimed with FOR UPDATE SKIP LOCKED, so every signal replica runs a relay and they share the
+work. A row is deleted only after Redis accepted its message; when Redis is down the rows wait, with
+backoff, and nothing is lost. A crash between enqueue and delete re-sends a message: the capture actor
+is idempotent, so that costs at most a repeated no-op.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+import dramatiq
+from dramatiq.brokers.redis import RedisBroker
+from prometheus_client import Counter, Gauge
+from redis.asyncio import Redis
+
+from mesh.queues import CAPTURE_QUEUES
+from signal_service.database import Database
+from signal_service.models import OutboxMessage
+from signal_service.repository import OutboxRepository
+from signal_service.service import QueueBacklog
+
+log = logging.getLogger(__name__)
+
+OUTBOX_BACKLOG = Gauge("alerts_outbox_backlog", "Outbox rows not yet sent to the broker")
+OUTBOX_SENT = Counter("alerts_outbox_sent_total", "Outbox messages sent to the broker")
+OUTBOX_FAILURES = Counter("alerts_outbox_failures_total", "Failed attempts to send outbox messages")
+QUEUE_LENGTH = Gauge("alerts_queue_length", "Capture jobs waiting, by queue", ["queue"])
+
+_MAX_BACKOFF_SECONDS = 30.0
+
+
+class OutboxRelay:
+    def __init__(
+        self,
+        *,
+        database: Database,
+        broker: RedisBroker,
+        redis: Redis,
+        namespace: str,
+        backlog: QueueBacklog,
+        batch_size: int = 200,
+        poll_seconds: float = 1.0,
+    ) -> None:
+        self._database = database
+        self._broker = broker
+        self._redis = redis
+        self._namespace = namespace
+        self._backlog = backlog
+        self._batch_size = batch_size
+        self._poll_seconds = poll_seconds
+        self._wake = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._failures = 0
+
+    def kick(self) -> None:
+        """Called after a commit that wrote outbox rows: send them now rather than at the next poll."""
+        self._wake.set()
+
+    def start(self) -> None:
+        self._tasks = [
+            asyncio.create_task(self._relay_loop(), name="outbox-relay"),
+            asyncio.create_task(self._backlog_loop(), name="queue-backlog"),
+        ]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def relay_once(self) -> int:
+        """Sends one batch of due rows; returns how many were sent."""
+        async with self._database.transaction() as session:
+            outbox = OutboxRepository(session)
+            rows = await outbox.claim_due(self._batch_size)
+            if not rows:
+                return 0
+            try:
+                await asyncio.to_thread(self._enqueue_all, rows)
+            except Exception as exc:
+                self._failures += 1
+                OUTBOX_FAILURES.inc()
+                delay = min(_MAX_BACKOFF_SECONDS, 0.5 * 2**self._failures)
+                log.warning(
+                    "broker unavailable; outbox rows postponed", extra={"rows": len(rows), "error": str(exc)}
+                )
+                await outbox.postpone(
+                    [row.id for row in rows if row.id is not None], delay_seconds=delay, error=str(exc)
+                )
+                return 0
+            await outbox.delete([row.id for row in rows if row.id is not None])
+        self._failures = 0
+        OUTBOX_SENT.inc(len(rows))
+        return len(rows)
+
+    def _enqueue_all(self, rows: list[OutboxMessage]) -> None:
+        for row in rows:
+            self._broker.enqueue(
+                dramatiq.Message(
+                    queue_name=row.queue_name,
+                    actor_name=row.actor_name,
+                    args=tuple(row.args),
+                    kwargs={},
+                    options=dict(row.options),
+                )
+            )
+
+    async def _relay_loop(self) -> None:
+        while True:
+            try:
+                sent = await self.relay_once()
+            except Exception:
+                log.exception("outbox relay pass failed")
+                sent = 0
+            if sent >= self._batch_size:
+                continue
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=self._poll_seconds)
+
+    async def _backlog_loop(self) -> None:
+        while True:
+            try:
+                async with self._redis.pipeline(transaction=False) as pipe:
+                    for queue in CAPTURE_QUEUES:
+                        pipe.llen(f"{self._namespace}:{queue}")
+                    lengths = await pipe.execute()
+                self._backlog.lengths = dict(zip(CAPTURE_QUEUES, lengths, strict=True))
+                for queue, length in self._backlog.lengths.items():
+                    QUEUE_LENGTH.labels(queue).set(length)
+                async with self._database.session() as session:
+                    OUTBOX_BACKLOG.set(await OutboxRepository(session).backlog())
+            except Exception as exc:
+                log.warning("backlog refresh failed", extra={"error": str(exc)})
+            await asyncio.sleep(2.0)

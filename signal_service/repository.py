@@ -1,0 +1,296 @@
+"""Every SQL statement of the signal service. Repositories never commit: the service does, at its boundary."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from signal_service.models import (
+    AuditLog,
+    OutboxMessage,
+    Screenshot,
+    ScreenshotStatus,
+    Signal,
+    SignalEvent,
+    User,
+    UserConfig,
+)
+
+EVENTS_CHANNEL = "alerts_signal_events"
+
+
+@dataclass(frozen=True, slots=True)
+class SignalRow:
+    signal: Signal
+    screenshot: Screenshot | None
+
+
+@dataclass(frozen=True, slots=True)
+class SignalFilter:
+    user_id: uuid.UUID
+    ticker: str | None = None
+    indicator: str | None = None
+    signal_type: str | None = None
+    result: str | None = None
+    screenshot_status: str | None = None
+    created_after: datetime | None = None
+    created_before: datetime | None = None
+
+
+def _values(row: Any) -> dict[str, Any]:
+    """The row's column values, leaving out unset server-defaulted columns so the database fills them."""
+    return {
+        column.name: getattr(row, column.name)
+        for column in row.__table__.columns
+        if not (getattr(row, column.name) is None and (column.server_default is not None or column.identity))
+    }
+
+
+class UserRepository:
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    async def add(self, user: User, config: UserConfig) -> None:
+        await self.session.execute(sa.insert(User).values(_values(user)))
+        await self.session.execute(sa.insert(UserConfig).values(_values(config)))
+
+    async def get(self, user_id: uuid.UUID, *, for_update: bool = False) -> tuple[User, UserConfig] | None:
+        statement = sa.select(User, UserConfig).join(UserConfig, UserConfig.user_id == User.id)
+        statement = statement.where(User.id == user_id)
+        if for_update:
+            statement = statement.with_for_update(of=User)
+        row = (await self.session.execute(statement)).one_or_none()
+        return (row[0], row[1]) if row else None
+
+    async def get_by_external_id(self, external_id: str) -> tuple[User, UserConfig] | None:
+        statement = (
+            sa.select(User, UserConfig)
+            .join(UserConfig, UserConfig.user_id == User.id)
+            .where(User.external_id == external_id)
+        )
+        row = (await self.session.execute(statement)).one_or_none()
+        return (row[0], row[1]) if row else None
+
+    async def find_by_token_hash(self, token_hash: str, now: datetime) -> tuple[User, UserConfig] | None:
+        """The user whose current token, or previous token still in its grace period, has this hash."""
+        statement = (
+            sa.select(User, UserConfig)
+            .join(UserConfig, UserConfig.user_id == User.id)
+            .where(
+                sa.or_(
+                    User.webhook_token_hash == token_hash,
+                    sa.and_(User.previous_token_hash == token_hash, User.previous_token_expires_at > now),
+                )
+            )
+        )
+        row = (await self.session.execute(statement)).first()
+        return (row[0], row[1]) if row else None
+
+    async def lock(self, user_id: uuid.UUID) -> User | None:
+        """Locks the user row until commit: a user's quota and event sequence change one writer at a time."""
+        statement = sa.select(User).where(User.id == user_id).with_for_update()
+        return (await self.session.execute(statement)).scalar_one_or_none()
+
+    async def update_user(self, user_id: uuid.UUID, **values: Any) -> None:
+        await self.session.execute(
+            sa.update(User).where(User.id == user_id).values(**values, updated_at=sa.func.now())
+        )
+
+    async def update_config(self, user_id: uuid.UUID, **values: Any) -> None:
+        await self.session.execute(
+            sa.update(UserConfig)
+            .where(UserConfig.user_id == user_id)
+            .values(**values, updated_at=sa.func.now())
+        )
+
+    async def next_event_seq(self, user_id: uuid.UUID) -> int:
+        statement = (
+            sa.update(User)
+            .where(User.id == user_id)
+            .values(event_seq=User.event_seq + 1)
+            .returning(User.event_seq)
+        )
+        return (await self.session.execute(statement)).scalar_one()
+
+
+class SignalRepository:
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    async def add(self, signal: Signal) -> None:
+        await self.session.execute(sa.insert(Signal).values(_values(signal)))
+
+    async def add_screenshot(self, screenshot: Screenshot) -> None:
+        await self.session.execute(sa.insert(Screenshot).values(_values(screenshot)))
+
+    async def find_by_idempotency_key(self, key: str) -> uuid.UUID | None:
+        statement = sa.select(Signal.id).where(Signal.idempotency_key == key)
+        return (await self.session.execute(statement)).scalar_one_or_none()
+
+    async def find_recent_duplicate(
+        self, user_id: uuid.UUID, body_sha256: bytes, since: datetime
+    ) -> uuid.UUID | None:
+        statement = (
+            sa.select(Signal.id)
+            .where(Signal.user_id == user_id, Signal.body_sha256 == body_sha256, Signal.created_at >= since)
+            .order_by(Signal.created_at)
+            .limit(1)
+        )
+        return (await self.session.execute(statement)).scalar_one_or_none()
+
+    def _with_screenshot(self) -> sa.Select[tuple[Signal, Screenshot]]:
+        return sa.select(Signal, Screenshot).outerjoin(Screenshot, Screenshot.signal_id == Signal.id)
+
+    async def get(self, signal_id: uuid.UUID, *, for_update: bool = False) -> SignalRow | None:
+        statement = self._with_screenshot().where(Signal.id == signal_id)
+        if for_update:
+            statement = statement.with_for_update(of=Signal)
+        row = (await self.session.execute(statement)).one_or_none()
+        return SignalRow(row[0], row[1]) if row else None
+
+    async def get_many(self, signal_ids: Sequence[uuid.UUID]) -> list[SignalRow]:
+        statement = self._with_screenshot().where(Signal.id.in_(signal_ids))
+        return [SignalRow(row[0], row[1]) for row in await self.session.execute(statement)]
+
+    async def list(
+        self, where: SignalFilter, *, after: tuple[datetime, uuid.UUID] | None, limit: int
+    ) -> list[SignalRow]:
+        """Newest first, keyset-paginated on (created_at, id) so pages stay stable under inserts."""
+        statement = self._with_screenshot().where(Signal.user_id == where.user_id)
+        for column, value in (
+            (Signal.ticker, where.ticker),
+            (Signal.indicator, where.indicator),
+            (Signal.signal_type, where.signal_type),
+            (Signal.result, where.result),
+            (Signal.screenshot_status, where.screenshot_status),
+        ):
+            if value is not None:
+                statement = statement.where(column == value)
+        if where.created_after is not None:
+            statement = statement.where(Signal.created_at > where.created_after)
+        if where.created_before is not None:
+            statement = statement.where(Signal.created_at < where.created_before)
+        if after is not None:
+            statement = statement.where(sa.tuple_(Signal.created_at, Signal.id) < sa.tuple_(*after))
+        statement = statement.order_by(Signal.created_at.desc(), Signal.id.desc()).limit(limit)
+        return [SignalRow(row[0], row[1]) for row in await self.session.execute(statement)]
+
+    async def update_signal(self, signal_id: uuid.UUID, **values: Any) -> None:
+        await self.session.execute(
+            sa.update(Signal).where(Signal.id == signal_id).values(**values, updated_at=sa.func.now())
+        )
+
+    async def update_screenshot(self, signal_id: uuid.UUID, **values: Any) -> None:
+        await self.session.execute(
+            sa.update(Screenshot)
+            .where(Screenshot.signal_id == signal_id)
+            .values(**values, updated_at=sa.func.now())
+        )
+
+    async def stale_processing(self, claimed_before: datetime, limit: int) -> list[SignalRow]:
+        statement = (
+            self._with_screenshot()
+            .where(Screenshot.status == ScreenshotStatus.PROCESSING, Screenshot.claimed_at < claimed_before)
+            .order_by(Screenshot.claimed_at)
+            .limit(limit)
+            .with_for_update(of=Signal, skip_locked=True)
+        )
+        return [SignalRow(row[0], row[1]) for row in await self.session.execute(statement)]
+
+    async def failed(
+        self, *, user_id: uuid.UUID | None, after: tuple[datetime, uuid.UUID] | None, limit: int
+    ) -> list[SignalRow]:
+        statement = self._with_screenshot().where(Signal.screenshot_status == ScreenshotStatus.FAILED)
+        if user_id is not None:
+            statement = statement.where(Signal.user_id == user_id)
+        if after is not None:
+            statement = statement.where(sa.tuple_(Signal.created_at, Signal.id) < sa.tuple_(*after))
+        statement = statement.order_by(Signal.created_at.desc(), Signal.id.desc()).limit(limit)
+        return [SignalRow(row[0], row[1]) for row in await self.session.execute(statement)]
+
+
+class EventRepository:
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    async def add(self, event: SignalEvent) -> None:
+        """Appends the event and notifies listeners; PostgreSQL delivers the notification only on commit."""
+        await self.session.execute(sa.insert(SignalEvent).values(_values(event)))
+        await self.session.execute(
+            sa.select(sa.func.pg_notify(EVENTS_CHANNEL, f"{event.user_id}:{event.seq}"))
+        )
+
+    async def after(self, user_id: uuid.UUID, seq: int, limit: int) -> list[SignalEvent]:
+        statement = (
+            sa.select(SignalEvent)
+            .where(SignalEvent.user_id == user_id, SignalEvent.seq > seq)
+            .order_by(SignalEvent.seq)
+            .limit(limit)
+        )
+        return list((await self.session.execute(statement)).scalars())
+
+    async def last_seq(self, user_id: uuid.UUID) -> int:
+        statement = sa.select(User.event_seq).where(User.id == user_id)
+        return (await self.session.execute(statement)).scalar_one_or_none() or 0
+
+
+class AuditRepository:
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    async def add(self, entry: AuditLog) -> None:
+        await self.session.execute(sa.insert(AuditLog).values(_values(entry)))
+
+    async def add_many(self, entries: Sequence[AuditLog]) -> None:
+        if entries:
+            await self.session.execute(sa.insert(AuditLog), [_values(entry) for entry in entries])
+
+    async def delete_older_than(self, cutoff: datetime) -> int:
+        result = await self.session.execute(sa.delete(AuditLog).where(AuditLog.created_at < cutoff))
+        return result.rowcount or 0
+
+
+class OutboxRepository:
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    async def add(self, message: OutboxMessage) -> None:
+        await self.session.execute(sa.insert(OutboxMessage).values(_values(message)))
+
+    async def claim_due(self, limit: int) -> list[OutboxMessage]:
+        """Due rows, locked so that concurrent relays (one per signal replica) each take different ones."""
+        statement = (
+            sa.select(OutboxMessage)
+            .where(OutboxMessage.available_at <= sa.func.now())
+            .order_by(OutboxMessage.id)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
+        return list((await self.session.execute(statement)).scalars())
+
+    async def delete(self, ids: Sequence[int]) -> None:
+        if ids:
+            await self.session.execute(sa.delete(OutboxMessage).where(OutboxMessage.id.in_(ids)))
+
+    async def postpone(self, ids: Sequence[int], *, delay_seconds: float, error: str) -> None:
+        if ids:
+            await self.session.execute(
+                sa.update(OutboxMessage)
+                .where(OutboxMessage.id.in_(ids))
+                .values(
+                    attempts=OutboxMessage.attempts + 1,
+                    last_error=error[:500],
+                    available_at=sa.func.now() + sa.func.make_interval(0, 0, 0, 0, 0, 0, delay_seconds),
+                )
+            )
+
+    async def backlog(self) -> int:
+        return (
+            await self.session.execute(sa.select(sa.func.count()).select_from(OutboxMessage))
+        ).scalar_one()

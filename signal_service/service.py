@@ -1,0 +1,723 @@
+"""The signal service's domain logic: webhook intake, reads, captures and users.
+
+Each public method is one unit of work: it opens a transaction, calls repositories, and commits at its
+end; messages for the broker are written to the outbox in that same transaction and sent after commit.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import logging
+import math
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from sqlalchemy.exc import IntegrityError
+
+from mesh.crypto import CookieCipher
+from mesh.errors import (
+    AlreadyExistsError,
+    FailedPreconditionError,
+    InvalidArgumentError,
+    NotFoundError,
+    PermissionDeniedError,
+    ResourceExhaustedError,
+)
+from mesh.logging import request_id_var
+from mesh.queues import CAPTURE_ACTOR, PLANS_BY_PRIORITY, capture_queue
+from signal_service import allowlist, tokens
+from signal_service.audit import AuditWriter
+from signal_service.database import Database
+from signal_service.ids import parse_uuid, uuid7
+from signal_service.models import (
+    AuditLog,
+    EventType,
+    OutboxMessage,
+    Plan,
+    Screenshot,
+    ScreenshotStatus,
+    Signal,
+    SignalEvent,
+    SignalResult,
+    User,
+    UserConfig,
+)
+from signal_service.parsing import IndicatorCatalog, parse_alert
+from signal_service.ratelimit import RateLimiter
+from signal_service.repository import (
+    AuditRepository,
+    EventRepository,
+    OutboxRepository,
+    SignalFilter,
+    SignalRepository,
+    SignalRow,
+    UserRepository,
+)
+from signal_service.settings import SignalSettings
+
+log = logging.getLogger(__name__)
+
+MAX_PAGE_SIZE = 100
+DEFAULT_PAGE_SIZE = 20
+_UNKNOWN_TOKEN_RATE = (5.0, 20)  # per source IP: slows token guessing without hurting real users
+_AUDIT_BODY_LIMIT = 64 * 1024
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def next_month_start(moment: datetime) -> datetime:
+    first = moment.astimezone(UTC).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    return (first + timedelta(days=32)).replace(day=1)
+
+
+def require_uuid(value: str, what: str) -> uuid.UUID:
+    parsed = parse_uuid(value)
+    if parsed is None:
+        raise InvalidArgumentError(f"{what} must be a UUID", reason=f"INVALID_{what.upper()}")
+    return parsed
+
+
+# --- webhook intake ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class IngestCommand:
+    webhook_token: str
+    body: bytes
+    received_at: datetime
+    chart_id: str = ""
+    content_type: str = ""
+    source_ip: str = ""
+    user_agent: str = ""
+    query: Mapping[str, str] = field(default_factory=dict)
+    idempotency_key: str = ""
+    # What the caller received; more than len(body) when the edge cut an oversize body short.
+    body_size: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class IngestResult:
+    signal_id: uuid.UUID
+    screenshot_status: ScreenshotStatus
+    estimated_wait_seconds: int
+    duplicate: bool
+
+
+class QueueBacklog:
+    """The latest known length of each capture queue, refreshed by the outbox relay."""
+
+    def __init__(self) -> None:
+        self.lengths: dict[str, int] = {}
+
+    def ahead_of(self, plan: str) -> int:
+        """Jobs a new job of this plan waits behind: its own queue and every higher-priority one."""
+        ahead = 0
+        for candidate in PLANS_BY_PRIORITY:
+            ahead += self.lengths.get(capture_queue(candidate), 0)
+            if candidate == plan:
+                break
+        return ahead
+
+
+class WebhookIngestor:
+    def __init__(
+        self,
+        *,
+        database: Database,
+        settings: SignalSettings,
+        catalog: IndicatorCatalog,
+        rate_limiter: RateLimiter,
+        audit: AuditWriter,
+        backlog: QueueBacklog,
+        on_commit: Any = None,
+    ) -> None:
+        self._database = database
+        self._settings = settings
+        self._catalog = catalog
+        self._rate_limiter = rate_limiter
+        self._audit = audit
+        self._backlog = backlog
+        self._on_commit = on_commit or (lambda: None)
+
+    async def ingest(self, command: IngestCommand) -> IngestResult:
+        started = time.perf_counter()
+        body_sha256 = hashlib.sha256(command.body).digest()
+        user_id: uuid.UUID | None = None
+        try:
+            if not tokens.looks_like_token(command.webhook_token):
+                await self._limit_unknown_source(command.source_ip)
+                raise NotFoundError("unknown webhook", reason="UNKNOWN_TOKEN")
+            async with self._database.session() as session:
+                found = await UserRepository(session).find_by_token_hash(
+                    tokens.hash_token(command.webhook_token), _utcnow()
+                )
+            if found is None:
+                await self._limit_unknown_source(command.source_ip)
+                raise NotFoundError("unknown webhook", reason="UNKNOWN_TOKEN")
+            user, config = found
+            user_id = user.id
+            self._check_admission(user, config, command)
+            limits = self._settings.plan_limits[user.plan]
+            decision = await self._rate_limiter.acquire(
+                f"user:{user.id}", rate_per_second=limits.rate_per_second, burst=limits.rate_burst
+            )
+            if not decision.allowed:
+                raise ResourceExhaustedError(
+                    "too many webhooks; slow down",
+                    reason="RATE_LIMITED",
+                    retry_after_seconds=decision.retry_after_seconds,
+                )
+            return await self._store(command, user, config, body_sha256, started)
+        except Exception as exc:
+            reason = getattr(exc, "reason", "") or "INTERNAL_ERROR"
+            self._audit.record(
+                self._audit_row(command, body_sha256, started, user_id, None, "refused", reason)
+            )
+            raise
+
+    async def _limit_unknown_source(self, source_ip: str) -> None:
+        rate, burst = _UNKNOWN_TOKEN_RATE
+        decision = await self._rate_limiter.acquire(f"unknown:{source_ip}", rate_per_second=rate, burst=burst)
+        if not decision.allowed:
+            raise ResourceExhaustedError(
+                "too many requests", reason="RATE_LIMITED", retry_after_seconds=decision.retry_after_seconds
+            )
+
+    def _check_admission(self, user: User, config: UserConfig, command: IngestCommand) -> None:
+        if not user.webhook_enabled:
+            raise PermissionDeniedError("webhook disabled", reason="WEBHOOK_DISABLED")
+        if not allowlist.allows(config.ip_allowlist, command.source_ip):
+            raise PermissionDeniedError("source address not allowed", reason="IP_NOT_ALLOWED")
+        if max(command.body_size, len(command.body)) > self._settings.max_body_bytes:
+            raise InvalidArgumentError(
+                f"body larger than {self._settings.max_body_bytes} bytes", reason="BODY_TOO_LARGE"
+            )
+
+    async def _store(
+        self, command: IngestCommand, user: User, config: UserConfig, body_sha256: bytes, started: float
+    ) -> IngestResult:
+        parsed = parse_alert(
+            command.body,
+            content_type=command.content_type,
+            query=command.query,
+            received_at=command.received_at,
+            catalog=self._catalog,
+        )
+        now = _utcnow()
+        async with self._database.transaction() as session:
+            users, signals = UserRepository(session), SignalRepository(session)
+            if command.idempotency_key:
+                replayed = await signals.find_by_idempotency_key(command.idempotency_key)
+                if replayed is not None:
+                    return await self._duplicate(replayed, session, command, user, body_sha256, started)
+            locked = await users.lock(user.id)
+            if locked is None:
+                raise NotFoundError("unknown webhook", reason="UNKNOWN_TOKEN")
+            window = timedelta(seconds=self._settings.dedupe_window_seconds)
+            earlier = await signals.find_recent_duplicate(user.id, body_sha256, command.received_at - window)
+            if earlier is not None:
+                return await self._duplicate(earlier, session, command, user, body_sha256, started)
+
+            used, reset_at = locked.signals_used, locked.quota_reset_at
+            if reset_at <= now:
+                used, reset_at = 0, next_month_start(now)
+            if used >= locked.signals_quota:
+                raise ResourceExhaustedError(
+                    "monthly signal quota exhausted",
+                    reason="QUOTA_EXCEEDED",
+                    metadata={"quota": str(locked.signals_quota), "resets_at": reset_at.isoformat()},
+                    retry_after_seconds=(reset_at - now).total_seconds(),
+                )
+            seq = locked.event_seq + 1
+            await users.update_user(user.id, signals_used=used + 1, quota_reset_at=reset_at, event_seq=seq)
+
+            signal_id = uuid7()
+            capturable = parsed.ticker is not None
+            status = ScreenshotStatus.PENDING if capturable else ScreenshotStatus.SKIPPED
+            await signals.add(
+                Signal(
+                    id=signal_id,
+                    user_id=user.id,
+                    chart_id=command.chart_id or config.default_chart_id,
+                    indicator=parsed.indicator,
+                    ticker=parsed.ticker,
+                    exchange=parsed.exchange,
+                    symbol=parsed.symbol,
+                    price=parsed.price,
+                    signal_type=parsed.signal_type,
+                    interval=parsed.interval,
+                    alert_time=parsed.alert_time,
+                    parse_status=str(parsed.status),
+                    parse_problems=list(parsed.problems),
+                    extra=parsed.extra,
+                    raw_body=command.body,
+                    content_type=command.content_type or None,
+                    body_sha256=body_sha256,
+                    source_ip=command.source_ip or None,
+                    idempotency_key=command.idempotency_key or None,
+                    result=SignalResult.PENDING,
+                    screenshot_status=status,
+                    created_at=command.received_at,
+                )
+            )
+            if capturable:
+                await signals.add_screenshot(Screenshot(signal_id=signal_id, user_id=user.id, status=status))
+                await OutboxRepository(session).add(capture_message(signal_id, user.plan))
+            await EventRepository(session).add(
+                SignalEvent(user_id=user.id, seq=seq, type=EventType.CREATED, signal_id=signal_id)
+            )
+            await AuditRepository(session).add(
+                self._audit_row(command, body_sha256, started, user.id, signal_id, "accepted", "")
+            )
+        self._on_commit()
+        return IngestResult(
+            signal_id=signal_id,
+            screenshot_status=status,
+            estimated_wait_seconds=self._estimate_wait(user.plan) if capturable else 0,
+            duplicate=False,
+        )
+
+    async def _duplicate(
+        self,
+        signal_id: uuid.UUID,
+        session: Any,
+        command: IngestCommand,
+        user: User,
+        body_sha256: bytes,
+        started: float,
+    ) -> IngestResult:
+        row = await SignalRepository(session).get(signal_id)
+        assert row is not None
+        await AuditRepository(session).add(
+            self._audit_row(command, body_sha256, started, user.id, signal_id, "duplicate", "DUPLICATE")
+        )
+        status = ScreenshotStatus(row.signal.screenshot_status)
+        return IngestResult(
+            signal_id=signal_id,
+            screenshot_status=status,
+            estimated_wait_seconds=self._estimate_wait(user.plan)
+            if status == ScreenshotStatus.PENDING
+            else 0,
+            duplicate=True,
+        )
+
+    def _estimate_wait(self, plan: str) -> int:
+        per_capture = self._settings.capture_seconds_estimate
+        parallel = max(1, self._settings.capture_parallelism)
+        return math.ceil(per_capture * (1 + self._backlog.ahead_of(plan) / parallel))
+
+    @staticmethod
+    def _audit_row(
+        command: IngestCommand,
+        body_sha256: bytes,
+        started: float,
+        user_id: uuid.UUID | None,
+        signal_id: uuid.UUID | None,
+        outcome: str,
+        reason: str,
+    ) -> AuditLog:
+        return AuditLog(
+            created_at=command.received_at,
+            user_id=user_id,
+            signal_id=signal_id,
+            request_id=request_id_var.get() or None,
+            source_ip=command.source_ip or None,
+            user_agent=command.user_agent[:512] or None,
+            outcome=outcome,
+            reason=reason or None,
+            latency_ms=(time.perf_counter() - started) * 1000,
+            body_sha256=body_sha256.hex(),
+            body=command.body[:_AUDIT_BODY_LIMIT],
+            body_size=max(command.body_size, len(command.body)),
+            content_type=command.content_type or None,
+        )
+
+
+def capture_message(signal_id: uuid.UUID, plan: str) -> OutboxMessage:
+    options: dict[str, Any] = {}
+    request_id = request_id_var.get()
+    if request_id:
+        options["request_id"] = request_id
+    return OutboxMessage(
+        queue_name=capture_queue(plan), actor_name=CAPTURE_ACTOR, args=[str(signal_id)], options=options
+    )
+
+
+# --- reads -------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SignalPage:
+    rows: list[SignalRow]
+    next_page_token: str
+
+
+def encode_page_token(row: SignalRow) -> str:
+    raw = json.dumps([row.signal.created_at.isoformat(), str(row.signal.id)]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_page_token(token: str) -> tuple[datetime, uuid.UUID]:
+    try:
+        padded = token + "=" * (-len(token) % 4)
+        created_at, signal_id = json.loads(base64.urlsafe_b64decode(padded))
+        return datetime.fromisoformat(created_at), uuid.UUID(signal_id)
+    except (ValueError, TypeError) as exc:
+        raise InvalidArgumentError("invalid page_token", reason="INVALID_PAGE_TOKEN") from exc
+
+
+def page_size(requested: int) -> int:
+    if requested < 0:
+        raise InvalidArgumentError("page_size must not be negative", reason="INVALID_PAGE_SIZE")
+    return min(requested or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+
+
+class SignalReader:
+    def __init__(self, database: Database) -> None:
+        self._database = database
+
+    async def get(self, signal_id: str) -> SignalRow:
+        parsed = require_uuid(signal_id, "signal_id")
+        async with self._database.session() as session:
+            row = await SignalRepository(session).get(parsed)
+        if row is None:
+            raise NotFoundError("no such signal", reason="SIGNAL_NOT_FOUND")
+        return row
+
+    async def list(self, where: SignalFilter, *, size: int, page_token: str) -> SignalPage:
+        limit = page_size(size)
+        after = decode_page_token(page_token) if page_token else None
+        async with self._database.session() as session:
+            rows = await SignalRepository(session).list(where, after=after, limit=limit + 1)
+        next_token = encode_page_token(rows[limit - 1]) if len(rows) > limit else ""
+        return SignalPage(rows=rows[:limit], next_page_token=next_token)
+
+
+# --- users -------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class UserView:
+    user: User
+    config: UserConfig
+
+
+@dataclass(frozen=True, slots=True)
+class IssuedToken:
+    view: UserView
+    webhook_token: str
+    webhook_url: str
+    previous_token_expires_at: datetime | None = None
+
+
+USER_UPDATABLE_FIELDS = frozenset(
+    {
+        "plan",
+        "signals_quota",
+        "webhook_enabled",
+        "default_chart_id",
+        "ip_allowlist",
+        "notification_preferences",
+    }
+)
+
+
+def webhook_url(settings: SignalSettings, token: str) -> str:
+    return f"{settings.external_url}/webhook/u/{token}"
+
+
+class UserManager:
+    def __init__(self, *, database: Database, settings: SignalSettings, cipher: CookieCipher) -> None:
+        self._database = database
+        self._settings = settings
+        self._cipher = cipher
+
+    async def create(
+        self,
+        *,
+        external_id: str,
+        plan: str,
+        default_chart_id: str,
+        signals_quota: int,
+        ip_allowlist: Sequence[str],
+        notification_preferences: dict[str, Any],
+    ) -> IssuedToken:
+        if plan not in self._settings.plan_limits:
+            raise InvalidArgumentError(f"unknown plan {plan!r}", reason="INVALID_PLAN")
+        if signals_quota < 0:
+            raise InvalidArgumentError("signals_quota must not be negative", reason="INVALID_QUOTA")
+        token = tokens.generate_token()
+        now = _utcnow()
+        user = User(
+            id=uuid.uuid4(),
+            external_id=external_id or None,
+            plan=plan,
+            webhook_token_hash=tokens.hash_token(token),
+            webhook_enabled=True,
+            signals_quota=signals_quota or self._settings.plan_limits[plan].signals_quota,
+            signals_used=0,
+            quota_reset_at=next_month_start(now),
+            event_seq=0,
+        )
+        config = UserConfig(
+            user_id=user.id,
+            default_chart_id=default_chart_id or None,
+            ip_allowlist=allowlist.normalise(ip_allowlist),
+            notification_preferences=notification_preferences,
+        )
+        try:
+            async with self._database.transaction() as session:
+                await UserRepository(session).add(user, config)
+        except IntegrityError as exc:
+            raise AlreadyExistsError(
+                "a user with this external_id exists", reason="EXTERNAL_ID_TAKEN"
+            ) from exc
+        view = await self.get(user_id=str(user.id))
+        return IssuedToken(view=view, webhook_token=token, webhook_url=webhook_url(self._settings, token))
+
+    async def get(self, *, user_id: str = "", external_id: str = "") -> UserView:
+        async with self._database.session() as session:
+            repository = UserRepository(session)
+            if user_id:
+                found = await repository.get(require_uuid(user_id, "user_id"))
+            elif external_id:
+                found = await repository.get_by_external_id(external_id)
+            else:
+                raise InvalidArgumentError("user_id or external_id is required", reason="MISSING_USER")
+        if found is None:
+            raise NotFoundError("no such user", reason="USER_NOT_FOUND")
+        return UserView(*found)
+
+    async def update(self, user_id: str, values: dict[str, Any]) -> UserView:
+        unknown = set(values) - USER_UPDATABLE_FIELDS
+        if unknown:
+            raise InvalidArgumentError(
+                f"not updatable: {', '.join(sorted(unknown))}", reason="INVALID_UPDATE_MASK"
+            )
+        if not values:
+            raise InvalidArgumentError("update_mask names no field", reason="INVALID_UPDATE_MASK")
+        parsed_id = require_uuid(user_id, "user_id")
+        user_values: dict[str, Any] = {}
+        config_values: dict[str, Any] = {}
+        if "plan" in values:
+            if values["plan"] not in self._settings.plan_limits:
+                raise InvalidArgumentError(f"unknown plan {values['plan']!r}", reason="INVALID_PLAN")
+            user_values["plan"] = values["plan"]
+        if "signals_quota" in values:
+            if values["signals_quota"] < 0:
+                raise InvalidArgumentError("signals_quota must not be negative", reason="INVALID_QUOTA")
+            user_values["signals_quota"] = values["signals_quota"]
+        if "webhook_enabled" in values:
+            user_values["webhook_enabled"] = bool(values["webhook_enabled"])
+        if "default_chart_id" in values:
+            config_values["default_chart_id"] = values["default_chart_id"] or None
+        if "ip_allowlist" in values:
+            config_values["ip_allowlist"] = allowlist.normalise(values["ip_allowlist"])
+        if "notification_preferences" in values:
+            config_values["notification_preferences"] = values["notification_preferences"]
+        async with self._database.transaction() as session:
+            repository = UserRepository(session)
+            if await repository.lock(parsed_id) is None:
+                raise NotFoundError("no such user", reason="USER_NOT_FOUND")
+            if user_values:
+                await repository.update_user(parsed_id, **user_values)
+            if config_values:
+                await repository.update_config(parsed_id, **config_values)
+        return await self.get(user_id=user_id)
+
+    async def rotate_token(self, user_id: str, grace_period_seconds: int) -> IssuedToken:
+        if grace_period_seconds < 0 or grace_period_seconds > 7 * 24 * 3600:
+            raise InvalidArgumentError(
+                "grace_period_seconds must be between 0 and 7 days", reason="INVALID_GRACE_PERIOD"
+            )
+        parsed_id = require_uuid(user_id, "user_id")
+        token = tokens.generate_token()
+        expires_at = _utcnow() + timedelta(seconds=grace_period_seconds) if grace_period_seconds else None
+        async with self._database.transaction() as session:
+            repository = UserRepository(session)
+            current = await repository.lock(parsed_id)
+            if current is None:
+                raise NotFoundError("no such user", reason="USER_NOT_FOUND")
+            await repository.update_user(
+                parsed_id,
+                webhook_token_hash=tokens.hash_token(token),
+                previous_token_hash=current.webhook_token_hash if expires_at else None,
+                previous_token_expires_at=expires_at,
+            )
+        return IssuedToken(
+            view=await self.get(user_id=user_id),
+            webhook_token=token,
+            webhook_url=webhook_url(self._settings, token),
+            previous_token_expires_at=expires_at,
+        )
+
+    async def set_tradingview_session(self, user_id: str, sessionid: str, sessionid_sign: str) -> UserView:
+        if not sessionid or not sessionid_sign:
+            raise InvalidArgumentError(
+                "sessionid and sessionid_sign are both required", reason="INVALID_TRADINGVIEW_SESSION"
+            )
+        if len(sessionid) > 4096 or len(sessionid_sign) > 4096:
+            raise InvalidArgumentError("cookie values are too long", reason="INVALID_TRADINGVIEW_SESSION")
+        parsed_id = require_uuid(user_id, "user_id")
+        plaintext = json.dumps({"sessionid": sessionid, "sessionid_sign": sessionid_sign}).encode()
+        ciphertext = self._cipher.encrypt(plaintext)
+        now = _utcnow()
+        async with self._database.transaction() as session:
+            repository = UserRepository(session)
+            if await repository.lock(parsed_id) is None:
+                raise NotFoundError("no such user", reason="USER_NOT_FOUND")
+            await repository.update_config(
+                parsed_id,
+                tv_session_ciphertext=ciphertext,
+                tv_cookies_valid=None,
+                tv_cookies_checked_at=None,
+                tv_cookies_changed_at=now,
+            )
+        return await self.get(user_id=user_id)
+
+
+# --- captures ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class CaptureClaim:
+    proceed: bool
+    row: SignalRow
+    chart_id: str
+    session_ciphertext: bytes
+    plan: str
+
+
+_TERMINAL = {ScreenshotStatus.COMPLETED, ScreenshotStatus.SKIPPED, ScreenshotStatus.EXPIRED}
+
+
+class CaptureCoordinator:
+    def __init__(self, *, database: Database, settings: SignalSettings, on_commit: Any = None) -> None:
+        self._database = database
+        self._settings = settings
+        self._on_commit = on_commit or (lambda: None)
+
+    async def claim(self, signal_id: str, *, attempt: int, worker_id: str) -> CaptureClaim:
+        parsed = require_uuid(signal_id, "signal_id")
+        async with self._database.transaction() as session:
+            signals, users = SignalRepository(session), UserRepository(session)
+            row = await signals.get(parsed, for_update=True)
+            if row is None or row.screenshot is None:
+                raise NotFoundError("no capture for this signal", reason="CAPTURE_NOT_FOUND")
+            found = await users.get(row.signal.user_id)
+            assert found is not None
+            user, config = found
+            chart_id = row.signal.chart_id or config.default_chart_id or ""
+            if ScreenshotStatus(row.screenshot.status) in _TERMINAL:
+                return CaptureClaim(False, row, chart_id, b"", user.plan)
+            now = _utcnow()
+            await signals.update_screenshot(
+                parsed,
+                status=ScreenshotStatus.PROCESSING,
+                attempts=row.screenshot.attempts + 1,
+                worker_id=worker_id[:200] or None,
+                claimed_at=now,
+                error=None,
+            )
+            if row.signal.screenshot_status != ScreenshotStatus.PROCESSING:
+                await signals.update_signal(parsed, screenshot_status=ScreenshotStatus.PROCESSING)
+                await self._event(session, user.id, parsed, EventType.SCREENSHOT_UPDATED)
+            row = await signals.get(parsed)
+            assert row is not None
+        self._on_commit()
+        return CaptureClaim(True, row, chart_id, config.tv_session_ciphertext or b"", user.plan)
+
+    async def report(
+        self,
+        signal_id: str,
+        *,
+        status: ScreenshotStatus,
+        object_key: str,
+        error: str,
+        size_bytes: int,
+        width: int,
+        height: int,
+        duration_ms: int,
+    ) -> SignalRow:
+        if status not in (ScreenshotStatus.PROCESSING, ScreenshotStatus.COMPLETED, ScreenshotStatus.FAILED):
+            raise InvalidArgumentError(
+                "status must be PROCESSING, COMPLETED or FAILED", reason="INVALID_CAPTURE_STATUS"
+            )
+        if status == ScreenshotStatus.COMPLETED and not object_key:
+            raise InvalidArgumentError("COMPLETED needs object_key", reason="MISSING_OBJECT_KEY")
+        parsed = require_uuid(signal_id, "signal_id")
+        now = _utcnow()
+        async with self._database.transaction() as session:
+            signals = SignalRepository(session)
+            row = await signals.get(parsed, for_update=True)
+            if row is None or row.screenshot is None:
+                raise NotFoundError("no capture for this signal", reason="CAPTURE_NOT_FOUND")
+            current = ScreenshotStatus(row.screenshot.status)
+            if current == ScreenshotStatus.COMPLETED:
+                # At-least-once delivery: a late duplicate report never undoes a finished capture.
+                if status == ScreenshotStatus.COMPLETED and object_key == row.screenshot.object_key:
+                    return row
+                raise FailedPreconditionError("capture already completed", reason="CAPTURE_COMPLETED")
+            values: dict[str, Any] = {"status": status}
+            if status == ScreenshotStatus.COMPLETED:
+                values |= {
+                    "object_key": object_key,
+                    "size_bytes": size_bytes or None,
+                    "width": width or None,
+                    "height": height or None,
+                    "duration_ms": duration_ms or None,
+                    "completed_at": now,
+                    "error": None,
+                }
+            elif status == ScreenshotStatus.FAILED:
+                values |= {"error": (error or "unknown")[:500], "completed_at": now}
+            else:
+                values |= {"claimed_at": now}
+            await signals.update_screenshot(parsed, **values)
+            await signals.update_signal(parsed, screenshot_status=status)
+            if status != current:
+                await self._event(session, row.signal.user_id, parsed, EventType.SCREENSHOT_UPDATED)
+            updated = await signals.get(parsed)
+            assert updated is not None
+        return updated
+
+    async def _event(self, session: Any, user_id: uuid.UUID, signal_id: uuid.UUID, kind: EventType) -> None:
+        seq = await UserRepository(session).next_event_seq(user_id)
+        await EventRepository(session).add(
+            SignalEvent(user_id=user_id, seq=seq, type=kind, signal_id=signal_id)
+        )
+
+
+def parse_decimal(value: str, what: str) -> Decimal | None:
+    if not value:
+        return None
+    try:
+        parsed = Decimal(value)
+    except InvalidOperation as exc:
+        raise InvalidArgumentError(
+            f"{what} must be a decimal string", reason=f"INVALID_{what.upper()}"
+        ) from exc
+    if not parsed.is_finite():
+        raise InvalidArgumentError(f"{what} must be finite", reason=f"INVALID_{what.upper()}")
+    return parsed
+
+
+__all__ = [
+    "CaptureCoordinator",
+    "IngestCommand",
+    "IngestResult",
+    "Plan",
+    "QueueBacklog",
+    "SignalReader",
+    "UserManager",
+    "WebhookIngestor",
+]

@@ -1,0 +1,26 @@
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import grpc
+import pytest
+
+from apidevs.alerts.v1 import signal_service_pb2_grpc, user_service_pb2_grpc
+from mesh.grpc import open_channel
+
+
+@pytest.fixture(scope="session")
+async def signal_channel(signal_server: str, service_key: str) -> AsyncIterator[grpc.aio.Channel]:
+    channel = open_channel(signal_server, service_key)
+    yield channel
+    await channel.close()
+
+
+@pytest.fixture(scope="session")
+def signals(signal_channel: grpc.aio.Channel) -> signal_service_pb2_grpc.SignalServiceStub:
+    return signal_service_pb2_grpc.SignalServiceStub(signal_channel)
+
+
+@pytest.fixture(scope="session")
+def users(signal_channel: grpc.aio.Channel) -> user_service_pb2_grpc.UserServiceStub:
+    return user_service_pb2_grpc.UserServiceStub(signal_channel)

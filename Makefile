@@ -1,0 +1,49 @@
+# The two commands a newcomer needs: `make demo` and `make test`. Each sets up what it needs first.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+INSTALLED := $(VENV)/.installed
+BUF := npx --yes @bufbuild/buf@1.75.0
+
+.PHONY: demo dev test lint proto proto-check bench chaos setup browser clean
+
+demo: setup browser
+	$(VENV)/bin/alerts demo
+
+dev: setup browser
+	$(VENV)/bin/alerts dev
+
+test: setup browser proto-check lint
+	$(VENV)/bin/pytest
+
+setup: $(INSTALLED)
+
+$(INSTALLED): pyproject.toml
+	@echo "==> creating the virtualenv in $(VENV) and installing the project (first run takes a few minutes)"
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --progress-bar on --upgrade pip
+	$(PY) -m pip install --progress-bar on -e '.[dev]'
+	touch $(INSTALLED)
+
+browser: setup
+	@bash scripts/ensure_chromium.sh $(PY)
+
+proto:
+	$(PY) proto/generate.py
+	$(BUF) lint
+
+proto-check: setup
+	@bash scripts/ensure_node.sh
+	$(PY) proto/generate.py --check
+	$(BUF) lint
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+bench: setup browser
+	$(PY) bench/run_all.py
+
+clean:
+	rm -rf $(VENV) .alerts .pytest_cache .ruff_cache .hypothesis

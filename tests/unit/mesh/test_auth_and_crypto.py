@@ -1,0 +1,61 @@
+from __future__ import annotations
+
+import base64
+import hashlib
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from mesh.auth import ApiKeyRing
+from mesh.crypto import CookieCipher, CookieCipherError
+from mesh.errors import PermissionDeniedError, UnauthenticatedError
+from mesh.settings import CommonSettings
+
+
+def test_plain_hashed_and_scoped_keys() -> None:
+    ring = ApiKeyRing(["plain", f"sha256:{hashlib.sha256(b'hashed').hexdigest()}", "scoped@user:u-1"])
+    assert ring.authenticate("Bearer plain").user_scope is None
+    assert ring.authenticate("bearer hashed").user_scope is None
+    scoped = ring.authenticate("Bearer scoped")
+    assert scoped.user_scope == "u-1"
+    scoped.ensure_can_access("u-1")
+    with pytest.raises(PermissionDeniedError):
+        scoped.ensure_can_access("u-2")
+    for header in (None, "", "plain", "Bearer", "Bearer nope", "Basic plain"):
+        with pytest.raises(UnauthenticatedError):
+            ring.authenticate(header)
+
+
+def test_production_settings_refuse_missing_secrets() -> None:
+    with pytest.raises(ValueError, match="ALERTS_DATABASE_URL"):
+        CommonSettings(env="production")
+
+
+@given(st.binary(max_size=2048))
+def test_cipher_round_trips_and_rotates(plaintext: bytes) -> None:
+    old = CookieCipher([("old", b"o" * 32)])
+    rotated = CookieCipher([("new", b"n" * 32), ("old", b"o" * 32)])
+    sealed = old.encrypt(plaintext)
+    assert rotated.decrypt(sealed) == plaintext
+    assert rotated.needs_reencryption(sealed)
+    resealed = rotated.encrypt(plaintext)
+    assert rotated.key_id_of(resealed) == "new"
+    with pytest.raises(CookieCipherError):
+        old.decrypt(resealed)
+
+
+def test_tampered_ciphertext_is_refused() -> None:
+    cipher = CookieCipher([("k", b"k" * 32)])
+    plaintext = b'{"sessionid": "recognisable-session-value"}'
+    sealed = bytearray(cipher.encrypt(plaintext))
+    assert b"recognisable-session-value" not in sealed
+    sealed[-1] ^= 1
+    with pytest.raises(CookieCipherError):
+        cipher.decrypt(bytes(sealed))
+
+
+def test_keys_from_settings() -> None:
+    key = base64.b64encode(b"z" * 32).decode()
+    cipher = CookieCipher.from_settings(CommonSettings(cookie_keys=f"k2:{key}"))
+    assert cipher.primary_key_id == "k2"

@@ -1,0 +1,143 @@
+"""deploy/compose.yaml runs real `alerts` commands, waits on real health, and wires addresses consistently."""
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+DEPLOY_DIR = Path(__file__).resolve().parents[3] / "deploy"
+
+# The `alerts` subcommands a container may run. Keep in step with mesh/cli.py's parser.
+ALERTS_COMMANDS = {
+    ("migrate",),
+    ("serve", "edge"),
+    ("serve", "signal"),
+    ("serve", "storage"),
+    ("serve", "capture"),
+}
+APP_IMAGES = {"apidevs-alerts:dev", "apidevs-alerts-capture:dev"}
+HEALTHCHECK_SCRIPT = "/opt/alerts/healthcheck.py"
+
+
+def compose() -> dict[str, Any]:
+    return yaml.safe_load((DEPLOY_DIR / "compose.yaml").read_text())
+
+
+def services() -> dict[str, dict[str, Any]]:
+    return compose()["services"]
+
+
+def app_services() -> dict[str, dict[str, Any]]:
+    return {name: service for name, service in services().items() if service.get("image") in APP_IMAGES}
+
+
+def host_port(address: str) -> tuple[str, int]:
+    host, _, port = address.rpartition(":")
+    return host, int(port)
+
+
+def test_app_services_run_real_alerts_commands() -> None:
+    commands = {name: tuple(service["command"]) for name, service in app_services().items()}
+    assert set(commands) == {"migrate", "storage", "signal", "edge", "capture"}
+    unknown = {name: command for name, command in commands.items() if command not in ALERTS_COMMANDS}
+    assert unknown == {}
+
+
+def test_every_serve_target_and_migrate_runs_somewhere() -> None:
+    assert {tuple(service["command"]) for service in app_services().values()} == ALERTS_COMMANDS
+
+
+def test_replicas_match_the_issue() -> None:
+    replicas = {name: service.get("deploy", {}).get("replicas", 1) for name, service in services().items()}
+    assert replicas["edge"] == 2
+    assert replicas["signal"] == 2
+    assert replicas["capture"] >= 1
+
+
+def test_depends_on_conditions_are_satisfiable() -> None:
+    all_services = services()
+    for name, service in all_services.items():
+        for dependency, spec in service.get("depends_on", {}).items():
+            assert dependency in all_services, f"{name} depends on unknown {dependency}"
+            condition = spec["condition"]
+            assert condition in {"service_started", "service_healthy", "service_completed_successfully"}
+            if condition == "service_healthy":
+                assert "healthcheck" in all_services[dependency], (
+                    f"{name} waits on {dependency}'s missing check"
+                )
+            if condition == "service_completed_successfully":
+                assert all_services[dependency].get("restart") == "no", f"{dependency} is not a one-shot job"
+
+
+def test_database_users_wait_for_migrations() -> None:
+    for name in ("signal", "storage"):
+        assert services()[name]["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
+    assert services()["migrate"]["depends_on"]["postgres"]["condition"] == "service_healthy"
+
+
+def test_app_healthchecks_probe_what_the_service_listens_on() -> None:
+    for name, service in app_services().items():
+        if name == "migrate":
+            assert "healthcheck" not in service
+            continue
+        test = service["healthcheck"]["test"]
+        assert test[:3] == ["CMD", "python", HEALTHCHECK_SCRIPT]
+        environment = service["environment"]
+        mode, target = test[3], test[4]
+        if name in {"signal", "storage"}:
+            listen = environment[f"ALERTS_{name.upper()}_ADDR"]
+            assert mode == "grpc"
+            assert host_port(target)[1] == host_port(listen)[1]
+            assert host_port(listen)[0] == "0.0.0.0", f"{name} must listen beyond loopback in a container"
+        elif name == "edge":
+            assert (mode, target) == (
+                "http",
+                f"http://127.0.0.1:{environment['ALERTS_EDGE_PORT']}/health/ready",
+            )
+        else:
+            assert (mode, target) == (
+                "http",
+                f"http://127.0.0.1:{environment['ALERTS_METRICS_PORT']}/metrics",
+            )
+
+
+@pytest.mark.parametrize("variable", ["ALERTS_SIGNAL_ADDR", "ALERTS_STORAGE_ADDR"])
+def test_callers_reach_addresses_that_exist(variable: str) -> None:
+    all_services = services()
+    envoy_ports = {int(port.split(":")[-1]) for port in all_services["envoy"]["ports"]}
+    for name, service in app_services().items():
+        host, port = host_port(service["environment"][variable])
+        if host == "0.0.0.0":
+            continue
+        assert host in all_services, f"{name}: {variable} names unknown host {host}"
+        if host == "envoy":
+            assert port in envoy_ports
+        else:
+            listen = all_services[host]["environment"][variable]
+            assert host_port(listen)[1] == port
+
+
+def test_edge_trusts_forwarded_headers_only_from_envoy() -> None:
+    envoy_address = services()["envoy"]["networks"]["default"]["ipv4_address"]
+    assert services()["edge"]["environment"]["ALERTS_TRUSTED_PROXIES"] == f"{envoy_address}/32"
+
+
+def test_secrets_come_from_the_environment() -> None:
+    for name, service in app_services().items():
+        environment = service["environment"]
+        for variable in (
+            "ALERTS_API_KEYS",
+            "ALERTS_SERVICE_API_KEY",
+            "ALERTS_COOKIE_KEYS",
+            "ALERTS_MEDIA_SIGNING_KEY",
+        ):
+            assert environment[variable].startswith(f"${{{variable}:?"), f"{name}: {variable} is not required"
+
+
+def test_env_example_names_every_required_variable() -> None:
+    text = (DEPLOY_DIR / "compose.yaml").read_text()
+    required = {part.split(":?")[0] for part in text.split("${")[1:] if ":?" in part.split("}")[0]}
+    example = (DEPLOY_DIR / ".env.example").read_text()
+    declared = {line.split("=")[0] for line in example.splitlines() if line and not line.startswith("#")}
+    assert required <= declared

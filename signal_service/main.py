@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import uvloop
 from dramatiq.brokers.redis import RedisBroker
@@ -39,6 +41,8 @@ from signal_service.settings import SignalSettings, get_settings
 from signal_service.status import StatusReporter
 from signal_service.storage_links import ScreenshotLinks
 
+log = logging.getLogger(__name__)
+
 SERVICE_NAMES = (
     signal_service_pb2.DESCRIPTOR.services_by_name["SignalService"].full_name,
     user_service_pb2.DESCRIPTOR.services_by_name["UserService"].full_name,
@@ -54,14 +58,29 @@ class SignalApp:
     redis: Redis
     audit: AuditWriter
     relay: OutboxRelay
+    captures: CaptureCoordinator
     signal_servicer: SignalServicer
     user_servicer: UserServicer
+
+    background: list[asyncio.Task[None]] = field(default_factory=list)
 
     def start_background(self) -> None:
         self.audit.start()
         self.relay.start()
+        self.background.append(asyncio.create_task(self._sweep_forever(), name="capture-sweeper"))
+
+    async def _sweep_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.sweep_interval_seconds)
+            try:
+                await self.captures.sweep_stale()
+            except Exception:
+                log.exception("sweeping stale captures failed")
 
     async def close(self) -> None:
+        for task in self.background:
+            task.cancel()
+        await asyncio.gather(*self.background, return_exceptions=True)
         await self.relay.stop()
         await self.audit.stop()
         await self.redis.aclose()
@@ -99,7 +118,9 @@ async def signal_app(settings: SignalSettings) -> AsyncIterator[SignalApp]:
         backlog=backlog,
         on_commit=relay.kick,
     )
+    captures = CaptureCoordinator(database=database, settings=settings, on_commit=relay.kick)
     app = SignalApp(
+        captures=captures,
         settings=settings,
         database=database,
         redis=redis,
@@ -108,7 +129,7 @@ async def signal_app(settings: SignalSettings) -> AsyncIterator[SignalApp]:
         signal_servicer=SignalServicer(
             ingestor=ingestor,
             reader=SignalReader(database),
-            captures=CaptureCoordinator(database=database, settings=settings, on_commit=relay.kick),
+            captures=captures,
             links=ScreenshotLinks(
                 storage_service_pb2_grpc.StorageServiceStub(storage_channel),
                 ttl_seconds=settings.screenshot_url_ttl_seconds,

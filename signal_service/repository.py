@@ -18,6 +18,7 @@ from signal_service.models import (
     ScreenshotStatus,
     Signal,
     SignalEvent,
+    SignalResult,
     User,
     UserConfig,
 )
@@ -29,6 +30,17 @@ EVENTS_CHANNEL = "alerts_signal_events"
 class SignalRow:
     signal: Signal
     screenshot: Screenshot | None
+
+
+@dataclass(frozen=True, slots=True)
+class UserStatsRow:
+    total_signals: int
+    this_month: int
+    screenshots_pending: int
+    wins: int
+    losses: int
+    storage_bytes: int
+    storage_objects: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +121,12 @@ class UserRepository:
             .values(**values, updated_at=sa.func.now())
         )
 
+    async def plans(self, user_ids: set[uuid.UUID]) -> dict[uuid.UUID, str]:
+        if not user_ids:
+            return {}
+        statement = sa.select(User.id, User.plan).where(User.id.in_(user_ids))
+        return {row.id: row.plan for row in await self.session.execute(statement)}
+
     async def next_event_seq(self, user_id: uuid.UUID) -> int:
         statement = (
             sa.update(User)
@@ -181,6 +199,39 @@ class SignalRepository:
         statement = statement.order_by(Signal.created_at.desc(), Signal.id.desc()).limit(limit)
         return [SignalRow(row[0], row[1]) for row in await self.session.execute(statement)]
 
+    async def stats(self, user_id: uuid.UUID, month_start: datetime) -> UserStatsRow | None:
+        """One user's counters in one statement; None when the user does not exist."""
+        signal_totals = (
+            sa.select(
+                sa.func.count().label("total_signals"),
+                sa.func.count().filter(Signal.created_at >= month_start).label("this_month"),
+                sa.func.count()
+                .filter(Signal.screenshot_status.in_([ScreenshotStatus.PENDING, ScreenshotStatus.PROCESSING]))
+                .label("screenshots_pending"),
+                sa.func.count().filter(Signal.result == SignalResult.WIN).label("wins"),
+                sa.func.count().filter(Signal.result == SignalResult.LOSS).label("losses"),
+            )
+            .where(Signal.user_id == user_id)
+            .subquery()
+        )
+        storage = (
+            sa.select(
+                sa.func.coalesce(sa.func.sum(Screenshot.size_bytes), 0).label("storage_bytes"),
+                sa.func.count().label("storage_objects"),
+            )
+            .where(Screenshot.user_id == user_id, Screenshot.status == ScreenshotStatus.COMPLETED)
+            .subquery()
+        )
+        statement = (
+            sa.select(signal_totals, storage)
+            .select_from(User)
+            .join(signal_totals, sa.true())
+            .join(storage, sa.true())
+            .where(User.id == user_id)
+        )
+        row = (await self.session.execute(statement)).one_or_none()
+        return UserStatsRow(**row._asdict()) if row else None
+
     async def update_signal(self, signal_id: uuid.UUID, **values: Any) -> None:
         await self.session.execute(
             sa.update(Signal).where(Signal.id == signal_id).values(**values, updated_at=sa.func.now())
@@ -200,6 +251,15 @@ class SignalRepository:
             .order_by(Screenshot.claimed_at)
             .limit(limit)
             .with_for_update(of=Signal, skip_locked=True)
+        )
+        return [SignalRow(row[0], row[1]) for row in await self.session.execute(statement)]
+
+    async def failed_for_update(self, *, ids: Sequence[uuid.UUID] | None, limit: int) -> list[SignalRow]:
+        statement = self._with_screenshot().where(Screenshot.status == ScreenshotStatus.FAILED)
+        if ids is not None:
+            statement = statement.where(Signal.id.in_(ids))
+        statement = (
+            statement.order_by(Signal.created_at).limit(limit).with_for_update(of=Signal, skip_locked=True)
         )
         return [SignalRow(row[0], row[1]) for row in await self.session.execute(statement)]
 
@@ -234,6 +294,11 @@ class EventRepository:
             .limit(limit)
         )
         return list((await self.session.execute(statement)).scalars())
+
+    async def head(self, user_id: uuid.UUID) -> int | None:
+        """The user's last committed event sequence number; None when the user does not exist."""
+        statement = sa.select(User.event_seq).where(User.id == user_id)
+        return (await self.session.execute(statement)).scalar_one_or_none()
 
     async def last_seq(self, user_id: uuid.UUID) -> int:
         statement = sa.select(User.event_seq).where(User.id == user_id)

@@ -13,7 +13,7 @@ import logging
 import math
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
@@ -59,6 +59,7 @@ from signal_service.repository import (
     SignalRepository,
     SignalRow,
     UserRepository,
+    UserStatsRow,
 )
 from signal_service.settings import SignalSettings
 
@@ -401,6 +402,87 @@ class SignalReader:
         next_token = encode_page_token(rows[limit - 1]) if len(rows) > limit else ""
         return SignalPage(rows=rows[:limit], next_page_token=next_token)
 
+    async def stats(self, user_id: str) -> UserStats:
+        parsed = require_uuid(user_id, "user_id")
+        month_start = _utcnow().replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+        async with self._database.session() as session:
+            row = await SignalRepository(session).stats(parsed, month_start)
+        if row is None:
+            raise NotFoundError("no such user", reason="USER_NOT_FOUND")
+        resolved = row.wins + row.losses
+        return UserStats(
+            user_id=str(parsed), counts=row, win_rate=row.wins / resolved * 100 if resolved else 0.0
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class UserStats:
+    user_id: str
+    counts: UserStatsRow
+    # wins / (wins + losses) * 100; 0 when nothing is resolved.
+    win_rate: float
+
+
+# --- outcomes ----------------------------------------------------------------------------------------
+
+MAX_NOTES_CHARS = 10_000
+# A profit or loss of 10^31 or more, or finer than 10^-30, is a client bug rather than a trade.
+_PROFIT_LOSS_DIGITS = 30
+
+
+def parse_profit_loss(value: str) -> Decimal | None:
+    """The exact decimal the platform sent ("-12.50" stays -12.50); None for empty."""
+    parsed = parse_decimal(value.strip(), "profit_loss")
+    if parsed is None:
+        return None
+    exponent = parsed.as_tuple().exponent
+    assert isinstance(exponent, int)
+    if exponent < -_PROFIT_LOSS_DIGITS or (parsed != 0 and parsed.adjusted() > _PROFIT_LOSS_DIGITS):
+        raise InvalidArgumentError("profit_loss is out of range", reason="INVALID_PROFIT_LOSS")
+    return parsed
+
+
+class SignalOutcomes:
+    """The trader's verdict on a signal, recorded with an OUTCOME_UPDATED event in the same transaction."""
+
+    def __init__(self, database: Database) -> None:
+        self._database = database
+
+    async def update(
+        self,
+        signal_id: str,
+        *,
+        result: SignalResult | None,
+        profit_loss: str,
+        notes: str,
+        ensure_access: Callable[[str], None],
+    ) -> SignalRow:
+        """Replaces result, profit_loss and notes. `ensure_access(owner_id)` raises for a foreign signal."""
+        parsed = require_uuid(signal_id, "signal_id")
+        if result is None:
+            raise InvalidArgumentError("result is required", reason="INVALID_RESULT")
+        amount = parse_profit_loss(profit_loss)
+        if len(notes) > MAX_NOTES_CHARS:
+            raise InvalidArgumentError(
+                f"notes longer than {MAX_NOTES_CHARS} characters", reason="INVALID_NOTES"
+            )
+        async with self._database.transaction() as session:
+            signals = SignalRepository(session)
+            row = await signals.get(parsed, for_update=True)
+            if row is None:
+                raise NotFoundError("no such signal", reason="SIGNAL_NOT_FOUND")
+            owner = row.signal.user_id
+            ensure_access(str(owner))
+            await signals.update_signal(parsed, result=result, profit_loss=amount, notes=notes or None)
+            # Signal row, then user row: the same lock order as captures, so the two never deadlock.
+            seq = await UserRepository(session).next_event_seq(owner)
+            await EventRepository(session).add(
+                SignalEvent(user_id=owner, seq=seq, type=EventType.OUTCOME_UPDATED, signal_id=parsed)
+            )
+            updated = await signals.get(parsed)
+            assert updated is not None
+        return updated
+
 
 # --- users -------------------------------------------------------------------------------------------
 
@@ -597,6 +679,7 @@ class CaptureClaim:
     plan: str
 
 
+_RETRY_BATCH_LIMIT = 10_000
 _TERMINAL = {ScreenshotStatus.COMPLETED, ScreenshotStatus.SKIPPED, ScreenshotStatus.EXPIRED}
 
 
@@ -690,6 +773,70 @@ class CaptureCoordinator:
             assert updated is not None
         return updated
 
+    async def failed(self, *, user_id: str, size: int, page_token: str) -> SignalPage:
+        limit = page_size(size)
+        after = decode_page_token(page_token) if page_token else None
+        owner = require_uuid(user_id, "user_id") if user_id else None
+        async with self._database.session() as session:
+            rows = await SignalRepository(session).failed(user_id=owner, after=after, limit=limit + 1)
+        next_token = encode_page_token(rows[limit - 1]) if len(rows) > limit else ""
+        return SignalPage(rows=rows[:limit], next_page_token=next_token)
+
+    async def retry(self, signal_ids: Sequence[str], *, all_failed: bool) -> int:
+        """Puts FAILED captures back on their plan's queue, oldest first; returns how many."""
+        if all_failed == bool(signal_ids):
+            raise InvalidArgumentError(
+                "give either signal_ids or all_failed", reason="INVALID_RETRY_SELECTION"
+            )
+        ids = [require_uuid(value, "signal_id") for value in signal_ids]
+        requeued = 0
+        async with self._database.transaction() as session:
+            signals = SignalRepository(session)
+            rows = await signals.failed_for_update(ids=ids or None, limit=_RETRY_BATCH_LIMIT)
+            plans = await UserRepository(session).plans({row.signal.user_id for row in rows})
+            for row in sorted(rows, key=lambda row: row.signal.created_at):
+                await self._requeue(session, row, plans[row.signal.user_id])
+                requeued += 1
+        if requeued:
+            self._on_commit()
+        return requeued
+
+    async def sweep_stale(self) -> int:
+        """Captures left PROCESSING by a worker that died go back to their queue, or fail for good."""
+        cutoff = _utcnow() - timedelta(seconds=self._settings.capture_stale_after_seconds)
+        swept = 0
+        async with self._database.transaction() as session:
+            signals = SignalRepository(session)
+            rows = await signals.stale_processing(cutoff, limit=_RETRY_BATCH_LIMIT)
+            plans = await UserRepository(session).plans({row.signal.user_id for row in rows})
+            for row in rows:
+                assert row.screenshot is not None
+                if row.screenshot.attempts >= self._settings.capture_max_attempts:
+                    now = _utcnow()
+                    await signals.update_screenshot(
+                        row.signal.id, status=ScreenshotStatus.FAILED, error="WORKER_LOST", completed_at=now
+                    )
+                    await signals.update_signal(row.signal.id, screenshot_status=ScreenshotStatus.FAILED)
+                    await self._event(
+                        session, row.signal.user_id, row.signal.id, EventType.SCREENSHOT_UPDATED
+                    )
+                else:
+                    await self._requeue(session, row, plans[row.signal.user_id])
+                swept += 1
+        if swept:
+            log.warning("stale captures swept", extra={"count": swept})
+            self._on_commit()
+        return swept
+
+    async def _requeue(self, session: Any, row: SignalRow, plan: str) -> None:
+        signals = SignalRepository(session)
+        await signals.update_screenshot(
+            row.signal.id, status=ScreenshotStatus.PENDING, error=None, claimed_at=None, completed_at=None
+        )
+        await signals.update_signal(row.signal.id, screenshot_status=ScreenshotStatus.PENDING)
+        await OutboxRepository(session).add(capture_message(row.signal.id, plan))
+        await self._event(session, row.signal.user_id, row.signal.id, EventType.SCREENSHOT_UPDATED)
+
     async def _event(self, session: Any, user_id: uuid.UUID, signal_id: uuid.UUID, kind: EventType) -> None:
         seq = await UserRepository(session).next_event_seq(user_id)
         await EventRepository(session).add(
@@ -717,7 +864,9 @@ __all__ = [
     "IngestResult",
     "Plan",
     "QueueBacklog",
+    "SignalOutcomes",
     "SignalReader",
     "UserManager",
+    "UserStats",
     "WebhookIngestor",
 ]

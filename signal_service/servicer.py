@@ -254,6 +254,27 @@ class SignalServicer(signal_service_pb2_grpc.SignalServiceServicer):
         )
         return (await self._signals_to_proto([row]))[0]
 
+    async def ListFailedCaptures(
+        self, request: signal_service_pb2.ListFailedCapturesRequest, context: grpc.aio.ServicerContext
+    ) -> signal_service_pb2.ListFailedCapturesResponse:
+        if request.user_id:
+            ensure_can_access_user(request.user_id)
+        else:
+            ensure_unscoped()
+        page = await self._captures.failed(
+            user_id=request.user_id, size=request.page_size, page_token=request.page_token
+        )
+        return signal_service_pb2.ListFailedCapturesResponse(
+            signals=await self._signals_to_proto(page.rows), next_page_token=page.next_page_token
+        )
+
+    async def RetryCaptures(
+        self, request: signal_service_pb2.RetryCapturesRequest, context: grpc.aio.ServicerContext
+    ) -> signal_service_pb2.RetryCapturesResponse:
+        ensure_unscoped()
+        count = await self._captures.retry(list(request.signal_ids), all_failed=request.all_failed)
+        return signal_service_pb2.RetryCapturesResponse(requeued_count=count)
+
     async def GetServiceStatus(
         self, request: signal_service_pb2.GetServiceStatusRequest, context: grpc.aio.ServicerContext
     ) -> signal_service_pb2.GetServiceStatusResponse:

@@ -38,6 +38,9 @@ class SignalSettings(CommonSettings):
     outbox_poll_seconds: float = 1.0
     # A PROCESSING capture older than this went with its worker: the sweeper re-queues it.
     capture_stale_after_seconds: int = 120
+    # Deliveries of one capture (Dramatiq's first try and its 3 retries) before a lost worker means FAILED.
+    capture_max_attempts: int = 4
+    sweep_interval_seconds: float = 30.0
 
 
 @lru_cache

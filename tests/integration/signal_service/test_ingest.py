@@ -1,40 +1,13 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime
 
 import grpc
 import pytest
-from google.protobuf import timestamp_pb2
 
 from apidevs.alerts.v1 import resources_pb2, signal_service_pb2, user_service_pb2
 from mesh.errors import from_rpc_error
-
-SAMPLE = """🚨 ADX DEF [APIDEVS]
-📈 Señal: Divergencia Alcista
-🪙 Ticker: BINANCE:BTCUSDT
-💰 Precio: $67,890.50
-⏱️ Timeframe: 15
-🕒 Hora: 2026-11-27T14:30:00Z
-""".encode()
-
-
-def now_timestamp() -> timestamp_pb2.Timestamp:
-    stamp = timestamp_pb2.Timestamp()
-    stamp.FromDatetime(datetime.now(UTC))
-    return stamp
-
-
-async def create_user(users, plan=resources_pb2.PLAN_PREMIUM, **fields) -> user_service_pb2.CreateUserResponse:
-    return await users.CreateUser(user_service_pb2.CreateUserRequest(plan=plan, **fields))
-
-
-def ingest_request(token: str, body: bytes = SAMPLE, **fields) -> signal_service_pb2.IngestWebhookRequest:
-    fields.setdefault("content_type", "text/plain")
-    fields.setdefault("source_ip", "203.0.113.7")
-    return signal_service_pb2.IngestWebhookRequest(
-        webhook_token=token, body=body, received_at=now_timestamp(), **fields
-    )
+from tests.support import SAMPLE, create_user, ingest_request
 
 
 async def test_sample_message_is_stored_and_listed(signals, users) -> None:
@@ -121,7 +94,9 @@ async def test_identical_resend_within_window_is_a_duplicate(signals, users) -> 
     again = await signals.IngestWebhook(ingest_request(created.webhook_token))
     assert again.duplicate
     assert again.signal_id == first.signal_id
-    different = await signals.IngestWebhook(ingest_request(created.webhook_token, SAMPLE.replace(b"50", b"51")))
+    different = await signals.IngestWebhook(
+        ingest_request(created.webhook_token, SAMPLE.replace(b"50", b"51"))
+    )
     assert not different.duplicate
     listed = await signals.ListSignals(signal_service_pb2.ListSignalsRequest(user_id=created.user.user_id))
     assert len(listed.signals) == 2

@@ -53,7 +53,11 @@ class ManagedProcess:
     def start(self) -> None:
         output = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
         self.process = subprocess.Popen(  # noqa: S603 (our own interpreter and arguments)
-            list(self.argv), env=dict(self.env), stdout=output, stderr=subprocess.STDOUT, start_new_session=True
+            list(self.argv),
+            env=dict(self.env),
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
 
     def wait_ready(self, timeout: float) -> None:

@@ -16,6 +16,14 @@ from mesh.settings import CommonSettings
 log = logging.getLogger("alerts")
 
 SERVE_TARGETS = ("edge", "signal", "storage", "capture", "chart-stub")
+# What production containers run; deploy/ may use only these (its tests check against this).
+PRODUCTION_COMMANDS = (
+    ("migrate",),
+    ("serve", "edge"),
+    ("serve", "signal"),
+    ("serve", "storage"),
+    ("serve", "capture"),
+)
 
 
 def _serve(target: str, options: argparse.Namespace) -> int:

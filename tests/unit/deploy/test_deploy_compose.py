@@ -6,16 +6,11 @@ from typing import Any
 import pytest
 import yaml
 
+from mesh.cli import PRODUCTION_COMMANDS
+
 DEPLOY_DIR = Path(__file__).resolve().parents[3] / "deploy"
 
-# The `alerts` subcommands a container may run. Keep in step with mesh/cli.py's parser.
-ALERTS_COMMANDS = {
-    ("migrate",),
-    ("serve", "edge"),
-    ("serve", "signal"),
-    ("serve", "storage"),
-    ("serve", "capture"),
-}
+ALERTS_COMMANDS = set(PRODUCTION_COMMANDS)
 APP_IMAGES = {"apidevs-alerts:dev", "apidevs-alerts-capture:dev"}
 HEALTHCHECK_SCRIPT = "/opt/alerts/healthcheck.py"
 
@@ -141,3 +136,10 @@ def test_env_example_names_every_required_variable() -> None:
     example = (DEPLOY_DIR / ".env.example").read_text()
     declared = {line.split("=")[0] for line in example.splitlines() if line and not line.startswith("#")}
     assert required <= declared
+
+
+def test_every_production_command_is_accepted_by_the_cli() -> None:
+    from mesh.cli import build_parser
+
+    for command in PRODUCTION_COMMANDS:
+        assert build_parser().parse_args(list(command)).handler is not None

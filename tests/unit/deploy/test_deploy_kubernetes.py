@@ -9,21 +9,17 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from mesh.cli import PRODUCTION_COMMANDS
+from mesh.queues import CAPTURE_QUEUES, dramatiq_namespace
+from mesh.settings import CommonSettings
+
 K8S_DIR = Path(__file__).resolve().parents[3] / "deploy" / "k8s"
 BASE_DIR = K8S_DIR / "base"
 PRODUCTION_DIR = K8S_DIR / "overlays" / "production"
 # Native gRPC probes are GA since 1.27; validate against a version clusters actually run.
 KUBERNETES_VERSION = "1.31"
-# Same set as test_deploy_compose.ALERTS_COMMANDS: the `alerts` subcommands a container may run.
-ALERTS_COMMANDS = {
-    ("migrate",),
-    ("serve", "edge"),
-    ("serve", "signal"),
-    ("serve", "storage"),
-    ("serve", "capture"),
-}
+ALERTS_COMMANDS = set(PRODUCTION_COMMANDS)
 GRPC_SERVERS = {"signal": 50051, "storage": 50052}
-CAPTURE_QUEUES = {"capture.premium", "capture.pro", "capture.basic", "capture.free"}
 # Kinds without an upstream schema (KEDA custom resources): checked by hand below.
 CUSTOM_KINDS = {"ScaledObject", "TriggerAuthentication"}
 
@@ -219,7 +215,7 @@ def test_capture_scaled_object_structure() -> None:
     triggers = spec["triggers"]
     assert {trigger["type"] for trigger in triggers} == {"redis"}
     assert {trigger["metadata"]["listName"] for trigger in triggers} == {
-        f"dramatiq:{q}" for q in CAPTURE_QUEUES
+        f"{dramatiq_namespace(CommonSettings())}:{q}" for q in CAPTURE_QUEUES
     }
     assert all(int(trigger["metadata"]["listLength"]) > 0 for trigger in triggers)
     modifiers = spec["advanced"]["scalingModifiers"]

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import grpc
 from litestar import Request, Response, get
+from litestar.params import FromPath, FromQuery
 from litestar.response import Stream
 
 from apidevs.alerts.v1 import storage_service_pb2, storage_service_pb2_grpc
@@ -32,7 +33,10 @@ _SANDBOX_POLICY = "sandbox; default-src 'none'; img-src 'self'; media-src 'self'
 
 @get("/media/{key:path}", summary="A stored object, by signed URL", tags=["media"])
 async def get_media(
-    request: Request, key: Path, expires: str | None = None, sig: str | None = None
+    request: Request,
+    key: FromPath[Path],
+    expires: FromQuery[str | None] = None,
+    sig: FromQuery[str | None] = None,
 ) -> Response:
     object_key = str(key).removeprefix("/")
     try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 import time
 from collections.abc import AsyncIterator
@@ -29,6 +30,7 @@ _MIME_NAME = r"[A-Za-z0-9!#$&^_.+-]+"
 _CONTENT_TYPE = re.compile(
     rf'{_MIME_NAME}/{_MIME_NAME}(?:\s*;\s*{_MIME_NAME}=(?:{_MIME_NAME}|"[ !#-\[\]-~]*"))*'
 )
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 _METADATA_KEY = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
 _METADATA_VALUE = re.compile(r"[ -~]*")
 
@@ -63,18 +65,32 @@ class StorageService:
         content_type: str,
         metadata: dict[str, str],
         chunks: AsyncIterator[bytes],
+        expected_sha256: str | None = None,
     ) -> ObjectInfo:
-        """Stores the stream under ``key``; a stream that breaks a limit midway stores nothing."""
+        """Stores the stream under ``key``; a stream that breaks a limit midway stores nothing.
+
+        With ``expected_sha256`` (hex), the object is stored only if the content received hashes to it,
+        which also proves the stream was not cut short.
+        """
         validate_key(key)
         _validate_metadata(metadata)
+        if expected_sha256 is not None and not _SHA256_HEX.fullmatch(expected_sha256):
+            raise InvalidArgumentError("sha256 must be 64 lowercase hex digits", reason="INVALID_CHECKSUM")
         return await self._backend.put(
             key,
             content_type=_normalized_content_type(content_type),
             metadata=metadata,
-            chunks=self._limited(chunks),
+            chunks=self._checked(chunks, expected_sha256),
         )
 
-    async def _limited(self, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    async def _checked(
+        self, chunks: AsyncIterator[bytes], expected_sha256: str | None
+    ) -> AsyncIterator[bytes]:
+        """The chunks, refused midway when one breaks a limit, and at the end when the hash disagrees.
+
+        Backends commit only after the last chunk, so raising here stores nothing.
+        """
+        hasher = hashlib.sha256() if expected_sha256 is not None else None
         total = 0
         async for chunk in chunks:
             if len(chunk) > MAX_CHUNK_BYTES:
@@ -86,8 +102,14 @@ class StorageService:
                 raise InvalidArgumentError(
                     f"objects are limited to {self._max_object_bytes} bytes", reason="OBJECT_TOO_LARGE"
                 )
+            if hasher is not None:
+                hasher.update(chunk)
             if chunk:
                 yield chunk
+        if hasher is not None and hasher.hexdigest() != expected_sha256:
+            raise InvalidArgumentError(
+                "the content received does not match the declared sha256", reason="CHECKSUM_MISMATCH"
+            )
 
     async def get_object_url(self, key: str, expires_in_seconds: int = 0) -> ObjectUrl:
         """A URL for ``key``, public when a base URL is configured, otherwise signed and expiring.
@@ -104,8 +126,9 @@ class StorageService:
         if self._public_base_url:
             return ObjectUrl(url=f"{self._public_base_url}/{quote(key, safe='/')}", expires_at=None)
         lifetime = expires_in_seconds or DEFAULT_URL_LIFETIME_SECONDS
+        # Taken before signing, so the URL never expires before the time reported.
         expires_at = datetime.fromtimestamp(int(time.time()) + lifetime, UTC)
-        return ObjectUrl(url=await self._backend.signed_url(key, expires_at), expires_at=expires_at)
+        return ObjectUrl(url=await self._backend.signed_url(key, lifetime), expires_at=expires_at)
 
     async def stat_object(self, key: str) -> ObjectInfo:
         return await self._backend.stat(validate_key(key))

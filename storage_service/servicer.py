@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 
@@ -14,6 +15,10 @@ from mesh.errors import InvalidArgumentError
 from storage_service.objects import ObjectInfo
 from storage_service.service import StorageService
 
+_CANCELLATION_SETTLE_SECONDS = 0.01
+# Header metadata under this name is the content's hex SHA-256 as the client computed it: the object is
+# committed only if what arrived matches, and it is not stored as metadata (storage records its own).
+DECLARED_SHA256_METADATA_KEY = "sha256"
 SERVICE_NAME = storage_service_pb2.DESCRIPTOR.services_by_name["StorageService"].full_name
 
 
@@ -31,11 +36,15 @@ class StorageServicer(storage_service_pb2_grpc.StorageServiceServicer):
         if first is None or first.WhichOneof("part") != "header":
             raise InvalidArgumentError("the first message must be the header", reason="MISSING_HEADER")
         header = first.header
+        metadata = dict(header.metadata)
+        # A declared hash makes a cut-short stream detectable exactly; without one, see _chunks.
+        expected_sha256 = metadata.pop(DECLARED_SHA256_METADATA_KEY, None)
         info = await self._service.put_object(
             header.key,
             content_type=header.content_type,
-            metadata=dict(header.metadata),
-            chunks=_chunks(request_iterator),
+            metadata=metadata,
+            chunks=_chunks(request_iterator, context, settle=expected_sha256 is None),
+            expected_sha256=expected_sha256,
         )
         return object_info_message(info)
 
@@ -70,11 +79,21 @@ class StorageServicer(storage_service_pb2_grpc.StorageServiceServicer):
 
 async def _chunks(
     request_iterator: AsyncIterator[storage_service_pb2.PutObjectRequest],
+    context: grpc.aio.ServicerContext,
+    *,
+    settle: bool,
 ) -> AsyncIterator[bytes]:
     async for message in request_iterator:
         if message.WhichOneof("part") != "chunk":
             raise InvalidArgumentError("only the first message may be a header", reason="UNEXPECTED_HEADER")
         yield message.chunk
+    if settle:
+        # grpc.aio ends the request stream alike when the client half-closes and when it cancels or drops
+        # the connection; the cancellation of this task follows moments later. Waiting that long before
+        # the object is committed keeps a client that went away from storing a prefix of its content.
+        await asyncio.sleep(_CANCELLATION_SETTLE_SECONDS)
+        if context.cancelled():
+            raise asyncio.CancelledError
 
 
 def object_info_message(info: ObjectInfo) -> storage_service_pb2.ObjectInfo:

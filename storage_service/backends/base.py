@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import abc
 from collections.abc import AsyncIterator
-from datetime import datetime
 
 from storage_service.objects import ObjectInfo, ObjectSummary
 
@@ -48,8 +47,8 @@ class StorageBackend(abc.ABC):
         """Every object whose key starts with ``prefix``, in key order."""
 
     @abc.abstractmethod
-    async def signed_url(self, key: str, expires_at: datetime) -> str:
-        """A URL that serves the object until ``expires_at`` (a whole second, UTC)."""
+    async def signed_url(self, key: str, expires_in_seconds: int) -> str:
+        """A URL that serves the object for ``expires_in_seconds`` from now."""
 
     @abc.abstractmethod
     async def close(self) -> None:

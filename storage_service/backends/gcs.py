@@ -7,7 +7,7 @@ configured (an emulator), API calls are anonymous and only URL signing uses the 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import google.auth
@@ -117,7 +117,7 @@ class GcsBackend(StorageBackend):
             for blob in page:
                 yield ObjectSummary(key=blob.name, size_bytes=blob.size or 0, created_at=blob.time_created)
 
-    async def signed_url(self, key: str, expires_at: datetime) -> str:
+    async def signed_url(self, key: str, expires_in_seconds: int) -> str:
         signing: dict[str, Any] = {}
         if not isinstance(self._signing_credentials, service_account.Credentials):
             # Workload identity and other keyless credentials sign through the IAM signBlob API.
@@ -130,7 +130,7 @@ class GcsBackend(StorageBackend):
             self._bucket.blob(key).generate_signed_url,
             version="v4",
             method="GET",
-            expiration=expires_at,
+            expiration=timedelta(seconds=expires_in_seconds),
             credentials=self._signing_credentials,
             api_access_endpoint=self._endpoint or "https://storage.googleapis.com",
             **signing,

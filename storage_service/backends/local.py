@@ -68,8 +68,9 @@ class LocalBackend(StorageBackend):
         chunks: AsyncIterator[bytes],
     ) -> ObjectInfo:
         part_path = self._tmp / f"{secrets.token_hex(16)}{_PART_SUFFIX}"
-        part = await run_blocking(_open_exclusive, part_path)
+        part: BinaryIO | None = None
         try:
+            part = await run_blocking(_open_exclusive, part_path)
             hasher = hashlib.sha256()
             size = 0
             async for chunk in chunks:
@@ -86,7 +87,8 @@ class LocalBackend(StorageBackend):
             await run_blocking(self._publish, part, part_path, info)
         except BaseException:
             # Also on cancellation (the client went away): nothing of this write may remain.
-            part.close()
+            if part is not None:
+                part.close()
             part_path.unlink(missing_ok=True)
             raise
         return info
@@ -170,8 +172,9 @@ class LocalBackend(StorageBackend):
                 )
         return sorted(found, key=lambda summary: summary.key)
 
-    async def signed_url(self, key: str, expires_at: datetime) -> str:
-        return signed_media_url(self._public_url, key, int(expires_at.timestamp()), self._signing_secret)
+    async def signed_url(self, key: str, expires_in_seconds: int) -> str:
+        expires = int(time.time()) + expires_in_seconds
+        return signed_media_url(self._public_url, key, expires, self._signing_secret)
 
     async def close(self) -> None:
         """Nothing to release: every file is closed when its call ends."""

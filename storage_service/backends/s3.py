@@ -166,13 +166,12 @@ class S3Backend(StorageBackend):
                     key=entry["Key"], size_bytes=int(entry["Size"]), created_at=entry["LastModified"]
                 )
 
-    async def signed_url(self, key: str, expires_at: datetime) -> str:
-        expires_in = max(1, int((expires_at - datetime.now(UTC)).total_seconds()))
+    async def signed_url(self, key: str, expires_in_seconds: int) -> str:
         return await run_blocking(
             self._client.generate_presigned_url,
             "get_object",
             Params={"Bucket": self._bucket, "Key": key},
-            ExpiresIn=expires_in,
+            ExpiresIn=expires_in_seconds,
         )
 
     async def close(self) -> None:

@@ -1,3 +1,4 @@
+import hashlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -119,3 +120,24 @@ async def test_usage_counts_objects_and_bytes_under_a_prefix(tmp_path: Path) -> 
     await service.put_object("u/2/a", content_type="", metadata={}, chunks=_stream(b"x" * 7))
     usage = await service.usage("u/1/")
     assert (usage.objects, usage.bytes) == (2, 15)
+
+
+async def test_declared_sha256_is_checked_before_anything_is_stored(tmp_path: Path) -> None:
+    service = _service(tmp_path)
+    digest = hashlib.sha256(b"abc").hexdigest()
+    info = await service.put_object(
+        "a", content_type="", metadata={}, chunks=_stream(b"a", b"bc"), expected_sha256=digest
+    )
+    assert info.sha256 == digest
+    with pytest.raises(InvalidArgumentError) as raised:
+        await service.put_object(
+            "b", content_type="", metadata={}, chunks=_stream(b"ab"), expected_sha256=digest
+        )
+    assert raised.value.reason == "CHECKSUM_MISMATCH"
+    with pytest.raises(NotFoundError):
+        await service.stat_object("b")
+    with pytest.raises(InvalidArgumentError) as raised:
+        await service.put_object(
+            "c", content_type="", metadata={}, chunks=_stream(b"x"), expected_sha256="ABC"
+        )
+    assert raised.value.reason == "INVALID_CHECKSUM"

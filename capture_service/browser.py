@@ -1,0 +1,190 @@
+"""One Chromium per worker process, a fresh isolated context per capture.
+
+Launching Chromium costs about a second and 100+ MB, so a worker keeps one browser for its lifetime; what
+must never be shared between users (cookies, storage, cache) lives in a BrowserContext, which is cheap and
+is closed after every job. When Chromium dies (OOM killer, crash, someone killing it), the pool notices
+the disconnect and the next job launches a new one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import shutil
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from playwright.async_api import Browser, BrowserContext, Playwright, async_playwright
+from playwright.async_api import Error as PlaywrightError
+
+from capture_service.errors import BrowserUnavailableError
+
+log = logging.getLogger(__name__)
+
+CHROMIUM_ARGS = (
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+    "--disable-sync",
+    # Containers often give /dev/shm 64 MB, which a few chart tabs exhaust; /tmp has room.
+    "--disable-dev-shm-usage",
+)
+SYSTEM_CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
+
+
+@dataclass(frozen=True)
+class Cookie:
+    name: str
+    value: str
+    domain: str
+    secure: bool
+
+
+def find_chromium(configured: Path | None, bundled: str) -> Path:
+    """The configured executable, else Playwright's bundled Chromium if installed, else the system's."""
+    if configured is not None:
+        if not configured.exists():
+            raise FileNotFoundError(f"ALERTS_CHROMIUM_PATH {configured} does not exist")
+        return configured
+    if bundled and Path(bundled).exists():
+        return Path(bundled)
+    for name in SYSTEM_CHROMIUM_NAMES:
+        found = shutil.which(name)
+        if found:
+            return Path(found)
+    raise FileNotFoundError(
+        "no Chromium found: run `playwright install chromium`, install the `chromium` package, "
+        "or set ALERTS_CHROMIUM_PATH"
+    )
+
+
+class BrowserPool:
+    """Hands out isolated browser contexts backed by one shared, self-healing Chromium.
+
+    Must be used from one event loop; contexts may be used concurrently.
+    """
+
+    def __init__(
+        self,
+        *,
+        executable_path: Path | None = None,
+        viewport: tuple[int, int] = (1280, 720),
+        extra_args: Sequence[str] = (),
+    ) -> None:
+        self._configured_path = executable_path
+        self._viewport = {"width": viewport[0], "height": viewport[1]}
+        self._args = [*CHROMIUM_ARGS, *extra_args]
+        self._playwright: Playwright | None = None
+        self._browser: Browser | None = None
+        self._user_agent = ""
+        self._lock = asyncio.Lock()
+        self.launches = 0
+
+    async def start(self) -> None:
+        await self._connected_browser()
+
+    async def close(self) -> None:
+        async with self._lock:
+            browser, self._browser = self._browser, None
+            if browser is not None:
+                try:
+                    await browser.close()
+                except PlaywrightError as exc:
+                    log.warning("closing Chromium failed", extra={"error": str(exc)})
+            if self._playwright is not None:
+                await self._playwright.stop()
+                self._playwright = None
+
+    @asynccontextmanager
+    async def context(self, cookies: Sequence[Cookie]) -> AsyncIterator[BrowserContext]:
+        """A new context holding exactly `cookies`; closed on exit whatever happens inside."""
+        browser = await self._connected_browser()
+        try:
+            context = await self._new_context(browser)
+        except PlaywrightError:
+            # Chromium may have died since the last job without the disconnect being noticed yet.
+            await self._discard(browser)
+            try:
+                context = await self._new_context(await self._connected_browser())
+            except PlaywrightError as exc:
+                raise BrowserUnavailableError(f"cannot open a browser context: {exc}") from exc
+        try:
+            if cookies:
+                await context.add_cookies(
+                    [
+                        {
+                            "name": cookie.name,
+                            "value": cookie.value,
+                            "domain": cookie.domain,
+                            "path": "/",
+                            "httpOnly": True,
+                            "secure": cookie.secure,
+                            "sameSite": "Lax",
+                        }
+                        for cookie in cookies
+                    ]
+                )
+            yield context
+        finally:
+            try:
+                await context.close()
+            except PlaywrightError as exc:
+                # The browser went away with the context in it; nothing is left to close.
+                log.debug("closing a browser context failed", extra={"error": str(exc)})
+
+    async def _discard(self, browser: Browser) -> None:
+        async with self._lock:
+            if self._browser is not browser:
+                return
+            self._browser = None
+        log.warning("Chromium stopped answering; replacing it")
+        try:
+            await browser.close()
+        except PlaywrightError as exc:
+            log.debug("closing an unresponsive Chromium failed", extra={"error": str(exc)})
+
+    async def _new_context(self, browser: Browser) -> BrowserContext:
+        return await browser.new_context(
+            viewport=self._viewport,  # type: ignore[arg-type]
+            device_scale_factor=1,
+            locale="en-US",
+            timezone_id="UTC",
+            user_agent=self._user_agent,
+            service_workers="block",
+        )
+
+    async def _connected_browser(self) -> Browser:
+        async with self._lock:
+            if self._browser is not None and self._browser.is_connected():
+                return self._browser
+            if self._browser is not None:
+                log.warning("Chromium disconnected; launching a new one", extra={"launches": self.launches})
+            self._browser = await self._launch()
+            return self._browser
+
+    async def _launch(self) -> Browser:
+        if self._playwright is None:
+            self._playwright = await async_playwright().start()
+        executable = find_chromium(self._configured_path, self._playwright.chromium.executable_path)
+        try:
+            browser = await self._playwright.chromium.launch(
+                executable_path=executable, args=self._args, headless=True
+            )
+        except PlaywrightError as exc:
+            # The driver itself may be what died; a fresh one costs little and recovers that case too.
+            await self._playwright.stop()
+            self._playwright = None
+            raise BrowserUnavailableError(f"cannot launch Chromium at {executable}: {exc}") from exc
+        major = browser.version.split(".", 1)[0]
+        # Headless Chromium announces itself as "HeadlessChrome", which sites may treat differently.
+        self._user_agent = (
+            "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) "
+            f"Chrome/{major}.0.0.0 Safari/537.36"
+        )
+        self.launches += 1
+        log.info("Chromium launched", extra={"executable": str(executable), "version": browser.version})
+        return browser

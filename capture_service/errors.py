@@ -1,0 +1,55 @@
+"""Why a capture attempt failed, as the machine-readable reason the signal service stores.
+
+``retryable`` decides whether Dramatiq tries again: a logged-out session stays logged out however often
+it is retried, a slow chart may well load on the next attempt.
+"""
+
+from __future__ import annotations
+
+
+class CaptureError(Exception):
+    reason = "chart_error"
+    retryable = True
+
+
+class ChartTimeoutError(CaptureError):
+    reason = "timeout"
+
+
+class ChartPageError(CaptureError):
+    """The chart page answered with an error, crashed, or never showed a chart."""
+
+    reason = "chart_error"
+
+
+class BrowserUnavailableError(CaptureError):
+    """Chromium died or could not be started; the pool relaunches it for the next attempt."""
+
+    reason = "browser_error"
+
+
+class StorageUnavailableError(CaptureError):
+    reason = "storage_unavailable"
+
+
+class SignalServiceUnavailableError(CaptureError):
+    reason = "signal_unavailable"
+
+
+class SessionInvalidError(CaptureError):
+    """TradingView showed its sign-in UI: the user's cookies are expired or wrong."""
+
+    reason = "tradingview_session_invalid"
+    retryable = False
+
+
+class SessionMissingError(CaptureError):
+    reason = "tradingview_session_missing"
+    retryable = False
+
+
+class SessionUndecryptableError(CaptureError):
+    """No configured cookie key opens the stored session: a deployment problem, not the user's."""
+
+    reason = "tradingview_session_undecryptable"
+    retryable = False

@@ -1,0 +1,85 @@
+"""The chart stub served on a loopback port, and a browser pool on the test session's event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+
+from capture_service.browser import BrowserPool
+from capture_service.chart_stub import create_chart_stub_app
+
+VIEWPORT = (1280, 720)
+
+
+@dataclass
+class ChartStub:
+    base_url: str
+
+    async def requests(self) -> list[dict[str, Any]]:
+        async with httpx.AsyncClient(base_url=self.base_url) as client:
+            answer = await client.get("/_stub/requests")
+            answer.raise_for_status()
+            return answer.json()
+
+    async def clear(self) -> None:
+        async with httpx.AsyncClient(base_url=self.base_url) as client:
+            (await client.delete("/_stub/requests")).raise_for_status()
+
+    async def configure(self, **settings: Any) -> None:
+        async with httpx.AsyncClient(base_url=self.base_url) as client:
+            (await client.post("/_stub/mode", json=settings)).raise_for_status()
+
+
+@pytest.fixture(scope="session")
+def chart_stub_server() -> Iterator[str]:
+    """The stub in a thread of this process, on a socket bound before the server starts."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(create_chart_stub_app(), log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("chart stub did not start")
+        time.sleep(0.02)
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(timeout=10)
+    sock.close()
+
+
+@pytest.fixture
+async def chart_stub(chart_stub_server: str) -> AsyncIterator[ChartStub]:
+    stub = ChartStub(chart_stub_server)
+    await stub.configure(mode="ok", render_delay_ms=300)
+    await stub.clear()
+    yield stub
+    await stub.configure(mode="ok", render_delay_ms=300)
+
+
+@pytest.fixture(scope="session")
+async def shared_pool() -> AsyncIterator[BrowserPool]:
+    pool = BrowserPool(viewport=VIEWPORT)
+    await pool.start()
+    yield pool
+    await pool.close()
+
+
+@pytest.fixture
+async def own_pool() -> AsyncIterator[BrowserPool]:
+    """A pool no other test shares, for tests that crash or kill its browser."""
+    pool = BrowserPool(viewport=VIEWPORT)
+    await pool.start()
+    yield pool
+    await asyncio.wait_for(pool.close(), timeout=30)

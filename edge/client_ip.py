@@ -30,8 +30,13 @@ def client_ip(peer: str, forwarded_for: str | None, trusted_proxies: Sequence[st
     hops = [hop.strip() for hop in forwarded_for.split(",") if hop.strip()]
     for hop in reversed(hops):
         if not _trusted(hop, networks):
-            try:
-                return str(ipaddress.ip_address(hop))
-            except ValueError:
-                return peer
-    return hops[0] if hops else peer
+            return _canonical(hop) or peer
+    # Every hop is one of ours: the left-most is as near the client as anyone saw.
+    return (_canonical(hops[0]) if hops else None) or peer
+
+
+def _canonical(address: str) -> str | None:
+    try:
+        return str(ipaddress.ip_address(address))
+    except ValueError:
+        return None

@@ -21,6 +21,9 @@ def run() -> None:
         http="httptools",
         log_config=None,
         access_log=False,
+        # uvicorn would otherwise believe X-Forwarded-For from loopback peers; edge.client_ip alone decides,
+        # from ALERTS_TRUSTED_PROXIES.
+        proxy_headers=False,
         timeout_graceful_shutdown=10,
         # Slowloris: a client that sends nothing for this long is dropped.
         timeout_keep_alive=5,

@@ -18,6 +18,13 @@ class EdgeSettings(CommonSettings):
     # Bodies over the webhook limit are refused, but read up to this much so that the refusal is audited.
     max_read_bytes: int = 1024 * 1024
     webhook_body_limit: int = 64 * 1024
+    # A body still arriving after this long is refused with 408 (slowloris); TradingView itself gives up
+    # after 3 s, so no real alert is that slow.
+    body_read_timeout_seconds: float = 5.0
+    # Header floods are refused with 431 before any work; TradingView sends about ten headers.
+    max_header_count: int = 100
+    max_header_bytes: int = 16 * 1024
+    workers: int = 1
     workers: int = 1
 
     @field_validator("trusted_proxies", mode="before")

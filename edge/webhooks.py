@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from datetime import UTC, datetime
 
 import grpc
 from google.protobuf import timestamp_pb2
 from litestar import Request, Response, post
+from litestar.exceptions import InternalServerException
 from prometheus_client import Counter, Histogram
 
 from apidevs.alerts.v1 import resources_pb2, signal_service_pb2
@@ -45,6 +47,23 @@ async def read_body(request: Request, keep: int, read_at_most: int) -> tuple[byt
     return bytes(kept), size
 
 
+def _headers_too_large(request: Request, settings: EdgeSettings) -> bool:
+    headers = request.scope["headers"]
+    if len(headers) > settings.max_header_count:
+        return True
+    return sum(len(name) + len(value) for name, value in headers) > settings.max_header_bytes
+
+
+def _refusal(status_code: int, error: str) -> Response:
+    """An answer the edge gives on its own; the connection is closed, as the rest of the body is unread."""
+    WEBHOOKS.labels(str(status_code), error).inc()
+    return Response(
+        {"success": False, "error": error},
+        status_code=status_code,
+        headers={"Connection": "close", "Cache-Control": "no-store"},
+    )
+
+
 @post(
     "/webhook/u/{token:str}",
     summary="Receive a TradingView alert",
@@ -59,7 +78,17 @@ async def receive_webhook(request: Request, token: str, chart: str | None = None
     request_id_var.set(request_id)
     settings: EdgeSettings = request.app.state.settings
     received_at = datetime.now(UTC)
-    body, size = await read_body(request, settings.webhook_body_limit + 1, settings.max_read_bytes)
+    if _headers_too_large(request, settings):
+        return _refusal(431, "headers_too_large")
+    try:
+        # uvicorn times out idle connections, not slow bodies: a client trickling its body is cut here.
+        async with asyncio.timeout(settings.body_read_timeout_seconds):
+            body, size = await read_body(request, settings.webhook_body_limit + 1, settings.max_read_bytes)
+    except TimeoutError:
+        return _refusal(408, "body_timeout")
+    except InternalServerException:
+        # Litestar's way of saying the client went away mid-body; nobody is left to answer.
+        return _refusal(400, "incomplete_body")
     sent_at = timestamp_pb2.Timestamp()
     sent_at.FromDatetime(received_at)
     ingest = signal_service_pb2.IngestWebhookRequest(
@@ -70,7 +99,8 @@ async def receive_webhook(request: Request, token: str, chart: str | None = None
         content_type=request.headers.get("content-type", ""),
         source_ip=client_ip(
             request.client.host if request.client else "",
-            request.headers.get("x-forwarded-for"),
+            # Proxies may add their own header line rather than extend the client's: read them all.
+            ",".join(request.headers.getall("x-forwarded-for", [])),
             settings.trusted_proxies,
         ),
         received_at=sent_at,

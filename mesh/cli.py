@@ -150,6 +150,62 @@ def _user_create(options: argparse.Namespace) -> int:
     return 0
 
 
+def _keys_rotate(options: argparse.Namespace) -> int:
+    from mesh.crypto import CookieCipher
+    from signal_service.database import Database, create_engine
+    from signal_service.keys import KeyRotationReport, reencrypt_sessions
+    from signal_service.settings import get_settings
+
+    configure_logging("keys")
+    settings = get_settings()
+    cipher = CookieCipher.from_settings(settings)
+
+    async def rotate() -> KeyRotationReport:
+        database = Database(create_engine(settings.database_url, pool_size=1))
+        try:
+            return await reencrypt_sessions(database, cipher, batch_size=options.batch_size)
+        finally:
+            await database.dispose()
+
+    report = asyncio.run(rotate())
+    print(f"sessions examined: {report.examined}; re-encrypted to {report.key_id!r}: {report.reencrypted}")
+    if report.unreadable:
+        print(
+            f"{len(report.unreadable)} sessions open with no configured key and were left as they are: "
+            + ", ".join(str(user_id) for user_id in report.unreadable),
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
+def _keys_generate(options: argparse.Namespace) -> int:
+    from mesh.crypto import generate_key_entry
+
+    print(generate_key_entry(options.key_id))
+    return 0
+
+
+def _audit_prune(options: argparse.Namespace) -> int:
+    from signal_service.audit import prune_audit_log
+    from signal_service.database import Database, create_engine
+    from signal_service.settings import get_settings
+
+    configure_logging("audit")
+    settings = get_settings()
+    retention_days = options.retention_days or settings.audit_retention_days
+
+    async def prune() -> int:
+        database = Database(create_engine(settings.database_url, pool_size=1))
+        try:
+            return await prune_audit_log(database, retention_days=retention_days)
+        finally:
+            await database.dispose()
+
+    print(f"audit rows older than {retention_days} days deleted: {asyncio.run(prune())}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="alerts", description="TradingView alerts microservice")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -174,6 +230,23 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--sessionid", help="TradingView sessionid cookie")
     create.add_argument("--sessionid-sign", help="TradingView sessionid_sign cookie")
     create.set_defaults(handler=_user_create)
+
+    keys = commands.add_parser("keys", help="TradingView cookie encryption keys (ALERTS_COOKIE_KEYS)")
+    key_commands = keys.add_subparsers(dest="keys_command", required=True)
+    rotate = key_commands.add_parser(
+        "rotate", help="re-encrypt every stored TradingView session with the first configured key"
+    )
+    rotate.add_argument("--batch-size", type=int, default=500, help="rows per transaction")
+    rotate.set_defaults(handler=_keys_rotate)
+    generate = key_commands.add_parser("generate", help="print a new '<key id>:<base64 key>' entry")
+    generate.add_argument("key_id")
+    generate.set_defaults(handler=_keys_generate)
+
+    audit = commands.add_parser("audit", help="the webhook audit log")
+    audit_commands = audit.add_subparsers(dest="audit_command", required=True)
+    prune = audit_commands.add_parser("prune", help="delete audit rows older than the retention period")
+    prune.add_argument("--retention-days", type=int, help="default: ALERTS_AUDIT_RETENTION_DAYS (90)")
+    prune.set_defaults(handler=_audit_prune)
     return parser
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from datetime import UTC, datetime, timedelta
 
 from prometheus_client import Counter
 
@@ -28,6 +29,7 @@ class AuditWriter:
         self._queue: asyncio.Queue[AuditLog] = asyncio.Queue(maxsize=max_pending)
         self._batch_size = batch_size
         self._task: asyncio.Task[None] | None = None
+        self._writing: asyncio.Future[None] | None = None
 
     def record(self, entry: AuditLog) -> None:
         try:
@@ -44,6 +46,8 @@ class AuditWriter:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        if self._writing is not None:
+            await self._writing
         await self.flush()
 
     async def flush(self) -> None:
@@ -59,14 +63,38 @@ class AuditWriter:
     async def _run(self) -> None:
         while True:
             first = await self._queue.get()
-            batch = [first, *self._drain()]
-            await self._write(batch)
+            # Shielded: stopping the writer must not roll back a batch already taken off the queue.
+            self._writing = asyncio.ensure_future(self._write([first, *self._drain()]))
+            await asyncio.shield(self._writing)
 
     async def _write(self, batch: list[AuditLog]) -> None:
         if not batch:
             return
         try:
-            async with self._database.transaction() as session:
-                await AuditRepository(session).add_many(batch)
+            await self._insert(batch)
         except Exception:
-            log.exception("writing audit rows failed", extra={"rows": len(batch)})
+            if len(batch) == 1:
+                log.exception("writing an audit row failed", extra={"outcome": batch[0].outcome})
+                return
+            # One row the database refuses must not cost the others theirs.
+            for entry in batch:
+                await self._write([entry])
+
+    async def _insert(self, batch: list[AuditLog]) -> None:
+        async with self._database.transaction() as session:
+            await AuditRepository(session).add_many(batch)
+
+
+async def prune_audit_log(database: Database, *, retention_days: int, batch_size: int = 10_000) -> int:
+    """Deletes audit rows older than the retention period, a batch per transaction; returns how many.
+
+    Batches keep each transaction short, so pruning a large backlog never holds locks for long.
+    """
+    cutoff = datetime.now(UTC) - timedelta(days=retention_days)
+    deleted = 0
+    while True:
+        async with database.transaction() as session:
+            batch = await AuditRepository(session).delete_older_than(cutoff, limit=batch_size)
+        deleted += batch
+        if batch < batch_size:
+            return deleted

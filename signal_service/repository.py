@@ -55,10 +55,24 @@ class SignalFilter:
     created_before: datetime | None = None
 
 
+def _storable(value: Any) -> Any:
+    """PostgreSQL text and jsonb cannot hold NUL: it is dropped from strings, also inside JSON values.
+
+    Raw bodies are bytea and keep every byte; only the text read out of them loses NULs.
+    """
+    if isinstance(value, str):
+        return value.replace("\x00", "")
+    if isinstance(value, dict):
+        return {_storable(key): _storable(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_storable(item) for item in value]
+    return value
+
+
 def _values(row: Any) -> dict[str, Any]:
     """The row's column values, leaving out unset server-defaulted columns so the database fills them."""
     return {
-        column.name: getattr(row, column.name)
+        column.name: _storable(getattr(row, column.name))
         for column in row.__table__.columns
         if not (getattr(row, column.name) is None and (column.server_default is not None or column.identity))
     }
@@ -135,6 +149,19 @@ class UserRepository:
             .returning(User.event_seq)
         )
         return (await self.session.execute(statement)).scalar_one()
+
+    async def sessions_after(self, after: uuid.UUID | None, limit: int) -> list[tuple[uuid.UUID, bytes]]:
+        """Stored TradingView session ciphertexts in user id order after `after`, locked until commit."""
+        statement = (
+            sa.select(UserConfig.user_id, UserConfig.tv_session_ciphertext)
+            .where(UserConfig.tv_session_ciphertext.is_not(None))
+            .order_by(UserConfig.user_id)
+            .limit(limit)
+            .with_for_update()
+        )
+        if after is not None:
+            statement = statement.where(UserConfig.user_id > after)
+        return [(row[0], row[1]) for row in await self.session.execute(statement)]
 
 
 class SignalRepository:
@@ -316,8 +343,13 @@ class AuditRepository:
         if entries:
             await self.session.execute(sa.insert(AuditLog), [_values(entry) for entry in entries])
 
-    async def delete_older_than(self, cutoff: datetime) -> int:
-        result = await self.session.execute(sa.delete(AuditLog).where(AuditLog.created_at < cutoff))
+    async def delete_older_than(self, cutoff: datetime, *, limit: int | None = None) -> int:
+        """Deletes rows created before `cutoff`, at most `limit` of them (oldest first) when given."""
+        doomed = AuditLog.created_at < cutoff
+        if limit is not None:
+            oldest = sa.select(AuditLog.id).where(doomed).order_by(AuditLog.created_at).limit(limit)
+            doomed = AuditLog.id.in_(oldest.scalar_subquery())
+        result = await self.session.execute(sa.delete(AuditLog).where(doomed))
         return result.rowcount or 0
 
 

@@ -67,7 +67,6 @@ log = logging.getLogger(__name__)
 
 MAX_PAGE_SIZE = 100
 DEFAULT_PAGE_SIZE = 20
-_UNKNOWN_TOKEN_RATE = (5.0, 20)  # per source IP: slows token guessing without hurting real users
 _AUDIT_BODY_LIMIT = 64 * 1024
 
 
@@ -186,8 +185,11 @@ class WebhookIngestor:
             raise
 
     async def _limit_unknown_source(self, source_ip: str) -> None:
-        rate, burst = _UNKNOWN_TOKEN_RATE
-        decision = await self._rate_limiter.acquire(f"unknown:{source_ip}", rate_per_second=rate, burst=burst)
+        decision = await self._rate_limiter.acquire(
+            f"unknown:{source_ip}",
+            rate_per_second=self._settings.unknown_token_rate_per_second,
+            burst=self._settings.unknown_token_burst,
+        )
         if not decision.allowed:
             raise ResourceExhaustedError(
                 "too many requests", reason="RATE_LIMITED", retry_after_seconds=decision.retry_after_seconds

@@ -3,7 +3,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 from mesh.settings import CommonSettings
 
@@ -27,8 +27,17 @@ def _default_plan_limits() -> dict[str, PlanLimits]:
 class SignalSettings(CommonSettings):
     max_body_bytes: int = 64 * 1024
     indicators_path: Path | None = None
-    dedupe_window_seconds: int = 60
+    # An identical body from the same user within this window is a TradingView re-send, not a new alert.
+    dedupe_window_seconds: int = Field(default=60, ge=0)
+    # JSON, e.g. ALERTS_PLAN_LIMITS='{"free": {"signals_quota": 100, "rate_per_second": 0.5,
+    # "rate_burst": 5}}'; plans left out keep their defaults.
     plan_limits: dict[str, PlanLimits] = Field(default_factory=_default_plan_limits)
+    # Per source address, for tokens that are malformed or match no user: slows token guessing without
+    # touching real users, whose known tokens never count against it.
+    unknown_token_rate_per_second: float = Field(default=5.0, gt=0)
+    unknown_token_burst: int = Field(default=20, ge=1)
+    # `alerts audit prune` deletes audit rows older than this.
+    audit_retention_days: int = Field(default=90, ge=1)
     # The rough time one capture takes, for the estimated_wait in webhook answers.
     capture_seconds_estimate: float = 6.0
     # Captures running at once across all workers, for the same estimate.
@@ -41,6 +50,11 @@ class SignalSettings(CommonSettings):
     # Deliveries of one capture (Dramatiq's first try and its 3 retries) before a lost worker means FAILED.
     capture_max_attempts: int = 4
     sweep_interval_seconds: float = 30.0
+
+    @field_validator("plan_limits", mode="after")
+    @classmethod
+    def _every_plan_has_limits(cls, value: dict[str, PlanLimits]) -> dict[str, PlanLimits]:
+        return _default_plan_limits() | value
 
 
 @lru_cache

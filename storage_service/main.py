@@ -7,6 +7,7 @@ import asyncio
 from apidevs.alerts.v1 import storage_service_pb2_grpc
 from mesh.grpc import create_server, serve
 from mesh.logging import configure_logging
+from mesh.metrics import start_metrics_server
 from storage_service.service import build_service
 from storage_service.servicer import SERVICE_NAME, StorageServicer
 from storage_service.settings import StorageSettings, get_settings
@@ -30,4 +31,5 @@ def run() -> None:
     """Blocks serving until SIGTERM; returns after a graceful shutdown."""
     settings = get_settings()
     configure_logging("storage", settings.log_level)
+    start_metrics_server(settings.metrics_port)
     asyncio.run(serve_storage(settings))

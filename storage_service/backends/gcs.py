@@ -7,7 +7,7 @@ configured (an emulator), API calls are anonymous and only URL signing uses the 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import google.auth
@@ -155,6 +155,6 @@ def _object_info(blob: storage.Blob) -> ObjectInfo:
         content_type=blob.content_type or "application/octet-stream",
         size_bytes=blob.size or 0,
         sha256=sha256,
-        created_at=blob.time_created or datetime.now(UTC),
+        created_at=blob.time_created,
         metadata=metadata,
     )

@@ -137,6 +137,34 @@ async def test_signed_url_for_a_deleted_object_is_not_found(local: StorageServer
     assert raised.value.code() == grpc.StatusCode.NOT_FOUND
 
 
+async def test_non_images_download_as_attachments_in_a_sandbox(local: StorageServer, edge_url: str) -> None:
+    page = b"<script>alert(document.cookie)</script>"
+    await local.stub.PutObject(put_requests("shots/page.html", page, content_type="text/html"))
+    issued = await local.stub.GetObjectUrl(storage_service_pb2.GetObjectUrlRequest(key="shots/page.html"))
+    async with httpx.AsyncClient() as http:
+        response = await http.get(_on_edge(issued.url, edge_url))
+    assert response.content == page
+    assert response.headers["content-disposition"] == "attachment"
+    assert response.headers["content-security-policy"].startswith("sandbox;")
+
+
+async def test_edge_answers_503_while_storage_is_unreachable(tmp_path: Path) -> None:
+    secret = media_signing_secret(settings_for(tmp_path))
+    channel = open_channel(f"127.0.0.1:{free_port()}", API_KEY)
+    try:
+        async with serve_edge_media(storage_service_pb2_grpc.StorageServiceStub(channel), secret) as edge_url:
+            expires = int(time.time()) + 60
+            path = (
+                f"/media/shots/a.png?expires={expires}&sig={media_signature('shots/a.png', expires, secret)}"
+            )
+            async with httpx.AsyncClient(base_url=edge_url) as http:
+                response = await http.get(path)
+        assert response.status_code == 503
+        assert response.headers["retry-after"] == "1"
+    finally:
+        await channel.close()
+
+
 @pytest.mark.parametrize("key", ["../escape.png", "/etc/passwd", "a//b", "a\x00b", "x" * 513, ""])
 async def test_bad_keys_are_invalid_argument_for_every_rpc(local: StorageServer, key: str) -> None:
     calls = {

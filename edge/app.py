@@ -14,6 +14,7 @@ from litestar.openapi import OpenAPIConfig
 from apidevs.alerts.v1 import signal_service_pb2_grpc, storage_service_pb2_grpc
 from edge import health, media, webhooks
 from edge.settings import EdgeSettings, get_settings
+from edge.spool import webhook_spool
 from mesh.grpc import open_channel
 from mesh.signing import media_signing_secret
 
@@ -43,7 +44,8 @@ def create_app(settings: EdgeSettings) -> Litestar:
             health.metrics,
             media.get_media,
         ],
-        lifespan=[channels],
+        # The spool's replayer sends through the signal channel: it starts after and stops before it.
+        lifespan=[channels, webhook_spool],
         state=State(
             {
                 "settings": settings,

@@ -25,7 +25,13 @@ class EdgeSettings(CommonSettings):
     max_header_count: int = 100
     max_header_bytes: int = 16 * 1024
     workers: int = 1
-    workers: int = 1
+    # The spool under ALERTS_DATA_DIR/spool keeps webhooks while the signal service is away; when it holds
+    # this many bytes, further ones are refused with 503 (TradingView then re-sends).
+    spool_max_bytes: int = Field(default=256 * 1024 * 1024, gt=0)
+    # Replays are not racing TradingView's 3 s: give a recovering signal service time to answer.
+    spool_replay_timeout_seconds: float = Field(default=10.0, gt=0)
+    # The replayer retries a signal service that does not answer yet at most this far apart.
+    spool_replay_max_backoff_seconds: float = Field(default=5.0, gt=0)
 
     @field_validator("trusted_proxies", mode="before")
     @classmethod

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from datetime import UTC, datetime
 
@@ -16,10 +17,13 @@ from apidevs.alerts.v1 import resources_pb2, signal_service_pb2
 from edge.client_ip import client_ip
 from edge.errors import error_response, http_status_for
 from edge.settings import EdgeSettings
+from edge.spool import SPOOL_WORTHY_CODES, SpoolFullError, WebhookSpool
 from mesh.errors import from_rpc_error
 from mesh.grpc import new_request_id
 from mesh.logging import request_id_var
 from mesh.metrics import LATENCY_BUCKETS
+
+log = logging.getLogger(__name__)
 
 WEBHOOKS = Counter(
     "alerts_webhooks_total", "Webhook calls answered, by HTTP status and reason", ["status", "reason"]
@@ -27,6 +31,9 @@ WEBHOOKS = Counter(
 WEBHOOK_LATENCY = Histogram(
     "alerts_webhook_latency_seconds", "Webhook answer latency at the edge", buckets=LATENCY_BUCKETS
 )
+
+# TradingView re-sends a 5xx'd alert 5 s later whatever this says; other callers may wait as told.
+_SPOOL_FULL_RETRY_AFTER_SECONDS = 5
 
 _STATUS_NAMES = {
     value.number: value.name.removeprefix("SCREENSHOT_STATUS_").lower()
@@ -62,6 +69,26 @@ def _refusal(status_code: int, error: str) -> Response:
         status_code=status_code,
         headers={"Connection": "close", "Cache-Control": "no-store"},
     )
+
+
+async def _spool(
+    request: Request, ingest: signal_service_pb2.IngestWebhookRequest, request_id: str
+) -> Response:
+    """The signal service is away: keep the alert on disk for the replayer and say so with 202."""
+    spool: WebhookSpool = request.app.state.spool
+    try:
+        await spool.append(ingest, request_id=request_id)
+    except SpoolFullError as exc:
+        log.error("webhook spool refused a request", extra={"error": str(exc)})
+        WEBHOOKS.labels("503", "spool_full").inc()
+        return Response(
+            {"success": False, "error": "unavailable"},
+            status_code=503,
+            headers={"Retry-After": str(_SPOOL_FULL_RETRY_AFTER_SECONDS), "Cache-Control": "no-store"},
+        )
+    request.app.state.spool_replayer.kick()
+    WEBHOOKS.labels("202", "queued").inc()
+    return Response({"success": True, "queued": True, "request_id": request_id}, status_code=202)
 
 
 @post(
@@ -112,9 +139,12 @@ async def receive_webhook(request: Request, token: str, chart: str | None = None
             ingest, timeout=settings.ingest_timeout_seconds
         )
     except grpc.aio.AioRpcError as exc:
-        error = from_rpc_error(exc)
-        response = error_response(error)
-        WEBHOOKS.labels(str(response.status_code), http_status_for(error)[1]).inc()
+        if exc.code() in SPOOL_WORTHY_CODES:
+            response = await _spool(request, ingest, request_id)
+        else:
+            error = from_rpc_error(exc)
+            response = error_response(error)
+            WEBHOOKS.labels(str(response.status_code), http_status_for(error)[1]).inc()
     else:
         response = Response(
             {

@@ -8,12 +8,14 @@ import logging
 import signal
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TypeVar
 
 from mesh.logging import configure_logging
 from mesh.settings import CommonSettings
 
 log = logging.getLogger("alerts")
+_T = TypeVar("_T")
 
 SERVE_TARGETS = ("edge", "signal", "storage", "capture", "chart-stub")
 # What production containers run; deploy/ may use only these (its tests check against this).
@@ -206,6 +208,78 @@ def _audit_prune(options: argparse.Namespace) -> int:
     return 0
 
 
+def _captures_failed(options: argparse.Namespace) -> int:
+    from apidevs.alerts.v1 import resources_pb2, signal_service_pb2, signal_service_pb2_grpc
+    from mesh.grpc import open_channel
+
+    address, key = _client_settings()
+
+    async def list_failed() -> list[resources_pb2.Signal]:
+        signals: list[resources_pb2.Signal] = []
+        async with open_channel(address, key) as channel:
+            stub = signal_service_pb2_grpc.SignalServiceStub(channel)
+            page_token = ""
+            while True:
+                page = await stub.ListFailedCaptures(
+                    signal_service_pb2.ListFailedCapturesRequest(
+                        user_id=options.user or "", page_size=100, page_token=page_token
+                    )
+                )
+                signals.extend(page.signals)
+                page_token = page.next_page_token
+                if not page_token or len(signals) >= options.limit:
+                    return signals[: options.limit]
+
+    signals = _grpc_call(list_failed)
+    if signals is None:
+        return 1
+    for failed in signals:
+        created = failed.created_at.ToDatetime().strftime("%Y-%m-%dT%H:%M:%SZ")
+        print(
+            f"{failed.signal_id}  user {failed.user_id}  {created}  {failed.ticker or '-'}  "
+            f"{failed.screenshot_error or 'no reason recorded'}"
+        )
+    print(f"{len(signals)} failed capture(s)", file=sys.stderr)
+    return 0
+
+
+def _captures_retry(options: argparse.Namespace) -> int:
+    from apidevs.alerts.v1 import signal_service_pb2, signal_service_pb2_grpc
+    from mesh.grpc import open_channel
+
+    address, key = _client_settings()
+
+    async def retry() -> int:
+        async with open_channel(address, key) as channel:
+            answer = await signal_service_pb2_grpc.SignalServiceStub(channel).RetryCaptures(
+                signal_service_pb2.RetryCapturesRequest(
+                    signal_ids=options.signal_ids, all_failed=options.all_failed
+                )
+            )
+            return answer.requeued_count
+
+    requeued = _grpc_call(retry)
+    if requeued is None:
+        return 1
+    print(f"captures re-queued: {requeued}")
+    return 0
+
+
+def _grpc_call(call: Callable[[], Awaitable[_T]]) -> _T | None:
+    """Runs one client call; a refusal is printed as the service put it rather than as a traceback."""
+    import grpc
+
+    from mesh.errors import from_rpc_error
+
+    try:
+        return asyncio.run(call())
+    except grpc.aio.AioRpcError as exc:
+        error = from_rpc_error(exc)
+        reason = f" ({error.reason})" if error.reason else ""
+        print(f"error: {exc.code().name}{reason}: {error}", file=sys.stderr)
+        return None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="alerts", description="TradingView alerts microservice")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -247,6 +321,18 @@ def build_parser() -> argparse.ArgumentParser:
     prune = audit_commands.add_parser("prune", help="delete audit rows older than the retention period")
     prune.add_argument("--retention-days", type=int, help="default: ALERTS_AUDIT_RETENTION_DAYS (90)")
     prune.set_defaults(handler=_audit_prune)
+    captures = commands.add_parser("captures", help="screenshot captures that failed")
+    capture_commands = captures.add_subparsers(dest="captures_command", required=True)
+    failed = capture_commands.add_parser("failed", help="list FAILED captures, newest first, with the reason")
+    failed.add_argument("--user", help="only this user's (user id)")
+    failed.add_argument("--limit", type=int, default=1000, help="at most this many (default 1000)")
+    failed.set_defaults(handler=_captures_failed)
+    retry = capture_commands.add_parser("retry", help="put FAILED captures back on their queues")
+    which = retry.add_mutually_exclusive_group(required=True)
+    which.add_argument("--all", dest="all_failed", action="store_true", help="every FAILED capture")
+    which.add_argument("signal_ids", nargs="*", default=[], metavar="SIGNAL_ID")
+    retry.set_defaults(handler=_captures_retry)
+
     return parser
 
 

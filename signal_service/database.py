@@ -5,7 +5,19 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import asyncpg
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+
+_UNREACHABLE = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.AdminShutdownError,
+    asyncpg.CrashShutdownError,
+    asyncpg.CannotConnectNowError,
+)
 
 
 def create_engine(database_url: str, *, pool_size: int = 10) -> AsyncEngine:
@@ -38,3 +50,22 @@ class Database:
 
     async def dispose(self) -> None:
         await self.engine.dispose()
+
+
+def database_unreachable(exc: BaseException) -> bool:
+    """Whether `exc` means PostgreSQL could not be reached or went away (down, restarting, network), as
+    opposed to a statement that failed: the first is worth retrying later, the second is not.
+    """
+    if isinstance(exc, _UNREACHABLE):
+        return True
+    if not isinstance(exc, DBAPIError):
+        return False
+    if exc.connection_invalidated:
+        return True
+    # SQLAlchemy wraps the driver's exception, which wraps asyncpg's own.
+    cause: BaseException | None = exc.orig if isinstance(exc.orig, BaseException) else None
+    while cause is not None:
+        if isinstance(cause, _UNREACHABLE):
+            return True
+        cause = cause.__cause__
+    return False

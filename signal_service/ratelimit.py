@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
+from prometheus_client import Counter
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+log = logging.getLogger(__name__)
+
+RATE_LIMIT_BYPASSED = Counter(
+    "alerts_rate_limit_unavailable_total", "Rate limit checks admitted unchecked because Redis did not answer"
+)
 
 # GCRA: the key holds the theoretical arrival time (TAT) in milliseconds of server time.
 # Returns {allowed, retry_after_ms}.
@@ -40,7 +49,14 @@ class RateLimiter:
 
     async def acquire(self, key: str, *, rate_per_second: float, burst: int) -> RateDecision:
         interval_ms = 1000.0 / rate_per_second
-        allowed, retry_ms = await self._script(
-            keys=[f"{self._namespace}:ratelimit:{key}"], args=[interval_ms, max(1, burst)]
-        )
+        try:
+            allowed, retry_ms = await self._script(
+                keys=[f"{self._namespace}:ratelimit:{key}"], args=[interval_ms, max(1, burst)]
+            )
+        except RedisError as exc:
+            # Fails open: with Redis down an alert refused here would be lost (TradingView keeps no queue),
+            # while the monthly quota, in PostgreSQL, still bounds what a user can store.
+            RATE_LIMIT_BYPASSED.inc()
+            log.warning("rate limiter unavailable; request admitted unchecked", extra={"error": str(exc)})
+            return RateDecision(True, 0.0)
         return RateDecision(bool(allowed), float(retry_ms) / 1000.0)

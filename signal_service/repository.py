@@ -179,11 +179,16 @@ class SignalRepository:
         return (await self.session.execute(statement)).scalar_one_or_none()
 
     async def find_recent_duplicate(
-        self, user_id: uuid.UUID, body_sha256: bytes, since: datetime
+        self, user_id: uuid.UUID, body_sha256: bytes, since: datetime, until: datetime
     ) -> uuid.UUID | None:
         statement = (
             sa.select(Signal.id)
-            .where(Signal.user_id == user_id, Signal.body_sha256 == body_sha256, Signal.created_at >= since)
+            .where(
+                Signal.user_id == user_id,
+                Signal.body_sha256 == body_sha256,
+                Signal.created_at >= since,
+                Signal.created_at <= until,
+            )
             .order_by(Signal.created_at)
             .limit(1)
         )
@@ -243,7 +248,9 @@ class SignalRepository:
         )
         storage = (
             sa.select(
-                sa.func.coalesce(sa.func.sum(Screenshot.size_bytes), 0).label("storage_bytes"),
+                sa.cast(sa.func.coalesce(sa.func.sum(Screenshot.size_bytes), 0), sa.BigInteger).label(
+                    "storage_bytes"
+                ),
                 sa.func.count().label("storage_objects"),
             )
             .where(Screenshot.user_id == user_id, Screenshot.status == ScreenshotStatus.COMPLETED)

@@ -29,12 +29,13 @@ from mesh.errors import (
     NotFoundError,
     PermissionDeniedError,
     ResourceExhaustedError,
+    UnavailableError,
 )
 from mesh.logging import request_id_var
 from mesh.queues import CAPTURE_ACTOR, PLANS_BY_PRIORITY, capture_queue
 from signal_service import allowlist, tokens
 from signal_service.audit import AuditWriter
-from signal_service.database import Database
+from signal_service.database import Database, database_unreachable
 from signal_service.ids import parse_uuid, uuid7
 from signal_service.models import (
     AuditLog,
@@ -50,7 +51,7 @@ from signal_service.models import (
     UserConfig,
 )
 from signal_service.parsing import IndicatorCatalog, parse_alert
-from signal_service.ratelimit import RateLimiter
+from signal_service.ratelimit import RateDecision, RateLimiter
 from signal_service.repository import (
     AuditRepository,
     EventRepository,
@@ -128,6 +129,19 @@ class QueueBacklog:
         return ahead
 
 
+_REPLAY_ADMITTED = RateDecision(allowed=True, retry_after_seconds=0.0)
+
+
+def _is_replay(command: IngestCommand) -> bool:
+    """Only the edge's spool replayer sets an idempotency key (see IngestWebhookRequest).
+
+    Replays skip the rate limits: the edge took the request in while they could not be checked, and a
+    spool draining at full speed would otherwise be refused for its replay rate, not the user's sending
+    rate. Quota, allowlist and every other check still apply.
+    """
+    return bool(command.idempotency_key)
+
+
 class WebhookIngestor:
     def __init__(
         self,
@@ -154,21 +168,25 @@ class WebhookIngestor:
         user_id: uuid.UUID | None = None
         try:
             if not tokens.looks_like_token(command.webhook_token):
-                await self._limit_unknown_source(command.source_ip)
+                await self._limit_unknown_source(command)
                 raise NotFoundError("unknown webhook", reason="UNKNOWN_TOKEN")
             async with self._database.session() as session:
                 found = await UserRepository(session).find_by_token_hash(
                     tokens.hash_token(command.webhook_token), _utcnow()
                 )
             if found is None:
-                await self._limit_unknown_source(command.source_ip)
+                await self._limit_unknown_source(command)
                 raise NotFoundError("unknown webhook", reason="UNKNOWN_TOKEN")
             user, config = found
             user_id = user.id
             self._check_admission(user, config, command)
             limits = self._settings.plan_limits[user.plan]
-            decision = await self._rate_limiter.acquire(
-                f"user:{user.id}", rate_per_second=limits.rate_per_second, burst=limits.rate_burst
+            decision = (
+                _REPLAY_ADMITTED
+                if _is_replay(command)
+                else await self._rate_limiter.acquire(
+                    f"user:{user.id}", rate_per_second=limits.rate_per_second, burst=limits.rate_burst
+                )
             )
             if not decision.allowed:
                 raise ResourceExhaustedError(
@@ -178,15 +196,20 @@ class WebhookIngestor:
                 )
             return await self._store(command, user, config, body_sha256, started)
         except Exception as exc:
+            if database_unreachable(exc):
+                # UNAVAILABLE makes the edge spool the call and replay it later; the replay is audited.
+                raise UnavailableError("database unavailable", reason="DATABASE_UNAVAILABLE") from exc
             reason = getattr(exc, "reason", "") or "INTERNAL_ERROR"
             self._audit.record(
                 self._audit_row(command, body_sha256, started, user_id, None, "refused", reason)
             )
             raise
 
-    async def _limit_unknown_source(self, source_ip: str) -> None:
+    async def _limit_unknown_source(self, command: IngestCommand) -> None:
+        if _is_replay(command):
+            return
         decision = await self._rate_limiter.acquire(
-            f"unknown:{source_ip}",
+            f"unknown:{command.source_ip}",
             rate_per_second=self._settings.unknown_token_rate_per_second,
             burst=self._settings.unknown_token_burst,
         )
@@ -226,7 +249,11 @@ class WebhookIngestor:
             if locked is None:
                 raise NotFoundError("unknown webhook", reason="UNKNOWN_TOKEN")
             window = timedelta(seconds=self._settings.dedupe_window_seconds)
-            earlier = await signals.find_recent_duplicate(user.id, body_sha256, command.received_at - window)
+            # Both ways around received_at: a replayed request is older than signals stored since, and only
+            # those within the window are the same alert.
+            earlier = await signals.find_recent_duplicate(
+                user.id, body_sha256, command.received_at - window, command.received_at + window
+            )
             if earlier is not None:
                 return await self._duplicate(earlier, session, command, user, body_sha256, started)
 

@@ -1,0 +1,396 @@
+"""The edge's durable spool: webhooks the signal service could not take now are kept and replayed later.
+
+TradingView does not queue alerts: one refused or timed out after its last re-send is gone. So when the
+signal service is unreachable, or answers UNAVAILABLE or DEADLINE_EXCEEDED, the edge appends the whole
+IngestWebhookRequest (token, chart, query, body, content type, source IP, user agent, received_at) with a
+fresh idempotency key to this spool, answers 202, and a background replayer sends the spooled requests
+in order once the signal service answers again.
+
+Storage is SQLite in WAL mode with ``synchronous=FULL``: every append is committed and fsync'd before the
+202 goes out, WAL frames carry checksums so a torn write at power loss is discarded rather than read
+back, and deleting replayed rows reuses their pages. A hand-rolled segment file would need the same
+pieces (CRC'd length-prefixed records, a separate fsync'd acknowledgement offset, compaction) with none
+of SQLite's testing behind them. One database file serves every edge worker process on the host
+(SQLite serialises their writes; ids give one global order), and an exclusive ``flock`` elects the
+one process that replays.
+
+Records are the serialised protobuf request: the proto's field numbers never change (buf breaking guards
+them), so a spool written by one release replays under the next.
+
+Replay is idempotent: the signal service returns the first signal for a repeated idempotency key, and a
+request that got through just before a timeout (so the edge spooled it anyway) is caught by its dedupe
+window, since the spooled request keeps its original received_at. The signal service also treats a call
+carrying an idempotency key as a replay and skips the per-user rate limit for it: the request was taken
+in when the limit could not be checked, and a spool draining at full speed after an outage would
+otherwise be refused for its own replay rate rather than the user's sending rate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import logging
+import os
+import sqlite3
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+import grpc
+from litestar import Litestar
+from prometheus_client import Counter, Gauge
+
+from apidevs.alerts.v1 import signal_service_pb2
+from mesh.errors import from_rpc_error
+from mesh.logging import request_id_var
+
+log = logging.getLogger(__name__)
+
+SPOOL_BYTES = Gauge("alerts_spool_bytes", "Bytes of webhook requests waiting in the edge spool")
+SPOOL_PENDING = Gauge("alerts_spool_pending", "Webhook requests waiting in the edge spool")
+SPOOL_REPLAYED = Counter(
+    "alerts_spool_replayed_total",
+    "Spooled webhook requests removed after a definitive answer, by outcome",
+    ["outcome"],
+)
+
+# Answers that make a request worth keeping: the signal service may take it later.
+SPOOL_WORTHY_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
+# Answers that settle a replayed request for good; the signal service has audited the refusal.
+_DEFINITIVE_REFUSALS = frozenset(
+    {
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.NOT_FOUND,
+        grpc.StatusCode.PERMISSION_DENIED,
+        grpc.StatusCode.FAILED_PRECONDITION,
+        grpc.StatusCode.ALREADY_EXISTS,
+        grpc.StatusCode.OUT_OF_RANGE,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+    }
+)
+
+DATABASE_NAME = "webhooks.sqlite3"
+_LEADER_LOCK_NAME = "replay.lock"
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS spooled_requests (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    request_id TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    request BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS spool_totals (
+    singleton INTEGER PRIMARY KEY CHECK (singleton = 0),
+    bytes INTEGER NOT NULL,
+    pending INTEGER NOT NULL
+);
+INSERT OR IGNORE INTO spool_totals VALUES (0, 0, 0);
+CREATE TRIGGER IF NOT EXISTS spooled_requests_added AFTER INSERT ON spooled_requests BEGIN
+    UPDATE spool_totals SET bytes = bytes + NEW.size, pending = pending + 1;
+END;
+CREATE TRIGGER IF NOT EXISTS spooled_requests_removed AFTER DELETE ON spooled_requests BEGIN
+    UPDATE spool_totals SET bytes = bytes - OLD.size, pending = pending - 1;
+END;
+"""
+
+
+class SpoolFullError(Exception):
+    """The spool holds its maximum size, or cannot be written at all: the caller answers 503."""
+
+
+@dataclass(frozen=True, slots=True)
+class SpooledRequest:
+    id: int
+    request_id: str
+    request: signal_service_pb2.IngestWebhookRequest
+
+
+@dataclass(frozen=True, slots=True)
+class SpoolTotals:
+    pending: int
+    bytes: int
+
+
+class WebhookSpool:
+    """A durable FIFO of IngestWebhookRequests, shared by every edge process on the host.
+
+    SQLite calls block, so they run on one thread of the spool's own; the event loop never waits on disk.
+    """
+
+    def __init__(self, directory: Path, *, max_bytes: int) -> None:
+        self.directory = directory
+        self.max_bytes = max_bytes
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="webhook-spool")
+        self._connection: sqlite3.Connection | None = None
+
+    @property
+    def path(self) -> Path:
+        return self.directory / DATABASE_NAME
+
+    async def open(self) -> None:
+        await self._run(self._open)
+        self.publish(await self.totals())
+
+    async def close(self) -> None:
+        await self._run(self._close)
+        self._executor.shutdown(wait=True)
+
+    async def append(
+        self, request: signal_service_pb2.IngestWebhookRequest, *, request_id: str
+    ) -> signal_service_pb2.IngestWebhookRequest:
+        """Stores `request` durably under a fresh idempotency key and returns what was stored.
+
+        Raises SpoolFullError when the spool is at its size limit or cannot be written.
+        """
+        spooled = signal_service_pb2.IngestWebhookRequest()
+        spooled.CopyFrom(request)
+        spooled.idempotency_key = str(uuid.uuid4())
+        payload = spooled.SerializeToString()
+        try:
+            totals = await self._run(self._insert, request_id, payload)
+        except (sqlite3.Error, OSError) as exc:
+            raise SpoolFullError(f"the spool cannot be written: {exc}") from exc
+        self.publish(totals)
+        return spooled
+
+    async def oldest(self, limit: int) -> list[SpooledRequest]:
+        rows = await self._run(self._select_oldest, limit)
+        requests = []
+        for row_id, request_id, payload in rows:
+            request = signal_service_pb2.IngestWebhookRequest()
+            request.ParseFromString(payload)
+            requests.append(SpooledRequest(id=row_id, request_id=request_id, request=request))
+        return requests
+
+    async def remove(self, spooled_id: int) -> None:
+        self.publish(await self._run(self._delete, spooled_id))
+
+    async def totals(self) -> SpoolTotals:
+        return await self._run(self._read_totals)
+
+    @staticmethod
+    def publish(totals: SpoolTotals) -> None:
+        SPOOL_BYTES.set(totals.bytes)
+        SPOOL_PENDING.set(totals.pending)
+
+    async def _run(self, function: Callable[..., Any], *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, function, *args)
+
+    # --- on the spool thread ------------------------------------------------------------------------
+
+    def _open(self) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        connection = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        connection.execute("PRAGMA busy_timeout = 10000")
+        connection.execute("PRAGMA journal_mode = WAL")
+        # FULL: a commit is on disk (WAL fsync'd) before append returns and the edge answers 202.
+        connection.execute("PRAGMA synchronous = FULL")
+        connection.executescript(_SCHEMA)
+        self._connection = connection
+
+    def _close(self) -> None:
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
+
+    def _db(self) -> sqlite3.Connection:
+        if self._connection is None:
+            raise sqlite3.ProgrammingError("the spool is not open")
+        return self._connection
+
+    def _insert(self, request_id: str, payload: bytes) -> SpoolTotals:
+        db = self._db()
+        # IMMEDIATE takes the write lock before the size check, so concurrent edge processes cannot
+        # both pass the check and overfill the spool.
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            (stored,) = db.execute("SELECT bytes FROM spool_totals").fetchone()
+            if stored + len(payload) > self.max_bytes:
+                raise SpoolFullError(f"the spool holds {stored} of {self.max_bytes} bytes")
+            db.execute(
+                "INSERT INTO spooled_requests (request_id, size, request) VALUES (?, ?, ?)",
+                (request_id, len(payload), payload),
+            )
+            totals = self._read_totals()
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        return totals
+
+    def _select_oldest(self, limit: int) -> list[tuple[int, str, bytes]]:
+        statement = "SELECT id, request_id, request FROM spooled_requests ORDER BY id LIMIT ?"
+        return list(self._db().execute(statement, (limit,)))
+
+    def _delete(self, spooled_id: int) -> SpoolTotals:
+        self._db().execute("DELETE FROM spooled_requests WHERE id = ?", (spooled_id,))
+        return self._read_totals()
+
+    def _read_totals(self) -> SpoolTotals:
+        pending, stored = self._db().execute("SELECT pending, bytes FROM spool_totals").fetchone()
+        return SpoolTotals(pending=pending, bytes=stored)
+
+
+ReplaySender = Callable[[signal_service_pb2.IngestWebhookRequest], Awaitable[object]]
+
+
+def settles_replay(exc: grpc.aio.AioRpcError) -> bool:
+    """Whether a failed replay is a definitive refusal (drop the record) rather than "try again later".
+
+    Rate limiting is the one RESOURCE_EXHAUSTED worth waiting out; quota and every other 4xx-class refusal
+    would be given again. UNAUTHENTICATED is a misconfigured key, which an operator fixes: keep the alert.
+    """
+    if exc.code() not in _DEFINITIVE_REFUSALS:
+        return False
+    return not (
+        exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and from_rpc_error(exc).reason == "RATE_LIMITED"
+    )
+
+
+class SpoolReplayer:
+    """Sends spooled requests to the signal service, oldest first, one at a time.
+
+    A record is removed only after a definitive answer: success (a new signal or the earlier one for its
+    idempotency key), or a refusal that would be repeated. Anything else keeps the record at the head of
+    the spool and waits with exponential backoff, so order is kept. Only the process holding the leader
+    lock replays; the others refresh the gauges and take over when the leader exits.
+    """
+
+    def __init__(
+        self,
+        spool: WebhookSpool,
+        send: ReplaySender,
+        *,
+        poll_seconds: float = 1.0,
+        min_backoff_seconds: float = 0.25,
+        max_backoff_seconds: float = 5.0,
+        batch_size: int = 64,
+    ) -> None:
+        self._spool = spool
+        self._send = send
+        self._poll_seconds = poll_seconds
+        self._min_backoff = min_backoff_seconds
+        self._max_backoff = max_backoff_seconds
+        self._batch_size = batch_size
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._lock_file: IO[bytes] | None = None
+
+    def kick(self) -> None:
+        """Called after an append: the leader looks at the spool now rather than at its next poll."""
+        self._wake.set()
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="spool-replayer")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        if self._lock_file is not None:
+            self._lock_file.close()
+            self._lock_file = None
+
+    async def replay_once(self) -> int:
+        """Sends spooled requests until the spool is empty or one is not settled; returns how many were."""
+        settled = 0
+        while batch := await self._spool.oldest(self._batch_size):
+            for spooled in batch:
+                if not await self._replay(spooled):
+                    return settled
+                settled += 1
+        return settled
+
+    async def _replay(self, spooled: SpooledRequest) -> bool:
+        request_id_var.set(spooled.request_id)
+        try:
+            await self._send(spooled.request)
+        except grpc.aio.AioRpcError as exc:
+            if not settles_replay(exc):
+                raise
+            log.warning(
+                "spooled webhook refused on replay",
+                extra={
+                    "spooled_id": spooled.id,
+                    "code": exc.code().name,
+                    "reason": from_rpc_error(exc).reason,
+                },
+            )
+            outcome = "refused"
+        else:
+            outcome = "accepted"
+        await self._spool.remove(spooled.id)
+        SPOOL_REPLAYED.labels(outcome).inc()
+        return True
+
+    async def _run(self) -> None:
+        failures = 0
+        while True:
+            delay = self._poll_seconds
+            try:
+                if self._lead():
+                    await self.replay_once()
+                    failures = 0
+                else:
+                    self._spool.publish(await self._spool.totals())
+            except grpc.aio.AioRpcError as exc:
+                failures += 1
+                delay = min(self._max_backoff, self._min_backoff * 2 ** (failures - 1))
+                if failures == 1 or delay >= self._max_backoff:
+                    log.warning(
+                        "signal service not taking spooled webhooks yet",
+                        extra={"code": exc.code().name, "retry_in_seconds": delay},
+                    )
+            except Exception:
+                failures += 1
+                delay = self._max_backoff
+                log.exception("spool replay pass failed")
+            self._wake.clear()
+            if failures:
+                # Backing off: appends do not cut the wait short, or an outage would spin the loop.
+                await asyncio.sleep(delay)
+            else:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), timeout=delay)
+
+    def _lead(self) -> bool:
+        """Takes (or keeps) the host-wide replay lock; the OS releases it when this process exits."""
+        if self._lock_file is not None:
+            return True
+        lock_file = open(self._spool.directory / _LEADER_LOCK_NAME, "ab")  # noqa: SIM115 (held while leading)
+        try:
+            fcntl.flock(lock_file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock_file.close()
+            return False
+        lock_file.write(f"{os.getpid()}\n".encode())
+        self._lock_file = lock_file
+        return True
+
+
+@contextlib.asynccontextmanager
+async def webhook_spool(app: Litestar) -> AsyncIterator[None]:
+    """Litestar lifespan: opens the spool and runs its replayer; after the channels lifespan (needs stubs)."""
+    settings = app.state.settings
+    spool = WebhookSpool(settings.data_dir / "spool", max_bytes=settings.spool_max_bytes)
+    await spool.open()
+
+    async def send(request: signal_service_pb2.IngestWebhookRequest) -> object:
+        return await app.state.signal_stub.IngestWebhook(
+            request, timeout=settings.spool_replay_timeout_seconds
+        )
+
+    replayer = SpoolReplayer(spool, send, max_backoff_seconds=settings.spool_replay_max_backoff_seconds)
+    app.state.spool = spool
+    app.state.spool_replayer = replayer
+    replayer.start()
+    try:
+        yield
+    finally:
+        await replayer.stop()
+        await spool.close()

@@ -193,6 +193,7 @@ def build_backend(settings: StorageSettings) -> StorageBackend:
             project=settings.storage_gcs_project or None,
             endpoint=settings.storage_gcs_endpoint or None,
             credentials_file=settings.storage_gcs_credentials_file or None,
+            cache_control=settings.object_cache_control,
         )
     if settings.storage_backend == "s3":
         from storage_service.backends.s3 import S3Backend
@@ -205,6 +206,7 @@ def build_backend(settings: StorageSettings) -> StorageBackend:
             access_key_id=settings.storage_s3_access_key_id or None,
             secret_access_key=secret.get_secret_value() if secret else None,
             addressing_style=settings.storage_s3_addressing_style,
+            cache_control=settings.object_cache_control,
         )
     from storage_service.backends.local import LocalBackend
 

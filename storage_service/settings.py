@@ -13,8 +13,10 @@ from mesh.settings import CommonSettings
 
 class StorageSettings(CommonSettings):
     storage_backend: Literal["local", "gcs", "s3"] = "local"
-    # A public bucket or a CDN in front of the backend: URLs become "{base}/{key}" and never expire.
+    # A public bucket or a CDN in front of the gcs or s3 backend: URLs become "{base}/{key}" and never
+    # expire, and objects are written with the Cache-Control below so that the CDN keeps them.
     storage_public_base_url: str = ""
+    storage_public_cache_control: str = "public, max-age=31536000, immutable"
     storage_max_object_bytes: int = 64 * 1024 * 1024
 
     # local: defaults to {data_dir}/objects
@@ -40,9 +42,19 @@ class StorageSettings(CommonSettings):
             raise ValueError("the gcs storage backend requires ALERTS_STORAGE_GCS_BUCKET")
         if self.storage_backend == "s3" and not self.storage_s3_bucket:
             raise ValueError("the s3 storage backend requires ALERTS_STORAGE_S3_BUCKET")
+        if self.storage_public_base_url and self.storage_backend == "local":
+            raise ValueError(
+                "ALERTS_STORAGE_PUBLIC_BASE_URL needs the gcs or s3 backend: local objects are served only"
+                " through signed edge URLs"
+            )
         if self.storage_max_object_bytes <= 0:
             raise ValueError("ALERTS_STORAGE_MAX_OBJECT_BYTES must be positive")
         return self
+
+    @property
+    def object_cache_control(self) -> str | None:
+        """Cache-Control written on cloud objects: only public objects may be cached by a CDN."""
+        return self.storage_public_cache_control if self.storage_public_base_url else None
 
     @property
     def local_objects_dir(self) -> Path:

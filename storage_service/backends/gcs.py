@@ -44,6 +44,7 @@ class GcsBackend(StorageBackend):
         project: str | None = None,
         endpoint: str | None = None,
         credentials_file: str | None = None,
+        cache_control: str | None = None,
     ) -> None:
         signing_credentials: Credentials
         if credentials_file:
@@ -61,6 +62,7 @@ class GcsBackend(StorageBackend):
         self._bucket = self._client.bucket(bucket)
         self._endpoint = endpoint
         self._signing_credentials = signing_credentials
+        self._cache_control = cache_control
 
     async def put(
         self,
@@ -74,6 +76,7 @@ class GcsBackend(StorageBackend):
         try:
             blob = self._bucket.blob(key)
             blob.metadata = {**metadata, SHA256_METADATA_KEY: upload.sha256}
+            blob.cache_control = self._cache_control
             await _call(
                 blob.upload_from_file,
                 upload.file,

@@ -41,8 +41,10 @@ class S3Backend(StorageBackend):
         access_key_id: str | None = None,
         secret_access_key: str | None = None,
         addressing_style: Literal["auto", "path", "virtual"] = "auto",
+        cache_control: str | None = None,
     ) -> None:
         self._bucket = bucket
+        self._object_headers = {"CacheControl": cache_control} if cache_control else {}
         # Without explicit keys boto3 finds them itself (environment, instance role, web identity).
         self._client = boto3.session.Session().client(
             "s3",
@@ -84,6 +86,7 @@ class S3Backend(StorageBackend):
                     Body=body,
                     ContentType=content_type,
                     Metadata=object_metadata,
+                    **self._object_headers,
                 )
         finally:
             upload.close()
@@ -105,6 +108,7 @@ class S3Backend(StorageBackend):
             Key=key,
             ContentType=content_type,
             Metadata=metadata,
+            **self._object_headers,
         )
         upload_id = created["UploadId"]
         try:

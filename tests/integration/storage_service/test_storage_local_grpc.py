@@ -259,14 +259,6 @@ async def test_calls_without_the_api_key_are_unauthenticated(local: StorageServe
         await channel.close()
 
 
-async def test_public_base_url_replaces_signed_urls(tmp_path: Path) -> None:
-    settings = settings_for(tmp_path, storage_public_base_url="https://cdn.example.com")
-    async with serve_storage(build_service(settings), settings) as server:
-        issued = await server.stub.GetObjectUrl(storage_service_pb2.GetObjectUrlRequest(key="shots/u/k.png"))
-    assert issued.url == "https://cdn.example.com/shots/u/k.png"
-    assert not issued.HasField("expires_at")
-
-
 def test_run_serves_until_sigterm_and_exits_cleanly(tmp_path: Path) -> None:
     port = free_port()
     env = {

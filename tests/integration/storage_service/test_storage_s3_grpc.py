@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import os
 import threading
 from collections.abc import AsyncIterator, Callable
@@ -18,7 +19,7 @@ import pytest
 from apidevs.alerts.v1 import storage_service_pb2
 from mesh.errors import NotFoundError
 from storage_service.backends.s3 import MULTIPART_THRESHOLD_BYTES, S3Backend
-from storage_service.service import StorageService
+from storage_service.service import StorageService, build_service
 from tests.integration.storage_service.storage_servers import (
     S3_BUCKET,
     StorageServer,
@@ -182,6 +183,49 @@ async def test_multipart_upload_cancelled_midway_is_aborted(s3_endpoint: str) ->
     with pytest.raises(NotFoundError):
         await backend.stat(key)
     await backend.close()
+
+
+async def test_public_base_url_serves_cacheable_objects_without_signatures(
+    tmp_path: Path, s3_endpoint: str
+) -> None:
+    public_bucket = f"public-{os.urandom(4).hex()}"
+    client = s3_client(s3_endpoint)
+    client.create_bucket(Bucket=public_bucket)
+    policy = {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Effect": "Allow",
+                "Principal": "*",
+                "Action": "s3:GetObject",
+                "Resource": f"arn:aws:s3:::{public_bucket}/*",
+            }
+        ],
+    }
+    client.put_bucket_policy(Bucket=public_bucket, Policy=json.dumps(policy))
+    public_base = f"{s3_endpoint}/{public_bucket}"
+    settings = settings_for(
+        tmp_path,
+        storage_backend="s3",
+        storage_s3_bucket=public_bucket,
+        storage_s3_endpoint_url=s3_endpoint,
+        storage_s3_region="us-east-1",
+        storage_s3_access_key_id="test",
+        storage_s3_secret_access_key="test",
+        storage_s3_addressing_style="path",
+        storage_public_base_url=public_base,
+    )
+    key = _unique("public.png")
+    content = os.urandom(200_000)
+    async with serve_storage(build_service(settings), settings) as server:
+        await server.stub.PutObject(put_requests(key, content))
+        issued = await server.stub.GetObjectUrl(storage_service_pb2.GetObjectUrlRequest(key=key))
+    assert issued.url == f"{public_base}/{key}"
+    assert not issued.HasField("expires_at")
+    async with httpx.AsyncClient() as http:
+        response = await http.get(issued.url)
+    assert response.content == content
+    assert response.headers["cache-control"] == "public, max-age=31536000, immutable"
 
 
 async def test_list_objects_by_prefix(s3: StorageServer) -> None:

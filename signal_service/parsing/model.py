@@ -1,0 +1,45 @@
+"""The parser's result types."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from enum import StrEnum
+from typing import Any
+
+
+class ParseStatus(StrEnum):
+    """How much of a signal the parser could read from a message.
+
+    - ``COMPLETE``: ticker, price and signal_type are all known.
+    - ``PARTIAL``: at least one of ticker, price, signal_type, indicator is known, but not all three
+      of ticker, price and signal_type.
+    - ``FAILED``: none of ticker, price, signal_type or indicator could be read (empty, undecodable,
+      JSON that is not an object, free text with nothing recognisable).
+
+    The status never depends on ``problems``: a complete result may still carry notes such as
+    ``indicator_unknown`` or ``placeholder:{{plot_0}}`` in an extra field.
+    """
+
+    COMPLETE = "complete"
+    PARTIAL = "partial"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedAlert:
+    """A webhook message read into a signal's fields; never rejected, only graded by ``status``."""
+
+    indicator: str | None
+    ticker: str | None
+    exchange: str | None
+    symbol: str | None
+    price: Decimal | None
+    signal_type: str | None
+    interval: str | None
+    alert_time: datetime
+    extra: dict[str, Any]
+    text: str
+    status: ParseStatus
+    problems: tuple[str, ...]

@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import grpc
 from google.protobuf import timestamp_pb2
 from litestar import Request, Response, post
 from litestar.exceptions import InternalServerException
+from litestar.openapi.datastructures import ResponseSpec
 from prometheus_client import Counter, Histogram
 
 from apidevs.alerts.v1 import resources_pb2, signal_service_pb2
@@ -52,6 +54,42 @@ async def read_body(request: Request, keep: int, read_at_most: int) -> tuple[byt
         if size > read_at_most:
             break
     return bytes(kept), size
+
+
+@dataclass(frozen=True)
+class WebhookAccepted:
+    success: bool
+    signal_id: str
+    screenshot_status: str
+    # Seconds until the screenshot is likely ready.
+    estimated_wait: int
+    # True when this body was already received within the dedupe window; signal_id is then the first's.
+    duplicate: bool
+
+
+@dataclass(frozen=True)
+class WebhookQueued:
+    success: bool
+    queued: bool
+    request_id: str
+
+
+@dataclass(frozen=True)
+class WebhookRefused:
+    success: bool
+    error: str
+
+
+_REFUSALS = {
+    400: "The request could not be read",
+    403: "The webhook is disabled (webhook_disabled) or the source address is not allowed (ip_not_allowed)",
+    404: "Unknown or rotated token; the answer never says whether it existed",
+    408: "The body did not arrive in time",
+    413: "Body over 64 KiB",
+    429: "Over the rate limit (rate_limited) or the monthly quota (quota_exceeded); see Retry-After",
+    431: "Too many or too large request headers",
+    503: "Temporarily unavailable; see Retry-After",
+}
 
 
 def _headers_too_large(request: Request, settings: EdgeSettings) -> bool:
@@ -98,8 +136,20 @@ async def _spool(
     tags=["webhooks"],
     request_max_body_size=None,
     status_code=200,
+    responses={
+        202: ResponseSpec(
+            data_container=WebhookQueued,
+            description="The signal service is away: the alert is kept on disk and stored when it is back",
+        ),
+        **{
+            status: ResponseSpec(data_container=WebhookRefused, description=text)
+            for status, text in _REFUSALS.items()
+        },
+    },
 )
-async def receive_webhook(request: Request, token: str, chart: str | None = None) -> Response:
+async def receive_webhook(
+    request: Request, token: str, chart: str | None = None
+) -> Response[WebhookAccepted]:
     started = time.perf_counter()
     request_id = new_request_id()
     request_id_var.set(request_id)

@@ -71,7 +71,7 @@ async def _record_request(request: Request[Any, Any, State]) -> None:
         {
             "method": request.method,
             # As sent: Litestar's routing drops a trailing slash from request.url.path.
-            "path": request.scope.get("raw_path", b"").decode("latin-1") or request.url.path,
+            "path": request.scope.get("raw_path", b"").decode("latin-1").split("?", 1)[0] or request.url.path,
             "query": dict(request.query_params.items()),
             "cookies": dict(request.cookies),
             "logged_in": _has_valid_session(dict(request.cookies)),

@@ -1,0 +1,50 @@
+"""The Dramatiq broker capture workers consume from.
+
+Delivery is at least once. A job is acknowledged only after it ran; when a worker dies mid-job (SIGKILL,
+OOM, node loss) its unacknowledged jobs stay in Redis under its id until some broker call runs Dramatiq's
+maintenance on that queue and finds the worker's heartbeat older than ``heartbeat_timeout``; they are
+then pushed back on their queue. Dramatiq runs that sweep on a random ``maintenance_chance`` per million
+broker calls, and idle consumers poll about once a second per queue, so with the settings' 30 s timeout
+and 10% chance a dead worker's job is redelivered roughly 30-40 s after it died.
+
+Retries: a failed attempt is re-enqueued on the queue's delay queue after Dramatiq's exponential backoff
+``min_backoff * 2**retry`` stretched by a random factor in [1, 2) (at most ``max_backoff``); after
+``max_retries`` retries the message is dead-lettered (``<namespace>:<queue>.XQ``, kept 7 days).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from dramatiq.brokers.redis import RedisBroker
+from dramatiq.middleware import CurrentMessage, Middleware, Retries, TimeLimit
+
+from capture_service.settings import CaptureSettings
+from mesh.queues import dramatiq_namespace
+
+
+def create_broker(settings: CaptureSettings, *, middleware: Sequence[Middleware] = ()) -> RedisBroker:
+    """A Redis broker with the capture retry policy and time limit.
+
+    `middleware` goes first: Dramatiq runs ``after_*`` hooks in reverse order, so its
+    ``after_process_message`` sees the message once Retries has decided its fate and TimeLimit has
+    disarmed the attempt's deadline.
+    """
+    if not settings.redis_url:
+        raise RuntimeError("ALERTS_REDIS_URL is not set (only `alerts dev` provides an embedded one)")
+    return RedisBroker(
+        url=settings.redis_url,
+        namespace=dramatiq_namespace(settings),
+        heartbeat_timeout=settings.dramatiq_heartbeat_timeout_ms,
+        maintenance_chance=settings.dramatiq_maintenance_chance,
+        middleware=[
+            *middleware,
+            TimeLimit(time_limit=int(settings.capture_time_limit_seconds * 1000)),
+            Retries(
+                max_retries=settings.capture_max_retries,
+                min_backoff=settings.capture_min_backoff_ms,
+                max_backoff=settings.capture_max_backoff_ms,
+            ),
+            CurrentMessage(),
+        ],
+    )

@@ -1,0 +1,54 @@
+"""Process entry points: `alerts serve capture` calls :func:`run_worker`, `alerts serve chart-stub`
+calls :func:`run_chart_stub`."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+
+import dramatiq
+from dramatiq.brokers.redis import RedisBroker
+
+from capture_service.broker import create_broker
+from capture_service.chart_stub import run_chart_stub
+from capture_service.settings import CaptureSettings, get_settings
+from capture_service.tasks import CaptureWorker, CaptureWorkerMiddleware, declare_capture_actors
+from mesh.logging import configure_logging
+from mesh.metrics import start_metrics_server
+
+log = logging.getLogger(__name__)
+
+# Time for in-flight jobs to finish after SIGTERM, on top of their own time limit.
+_SHUTDOWN_SLACK_SECONDS = 5.0
+
+
+def build_worker(settings: CaptureSettings) -> tuple[dramatiq.Worker, RedisBroker]:
+    """A Dramatiq worker consuming every capture queue, `capture_concurrency` jobs at a time."""
+    capture_worker = CaptureWorker(settings)
+    broker = create_broker(settings, middleware=[CaptureWorkerMiddleware(capture_worker)])
+    declare_capture_actors(broker, capture_worker)
+    # What Dramatiq's own CLI does once per process; TimeLimit only starts its watchdog on this signal.
+    broker.emit_after("process_boot")
+    return dramatiq.Worker(broker, worker_threads=settings.capture_concurrency), broker
+
+
+def run_worker() -> None:
+    """Consumes capture jobs until SIGTERM or SIGINT, then lets running jobs finish and exits."""
+    settings = get_settings()
+    configure_logging("capture", settings.log_level)
+    start_metrics_server(settings.metrics_port)
+    worker, broker = build_worker(settings)
+    stopping = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stopping.set())
+    worker.start()
+    log.info("capture worker consuming", extra={"concurrency": settings.capture_concurrency})
+    while not stopping.wait(1.0):
+        pass
+    log.info("capture worker stopping")
+    worker.stop(timeout=int((settings.capture_time_limit_seconds + _SHUTDOWN_SLACK_SECONDS) * 1000))
+    broker.close()
+
+
+__all__ = ["build_worker", "run_chart_stub", "run_worker"]

@@ -378,7 +378,12 @@ def capture_message(signal_id: uuid.UUID, plan: str) -> OutboxMessage:
     if request_id:
         options["request_id"] = request_id
     return OutboxMessage(
-        queue_name=capture_queue(plan), actor_name=CAPTURE_ACTOR, args=[str(signal_id)], options=options
+        # One actor per plan queue, "capture_screenshot_<plan>": a Dramatiq worker orders prefetched jobs by
+        # their actor's priority, so the plan's priority travels in the actor name (capture_service/tasks.py).
+        queue_name=capture_queue(plan),
+        actor_name=f"{CAPTURE_ACTOR}_{plan}",
+        args=[str(signal_id)],
+        options=options,
     )
 
 
@@ -623,6 +628,8 @@ class UserManager:
             if values["plan"] not in self._settings.plan_limits:
                 raise InvalidArgumentError(f"unknown plan {values['plan']!r}", reason="INVALID_PLAN")
             user_values["plan"] = values["plan"]
+            # A new plan brings its quota, unless the same update sets one explicitly.
+            user_values["signals_quota"] = self._settings.plan_limits[values["plan"]].signals_quota
         if "signals_quota" in values:
             if values["signals_quota"] < 0:
                 raise InvalidArgumentError("signals_quota must not be negative", reason="INVALID_QUOTA")

@@ -42,6 +42,7 @@ from signal_service.parsing.catalog import (
 )
 from signal_service.parsing.model import ParsedAlert, ParseStatus
 from signal_service.parsing.values import (
+    MAX_PRICE_EXPONENT,
     PLACEHOLDER,
     fold,
     parse_interval,
@@ -807,10 +808,12 @@ def _finish(
 def _price_from(value: Any) -> tuple[Decimal | None, str | None]:
     if isinstance(value, bool):
         return None, "price_unparseable"
-    if isinstance(value, int):
-        return Decimal(value), None
-    if isinstance(value, Decimal):
-        return (value, None) if value.is_finite() else (None, "price_unparseable")
+    if isinstance(value, int | Decimal):
+        price = Decimal(value)
+        # The same bound as text prices: a JSON number like 1e999999 is no price and no column holds it.
+        if not price.is_finite() or (price and abs(price.adjusted()) > MAX_PRICE_EXPONENT):
+            return None, "price_unparseable"
+        return price, None
     return parse_price(str(value))
 
 

@@ -149,3 +149,22 @@ async def test_calls_without_a_valid_key_are_unauthenticated(signal_server) -> N
             stub = signal_service_pb2_grpc.SignalServiceStub(channel)
             error = await _error(stub.GetSignal(signal_service_pb2.GetSignalRequest(signal_id="x")))
             assert error.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+async def test_plan_change_brings_the_new_plans_quota_unless_one_is_given(users) -> None:
+    from google.protobuf import field_mask_pb2
+
+    created = await create_user(users, plan=resources_pb2.PLAN_FREE)
+    user = resources_pb2.User(user_id=created.user.user_id, plan=resources_pb2.PLAN_PREMIUM)
+    upgraded = await users.UpdateUser(
+        user_service_pb2.UpdateUserRequest(user=user, update_mask=field_mask_pb2.FieldMask(paths=["plan"]))
+    )
+    assert upgraded.plan == resources_pb2.PLAN_PREMIUM
+    assert upgraded.signals_quota > created.user.signals_quota
+    user.signals_quota = 7
+    explicit = await users.UpdateUser(
+        user_service_pb2.UpdateUserRequest(
+            user=user, update_mask=field_mask_pb2.FieldMask(paths=["plan", "signals_quota"])
+        )
+    )
+    assert explicit.signals_quota == 7

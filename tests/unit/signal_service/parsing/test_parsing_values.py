@@ -146,3 +146,18 @@ def test_interval_is_kept_as_written(written: str) -> None:
 )
 def test_interval_that_is_not_one_is_refused(written: str, problem: str) -> None:
     assert parse_interval(written) == (None, problem)
+
+
+@pytest.mark.parametrize("number", ["1e999999", "-1e-999999", "1" + "0" * 5000])
+def test_json_prices_beyond_any_real_price_are_unparseable(number: str) -> None:
+    from datetime import UTC, datetime
+
+    from signal_service.parsing import parse_alert
+
+    parsed = parse_alert(
+        f'{{"ticker": "BINANCE:BTCUSDT", "price": {number}}}'.encode(),
+        content_type="application/json",
+        received_at=datetime(2026, 1, 1, tzinfo=UTC),
+    )
+    assert parsed.price is None
+    assert "price_unparseable" in parsed.problems

@@ -10,9 +10,10 @@ from grpc_health.v1 import health_pb2_grpc
 from litestar import Litestar
 from litestar.datastructures import State
 from litestar.openapi import OpenAPIConfig
+from litestar.openapi.spec import Components, SecurityScheme
 
 from apidevs.alerts.v1 import signal_service_pb2_grpc, storage_service_pb2_grpc
-from edge import health, media, webhooks
+from edge import api, health, media, webhooks
 from edge.settings import EdgeSettings, get_settings
 from edge.spool import webhook_spool
 from mesh.grpc import open_channel
@@ -43,6 +44,7 @@ def create_app(settings: EdgeSettings) -> Litestar:
             health.ready,
             health.metrics,
             media.get_media,
+            api.router,
         ],
         # The spool's replayer sends through the signal channel: it starts after and stops before it.
         lifespan=[channels, webhook_spool],
@@ -51,6 +53,7 @@ def create_app(settings: EdgeSettings) -> Litestar:
                 "settings": settings,
                 "started_monotonic": time.monotonic(),
                 "media_signing_secret": media_signing_secret(settings),
+                "sse_heartbeat_seconds": api.SSE_HEARTBEAT_SECONDS,
             }
         ),
         openapi_config=OpenAPIConfig(
@@ -58,6 +61,13 @@ def create_app(settings: EdgeSettings) -> Litestar:
             version="1.0.0",
             description="TradingView webhooks in; signals, stats and live events out.",
             path="/schema",
+            components=Components(
+                security_schemes={
+                    "BearerApiKey": SecurityScheme(
+                        type="http", scheme="bearer", description="A platform or user-scoped API key"
+                    )
+                }
+            ),
         ),
     )
 

@@ -26,12 +26,14 @@ from mesh.metrics import start_metrics_server
 from mesh.queues import capture_workers_key, dramatiq_namespace
 from signal_service.audit import AuditWriter
 from signal_service.database import Database, create_engine
+from signal_service.events import EventFeed, EventHub, listener_dsn
 from signal_service.outbox import OutboxRelay
 from signal_service.parsing import load_indicator_catalog
 from signal_service.ratelimit import RateLimiter
 from signal_service.service import (
     CaptureCoordinator,
     QueueBacklog,
+    SignalOutcomes,
     SignalReader,
     UserManager,
     WebhookIngestor,
@@ -58,6 +60,7 @@ class SignalApp:
     redis: Redis
     audit: AuditWriter
     relay: OutboxRelay
+    events: EventHub
     captures: CaptureCoordinator
     signal_servicer: SignalServicer
     user_servicer: UserServicer
@@ -67,6 +70,7 @@ class SignalApp:
     def start_background(self) -> None:
         self.audit.start()
         self.relay.start()
+        self.events.start()
         self.background.append(asyncio.create_task(self._sweep_forever(), name="capture-sweeper"))
 
     async def _sweep_forever(self) -> None:
@@ -78,6 +82,7 @@ class SignalApp:
                 log.exception("sweeping stale captures failed")
 
     async def close(self) -> None:
+        await self.events.stop()
         for task in self.background:
             task.cancel()
         await asyncio.gather(*self.background, return_exceptions=True)
@@ -100,6 +105,7 @@ async def signal_app(settings: SignalSettings) -> AsyncIterator[SignalApp]:
     )
     backlog = QueueBacklog()
     audit = AuditWriter(database)
+    events = EventHub(listener_dsn(settings.database_url))
     relay = OutboxRelay(
         database=database,
         broker=broker,
@@ -126,6 +132,7 @@ async def signal_app(settings: SignalSettings) -> AsyncIterator[SignalApp]:
         redis=redis,
         audit=audit,
         relay=relay,
+        events=events,
         signal_servicer=SignalServicer(
             ingestor=ingestor,
             reader=SignalReader(database),
@@ -137,6 +144,8 @@ async def signal_app(settings: SignalSettings) -> AsyncIterator[SignalApp]:
             status=StatusReporter(
                 database=database, redis=redis, backlog=backlog, workers_key=capture_workers_key(settings)
             ),
+            outcomes=SignalOutcomes(database),
+            feed=EventFeed(database=database, hub=events),
         ),
         user_servicer=UserServicer(
             UserManager(database=database, settings=settings, cipher=CookieCipher.from_settings(settings))

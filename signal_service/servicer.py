@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
 import grpc
@@ -15,11 +16,13 @@ from apidevs.alerts.v1 import (
     user_service_pb2_grpc,
 )
 from mesh.auth import current_principal, ensure_can_access_user, ensure_unscoped
-from signal_service.models import ScreenshotStatus, SignalResult
+from signal_service.events import EventFeed, StoredEvent, format_cursor
+from signal_service.models import EventType, ScreenshotStatus, SignalResult
 from signal_service.repository import SignalFilter, SignalRow
 from signal_service.service import (
     CaptureCoordinator,
     IngestCommand,
+    SignalOutcomes,
     SignalReader,
     UserManager,
     UserView,
@@ -52,6 +55,12 @@ _RESULT_TO_PROTO = {
     SignalResult.SKIP: resources_pb2.SIGNAL_RESULT_SKIP,
 }
 _RESULT_FROM_PROTO = {value: key for key, value in _RESULT_TO_PROTO.items()}
+_EVENT_TYPE_TO_PROTO = {
+    EventType.CREATED: resources_pb2.SIGNAL_EVENT_TYPE_CREATED,
+    EventType.SCREENSHOT_UPDATED: resources_pb2.SIGNAL_EVENT_TYPE_SCREENSHOT_UPDATED,
+    EventType.OUTCOME_UPDATED: resources_pb2.SIGNAL_EVENT_TYPE_OUTCOME_UPDATED,
+    EventType.TRADINGVIEW_SESSION_UPDATED: resources_pb2.SIGNAL_EVENT_TYPE_TRADINGVIEW_SESSION_UPDATED,
+}
 _PARSE_TO_PROTO = {
     "complete": resources_pb2.PARSE_STATUS_COMPLETE,
     "partial": resources_pb2.PARSE_STATUS_PARTIAL,
@@ -150,7 +159,11 @@ class SignalServicer(signal_service_pb2_grpc.SignalServiceServicer):
         captures: CaptureCoordinator,
         links: ScreenshotLinks,
         status: StatusReporter,
+        outcomes: SignalOutcomes,
+        feed: EventFeed,
     ) -> None:
+        self._outcomes = outcomes
+        self._feed = feed
         self._status = status
         self._ingestor = ingestor
         self._reader = reader
@@ -167,6 +180,23 @@ class SignalServicer(signal_service_pb2_grpc.SignalServiceServicer):
             signal_to_proto(row, urls.get(row.screenshot.object_key or "", "") if row.screenshot else "")
             for row in rows
         ]
+
+    async def _events_to_proto(self, batch: list[StoredEvent]) -> list[resources_pb2.SignalEvent]:
+        signals = await self._signals_to_proto([stored.row for stored in batch if stored.row is not None])
+        by_id = {signal.signal_id: signal for signal in signals}
+        messages = []
+        for stored in batch:
+            event = stored.event
+            message = resources_pb2.SignalEvent(
+                cursor=format_cursor(event.seq),
+                type=_EVENT_TYPE_TO_PROTO[EventType(event.type)],
+                occurred_at=timestamp(event.created_at),
+                user_id=str(event.user_id),
+            )
+            if stored.row is not None:
+                message.signal.CopyFrom(by_id[str(stored.row.signal.id)])
+            messages.append(message)
+        return messages
 
     async def IngestWebhook(
         self, request: signal_service_pb2.IngestWebhookRequest, context: grpc.aio.ServicerContext
@@ -222,6 +252,53 @@ class SignalServicer(signal_service_pb2_grpc.SignalServiceServicer):
         return signal_service_pb2.ListSignalsResponse(
             signals=await self._signals_to_proto(page.rows), next_page_token=page.next_page_token
         )
+
+    async def UpdateSignalOutcome(
+        self, request: signal_service_pb2.UpdateSignalOutcomeRequest, context: grpc.aio.ServicerContext
+    ) -> resources_pb2.Signal:
+        row = await self._outcomes.update(
+            request.signal_id,
+            result=_RESULT_FROM_PROTO.get(request.result),
+            profit_loss=request.profit_loss,
+            notes=request.notes,
+            ensure_access=ensure_can_access_user,
+        )
+        return (await self._signals_to_proto([row]))[0]
+
+    async def GetUserStats(
+        self, request: signal_service_pb2.GetUserStatsRequest, context: grpc.aio.ServicerContext
+    ) -> resources_pb2.UserStats:
+        user_id = require_uuid(request.user_id, "user_id")
+        ensure_can_access_user(str(user_id))
+        stats = await self._reader.stats(str(user_id))
+        counts = stats.counts
+        return resources_pb2.UserStats(
+            user_id=stats.user_id,
+            total_signals=counts.total_signals,
+            this_month=counts.this_month,
+            screenshots_pending=counts.screenshots_pending,
+            win_rate=stats.win_rate,
+            wins=counts.wins,
+            losses=counts.losses,
+            storage_bytes=counts.storage_bytes,
+            storage_objects=counts.storage_objects,
+        )
+
+    async def SubscribeSignals(
+        self, request: signal_service_pb2.SubscribeSignalsRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[resources_pb2.SignalEvent]:
+        """Replay after the cursor, then live (see signal_service.events for the guarantees).
+
+        Initial metadata ``x-start-cursor`` is sent once the request is accepted, before any event, so a
+        caller can tell "accepted, nothing new yet" from a refusal without waiting for an event.
+        """
+        user_id = require_uuid(request.user_id, "user_id")
+        ensure_can_access_user(str(user_id))
+        async with self._feed.subscribe(user_id, request.after_cursor) as subscription:
+            await context.send_initial_metadata((("x-start-cursor", subscription.start_cursor),))
+            async for batch in subscription.batches():
+                for message in await self._events_to_proto(batch):
+                    yield message
 
     async def ClaimCapture(
         self, request: signal_service_pb2.ClaimCaptureRequest, context: grpc.aio.ServicerContext

@@ -1,0 +1,421 @@
+"""The platform's REST and Server-Sent Events API: thin translations to SignalService calls.
+
+The caller's own ``Authorization: Bearer <key>`` header is forwarded as the gRPC call's metadata, so the
+signal service authorises the real caller: a platform key reads every user, a user-scoped key only its
+user. The edge decides nothing itself beyond refusing a request that has no bearer key at all (401).
+
+JSON mirrors the proto field names (snake_case); decimals are strings, times ISO 8601 UTC, enum values
+lowercase names without their prefix ("completed", "win"), and unknown values null.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+import grpc
+import msgspec
+from google.protobuf import json_format, timestamp_pb2
+from litestar import Request, Response, Router, get, patch
+from litestar.openapi.datastructures import ResponseSpec
+from litestar.params import FromPath, FromQuery, HeaderParameter, JSONBody, QueryParameter
+from litestar.response import ServerSentEvent, ServerSentEventMessage
+
+from apidevs.alerts.v1 import resources_pb2, signal_service_pb2
+from edge.errors import error_response
+from mesh.errors import AlertsError, NotFoundError, UnauthenticatedError, UnavailableError, from_rpc_error
+
+SSE_HEARTBEAT_SECONDS = 15.0
+# How long the browser waits before reconnecting after the stream ends.
+SSE_RETRY_MILLISECONDS = 2000
+_UNARY_TIMEOUT_SECONDS = 5.0
+_STREAM_OPEN_TIMEOUT_SECONDS = 10.0
+_BEARER = re.compile(r"^[Bb]earer [\x21-\x7e]+$")
+
+ScreenshotStatusName = Literal[
+    "unspecified", "pending", "processing", "completed", "failed", "skipped", "expired"
+]
+ResultName = Literal["pending", "win", "loss", "skip"]
+ParseStatusName = Literal["unspecified", "complete", "partial", "failed"]
+EventTypeName = Literal[
+    "unspecified", "created", "screenshot_updated", "outcome_updated", "tradingview_session_updated"
+]
+
+
+def _enum_name(enum: Any, number: int, prefix: str) -> Any:
+    return enum.Name(number).removeprefix(prefix).lower()
+
+
+def _enum_number(enum: Any, prefix: str, name: str) -> int:
+    return enum.Value(prefix + name.upper())
+
+
+def _time(message: timestamp_pb2.Timestamp, present: bool) -> datetime | None:
+    return message.ToDatetime(tzinfo=UTC) if present else None
+
+
+# --- JSON shapes -------------------------------------------------------------------------------------
+
+
+@dataclass
+class SignalOut:
+    signal_id: str
+    user_id: str
+    chart_id: str
+    indicator: str
+    ticker: str
+    exchange: str
+    symbol: str
+    price: str | None
+    signal_type: str
+    interval: str
+    alert_time: datetime | None
+    parse_status: ParseStatusName
+    parse_problems: list[str]
+    extra: dict[str, Any]
+    raw_text: str
+    content_type: str
+    screenshot_status: ScreenshotStatusName
+    screenshot_url: str | None
+    screenshot_error: str | None
+    screenshot_completed_at: datetime | None
+    result: ResultName
+    profit_loss: str | None
+    notes: str
+    created_at: datetime | None
+    updated_at: datetime | None
+
+
+@dataclass
+class SignalPageOut:
+    signals: list[SignalOut]
+    # Pass back as page_token for the next page; null on the last page.
+    next_page_token: str | None
+
+
+@dataclass
+class UserStatsOut:
+    user_id: str
+    total_signals: int
+    this_month: int
+    screenshots_pending: int
+    win_rate: float
+    wins: int
+    losses: int
+    storage_bytes: int
+    storage_objects: int
+
+
+@dataclass
+class OutcomeIn:
+    """Fields left out (or null) keep their value; an empty string clears profit_loss or notes."""
+
+    result: ResultName | None = None
+    # Exact decimal string, e.g. "-12.50".
+    profit_loss: str | None = None
+    notes: str | None = None
+
+
+@dataclass
+class EventOut:
+    cursor: str
+    type: EventTypeName
+    user_id: str
+    occurred_at: datetime | None
+    signal: SignalOut | None
+
+
+@dataclass
+class ErrorOut:
+    success: bool
+    error: str
+
+
+def signal_out(signal: resources_pb2.Signal) -> SignalOut:
+    return SignalOut(
+        signal_id=signal.signal_id,
+        user_id=signal.user_id,
+        chart_id=signal.chart_id,
+        indicator=signal.indicator,
+        ticker=signal.ticker,
+        exchange=signal.exchange,
+        symbol=signal.symbol,
+        price=signal.price or None,
+        signal_type=signal.signal_type,
+        interval=signal.interval,
+        alert_time=_time(signal.alert_time, signal.HasField("alert_time")),
+        parse_status=_enum_name(resources_pb2.ParseStatus, signal.parse_status, "PARSE_STATUS_"),
+        parse_problems=list(signal.parse_problems),
+        extra=json_format.MessageToDict(signal.extra),
+        raw_text=signal.raw_text,
+        content_type=signal.content_type,
+        screenshot_status=_enum_name(
+            resources_pb2.ScreenshotStatus, signal.screenshot_status, "SCREENSHOT_STATUS_"
+        ),
+        screenshot_url=signal.screenshot_url or None,
+        screenshot_error=signal.screenshot_error or None,
+        screenshot_completed_at=_time(
+            signal.screenshot_completed_at, signal.HasField("screenshot_completed_at")
+        ),
+        result=_enum_name(resources_pb2.SignalResult, signal.result, "SIGNAL_RESULT_")
+        if signal.result
+        else "pending",
+        profit_loss=signal.profit_loss or None,
+        notes=signal.notes,
+        created_at=_time(signal.created_at, signal.HasField("created_at")),
+        updated_at=_time(signal.updated_at, signal.HasField("updated_at")),
+    )
+
+
+def event_out(event: resources_pb2.SignalEvent) -> EventOut:
+    return EventOut(
+        cursor=event.cursor,
+        type=_enum_name(resources_pb2.SignalEventType, event.type, "SIGNAL_EVENT_TYPE_"),
+        user_id=event.user_id,
+        occurred_at=_time(event.occurred_at, event.HasField("occurred_at")),
+        signal=signal_out(event.signal) if event.HasField("signal") else None,
+    )
+
+
+# --- calls -------------------------------------------------------------------------------------------
+
+
+class ApiCallFailed(Exception):
+    """A refused call, answered through edge.errors' table."""
+
+    def __init__(self, error: AlertsError) -> None:
+        super().__init__(error.message)
+        self.error = error
+
+
+def _answer_failure(request: Request, exc: ApiCallFailed) -> Response:
+    response = error_response(exc.error)
+    if response.status_code == 401:
+        response.headers["WWW-Authenticate"] = 'Bearer realm="alerts"'
+    return response
+
+
+def caller_metadata(request: Request) -> tuple[tuple[str, str], ...]:
+    """The caller's own bearer key, to present to the signal service instead of the edge's key."""
+    authorization = request.headers.get("authorization", "").strip()
+    if not _BEARER.match(authorization):
+        raise ApiCallFailed(UnauthenticatedError("missing bearer API key"))
+    return (("authorization", authorization),)
+
+
+async def _unary(request: Request, method: str, message: Any) -> Any:
+    stub = request.app.state.signal_stub
+    try:
+        return await getattr(stub, method)(
+            message, metadata=caller_metadata(request), timeout=_UNARY_TIMEOUT_SECONDS
+        )
+    except grpc.aio.AioRpcError as exc:
+        raise ApiCallFailed(from_rpc_error(exc)) from exc
+
+
+async def _owned_signal(request: Request, user_id: str, signal_id: str) -> resources_pb2.Signal:
+    signal = await _unary(request, "GetSignal", signal_service_pb2.GetSignalRequest(signal_id=signal_id))
+    if signal.user_id != user_id:
+        # Same answer as an unknown id: the path names a user, and this signal is not theirs.
+        raise ApiCallFailed(NotFoundError("no such signal", reason="SIGNAL_NOT_FOUND"))
+    return signal
+
+
+def _utc(moment: datetime | None) -> timestamp_pb2.Timestamp | None:
+    if moment is None:
+        return None
+    message = timestamp_pb2.Timestamp()
+    message.FromDatetime(moment.astimezone(UTC) if moment.tzinfo else moment.replace(tzinfo=UTC))
+    return message
+
+
+_ERRORS = {
+    400: ResponseSpec(ErrorOut, description="Invalid argument"),
+    401: ResponseSpec(ErrorOut, description="Missing or invalid bearer API key"),
+    403: ResponseSpec(ErrorOut, description="The key is scoped to another user"),
+    404: ResponseSpec(ErrorOut, description="No such user or signal"),
+}
+
+
+# --- routes ------------------------------------------------------------------------------------------
+
+
+@get(
+    "/users/{user_id:str}/stats",
+    summary="A user's signal counters and win rate",
+    description="win_rate = wins / (wins + losses) * 100, 0 when nothing is resolved; this_month is the "
+    "current calendar month in UTC; screenshots_pending counts PENDING and PROCESSING captures.",
+    responses=_ERRORS,
+)
+async def get_user_stats(request: Request, user_id: FromPath[str]) -> UserStatsOut:
+    stats = await _unary(request, "GetUserStats", signal_service_pb2.GetUserStatsRequest(user_id=user_id))
+    return UserStatsOut(
+        user_id=stats.user_id,
+        total_signals=stats.total_signals,
+        this_month=stats.this_month,
+        screenshots_pending=stats.screenshots_pending,
+        win_rate=stats.win_rate,
+        wins=stats.wins,
+        losses=stats.losses,
+        storage_bytes=stats.storage_bytes,
+        storage_objects=stats.storage_objects,
+    )
+
+
+@get(
+    "/users/{user_id:str}/signals",
+    summary="A user's signals, newest first",
+    description="Cursor-paginated: pass next_page_token back as page_token. created_after and "
+    "created_before are exclusive bounds (ISO 8601; a time without offset is UTC).",
+    responses=_ERRORS,
+)
+async def list_signals(
+    request: Request,
+    user_id: FromPath[str],
+    ticker: FromQuery[str | None] = None,
+    indicator: FromQuery[str | None] = None,
+    signal_type: FromQuery[str | None] = None,
+    result: FromQuery[ResultName | None] = None,
+    screenshot_status: FromQuery[ScreenshotStatusName | None] = None,
+    created_after: FromQuery[datetime | None] = None,
+    created_before: FromQuery[datetime | None] = None,
+    page_size: Annotated[int, QueryParameter(ge=0, le=100, description="At most 100; 0 means 20")] = 0,
+    page_token: FromQuery[str | None] = None,
+) -> SignalPageOut:
+    query = signal_service_pb2.ListSignalsRequest(
+        user_id=user_id,
+        ticker=ticker or "",
+        indicator=indicator or "",
+        signal_type=signal_type or "",
+        page_size=page_size,
+        page_token=page_token or "",
+        created_after=_utc(created_after),
+        created_before=_utc(created_before),
+    )
+    if result is not None:
+        query.result = _enum_number(resources_pb2.SignalResult, "SIGNAL_RESULT_", result)
+    if screenshot_status is not None:
+        query.screenshot_status = _enum_number(
+            resources_pb2.ScreenshotStatus, "SCREENSHOT_STATUS_", screenshot_status
+        )
+    page = await _unary(request, "ListSignals", query)
+    return SignalPageOut(
+        signals=[signal_out(signal) for signal in page.signals], next_page_token=page.next_page_token or None
+    )
+
+
+@get("/users/{user_id:str}/signals/{signal_id:str}", summary="One signal", responses=_ERRORS)
+async def get_signal(request: Request, user_id: FromPath[str], signal_id: FromPath[str]) -> SignalOut:
+    return signal_out(await _owned_signal(request, user_id, signal_id))
+
+
+@patch(
+    "/users/{user_id:str}/signals/{signal_id:str}",
+    summary="Record a signal's outcome",
+    description="Sets result, profit_loss and notes; omitted fields keep their value. Emits an "
+    "outcome_updated event.",
+    responses=_ERRORS,
+)
+async def update_signal_outcome(
+    request: Request, user_id: FromPath[str], signal_id: FromPath[str], data: JSONBody[OutcomeIn]
+) -> SignalOut:
+    current = await _owned_signal(request, user_id, signal_id)
+    update = signal_service_pb2.UpdateSignalOutcomeRequest(
+        signal_id=signal_id,
+        result=_enum_number(resources_pb2.SignalResult, "SIGNAL_RESULT_", data.result)
+        if data.result is not None
+        else current.result or resources_pb2.SIGNAL_RESULT_PENDING,
+        profit_loss=current.profit_loss if data.profit_loss is None else data.profit_loss,
+        notes=current.notes if data.notes is None else data.notes,
+    )
+    return signal_out(await _unary(request, "UpdateSignalOutcome", update))
+
+
+@get(
+    "/users/{user_id:str}/events",
+    summary="A user's signal events as Server-Sent Events",
+    description="Each event's id is its cursor and its data an EventOut JSON object. Resumes after the "
+    "Last-Event-ID header (sent by EventSource on reconnect) or ?after=; with neither, starts from now. "
+    "Comment lines keep idle connections open. A stream that falls too far behind ends with a "
+    "`stream-error` event; reconnecting with the last id loses nothing.",
+    media_type="text/event-stream",
+    responses=_ERRORS,
+)
+async def follow_events(
+    request: Request,
+    user_id: FromPath[str],
+    after: Annotated[str | None, QueryParameter(description="Resume after this cursor")] = None,
+    last_event_id: Annotated[str | None, HeaderParameter(name="Last-Event-ID")] = None,
+) -> ServerSentEvent:
+    cursor = last_event_id or after or ""
+    call = request.app.state.signal_stub.SubscribeSignals(
+        signal_service_pb2.SubscribeSignalsRequest(user_id=user_id, after_cursor=cursor),
+        metadata=caller_metadata(request),
+    )
+    await _await_accepted(call)
+    heartbeat = request.app.state.get("sse_heartbeat_seconds", SSE_HEARTBEAT_SECONDS)
+    return ServerSentEvent(
+        _sse_messages(call, heartbeat),
+        headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+    )
+
+
+async def _await_accepted(call: grpc.aio.UnaryStreamCall) -> None:
+    """Waits for the service to accept or refuse the stream, so a refusal is an HTTP error, not a 200."""
+    try:
+        async with asyncio.timeout(_STREAM_OPEN_TIMEOUT_SECONDS):
+            await call.initial_metadata()
+            if call.done():
+                await call.read()
+    except grpc.aio.AioRpcError as exc:
+        raise ApiCallFailed(from_rpc_error(exc)) from exc
+    except TimeoutError as exc:
+        call.cancel()
+        raise ApiCallFailed(UnavailableError("the event stream did not open in time")) from exc
+    except BaseException:
+        call.cancel()
+        raise
+
+
+async def _sse_messages(call: grpc.aio.UnaryStreamCall, heartbeat_seconds: float) -> AsyncIterator[Any]:
+    yield ServerSentEventMessage(data=None, comment="stream open", retry=SSE_RETRY_MILLISECONDS)
+    # One read stays pending across heartbeats: cancelling a read would cancel the whole call.
+    reading = asyncio.ensure_future(call.read())
+    try:
+        while True:
+            done, _ = await asyncio.wait({reading}, timeout=heartbeat_seconds)
+            if not done:
+                yield ServerSentEventMessage(data=None, comment="keepalive")
+                continue
+            try:
+                message = reading.result()
+            except grpc.aio.AioRpcError as exc:
+                error = from_rpc_error(exc)
+                body = {"error": error.code.name.lower(), "reason": error.reason, **error.metadata}
+                yield ServerSentEventMessage(event="stream-error", data=msgspec.json.encode(body).decode())
+                return
+            if message is grpc.aio.EOF:
+                return
+            yield ServerSentEventMessage(
+                id=message.cursor, data=msgspec.json.encode(event_out(message)).decode()
+            )
+            reading = asyncio.ensure_future(call.read())
+    finally:
+        reading.cancel()
+        call.cancel()
+        with contextlib.suppress(asyncio.CancelledError, grpc.aio.AioRpcError):
+            await reading
+
+
+router = Router(
+    path="/api",
+    route_handlers=[get_user_stats, list_signals, get_signal, update_signal_outcome, follow_events],
+    tags=["platform"],
+    security=[{"BearerApiKey": []}],
+    exception_handlers={ApiCallFailed: _answer_failure},
+)

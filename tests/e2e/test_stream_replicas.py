@@ -1,0 +1,318 @@
+"""SubscribeSignals across replicas: two `alerts serve signal` processes on one database, a subscriber on
+one, writes through the other, and a real `alerts serve edge` in front of one of them for REST and SSE.
+
+Both processes accept, next to the platform key, a key scoped to one user and configured hashed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import httpx
+import pytest
+
+from apidevs.alerts.v1 import (
+    resources_pb2,
+    signal_service_pb2,
+    signal_service_pb2_grpc,
+    user_service_pb2,
+    user_service_pb2_grpc,
+)
+from mesh.auth import generate_key, hash_key
+from mesh.errors import from_rpc_error
+from mesh.grpc import open_channel
+from mesh.processes import ManagedProcess, alerts_argv, free_port, grpc_serving, http_ok
+from tests.e2e.stacks import START_TIMEOUT_SECONDS, child_env
+from tests.support import ingest_request
+
+pytestmark = pytest.mark.e2e
+
+GUARD_SECONDS = 60  # a broken stream fails the test instead of hanging it
+CREATED = resources_pb2.SIGNAL_EVENT_TYPE_CREATED
+OUTCOME = resources_pb2.SIGNAL_EVENT_TYPE_OUTCOME_UPDATED
+
+
+def alert(index: int) -> bytes:
+    return f"Ticker: BINANCE:SOLUSDT\nPrice: {index}.5\nSignal: sell\nid: {uuid.uuid4()}".encode()
+
+
+@dataclass(frozen=True)
+class Accounts:
+    scoped: user_service_pb2.CreateUserResponse
+    other: user_service_pb2.CreateUserResponse
+    scoped_key: str
+
+
+@dataclass(frozen=True)
+class Replicas:
+    a: str
+    b: str
+    # An edge process whose signal service is replica b.
+    edge_url: str
+
+
+@pytest.fixture(scope="module")
+async def users(signal_server: str, service_key: str) -> AsyncIterator[user_service_pb2_grpc.UserServiceStub]:
+    async with open_channel(signal_server, service_key) as channel:
+        yield user_service_pb2_grpc.UserServiceStub(channel)
+
+
+async def create_user(users: user_service_pb2_grpc.UserServiceStub) -> user_service_pb2.CreateUserResponse:
+    return await users.CreateUser(user_service_pb2.CreateUserRequest(plan=resources_pb2.PLAN_PREMIUM))
+
+
+@pytest.fixture(scope="module")
+async def accounts(users: user_service_pb2_grpc.UserServiceStub) -> Accounts:
+    return Accounts(
+        scoped=await create_user(users), other=await create_user(users), scoped_key=generate_key()
+    )
+
+
+@pytest.fixture(scope="module")
+def replicas(
+    accounts: Accounts,
+    service_env: dict[str, str],
+    service_key: str,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Replicas]:
+    logs = tmp_path_factory.mktemp("stream-replicas")
+    keys = f"{service_key},sha256:{hash_key(accounts.scoped_key)}@user:{accounts.scoped.user.user_id}"
+    a, b = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
+    edge_port = free_port()
+    unused_storage = f"127.0.0.1:{free_port()}"
+    processes = [
+        ManagedProcess(
+            f"signal-{name}",
+            alerts_argv("serve", "signal"),
+            child_env(
+                service_env,
+                ALERTS_SIGNAL_ADDR=address,
+                ALERTS_API_KEYS=keys,
+                ALERTS_STORAGE_ADDR=unused_storage,
+            ),
+            ready=lambda address=address: grpc_serving(address),
+            log_path=logs / f"signal-{name}.log",
+        )
+        for name, address in (("a", a), ("b", b))
+    ]
+    processes.append(
+        ManagedProcess(
+            "edge",
+            alerts_argv("serve", "edge"),
+            child_env(
+                service_env,
+                ALERTS_SIGNAL_ADDR=b,
+                ALERTS_STORAGE_ADDR=unused_storage,
+                ALERTS_EDGE_HOST="127.0.0.1",
+                ALERTS_EDGE_PORT=str(edge_port),
+                ALERTS_DATA_DIR=str(logs / "edge-data"),
+            ),
+            ready=lambda: http_ok(f"http://127.0.0.1:{edge_port}/health/live"),
+            log_path=logs / "edge.log",
+        )
+    )
+    try:
+        for process in processes:
+            process.start()
+        for process in processes:
+            process.wait_ready(START_TIMEOUT_SECONDS)
+        yield Replicas(a=a, b=b, edge_url=f"http://127.0.0.1:{edge_port}")
+    finally:
+        for process in reversed(processes):
+            process.stop()
+        for path in sorted(Path(logs).glob("*.log")):
+            print(f"--- {path.name}\n{path.read_text(errors='replace')[-3000:]}")
+
+
+@pytest.fixture(scope="module")
+async def stubs(
+    replicas: Replicas, service_key: str
+) -> AsyncIterator[dict[str, signal_service_pb2_grpc.SignalServiceStub]]:
+    async with open_channel(replicas.a, service_key) as on_a, open_channel(replicas.b, service_key) as on_b:
+        yield {
+            "a": signal_service_pb2_grpc.SignalServiceStub(on_a),
+            "b": signal_service_pb2_grpc.SignalServiceStub(on_b),
+        }
+
+
+class Writer:
+    """Writes one user's events through one replica, in sequence, remembering what each event will be."""
+
+    def __init__(self, stub: signal_service_pb2_grpc.SignalServiceStub, token: str) -> None:
+        self.stub = stub
+        self.token = token
+        self.expected: list[tuple[int, str]] = []
+
+    async def ingest(self) -> str:
+        answer = await self.stub.IngestWebhook(ingest_request(self.token, alert(len(self.expected))))
+        self.expected.append((CREATED, answer.signal_id))
+        return answer.signal_id
+
+    async def outcome(self, signal_id: str, result: int, profit_loss: str) -> None:
+        await self.stub.UpdateSignalOutcome(
+            signal_service_pb2.UpdateSignalOutcomeRequest(
+                signal_id=signal_id, result=result, profit_loss=profit_loss
+            )
+        )
+        self.expected.append((OUTCOME, signal_id))
+
+    async def run(self, writes: int) -> None:
+        """Alternates new signals and outcomes on the signal before."""
+        previous = ""
+        for index in range(writes):
+            if index % 3 == 2:
+                await self.outcome(previous, resources_pb2.SIGNAL_RESULT_WIN, f"{index}.25")
+            else:
+                previous = await self.ingest()
+
+
+async def head_cursor(call: grpc.aio.UnaryStreamCall) -> str:
+    return dict(await call.initial_metadata())["x-start-cursor"]
+
+
+async def test_writes_on_one_replica_reach_a_subscriber_on_the_other_in_order(
+    stubs: dict[str, signal_service_pb2_grpc.SignalServiceStub], users
+) -> None:
+    user = await create_user(users)
+    writer = Writer(stubs["a"], user.webhook_token)
+    call = stubs["b"].SubscribeSignals(signal_service_pb2.SubscribeSignalsRequest(user_id=user.user.user_id))
+    try:
+        assert await head_cursor(call) == "0"
+        await writer.run(9)
+        received = []
+        async with asyncio.timeout(GUARD_SECONDS):
+            while len(received) < len(writer.expected):
+                received.append(await call.read())
+    finally:
+        call.cancel()
+    assert [event.cursor for event in received] == [str(seq) for seq in range(1, 10)]
+    assert [(event.type, event.signal.signal_id) for event in received] == writer.expected
+    last_outcome = received[-1]
+    assert (last_outcome.signal.result, last_outcome.signal.profit_loss) == (
+        resources_pb2.SIGNAL_RESULT_WIN,
+        "8.25",
+    )
+
+
+async def test_disconnect_and_resume_loses_nothing_and_repeats_nothing(
+    stubs: dict[str, signal_service_pb2_grpc.SignalServiceStub], users
+) -> None:
+    """The reader hangs up after a few events each time and resumes from its last cursor, alternating
+    replicas, while the writer keeps committing through replica a."""
+    user = await create_user(users)
+    writer = Writer(stubs["a"], user.webhook_token)
+    writes = 45
+    writing = asyncio.create_task(writer.run(writes))
+    picker = random.Random(6)
+    received: list[resources_pb2.SignalEvent] = []
+    reconnects = 0
+    async with asyncio.timeout(GUARD_SECONDS):
+        while len(received) < writes:
+            replica = "ab"[reconnects % 2]
+            cursor = received[-1].cursor if received else "0"
+            call = stubs[replica].SubscribeSignals(
+                signal_service_pb2.SubscribeSignalsRequest(user_id=user.user.user_id, after_cursor=cursor)
+            )
+            try:
+                for _ in range(picker.randint(1, 7)):
+                    if len(received) == writes:
+                        break
+                    received.append(await call.read())
+            finally:
+                call.cancel()
+            reconnects += 1
+        await writing
+    assert reconnects > 5
+    assert [event.cursor for event in received] == [str(seq) for seq in range(1, writes + 1)]
+    assert [(event.type, event.signal.signal_id) for event in received] == writer.expected
+
+
+async def test_scoped_key_sees_only_its_user_on_every_replica(
+    replicas: Replicas, accounts: Accounts, stubs: dict[str, signal_service_pb2_grpc.SignalServiceStub]
+) -> None:
+    for address in (replicas.a, replicas.b):
+        async with open_channel(address, accounts.scoped_key) as channel:
+            scoped = signal_service_pb2_grpc.SignalServiceStub(channel)
+            own = scoped.SubscribeSignals(
+                signal_service_pb2.SubscribeSignalsRequest(user_id=accounts.scoped.user.user_id)
+            )
+            try:
+                assert (await head_cursor(own)).isdigit()
+            finally:
+                own.cancel()
+            foreign = scoped.SubscribeSignals(
+                signal_service_pb2.SubscribeSignalsRequest(user_id=accounts.other.user.user_id)
+            )
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await foreign.read()
+            assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await scoped.GetUserStats(
+                    signal_service_pb2.GetUserStatsRequest(user_id=accounts.other.user.user_id)
+                )
+            assert from_rpc_error(caught.value).code == grpc.StatusCode.PERMISSION_DENIED
+
+
+async def sse_events(lines: AsyncIterator[str], count: int) -> list[dict]:
+    events: list[dict] = []
+    current: dict = {}
+    async with asyncio.timeout(GUARD_SECONDS):
+        async for line in lines:
+            if line.startswith("id: "):
+                current["id"] = line[4:]
+            elif line.startswith("data: "):
+                current["data"] = json.loads(line[6:])
+            elif line == "" and "data" in current:
+                events.append(current)
+                current = {}
+                if len(events) == count:
+                    break
+    return events
+
+
+async def test_rest_and_sse_through_the_real_edge_with_a_scoped_key(
+    replicas: Replicas, accounts: Accounts, stubs: dict[str, signal_service_pb2_grpc.SignalServiceStub]
+) -> None:
+    own_id, other_id = accounts.scoped.user.user_id, accounts.other.user.user_id
+    base = f"{replicas.edge_url}/api/users"
+    scoped = {"Authorization": f"Bearer {accounts.scoped_key}"}
+    writer = Writer(stubs["a"], accounts.scoped.webhook_token)
+    async with httpx.AsyncClient(timeout=GUARD_SECONDS, headers=scoped) as http:
+        head = (await http.get(f"{base}/{own_id}/stats")).json()["total_signals"]
+        first = await writer.ingest()
+        await writer.ingest()
+
+        stats = await http.get(f"{base}/{own_id}/stats")
+        assert (stats.status_code, stats.json()["total_signals"]) == (200, head + 2)
+        assert (await http.get(f"{base}/{other_id}/stats")).status_code == 403
+        assert (await http.get(f"{base}/{other_id}/signals")).status_code == 403
+        listed = (await http.get(f"{base}/{own_id}/signals", params={"page_size": 2})).json()
+        assert listed["signals"][1]["signal_id"] == first
+
+        async with http.stream("GET", f"{base}/{own_id}/events") as stream:
+            assert stream.status_code == 200
+            lines = stream.aiter_lines()
+            patched = await http.patch(
+                f"{base}/{own_id}/signals/{first}", json={"result": "loss", "profit_loss": "-2"}
+            )
+            assert (patched.status_code, patched.json()["profit_loss"]) == (200, "-2")
+            third = await writer.ingest()
+            outcome, created = await sse_events(lines, 2)
+        assert (outcome["data"]["type"], outcome["data"]["signal"]["signal_id"]) == ("outcome_updated", first)
+        assert (created["data"]["type"], created["data"]["signal"]["signal_id"]) == ("created", third)
+        assert int(created["id"]) == int(outcome["id"]) + 1
+
+        # A browser reconnecting sends the last id it saw; a write made while it was away is replayed.
+        missed = await writer.ingest()
+        resume = {"Last-Event-ID": outcome["id"]}
+        async with http.stream("GET", f"{base}/{own_id}/events", headers=resume) as stream:
+            replayed = await sse_events(stream.aiter_lines(), 2)
+        assert [event["data"]["signal"]["signal_id"] for event in replayed] == [third, missed]
+        assert (await http.get(f"{base}/{other_id}/events")).status_code == 403

@@ -1,0 +1,459 @@
+"""The platform API through a real gRPC server on real PostgreSQL: stats, outcomes, scoped keys, streams."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import asyncpg
+import grpc
+import pytest
+from google.protobuf import timestamp_pb2
+
+from apidevs.alerts.v1 import (
+    resources_pb2,
+    signal_service_pb2,
+    signal_service_pb2_grpc,
+    user_service_pb2,
+    user_service_pb2_grpc,
+)
+from mesh.auth import generate_key, hash_key
+from mesh.errors import AlertsError, from_rpc_error
+from mesh.grpc import open_channel
+from signal_service.database import Database, create_engine
+from signal_service.events import EventFeed, EventHub, listener_dsn
+from tests.conftest import settings_from
+
+STREAM_GUARD_SECONDS = 30  # a broken stream fails the test instead of hanging it
+
+
+def alert(index: int, ticker: str = "BINANCE:BTCUSDT") -> bytes:
+    return f"Ticker: {ticker}\nPrice: {100 + index}.25\nSignal: buy\nid: {uuid.uuid4()}".encode()
+
+
+def stamp(moment: datetime) -> timestamp_pb2.Timestamp:
+    message = timestamp_pb2.Timestamp()
+    message.FromDatetime(moment)
+    return message
+
+
+async def create_user(users: user_service_pb2_grpc.UserServiceStub) -> user_service_pb2.CreateUserResponse:
+    return await users.CreateUser(user_service_pb2.CreateUserRequest(plan=resources_pb2.PLAN_PREMIUM))
+
+
+async def ingest(
+    signals: signal_service_pb2_grpc.SignalServiceStub,
+    token: str,
+    body: bytes,
+    received_at: datetime | None = None,
+) -> str:
+    answer = await signals.IngestWebhook(
+        signal_service_pb2.IngestWebhookRequest(
+            webhook_token=token,
+            body=body,
+            content_type="text/plain",
+            source_ip="203.0.113.7",
+            received_at=stamp(received_at or datetime.now(UTC)),
+        )
+    )
+    return answer.signal_id
+
+
+async def set_outcome(
+    signals: signal_service_pb2_grpc.SignalServiceStub,
+    signal_id: str,
+    result: int,
+    profit_loss: str = "",
+    notes: str = "",
+) -> resources_pb2.Signal:
+    return await signals.UpdateSignalOutcome(
+        signal_service_pb2.UpdateSignalOutcomeRequest(
+            signal_id=signal_id, result=result, profit_loss=profit_loss, notes=notes
+        )
+    )
+
+
+async def refused(call: object) -> AlertsError:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await call  # type: ignore[misc]
+    return from_rpc_error(caught.value)
+
+
+async def read_events(call: grpc.aio.UnaryStreamCall, count: int) -> list[resources_pb2.SignalEvent]:
+    events = []
+    async with asyncio.timeout(STREAM_GUARD_SECONDS):
+        while len(events) < count:
+            message = await call.read()
+            assert message is not grpc.aio.EOF, "stream ended early"
+            events.append(message)
+    return events
+
+
+async def start_cursor(call: grpc.aio.UnaryStreamCall) -> str:
+    return dict(await call.initial_metadata())["x-start-cursor"]
+
+
+# --- stats and outcomes ------------------------------------------------------------------------------
+
+
+async def test_stats_on_a_known_data_set(signals, users) -> None:
+    created = await create_user(users)
+    token, user_id = created.webhook_token, created.user.user_id
+    month_start = datetime.now(UTC).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    last_month = await ingest(signals, token, alert(0), received_at=month_start - timedelta(days=1))
+    current = [await ingest(signals, token, alert(index)) for index in range(1, 8)]
+    unparsed = await ingest(signals, token, b"nothing a parser can use")  # SKIPPED: no capture
+    await signals.ClaimCapture(signal_service_pb2.ClaimCaptureRequest(signal_id=current[0], worker_id="w1"))
+    for signal_id, size in ((current[1], 1000), (current[2], 2345)):
+        await signals.ClaimCapture(
+            signal_service_pb2.ClaimCaptureRequest(signal_id=signal_id, worker_id="w1")
+        )
+        await signals.ReportCapture(
+            signal_service_pb2.ReportCaptureRequest(
+                signal_id=signal_id,
+                status=resources_pb2.SCREENSHOT_STATUS_COMPLETED,
+                object_key=f"screenshots/{signal_id}.png",
+                size_bytes=size,
+            )
+        )
+    await signals.ReportCapture(
+        signal_service_pb2.ReportCaptureRequest(
+            signal_id=current[3], status=resources_pb2.SCREENSHOT_STATUS_FAILED, error="timeout"
+        )
+    )
+    for signal_id, result in (
+        (last_month, resources_pb2.SIGNAL_RESULT_WIN),
+        (current[0], resources_pb2.SIGNAL_RESULT_WIN),
+        (current[1], resources_pb2.SIGNAL_RESULT_WIN),
+        (current[2], resources_pb2.SIGNAL_RESULT_LOSS),
+        (unparsed, resources_pb2.SIGNAL_RESULT_SKIP),
+    ):
+        await set_outcome(signals, signal_id, result)
+
+    stats = await signals.GetUserStats(signal_service_pb2.GetUserStatsRequest(user_id=user_id))
+
+    assert stats.user_id == user_id
+    assert stats.total_signals == 9
+    assert stats.this_month == 8
+    # PROCESSING: current[0]; PENDING: last_month, current[4:7]; COMPLETED: current[1:3]; FAILED: current[3]
+    assert stats.screenshots_pending == 5
+    assert (stats.wins, stats.losses) == (3, 1)
+    assert stats.win_rate == pytest.approx(75.0)
+    assert (stats.storage_bytes, stats.storage_objects) == (3345, 2)
+
+
+async def test_stats_of_a_user_without_resolved_signals(signals, users) -> None:
+    created = await create_user(users)
+    empty = await signals.GetUserStats(signal_service_pb2.GetUserStatsRequest(user_id=created.user.user_id))
+    assert (empty.total_signals, empty.win_rate, empty.storage_bytes) == (0, 0.0, 0)
+
+    skipped = await ingest(signals, created.webhook_token, alert(1))
+    await set_outcome(signals, skipped, resources_pb2.SIGNAL_RESULT_SKIP)
+    only_skips = await signals.GetUserStats(
+        signal_service_pb2.GetUserStatsRequest(user_id=created.user.user_id)
+    )
+    assert (only_skips.total_signals, only_skips.wins, only_skips.losses, only_skips.win_rate) == (
+        1,
+        0,
+        0,
+        0.0,
+    )
+
+
+async def test_stats_of_unknown_or_malformed_user(signals) -> None:
+    missing = await refused(
+        signals.GetUserStats(signal_service_pb2.GetUserStatsRequest(user_id=str(uuid.uuid4())))
+    )
+    assert (missing.code, missing.reason) == (grpc.StatusCode.NOT_FOUND, "USER_NOT_FOUND")
+    malformed = await refused(signals.GetUserStats(signal_service_pb2.GetUserStatsRequest(user_id="42")))
+    assert malformed.code == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_outcome_is_stored_exactly_and_can_be_cleared(signals, users) -> None:
+    created = await create_user(users)
+    signal_id = await ingest(signals, created.webhook_token, alert(1))
+
+    won = await set_outcome(signals, signal_id, resources_pb2.SIGNAL_RESULT_WIN, "-0.10", "stopped late")
+    assert (won.result, won.profit_loss, won.notes) == (
+        resources_pb2.SIGNAL_RESULT_WIN,
+        "-0.10",
+        "stopped late",
+    )
+    precise = await set_outcome(
+        signals, signal_id, resources_pb2.SIGNAL_RESULT_LOSS, " 12345678901234567890.123 "
+    )
+    assert precise.profit_loss == "12345678901234567890.123"
+    fetched = await signals.GetSignal(signal_service_pb2.GetSignalRequest(signal_id=signal_id))
+    assert fetched == precise
+    assert fetched.updated_at.ToDatetime() >= fetched.created_at.ToDatetime()
+
+    cleared = await set_outcome(signals, signal_id, resources_pb2.SIGNAL_RESULT_PENDING)
+    assert (cleared.result, cleared.profit_loss, cleared.notes) == (
+        resources_pb2.SIGNAL_RESULT_PENDING,
+        "",
+        "",
+    )
+
+
+@pytest.mark.parametrize(
+    ("result", "profit_loss", "notes", "reason"),
+    [
+        (resources_pb2.SIGNAL_RESULT_UNSPECIFIED, "", "", "INVALID_RESULT"),
+        (resources_pb2.SIGNAL_RESULT_WIN, "12,50", "", "INVALID_PROFIT_LOSS"),
+        (resources_pb2.SIGNAL_RESULT_WIN, "NaN", "", "INVALID_PROFIT_LOSS"),
+        (resources_pb2.SIGNAL_RESULT_WIN, "Infinity", "", "INVALID_PROFIT_LOSS"),
+        (resources_pb2.SIGNAL_RESULT_WIN, "1e40", "", "INVALID_PROFIT_LOSS"),
+        (resources_pb2.SIGNAL_RESULT_WIN, "1e-40", "", "INVALID_PROFIT_LOSS"),
+        (resources_pb2.SIGNAL_RESULT_WIN, "", "x" * 10_001, "INVALID_NOTES"),
+    ],
+)
+async def test_invalid_outcomes_are_refused_and_change_nothing(
+    signals, users, result: int, profit_loss: str, notes: str, reason: str
+) -> None:
+    created = await create_user(users)
+    signal_id = await ingest(signals, created.webhook_token, alert(1))
+    error = await refused(set_outcome(signals, signal_id, result, profit_loss, notes))
+    assert (error.code, error.reason) == (grpc.StatusCode.INVALID_ARGUMENT, reason)
+    unchanged = await signals.GetSignal(signal_service_pb2.GetSignalRequest(signal_id=signal_id))
+    assert (unchanged.result, unchanged.profit_loss) == (resources_pb2.SIGNAL_RESULT_PENDING, "")
+
+
+async def test_outcome_of_unknown_signal_is_not_found(signals) -> None:
+    error = await refused(set_outcome(signals, str(uuid.uuid4()), resources_pb2.SIGNAL_RESULT_WIN))
+    assert (error.code, error.reason) == (grpc.StatusCode.NOT_FOUND, "SIGNAL_NOT_FOUND")
+
+
+# --- user-scoped keys --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ScopedSetup:
+    stub: signal_service_pb2_grpc.SignalServiceStub
+    own: user_service_pb2.CreateUserResponse
+    other: user_service_pb2.CreateUserResponse
+
+
+@pytest.fixture(scope="module")
+async def scoped(users, service_env: dict[str, str], service_key: str) -> AsyncIterator[ScopedSetup]:
+    """A second real server whose keys include one scoped to `own` (configured hashed)."""
+    from mesh import grpc as mesh_grpc
+    from signal_service.main import SERVICE_NAMES, register, signal_app
+    from signal_service.settings import SignalSettings
+
+    own, other = await create_user(users), await create_user(users)
+    scoped_key = generate_key()
+    env = service_env | {
+        "ALERTS_API_KEYS": f"{service_key},sha256:{hash_key(scoped_key)}@user:{own.user.user_id}"
+    }
+    settings = settings_from(env, SignalSettings, signal_addr="127.0.0.1:0")
+    async with signal_app(settings) as app:
+        server = mesh_grpc.create_server(settings)
+        register(server, app)
+        app.start_background()
+        port, _ = await mesh_grpc.start(server, address="127.0.0.1:0", service_names=SERVICE_NAMES)
+        async with open_channel(f"127.0.0.1:{port}", scoped_key) as channel:
+            yield ScopedSetup(signal_service_pb2_grpc.SignalServiceStub(channel), own, other)
+        await server.stop(1)
+
+
+async def test_scoped_key_reads_and_writes_its_own_user(signals, scoped: ScopedSetup) -> None:
+    signal_id = await ingest(signals, scoped.own.webhook_token, alert(1))
+    own_id = scoped.own.user.user_id
+    stats = await scoped.stub.GetUserStats(signal_service_pb2.GetUserStatsRequest(user_id=own_id))
+    assert stats.total_signals >= 1
+    listed = await scoped.stub.ListSignals(signal_service_pb2.ListSignalsRequest(user_id=own_id))
+    assert signal_id in [signal.signal_id for signal in listed.signals]
+    fetched = await scoped.stub.GetSignal(signal_service_pb2.GetSignalRequest(signal_id=signal_id))
+    assert fetched.user_id == own_id
+    updated = await set_outcome(scoped.stub, signal_id, resources_pb2.SIGNAL_RESULT_WIN, "5")
+    assert updated.profit_loss == "5"
+
+
+async def test_scoped_key_is_denied_every_other_user(signals, scoped: ScopedSetup) -> None:
+    other_id = scoped.other.user.user_id
+    foreign = await ingest(signals, scoped.other.webhook_token, alert(2))
+    calls = [
+        scoped.stub.GetUserStats(signal_service_pb2.GetUserStatsRequest(user_id=other_id)),
+        scoped.stub.ListSignals(signal_service_pb2.ListSignalsRequest(user_id=other_id)),
+        scoped.stub.GetSignal(signal_service_pb2.GetSignalRequest(signal_id=foreign)),
+        set_outcome(scoped.stub, foreign, resources_pb2.SIGNAL_RESULT_LOSS, "-3"),
+        read_events(
+            scoped.stub.SubscribeSignals(signal_service_pb2.SubscribeSignalsRequest(user_id=other_id)), 1
+        ),
+    ]
+    for call in calls:
+        error = await refused(call)
+        assert error.code == grpc.StatusCode.PERMISSION_DENIED
+    untouched = await signals.GetSignal(signal_service_pb2.GetSignalRequest(signal_id=foreign))
+    assert (untouched.result, untouched.profit_loss) == (resources_pb2.SIGNAL_RESULT_PENDING, "")
+
+
+# --- SubscribeSignals --------------------------------------------------------------------------------
+
+
+async def test_replay_then_live_in_order(signals, users) -> None:
+    created = await create_user(users)
+    token, user_id = created.webhook_token, created.user.user_id
+    first = [await ingest(signals, token, alert(index)) for index in range(3)]
+    call = signals.SubscribeSignals(
+        signal_service_pb2.SubscribeSignalsRequest(user_id=user_id, after_cursor="0")
+    )
+    try:
+        assert await start_cursor(call) == "0"
+        replayed = await read_events(call, 3)
+        assert [event.cursor for event in replayed] == ["1", "2", "3"]
+        assert [event.signal.signal_id for event in replayed] == first
+        assert {event.type for event in replayed} == {resources_pb2.SIGNAL_EVENT_TYPE_CREATED}
+        assert {event.user_id for event in replayed} == {user_id}
+
+        live = await ingest(signals, token, alert(9))
+        await set_outcome(signals, first[0], resources_pb2.SIGNAL_RESULT_WIN, "7.5")
+        created_event, outcome_event = await read_events(call, 2)
+    finally:
+        call.cancel()
+    assert (created_event.cursor, created_event.signal.signal_id) == ("4", live)
+    assert outcome_event.cursor == "5"
+    assert outcome_event.type == resources_pb2.SIGNAL_EVENT_TYPE_OUTCOME_UPDATED
+    assert (outcome_event.signal.signal_id, outcome_event.signal.profit_loss) == (first[0], "7.5")
+    assert outcome_event.occurred_at.ToDatetime() >= created_event.occurred_at.ToDatetime()
+
+
+async def test_empty_cursor_starts_from_now(signals, users) -> None:
+    created = await create_user(users)
+    token, user_id = created.webhook_token, created.user.user_id
+    for index in range(2):
+        await ingest(signals, token, alert(index))
+    call = signals.SubscribeSignals(signal_service_pb2.SubscribeSignalsRequest(user_id=user_id))
+    try:
+        assert await start_cursor(call) == "2"
+        fresh = await ingest(signals, token, alert(5))
+        (event,) = await read_events(call, 1)
+    finally:
+        call.cancel()
+    assert (event.cursor, event.signal.signal_id) == ("3", fresh)
+
+
+async def test_resume_from_a_cursor_replays_only_what_followed(signals, users) -> None:
+    created = await create_user(users)
+    token, user_id = created.webhook_token, created.user.user_id
+    ids = [await ingest(signals, token, alert(index)) for index in range(5)]
+    call = signals.SubscribeSignals(
+        signal_service_pb2.SubscribeSignalsRequest(user_id=user_id, after_cursor="3")
+    )
+    try:
+        events = await read_events(call, 2)
+    finally:
+        call.cancel()
+    assert [(event.cursor, event.signal.signal_id) for event in events] == [("4", ids[3]), ("5", ids[4])]
+
+
+@pytest.mark.parametrize(
+    ("cursor", "code", "reason"),
+    [
+        ("abc", grpc.StatusCode.INVALID_ARGUMENT, "INVALID_CURSOR"),
+        ("-1", grpc.StatusCode.INVALID_ARGUMENT, "INVALID_CURSOR"),
+        ("٣", grpc.StatusCode.INVALID_ARGUMENT, "INVALID_CURSOR"),
+        ("99", grpc.StatusCode.INVALID_ARGUMENT, "INVALID_CURSOR"),
+    ],
+)
+async def test_bad_cursors_are_refused(
+    signals, users, cursor: str, code: grpc.StatusCode, reason: str
+) -> None:
+    created = await create_user(users)
+    call = signals.SubscribeSignals(
+        signal_service_pb2.SubscribeSignalsRequest(user_id=created.user.user_id, after_cursor=cursor)
+    )
+    error = await refused(read_events(call, 1))
+    assert (error.code, error.reason) == (code, reason)
+
+
+async def test_subscribing_to_an_unknown_user_is_not_found(signals) -> None:
+    call = signals.SubscribeSignals(signal_service_pb2.SubscribeSignalsRequest(user_id=str(uuid.uuid4())))
+    error = await refused(read_events(call, 1))
+    assert (error.code, error.reason) == (grpc.StatusCode.NOT_FOUND, "USER_NOT_FOUND")
+
+
+async def test_screenshot_events_carry_the_current_signal(signals, users) -> None:
+    created = await create_user(users)
+    signal_id = await ingest(signals, created.webhook_token, alert(1))
+    call = signals.SubscribeSignals(
+        signal_service_pb2.SubscribeSignalsRequest(user_id=created.user.user_id, after_cursor="1")
+    )
+    try:
+        await start_cursor(call)
+        await signals.ClaimCapture(signal_service_pb2.ClaimCaptureRequest(signal_id=signal_id, worker_id="w"))
+        await signals.ReportCapture(
+            signal_service_pb2.ReportCaptureRequest(
+                signal_id=signal_id, status=resources_pb2.SCREENSHOT_STATUS_FAILED, error="timeout"
+            )
+        )
+        processing, failed = await read_events(call, 2)
+    finally:
+        call.cancel()
+    assert {processing.type, failed.type} == {resources_pb2.SIGNAL_EVENT_TYPE_SCREENSHOT_UPDATED}
+    assert (processing.cursor, failed.cursor) == ("2", "3")
+    # Each event carries the signal as it is when sent, not as it was when the event happened.
+    assert failed.signal.screenshot_status == resources_pb2.SCREENSHOT_STATUS_FAILED
+    assert failed.signal.screenshot_error == "timeout"
+
+
+async def test_stream_survives_the_listener_connection_being_killed(
+    signals, users, database_url: str
+) -> None:
+    created = await create_user(users)
+    call = signals.SubscribeSignals(signal_service_pb2.SubscribeSignalsRequest(user_id=created.user.user_id))
+    try:
+        await start_cursor(call)
+        admin = await asyncpg.connect(listener_dsn(database_url))
+        try:
+            killed = await admin.fetchval(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                " WHERE application_name = 'alerts-signal-events' AND datname = current_database()"
+            )
+        finally:
+            await admin.close()
+        assert killed >= 1
+        after_kill = await ingest(signals, created.webhook_token, alert(3))
+        (event,) = await read_events(call, 1)
+    finally:
+        call.cancel()
+    assert (event.cursor, event.signal.signal_id) == ("1", after_kill)
+
+
+async def test_a_stream_too_far_behind_ends_with_its_cursor(signals, users, database_url: str) -> None:
+    """Domain level, so that "behind" does not depend on socket buffer sizes: a stream that has sent
+    event 1 and is then asked for more while 4 newer events wait, with max_pending=3, ends."""
+    created = await create_user(users)
+    user_id = uuid.UUID(created.user.user_id)
+    database = Database(create_engine(database_url, pool_size=2))
+    hub = EventHub(listener_dsn(database_url))
+    hub.start()
+    try:
+        await asyncio.wait_for(hub.wait_listening(), STREAM_GUARD_SECONDS)
+        feed = EventFeed(database=database, hub=hub, page_size=1, max_pending=3)
+        async with feed.subscribe(user_id, "") as subscription:
+            batches = subscription.batches()
+            await ingest(signals, created.webhook_token, alert(0))
+            first = await asyncio.wait_for(anext(batches), STREAM_GUARD_SECONDS)
+            assert [stored.event.seq for stored in first] == [1]
+            for index in range(1, 5):
+                await ingest(signals, created.webhook_token, alert(index))
+            watcher = hub.register(user_id)
+            async with asyncio.timeout(STREAM_GUARD_SECONDS):
+                while hub.head(user_id) < 5:
+                    await watcher.woken.wait()
+                    watcher.woken.clear()
+            hub.unregister(watcher)
+            with pytest.raises(AlertsError) as caught:
+                await anext(batches)
+            await batches.aclose()
+    finally:
+        await hub.stop()
+        await database.dispose()
+    error = caught.value
+    assert (error.code, error.reason) == (grpc.StatusCode.RESOURCE_EXHAUSTED, "SUBSCRIBER_TOO_SLOW")
+    assert error.metadata["cursor"] == "1"
+    assert hub.head(user_id) == 0  # the stream unregistered: nothing is kept for a user without streams

@@ -28,7 +28,14 @@ from litestar.response import ServerSentEvent, ServerSentEventMessage
 
 from apidevs.alerts.v1 import resources_pb2, signal_service_pb2
 from edge.errors import error_response
-from mesh.errors import AlertsError, NotFoundError, UnauthenticatedError, UnavailableError, from_rpc_error
+from mesh.errors import (
+    AlertsError,
+    InvalidArgumentError,
+    NotFoundError,
+    UnauthenticatedError,
+    UnavailableError,
+    from_rpc_error,
+)
 
 SSE_HEARTBEAT_SECONDS = 15.0
 # How long the browser waits before reconnecting after the stream ends.
@@ -230,7 +237,10 @@ def _utc(moment: datetime | None) -> timestamp_pb2.Timestamp | None:
     if moment is None:
         return None
     message = timestamp_pb2.Timestamp()
-    message.FromDatetime(moment.astimezone(UTC) if moment.tzinfo else moment.replace(tzinfo=UTC))
+    try:
+        message.FromDatetime(moment.astimezone(UTC) if moment.tzinfo else moment.replace(tzinfo=UTC))
+    except (OverflowError, ValueError) as exc:
+        raise ApiCallFailed(InvalidArgumentError("time out of range", reason="INVALID_TIME")) from exc
     return message
 
 

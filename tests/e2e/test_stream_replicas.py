@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -35,6 +36,7 @@ from tests.support import ingest_request
 pytestmark = pytest.mark.e2e
 
 GUARD_SECONDS = 60  # a broken stream fails the test instead of hanging it
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "platform_client.py"
 CREATED = resources_pb2.SIGNAL_EVENT_TYPE_CREATED
 OUTCOME = resources_pb2.SIGNAL_EVENT_TYPE_OUTCOME_UPDATED
 
@@ -316,3 +318,52 @@ async def test_rest_and_sse_through_the_real_edge_with_a_scoped_key(
             replayed = await sse_events(stream.aiter_lines(), 2)
         assert [event["data"]["signal"]["signal_id"] for event in replayed] == [third, missed]
         assert (await http.get(f"{base}/{other_id}/events")).status_code == 403
+
+
+async def run_example(*args: str) -> list[str]:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        str(EXAMPLE),
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=child_env({}),
+    )
+    async with asyncio.timeout(GUARD_SECONDS):
+        out, err = await process.communicate()
+    assert process.returncode == 0, err.decode()
+    return out.decode().splitlines()
+
+
+async def test_example_client_lists_follows_and_resumes_from_its_cursor_file(
+    replicas: Replicas,
+    service_key: str,
+    stubs: dict[str, signal_service_pb2_grpc.SignalServiceStub],
+    users,
+    tmp_path,
+) -> None:
+    user = await create_user(users)
+    writer = Writer(stubs["a"], user.webhook_token)
+    listed_id = await writer.ingest()
+    cursor_file = tmp_path / "cursor"
+    common = [
+        "--addr",
+        replicas.b,
+        "--key",
+        service_key,
+        "--user",
+        user.user.user_id,
+        "--cursor-file",
+        str(cursor_file),
+    ]
+    await writer.run(7)  # events 2..8: five more signals and two outcomes
+
+    first = await run_example(*common, "--after", "0", "--max-events", "3")
+    assert first[0].startswith(f"signal {writer.expected[-1][1]}")  # the newest signal, listed first
+    assert any(line.startswith(f"signal {listed_id}") for line in first)
+    assert [line.split()[1] for line in first if line.startswith("event")] == ["1", "2", "3"]
+    assert cursor_file.read_text() == "3"
+
+    second = await run_example(*common, "--list", "0", "--max-events", "3")
+    assert [line.split()[1] for line in second] == ["4", "5", "6"]
+    assert cursor_file.read_text() == "6"

@@ -139,7 +139,12 @@ async def test_signals_list_filters_and_pages(client: httpx.AsyncClient, signals
 async def test_bad_list_arguments_are_400(client: httpx.AsyncClient, users) -> None:
     created = await create_user(users)
     url = f"/api/users/{created.user.user_id}/signals"
-    for params in ({"page_size": 101}, {"result": "maybe"}, {"page_token": "not-a-token"}):
+    for params in (
+        {"page_size": 101},
+        {"result": "maybe"},
+        {"page_token": "not-a-token"},
+        {"created_after": "0001-01-01T00:00:00+05:00"},
+    ):
         assert (await client.get(url, params=params)).status_code == 400
     assert (await client.get("/api/users/not-a-uuid/signals")).status_code == 400
 

@@ -13,7 +13,7 @@ from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components, SecurityScheme
 
 from apidevs.alerts.v1 import signal_service_pb2_grpc, storage_service_pb2_grpc
-from edge import api, health, media, webhooks
+from edge import api, health, media, ui, webhooks
 from edge.settings import EdgeSettings, get_settings
 from edge.spool import webhook_spool
 from mesh.grpc import open_channel
@@ -45,9 +45,11 @@ def create_app(settings: EdgeSettings) -> Litestar:
             health.metrics,
             media.get_media,
             api.router,
+            *ui.route_handlers,
         ],
         # The spool's replayer sends through the signal channel: it starts after and stops before it.
         lifespan=[channels, webhook_spool],
+        template_config=ui.template_config(),
         state=State(
             {
                 "settings": settings,

@@ -85,6 +85,7 @@ def _dev(options: argparse.Namespace) -> int:
             "                (create a user: alerts user create --plan premium)\n"
             f"  health:       {stack.edge_url}/health\n"
             f"  OpenAPI:      {stack.edge_url}/schema\n"
+            f"  viewer:       {stack.edge_url}/ui  (a user id and a key scoped to it, see ALERTS_API_KEYS)\n"
             f"  gRPC signal:  {stack.settings.signal_addr}   storage: {stack.settings.storage_addr}\n"
             f"  chart stub:   {stack.env.get('ALERTS_TRADINGVIEW_URL', '(real TradingView)')}\n"
             f"  API key:      {stack.api_key}\n"
@@ -102,6 +103,19 @@ def _dev(options: argparse.Namespace) -> int:
         print("stopping...", flush=True)
         stack.stop()
     return 0
+
+
+def _demo(options: argparse.Namespace) -> int:
+    from mesh.demo import demo_settings, run_demo
+
+    # The demo's own output is the progress and the table; the services log to files under the data dir.
+    configure_logging("demo", level="WARNING")
+    return run_demo(
+        demo_settings(),
+        timeout_seconds=options.timeout,
+        capture_workers=options.capture_workers,
+        stay=options.stay,
+    )
 
 
 def _client_settings() -> tuple[str, str | None]:
@@ -295,6 +309,14 @@ def build_parser() -> argparse.ArgumentParser:
     dev = commands.add_parser("dev", help="run everything locally (embedded PostgreSQL and Redis when unset)")
     dev.add_argument("--capture-workers", type=int, default=1)
     dev.set_defaults(handler=_dev)
+
+    demo = commands.add_parser(
+        "demo", help="start everything, fire sample alerts for two users, and show every screenshot taken"
+    )
+    demo.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for the captures")
+    demo.add_argument("--capture-workers", type=int, default=1)
+    demo.add_argument("--stay", action="store_true", help="keep running after the table, for the viewer")
+    demo.set_defaults(handler=_demo)
 
     user = commands.add_parser("user", help="manage users").add_subparsers(dest="user_command", required=True)
     create = user.add_parser("create", help="create a user and print its webhook URL once")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,6 +33,8 @@ class DevStack:
     processes: dict[str, ManagedProcess] = field(default_factory=dict)
     env: dict[str, str] = field(default_factory=dict)
     api_key: str = ""
+    # Told each start-up step as it finishes ("migrations applied", "edge ready"), for visible progress.
+    on_progress: Callable[[str], None] | None = None
 
     @property
     def edge_url(self) -> str:
@@ -49,6 +51,8 @@ class DevStack:
         self.infra = start_embedded(
             data_dir, postgres=not self.settings.database_url, redis=not self.settings.redis_url
         )
+        if self.infra.database_url or self.infra.redis_url:
+            self._progress(f"embedded PostgreSQL/Redis running under {data_dir}")
         self.api_key = (
             self.settings.service_api_key.get_secret_value()
             if self.settings.service_api_key
@@ -95,8 +99,12 @@ class DevStack:
         )
         migrate.start()
         assert migrate.process is not None
-        if migrate.process.wait(timeout=120) != 0:
-            raise RuntimeError(f"migrations failed; see {migrate.log_path}")
+        try:
+            if migrate.process.wait(timeout=120) != 0:
+                raise RuntimeError(f"migrations failed; see {migrate.log_path}")
+        finally:
+            migrate.stop()
+        self._progress("migrations applied")
 
     def _launch(self, name: str, args: list[str], ready: object) -> None:
         process = ManagedProcess(
@@ -105,6 +113,25 @@ class DevStack:
         process.start()
         self.processes[name] = process
         process.wait_ready(timeout=60)
+        self._progress(f"{name} started" if ready is None else f"{name} ready")
+
+    def _progress(self, message: str) -> None:
+        if self.on_progress is not None:
+            self.on_progress(message)
+
+    def add_api_keys(self, entries: Sequence[str]) -> None:
+        """Accepts more caller keys (e.g. user-scoped ones for users created after start-up).
+
+        Keys are read at start-up, so the processes that authenticate outside callers (signal, then the
+        edge in front of it) restart; the other processes are clients of these and reconnect by themselves.
+        """
+        self.env["ALERTS_API_KEYS"] = ",".join([self.env["ALERTS_API_KEYS"], *entries])
+        for name, args, ready in (
+            ("signal", ["serve", "signal"], lambda: grpc_serving(self.settings.signal_addr)),
+            ("edge", ["serve", "edge"], lambda: http_ok(f"{self.edge_url}/health/live")),
+        ):
+            self.processes.pop(name).stop()
+            self._launch(name, args, ready)
 
     def _write_state(self) -> None:
         state = {

@@ -1,0 +1,419 @@
+// The signal viewer: lists one user's signals newest first and keeps the list live over SSE.
+// Plain DOM, no framework, no build step. Text from the API only ever goes through textContent.
+"use strict";
+
+(() => {
+  const CREDENTIALS = "alerts.viewer.credentials";
+  const PAGE_SIZE = 30;
+  const RECONNECT_MAX_MS = 15000;
+
+  const $ = (id) => document.getElementById(id);
+  const ui = {
+    who: $("who"),
+    live: $("live"),
+    signOut: $("sign-out"),
+    signIn: $("sign-in"),
+    signInForm: $("sign-in-form"),
+    signInError: $("sign-in-error"),
+    viewer: $("viewer"),
+    filters: $("filters"),
+    indicators: $("indicators"),
+    tickers: $("tickers"),
+    error: $("error"),
+    empty: $("empty"),
+    list: $("signals"),
+    more: $("more"),
+    lightbox: $("lightbox"),
+    card: $("signal-card"),
+  };
+
+  let credentials = null;
+  let nextPageToken = "";
+  let lastEventId = "";
+  let stream = null; // AbortController of the running SSE request
+  let listGeneration = 0; // bumps on every reload, so a stale response is dropped
+  let listLoaded = false;
+  const cards = new Map(); // signal id -> {element, signal}
+  const suggested = new Set(); // "<datalist id>:<value>" already offered in a filter's suggestions
+
+  // ---- API values: accept snake_case or camelCase keys, and enums as "COMPLETED" or full proto names.
+  const pick = (object, ...names) => {
+    for (const name of names) {
+      if (object && object[name] !== undefined && object[name] !== null) return object[name];
+    }
+    return "";
+  };
+  const enumName = (value, prefix) =>
+    String(value || "").toUpperCase().replace(prefix, "").toLowerCase();
+
+  function normalise(raw) {
+    return {
+      id: String(pick(raw, "signal_id", "signalId", "id")),
+      ticker: pick(raw, "ticker"),
+      indicator: pick(raw, "indicator"),
+      price: pick(raw, "price"),
+      type: pick(raw, "signal_type", "signalType"),
+      interval: pick(raw, "interval"),
+      result: enumName(pick(raw, "result"), "SIGNAL_RESULT_") || "pending",
+      status: enumName(pick(raw, "screenshot_status", "screenshotStatus"), "SCREENSHOT_STATUS_"),
+      error: pick(raw, "screenshot_error", "screenshotError"),
+      url: pick(raw, "screenshot_url", "screenshotUrl"),
+      createdAt: pick(raw, "created_at", "createdAt"),
+      updatedAt: pick(raw, "updated_at", "updatedAt"),
+    };
+  }
+
+  // ---- credentials: from the URL fragment once (then removed from the address bar), else sessionStorage.
+  function loadCredentials() {
+    const fragment = new URLSearchParams(location.hash.slice(1));
+    if (fragment.get("user") && fragment.get("key")) {
+      const found = { user: fragment.get("user").trim(), key: fragment.get("key").trim() };
+      sessionStorage.setItem(CREDENTIALS, JSON.stringify(found));
+      history.replaceState(null, "", location.pathname + location.search);
+      return found;
+    }
+    try {
+      return JSON.parse(sessionStorage.getItem(CREDENTIALS) || "null");
+    } catch {
+      return null;
+    }
+  }
+
+  function showSignIn(message) {
+    stopStream();
+    credentials = null;
+    sessionStorage.removeItem(CREDENTIALS);
+    ui.viewer.hidden = true;
+    ui.who.hidden = true;
+    ui.signOut.hidden = true;
+    ui.signIn.hidden = false;
+    ui.signInError.hidden = !message;
+    ui.signInError.textContent = message || "";
+    setLive("off", "signed out");
+  }
+
+  function open(found) {
+    credentials = found;
+    ui.signIn.hidden = true;
+    ui.viewer.hidden = false;
+    ui.who.hidden = false;
+    ui.who.textContent = `user ${found.user}`;
+    ui.signOut.hidden = false;
+    listLoaded = false;
+    lastEventId = "";
+    startStream();
+  }
+
+  class AuthError extends Error {}
+
+  async function api(path, init = {}) {
+    const response = await fetch(path, {
+      ...init,
+      headers: { ...(init.headers || {}), Authorization: `Bearer ${credentials.key}` },
+      cache: "no-store",
+    });
+    if (response.status === 401 || response.status === 403) {
+      throw new AuthError(response.status === 401 ? "This API key is not accepted." : "This API key may not read this user.");
+    }
+    return response;
+  }
+
+  const userPath = (suffix) => `/api/users/${encodeURIComponent(credentials.user)}/${suffix}`;
+
+  function currentFilters() {
+    const data = new FormData(ui.filters);
+    return {
+      ticker: String(data.get("ticker") || "").trim().toUpperCase(),
+      indicator: String(data.get("indicator") || "").trim(),
+      result: String(data.get("result") || ""),
+    };
+  }
+
+  function matches(signal, filters) {
+    if (filters.ticker && signal.ticker.toUpperCase() !== filters.ticker) return false;
+    if (filters.indicator && signal.indicator !== filters.indicator) return false;
+    if (filters.result && signal.result !== filters.result) return false;
+    return true;
+  }
+
+  // ---- the list
+  async function reload() {
+    const generation = ++listGeneration;
+    nextPageToken = "";
+    for (const { element } of cards.values()) element.remove();
+    cards.clear();
+    await loadPage(generation);
+  }
+
+  async function loadPage(generation) {
+    const filters = currentFilters();
+    const query = new URLSearchParams({ page_size: String(PAGE_SIZE) });
+    for (const [name, value] of Object.entries(filters)) if (value) query.set(name, value);
+    if (nextPageToken) query.set("page_token", nextPageToken);
+    ui.more.disabled = true;
+    try {
+      const response = await api(`${userPath("signals")}?${query}`);
+      if (!response.ok) throw new Error(`The signals could not be loaded (HTTP ${response.status}).`);
+      const body = await response.json();
+      if (generation !== listGeneration) return;
+      for (const raw of pick(body, "signals", "items") || []) upsert(normalise(raw), { append: true });
+      nextPageToken = pick(body, "next_page_token", "nextPageToken");
+      listLoaded = true;
+      showError("");
+    } catch (error) {
+      if (error instanceof AuthError) return showSignIn(error.message);
+      showError(error.message);
+    } finally {
+      ui.more.disabled = false;
+      ui.more.hidden = !nextPageToken;
+      ui.empty.hidden = cards.size > 0;
+    }
+  }
+
+  function showError(message) {
+    ui.error.hidden = !message;
+    ui.error.textContent = message;
+  }
+
+  const newer = (a, b) => String(a.updatedAt || "") >= String(b.updatedAt || "");
+
+  function upsert(signal, { append = false, live = false } = {}) {
+    suggest(ui.indicators, signal.indicator);
+    suggest(ui.tickers, signal.ticker);
+    const known = cards.get(signal.id);
+    if (known) {
+      if (!newer(signal, known.signal)) return;
+      known.signal = signal;
+      fill(known.element, signal);
+      return;
+    }
+    if (live && !matches(signal, currentFilters())) return;
+    const element = ui.card.content.firstElementChild.cloneNode(true);
+    element.dataset.id = signal.id;
+    fill(element, signal);
+    cards.set(signal.id, { element, signal });
+    if (append) {
+      ui.list.append(element);
+    } else {
+      element.classList.add("fresh");
+      placeByTime(element, signal);
+    }
+    ui.empty.hidden = true;
+  }
+
+  function suggest(list, value) {
+    if (!value || suggested.has(`${list.id}:${value}`)) return;
+    suggested.add(`${list.id}:${value}`);
+    const option = document.createElement("option");
+    option.value = value;
+    list.append(option);
+  }
+
+  // Live events usually belong at the top, but a replayed one may be older than what is shown.
+  function placeByTime(element, signal) {
+    for (const child of ui.list.children) {
+      const other = cards.get(child.dataset.id);
+      if (other && String(other.signal.createdAt) <= String(signal.createdAt)) {
+        ui.list.insertBefore(element, child);
+        return;
+      }
+    }
+    ui.list.append(element);
+  }
+
+  const TIME_FORMAT = new Intl.DateTimeFormat(undefined, {
+    month: "short",
+    day: "numeric",
+    hour: "2-digit",
+    minute: "2-digit",
+    second: "2-digit",
+  });
+
+  const STATUS_TEXT = {
+    pending: "Screenshot queued…",
+    processing: "Capturing the chart…",
+    skipped: "No chart: the message names no ticker",
+    expired: "Screenshot removed by retention",
+    failed: "Screenshot failed",
+  };
+
+  function tone(type) {
+    const text = type.toLowerCase();
+    if (/(alcist|bull|buy|compra|long|largo|up\b|alza|oversold|sobreventa|demand|demanda)/.test(text)) return "up";
+    if (/(bajist|bear|sell|venta|short|corto|down\b|baja|overbought|sobrecompra|supply|oferta)/.test(text)) return "down";
+    return "";
+  }
+
+  function fill(element, signal) {
+    const text = (selector, value) => {
+      element.querySelector(selector).textContent = value;
+    };
+    text(".ticker", signal.ticker || "(no ticker)");
+    const type = element.querySelector(".type");
+    type.textContent = signal.type || "unknown";
+    type.dataset.tone = tone(signal.type || "");
+    text(".indicator", [signal.indicator || "unknown indicator", signal.interval && `${signal.interval}`].filter(Boolean).join(" · "));
+    text(".price", signal.price || "—");
+    const result = element.querySelector(".result");
+    result.textContent = signal.result;
+    result.dataset.result = signal.result;
+    const when = element.querySelector(".when");
+    when.dateTime = signal.createdAt;
+    when.textContent = signal.createdAt ? TIME_FORMAT.format(new Date(signal.createdAt)) : "";
+
+    const shot = element.querySelector(".shot");
+    const image = shot.querySelector("img");
+    const state = shot.querySelector(".shot-state");
+    shot.dataset.status = signal.status;
+    if (signal.status === "completed" && signal.url) {
+      if (image.dataset.src !== signal.url) {
+        image.dataset.src = signal.url;
+        image.src = signal.url;
+        image.alt = `Chart of ${signal.ticker} when the alert fired`;
+      }
+      image.hidden = false;
+      state.textContent = "";
+      shot.disabled = false;
+    } else {
+      image.hidden = true;
+      image.removeAttribute("src");
+      delete image.dataset.src;
+      const reason = signal.status === "failed" && signal.error ? `: ${signal.error.replaceAll("_", " ")}` : "";
+      state.textContent = (STATUS_TEXT[signal.status] || "No screenshot") + reason;
+      shot.disabled = true;
+    }
+  }
+
+  function enlarge(element) {
+    const known = cards.get(element.dataset.id);
+    if (!known || known.signal.status !== "completed") return;
+    const image = ui.lightbox.querySelector("img");
+    image.src = known.signal.url;
+    image.alt = `Chart of ${known.signal.ticker}`;
+    ui.lightbox.querySelector(".caption").textContent =
+      [known.signal.ticker, known.signal.type, known.signal.price, known.signal.indicator].filter(Boolean).join(" · ");
+    ui.lightbox.showModal();
+  }
+
+  // ---- live updates: Server-Sent Events read with fetch, so the key travels in a header.
+  function setLive(state, label) {
+    ui.live.dataset.state = state;
+    ui.live.textContent = label;
+  }
+
+  function stopStream() {
+    if (stream) stream.abort();
+    stream = null;
+  }
+
+  function startStream() {
+    stopStream();
+    const controller = new AbortController();
+    stream = controller;
+    follow(controller).catch(() => {});
+  }
+
+  async function follow(controller) {
+    let delay = 1000;
+    while (!controller.signal.aborted) {
+      setLive("connecting", "connecting…");
+      try {
+        const headers = { Accept: "text/event-stream" };
+        if (lastEventId) headers["Last-Event-ID"] = lastEventId;
+        const response = await api(userPath("events"), { headers, signal: controller.signal });
+        if (!response.ok || !response.body) throw new Error(`HTTP ${response.status}`);
+        setLive("live", "live");
+        delay = 1000;
+        // The stream is subscribed before the list is read, so nothing committed in between is missed;
+        // without a cursor to resume from, a reconnect reads the list again for the same reason.
+        if (!lastEventId || !listLoaded) reload();
+        await readEvents(response.body, controller);
+      } catch (error) {
+        if (controller.signal.aborted) return;
+        if (error instanceof AuthError) return showSignIn(error.message);
+        if (!listLoaded) reload();
+      }
+      if (controller.signal.aborted) return;
+      setLive("connecting", "reconnecting…");
+      await new Promise((resolve) => setTimeout(resolve, delay));
+      delay = Math.min(delay * 2, RECONNECT_MAX_MS);
+    }
+  }
+
+  async function readEvents(body, controller) {
+    const reader = body.pipeThrough(new TextDecoderStream()).getReader();
+    let buffer = "";
+    let event = { id: "", type: "", data: [] };
+    while (!controller.signal.aborted) {
+      const { value, done } = await reader.read();
+      if (done) return;
+      buffer += value;
+      const lines = buffer.split(/\r\n|\r|\n/);
+      buffer = lines.pop();
+      for (const line of lines) {
+        if (line === "") {
+          if (event.data.length) dispatch(event);
+          event = { id: "", type: "", data: [] };
+          continue;
+        }
+        if (line.startsWith(":")) continue;
+        const colon = line.indexOf(":");
+        const field = colon === -1 ? line : line.slice(0, colon);
+        const value = colon === -1 ? "" : line.slice(colon + 1).replace(/^ /, "");
+        if (field === "data") event.data.push(value);
+        else if (field === "event") event.type = value;
+        else if (field === "id") event.id = value;
+      }
+    }
+  }
+
+  function dispatch(event) {
+    if (event.id) lastEventId = event.id;
+    let payload;
+    try {
+      payload = JSON.parse(event.data.join("\n"));
+    } catch {
+      return;
+    }
+    const raw = payload && (payload.signal || (pick(payload, "signal_id", "signalId") ? payload : null));
+    if (raw) upsert(normalise(raw), { live: true });
+  }
+
+  // ---- wiring
+  ui.signInForm.addEventListener("submit", (submitted) => {
+    submitted.preventDefault();
+    const data = new FormData(ui.signInForm);
+    const found = { user: String(data.get("user")).trim(), key: String(data.get("key")).trim() };
+    sessionStorage.setItem(CREDENTIALS, JSON.stringify(found));
+    ui.signInForm.reset();
+    open(found);
+  });
+  ui.signOut.addEventListener("click", () => showSignIn(""));
+  let filterTimer = 0;
+  const refilter = () => {
+    clearTimeout(filterTimer);
+    filterTimer = setTimeout(reload, 250);
+  };
+  ui.filters.addEventListener("input", refilter);
+  ui.filters.addEventListener("reset", () => setTimeout(reload, 0));
+  ui.filters.addEventListener("submit", (submitted) => {
+    submitted.preventDefault();
+    reload();
+  });
+  ui.more.addEventListener("click", () => loadPage(listGeneration));
+  ui.list.addEventListener("click", (clicked) => {
+    const shot = clicked.target.closest(".shot");
+    if (shot) enlarge(shot.closest(".signal"));
+  });
+  ui.lightbox.addEventListener("click", (clicked) => {
+    if (clicked.target === ui.lightbox || clicked.target.tagName === "IMG") ui.lightbox.close();
+  });
+  window.addEventListener("hashchange", () => {
+    const found = loadCredentials();
+    if (found) open(found);
+  });
+
+  const found = loadCredentials();
+  if (found) open(found);
+  else showSignIn("");
+})();

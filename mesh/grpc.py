@@ -179,10 +179,15 @@ async def serve(
     *,
     address: str,
     service_names: Sequence[str],
+    on_draining: Callable[[], None] | None = None,
     on_stop: Callable[[], Awaitable[None]] | None = None,
     grace_seconds: float = 10.0,
 ) -> None:
-    """Serves until SIGTERM or SIGINT, then reports NOT_SERVING, drains in-flight calls and stops."""
+    """Serves until SIGTERM or SIGINT, then reports NOT_SERVING, drains in-flight calls and stops.
+
+    `on_draining` runs before the grace period, for calls that would otherwise hold it to the end
+    (server streams); `on_stop` runs after the server stopped.
+    """
     port, health_servicer = await start(server, address=address, service_names=service_names)
     log.info("gRPC server listening", extra={"address": address, "port": port})
     stopping = asyncio.Event()
@@ -192,6 +197,8 @@ async def serve(
     await stopping.wait()
     log.info("shutting down", extra={"grace_seconds": grace_seconds})
     await health_servicer.enter_graceful_shutdown()
+    if on_draining is not None:
+        on_draining()
     await server.stop(grace_seconds)
     if on_stop is not None:
         await on_stop()

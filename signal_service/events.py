@@ -38,7 +38,7 @@ import asyncpg
 from prometheus_client import Gauge
 from sqlalchemy.engine import make_url
 
-from mesh.errors import InvalidArgumentError, NotFoundError, ResourceExhaustedError
+from mesh.errors import InvalidArgumentError, NotFoundError, ResourceExhaustedError, UnavailableError
 from signal_service.database import Database
 from signal_service.models import SignalEvent
 from signal_service.repository import EVENTS_CHANNEL, EventRepository, SignalRepository, SignalRow
@@ -109,6 +109,7 @@ class EventHub:
         self._listening = asyncio.Event()
         self._backoff = _INITIAL_BACKOFF_SECONDS
         self._task: asyncio.Task[None] | None = None
+        self.draining = False
 
     @property
     def listening(self) -> bool:
@@ -135,6 +136,11 @@ class EventHub:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+
+    def drain(self) -> None:
+        """Ends every open stream at its next step, so that a shutting-down server is not held by them."""
+        self.draining = True
+        self._wake_all()
 
     def register(self, user_id: uuid.UUID) -> Waiter:
         waiter = Waiter(user_id)
@@ -260,6 +266,12 @@ class Subscription:
     async def batches(self) -> AsyncIterator[list[StoredEvent]]:
         """Pages of events in seq order, forever; a page counts as sent once the caller asks for the next."""
         while True:
+            if self._hub.draining:
+                raise UnavailableError(
+                    "server shutting down; resume from the last cursor on another replica",
+                    reason="SERVER_DRAINING",
+                    metadata={"cursor": self.cursor},
+                )
             self._ensure_keeping_up()
             # Cleared before the read: a commit after the read's snapshot rings the bell again.
             self._waiter.woken.clear()

@@ -173,6 +173,7 @@ async def serve(settings: SignalSettings) -> None:
             server,
             address=settings.signal_addr,
             service_names=SERVICE_NAMES,
+            on_draining=app.events.drain,
             grace_seconds=settings.grpc_grace_seconds,
         )
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import redis
 
 from apidevs.alerts.v1 import resources_pb2, user_service_pb2, user_service_pb2_grpc
 from mesh.auth import generate_key
@@ -130,7 +131,21 @@ class Stack:
         self.processes.clear()
         if self.admin_dsn:
             self._admin_sync(f'DROP DATABASE IF EXISTS "{self.database_name}" WITH (FORCE)')
+        if self.env:
+            self._drop_redis_namespace()
         self.infra.stop()
+
+    def _drop_redis_namespace(self) -> None:
+        """Deletes the keys this run wrote (rate limits, queued capture jobs): only its own namespace."""
+        client = redis.Redis.from_url(self.env["ALERTS_REDIS_URL"])
+        try:
+            keys = list(client.scan_iter(match=f"{self.env['ALERTS_REDIS_NAMESPACE']}:*", count=1000))
+            for start in range(0, len(keys), 1000):
+                client.delete(*keys[start : start + 1000])
+        except redis.RedisError:
+            pass
+        finally:
+            client.close()
 
     def _admin_sync(self, statement: str) -> None:
         """Runs in its own thread so that the stack can be entered from inside an event loop."""
@@ -155,6 +170,10 @@ class Stack:
                 )
             )
         return created.webhook_url
+
+    def count_sync(self) -> int:
+        with ThreadPoolExecutor(1) as pool:
+            return pool.submit(asyncio.run, self.count_signals()).result()
 
     async def count_signals(self) -> int:
         connection = await asyncpg.connect(self.dsn)

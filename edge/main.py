@@ -2,29 +2,34 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import uvicorn
 
-from edge.settings import get_settings
+from edge.settings import EdgeSettings, get_settings
 from mesh.logging import configure_logging
+
+
+def server_options(settings: EdgeSettings) -> dict[str, Any]:
+    """How uvicorn runs the edge; bench/ serves its floor app with the very same options."""
+    return {
+        "host": settings.edge_host,
+        "port": settings.edge_port,
+        "workers": settings.workers,
+        "loop": "uvloop",
+        "http": "httptools",
+        "log_config": None,
+        "access_log": False,
+        # uvicorn would otherwise believe X-Forwarded-For from loopback peers; edge.client_ip alone decides,
+        # from ALERTS_TRUSTED_PROXIES.
+        "proxy_headers": False,
+        "timeout_graceful_shutdown": 10,
+        # Slowloris: a client that sends nothing for this long is dropped.
+        "timeout_keep_alive": 5,
+    }
 
 
 def run() -> None:
     settings = get_settings()
     configure_logging("edge", settings.log_level)
-    uvicorn.run(
-        "edge.app:app_from_environment",
-        factory=True,
-        host=settings.edge_host,
-        port=settings.edge_port,
-        workers=settings.workers,
-        loop="uvloop",
-        http="httptools",
-        log_config=None,
-        access_log=False,
-        # uvicorn would otherwise believe X-Forwarded-For from loopback peers; edge.client_ip alone decides,
-        # from ALERTS_TRUSTED_PROXIES.
-        proxy_headers=False,
-        timeout_graceful_shutdown=10,
-        # Slowloris: a client that sends nothing for this long is dropped.
-        timeout_keep_alive=5,
-    )
+    uvicorn.run("edge.app:app_from_environment", factory=True, **server_options(settings))

@@ -1,0 +1,119 @@
+"""Where an ingest's CPU goes: py-spy samples the edge and the signal service under steady open-loop load.
+
+Starts the real stack, sends `--rate` webhooks/s for `--seconds` from bench/loadgen.py, records both
+services with py-spy (collapsed stacks, GIL-holding samples only, i.e. CPU rather than waiting), and
+prints for each the share of samples per function (inclusive) and the CPU milliseconds per request.
+The collapsed stacks are kept under --out-dir for flame graphs.
+
+    .venv/bin/python bench/profile_ingest.py --rate 200 --seconds 15 --out-dir docs/perf
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_ingest import BODY, CpuMeter, create_users, run_plan
+from harness import Stack, unlimited_plans_env
+
+PY_SPY = Path(sys.executable).with_name("py-spy")
+
+
+def top_frames(collapsed: Path, limit: int) -> list[tuple[str, float]]:
+    """Functions by the share of samples whose stack contains them (inclusive time)."""
+    inclusive: Counter[str] = Counter()
+    total = 0
+    for line in collapsed.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        samples = int(count)
+        total += samples
+        frames = {
+            frame.split(" (")[0] + " (" + frame.split(" (")[-1].split(":")[0] + ")"
+            for frame in stack.split(";")
+        }
+        for frame in frames:
+            inclusive[frame] += samples
+    return [(frame, round(100 * count / max(total, 1), 1)) for frame, count in inclusive.most_common(limit)]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--rate", type=float, default=200)
+    parser.add_argument("--seconds", type=float, default=15)
+    parser.add_argument("--users", type=int, default=200)
+    parser.add_argument("--top", type=int, default=45)
+    parser.add_argument("--out-dir", type=Path, default=Path(tempfile.gettempdir()))
+    parser.add_argument("--signal-workers", type=int, default=1)
+    options = parser.parse_args()
+    options.out_dir.mkdir(parents=True, exist_ok=True)
+    extra_env = {**unlimited_plans_env(), "ALERTS_SIGNAL_WORKERS": str(options.signal_workers)}
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        Stack(Path(tmp), with_storage=False, extra_env=extra_env) as stack,
+    ):
+        urls = asyncio.run(create_users(stack, options.users))
+        pids = {name: process.process.pid for name, process in stack.processes.items() if process.process}
+        recorders = {
+            name: subprocess.Popen(
+                [
+                    str(PY_SPY),
+                    "record",
+                    "--pid",
+                    str(pid),
+                    "--format",
+                    "raw",
+                    "--gil",
+                    "--subprocesses",
+                    "--rate",
+                    "250",
+                    "--duration",
+                    str(int(options.seconds) + 2),
+                    "--output",
+                    str(options.out_dir / f"profile_{name}.collapsed"),
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            for name, pid in pids.items()
+        }
+        time.sleep(1.0)
+        plan = {
+            "urls": urls,
+            "rate": options.rate,
+            "duration": options.seconds,
+            "connections": 64,
+            "body": BODY.format(run=f"{time.time_ns():x}"),
+        }
+        with CpuMeter(pids, stack.dsn) as meter:
+            result = run_plan("loadgen.py", plan)
+        for recorder in recorders.values():
+            recorder.wait(60)
+    report = {
+        "rate": options.rate,
+        "seconds": options.seconds,
+        "statuses": result["statuses"],
+        "p50_ms": result["p50_ms"],
+        "p99_ms": result["p99_ms"],
+        "cpu_ms_per_request": {
+            name: round(seconds * 1000 / result["requests"], 3) for name, seconds in meter.used.items()
+        },
+        "top_inclusive_percent": {
+            name: top_frames(options.out_dir / f"profile_{name}.collapsed", options.top) for name in pids
+        },
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+    }
+    print(json.dumps(report, indent=1, ensure_ascii=False))
+
+
+if __name__ == "__main__":
+    main()

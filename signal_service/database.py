@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -32,10 +33,17 @@ def create_engine(database_url: str, *, pool_size: int = 10) -> AsyncEngine:
     )
 
 
+async def _keep_session(connection: asyncpg.Connection) -> None:
+    """Skips asyncpg's per-release RESET ALL round trip: these connections only ever run single
+    statements, and never SET, LISTEN or take advisory locks. (An open transaction is still rolled back.)"""
+
+
 class Database:
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
         self._sessions = async_sessionmaker(engine, expire_on_commit=False, autoflush=False)
+        self._pool: asyncpg.Pool | None = None
+        self._pool_opening = asyncio.Lock()
 
     @asynccontextmanager
     async def session(self) -> AsyncIterator[AsyncSession]:
@@ -48,7 +56,33 @@ class Database:
         async with self._sessions() as session, session.begin():
             yield session
 
+    @asynccontextmanager
+    async def connection(self) -> AsyncIterator[asyncpg.Connection]:
+        """A plain asyncpg connection, for the few hot statements that SQLAlchemy would slow down.
+
+        Sized like the engine's pool; opened on first use, so a process that never needs it holds none.
+        """
+        pool = self._pool or await self._open_pool()
+        async with pool.acquire() as connection:
+            yield connection
+
+    async def _open_pool(self) -> asyncpg.Pool:
+        async with self._pool_opening:
+            if self._pool is None:
+                url = self.engine.url.set(drivername="postgresql")
+                size = self.engine.pool.size() if hasattr(self.engine.pool, "size") else 10
+                self._pool = await asyncpg.create_pool(
+                    url.render_as_string(hide_password=False),
+                    min_size=0,
+                    max_size=size,
+                    reset=_keep_session,
+                    server_settings={"application_name": "alerts-signal"},
+                )
+            return self._pool
+
     async def dispose(self) -> None:
+        if self._pool is not None:
+            await self._pool.close()
         await self.engine.dispose()
 
 

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
+import asyncpg
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -398,3 +401,129 @@ class OutboxRepository:
         return (
             await self.session.execute(sa.select(sa.func.count()).select_from(OutboxMessage))
         ).scalar_one()
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxEntry:
+    """An outbox row's content, without the ORM object's construction cost, for the hot path."""
+
+    queue_name: str
+    actor_name: str
+    args: list[Any]
+    options: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookIngest:
+    """One webhook as the intake's single statement takes it: what the caller believes about the user
+    (re-verified under the user's lock), and the rows to write when it is a new alert within quota."""
+
+    user_id: uuid.UUID
+    token_hash: str
+    plan: str
+    ip_allowlist: Sequence[str]
+    now: datetime
+    next_quota_reset: datetime
+    idempotency_key: str | None
+    body_sha256: bytes
+    dedupe_since: datetime
+    dedupe_until: datetime
+    signal_id: uuid.UUID
+    chart_id: str
+    indicator: str | None
+    ticker: str | None
+    exchange: str | None
+    symbol: str | None
+    price: Decimal | None
+    signal_type: str | None
+    interval: str | None
+    alert_time: datetime
+    parse_status: str
+    parse_problems: list[str]
+    extra: dict[str, Any]
+    raw_body: bytes
+    content_type: str | None
+    source_ip: str | None
+    received_at: datetime
+    screenshot_status: str
+    outbox: OutboxEntry | None
+    request_id: str | None
+    user_agent: str | None
+    latency_ms: float
+    audit_body: bytes
+    body_size: int
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookOutcome:
+    # "accepted", "duplicate", "quota_exceeded" or "stale" (see migration 0002_ingest_fast_path).
+    outcome: str
+    signal_id: uuid.UUID | None
+    screenshot_status: str | None
+    quota: int | None
+    quota_resets_at: datetime | None
+
+
+_INGEST_WEBHOOK = (
+    "SELECT outcome, signal_id, screenshot_status, quota, quota_resets_at FROM ingest_webhook("
+    "$1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, "
+    "$21, $22, $23, $24, $25, $26, $27, $28, $29, $30, $31, $32, $33, $34, $35, $36, $37, $38, $39)"
+)
+
+
+class WebhookRepository:
+    """The webhook hot path on a plain asyncpg connection: one prepared statement, its own transaction.
+
+    SQLAlchemy's per-statement compilation and ORM bookkeeping cost more CPU than the database's own
+    work here; asyncpg prepares the statement once per connection and reuses it.
+    """
+
+    def __init__(self, connection: asyncpg.Connection) -> None:
+        self.connection = connection
+
+    async def ingest(self, row: WebhookIngest) -> WebhookOutcome:
+        outbox = row.outbox
+        record = await self.connection.fetchrow(
+            _INGEST_WEBHOOK,
+            row.user_id,
+            row.token_hash,
+            row.plan,
+            list(row.ip_allowlist),
+            row.now,
+            row.next_quota_reset,
+            row.idempotency_key,
+            row.body_sha256,
+            row.dedupe_since,
+            row.dedupe_until,
+            row.signal_id,
+            _storable(row.chart_id),
+            _storable(row.indicator),
+            _storable(row.ticker),
+            _storable(row.exchange),
+            _storable(row.symbol),
+            row.price,
+            _storable(row.signal_type),
+            _storable(row.interval),
+            row.alert_time,
+            row.parse_status,
+            json.dumps(_storable(row.parse_problems)),
+            json.dumps(_storable(row.extra)),
+            row.raw_body,
+            _storable(row.content_type),
+            _storable(row.source_ip),
+            row.received_at,
+            row.screenshot_status,
+            outbox.queue_name if outbox else None,
+            outbox.actor_name if outbox else None,
+            json.dumps(outbox.args) if outbox else None,
+            json.dumps(outbox.options) if outbox else None,
+            EVENTS_CHANNEL,
+            row.request_id,
+            _storable(row.user_agent),
+            row.latency_ms,
+            row.body_sha256.hex(),
+            row.audit_body,
+            row.body_size,
+        )
+        assert record is not None
+        return WebhookOutcome(*record)

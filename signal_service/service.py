@@ -23,6 +23,7 @@ from sqlalchemy.exc import IntegrityError
 
 from mesh.crypto import CookieCipher
 from mesh.errors import (
+    AlertsError,
     AlreadyExistsError,
     FailedPreconditionError,
     InvalidArgumentError,
@@ -42,25 +43,25 @@ from signal_service.models import (
     EventType,
     OutboxMessage,
     Plan,
-    Screenshot,
     ScreenshotStatus,
-    Signal,
     SignalEvent,
     SignalResult,
     User,
     UserConfig,
 )
-from signal_service.parsing import IndicatorCatalog, parse_alert
+from signal_service.parsing import IndicatorCatalog, ParsedAlert, parse_alert
 from signal_service.ratelimit import RateDecision, RateLimiter
 from signal_service.repository import (
-    AuditRepository,
     EventRepository,
+    OutboxEntry,
     OutboxRepository,
     SignalFilter,
     SignalRepository,
     SignalRow,
     UserRepository,
     UserStatsRow,
+    WebhookIngest,
+    WebhookRepository,
 )
 from signal_service.settings import SignalSettings
 
@@ -142,6 +143,54 @@ def _is_replay(command: IngestCommand) -> bool:
     return bool(command.idempotency_key)
 
 
+@dataclass(frozen=True, slots=True)
+class WebhookUser:
+    """What intake reads about a token's user before its transaction; the transaction re-verifies it."""
+
+    id: uuid.UUID
+    plan: str
+    webhook_enabled: bool
+    ip_allowlist: tuple[str, ...]
+
+
+class WebhookUserCache:
+    """Recent token -> user lookups, so that a burst of one user's alerts reads the user once.
+
+    Only users found are kept, keyed by the token's hash, and a hit is never trusted to write: the
+    intake statement re-checks token, plan, enabled flag and allowlist under the user's row lock and
+    answers "stale" when any changed, so a rotated token or a disabled webhook takes effect at once.
+    Nor is a hit trusted to refuse: a refusal is decided on a fresh read.
+    """
+
+    def __init__(self, ttl_seconds: float, max_entries: int = 100_000) -> None:
+        self._ttl = ttl_seconds
+        self._max_entries = max_entries
+        self._entries: dict[str, tuple[float, WebhookUser]] = {}
+
+    def get(self, token_hash: str) -> WebhookUser | None:
+        entry = self._entries.get(token_hash)
+        if entry is None:
+            return None
+        if entry[0] < time.monotonic():
+            del self._entries[token_hash]
+            return None
+        return entry[1]
+
+    def put(self, token_hash: str, user: WebhookUser) -> None:
+        if self._ttl <= 0:
+            return
+        if len(self._entries) >= self._max_entries:
+            self._entries.clear()
+        self._entries[token_hash] = (time.monotonic() + self._ttl, user)
+
+    def forget(self, token_hash: str) -> None:
+        self._entries.pop(token_hash, None)
+
+
+# A user changed between reading it and storing its alert this many times in a row: let the edge retry.
+_STALE_ATTEMPTS = 3
+
+
 class WebhookIngestor:
     def __init__(
         self,
@@ -161,6 +210,7 @@ class WebhookIngestor:
         self._audit = audit
         self._backlog = backlog
         self._on_commit = on_commit or (lambda: None)
+        self._users = WebhookUserCache(settings.webhook_user_cache_seconds)
 
     async def ingest(self, command: IngestCommand) -> IngestResult:
         started = time.perf_counter()
@@ -170,16 +220,14 @@ class WebhookIngestor:
             if not tokens.looks_like_token(command.webhook_token):
                 await self._limit_unknown_source(command)
                 raise NotFoundError("unknown webhook", reason="UNKNOWN_TOKEN")
-            async with self._database.session() as session:
-                found = await UserRepository(session).find_by_token_hash(
-                    tokens.hash_token(command.webhook_token), _utcnow()
-                )
-            if found is None:
-                await self._limit_unknown_source(command)
-                raise NotFoundError("unknown webhook", reason="UNKNOWN_TOKEN")
-            user, config = found
+            token_hash = tokens.hash_token(command.webhook_token)
+            user = self._users.get(token_hash)
+            if user is not None and not self._admits(user, command):
+                user = None
+            if user is None:
+                user = await self._read_user(token_hash, command)
             user_id = user.id
-            self._check_admission(user, config, command)
+            self._check_admission(user, command)
             limits = self._settings.plan_limits[user.plan]
             decision = (
                 _REPLAY_ADMITTED
@@ -194,7 +242,22 @@ class WebhookIngestor:
                     reason="RATE_LIMITED",
                     retry_after_seconds=decision.retry_after_seconds,
                 )
-            return await self._store(command, user, config, body_sha256, started)
+            parsed = parse_alert(
+                command.body,
+                content_type=command.content_type,
+                query=command.query,
+                received_at=command.received_at,
+                catalog=self._catalog,
+            )
+            for _attempt in range(_STALE_ATTEMPTS):
+                result = await self._store(command, token_hash, user, parsed, body_sha256, started)
+                if result is not None:
+                    return result
+                # The user changed since it was read (token rotated, plan, allowlist, webhook disabled).
+                self._users.forget(token_hash)
+                user = await self._read_user(token_hash, command)
+                self._check_admission(user, command)
+            raise UnavailableError("the user is being changed; try again", reason="USER_CHANGED")
         except Exception as exc:
             if database_unreachable(exc):
                 # UNAVAILABLE makes the edge spool the call and replay it later; the replay is audited.
@@ -204,6 +267,22 @@ class WebhookIngestor:
                 self._audit_row(command, body_sha256, started, user_id, None, "refused", reason)
             )
             raise
+
+    async def _read_user(self, token_hash: str, command: IngestCommand) -> WebhookUser:
+        async with self._database.session() as session:
+            found = await UserRepository(session).find_by_token_hash(token_hash, _utcnow())
+        if found is None:
+            await self._limit_unknown_source(command)
+            raise NotFoundError("unknown webhook", reason="UNKNOWN_TOKEN")
+        user, config = found
+        read = WebhookUser(
+            id=user.id,
+            plan=user.plan,
+            webhook_enabled=user.webhook_enabled,
+            ip_allowlist=tuple(config.ip_allowlist),
+        )
+        self._users.put(token_hash, read)
+        return read
 
     async def _limit_unknown_source(self, command: IngestCommand) -> None:
         if _is_replay(command):
@@ -218,10 +297,17 @@ class WebhookIngestor:
                 "too many requests", reason="RATE_LIMITED", retry_after_seconds=decision.retry_after_seconds
             )
 
-    def _check_admission(self, user: User, config: UserConfig, command: IngestCommand) -> None:
+    def _admits(self, user: WebhookUser, command: IngestCommand) -> bool:
+        try:
+            self._check_admission(user, command)
+        except AlertsError:
+            return False
+        return True
+
+    def _check_admission(self, user: WebhookUser, command: IngestCommand) -> None:
         if not user.webhook_enabled:
             raise PermissionDeniedError("webhook disabled", reason="WEBHOOK_DISABLED")
-        if not allowlist.allows(config.ip_allowlist, command.source_ip):
+        if not allowlist.allows(user.ip_allowlist, command.source_ip):
             raise PermissionDeniedError("source address not allowed", reason="IP_NOT_ALLOWED")
         if max(command.body_size, len(command.body)) > self._settings.max_body_bytes:
             raise InvalidArgumentError(
@@ -229,115 +315,81 @@ class WebhookIngestor:
             )
 
     async def _store(
-        self, command: IngestCommand, user: User, config: UserConfig, body_sha256: bytes, started: float
-    ) -> IngestResult:
-        parsed = parse_alert(
-            command.body,
-            content_type=command.content_type,
-            query=command.query,
-            received_at=command.received_at,
-            catalog=self._catalog,
-        )
-        now = _utcnow()
-        async with self._database.transaction() as session:
-            users, signals = UserRepository(session), SignalRepository(session)
-            if command.idempotency_key:
-                replayed = await signals.find_by_idempotency_key(command.idempotency_key)
-                if replayed is not None:
-                    return await self._duplicate(replayed, session, command, user, body_sha256, started)
-            locked = await users.lock(user.id)
-            if locked is None:
-                raise NotFoundError("unknown webhook", reason="UNKNOWN_TOKEN")
-            window = timedelta(seconds=self._settings.dedupe_window_seconds)
-            # Both ways around received_at: a replayed request is older than signals stored since, and only
-            # those within the window are the same alert.
-            earlier = await signals.find_recent_duplicate(
-                user.id, body_sha256, command.received_at - window, command.received_at + window
-            )
-            if earlier is not None:
-                return await self._duplicate(earlier, session, command, user, body_sha256, started)
-
-            used, reset_at = locked.signals_used, locked.quota_reset_at
-            if reset_at <= now:
-                used, reset_at = 0, next_month_start(now)
-            if used >= locked.signals_quota:
-                raise ResourceExhaustedError(
-                    "monthly signal quota exhausted",
-                    reason="QUOTA_EXCEEDED",
-                    metadata={"quota": str(locked.signals_quota), "resets_at": reset_at.isoformat()},
-                    retry_after_seconds=(reset_at - now).total_seconds(),
-                )
-            seq = locked.event_seq + 1
-            await users.update_user(user.id, signals_used=used + 1, quota_reset_at=reset_at, event_seq=seq)
-
-            signal_id = uuid7()
-            capturable = parsed.ticker is not None
-            status = ScreenshotStatus.PENDING if capturable else ScreenshotStatus.SKIPPED
-            await signals.add(
-                Signal(
-                    id=signal_id,
-                    user_id=user.id,
-                    chart_id=command.chart_id or config.default_chart_id,
-                    indicator=parsed.indicator,
-                    ticker=parsed.ticker,
-                    exchange=parsed.exchange,
-                    symbol=parsed.symbol,
-                    price=parsed.price,
-                    signal_type=parsed.signal_type,
-                    interval=parsed.interval,
-                    alert_time=parsed.alert_time,
-                    parse_status=str(parsed.status),
-                    parse_problems=list(parsed.problems),
-                    extra=parsed.extra,
-                    raw_body=command.body,
-                    content_type=command.content_type or None,
-                    body_sha256=body_sha256,
-                    source_ip=command.source_ip or None,
-                    idempotency_key=command.idempotency_key or None,
-                    result=SignalResult.PENDING,
-                    screenshot_status=status,
-                    created_at=command.received_at,
-                )
-            )
-            if capturable:
-                await signals.add_screenshot(Screenshot(signal_id=signal_id, user_id=user.id, status=status))
-                await OutboxRepository(session).add(capture_message(signal_id, user.plan))
-            await EventRepository(session).add(
-                SignalEvent(user_id=user.id, seq=seq, type=EventType.CREATED, signal_id=signal_id)
-            )
-            await AuditRepository(session).add(
-                self._audit_row(command, body_sha256, started, user.id, signal_id, "accepted", "")
-            )
-        self._on_commit()
-        return IngestResult(
-            signal_id=signal_id,
-            screenshot_status=status,
-            estimated_wait_seconds=self._estimate_wait(user.plan) if capturable else 0,
-            duplicate=False,
-        )
-
-    async def _duplicate(
         self,
-        signal_id: uuid.UUID,
-        session: Any,
         command: IngestCommand,
-        user: User,
+        token_hash: str,
+        user: WebhookUser,
+        parsed: ParsedAlert,
         body_sha256: bytes,
         started: float,
-    ) -> IngestResult:
-        row = await SignalRepository(session).get(signal_id)
-        assert row is not None
-        await AuditRepository(session).add(
-            self._audit_row(command, body_sha256, started, user.id, signal_id, "duplicate", "DUPLICATE")
-        )
-        status = ScreenshotStatus(row.signal.screenshot_status)
-        return IngestResult(
+    ) -> IngestResult | None:
+        """Stores the alert in one statement and transaction; None when `user` no longer matches the row."""
+        now = _utcnow()
+        window = timedelta(seconds=self._settings.dedupe_window_seconds)
+        signal_id = uuid7()
+        capturable = parsed.ticker is not None
+        status = ScreenshotStatus.PENDING if capturable else ScreenshotStatus.SKIPPED
+        row = WebhookIngest(
+            user_id=user.id,
+            token_hash=token_hash,
+            plan=user.plan,
+            ip_allowlist=user.ip_allowlist,
+            now=now,
+            next_quota_reset=next_month_start(now),
+            idempotency_key=command.idempotency_key or None,
+            body_sha256=body_sha256,
+            # Both ways around received_at: a replayed request is older than signals stored since, and only
+            # those within the window are the same alert.
+            dedupe_since=command.received_at - window,
+            dedupe_until=command.received_at + window,
             signal_id=signal_id,
+            chart_id=command.chart_id,
+            indicator=parsed.indicator,
+            ticker=parsed.ticker,
+            exchange=parsed.exchange,
+            symbol=parsed.symbol,
+            price=parsed.price,
+            signal_type=parsed.signal_type,
+            interval=parsed.interval,
+            alert_time=parsed.alert_time,
+            parse_status=str(parsed.status),
+            parse_problems=list(parsed.problems),
+            extra=parsed.extra,
+            raw_body=command.body,
+            content_type=command.content_type or None,
+            source_ip=command.source_ip or None,
+            received_at=command.received_at,
             screenshot_status=status,
-            estimated_wait_seconds=self._estimate_wait(user.plan)
-            if status == ScreenshotStatus.PENDING
-            else 0,
-            duplicate=True,
+            outbox=capture_job(signal_id, user.plan) if capturable else None,
+            request_id=request_id_var.get() or None,
+            user_agent=command.user_agent[:512] or None,
+            latency_ms=(time.perf_counter() - started) * 1000,
+            audit_body=command.body[:_AUDIT_BODY_LIMIT],
+            body_size=max(command.body_size, len(command.body)),
+        )
+        async with self._database.connection() as connection:
+            stored = await WebhookRepository(connection).ingest(row)
+        if stored.outcome == "stale":
+            return None
+        if stored.outcome == "quota_exceeded":
+            assert stored.quota_resets_at is not None
+            raise ResourceExhaustedError(
+                "monthly signal quota exhausted",
+                reason="QUOTA_EXCEEDED",
+                metadata={"quota": str(stored.quota), "resets_at": stored.quota_resets_at.isoformat()},
+                retry_after_seconds=(stored.quota_resets_at - now).total_seconds(),
+            )
+        assert stored.signal_id is not None
+        duplicate = stored.outcome == "duplicate"
+        if not duplicate:
+            self._on_commit()
+        status = ScreenshotStatus(stored.screenshot_status)
+        pending = status == ScreenshotStatus.PENDING
+        return IngestResult(
+            signal_id=stored.signal_id,
+            screenshot_status=status,
+            estimated_wait_seconds=self._estimate_wait(user.plan) if pending else 0,
+            duplicate=duplicate,
         )
 
     def _estimate_wait(self, plan: str) -> int:
@@ -372,18 +424,25 @@ class WebhookIngestor:
         )
 
 
-def capture_message(signal_id: uuid.UUID, plan: str) -> OutboxMessage:
+def capture_job(signal_id: uuid.UUID, plan: str) -> OutboxEntry:
     options: dict[str, Any] = {}
     request_id = request_id_var.get()
     if request_id:
         options["request_id"] = request_id
-    return OutboxMessage(
+    return OutboxEntry(
         # One actor per plan queue, "capture_screenshot_<plan>": a Dramatiq worker orders prefetched jobs by
         # their actor's priority, so the plan's priority travels in the actor name (capture_service/tasks.py).
         queue_name=capture_queue(plan),
         actor_name=f"{CAPTURE_ACTOR}_{plan}",
         args=[str(signal_id)],
         options=options,
+    )
+
+
+def capture_message(signal_id: uuid.UUID, plan: str) -> OutboxMessage:
+    job = capture_job(signal_id, plan)
+    return OutboxMessage(
+        queue_name=job.queue_name, actor_name=job.actor_name, args=job.args, options=job.options
     )
 
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 from prometheus_client import Counter
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
 
 log = logging.getLogger(__name__)
 
@@ -42,21 +44,68 @@ class RateDecision:
 
 
 class RateLimiter:
+    """Checks go to Redis in batches: calls made while a round trip is in flight share the next one.
+
+    Under a burst that is one pipelined round trip for many webhooks instead of one each; a lone call
+    still goes at once. Each check stays its own atomic script run, so batching changes no decision.
+    """
+
     def __init__(self, redis: Redis, namespace: str) -> None:
         self._redis = redis
         self._namespace = namespace
         self._script = redis.register_script(_GCRA)
+        self._waiting: list[tuple[str, float, int, asyncio.Future[RateDecision]]] = []
+        self._sender: asyncio.Task[None] | None = None
 
     async def acquire(self, key: str, *, rate_per_second: float, burst: int) -> RateDecision:
-        interval_ms = 1000.0 / rate_per_second
-        try:
-            allowed, retry_ms = await self._script(
-                keys=[f"{self._namespace}:ratelimit:{key}"], args=[interval_ms, max(1, burst)]
-            )
-        except RedisError as exc:
-            # Fails open: with Redis down an alert refused here would be lost (TradingView keeps no queue),
-            # while the monthly quota, in PostgreSQL, still bounds what a user can store.
-            RATE_LIMIT_BYPASSED.inc()
-            log.warning("rate limiter unavailable; request admitted unchecked", extra={"error": str(exc)})
-            return RateDecision(True, 0.0)
-        return RateDecision(bool(allowed), float(retry_ms) / 1000.0)
+        decision: asyncio.Future[RateDecision] = asyncio.get_running_loop().create_future()
+        self._waiting.append(
+            (f"{self._namespace}:ratelimit:{key}", 1000.0 / rate_per_second, max(1, burst), decision)
+        )
+        if self._sender is None or self._sender.done():
+            self._sender = asyncio.create_task(self._send_waiting())
+        return await decision
+
+    async def _send_waiting(self) -> None:
+        while self._waiting:
+            batch, self._waiting = self._waiting, []
+            try:
+                decisions = await self._decide(batch)
+            except RedisError as exc:
+                # Fails open: with Redis down an alert refused here would be lost (TradingView keeps no
+                # queue), while the monthly quota, in PostgreSQL, still bounds what a user can store.
+                RATE_LIMIT_BYPASSED.inc(len(batch))
+                log.warning("rate limiter unavailable; request admitted unchecked", extra={"error": str(exc)})
+                decisions = [_ADMITTED_UNCHECKED] * len(batch)
+            except BaseException as exc:
+                for *_, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+                raise
+            for (*_, future), decision in zip(batch, decisions, strict=True):
+                if not future.done():
+                    future.set_result(decision)
+
+    async def _decide(
+        self, batch: list[tuple[str, float, int, asyncio.Future[RateDecision]]]
+    ) -> list[RateDecision]:
+        answers = await self._run(batch)
+        missing = [index for index, answer in enumerate(answers) if isinstance(answer, NoScriptError)]
+        if missing:
+            # Redis restarted or was flushed since the script was loaded; only the unrun checks run again.
+            await self._redis.script_load(_GCRA)
+            for index, answer in zip(missing, await self._run([batch[i] for i in missing]), strict=True):
+                answers[index] = answer
+        for answer in answers:
+            if isinstance(answer, Exception):
+                raise answer if isinstance(answer, RedisError) else RedisError(str(answer))
+        return [RateDecision(bool(allowed), float(retry_ms) / 1000.0) for allowed, retry_ms in answers]
+
+    async def _run(self, batch: list[tuple[str, float, int, asyncio.Future[RateDecision]]]) -> list[Any]:
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for key, interval_ms, burst, _ in batch:
+                pipe.evalsha(self._script.sha, 1, key, interval_ms, burst)
+            return await pipe.execute(raise_on_error=False)
+
+
+_ADMITTED_UNCHECKED = RateDecision(True, 0.0)

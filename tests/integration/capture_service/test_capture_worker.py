@@ -331,7 +331,6 @@ async def test_a_hanging_chart_is_retried_three_times_then_failed_and_dead_lette
 
     assert (report.status, report.error, report.attempt) == (FAILED, "timeout", 3)
     assert [claim.request.attempt for claim in signals.claims] == [0, 1, 2, 3]
-    assert len(await chart_stub.requests()) == 4
     await eventually(lambda: workers.dead_letters("capture.basic") == 1, what="the dead letter", within=30)
 
 
@@ -362,7 +361,7 @@ async def test_two_users_jobs_at_once_each_carry_only_their_own_cookies(
     for index, (ticker, cookies) in enumerate(users.items()):
         ciphertext = capture_services.session(*cookies)
         signals.add(f"sig-{index}", user_id=f"user-{index}", ticker=ticker, ciphertext=ciphertext)
-    await chart_stub.configure(render_delay_ms=1500)
+    await chart_stub.configure(render_delay_ms=4000)
     await workers.start("worker-a")
 
     workers.send("premium", "sig-0")

@@ -7,7 +7,7 @@ import re
 from collections.abc import Iterator
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from litestar.testing import TestClient
 
@@ -75,11 +75,11 @@ def test_failure_modes_per_request_and_global(client: TestClient) -> None:
 
 
 @pytest.mark.parametrize(
-    "settings",
+    "body",
     [{"mode": "explode"}, {"render_delay_ms": -1}, {"render_delay_ms": "5"}, {"render_delay_ms": True}],
 )
-def test_invalid_stub_settings_are_refused(client: TestClient, settings: dict[str, object]) -> None:
-    assert client.post("/_stub/mode", json=settings).status_code == 400
+def test_invalid_stub_settings_are_refused(client: TestClient, body: dict[str, object]) -> None:
+    assert client.post("/_stub/mode", json=body).status_code == 400
     assert client.get("/_stub/mode").json() == {"mode": "ok", "render_delay_ms": 300}
 
 
@@ -87,6 +87,7 @@ def test_an_unknown_mode_in_the_query_is_refused(client: TestClient) -> None:
     assert client.get("/chart/a/", params={"stub_mode": "explode"}).status_code == 400
 
 
+@settings(deadline=None)
 @given(
     symbol=st.text(min_size=1, max_size=60).filter(
         lambda value: value.strip() == value and "\x00" not in value

@@ -135,16 +135,18 @@ class Signal(_message.Message):
     def __init__(self, signal_id: _Optional[str] = ..., user_id: _Optional[str] = ..., chart_id: _Optional[str] = ..., indicator: _Optional[str] = ..., ticker: _Optional[str] = ..., exchange: _Optional[str] = ..., symbol: _Optional[str] = ..., price: _Optional[str] = ..., signal_type: _Optional[str] = ..., interval: _Optional[str] = ..., alert_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., parse_status: _Optional[_Union[ParseStatus, str]] = ..., parse_problems: _Optional[_Iterable[str]] = ..., extra: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., raw_text: _Optional[str] = ..., content_type: _Optional[str] = ..., screenshot_status: _Optional[_Union[ScreenshotStatus, str]] = ..., screenshot_object_key: _Optional[str] = ..., screenshot_url: _Optional[str] = ..., screenshot_error: _Optional[str] = ..., result: _Optional[_Union[SignalResult, str]] = ..., profit_loss: _Optional[str] = ..., notes: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., screenshot_completed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class TradingViewSession(_message.Message):
-    __slots__ = ("configured", "valid", "checked_at", "changed_at")
+    __slots__ = ("configured", "valid", "checked_at", "changed_at", "checked")
     CONFIGURED_FIELD_NUMBER: _ClassVar[int]
     VALID_FIELD_NUMBER: _ClassVar[int]
     CHECKED_AT_FIELD_NUMBER: _ClassVar[int]
     CHANGED_AT_FIELD_NUMBER: _ClassVar[int]
+    CHECKED_FIELD_NUMBER: _ClassVar[int]
     configured: bool
     valid: bool
     checked_at: _timestamp_pb2.Timestamp
     changed_at: _timestamp_pb2.Timestamp
-    def __init__(self, configured: _Optional[bool] = ..., valid: _Optional[bool] = ..., checked_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., changed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    checked: bool
+    def __init__(self, configured: _Optional[bool] = ..., valid: _Optional[bool] = ..., checked_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., changed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., checked: _Optional[bool] = ...) -> None: ...
 
 class User(_message.Message):
     __slots__ = ("user_id", "external_id", "plan", "webhook_enabled", "default_chart_id", "ip_allowlist", "notification_preferences", "signals_quota", "signals_used", "quota_reset_at", "tradingview_session", "created_at", "updated_at")

@@ -221,3 +221,41 @@ class GetServiceStatusResponse(_message.Message):
     active_workers: int
     outbox_backlog: int
     def __init__(self, database_ok: _Optional[bool] = ..., broker_ok: _Optional[bool] = ..., queue_length: _Optional[int] = ..., queue_lengths: _Optional[_Mapping[str, int]] = ..., active_workers: _Optional[int] = ..., outbox_backlog: _Optional[int] = ...) -> None: ...
+
+class ClaimSessionCheckRequest(_message.Message):
+    __slots__ = ("user_id", "worker_id")
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    WORKER_ID_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    worker_id: str
+    def __init__(self, user_id: _Optional[str] = ..., worker_id: _Optional[str] = ...) -> None: ...
+
+class ClaimSessionCheckResponse(_message.Message):
+    __slots__ = ("proceed", "session_version", "tradingview_session_ciphertext", "chart_id", "ticker", "interval")
+    PROCEED_FIELD_NUMBER: _ClassVar[int]
+    SESSION_VERSION_FIELD_NUMBER: _ClassVar[int]
+    TRADINGVIEW_SESSION_CIPHERTEXT_FIELD_NUMBER: _ClassVar[int]
+    CHART_ID_FIELD_NUMBER: _ClassVar[int]
+    TICKER_FIELD_NUMBER: _ClassVar[int]
+    INTERVAL_FIELD_NUMBER: _ClassVar[int]
+    proceed: bool
+    session_version: str
+    tradingview_session_ciphertext: bytes
+    chart_id: str
+    ticker: str
+    interval: str
+    def __init__(self, proceed: _Optional[bool] = ..., session_version: _Optional[str] = ..., tradingview_session_ciphertext: _Optional[bytes] = ..., chart_id: _Optional[str] = ..., ticker: _Optional[str] = ..., interval: _Optional[str] = ...) -> None: ...
+
+class ReportSessionCheckRequest(_message.Message):
+    __slots__ = ("user_id", "session_version", "valid", "reason", "worker_id")
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    SESSION_VERSION_FIELD_NUMBER: _ClassVar[int]
+    VALID_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    WORKER_ID_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    session_version: str
+    valid: bool
+    reason: str
+    worker_id: str
+    def __init__(self, user_id: _Optional[str] = ..., session_version: _Optional[str] = ..., valid: _Optional[bool] = ..., reason: _Optional[str] = ..., worker_id: _Optional[str] = ...) -> None: ...

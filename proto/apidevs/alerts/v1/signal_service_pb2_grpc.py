@@ -91,6 +91,16 @@ class SignalServiceStub:
                 request_serializer=apidevs_dot_alerts_dot_v1_dot_signal__service__pb2.GetServiceStatusRequest.SerializeToString,
                 response_deserializer=apidevs_dot_alerts_dot_v1_dot_signal__service__pb2.GetServiceStatusResponse.FromString,
                 _registered_method=True)
+        self.ClaimSessionCheck = channel.unary_unary(
+                '/apidevs.alerts.v1.SignalService/ClaimSessionCheck',
+                request_serializer=apidevs_dot_alerts_dot_v1_dot_signal__service__pb2.ClaimSessionCheckRequest.SerializeToString,
+                response_deserializer=apidevs_dot_alerts_dot_v1_dot_signal__service__pb2.ClaimSessionCheckResponse.FromString,
+                _registered_method=True)
+        self.ReportSessionCheck = channel.unary_unary(
+                '/apidevs.alerts.v1.SignalService/ReportSessionCheck',
+                request_serializer=apidevs_dot_alerts_dot_v1_dot_signal__service__pb2.ReportSessionCheckRequest.SerializeToString,
+                response_deserializer=apidevs_dot_alerts_dot_v1_dot_resources__pb2.User.FromString,
+                _registered_method=True)
 
 
 class SignalServiceServicer:
@@ -171,6 +181,23 @@ class SignalServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ClaimSessionCheck(self, request, context):
+        """Used by the session check job when it starts: the user's stored TradingView session and a chart
+        to open with it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReportSessionCheck(self, request, context):
+        """Used by the session check job when it has opened the chart: records whether the session is
+        valid, with a SIGNAL_EVENT_TYPE_TRADINGVIEW_SESSION_UPDATED event when that changed. Returns the
+        user as now recorded.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SignalServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -228,6 +255,16 @@ def add_SignalServiceServicer_to_server(servicer, server):
                     servicer.GetServiceStatus,
                     request_deserializer=apidevs_dot_alerts_dot_v1_dot_signal__service__pb2.GetServiceStatusRequest.FromString,
                     response_serializer=apidevs_dot_alerts_dot_v1_dot_signal__service__pb2.GetServiceStatusResponse.SerializeToString,
+            ),
+            'ClaimSessionCheck': grpc.unary_unary_rpc_method_handler(
+                    servicer.ClaimSessionCheck,
+                    request_deserializer=apidevs_dot_alerts_dot_v1_dot_signal__service__pb2.ClaimSessionCheckRequest.FromString,
+                    response_serializer=apidevs_dot_alerts_dot_v1_dot_signal__service__pb2.ClaimSessionCheckResponse.SerializeToString,
+            ),
+            'ReportSessionCheck': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReportSessionCheck,
+                    request_deserializer=apidevs_dot_alerts_dot_v1_dot_signal__service__pb2.ReportSessionCheckRequest.FromString,
+                    response_serializer=apidevs_dot_alerts_dot_v1_dot_resources__pb2.User.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -528,6 +565,60 @@ class SignalService:
             '/apidevs.alerts.v1.SignalService/GetServiceStatus',
             apidevs_dot_alerts_dot_v1_dot_signal__service__pb2.GetServiceStatusRequest.SerializeToString,
             apidevs_dot_alerts_dot_v1_dot_signal__service__pb2.GetServiceStatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ClaimSessionCheck(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/apidevs.alerts.v1.SignalService/ClaimSessionCheck',
+            apidevs_dot_alerts_dot_v1_dot_signal__service__pb2.ClaimSessionCheckRequest.SerializeToString,
+            apidevs_dot_alerts_dot_v1_dot_signal__service__pb2.ClaimSessionCheckResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReportSessionCheck(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/apidevs.alerts.v1.SignalService/ReportSessionCheck',
+            apidevs_dot_alerts_dot_v1_dot_signal__service__pb2.ReportSessionCheckRequest.SerializeToString,
+            apidevs_dot_alerts_dot_v1_dot_resources__pb2.User.FromString,
             options,
             channel_credentials,
             insecure,

@@ -39,7 +39,6 @@ import logging
 import os
 import socket
 import time
-import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -49,7 +48,7 @@ import redis.asyncio as redis_async
 from dramatiq.asyncio import get_event_loop_thread
 from dramatiq.broker import Broker, MessageProxy
 from dramatiq.middleware import AsyncIO, CurrentMessage, TimeLimitExceeded
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 from apidevs.alerts.v1 import (
     resources_pb2,
@@ -71,8 +70,7 @@ from capture_service.settings import CaptureSettings
 from mesh.crypto import CookieCipher, CookieCipherError
 from mesh.errors import FailedPreconditionError, NotFoundError, from_rpc_error
 from mesh.grpc import open_channel
-from mesh.logging import request_id_var
-from mesh.queues import CAPTURE_ACTOR, PLANS_BY_PRIORITY, capture_queue, capture_workers_key
+from mesh.queues import PLANS_BY_PRIORITY, capture_actor, capture_queue, capture_workers_key
 
 log = logging.getLogger(__name__)
 
@@ -81,28 +79,27 @@ _RPC_TIMEOUT_SECONDS = 10.0
 _UPLOAD_TIMEOUT_SECONDS = 20.0
 _HEARTBEAT_SECONDS = 5.0
 
-CAPTURE_JOBS = Counter(
-    "alerts_capture_jobs_total",
-    "Capture attempts by outcome: completed, failed (for good), attempt_failed (retried unless it was the "
-    "last), skipped (nothing to do)",
+CAPTURES = Counter(
+    "alerts_captures_total",
+    "Capture attempts by outcome: success, failed (for good), retried (the attempt failed; retried unless "
+    "it was the last), skipped (nothing to do); reason says why one did not succeed",
     ["outcome", "reason"],
 )
-CAPTURE_SECONDS = Histogram(
-    "alerts_capture_seconds",
-    "Time from claim to upload of completed captures",
+CAPTURE_DURATION = Histogram(
+    "alerts_capture_duration_seconds",
+    "Time from claim to upload of successful captures",
     buckets=(0.5, 1, 2, 3, 5, 8, 13, 20, 30),
 )
+JOBS_IN_PROGRESS = Gauge("alerts_jobs_in_progress", "Capture jobs this worker process is running")
 
 
-def capture_actor_name(plan: str) -> str:
-    return f"{CAPTURE_ACTOR}_{plan}"
 
 
 def capture_priority(plan: str) -> int:
     return PLANS_BY_PRIORITY.index(plan) * 10
 
 
-CAPTURE_ACTOR_NAMES = frozenset(capture_actor_name(plan) for plan in PLANS_BY_PRIORITY)
+CAPTURE_ACTOR_NAMES = frozenset(capture_actor(plan) for plan in PLANS_BY_PRIORITY)
 
 
 def screenshot_key(user_id: str, created_at: dt.datetime, signal_id: str) -> str:
@@ -180,10 +177,12 @@ class CaptureWorker:
         """One attempt at one capture; raises a retryable CaptureError when it should be tried again."""
         claim = await self._claim(signal_id, attempt)
         if claim is None or not claim.proceed:
-            CAPTURE_JOBS.labels("skipped", "").inc()
+            CAPTURES.labels("skipped", "").inc()
+            log.info("capture skipped", extra={"signal_id": signal_id, "attempt": attempt})
             return
         started = time.monotonic()
         signal = claim.signal
+        log.info("capture started", extra={"signal_id": signal_id, "attempt": attempt})
         try:
             session = self._session(claim.tradingview_session_ciphertext)
             url = chart_url(self.settings.tradingview_url, claim.chart_id, signal.ticker, signal.interval)
@@ -194,8 +193,14 @@ class CaptureWorker:
             if exc.retryable:
                 raise
             log.warning(
-                "capture failed for good",
-                extra={"signal_id": signal_id, "reason": exc.reason, "error": str(exc)},
+                "capture finished",
+                extra={
+                    "signal_id": signal_id,
+                    "outcome": "failed",
+                    "reason": exc.reason,
+                    "error": str(exc),
+                    "ms": int((time.monotonic() - started) * 1000),
+                },
             )
             await self._report(
                 signal_service_pb2.ReportCaptureRequest(
@@ -205,7 +210,7 @@ class CaptureWorker:
                     attempt=attempt,
                 )
             )
-            CAPTURE_JOBS.labels("failed", exc.reason).inc()
+            CAPTURES.labels("failed", exc.reason).inc()
             return
         created_at = (
             signal.created_at.ToDatetime(dt.UTC) if signal.HasField("created_at") else dt.datetime.now(dt.UTC)
@@ -225,12 +230,13 @@ class CaptureWorker:
                 attempt=attempt,
             )
         )
-        CAPTURE_JOBS.labels("completed", "").inc()
-        CAPTURE_SECONDS.observe(duration)
+        CAPTURES.labels("success", "").inc()
+        CAPTURE_DURATION.observe(duration)
         log.info(
-            "capture completed",
+            "capture finished",
             extra={
                 "signal_id": signal_id,
+                "outcome": "success",
                 "object_key": key,
                 "bytes": len(shot.png),
                 "ms": int(duration * 1000),
@@ -239,7 +245,7 @@ class CaptureWorker:
 
     async def report_failure(self, signal_id: str, *, reason: str, attempt: int) -> None:
         """Records a capture that ran out of retries."""
-        CAPTURE_JOBS.labels("failed", reason).inc()
+        CAPTURES.labels("failed", reason).inc()
         await self._report(
             signal_service_pb2.ReportCaptureRequest(
                 signal_id=signal_id,
@@ -359,15 +365,21 @@ def declare_capture_actors(broker: Broker, worker: CaptureWorker) -> list[dramat
     async def capture_screenshot(signal_id: str) -> None:
         message = CurrentMessage.get_current_message()
         options = message.options if message is not None else {}
-        request_id_var.set(str(options.get("request_id") or uuid.uuid4().hex))
         attempt = int(options.get("retries", 0))
         try:
-            await worker.run(signal_id, attempt=attempt)
+            with JOBS_IN_PROGRESS.track_inprogress():
+                await worker.run(signal_id, attempt=attempt)
         except CaptureError as exc:
-            CAPTURE_JOBS.labels("attempt_failed", exc.reason).inc()
+            CAPTURES.labels("retried", exc.reason).inc()
             log.warning(
-                "capture attempt failed",
-                extra={"signal_id": signal_id, "attempt": attempt, "reason": exc.reason, "error": str(exc)},
+                "capture finished",
+                extra={
+                    "signal_id": signal_id,
+                    "outcome": "retried",
+                    "attempt": attempt,
+                    "reason": exc.reason,
+                    "error": str(exc),
+                },
             )
             # Retry skips Dramatiq's traceback logging for these expected failures; the backoff is the same.
             raise dramatiq.Retry(str(exc)) from exc
@@ -376,7 +388,7 @@ def declare_capture_actors(broker: Broker, worker: CaptureWorker) -> list[dramat
         dramatiq.Actor(
             capture_screenshot,
             broker=broker,
-            actor_name=capture_actor_name(plan),
+            actor_name=capture_actor(plan),
             queue_name=capture_queue(plan),
             priority=capture_priority(plan),
             options={},

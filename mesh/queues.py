@@ -13,7 +13,18 @@ def capture_queue(plan: str) -> str:
     return f"capture.{plan}"
 
 
+def capture_actor(plan: str) -> str:
+    """One actor per plan: a Dramatiq worker orders work by actor priority, so premium's goes first."""
+    return f"{CAPTURE_ACTOR}_{plan}"
+
+
 CAPTURE_QUEUES = tuple(capture_queue(plan) for plan in PLANS_BY_PRIORITY)
+
+# TradingView session checks: one queue and actor, below every plan's captures (capture_service/tasks.py),
+# so a check only runs on a worker thread no capture is waiting for. Not among CAPTURE_QUEUES: the
+# capture backlog figures and autoscaling count captures only.
+SESSION_CHECK_QUEUE = "capture.session_check"
+SESSION_CHECK_ACTOR = "check_tradingview_session"
 
 
 def dramatiq_namespace(settings: CommonSettings) -> str:

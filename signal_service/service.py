@@ -33,7 +33,7 @@ from mesh.errors import (
     UnavailableError,
 )
 from mesh.logging import request_id_var
-from mesh.queues import CAPTURE_ACTOR, PLANS_BY_PRIORITY, capture_queue
+from mesh.queues import PLANS_BY_PRIORITY, capture_actor, capture_queue
 from signal_service import allowlist, tokens
 from signal_service.audit import AuditWriter
 from signal_service.database import Database, database_unreachable
@@ -433,7 +433,7 @@ def capture_job(signal_id: uuid.UUID, plan: str) -> OutboxEntry:
         # One actor per plan queue, "capture_screenshot_<plan>": a Dramatiq worker orders prefetched jobs by
         # their actor's priority, so the plan's priority travels in the actor name (capture_service/tasks.py).
         queue_name=capture_queue(plan),
-        actor_name=f"{CAPTURE_ACTOR}_{plan}",
+        actor_name=capture_actor(plan),
         args=[str(signal_id)],
         options=options,
     )

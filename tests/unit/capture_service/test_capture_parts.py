@@ -29,12 +29,11 @@ from capture_service.errors import (
 from capture_service.settings import CaptureSettings
 from capture_service.tasks import (
     CAPTURE_ACTOR_NAMES,
-    capture_actor_name,
     capture_priority,
     failure_reason,
     screenshot_key,
 )
-from mesh.queues import PLANS_BY_PRIORITY
+from mesh.queues import PLANS_BY_PRIORITY, capture_actor
 
 text = st.text(min_size=1, max_size=40)
 
@@ -185,8 +184,8 @@ def test_each_plan_has_its_own_actor_and_premium_comes_first() -> None:
 
     assert PLANS_BY_PRIORITY[0] == "premium"
     assert priorities == sorted(set(priorities))
-    assert {capture_actor_name(plan) for plan in ("premium", "pro", "basic", "free")} == CAPTURE_ACTOR_NAMES
-    assert capture_actor_name("premium") == "capture_screenshot_premium"
+    assert {capture_actor(plan) for plan in ("premium", "pro", "basic", "free")} == CAPTURE_ACTOR_NAMES
+    assert capture_actor("premium") == "capture_screenshot_premium"
 
 
 def test_settings_refuse_a_browser_budget_beyond_the_time_limit() -> None:

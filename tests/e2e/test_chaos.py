@@ -165,6 +165,11 @@ def chaos(stack: ChaosStack, events: list[str]) -> None:
     code = stack.stop("signal")
     note(f"signal service stopped (SIGTERM), exit code {code}")
     time.sleep(6)
+    pending = stack.metric("alerts_spool_pending") or 0.0
+    spooled_bytes = stack.metric("alerts_spool_bytes") or 0.0
+    note(f"edge spool while the signal service is down: {pending:.0f} requests, {spooled_bytes:.0f} bytes")
+    assert pending > 0, "the edge spooled nothing while the signal service was down"
+    assert spooled_bytes > 0
     stack.start("signal")
     note("signal service restarted")
     time.sleep(5)

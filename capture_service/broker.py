@@ -14,21 +14,50 @@ Retries: a failed attempt is re-enqueued on the queue's delay queue after Dramat
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Sequence
+from typing import Any
 
+from dramatiq.broker import Broker, MessageProxy
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.middleware import CurrentMessage, Middleware, Retries, TimeLimit
 
 from capture_service.settings import CaptureSettings
+from mesh.logging import request_id_var
 from mesh.queues import dramatiq_namespace
+
+
+class RequestIdMiddleware(Middleware):
+    """Makes the request id the edge created (``options["request_id"]``, set by the signal service) the
+    current one while a message is processed, so the job's logs and its gRPC calls carry it.
+
+    The worker thread's context is copied into the job's coroutine when Dramatiq's AsyncIO middleware
+    schedules it, and the ``after_*`` hooks (e.g. a final failure report) run on the same thread.
+    """
+
+    def before_process_message(self, broker: Broker, message: MessageProxy) -> None:
+        request_id_var.set(str(message.options.get("request_id") or uuid.uuid4().hex))
+
+    def after_process_message(
+        self,
+        broker: Broker,
+        message: MessageProxy,
+        *,
+        result: Any = None,
+        exception: BaseException | None = None,
+    ) -> None:
+        request_id_var.set("")
+
+    def after_skip_message(self, broker: Broker, message: MessageProxy) -> None:
+        request_id_var.set("")
 
 
 def create_broker(settings: CaptureSettings, *, middleware: Sequence[Middleware] = ()) -> RedisBroker:
     """A Redis broker with the capture retry policy and time limit.
 
-    `middleware` goes first: Dramatiq runs ``after_*`` hooks in reverse order, so its
-    ``after_process_message`` sees the message once Retries has decided its fate and TimeLimit has
-    disarmed the attempt's deadline.
+    `middleware` goes first (after the request id): Dramatiq runs ``after_*`` hooks in reverse order, so
+    its ``after_process_message`` sees the message once Retries has decided its fate and TimeLimit has
+    disarmed the attempt's deadline, while the message's request id is still the current one.
     """
     if not settings.redis_url:
         raise RuntimeError("ALERTS_REDIS_URL is not set (only `alerts dev` provides an embedded one)")
@@ -38,6 +67,7 @@ def create_broker(settings: CaptureSettings, *, middleware: Sequence[Middleware]
         heartbeat_timeout=settings.dramatiq_heartbeat_timeout_ms,
         maintenance_chance=settings.dramatiq_maintenance_chance,
         middleware=[
+            RequestIdMiddleware(),
             *middleware,
             TimeLimit(time_limit=int(settings.capture_time_limit_seconds * 1000)),
             Retries(

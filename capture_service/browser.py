@@ -18,10 +18,15 @@ from pathlib import Path
 
 from playwright.async_api import Browser, BrowserContext, Playwright, async_playwright
 from playwright.async_api import Error as PlaywrightError
+from prometheus_client import Counter
 
 from capture_service.errors import BrowserUnavailableError
 
 log = logging.getLogger(__name__)
+
+BROWSER_RELAUNCHES = Counter(
+    "alerts_browser_relaunches_total", "Chromium launched again after the first (it crashed or hung)"
+)
 
 CHROMIUM_ARGS = (
     "--no-sandbox",
@@ -186,5 +191,7 @@ class BrowserPool:
             f"Chrome/{major}.0.0.0 Safari/537.36"
         )
         self.launches += 1
+        if self.launches > 1:
+            BROWSER_RELAUNCHES.inc()
         log.info("Chromium launched", extra={"executable": str(executable), "version": browser.version})
         return browser

@@ -50,6 +50,8 @@ def create_app(settings: EdgeSettings) -> Litestar:
         # The spool's replayer sends through the signal channel: it starts after and stops before it.
         lifespan=[channels, webhook_spool],
         template_config=ui.template_config(),
+        # Litestar would replace the process's JSON log handler (mesh.logging) with its own plain-text one.
+        logging_config=None,
         state=State(
             {
                 "settings": settings,

@@ -99,34 +99,33 @@ def _headers_too_large(request: Request, settings: EdgeSettings) -> bool:
     return sum(len(name) + len(value) for name, value in headers) > settings.max_header_bytes
 
 
-def _refusal(status_code: int, error: str) -> Response:
+def _refusal(status_code: int, error: str) -> tuple[Response, str]:
     """An answer the edge gives on its own; the connection is closed, as the rest of the body is unread."""
-    WEBHOOKS.labels(str(status_code), error).inc()
-    return Response(
+    response = Response(
         {"success": False, "error": error},
         status_code=status_code,
         headers={"Connection": "close", "Cache-Control": "no-store"},
     )
+    return response, error
 
 
 async def _spool(
     request: Request, ingest: signal_service_pb2.IngestWebhookRequest, request_id: str
-) -> Response:
+) -> tuple[Response, str]:
     """The signal service is away: keep the alert on disk for the replayer and say so with 202."""
     spool: WebhookSpool = request.app.state.spool
     try:
         await spool.append(ingest, request_id=request_id)
     except SpoolFullError as exc:
         log.error("webhook spool refused a request", extra={"error": str(exc)})
-        WEBHOOKS.labels("503", "spool_full").inc()
-        return Response(
+        response = Response(
             {"success": False, "error": "unavailable"},
             status_code=503,
             headers={"Retry-After": str(_SPOOL_FULL_RETRY_AFTER_SECONDS), "Cache-Control": "no-store"},
         )
+        return response, "spool_full"
     request.app.state.spool_replayer.kick()
-    WEBHOOKS.labels("202", "queued").inc()
-    return Response({"success": True, "queued": True, "request_id": request_id}, status_code=202)
+    return Response({"success": True, "queued": True, "request_id": request_id}, status_code=202), "queued"
 
 
 @post(
@@ -153,6 +152,21 @@ async def receive_webhook(
     started = time.perf_counter()
     request_id = new_request_id()
     request_id_var.set(request_id)
+    response, reason = await _answer(request, token, chart, request_id)
+    elapsed = time.perf_counter() - started
+    response.headers["X-Request-ID"] = request_id
+    WEBHOOKS.labels(str(response.status_code), reason).inc()
+    WEBHOOK_LATENCY.observe(elapsed)
+    # Never the token (it is the credential) nor the body; the signal service logs the stored signal.
+    log.info(
+        "webhook answered",
+        extra={"status": response.status_code, "reason": reason, "ms": round(elapsed * 1000, 2)},
+    )
+    return response
+
+
+async def _answer(request: Request, token: str, chart: str | None, request_id: str) -> tuple[Response, str]:
+    """The answer to one webhook and the reason it is counted under."""
     settings: EdgeSettings = request.app.state.settings
     received_at = datetime.now(UTC)
     if _headers_too_large(request, settings):
@@ -190,23 +204,17 @@ async def receive_webhook(
         )
     except grpc.aio.AioRpcError as exc:
         if exc.code() in SPOOL_WORTHY_CODES:
-            response = await _spool(request, ingest, request_id)
-        else:
-            error = from_rpc_error(exc)
-            response = error_response(error)
-            WEBHOOKS.labels(str(response.status_code), http_status_for(error)[1]).inc()
-    else:
-        response = Response(
-            {
-                "success": True,
-                "signal_id": answer.signal_id,
-                "screenshot_status": _STATUS_NAMES.get(answer.screenshot_status, "pending"),
-                "estimated_wait": answer.estimated_wait_seconds,
-                "duplicate": answer.duplicate,
-            },
-            status_code=200,
-        )
-        WEBHOOKS.labels("200", "duplicate" if answer.duplicate else "accepted").inc()
-    response.headers["X-Request-ID"] = request_id
-    WEBHOOK_LATENCY.observe(time.perf_counter() - started)
-    return response
+            return await _spool(request, ingest, request_id)
+        error = from_rpc_error(exc)
+        return error_response(error), http_status_for(error)[1]
+    response = Response(
+        {
+            "success": True,
+            "signal_id": answer.signal_id,
+            "screenshot_status": _STATUS_NAMES.get(answer.screenshot_status, "pending"),
+            "estimated_wait": answer.estimated_wait_seconds,
+            "duplicate": answer.duplicate,
+        },
+        status_code=200,
+    )
+    return response, "duplicate" if answer.duplicate else "accepted"

@@ -35,6 +35,10 @@ class DevStack:
     api_key: str = ""
     # Told each start-up step as it finishes ("migrations applied", "edge ready"), for visible progress.
     on_progress: Callable[[str], None] | None = None
+    # Gives every gRPC service and capture worker its own ALERTS_METRICS_PORT (the edge serves /metrics
+    # itself); one port shared through the environment would let only the first process bind it.
+    serve_metrics: bool = False
+    metrics_ports: dict[str, int] = field(default_factory=dict)
 
     @property
     def edge_url(self) -> str:
@@ -43,6 +47,12 @@ class DevStack:
     @property
     def log_dir(self) -> Path:
         return self.settings.data_dir / "logs"
+
+    @property
+    def metrics_urls(self) -> dict[str, str]:
+        """Each process's Prometheus endpoint, by process name."""
+        own = {name: f"http://127.0.0.1:{port}/metrics" for name, port in self.metrics_ports.items()}
+        return {"edge": f"{self.edge_url}/metrics", **own}
 
     def start(self) -> None:
         data_dir = self.settings.data_dir.resolve()
@@ -107,8 +117,13 @@ class DevStack:
         self._progress("migrations applied")
 
     def _launch(self, name: str, args: list[str], ready: object) -> None:
+        env = self.env
+        if self.serve_metrics and name not in ("edge", "chart-stub"):
+            # A restarted process keeps its port, so scrapers need no telling.
+            port = self.metrics_ports.setdefault(name, free_port())
+            env = {**self.env, "ALERTS_METRICS_PORT": str(port)}
         process = ManagedProcess(
-            name, alerts_argv(*args), self.env, ready=ready, log_path=self.log_dir / f"{name}.log"
+            name, alerts_argv(*args), env, ready=ready, log_path=self.log_dir / f"{name}.log"
         )
         process.start()
         self.processes[name] = process

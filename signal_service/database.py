@@ -3,12 +3,24 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import asyncpg
+from asyncpg.connection import LoggedQuery
+from prometheus_client import Histogram
+from sqlalchemy import event
+from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+
+from mesh.metrics import LATENCY_BUCKETS
+
+DB_QUERY_LATENCY = Histogram(
+    "alerts_db_query_latency_seconds", "Time PostgreSQL took per statement", buckets=LATENCY_BUCKETS
+)
+_QUERY_STARTED = "alerts_query_started"
 
 _UNREACHABLE = (
     OSError,
@@ -24,13 +36,37 @@ _UNREACHABLE = (
 def create_engine(database_url: str, *, pool_size: int = 10) -> AsyncEngine:
     if not database_url:
         raise RuntimeError("ALERTS_DATABASE_URL is not set (only `alerts dev` provides an embedded one)")
-    return create_async_engine(
+    engine = create_async_engine(
         database_url,
         pool_size=pool_size,
         max_overflow=pool_size,
         pool_pre_ping=True,
         connect_args={"server_settings": {"application_name": "alerts-signal"}},
     )
+    event.listen(engine.sync_engine, "before_cursor_execute", _query_started)
+    event.listen(engine.sync_engine, "after_cursor_execute", _query_finished)
+    return engine
+
+
+# A connection runs one statement at a time, so one start time per connection is enough. Statements that
+# fail are not observed, here (their start is overwritten by the next one) as on plain connections.
+def _query_started(connection: Connection, *_: object) -> None:
+    connection.info[_QUERY_STARTED] = time.perf_counter()
+
+
+def _query_finished(connection: Connection, *_: object) -> None:
+    started = connection.info.pop(_QUERY_STARTED, None)
+    if started is not None:
+        DB_QUERY_LATENCY.observe(time.perf_counter() - started)
+
+
+async def _observe_query_latency(connection: asyncpg.Connection) -> None:
+    connection.add_query_logger(_query_logged)
+
+
+def _query_logged(query: LoggedQuery) -> None:
+    if query.exception is None:
+        DB_QUERY_LATENCY.observe(query.elapsed)
 
 
 async def _keep_session(connection: asyncpg.Connection) -> None:
@@ -76,6 +112,7 @@ class Database:
                     min_size=0,
                     max_size=size,
                     reset=_keep_session,
+                    init=_observe_query_latency,
                     server_settings={"application_name": "alerts-signal"},
                 )
             return self._pool

@@ -45,7 +45,7 @@ from signal_service.repository import EVENTS_CHANNEL, EventRepository, SignalRep
 
 log = logging.getLogger(__name__)
 
-EVENT_SUBSCRIBERS = Gauge("alerts_event_subscribers", "Open SubscribeSignals streams in this process")
+EVENT_SUBSCRIBERS = Gauge("alerts_stream_subscribers", "Open SubscribeSignals streams in this process")
 EVENT_LISTENER_UP = Gauge("alerts_event_listener_up", "1 while this process is LISTENing for signal events")
 
 _MAX_CURSOR_DIGITS = 18  # fits a BIGINT

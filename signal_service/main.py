@@ -112,6 +112,7 @@ async def signal_app(settings: SignalSettings) -> AsyncIterator[SignalApp]:
         redis=redis,
         namespace=dramatiq_namespace(settings),
         backlog=backlog,
+        workers_key=capture_workers_key(settings),
         batch_size=settings.outbox_batch_size,
         poll_seconds=settings.outbox_poll_seconds,
     )

@@ -11,13 +11,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 
 import dramatiq
 from dramatiq.brokers.redis import RedisBroker
 from prometheus_client import Counter, Gauge
 from redis.asyncio import Redis
 
-from mesh.queues import CAPTURE_QUEUES
+from mesh.queues import CAPTURE_QUEUES, WORKER_HEARTBEAT_TIMEOUT_MS
 from signal_service.database import Database
 from signal_service.models import OutboxMessage
 from signal_service.repository import OutboxRepository
@@ -29,6 +30,8 @@ OUTBOX_BACKLOG = Gauge("alerts_outbox_backlog", "Outbox rows not yet sent to the
 OUTBOX_SENT = Counter("alerts_outbox_sent_total", "Outbox messages sent to the broker")
 OUTBOX_FAILURES = Counter("alerts_outbox_failures_total", "Failed attempts to send outbox messages")
 QUEUE_LENGTH = Gauge("alerts_queue_length", "Capture jobs waiting, by queue", ["queue"])
+# Every signal replica reports the same figure: aggregate with max(), or sum() over one replica.
+ACTIVE_WORKERS = Gauge("alerts_active_workers", "Capture worker processes with a recent heartbeat")
 
 _MAX_BACKOFF_SECONDS = 30.0
 
@@ -42,6 +45,7 @@ class OutboxRelay:
         redis: Redis,
         namespace: str,
         backlog: QueueBacklog,
+        workers_key: str,
         batch_size: int = 200,
         poll_seconds: float = 1.0,
     ) -> None:
@@ -50,6 +54,7 @@ class OutboxRelay:
         self._redis = redis
         self._namespace = namespace
         self._backlog = backlog
+        self._workers_key = workers_key
         self._batch_size = batch_size
         self._poll_seconds = poll_seconds
         self._wake = asyncio.Event()
@@ -126,11 +131,14 @@ class OutboxRelay:
     async def _backlog_loop(self) -> None:
         while True:
             try:
+                heartbeats_since = time.time() * 1000 - WORKER_HEARTBEAT_TIMEOUT_MS
                 async with self._redis.pipeline(transaction=False) as pipe:
                     for queue in CAPTURE_QUEUES:
                         pipe.llen(f"{self._namespace}:{queue}")
-                    lengths = await pipe.execute()
+                    pipe.zcount(self._workers_key, heartbeats_since, "+inf")
+                    *lengths, workers = await pipe.execute()
                 self._backlog.lengths = dict(zip(CAPTURE_QUEUES, lengths, strict=True))
+                ACTIVE_WORKERS.set(workers)
                 for queue, length in self._backlog.lengths.items():
                     QUEUE_LENGTH.labels(queue).set(length)
                 async with self._database.session() as session:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
@@ -31,6 +32,8 @@ from signal_service.service import (
 )
 from signal_service.status import StatusReporter
 from signal_service.storage_links import ScreenshotLinks
+
+log = logging.getLogger(__name__)
 
 _PLAN_TO_PROTO = {
     "free": resources_pb2.PLAN_FREE,
@@ -219,6 +222,14 @@ class SignalServicer(signal_service_pb2_grpc.SignalServiceServicer):
                 body_size=request.body_size,
             )
         )
+        log.info(
+            "signal stored",
+            extra={
+                "signal_id": str(result.signal_id),
+                "duplicate": result.duplicate,
+                "screenshot_status": result.screenshot_status.value,
+            },
+        )
         return signal_service_pb2.IngestWebhookResponse(
             signal_id=str(result.signal_id),
             screenshot_status=_SCREENSHOT_TO_PROTO[result.screenshot_status],
@@ -307,6 +318,15 @@ class SignalServicer(signal_service_pb2_grpc.SignalServiceServicer):
         claim = await self._captures.claim(
             request.signal_id, attempt=request.attempt, worker_id=request.worker_id
         )
+        log.info(
+            "capture claimed",
+            extra={
+                "signal_id": request.signal_id,
+                "attempt": request.attempt,
+                "worker_id": request.worker_id,
+                "proceed": claim.proceed,
+            },
+        )
         return signal_service_pb2.ClaimCaptureResponse(
             proceed=claim.proceed,
             signal=signal_to_proto(claim.row),
@@ -319,15 +339,24 @@ class SignalServicer(signal_service_pb2_grpc.SignalServiceServicer):
         self, request: signal_service_pb2.ReportCaptureRequest, context: grpc.aio.ServicerContext
     ) -> resources_pb2.Signal:
         ensure_unscoped()
+        status = _SCREENSHOT_FROM_PROTO.get(request.status, ScreenshotStatus.PENDING)
         row = await self._captures.report(
             request.signal_id,
-            status=_SCREENSHOT_FROM_PROTO.get(request.status, ScreenshotStatus.PENDING),
+            status=status,
             object_key=request.object_key,
             error=request.error,
             size_bytes=request.size_bytes,
             width=request.width,
             height=request.height,
             duration_ms=request.duration_ms,
+        )
+        log.info(
+            "capture reported",
+            extra={
+                "signal_id": request.signal_id,
+                "status": status.value,
+                "error": request.error,
+            },
         )
         return (await self._signals_to_proto([row]))[0]
 

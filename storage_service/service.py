@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
 import time
 from collections.abc import AsyncIterator
@@ -10,12 +11,18 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from urllib.parse import quote
 
+from prometheus_client import Counter
+
 from mesh.errors import InvalidArgumentError
 from mesh.signing import media_signing_secret
 from storage_service.backends.base import StorageBackend
 from storage_service.keys import validate_key, validate_prefix
 from storage_service.objects import ObjectInfo, ObjectSummary
 from storage_service.settings import StorageSettings
+
+log = logging.getLogger(__name__)
+
+BYTES_WRITTEN = Counter("alerts_storage_bytes_written_total", "Bytes of objects stored")
 
 MAX_CHUNK_BYTES = 1024 * 1024
 DEFAULT_URL_LIFETIME_SECONDS = 3600
@@ -76,12 +83,15 @@ class StorageService:
         _validate_metadata(metadata)
         if expected_sha256 is not None and not _SHA256_HEX.fullmatch(expected_sha256):
             raise InvalidArgumentError("sha256 must be 64 lowercase hex digits", reason="INVALID_CHECKSUM")
-        return await self._backend.put(
+        info = await self._backend.put(
             key,
             content_type=_normalized_content_type(content_type),
             metadata=metadata,
             chunks=self._checked(chunks, expected_sha256),
         )
+        BYTES_WRITTEN.inc(info.size_bytes)
+        log.info("object stored", extra={"key": info.key, "bytes": info.size_bytes})
+        return info
 
     async def _checked(
         self, chunks: AsyncIterator[bytes], expected_sha256: str | None

@@ -5,16 +5,25 @@ registry, so the images carry this script instead:
 
     python /opt/alerts/healthcheck.py grpc 127.0.0.1:50051 [SERVICE]
     python /opt/alerts/healthcheck.py http http://127.0.0.1:8080/health/ready
+    python /opt/alerts/healthcheck.py spool-drained http://127.0.0.1:8080/metrics --wait 100
 
-Kubernetes does not need it: it probes gRPC health and HTTP natively.
+Kubernetes probes gRPC health and HTTP natively, but runs the spool-drained mode as the edge's preStop hook:
+it waits until the edge's durable spool is empty, so webhooks already answered 202 are replayed to the
+signal service before the pod goes away, not left on a volume no pod may mount again soon.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import time
 import urllib.error
 import urllib.request
+
+SPOOL_PENDING_METRIC = "alerts_spool_pending"
+# Every edge worker process publishes the spool's shared totals, a non-leader's up to one replayer poll
+# (1 s) late: zero must be read this many times in a row, a poll apart, to count as drained.
+_DRAINED_READINGS = 2
 
 
 def grpc_is_serving(address: str, service: str, timeout_seconds: float) -> bool:
@@ -49,6 +58,46 @@ def http_is_ok(url: str, timeout_seconds: float) -> bool:
         return False
 
 
+def spool_pending(metrics_url: str, timeout_seconds: float) -> float | None:
+    """The edge's alerts_spool_pending from its Prometheus text at `metrics_url`; None if unreadable."""
+    if not metrics_url.startswith(("http://", "https://")):
+        raise ValueError(f"not an http(s) URL: {metrics_url}")
+    try:
+        with urllib.request.urlopen(metrics_url, timeout=timeout_seconds) as response:  # noqa: S310
+            text = response.read().decode()
+    except (urllib.error.URLError, OSError) as error:
+        print(f"spool metrics {metrics_url}: {error}", file=sys.stderr)
+        return None
+    for line in text.splitlines():
+        name, _, value = line.partition(" ")
+        if name == SPOOL_PENDING_METRIC:
+            return float(value.split()[0])
+    print(f"spool metrics {metrics_url}: no {SPOOL_PENDING_METRIC}", file=sys.stderr)
+    return None
+
+
+def spool_drains(
+    metrics_url: str, *, wait_seconds: float, poll_seconds: float, timeout_seconds: float
+) -> bool:
+    """True once the spool reads empty; False if it still holds requests (or is unreadable) at the deadline.
+
+    With no time for a second reading (--wait 0, or the deadline is near) a single empty reading counts.
+    """
+    deadline = time.monotonic() + wait_seconds
+    zero_readings = 0
+    while True:
+        pending = spool_pending(metrics_url, timeout_seconds)
+        zero_readings = zero_readings + 1 if pending == 0 else 0
+        out_of_time = time.monotonic() + poll_seconds > deadline
+        if zero_readings >= _DRAINED_READINGS or (zero_readings and out_of_time):
+            return True
+        if out_of_time:
+            shown = "unreadable" if pending is None else f"{pending:g} pending"
+            print(f"spool not drained within {wait_seconds:g} s: {shown}", file=sys.stderr)
+            return False
+        time.sleep(poll_seconds)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--timeout", type=float, default=3.0, help="seconds before the probe gives up")
@@ -58,9 +107,19 @@ def main(argv: list[str] | None = None) -> int:
     grpc_mode.add_argument("service", nargs="?", default="", help='service name; "" is the whole server')
     http_mode = modes.add_parser("http", help="GET must answer 2xx")
     http_mode.add_argument("url")
+    spool_mode = modes.add_parser("spool-drained", help=f"the edge's {SPOOL_PENDING_METRIC} must read 0")
+    spool_mode.add_argument("url", help="the edge's /metrics")
+    spool_mode.add_argument(
+        "--wait", type=float, default=0.0, help="seconds to keep polling for an empty spool"
+    )
+    spool_mode.add_argument("--poll", type=float, default=1.0, help="seconds between polls")
     args = parser.parse_args(argv)
     if args.mode == "grpc":
         healthy = grpc_is_serving(args.address, args.service, args.timeout)
+    elif args.mode == "spool-drained":
+        healthy = spool_drains(
+            args.url, wait_seconds=args.wait, poll_seconds=args.poll, timeout_seconds=args.timeout
+        )
     else:
         healthy = http_is_ok(args.url, args.timeout)
     return 0 if healthy else 1

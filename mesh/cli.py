@@ -25,6 +25,8 @@ PRODUCTION_COMMANDS = (
     ("serve", "signal"),
     ("serve", "storage"),
     ("serve", "capture"),
+    # Scheduled (a daily CronJob); takes an optional --retention-days.
+    ("audit", "prune"),
 )
 
 

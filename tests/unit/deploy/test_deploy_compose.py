@@ -1,5 +1,6 @@
 """deploy/compose.yaml runs real `alerts` commands, waits on real health, and wires addresses consistently."""
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,9 @@ DEPLOY_DIR = Path(__file__).resolve().parents[3] / "deploy"
 ALERTS_COMMANDS = set(PRODUCTION_COMMANDS)
 APP_IMAGES = {"apidevs-alerts:dev", "apidevs-alerts-capture:dev"}
 HEALTHCHECK_SCRIPT = "/opt/alerts/healthcheck.py"
+# Run from the host's scheduler (`docker compose run`), not kept up by `docker compose up`.
+SCHEDULED_SERVICES = {"audit-prune"}
+ONE_SHOT_SERVICES = {"migrate", *SCHEDULED_SERVICES}
 
 
 def compose() -> dict[str, Any]:
@@ -34,13 +38,47 @@ def host_port(address: str) -> tuple[str, int]:
 
 def test_app_services_run_real_alerts_commands() -> None:
     commands = {name: tuple(service["command"]) for name, service in app_services().items()}
-    assert set(commands) == {"migrate", "storage", "signal", "edge", "capture"}
+    assert set(commands) == {"migrate", "storage", "signal", "edge", "capture", "audit-prune"}
     unknown = {name: command for name, command in commands.items() if command not in ALERTS_COMMANDS}
     assert unknown == {}
 
 
 def test_every_serve_target_and_migrate_runs_somewhere() -> None:
     assert {tuple(service["command"]) for service in app_services().values()} == ALERTS_COMMANDS
+
+
+def test_scheduled_jobs_are_not_started_by_up() -> None:
+    for name in SCHEDULED_SERVICES:
+        service = services()[name]
+        assert service["profiles"], f"{name} would run once at `up` and never again"
+        assert service["restart"] == "no", f"{name} is a one-shot job"
+    assert all("profiles" not in services()[name] for name in set(app_services()) - SCHEDULED_SERVICES)
+
+
+def image_data_dir() -> str:
+    """ALERTS_DATA_DIR as the runtime image sets it."""
+    (match,) = re.findall(r"ALERTS_DATA_DIR=(\S+)", (DEPLOY_DIR / "Dockerfile").read_text())
+    return match
+
+
+def test_edge_spool_is_on_a_named_volume_at_the_data_dir() -> None:
+    edge = services()["edge"]
+    data_dir = edge["environment"].get("ALERTS_DATA_DIR", image_data_dir())
+    volumes = dict(volume.split(":", 1) for volume in edge["volumes"])
+    mounted_at_data_dir = [source for source, target in volumes.items() if target == data_dir]
+    assert len(mounted_at_data_dir) == 1, (
+        f"nothing durable at {data_dir}: the spool would die with the container"
+    )
+    assert mounted_at_data_dir[0] in compose()["volumes"], "a named volume, not a bind mount or anonymous one"
+
+
+def test_redis_persists_queued_jobs() -> None:
+    command = services()["redis"]["command"]
+    options = dict(zip(command[1::2], command[2::2], strict=True))
+    assert command[0] == "redis-server"
+    assert options["--appendonly"] == "yes"
+    assert options["--appendfsync"] == "everysec"
+    assert any(volume.endswith(":/data") for volume in services()["redis"]["volumes"])
 
 
 def test_replicas_match_the_issue() -> None:
@@ -73,7 +111,7 @@ def test_database_users_wait_for_migrations() -> None:
 
 def test_app_healthchecks_probe_what_the_service_listens_on() -> None:
     for name, service in app_services().items():
-        if name == "migrate":
+        if name in ONE_SHOT_SERVICES:
             assert "healthcheck" not in service
             continue
         test = service["healthcheck"]["test"]

@@ -12,6 +12,7 @@ from pathlib import Path
 import grpc
 import pytest
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from prometheus_client import CollectorRegistry, Gauge, generate_latest
 
 HEALTHCHECK = Path(__file__).resolve().parents[3] / "deploy" / "healthcheck.py"
 
@@ -95,3 +96,93 @@ def test_http_2xx_exits_zero(http_server: str) -> None:
 
 def test_http_5xx_exits_one(http_server: str) -> None:
     assert probe("http", f"{http_server}/health/down").returncode == 1
+
+
+class _SpoolMetrics:
+    """An edge's /metrics stand-in: answers each scrape with the next pending count, then repeats the last.
+
+    The text is prometheus_client's own exposition, as the edge serves it; None serves no spool gauge.
+    """
+
+    def __init__(self, readings: list[float | None]) -> None:
+        self.readings = readings
+        self.scrapes = 0
+
+    def next_body(self) -> bytes:
+        pending = self.readings[min(self.scrapes, len(self.readings) - 1)]
+        self.scrapes += 1
+        registry = CollectorRegistry()
+        Gauge("alerts_spool_bytes", "Bytes waiting", registry=registry).set(0 if pending is None else 100)
+        if pending is not None:
+            Gauge("alerts_spool_pending", "Requests waiting", registry=registry).set(pending)
+        return generate_latest(registry)
+
+
+@pytest.fixture
+def spool_metrics() -> Iterator[tuple[str, _SpoolMetrics]]:
+    metrics = _SpoolMetrics([0])
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = metrics.next_body()
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain; version=0.0.4")
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: object) -> None:
+            """Keep test output quiet."""
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/metrics", metrics
+    server.shutdown()
+    server.server_close()
+
+
+def test_spool_drained_empty_spool_exits_zero(spool_metrics: tuple[str, _SpoolMetrics]) -> None:
+    url, _ = spool_metrics
+    assert probe("spool-drained", url).returncode == 0
+
+
+def test_spool_drained_pending_spool_exits_one(spool_metrics: tuple[str, _SpoolMetrics]) -> None:
+    url, metrics = spool_metrics
+    metrics.readings = [3]
+    result = probe("spool-drained", url, "--wait", "0.5", "--poll", "0.1")
+    assert result.returncode == 1
+    assert "3 pending" in result.stderr
+
+
+def test_spool_drained_waits_for_the_replayer_to_empty_it(spool_metrics: tuple[str, _SpoolMetrics]) -> None:
+    url, metrics = spool_metrics
+    metrics.readings = [5, 2, 1, 0]
+    assert probe("spool-drained", url, "--wait", "20", "--poll", "0.05").returncode == 0
+    assert metrics.scrapes >= 5, "drained means two empty readings in a row"
+
+
+def test_spool_drained_needs_a_second_empty_reading(spool_metrics: tuple[str, _SpoolMetrics]) -> None:
+    url, metrics = spool_metrics
+    # A worker that is not the replayer publishes totals up to a poll late: one 0 may be stale.
+    metrics.readings = [0, 4]
+    # A wait long enough for a second reading even on a loaded machine (one reading near the deadline counts).
+    result = probe("spool-drained", url, "--wait", "3", "--poll", "0.1")
+    assert result.returncode == 1
+    assert "4 pending" in result.stderr
+
+
+def test_spool_drained_without_the_gauge_exits_one(spool_metrics: tuple[str, _SpoolMetrics]) -> None:
+    url, metrics = spool_metrics
+    metrics.readings = [None]
+    result = probe("spool-drained", url)
+    assert result.returncode == 1
+    assert "no alerts_spool_pending" in result.stderr
+
+
+def test_spool_drained_nothing_listening_exits_one() -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        free_port = sock.getsockname()[1]
+    result = probe("spool-drained", f"http://127.0.0.1:{free_port}/metrics", "--wait", "0.3", "--poll", "0.1")
+    assert result.returncode == 1
+    assert "unreadable" in result.stderr

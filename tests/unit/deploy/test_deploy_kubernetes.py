@@ -1,5 +1,6 @@
 """deploy/k8s: manifests validate against the Kubernetes JSON schemas, and reference each other correctly."""
 
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -9,7 +10,9 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from mesh.cli import PRODUCTION_COMMANDS
+from edge.main import server_options
+from edge.settings import EdgeSettings
+from mesh.cli import PRODUCTION_COMMANDS, build_parser
 from mesh.queues import CAPTURE_QUEUES, dramatiq_namespace
 from mesh.settings import CommonSettings
 
@@ -22,6 +25,9 @@ ALERTS_COMMANDS = set(PRODUCTION_COMMANDS)
 GRPC_SERVERS = {"signal": 50051, "storage": 50052}
 # Kinds without an upstream schema (KEDA custom resources): checked by hand below.
 CUSTOM_KINDS = {"ScaledObject", "TriggerAuthentication"}
+SERVER_KINDS = ("Deployment", "StatefulSet")
+WORKLOAD_KINDS = (*SERVER_KINDS, "Job", "CronJob")
+HEALTHCHECK_IN_IMAGE = "/opt/alerts/healthcheck.py"
 
 
 def kustomization(directory: Path) -> dict[str, Any]:
@@ -61,8 +67,33 @@ def render(directory: Path) -> list[dict[str, Any]]:
     return [doc for doc in yaml.safe_load_all(output) if doc is not None]
 
 
-def containers(deployment: dict[str, Any]) -> list[dict[str, Any]]:
-    return deployment["spec"]["template"]["spec"]["containers"]
+def of_kinds(documents: list[dict[str, Any]], kinds: tuple[str, ...]) -> dict[str, dict[str, Any]]:
+    return {name: doc for kind in kinds for name, doc in of_kind(documents, kind).items()}
+
+
+def pod_template(workload: dict[str, Any]) -> dict[str, Any]:
+    spec = workload["spec"]
+    if workload["kind"] == "CronJob":
+        spec = spec["jobTemplate"]["spec"]
+    return spec["template"]
+
+
+def containers(workload: dict[str, Any]) -> list[dict[str, Any]]:
+    return pod_template(workload)["spec"]["containers"]
+
+
+def alerts_command(args: list[str]) -> tuple[str, ...]:
+    """The subcommand words of an `alerts` invocation, which must also parse as a whole (options included)."""
+    assert build_parser().parse_args(args).handler is not None
+    return tuple(arg for arg in args if not arg.startswith("-") and not arg.isdigit())
+
+
+def edge() -> dict[str, Any]:
+    return of_kind(base_documents(), "StatefulSet")["edge"]
+
+
+def config_map() -> dict[str, str]:
+    return of_kind(base_documents(), "ConfigMap")["alerts-config"]["data"]
 
 
 def test_every_listed_file_exists_and_every_manifest_is_listed() -> None:
@@ -91,9 +122,9 @@ def test_base_manifests_validate_against_kubernetes_schemas() -> None:
 
 
 def test_schema_validation_rejects_a_misspelled_field() -> None:
-    deployment = of_kind(base_documents(), "Deployment")["edge"]
-    containers(deployment)[0]["readinesProbe"] = containers(deployment)[0].pop("readinessProbe")
-    assert schema_errors([deployment]) != []
+    statefulset = edge()
+    containers(statefulset)[0]["readinesProbe"] = containers(statefulset)[0].pop("readinessProbe")
+    assert schema_errors([statefulset]) != []
 
 
 @pytest.mark.parametrize("directory", [BASE_DIR, PRODUCTION_DIR], ids=["base", "production"])
@@ -106,8 +137,23 @@ def test_rendered_kustomization_validates(directory: Path) -> None:
 def test_production_ships_no_secret_templates() -> None:
     documents = render(PRODUCTION_DIR)
     assert of_kind(documents, "Secret") == {}
-    images = {c["image"] for d in of_kind(documents, "Deployment").values() for c in containers(d)}
+    images = {c["image"] for w in of_kinds(documents, WORKLOAD_KINDS).values() for c in containers(w)}
+    assert {image.split(":")[0] for image in images} >= {
+        "ghcr.io/apidevs/alerts",
+        "ghcr.io/apidevs/alerts-capture",
+    }
     assert all(":latest" not in image for image in images if "apidevs" in image)
+
+
+def test_production_patches_apply_to_the_edge_statefulset() -> None:
+    documents = render(PRODUCTION_DIR)
+    (container,) = containers(of_kind(documents, "StatefulSet")["edge"])
+    assert of_kind(documents, "StatefulSet")["edge"]["spec"]["replicas"] == 3
+    assert container["resources"]["requests"]["cpu"] == "500m"
+    assert {item["name"]: item["value"] for item in container["env"]}[
+        "ALERTS_TRUSTED_PROXIES"
+    ] == "10.4.0.0/14"
+    assert "lifecycle" in container, "the overlay's patch must merge into the container, not replace it"
 
 
 def test_secret_templates_hold_only_placeholders() -> None:
@@ -117,23 +163,28 @@ def test_secret_templates_hold_only_placeholders() -> None:
 
 
 def test_containers_run_real_alerts_commands() -> None:
-    documents = base_documents()
-    workloads = [*of_kind(documents, "Deployment").values()]
-    workloads += [job for job in of_kind(documents, "Job").values()]
     commands = {}
-    for workload in workloads:
+    for name, workload in of_kinds(base_documents(), WORKLOAD_KINDS).items():
         for container in containers(workload):
             if container["image"].startswith("apidevs-alerts"):
-                commands[workload["metadata"]["name"]] = tuple(container["args"])
+                commands[name] = alerts_command(container["args"])
     assert set(commands.values()) == ALERTS_COMMANDS
 
 
-def test_deployments_have_resources_and_probes() -> None:
-    for name, deployment in of_kind(base_documents(), "Deployment").items():
-        for container in containers(deployment):
+def test_command_check_rejects_options_the_cli_does_not_take() -> None:
+    assert alerts_command(["audit", "prune", "--retention-days", "30"]) == ("audit", "prune")
+    with pytest.raises(SystemExit):
+        alerts_command(["audit", "prune", "--keep-days", "30"])
+
+
+def test_workloads_have_resources_and_servers_have_probes() -> None:
+    documents = base_documents()
+    for name, workload in of_kinds(documents, WORKLOAD_KINDS).items():
+        for container in containers(workload):
             assert container["resources"]["requests"].keys() >= {"cpu", "memory"}, name
             assert "memory" in container["resources"]["limits"], name
-            assert {"readinessProbe", "livenessProbe"} <= container.keys(), name
+            if workload["kind"] in SERVER_KINDS:
+                assert {"readinessProbe", "livenessProbe"} <= container.keys(), name
 
 
 def test_grpc_servers_use_native_grpc_probes_on_their_listen_port() -> None:
@@ -147,26 +198,24 @@ def test_grpc_servers_use_native_grpc_probes_on_their_listen_port() -> None:
 
 
 def test_edge_probes_split_readiness_from_liveness() -> None:
-    (container,) = containers(of_kind(base_documents(), "Deployment")["edge"])
+    (container,) = containers(edge())
     assert container["readinessProbe"]["httpGet"]["path"] == "/health/ready"
     assert container["livenessProbe"]["httpGet"]["path"] == "/health/live"
 
 
 def test_pods_run_as_non_root() -> None:
-    for name, deployment in of_kind(base_documents(), "Deployment").items():
-        assert deployment["spec"]["template"]["spec"]["securityContext"]["runAsNonRoot"] is True, name
-        for container in containers(deployment):
+    for name, workload in of_kinds(base_documents(), WORKLOAD_KINDS).items():
+        assert pod_template(workload)["spec"]["securityContext"]["runAsNonRoot"] is True, name
+        for container in containers(workload):
             assert container["securityContext"]["allowPrivilegeEscalation"] is False, name
 
 
 def test_services_select_pods_and_name_container_ports() -> None:
-    deployments = of_kind(base_documents(), "Deployment")
+    servers = of_kinds(base_documents(), SERVER_KINDS)
     for name, service in of_kind(base_documents(), "Service").items():
         selector = service["spec"]["selector"]
         targets = [
-            d
-            for d in deployments.values()
-            if selector.items() <= d["spec"]["template"]["metadata"]["labels"].items()
+            d for d in servers.values() if selector.items() <= pod_template(d)["metadata"]["labels"].items()
         ]
         assert targets, f"service {name} selects no pods"
         port_names = {port["name"] for d in targets for c in containers(d) for port in c["ports"]}
@@ -186,23 +235,23 @@ def test_envoy_upstreams_resolve_to_services_on_the_right_ports() -> None:
     assert services["signal"]["spec"]["clusterIP"] == "None"
 
 
-def test_every_deployment_has_a_disruption_budget() -> None:
+def test_every_server_has_a_disruption_budget() -> None:
     documents = base_documents()
     budgets = of_kind(documents, "PodDisruptionBudget").values()
-    for name, deployment in of_kind(documents, "Deployment").items():
-        labels = deployment["spec"]["template"]["metadata"]["labels"]
+    for name, server in of_kinds(documents, SERVER_KINDS).items():
+        labels = pod_template(server)["metadata"]["labels"]
         assert any(b["spec"]["selector"]["matchLabels"].items() <= labels.items() for b in budgets), name
 
 
 def test_autoscalers_target_edge_and_signal() -> None:
     documents = base_documents()
-    deployments = of_kind(documents, "Deployment")
+    workloads = {(doc["kind"], doc["metadata"]["name"]) for doc in of_kinds(documents, SERVER_KINDS).values()}
     targets = {
-        hpa["spec"]["scaleTargetRef"]["name"]
+        (hpa["spec"]["scaleTargetRef"]["kind"], hpa["spec"]["scaleTargetRef"]["name"])
         for hpa in of_kind(documents, "HorizontalPodAutoscaler").values()
     }
-    assert targets == {"edge", "signal"}
-    assert targets <= set(deployments)
+    assert {name for _, name in targets} == {"edge", "signal"}
+    assert targets <= workloads, "an autoscaler names the wrong kind or a missing workload"
 
 
 def test_capture_scaled_object_structure() -> None:
@@ -239,9 +288,8 @@ def test_referenced_config_and_secrets_exist() -> None:
     documents = base_documents()
     names = {"ConfigMap": set(of_kind(documents, "ConfigMap")), "Secret": set(of_kind(documents, "Secret"))}
     names["ConfigMap"] |= {generator["name"] for generator in kustomization(BASE_DIR)["configMapGenerator"]}
-    workloads = [*of_kind(documents, "Deployment").values(), *of_kind(documents, "Job").values()]
-    for workload in workloads:
-        pod = workload["spec"]["template"]["spec"]
+    for workload in of_kinds(documents, WORKLOAD_KINDS).values():
+        pod = pod_template(workload)["spec"]
         for container in pod["containers"]:
             for source in container.get("envFrom", []):
                 if "configMapRef" in source:
@@ -278,3 +326,57 @@ def test_edge_and_signal_accept_only_envoy() -> None:
     for name in ("edge-from-envoy", "signal-from-envoy"):
         (rule,) = policies[name]["spec"]["ingress"]
         assert rule["from"] == [{"podSelector": {"matchLabels": {"app.kubernetes.io/name": "envoy"}}}]
+
+
+def test_edge_spool_lives_on_a_claim_that_follows_the_pod() -> None:
+    statefulset = edge()
+    spec = statefulset["spec"]
+    (container,) = containers(statefulset)
+    (claim,) = spec["volumeClaimTemplates"]
+    mounts = {mount["name"]: mount["mountPath"] for mount in container["volumeMounts"]}
+    assert mounts[claim["metadata"]["name"]] == config_map()["ALERTS_DATA_DIR"]
+    assert claim["spec"]["accessModes"] == ["ReadWriteOnce"]
+    assert spec["persistentVolumeClaimRetentionPolicy"] == {"whenDeleted": "Retain", "whenScaled": "Retain"}
+    assert spec["podManagementPolicy"] == "Parallel"
+
+
+def test_edge_volume_holds_a_full_spool_and_its_write_ahead_log() -> None:
+    (claim,) = edge()["spec"]["volumeClaimTemplates"]
+    size = claim["spec"]["resources"]["requests"]["storage"]
+    number, unit = re.fullmatch(r"(\d+)(Mi|Gi)", size).groups()
+    size_bytes = int(number) * 1024 ** {"Mi": 2, "Gi": 3}[unit]
+    spool_max_bytes = int(config_map().get("ALERTS_SPOOL_MAX_BYTES", EdgeSettings().spool_max_bytes))
+    assert size_bytes >= 2 * spool_max_bytes
+
+
+def test_edge_has_a_headless_governing_service_and_envoy_a_cluster_ip_one() -> None:
+    services = of_kind(base_documents(), "Service")
+    governing = services[edge()["spec"]["serviceName"]]
+    assert governing["spec"]["clusterIP"] == "None"
+    assert governing["spec"]["selector"].items() <= pod_template(edge())["metadata"]["labels"].items()
+    assert "clusterIP" not in services["edge"]["spec"], "Envoy's upstream balances over one virtual IP"
+
+
+def test_edge_waits_for_an_empty_spool_within_its_grace_period() -> None:
+    statefulset = edge()
+    (container,) = containers(statefulset)
+    command = container["lifecycle"]["preStop"]["exec"]["command"]
+    assert command[:3] == ["python", HEALTHCHECK_IN_IMAGE, "spool-drained"]
+    url, options = command[3], command[4:]
+    http_port = next(port["containerPort"] for port in container["ports"] if port["name"] == "http")
+    assert url == f"http://127.0.0.1:{http_port}/metrics"
+    assert http_port == int(config_map()["ALERTS_EDGE_PORT"])
+    assert options[0] == "--wait"
+    uvicorn_shutdown_seconds = server_options(EdgeSettings())["timeout_graceful_shutdown"]
+    grace_seconds = pod_template(statefulset)["spec"]["terminationGracePeriodSeconds"]
+    assert float(options[1]) + uvicorn_shutdown_seconds < grace_seconds
+    assert float(options[1]) >= 60, "a drain after an outage needs time"
+
+
+def test_audit_prune_runs_daily_one_at_a_time() -> None:
+    (cronjob,) = of_kind(base_documents(), "CronJob").values()
+    assert re.fullmatch(r"\d+ \d+ \* \* \*", cronjob["spec"]["schedule"]), "once a day at a fixed time"
+    assert cronjob["spec"]["concurrencyPolicy"] == "Forbid"
+    (container,) = containers(cronjob)
+    assert alerts_command(container["args"]) == ("audit", "prune")
+    assert pod_template(cronjob)["spec"]["restartPolicy"] in {"Never", "OnFailure"}

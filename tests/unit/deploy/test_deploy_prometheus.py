@@ -1,12 +1,15 @@
 """deploy/prometheus/alerts.yml and deploy/grafana/dashboard.json use only metrics the services export."""
 
 import json
+import math
 import re
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+
+from edge.settings import EdgeSettings
 
 DEPLOY_DIR = Path(__file__).resolve().parents[3] / "deploy"
 COUNTERS_AND_GAUGES = {
@@ -106,6 +109,21 @@ def test_thresholds_match_the_issue() -> None:
     assert "histogram_quantile(0.99" in expressions["AlertsWebhookLatencyHigh"]
     assert expressions["AlertsWebhookLatencyHigh"].endswith("> 0.5")
     assert "> 0.10" in expressions["AlertsCaptureFailureRate"]
+
+
+def test_spool_not_draining_fires_after_ten_minutes_pending() -> None:
+    (rule,) = [rule for rule in rules() if rule["alert"] == "AlertsSpoolNotDraining"]
+    assert " ".join(rule["expr"].split()) == "alerts_spool_pending > 0"
+    assert rule["for"] == "10m"
+    assert "poison" in rule["annotations"]["description"]
+
+
+def test_spool_large_warns_before_the_edge_starts_refusing() -> None:
+    (rule,) = [rule for rule in rules() if rule["alert"] == "AlertsSpoolLarge"]
+    series, threshold = " ".join(rule["expr"].split()).split(" > ")
+    assert series == "alerts_spool_bytes"
+    threshold_bytes = math.prod(int(factor) for factor in threshold.split(" * "))
+    assert 0 < threshold_bytes < EdgeSettings().spool_max_bytes, "past spool_max_bytes the edge answers 503"
 
 
 def test_dashboard_reads_only_exported_metrics_and_shows_every_one() -> None:

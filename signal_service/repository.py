@@ -81,6 +81,30 @@ def _values(row: Any) -> dict[str, Any]:
     }
 
 
+@dataclass(frozen=True, slots=True)
+class WebhookUserRow:
+    id: uuid.UUID
+    plan: str
+    webhook_enabled: bool
+    ip_allowlist: list[str]
+
+
+_USER_BY_TOKEN_HASH = (
+    sa.select(User.id, User.plan, User.webhook_enabled, UserConfig.ip_allowlist)
+    .join(UserConfig, UserConfig.user_id == User.id)
+    .where(
+        sa.or_(
+            User.webhook_token_hash == sa.bindparam("token_hash"),
+            sa.and_(
+                User.previous_token_hash == sa.bindparam("token_hash"),
+                User.previous_token_expires_at > sa.bindparam("now"),
+            ),
+        )
+    )
+    .limit(1)
+)
+
+
 class UserRepository:
     def __init__(self, session: AsyncSession) -> None:
         self.session = session
@@ -106,20 +130,14 @@ class UserRepository:
         row = (await self.session.execute(statement)).one_or_none()
         return (row[0], row[1]) if row else None
 
-    async def find_by_token_hash(self, token_hash: str, now: datetime) -> tuple[User, UserConfig] | None:
-        """The user whose current token, or previous token still in its grace period, has this hash."""
-        statement = (
-            sa.select(User, UserConfig)
-            .join(UserConfig, UserConfig.user_id == User.id)
-            .where(
-                sa.or_(
-                    User.webhook_token_hash == token_hash,
-                    sa.and_(User.previous_token_hash == token_hash, User.previous_token_expires_at > now),
-                )
-            )
-        )
-        row = (await self.session.execute(statement)).first()
-        return (row[0], row[1]) if row else None
+    async def find_by_token_hash(self, token_hash: str, now: datetime) -> WebhookUserRow | None:
+        """The user whose current token, or previous token still in its grace period, has this hash.
+
+        Plain columns on the session's connection: no ORM objects to build for the one read intake makes.
+        """
+        connection = await self.session.connection()
+        row = (await connection.execute(_USER_BY_TOKEN_HASH, {"token_hash": token_hash, "now": now})).first()
+        return WebhookUserRow(*row) if row else None
 
     async def lock(self, user_id: uuid.UUID) -> User | None:
         """Locks the user row until commit: a user's quota and event sequence change one writer at a time."""

@@ -6,6 +6,7 @@ end; messages for the broker are written to the outbox in that same transaction 
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import json
@@ -211,6 +212,7 @@ class WebhookIngestor:
         self._backlog = backlog
         self._on_commit = on_commit or (lambda: None)
         self._users = WebhookUserCache(settings.webhook_user_cache_seconds)
+        self._relay_kick_pending = False
 
     async def ingest(self, command: IngestCommand) -> IngestResult:
         started = time.perf_counter()
@@ -274,12 +276,11 @@ class WebhookIngestor:
         if found is None:
             await self._limit_unknown_source(command)
             raise NotFoundError("unknown webhook", reason="UNKNOWN_TOKEN")
-        user, config = found
         read = WebhookUser(
-            id=user.id,
-            plan=user.plan,
-            webhook_enabled=user.webhook_enabled,
-            ip_allowlist=tuple(config.ip_allowlist),
+            id=found.id,
+            plan=found.plan,
+            webhook_enabled=found.webhook_enabled,
+            ip_allowlist=tuple(found.ip_allowlist),
         )
         self._users.put(token_hash, read)
         return read
@@ -381,8 +382,8 @@ class WebhookIngestor:
             )
         assert stored.signal_id is not None
         duplicate = stored.outcome == "duplicate"
-        if not duplicate:
-            self._on_commit()
+        if not duplicate and row.outbox is not None:
+            self._kick_relay()
         status = ScreenshotStatus(stored.screenshot_status)
         pending = status == ScreenshotStatus.PENDING
         return IngestResult(
@@ -391,6 +392,18 @@ class WebhookIngestor:
             estimated_wait_seconds=self._estimate_wait(user.plan) if pending else 0,
             duplicate=duplicate,
         )
+
+    def _kick_relay(self) -> None:
+        """Wakes the outbox relay for the capture job just committed, once per short window: under load a
+        relay pass per webhook costs more than the webhook, while one per window sends them all together."""
+        if self._relay_kick_pending:
+            return
+        self._relay_kick_pending = True
+        asyncio.get_running_loop().call_later(self._settings.outbox_kick_delay_seconds, self._send_kick)
+
+    def _send_kick(self) -> None:
+        self._relay_kick_pending = False
+        self._on_commit()
 
     def _estimate_wait(self, plan: str) -> int:
         per_capture = self._settings.capture_seconds_estimate

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -44,6 +45,47 @@ def top_frames(collapsed: Path, limit: int) -> list[tuple[str, float]]:
     return [(frame, round(100 * count / max(total, 1), 1)) for frame, count in inclusive.most_common(limit)]
 
 
+# Where a sample is counted: the first of these found in its stack, searched in this order.
+PHASES = (
+    "RateLimiter",
+    "WebhookRepository",
+    "WebhookIngestor._read_user",
+    "parse_alert",
+    "WebhookIngestor",
+    "SignalServicer",
+    "_ServerInterceptor",
+    "_wrap_handler",
+    "OutboxRelay",
+    "EventHub",
+    "AuditWriter",
+    "read_body",
+    "InterceptedUnaryUnaryCall",
+    "UnaryUnaryCall",
+    "receive_webhook",
+    "RequestResponseCycle",
+    "HttpToolsProtocol",
+    "greenlet_spawn",
+    "Thread._bootstrap",
+    "Runner.run",
+)
+
+
+def phases(collapsed: Path) -> dict[str, float]:
+    """Share of samples per phase; "Runner.run" alone is the event loop's own C code (I/O, gRPC core)."""
+    shares: Counter[str] = Counter()
+    total = 0
+    for line in collapsed.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        frames = [frame.split(" (")[0] for frame in stack.split(";")]
+        total += int(count)
+        phase = next(
+            (name for name in PHASES if any(frame.startswith(name) for frame in frames)),
+            "other: " + frames[-1],
+        )
+        shares[phase] += int(count)
+    return {name: round(100 * count / max(total, 1), 1) for name, count in shares.most_common(16)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -54,6 +96,7 @@ def main() -> None:
     parser.add_argument("--top", type=int, default=45)
     parser.add_argument("--out-dir", type=Path, default=Path(tempfile.gettempdir()))
     parser.add_argument("--signal-workers", type=int, default=1)
+    parser.add_argument("--summary", type=Path, default=None, help="also write the JSON summary here")
     options = parser.parse_args()
     options.out_dir.mkdir(parents=True, exist_ok=True)
     extra_env = {**unlimited_plans_env(), "ALERTS_SIGNAL_WORKERS": str(options.signal_workers)}
@@ -107,11 +150,15 @@ def main() -> None:
         "cpu_ms_per_request": {
             name: round(seconds * 1000 / result["requests"], 3) for name, seconds in meter.used.items()
         },
+        "load_average": [round(value, 2) for value in os.getloadavg()],
+        "phase_percent": {name: phases(options.out_dir / f"profile_{name}.collapsed") for name in pids},
         "top_inclusive_percent": {
             name: top_frames(options.out_dir / f"profile_{name}.collapsed", options.top) for name in pids
         },
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
     }
+    if options.summary:
+        options.summary.write_text(json.dumps(report, indent=1, ensure_ascii=False) + "\n")
     print(json.dumps(report, indent=1, ensure_ascii=False))
 
 

@@ -1,0 +1,107 @@
+"""`make bench`: every benchmark, one result JSON each under bench/results/, then docs/PERFORMANCE.md.
+
+Each benchmark runs as its own process with a time limit. bench_ingest.py writes its own JSON; the others
+print theirs (or text), which is kept with the commit, machine, load and command around it. Benchmarks
+that are absent are skipped and the report says so. Runs in well under 10 minutes on 2 cores.
+
+    .venv/bin/python bench/run_all.py            # everything
+    .venv/bin/python bench/run_all.py --only ingest parser
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from meta import load_average, record
+from report import write_report
+
+BENCH = Path(__file__).resolve().parent
+RESULTS = BENCH / "results"
+
+# name -> (script, arguments, time limit in seconds)
+BENCHMARKS: dict[str, tuple[str, list[str], float]] = {
+    "ingest": ("bench_ingest.py", ["--out", str(RESULTS / "ingest.json")], 420),
+    "profile": (
+        "profile_ingest.py",
+        ["--rate", "100", "--seconds", "10", "--summary", str(RESULTS / "profile_summary.json")],
+        90,
+    ),
+    "capture": ("bench_capture.py", ["--captures", "40", "--concurrency", "3"], 120),
+    "stream": ("bench_stream.py", ["--subscribers", "100", "--writes", "300", "--idle", "1000"], 180),
+    "webhook_sequential": ("bench_webhook.py", ["--posts", "300"], 90),
+    "parser": ("bench_parser.py", ["--rounds", "3", "--messages", "5000"], 60),
+    "storage": ("bench_storage.py", ["--rounds", "50"], 60),
+}
+
+# Benchmarks that write their own result file; run_all keeps only the run's envelope beside it.
+FILE_RESULTS = {"ingest": "ingest.json", "profile": "profile_summary.json"}
+
+
+def parse_output(stdout: str) -> dict[str, Any]:
+    """The benchmark's JSON when it printed one, else its text."""
+    start = stdout.find("{")
+    if start >= 0:
+        try:
+            return json.loads(stdout[start:])
+        except json.JSONDecodeError:
+            pass
+    return {"text": stdout.strip()}
+
+
+def run_one(name: str, script: str, arguments: list[str], limit: float) -> dict[str, Any]:
+    command = [sys.executable, str(BENCH / script), *arguments]
+    envelope = record({"arguments": arguments, "time_limit_s": limit})
+    envelope["command"] = " ".join([".venv/bin/python", f"bench/{script}", *arguments])
+    started = time.perf_counter()
+    try:
+        done = subprocess.run(
+            command, capture_output=True, text=True, timeout=limit, check=False, cwd=BENCH.parent
+        )
+    except subprocess.TimeoutExpired as exc:
+        envelope.update(status="timeout", stderr=(exc.stderr or b"")[-2000:].decode(errors="replace"))
+        return envelope
+    envelope["wall_s"] = round(time.perf_counter() - started, 1)
+    envelope["load_average_at_end"] = load_average()
+    if done.returncode != 0:
+        envelope.update(status=f"exit {done.returncode}", stderr=done.stderr[-3000:])
+        return envelope
+    envelope["status"] = "ok"
+    if name in FILE_RESULTS:
+        envelope["result"] = {"file": FILE_RESULTS[name]}
+    else:
+        envelope["result"] = parse_output(done.stdout)
+    return envelope
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--only", nargs="*", choices=sorted(BENCHMARKS), default=None)
+    options = parser.parse_args()
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    for name, (script, arguments, limit) in BENCHMARKS.items():
+        if options.only is not None and name not in options.only:
+            continue
+        if not (BENCH / script).exists():
+            print(f"-- {name}: bench/{script} is absent; skipped", flush=True)
+            continue
+        print(f"-- {name}: bench/{script} {' '.join(arguments)} (load {load_average()})", flush=True)
+        envelope = run_one(name, script, arguments, limit)
+        print(f"   {envelope['status']} in {envelope.get('wall_s', limit)} s", flush=True)
+        target = RESULTS / (f"{name}_run.json" if name in FILE_RESULTS else f"{name}.json")
+        target.write_text(json.dumps(envelope, indent=2) + "\n")
+    report = write_report(RESULTS, BENCH.parent / "docs")
+    print(f"-- wrote {report} in {time.perf_counter() - started:.0f} s total")
+
+
+if __name__ == "__main__":
+    main()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import ClassVar
 
 from pydantic import Field, model_validator
 
@@ -11,6 +12,8 @@ from mesh.settings import CommonSettings
 
 
 class CaptureSettings(CommonSettings):
+    required_in_production: ClassVar[tuple[str, ...]] = ("redis_url", "service_api_key", "cookie_keys")
+
     # Chromium to drive; empty picks Playwright's bundled browser when installed, else the system one.
     chromium_path: Path | None = None
     # Jobs one worker process runs at once (Dramatiq worker threads sharing one Chromium).

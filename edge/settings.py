@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import ipaddress
 from functools import lru_cache
-from typing import Annotated
+from typing import Annotated, ClassVar
 
 from pydantic import Field, field_validator
 from pydantic_settings import NoDecode
@@ -11,6 +11,8 @@ from mesh.settings import CommonSettings
 
 
 class EdgeSettings(CommonSettings):
+    required_in_production: ClassVar[tuple[str, ...]] = ("service_api_key", "media_signing_key")
+
     # Networks whose X-Forwarded-For is believed (a load balancer, Envoy); empty trusts nobody.
     trusted_proxies: Annotated[list[str], NoDecode] = Field(default_factory=list)
     # TradingView gives up after 3 s: answer well within that, or spool and answer 202.

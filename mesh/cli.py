@@ -56,10 +56,10 @@ def _serve(target: str, options: argparse.Namespace) -> int:
 
 def _migrate(options: argparse.Namespace) -> int:
     from signal_service.migrate import upgrade
-    from signal_service.settings import get_settings
+    from signal_service.settings import DatabaseJobSettings
 
     configure_logging("migrate")
-    settings = get_settings()
+    settings = DatabaseJobSettings()
     upgrade(settings.database_url)
     log.info("migrations applied")
     return 0
@@ -207,10 +207,10 @@ def _keys_generate(options: argparse.Namespace) -> int:
 def _audit_prune(options: argparse.Namespace) -> int:
     from signal_service.audit import prune_audit_log
     from signal_service.database import Database, create_engine
-    from signal_service.settings import get_settings
+    from signal_service.settings import DatabaseJobSettings
 
     configure_logging("audit")
-    settings = get_settings()
+    settings = DatabaseJobSettings()
     retention_days = options.retention_days or settings.audit_retention_days
 
     async def prune() -> int:

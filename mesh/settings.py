@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import secrets
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal
 
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -23,6 +23,10 @@ def _split_commas(value: object) -> object:
 
 class CommonSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="ALERTS_", extra="ignore", frozen=True)
+
+    # What this process cannot run without in production; each service names its own, so that a
+    # secret only reaches the processes that use it (the internet-facing edge never holds cookie keys).
+    required_in_production: ClassVar[tuple[str, ...]] = ()
 
     env: Literal["dev", "production"] = "dev"
     # Empty means "use the embedded server"; only `alerts dev`/`demo` start one and then set these.
@@ -68,16 +72,7 @@ class CommonSettings(BaseSettings):
     def _require_secrets_outside_dev(self) -> CommonSettings:
         if self.env == "production":
             missing = [
-                name
-                for name, value in (
-                    ("ALERTS_DATABASE_URL", self.database_url),
-                    ("ALERTS_REDIS_URL", self.redis_url),
-                    ("ALERTS_API_KEYS", self.api_keys),
-                    ("ALERTS_SERVICE_API_KEY", self.service_api_key),
-                    ("ALERTS_COOKIE_KEYS", self.cookie_keys),
-                    ("ALERTS_MEDIA_SIGNING_KEY", self.media_signing_key),
-                )
-                if not value
+                f"ALERTS_{name.upper()}" for name in self.required_in_production if not getattr(self, name)
             ]
             if missing:
                 raise ValueError(f"production requires {', '.join(missing)}")

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import ClassVar
 
 from pydantic import BaseModel, Field, field_validator
 
@@ -24,7 +25,28 @@ def _default_plan_limits() -> dict[str, PlanLimits]:
     }
 
 
-class SignalSettings(CommonSettings):
+def _default_retention_days() -> dict[str, float]:
+    return {"free": 30, "basic": 90, "pro": 180, "premium": 365}
+
+
+class DatabaseJobSettings(CommonSettings):
+    """For one-off jobs on the database (`alerts migrate`, `alerts audit prune`): the database is all
+    they need, so their pods get no other secret."""
+
+    required_in_production: ClassVar[tuple[str, ...]] = ("database_url",)
+    # `alerts audit prune` deletes audit rows older than this.
+    audit_retention_days: int = Field(default=90, ge=1)
+
+
+class SignalSettings(DatabaseJobSettings):
+    required_in_production: ClassVar[tuple[str, ...]] = (
+        "database_url",
+        "redis_url",
+        "api_keys",
+        "service_api_key",
+        "cookie_keys",
+    )
+
     max_body_bytes: int = 64 * 1024
     indicators_path: Path | None = None
     # An identical body from the same user within this window is a TradingView re-send, not a new alert.
@@ -39,8 +61,6 @@ class SignalSettings(CommonSettings):
     # touching real users, whose known tokens never count against it.
     unknown_token_rate_per_second: float = Field(default=5.0, gt=0)
     unknown_token_burst: int = Field(default=20, ge=1)
-    # `alerts audit prune` deletes audit rows older than this.
-    audit_retention_days: int = Field(default=90, ge=1)
     # The rough time one capture takes, for the estimated_wait in webhook answers.
     capture_seconds_estimate: float = 6.0
     # Captures running at once across all workers, for the same estimate.
@@ -55,11 +75,43 @@ class SignalSettings(CommonSettings):
     # Deliveries of one capture (Dramatiq's first try and its 3 retries) before a lost worker means FAILED.
     capture_max_attempts: int = 4
     sweep_interval_seconds: float = 30.0
+    # A PENDING capture with no outbox row this old lost its queue message (e.g. Redis restarted empty).
+    capture_pending_stale_after_seconds: int = 1800
+    # TradingView session checks (signal_service/sessions.py). A user with stored cookies and a signal in
+    # the last `session_check_active_days` is checked once per interval; a check that was queued but gave
+    # no result is queued again after the spacing at the earliest, so no user is checked more often than
+    # once per spacing by the scheduler.
+    session_check_interval_seconds: float = Field(default=86_400.0, gt=0)
+    session_check_min_spacing_seconds: float = Field(default=3_600.0, gt=0)
+    session_check_active_days: float = Field(default=7.0, gt=0)
+    session_check_tick_seconds: float = Field(default=60.0, gt=0)
+    session_check_batch_size: int = Field(default=200, ge=1)
+    # A claimed check without a result for this long is given up (its worker died): another may start.
+    # Covers one attempt and its retry backoff (ALERTS_CAPTURE_TIME_LIMIT_SECONDS, capture backoff).
+    session_check_lease_seconds: float = Field(default=120.0, gt=0)
+    # SetTradingViewSession waits this long for the new cookies' check when a capture worker is alive;
+    # after that (or with no worker) it answers with the session not yet checked. 0 never waits.
+    session_check_wait_seconds: float = Field(default=20.0, ge=0)
+    # New cookies re-queue the user's captures that failed for an invalid session, for signals this recent.
+    session_requeue_window_seconds: float = Field(default=86_400.0, ge=0)
+    # Screenshot retention in days by plan (signal_service/retention.py), e.g.
+    # ALERTS_SCREENSHOT_RETENTION_DAYS='{"free": 14}'; plans left out keep their defaults.
+    screenshot_retention_days: dict[str, float] = Field(default_factory=_default_retention_days)
+    retention_interval_seconds: float = Field(default=3_600.0, gt=0)
+    retention_batch_size: int = Field(default=100, ge=1)
+    storage_usage_refresh_seconds: float = Field(default=300.0, gt=0)
 
     @field_validator("plan_limits", mode="after")
     @classmethod
     def _every_plan_has_limits(cls, value: dict[str, PlanLimits]) -> dict[str, PlanLimits]:
         return _default_plan_limits() | value
+
+    @field_validator("screenshot_retention_days", mode="after")
+    @classmethod
+    def _every_plan_has_retention(cls, value: dict[str, float]) -> dict[str, float]:
+        if any(days <= 0 for days in value.values()):
+            raise ValueError("retention days must be positive")
+        return _default_retention_days() | value
 
 
 @lru_cache

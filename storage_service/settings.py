@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import SecretStr, model_validator
 
@@ -12,6 +12,8 @@ from mesh.settings import CommonSettings
 
 
 class StorageSettings(CommonSettings):
+    required_in_production: ClassVar[tuple[str, ...]] = ("api_keys", "media_signing_key")
+
     storage_backend: Literal["local", "gcs", "s3"] = "local"
     # A public bucket or a CDN in front of the gcs or s3 backend: URLs become "{base}/{key}" and never
     # expire, and objects are written with the Cache-Control below so that the CDN keeps them.

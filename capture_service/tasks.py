@@ -20,6 +20,9 @@ other, so a premium job waits for at most one running job per thread, however ma
 ahead of it. Without backlog the order does not matter. A message for an unknown actor name is
 dead-lettered by Dramatiq and logged as an error, so a mismatch shows up at once.
 
+TradingView session checks (capture_service/session_check.py) run on the same workers from the queue
+``capture.session_check`` with priority 100, after every capture.
+
 The job
 -------
 Actors take the signal id only; everything else comes from ``SignalService.ClaimCapture``, which also
@@ -184,7 +187,7 @@ class CaptureWorker:
         signal = claim.signal
         log.info("capture started", extra={"signal_id": signal_id, "attempt": attempt})
         try:
-            session = self._session(claim.tradingview_session_ciphertext)
+            session = self.decrypt_session(claim.tradingview_session_ciphertext)
             url = chart_url(self.settings.tradingview_url, claim.chart_id, signal.ticker, signal.interval)
             shot = await capture_chart(
                 self.pool, url, session, timeout_seconds=self.settings.capture_timeout_seconds
@@ -255,6 +258,12 @@ class CaptureWorker:
             )
         )
 
+    @property
+    def signals(self) -> signal_service_pb2_grpc.SignalServiceStub:
+        """The SignalService stub, once started."""
+        assert self._signals is not None, "CaptureWorker.start() has not run"
+        return self._signals
+
     async def _claim(self, signal_id: str, attempt: int) -> signal_service_pb2.ClaimCaptureResponse | None:
         assert self._signals is not None
         request = signal_service_pb2.ClaimCaptureRequest(
@@ -284,7 +293,7 @@ class CaptureWorker:
                 return
             raise SignalServiceUnavailableError(f"ReportCapture failed: {error.code.name} {error}") from exc
 
-    def _session(self, ciphertext: bytes) -> TradingViewSession:
+    def decrypt_session(self, ciphertext: bytes) -> TradingViewSession:
         if not ciphertext:
             raise SessionMissingError("the user has no TradingView session configured")
         try:

@@ -129,12 +129,25 @@ class OutcomeIn:
 
 
 @dataclass
+class TradingViewSessionOut:
+    """The state of the user's TradingView cookies; `valid` means something only when `checked`."""
+
+    configured: bool
+    checked: bool
+    valid: bool
+    checked_at: datetime | None
+    changed_at: datetime | None
+
+
+@dataclass
 class EventOut:
     cursor: str
     type: EventTypeName
     user_id: str
     occurred_at: datetime | None
     signal: SignalOut | None
+    # Set on tradingview_session_updated events.
+    tradingview_session: TradingViewSessionOut | None = None
 
 
 @dataclass
@@ -186,6 +199,19 @@ def event_out(event: resources_pb2.SignalEvent) -> EventOut:
         user_id=event.user_id,
         occurred_at=_time(event.occurred_at, event.HasField("occurred_at")),
         signal=signal_out(event.signal) if event.HasField("signal") else None,
+        tradingview_session=session_out(event.tradingview_session)
+        if event.HasField("tradingview_session")
+        else None,
+    )
+
+
+def session_out(session: resources_pb2.TradingViewSession) -> TradingViewSessionOut:
+    return TradingViewSessionOut(
+        configured=session.configured,
+        checked=session.checked,
+        valid=session.valid,
+        checked_at=_time(session.checked_at, session.HasField("checked_at")),
+        changed_at=_time(session.changed_at, session.HasField("changed_at")),
     )
 
 

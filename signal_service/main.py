@@ -30,6 +30,7 @@ from signal_service.events import EventFeed, EventHub, listener_dsn
 from signal_service.outbox import OutboxRelay
 from signal_service.parsing import load_indicator_catalog
 from signal_service.ratelimit import RateLimiter
+from signal_service.retention import RetentionJob
 from signal_service.service import (
     CaptureCoordinator,
     QueueBacklog,
@@ -39,6 +40,7 @@ from signal_service.service import (
     WebhookIngestor,
 )
 from signal_service.servicer import SignalServicer, UserServicer
+from signal_service.sessions import SessionChecks, SessionCheckScheduler
 from signal_service.settings import SignalSettings, get_settings
 from signal_service.status import StatusReporter
 from signal_service.storage_links import ScreenshotLinks
@@ -62,6 +64,8 @@ class SignalApp:
     relay: OutboxRelay
     events: EventHub
     captures: CaptureCoordinator
+    session_scheduler: SessionCheckScheduler
+    retention: RetentionJob
     signal_servicer: SignalServicer
     user_servicer: UserServicer
 
@@ -72,6 +76,10 @@ class SignalApp:
         self.relay.start()
         self.events.start()
         self.background.append(asyncio.create_task(self._sweep_forever(), name="capture-sweeper"))
+        self.background.append(
+            asyncio.create_task(self.session_scheduler.run_forever(), name="session-check-scheduler")
+        )
+        self.background.append(asyncio.create_task(self.retention.run_forever(), name="screenshot-retention"))
 
     async def _sweep_forever(self) -> None:
         while True:
@@ -126,8 +134,14 @@ async def signal_app(settings: SignalSettings) -> AsyncIterator[SignalApp]:
         on_commit=relay.kick,
     )
     captures = CaptureCoordinator(database=database, settings=settings, on_commit=relay.kick)
+    storage = storage_service_pb2_grpc.StorageServiceStub(storage_channel)
+    sessions = SessionChecks(
+        database=database, settings=settings, redis=redis, workers_key=capture_workers_key(settings)
+    )
     app = SignalApp(
         captures=captures,
+        session_scheduler=SessionCheckScheduler(database=database, settings=settings, on_commit=relay.kick),
+        retention=RetentionJob(database=database, settings=settings, storage=storage),
         settings=settings,
         database=database,
         redis=redis,
@@ -138,18 +152,23 @@ async def signal_app(settings: SignalSettings) -> AsyncIterator[SignalApp]:
             ingestor=ingestor,
             reader=SignalReader(database),
             captures=captures,
-            links=ScreenshotLinks(
-                storage_service_pb2_grpc.StorageServiceStub(storage_channel),
-                ttl_seconds=settings.screenshot_url_ttl_seconds,
-            ),
+            links=ScreenshotLinks(storage, ttl_seconds=settings.screenshot_url_ttl_seconds),
             status=StatusReporter(
                 database=database, redis=redis, backlog=backlog, workers_key=capture_workers_key(settings)
             ),
             outcomes=SignalOutcomes(database),
             feed=EventFeed(database=database, hub=events),
+            sessions=sessions,
         ),
         user_servicer=UserServicer(
-            UserManager(database=database, settings=settings, cipher=CookieCipher.from_settings(settings))
+            UserManager(
+                database=database,
+                settings=settings,
+                cipher=CookieCipher.from_settings(settings),
+                captures=captures,
+                sessions=sessions,
+                on_commit=relay.kick,
+            )
         ),
     )
     try:

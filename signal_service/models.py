@@ -72,6 +72,13 @@ class User(SQLModel, table=True):
 
 class UserConfig(SQLModel, table=True):
     __tablename__ = "user_config"
+    __table_args__ = (
+        sa.Index(
+            "ix_user_config_session_checked",
+            "tv_cookies_checked_at",
+            postgresql_where=sa.text("tv_session_ciphertext IS NOT NULL"),
+        ),
+    )
 
     user_id: uuid.UUID = Field(
         sa_column=sa.Column(
@@ -90,6 +97,13 @@ class UserConfig(SQLModel, table=True):
     tv_cookies_valid: bool | None = Field(default=None, sa_column=sa.Column(sa.Boolean))
     tv_cookies_checked_at: datetime | None = Field(default=None, sa_column=_utc_column(nullable=True))
     tv_cookies_changed_at: datetime | None = Field(default=None, sa_column=_utc_column(nullable=True))
+    # When the stored cookies were set: a capture claimed before this used the previous ones.
+    tv_session_set_at: datetime | None = Field(default=None, sa_column=_utc_column(nullable=True))
+    # When a session check was last queued for this user, and when and by which job it was last claimed
+    # (see signal_service/sessions.py).
+    tv_check_requested_at: datetime | None = Field(default=None, sa_column=_utc_column(nullable=True))
+    tv_check_claimed_at: datetime | None = Field(default=None, sa_column=_utc_column(nullable=True))
+    tv_check_claimed_by: str | None = Field(default=None, sa_column=sa.Column(sa.Text))
     updated_at: datetime = Field(sa_column=_now_column())
 
 
@@ -148,6 +162,9 @@ class Screenshot(SQLModel, table=True):
             "ix_screenshots_stale_processing",
             "claimed_at",
             postgresql_where=sa.text("status = 'processing'"),
+        ),
+        sa.Index(
+            "ix_screenshots_completed_at", "completed_at", postgresql_where=sa.text("status = 'completed'")
         ),
     )
 

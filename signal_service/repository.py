@@ -545,3 +545,176 @@ class WebhookRepository:
         )
         assert record is not None
         return WebhookOutcome(*record)
+
+
+@dataclass(frozen=True, slots=True)
+class CheckTarget:
+    """The chart a session check opens: the user's latest signal's, else the user's default layout."""
+
+    chart_id: str
+    ticker: str
+    interval: str
+
+
+class SessionRepository:
+    """TradingView session state and check scheduling (signal_service/sessions.py)."""
+
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    async def try_lock(self, key: int) -> bool:
+        """A transaction-scoped advisory lock, or False at once when another transaction holds it."""
+        statement = sa.select(sa.func.pg_try_advisory_xact_lock(key))
+        return bool((await self.session.execute(statement)).scalar_one())
+
+    async def config(self, user_id: uuid.UUID) -> UserConfig | None:
+        statement = sa.select(UserConfig).where(UserConfig.user_id == user_id)
+        # A fresh read even when the unit of work saw the row before taking the user's lock.
+        statement = statement.execution_options(populate_existing=True)
+        return (await self.session.execute(statement)).scalar_one_or_none()
+
+    async def check_target(self, user_id: uuid.UUID, default_chart_id: str | None) -> CheckTarget:
+        statement = (
+            sa.select(Signal.chart_id, Signal.ticker, Signal.interval)
+            .where(Signal.user_id == user_id, Signal.ticker.is_not(None))
+            .order_by(Signal.created_at.desc())
+            .limit(1)
+        )
+        latest = (await self.session.execute(statement)).one_or_none()
+        if latest is None:
+            return CheckTarget(chart_id=default_chart_id or "", ticker="", interval="")
+        return CheckTarget(
+            chart_id=latest.chart_id or default_chart_id or "",
+            ticker=latest.ticker or "",
+            interval=latest.interval or "",
+        )
+
+    async def due_for_check(
+        self,
+        *,
+        checked_before: datetime,
+        requested_before: datetime,
+        claimed_before: datetime,
+        active_since: datetime,
+        limit: int,
+    ) -> list[uuid.UUID]:
+        """Users with stored cookies, a signal since `active_since`, no result since `checked_before`, no
+        check queued since `requested_before` and none claimed since `claimed_before` still without its
+        result; least recently checked first, locked until commit."""
+        active = sa.exists().where(Signal.user_id == UserConfig.user_id, Signal.created_at >= active_since)
+        running = sa.and_(
+            UserConfig.tv_check_claimed_at >= claimed_before,
+            sa.or_(
+                UserConfig.tv_cookies_checked_at.is_(None),
+                UserConfig.tv_cookies_checked_at < UserConfig.tv_check_claimed_at,
+            ),
+        )
+        statement = (
+            sa.select(UserConfig.user_id)
+            .where(
+                UserConfig.tv_session_ciphertext.is_not(None),
+                sa.or_(
+                    UserConfig.tv_cookies_checked_at.is_(None),
+                    UserConfig.tv_cookies_checked_at < checked_before,
+                ),
+                sa.or_(
+                    UserConfig.tv_check_requested_at.is_(None),
+                    UserConfig.tv_check_requested_at < requested_before,
+                ),
+                sa.not_(sa.func.coalesce(running, False)),
+                active,
+            )
+            .order_by(UserConfig.tv_cookies_checked_at.asc().nulls_first(), UserConfig.user_id)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
+        return list((await self.session.execute(statement)).scalars())
+
+    async def mark_check_requested(self, user_ids: Sequence[uuid.UUID], now: datetime) -> None:
+        if user_ids:
+            await self.session.execute(
+                sa.update(UserConfig)
+                .where(UserConfig.user_id.in_(user_ids))
+                .values(tv_check_requested_at=now)
+            )
+
+    async def failed_captures(
+        self, user_id: uuid.UUID, *, error: str, created_since: datetime, limit: int
+    ) -> list[SignalRow]:
+        """The user's FAILED captures with this error for signals since `created_since`, oldest first."""
+        statement = (
+            sa.select(Signal, Screenshot)
+            .join(Screenshot, Screenshot.signal_id == Signal.id)
+            .where(
+                Signal.user_id == user_id,
+                Signal.created_at >= created_since,
+                Screenshot.status == ScreenshotStatus.FAILED,
+                Screenshot.error == error,
+            )
+            .order_by(Signal.created_at, Signal.id)
+            .limit(limit)
+            .with_for_update(of=Signal, skip_locked=True)
+        )
+        return [SignalRow(row[0], row[1]) for row in await self.session.execute(statement)]
+
+
+@dataclass(frozen=True, slots=True)
+class ExpiringScreenshot:
+    signal_id: uuid.UUID
+    user_id: uuid.UUID
+    object_key: str
+
+
+@dataclass(frozen=True, slots=True)
+class PlanStorage:
+    bytes: int
+    objects: int
+
+
+class RetentionRepository:
+    """Screenshots past their plan's retention, and stored bytes by plan (signal_service/retention.py)."""
+
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    async def expired(self, cutoffs: dict[str, datetime], limit: int) -> list[ExpiringScreenshot]:
+        """COMPLETED screenshots finished before their user's plan cutoff, oldest first, their signals
+        locked until commit (skipping any another transaction holds)."""
+        if not cutoffs:
+            return []
+        due = sa.or_(
+            *(
+                sa.and_(User.plan == plan, Screenshot.completed_at < cutoff)
+                for plan, cutoff in cutoffs.items()
+            )
+        )
+        statement = (
+            sa.select(Signal.id, Signal.user_id, Screenshot.object_key)
+            .join(Screenshot, Screenshot.signal_id == Signal.id)
+            .join(User, User.id == Signal.user_id)
+            .where(Screenshot.status == ScreenshotStatus.COMPLETED, due)
+            .order_by(Screenshot.completed_at)
+            .limit(limit)
+            .with_for_update(of=Signal, skip_locked=True)
+        )
+        return [
+            ExpiringScreenshot(signal_id=row[0], user_id=row[1], object_key=row[2] or "")
+            for row in await self.session.execute(statement)
+        ]
+
+    async def usage_by_plan(self) -> dict[str, PlanStorage]:
+        statement = (
+            sa.select(
+                User.plan,
+                sa.cast(sa.func.coalesce(sa.func.sum(Screenshot.size_bytes), 0), sa.BigInteger),
+                sa.func.count(),
+            )
+            .select_from(Screenshot)
+            .join(User, User.id == Screenshot.user_id)
+            .where(Screenshot.status == ScreenshotStatus.COMPLETED)
+            .group_by(User.plan)
+        )
+        return {
+            row[0]: PlanStorage(bytes=int(row[1]), objects=int(row[2]))
+            for row in await self.session.execute(statement)
+        }

@@ -56,6 +56,7 @@ from signal_service.repository import (
     EventRepository,
     OutboxEntry,
     OutboxRepository,
+    SessionRepository,
     SignalFilter,
     SignalRepository,
     SignalRow,
@@ -63,6 +64,12 @@ from signal_service.repository import (
     UserStatsRow,
     WebhookIngest,
     WebhookRepository,
+)
+from signal_service.sessions import (
+    SESSION_INVALID_REASON,
+    SessionChecks,
+    record_capture_result,
+    record_renewal,
 )
 from signal_service.settings import SignalSettings
 
@@ -624,10 +631,23 @@ def webhook_url(settings: SignalSettings, token: str) -> str:
 
 
 class UserManager:
-    def __init__(self, *, database: Database, settings: SignalSettings, cipher: CookieCipher) -> None:
+    def __init__(
+        self,
+        *,
+        database: Database,
+        settings: SignalSettings,
+        cipher: CookieCipher,
+        captures: CaptureCoordinator | None = None,
+        sessions: SessionChecks | None = None,
+        on_commit: Any = None,
+    ) -> None:
         self._database = database
         self._settings = settings
         self._cipher = cipher
+        # Renewal re-queues failed captures and waits for the new cookies' check when these are given.
+        self._captures = captures
+        self._sessions = sessions
+        self._on_commit = on_commit or (lambda: None)
 
     async def create(
         self,
@@ -763,7 +783,8 @@ class UserManager:
         now = _utcnow()
         async with self._database.transaction() as session:
             repository = UserRepository(session)
-            if await repository.lock(parsed_id) is None:
+            user = await repository.lock(parsed_id)
+            if user is None:
                 raise NotFoundError("no such user", reason="USER_NOT_FOUND")
             await repository.update_config(
                 parsed_id,
@@ -771,7 +792,18 @@ class UserManager:
                 tv_cookies_valid=None,
                 tv_cookies_checked_at=None,
                 tv_cookies_changed_at=now,
+                tv_session_set_at=now,
+                tv_check_requested_at=now,
+                tv_check_claimed_at=None,
+                tv_check_claimed_by=None,
             )
+            # One check of the new cookies, and the captures the old ones failed, in this transaction.
+            await record_renewal(session, parsed_id)
+            if self._captures is not None:
+                await self._captures.requeue_session_failures(session, parsed_id, user.plan)
+        self._on_commit()
+        if self._sessions is not None:
+            await self._sessions.wait_for_first_check(parsed_id, now)
         return await self.get(user_id=user_id)
 
 
@@ -873,13 +905,53 @@ class CaptureCoordinator:
                 values |= {"error": (error or "unknown")[:500], "completed_at": now}
             else:
                 values |= {"claimed_at": now}
-            await signals.update_screenshot(parsed, **values)
-            await signals.update_signal(parsed, screenshot_status=status)
-            if status != current:
-                await self._event(session, row.signal.user_id, parsed, EventType.SCREENSHOT_UPDATED)
+            retry_with_new_session = await self._note_session_result(session, row, status, error, now)
+            if retry_with_new_session:
+                plans = await UserRepository(session).plans({row.signal.user_id})
+                await self._requeue(session, row, plans[row.signal.user_id])
+            else:
+                await signals.update_screenshot(parsed, **values)
+                await signals.update_signal(parsed, screenshot_status=status)
+                if status != current:
+                    await self._event(session, row.signal.user_id, parsed, EventType.SCREENSHOT_UPDATED)
             updated = await signals.get(parsed)
             assert updated is not None
+        if retry_with_new_session:
+            self._on_commit()
         return updated
+
+    async def _note_session_result(
+        self, session: Any, row: SignalRow, status: ScreenshotStatus, error: str, now: datetime
+    ) -> bool:
+        """Records what the capture showed about the user's TradingView session (signal_service/sessions.py).
+
+        True when it failed for an invalid session on cookies the user has replaced since it was claimed:
+        it is then queued again rather than failed.
+        """
+        assert row.screenshot is not None
+        invalid = status == ScreenshotStatus.FAILED and error == SESSION_INVALID_REASON
+        if not invalid and status != ScreenshotStatus.COMPLETED:
+            return False
+        used_stored_session = await record_capture_result(
+            session,
+            row.signal.user_id,
+            valid=not invalid,
+            claimed_at=row.screenshot.claimed_at,
+            now=now,
+            spacing=timedelta(seconds=self._settings.session_check_min_spacing_seconds),
+        )
+        return invalid and not used_stored_session
+
+    async def requeue_session_failures(self, session: Any, user_id: uuid.UUID, plan: str) -> int:
+        """Within the caller's transaction, re-queues the user's captures that failed for an invalid
+        session on recent signals (``session_requeue_window_seconds``), oldest first, on the plan's queue."""
+        since = _utcnow() - timedelta(seconds=self._settings.session_requeue_window_seconds)
+        rows = await SessionRepository(session).failed_captures(
+            user_id, error=SESSION_INVALID_REASON, created_since=since, limit=_RETRY_BATCH_LIMIT
+        )
+        for row in rows:
+            await self._requeue(session, row, plan)
+        return len(rows)
 
     async def failed(self, *, user_id: str, size: int, page_token: str) -> SignalPage:
         limit = page_size(size)

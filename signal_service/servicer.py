@@ -30,6 +30,7 @@ from signal_service.service import (
     WebhookIngestor,
     require_uuid,
 )
+from signal_service.sessions import SessionChecks
 from signal_service.status import StatusReporter
 from signal_service.storage_links import ScreenshotLinks
 
@@ -140,13 +141,27 @@ def user_to_proto(view: UserView) -> resources_pb2.User:
         quota_reset_at=timestamp(user.quota_reset_at),
         tradingview_session=resources_pb2.TradingViewSession(
             configured=config.tv_session_ciphertext is not None,
-            valid=bool(config.tv_cookies_valid),
+            checked=config.tv_cookies_checked_at is not None,
+            valid=bool(config.tv_cookies_valid) and config.tv_cookies_checked_at is not None,
             checked_at=timestamp(config.tv_cookies_checked_at),
             changed_at=timestamp(config.tv_cookies_changed_at),
         ),
         created_at=timestamp(user.created_at),
         updated_at=timestamp(user.updated_at),
     )
+
+
+def session_state_to_proto(state: dict) -> resources_pb2.TradingViewSession:
+    """A TRADINGVIEW_SESSION_UPDATED event's payload (signal_service.sessions.session_state)."""
+    message = resources_pb2.TradingViewSession(
+        configured=bool(state.get("configured")),
+        checked=bool(state.get("checked")),
+        valid=bool(state.get("valid")),
+    )
+    for name in ("checked_at", "changed_at"):
+        if state.get(name):
+            getattr(message, name).CopyFrom(timestamp(datetime.fromisoformat(state[name])))
+    return message
 
 
 def plan_from_proto(plan: int) -> str:
@@ -164,7 +179,9 @@ class SignalServicer(signal_service_pb2_grpc.SignalServiceServicer):
         status: StatusReporter,
         outcomes: SignalOutcomes,
         feed: EventFeed,
+        sessions: SessionChecks,
     ) -> None:
+        self._sessions = sessions
         self._outcomes = outcomes
         self._feed = feed
         self._status = status
@@ -198,6 +215,8 @@ class SignalServicer(signal_service_pb2_grpc.SignalServiceServicer):
             )
             if stored.row is not None:
                 message.signal.CopyFrom(by_id[str(stored.row.signal.id)])
+            if event.type == EventType.TRADINGVIEW_SESSION_UPDATED:
+                message.tradingview_session.CopyFrom(session_state_to_proto(event.payload or {}))
             messages.append(message)
         return messages
 
@@ -394,6 +413,31 @@ class SignalServicer(signal_service_pb2_grpc.SignalServiceServicer):
             active_workers=status.active_workers,
             outbox_backlog=status.outbox_backlog,
         )
+
+    async def ClaimSessionCheck(
+        self, request: signal_service_pb2.ClaimSessionCheckRequest, context: grpc.aio.ServicerContext
+    ) -> signal_service_pb2.ClaimSessionCheckResponse:
+        ensure_unscoped()
+        claim = await self._sessions.claim(request.user_id, request.check_id)
+        response = signal_service_pb2.ClaimSessionCheckResponse(
+            proceed=claim.proceed,
+            session_version=claim.version,
+            tradingview_session_ciphertext=claim.ciphertext,
+        )
+        if claim.target is not None:
+            response.chart_id = claim.target.chart_id
+            response.ticker = claim.target.ticker
+            response.interval = claim.target.interval
+        return response
+
+    async def ReportSessionCheck(
+        self, request: signal_service_pb2.ReportSessionCheckRequest, context: grpc.aio.ServicerContext
+    ) -> resources_pb2.User:
+        ensure_unscoped()
+        user, config = await self._sessions.report(
+            request.user_id, version=request.session_version, valid=request.valid
+        )
+        return user_to_proto(UserView(user, config))
 
 
 class UserServicer(user_service_pb2_grpc.UserServiceServicer):

@@ -223,12 +223,14 @@ class GetServiceStatusResponse(_message.Message):
     def __init__(self, database_ok: _Optional[bool] = ..., broker_ok: _Optional[bool] = ..., queue_length: _Optional[int] = ..., queue_lengths: _Optional[_Mapping[str, int]] = ..., active_workers: _Optional[int] = ..., outbox_backlog: _Optional[int] = ...) -> None: ...
 
 class ClaimSessionCheckRequest(_message.Message):
-    __slots__ = ("user_id", "worker_id")
+    __slots__ = ("user_id", "worker_id", "check_id")
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
+    CHECK_ID_FIELD_NUMBER: _ClassVar[int]
     user_id: str
     worker_id: str
-    def __init__(self, user_id: _Optional[str] = ..., worker_id: _Optional[str] = ...) -> None: ...
+    check_id: str
+    def __init__(self, user_id: _Optional[str] = ..., worker_id: _Optional[str] = ..., check_id: _Optional[str] = ...) -> None: ...
 
 class ClaimSessionCheckResponse(_message.Message):
     __slots__ = ("proceed", "session_version", "tradingview_session_ciphertext", "chart_id", "ticker", "interval")

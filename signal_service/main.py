@@ -105,7 +105,8 @@ async def signal_app(settings: SignalSettings) -> AsyncIterator[SignalApp]:
     if not settings.redis_url:
         raise RuntimeError("ALERTS_REDIS_URL is not set (only `alerts dev` provides an embedded one)")
     database = Database(create_engine(settings.database_url, pool_size=settings.database_pool_size))
-    redis = Redis.from_url(settings.redis_url)
+    # A hung Redis must not hold ingest past the edge's deadline: the rate limiter fails open instead.
+    redis = Redis.from_url(settings.redis_url, socket_timeout=1.0, socket_connect_timeout=1.0)
     broker = RedisBroker(url=settings.redis_url, namespace=dramatiq_namespace(settings), middleware=[])
     storage_channel = mesh_grpc.open_channel(
         settings.storage_addr,

@@ -309,6 +309,23 @@ class SignalRepository:
         )
         return [SignalRow(row[0], row[1]) for row in await self.session.execute(statement)]
 
+    async def stale_pending(self, updated_before: datetime, limit: int) -> list[SignalRow]:
+        """PENDING captures untouched for long with no outbox row left: their queue message was lost."""
+        in_outbox = (
+            sa.select(OutboxMessage.id)
+            .where(OutboxMessage.args.contains(sa.func.jsonb_build_array(sa.cast(Signal.id, sa.Text))))
+            .exists()
+        )
+        statement = (
+            self._with_screenshot()
+            .where(Screenshot.status == ScreenshotStatus.PENDING, Screenshot.updated_at < updated_before)
+            .where(~in_outbox)
+            .order_by(Screenshot.updated_at)
+            .limit(limit)
+            .with_for_update(of=Signal, skip_locked=True)
+        )
+        return [SignalRow(row[0], row[1]) for row in await self.session.execute(statement)]
+
     async def failed_for_update(self, *, ids: Sequence[uuid.UUID] | None, limit: int) -> list[SignalRow]:
         statement = self._with_screenshot().where(Screenshot.status == ScreenshotStatus.FAILED)
         if ids is not None:

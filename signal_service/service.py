@@ -982,17 +982,20 @@ class CaptureCoordinator:
         return requeued
 
     async def sweep_stale(self) -> int:
-        """Captures left PROCESSING by a worker that died go back to their queue, or fail for good."""
-        cutoff = _utcnow() - timedelta(seconds=self._settings.capture_stale_after_seconds)
-        swept = 0
+        """Captures whose worker died (left PROCESSING) or whose queue message was lost (left PENDING with
+        no outbox row) go back to their queue; a capture that already had every attempt fails for good.
+        Re-sending is safe: the capture actor does nothing for a capture that already finished."""
+        now = _utcnow()
+        processing_cutoff = now - timedelta(seconds=self._settings.capture_stale_after_seconds)
+        pending_cutoff = now - timedelta(seconds=self._settings.capture_pending_stale_after_seconds)
         async with self._database.transaction() as session:
             signals = SignalRepository(session)
-            rows = await signals.stale_processing(cutoff, limit=_RETRY_BATCH_LIMIT)
-            plans = await UserRepository(session).plans({row.signal.user_id for row in rows})
-            for row in rows:
+            processing = await signals.stale_processing(processing_cutoff, limit=_RETRY_BATCH_LIMIT)
+            pending = await signals.stale_pending(pending_cutoff, limit=_RETRY_BATCH_LIMIT)
+            plans = await UserRepository(session).plans({row.signal.user_id for row in processing + pending})
+            for row in processing:
                 assert row.screenshot is not None
                 if row.screenshot.attempts >= self._settings.capture_max_attempts:
-                    now = _utcnow()
                     await signals.update_screenshot(
                         row.signal.id, status=ScreenshotStatus.FAILED, error="WORKER_LOST", completed_at=now
                     )
@@ -1002,9 +1005,13 @@ class CaptureCoordinator:
                     )
                 else:
                     await self._requeue(session, row, plans[row.signal.user_id])
-                swept += 1
+            for row in pending:
+                await self._requeue(session, row, plans[row.signal.user_id])
+        swept = len(processing) + len(pending)
         if swept:
-            log.warning("stale captures swept", extra={"count": swept})
+            log.warning(
+                "stale captures swept", extra={"processing": len(processing), "pending": len(pending)}
+            )
             self._on_commit()
         return swept
 

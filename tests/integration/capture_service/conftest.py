@@ -1,23 +1,49 @@
-"""The chart stub served on a loopback port, and a browser pool on the test session's event loop."""
+"""The chart stub served on a loopback port, a browser pool on the test session's event loop, and what
+tests look for in the stub's pictures."""
 
 from __future__ import annotations
 
 import asyncio
+import io
 import socket
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
 import pytest
 import uvicorn
+from PIL import Image
 
 from capture_service.browser import BrowserPool
 from capture_service.chart_stub import create_chart_stub_app
 
 VIEWPORT = (1280, 720)
+# The stub's candle colours and the legend ("SYMBOL · INTERVAL · STUB") in the pane's top-left corner.
+CANDLE_UP = (0x26, 0xA6, 0x9A)
+CANDLE_DOWN = (0xEF, 0x53, 0x50)
+LEGEND_TEXT = (0x13, 0x17, 0x22)
+LEGEND_BOX = (0, 0, 420, 26)
+
+
+def picture(png: bytes) -> Image.Image:
+    return Image.open(io.BytesIO(png)).convert("RGB")
+
+
+def count(image: Image.Image, color: tuple[int, int, int]) -> int:
+    return sum(1 for pixel in image.get_flattened_data() if pixel == color)
+
+
+async def eventually(condition: Callable[[], bool], *, what: str, within: float) -> None:
+    """Waits for something another process does; fails the test when it does not happen in time."""
+    try:
+        async with asyncio.timeout(within):
+            while not condition():  # noqa: ASYNC110 - the condition depends on other processes
+                await asyncio.sleep(0.05)
+    except TimeoutError:
+        raise AssertionError(f"gave up after {within:g} s waiting for {what}") from None
 
 
 @dataclass

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import io
 import signal
 
 import psutil
@@ -19,22 +18,22 @@ from capture_service.errors import (
     ChartTimeoutError,
     SessionInvalidError,
 )
-from tests.integration.capture_service.conftest import VIEWPORT, ChartStub
+from tests.integration.capture_service.conftest import (
+    CANDLE_DOWN,
+    CANDLE_UP,
+    LEGEND_BOX,
+    LEGEND_TEXT,
+    VIEWPORT,
+    ChartStub,
+    count,
+    picture,
+)
 
 GOOD = TradingViewSession(sessionid="user-a-session", sessionid_sign="user-a-sign")
-CANDLE_UP = (0x26, 0xA6, 0x9A)
-CANDLE_DOWN = (0xEF, 0x53, 0x50)
-LEGEND_TEXT = (0x13, 0x17, 0x22)
-# The stub writes "SYMBOL · INTERVAL · STUB" in the pane's top-left corner.
-LEGEND_BOX = (0, 0, 420, 26)
 
 
 def pixels(shot: Screenshot) -> Image.Image:
-    return Image.open(io.BytesIO(shot.png)).convert("RGB")
-
-
-def count(image: Image.Image, color: tuple[int, int, int]) -> int:
-    return sum(1 for pixel in image.get_flattened_data() if pixel == color)
+    return picture(shot.png)
 
 
 def newest_chromium() -> psutil.Process:

@@ -96,8 +96,6 @@ CAPTURE_DURATION = Histogram(
 JOBS_IN_PROGRESS = Gauge("alerts_jobs_in_progress", "Capture jobs this worker process is running")
 
 
-
-
 def capture_priority(plan: str) -> int:
     return PLANS_BY_PRIORITY.index(plan) * 10
 

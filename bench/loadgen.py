@@ -27,6 +27,8 @@ from urllib.parse import urlsplit
 
 import uvloop
 
+_KEEP_ALIVE_SECONDS = 4.0
+
 
 class ConnectionLost(Exception):
     """The server closed a kept-alive connection before answering; the request may be sent again."""
@@ -50,6 +52,7 @@ class Connection:
         self.reader = reader
         self.writer = writer
         self.used = False
+        self.idle_since = time.monotonic()
 
     @classmethod
     async def open(cls, host: str, port: int) -> Connection:
@@ -99,8 +102,12 @@ class ConnectionPool:
 
     async def acquire(self) -> Connection:
         await self._slots.acquire()
-        if self.idle:
-            return self.idle.pop()
+        while self.idle:
+            connection = self.idle.pop()
+            # The edge closes connections idle for 5 s (uvicorn timeout_keep_alive): do not race it.
+            if time.monotonic() - connection.idle_since < _KEEP_ALIVE_SECONDS:
+                return connection
+            connection.close()
         try:
             connection = await Connection.open(self.host, self.port)
         except BaseException:
@@ -111,6 +118,7 @@ class ConnectionPool:
 
     def release(self, connection: Connection, reusable: bool) -> None:
         if reusable:
+            connection.idle_since = time.monotonic()
             self.idle.append(connection)
         else:
             connection.close()

@@ -96,6 +96,7 @@ def main() -> None:
     parser.add_argument("--top", type=int, default=45)
     parser.add_argument("--out-dir", type=Path, default=Path(tempfile.gettempdir()))
     parser.add_argument("--signal-workers", type=int, default=1)
+    parser.add_argument("--cpu-only", action="store_true", help="no py-spy: CPU per request undisturbed")
     parser.add_argument("--summary", type=Path, default=None, help="also write the JSON summary here")
     options = parser.parse_args()
     options.out_dir.mkdir(parents=True, exist_ok=True)
@@ -106,29 +107,33 @@ def main() -> None:
     ):
         urls = asyncio.run(create_users(stack, options.users))
         pids = {name: process.process.pid for name, process in stack.processes.items() if process.process}
-        recorders = {
-            name: subprocess.Popen(
-                [
-                    str(PY_SPY),
-                    "record",
-                    "--pid",
-                    str(pid),
-                    "--format",
-                    "raw",
-                    "--gil",
-                    "--subprocesses",
-                    "--rate",
-                    "250",
-                    "--duration",
-                    str(int(options.seconds) + 2),
-                    "--output",
-                    str(options.out_dir / f"profile_{name}.collapsed"),
-                ],
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
-            for name, pid in pids.items()
-        }
+        recorders = (
+            {}
+            if options.cpu_only
+            else {
+                name: subprocess.Popen(
+                    [
+                        str(PY_SPY),
+                        "record",
+                        "--pid",
+                        str(pid),
+                        "--format",
+                        "raw",
+                        "--gil",
+                        "--subprocesses",
+                        "--rate",
+                        "250",
+                        "--duration",
+                        str(int(options.seconds) + 2),
+                        "--output",
+                        str(options.out_dir / f"profile_{name}.collapsed"),
+                    ],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+                for name, pid in pids.items()
+            }
+        )
         time.sleep(1.0)
         plan = {
             "urls": urls,
@@ -151,9 +156,9 @@ def main() -> None:
             name: round(seconds * 1000 / result["requests"], 3) for name, seconds in meter.used.items()
         },
         "load_average": [round(value, 2) for value in os.getloadavg()],
-        "phase_percent": {name: phases(options.out_dir / f"profile_{name}.collapsed") for name in pids},
+        "phase_percent": {name: phases(options.out_dir / f"profile_{name}.collapsed") for name in recorders},
         "top_inclusive_percent": {
-            name: top_frames(options.out_dir / f"profile_{name}.collapsed", options.top) for name in pids
+            name: top_frames(options.out_dir / f"profile_{name}.collapsed", options.top) for name in recorders
         },
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
     }

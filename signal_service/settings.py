@@ -69,7 +69,7 @@ class SignalSettings(DatabaseJobSettings):
     outbox_batch_size: int = 200
     outbox_poll_seconds: float = 1.0
     # Intake wakes the relay at most this often: captures take seconds, and a pass per webhook would not.
-    outbox_kick_delay_seconds: float = Field(default=0.02, ge=0)
+    outbox_kick_delay_seconds: float = Field(default=0.1, ge=0)
     # A PROCESSING capture older than this went with its worker: the sweeper re-queues it.
     capture_stale_after_seconds: int = 120
     # Deliveries of one capture (Dramatiq's first try and its 3 retries) before a lost worker means FAILED.

@@ -7,6 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import SecretStr
 
+from edge.settings import EdgeSettings
 from mesh.settings import CommonSettings
 from mesh.signing import (
     MediaSignatureError,
@@ -15,6 +16,7 @@ from mesh.signing import (
     signed_media_url,
     verify_media_signature,
 )
+from storage_service.settings import StorageSettings
 
 SECRET = b"s" * 32
 
@@ -78,14 +80,8 @@ def test_dev_secret_is_generated_once_and_shared(tmp_path: Path) -> None:
     assert len(first) == 32
 
 
-def test_production_requires_a_configured_secret(tmp_path: Path) -> None:
+@pytest.mark.parametrize("settings_class", [StorageSettings, EdgeSettings])
+def test_production_requires_a_configured_secret(tmp_path: Path, settings_class: type) -> None:
+    """The processes that sign or verify media links refuse to start without the signing key."""
     with pytest.raises(ValueError, match="ALERTS_MEDIA_SIGNING_KEY"):
-        CommonSettings(
-            env="production",
-            data_dir=tmp_path,
-            database_url="postgresql+asyncpg://x/y",
-            redis_url="redis://x",
-            api_keys="k",
-            service_api_key=SecretStr("k"),
-            cookie_keys="a:b",
-        )
+        settings_class(env="production", data_dir=tmp_path, api_keys="k", service_api_key=SecretStr("k"))

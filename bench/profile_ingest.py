@@ -120,6 +120,8 @@ def main() -> None:
                         "--format",
                         "raw",
                         "--gil",
+                        # Sampling without pausing the process: the profiled run keeps its pace.
+                        "--nonblocking",
                         "--subprocesses",
                         "--rate",
                         "250",

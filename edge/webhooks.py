@@ -15,7 +15,7 @@ from litestar.exceptions import InternalServerException
 from litestar.openapi.datastructures import ResponseSpec
 from prometheus_client import Counter, Histogram
 
-from apidevs.alerts.v1 import resources_pb2, signal_service_pb2
+from apidevs.alerts.v1 import resources_pb2, signal_service_pb2, signal_service_pb2_grpc
 from edge.client_ip import client_ip
 from edge.errors import error_response, http_status_for
 from edge.settings import EdgeSettings
@@ -92,11 +92,41 @@ _REFUSALS = {
 }
 
 
+# Edge refusals reported for auditing; referenced until done so the event loop does not drop them.
+_REFUSAL_REPORTS: set[asyncio.Task[None]] = set()
+_REFUSAL_REPORT_TIMEOUT_SECONDS = 5.0
+_MAX_REPORTED_USER_AGENT = 512
+
+
 def _headers_too_large(request: Request, settings: EdgeSettings) -> bool:
     headers = request.scope["headers"]
     if len(headers) > settings.max_header_count:
         return True
     return sum(len(name) + len(value) for name, value in headers) > settings.max_header_bytes
+
+
+def _refuse(
+    request: Request, ingest: signal_service_pb2.IngestWebhookRequest, status_code: int, error: str
+) -> tuple[Response, str]:
+    """Answers at once, and reports the refusal to the signal service for the audit log in the background
+    (every webhook call is audited; a client that floods headers or trickles its body waits for nothing)."""
+    ingest.edge_refusal = error.upper()
+    task = asyncio.create_task(_report_refusal(request.app.state.signal_stub, ingest))
+    _REFUSAL_REPORTS.add(task)
+    task.add_done_callback(_REFUSAL_REPORTS.discard)
+    return _refusal(status_code, error)
+
+
+async def _report_refusal(
+    stub: signal_service_pb2_grpc.SignalServiceStub, ingest: signal_service_pb2.IngestWebhookRequest
+) -> None:
+    try:
+        await stub.IngestWebhook(ingest, timeout=_REFUSAL_REPORT_TIMEOUT_SECONDS)
+    except grpc.aio.AioRpcError as exc:
+        if exc.code() != grpc.StatusCode.INVALID_ARGUMENT:
+            log.warning(
+                "edge refusal not audited", extra={"reason": ingest.edge_refusal, "code": exc.code().name}
+            )
 
 
 def _refusal(status_code: int, error: str) -> tuple[Response, str]:
@@ -168,25 +198,11 @@ async def receive_webhook(
 async def _answer(request: Request, token: str, chart: str | None, request_id: str) -> tuple[Response, str]:
     """The answer to one webhook and the reason it is counted under."""
     settings: EdgeSettings = request.app.state.settings
-    received_at = datetime.now(UTC)
-    if _headers_too_large(request, settings):
-        return _refusal(431, "headers_too_large")
-    try:
-        # uvicorn times out idle connections, not slow bodies: a client trickling its body is cut here.
-        async with asyncio.timeout(settings.body_read_timeout_seconds):
-            body, size = await read_body(request, settings.webhook_body_limit + 1, settings.max_read_bytes)
-    except TimeoutError:
-        return _refusal(408, "body_timeout")
-    except InternalServerException:
-        # Litestar's way of saying the client went away mid-body; nobody is left to answer.
-        return _refusal(400, "incomplete_body")
     sent_at = timestamp_pb2.Timestamp()
-    sent_at.FromDatetime(received_at)
+    sent_at.FromDatetime(datetime.now(UTC))
     ingest = signal_service_pb2.IngestWebhookRequest(
         webhook_token=token,
         chart_id=chart or "",
-        body=body[: settings.webhook_body_limit],
-        body_size=size,
         content_type=request.headers.get("content-type", ""),
         source_ip=client_ip(
             request.client.host if request.client else "",
@@ -195,9 +211,22 @@ async def _answer(request: Request, token: str, chart: str | None, request_id: s
             settings.trusted_proxies,
         ),
         received_at=sent_at,
-        user_agent=request.headers.get("user-agent", ""),
+        user_agent=request.headers.get("user-agent", "")[:_MAX_REPORTED_USER_AGENT],
         query={key: value for key, value in request.query_params.items() if key != "chart"},
     )
+    if _headers_too_large(request, settings):
+        return _refuse(request, ingest, 431, "headers_too_large")
+    try:
+        # uvicorn times out idle connections, not slow bodies: a client trickling its body is cut here.
+        async with asyncio.timeout(settings.body_read_timeout_seconds):
+            body, size = await read_body(request, settings.webhook_body_limit + 1, settings.max_read_bytes)
+    except TimeoutError:
+        return _refuse(request, ingest, 408, "body_timeout")
+    except InternalServerException:
+        # Litestar's way of saying the client went away mid-body; nobody is left to answer.
+        return _refuse(request, ingest, 400, "incomplete_body")
+    ingest.body = body[: settings.webhook_body_limit]
+    ingest.body_size = size
     try:
         answer = await request.app.state.signal_stub.IngestWebhook(
             ingest, timeout=settings.ingest_timeout_seconds

@@ -112,6 +112,8 @@ class IngestCommand:
     idempotency_key: str = ""
     # What the caller received; more than len(body) when the edge cut an oversize body short.
     body_size: int = 0
+    # Set when the edge already refused the call itself and only reports it for the audit log.
+    edge_refusal: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,6 +201,10 @@ class WebhookUserCache:
 _STALE_ATTEMPTS = 3
 
 
+# Refusals the edge decides on its own and reports for the audit log (IngestWebhookRequest.edge_refusal).
+EDGE_REFUSALS = frozenset({"BODY_TIMEOUT", "HEADERS_TOO_LARGE", "INCOMPLETE_BODY"})
+
+
 class WebhookIngestor:
     def __init__(
         self,
@@ -226,6 +232,12 @@ class WebhookIngestor:
         body_sha256 = hashlib.sha256(command.body).digest()
         user_id: uuid.UUID | None = None
         try:
+            if command.edge_refusal:
+                user_id = self._known_user_id(command.webhook_token)
+                reason = (
+                    command.edge_refusal if command.edge_refusal in EDGE_REFUSALS else "INVALID_EDGE_REFUSAL"
+                )
+                raise InvalidArgumentError("refused at the edge", reason=reason)
             if not tokens.looks_like_token(command.webhook_token):
                 await self._limit_unknown_source(command)
                 raise NotFoundError("unknown webhook", reason="UNKNOWN_TOKEN")
@@ -276,6 +288,14 @@ class WebhookIngestor:
                 self._audit_row(command, body_sha256, started, user_id, None, "refused", reason)
             )
             raise
+
+    def _known_user_id(self, token: str) -> uuid.UUID | None:
+        """The caller's user for an edge refusal's audit row, when already cached: an edge refusal (a
+        header flood, a trickled body) never costs a database read."""
+        if not tokens.looks_like_token(token):
+            return None
+        cached = self._users.get(tokens.hash_token(token))
+        return cached.id if cached is not None else None
 
     async def _read_user(self, token_hash: str, command: IngestCommand) -> WebhookUser:
         async with self._database.session() as session:

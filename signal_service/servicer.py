@@ -239,6 +239,7 @@ class SignalServicer(signal_service_pb2_grpc.SignalServiceServicer):
                 query=dict(request.query),
                 idempotency_key=request.idempotency_key,
                 body_size=request.body_size,
+                edge_refusal=request.edge_refusal,
             )
         )
         log.info(

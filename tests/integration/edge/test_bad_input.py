@@ -46,10 +46,11 @@ async def raw_exchange(url: str, request_head: bytes, body_parts: list[bytes], p
         writer.close()
 
 
-async def test_slow_body_is_cut_with_408_and_the_connection_closed(impatient_edge_url, users) -> None:
+async def test_slow_body_is_cut_with_408_and_the_connection_closed(impatient_edge_url, users, db) -> None:
     created = await create_user(users)
+    agent = f"trickler-{uuid.uuid4()}"
     head = (
-        f"POST /webhook/u/{created.webhook_token} HTTP/1.1\r\nHost: edge\r\n"
+        f"POST /webhook/u/{created.webhook_token} HTTP/1.1\r\nHost: edge\r\nUser-Agent: {agent}\r\n"
         "Content-Type: text/plain\r\nContent-Length: 1000\r\n\r\n"
     ).encode()
     # One byte every 0.2 s: the connection never goes idle, so only a body deadline stops it.
@@ -58,6 +59,8 @@ async def test_slow_body_is_cut_with_408_and_the_connection_closed(impatient_edg
     assert status_line == b"HTTP/1.1 408 Request Timeout"
     assert b'"error":"body_timeout"' in rest
     assert b"connection: close" in rest.lower()
+    [row] = await audit_rows(db, "user_agent = $1", agent)
+    assert (row["outcome"], row["reason"]) == ("refused", "BODY_TIMEOUT")
 
 
 async def test_a_body_that_arrives_in_time_is_accepted_by_the_impatient_edge(
@@ -96,11 +99,18 @@ async def test_exactly_64_kib_is_accepted(http, users) -> None:
     ],
     ids=["5000-headers", "200-KB-header"],
 )
-async def test_header_floods_are_refused_with_431(http, users, headers) -> None:
+async def test_header_floods_are_refused_with_431_and_audited(http, users, db, headers) -> None:
     created = await create_user(users)
-    answer = await http.post(f"/webhook/u/{created.webhook_token}", content=SAMPLE, headers=headers)
+    agent = f"flooder-{uuid.uuid4()}"
+    answer = await http.post(
+        f"/webhook/u/{created.webhook_token}", content=SAMPLE, headers={**headers, "user-agent": agent}
+    )
     assert answer.status_code == 431
     assert answer.json() == {"success": False, "error": "headers_too_large"}
+    [row] = await audit_rows(db, "user_agent = $1", agent)
+    assert (row["outcome"], row["reason"]) == ("refused", "HEADERS_TOO_LARGE")
+    assert row["body"] == b""
+    assert created.webhook_token not in repr(dict(row))
 
 
 @pytest.mark.parametrize(

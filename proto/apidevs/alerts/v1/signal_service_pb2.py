@@ -26,7 +26,7 @@ from apidevs.alerts.v1 import resources_pb2 as apidevs_dot_alerts_dot_v1_dot_res
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n&apidevs/alerts/v1/signal_service.proto\x12\x11\x61pidevs.alerts.v1\x1a!apidevs/alerts/v1/resources.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xd8\x02\n\x14IngestWebhookRequest\x12\x15\n\rwebhook_token\x18\x01 \x01(\t\x12\x10\n\x08\x63hart_id\x18\x02 \x01(\t\x12\x0c\n\x04\x62ody\x18\x03 \x01(\x0c\x12\x14\n\x0c\x63ontent_type\x18\x04 \x01(\t\x12\x11\n\tsource_ip\x18\x05 \x01(\t\x12/\n\x0breceived_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nuser_agent\x18\x07 \x01(\t\x12\x41\n\x05query\x18\x08 \x03(\x0b\x32\x32.apidevs.alerts.v1.IngestWebhookRequest.QueryEntry\x12\x17\n\x0fidempotency_key\x18\t \x01(\t\x12\x11\n\tbody_size\x18\n \x01(\x03\x1a,\n\nQueryEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x9d\x01\n\x15IngestWebhookResponse\x12\x11\n\tsignal_id\x18\x01 \x01(\t\x12>\n\x11screenshot_status\x18\x02 \x01(\x0e\x32#.apidevs.alerts.v1.ScreenshotStatus\x12\x1e\n\x16\x65stimated_wait_seconds\x18\x03 \x01(\x05\x12\x11\n\tduplicate\x18\x04 \x01(\x08\"%\n\x10GetSignalRequest\x12\x11\n\tsignal_id\x18\x01 \x01(\t\"\xdc\x02\n\x12ListSignalsRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12\x0e\n\x06ticker\x18\x04 \x01(\t\x12\x11\n\tindicator\x18\x05 \x01(\t\x12\x13\n\x0bsignal_type\x18\x06 \x01(\t\x12/\n\x06result\x18\x07 \x01(\x0e\x32\x1f.apidevs.alerts.v1.SignalResult\x12\x31\n\rcreated_after\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x32\n\x0e\x63reated_before\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12>\n\x11screenshot_status\x18\n \x01(\x0e\x32#.apidevs.alerts.v1.ScreenshotStatus\"Z\n\x13ListSignalsResponse\x12*\n\x07signals\x18\x01 \x03(\x0b\x32\x19.apidevs.alerts.v1.Signal\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x84\x01\n\x1aUpdateSignalOutcomeRequest\x12\x11\n\tsignal_id\x18\x01 \x01(\t\x12/\n\x06result\x18\x02 \x01(\x0e\x32\x1f.apidevs.alerts.v1.SignalResult\x12\x13\n\x0bprofit_loss\x18\x03 \x01(\t\x12\r\n\x05notes\x18\x04 \x01(\t\"&\n\x13GetUserStatsRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\"@\n\x17SubscribeSignalsRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x14\n\x0c\x61\x66ter_cursor\x18\x02 \x01(\t\"L\n\x13\x43laimCaptureRequest\x12\x11\n\tsignal_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12\x11\n\tworker_id\x18\x03 \x01(\t\"\xb3\x01\n\x14\x43laimCaptureResponse\x12\x0f\n\x07proceed\x18\x01 \x01(\x08\x12)\n\x06signal\x18\x02 \x01(\x0b\x32\x19.apidevs.alerts.v1.Signal\x12\x10\n\x08\x63hart_id\x18\x03 \x01(\t\x12&\n\x1etradingview_session_ciphertext\x18\x04 \x01(\x0c\x12%\n\x04plan\x18\x05 \x01(\x0e\x32\x17.apidevs.alerts.v1.Plan\"\xda\x01\n\x14ReportCaptureRequest\x12\x11\n\tsignal_id\x18\x01 \x01(\t\x12\x33\n\x06status\x18\x02 \x01(\x0e\x32#.apidevs.alerts.v1.ScreenshotStatus\x12\x12\n\nobject_key\x18\x03 \x01(\t\x12\r\n\x05\x65rror\x18\x04 \x01(\t\x12\x12\n\nsize_bytes\x18\x05 \x01(\x03\x12\r\n\x05width\x18\x06 \x01(\x05\x12\x0e\n\x06height\x18\x07 \x01(\x05\x12\x13\n\x0b\x64uration_ms\x18\x08 \x01(\x05\x12\x0f\n\x07\x61ttempt\x18\t \x01(\x05\"S\n\x19ListFailedCapturesRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"a\n\x1aListFailedCapturesResponse\x12*\n\x07signals\x18\x01 \x03(\x0b\x32\x19.apidevs.alerts.v1.Signal\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\">\n\x14RetryCapturesRequest\x12\x12\n\nsignal_ids\x18\x01 \x03(\t\x12\x12\n\nall_failed\x18\x02 \x01(\x08\"/\n\x15RetryCapturesResponse\x12\x16\n\x0erequeued_count\x18\x01 \x01(\x05\"\x19\n\x17GetServiceStatusRequest\"\x93\x02\n\x18GetServiceStatusResponse\x12\x13\n\x0b\x64\x61tabase_ok\x18\x01 \x01(\x08\x12\x11\n\tbroker_ok\x18\x02 \x01(\x08\x12\x14\n\x0cqueue_length\x18\x03 \x01(\x03\x12T\n\rqueue_lengths\x18\x04 \x03(\x0b\x32=.apidevs.alerts.v1.GetServiceStatusResponse.QueueLengthsEntry\x12\x16\n\x0e\x61\x63tive_workers\x18\x05 \x01(\x05\x12\x16\n\x0eoutbox_backlog\x18\x06 \x01(\x03\x1a\x33\n\x11QueueLengthsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\"P\n\x18\x43laimSessionCheckRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x11\n\tworker_id\x18\x02 \x01(\t\x12\x10\n\x08\x63heck_id\x18\x03 \x01(\t\"\xa1\x01\n\x19\x43laimSessionCheckResponse\x12\x0f\n\x07proceed\x18\x01 \x01(\x08\x12\x17\n\x0fsession_version\x18\x02 \x01(\t\x12&\n\x1etradingview_session_ciphertext\x18\x03 \x01(\x0c\x12\x10\n\x08\x63hart_id\x18\x04 \x01(\t\x12\x0e\n\x06ticker\x18\x05 \x01(\t\x12\x10\n\x08interval\x18\x06 \x01(\t\"w\n\x19ReportSessionCheckRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x17\n\x0fsession_version\x18\x02 \x01(\t\x12\r\n\x05valid\x18\x03 \x01(\x08\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x11\n\tworker_id\x18\x05 \x01(\t2\xfe\t\n\rSignalService\x12\x62\n\rIngestWebhook\x12\'.apidevs.alerts.v1.IngestWebhookRequest\x1a(.apidevs.alerts.v1.IngestWebhookResponse\x12K\n\tGetSignal\x12#.apidevs.alerts.v1.GetSignalRequest\x1a\x19.apidevs.alerts.v1.Signal\x12\\\n\x0bListSignals\x12%.apidevs.alerts.v1.ListSignalsRequest\x1a&.apidevs.alerts.v1.ListSignalsResponse\x12_\n\x13UpdateSignalOutcome\x12-.apidevs.alerts.v1.UpdateSignalOutcomeRequest\x1a\x19.apidevs.alerts.v1.Signal\x12T\n\x0cGetUserStats\x12&.apidevs.alerts.v1.GetUserStatsRequest\x1a\x1c.apidevs.alerts.v1.UserStats\x12`\n\x10SubscribeSignals\x12*.apidevs.alerts.v1.SubscribeSignalsRequest\x1a\x1e.apidevs.alerts.v1.SignalEvent0\x01\x12_\n\x0c\x43laimCapture\x12&.apidevs.alerts.v1.ClaimCaptureRequest\x1a\'.apidevs.alerts.v1.ClaimCaptureResponse\x12S\n\rReportCapture\x12\'.apidevs.alerts.v1.ReportCaptureRequest\x1a\x19.apidevs.alerts.v1.Signal\x12q\n\x12ListFailedCaptures\x12,.apidevs.alerts.v1.ListFailedCapturesRequest\x1a-.apidevs.alerts.v1.ListFailedCapturesResponse\x12\x62\n\rRetryCaptures\x12\'.apidevs.alerts.v1.RetryCapturesRequest\x1a(.apidevs.alerts.v1.RetryCapturesResponse\x12k\n\x10GetServiceStatus\x12*.apidevs.alerts.v1.GetServiceStatusRequest\x1a+.apidevs.alerts.v1.GetServiceStatusResponse\x12n\n\x11\x43laimSessionCheck\x12+.apidevs.alerts.v1.ClaimSessionCheckRequest\x1a,.apidevs.alerts.v1.ClaimSessionCheckResponse\x12[\n\x12ReportSessionCheck\x12,.apidevs.alerts.v1.ReportSessionCheckRequest\x1a\x17.apidevs.alerts.v1.Userb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n&apidevs/alerts/v1/signal_service.proto\x12\x11\x61pidevs.alerts.v1\x1a!apidevs/alerts/v1/resources.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xee\x02\n\x14IngestWebhookRequest\x12\x15\n\rwebhook_token\x18\x01 \x01(\t\x12\x10\n\x08\x63hart_id\x18\x02 \x01(\t\x12\x0c\n\x04\x62ody\x18\x03 \x01(\x0c\x12\x14\n\x0c\x63ontent_type\x18\x04 \x01(\t\x12\x11\n\tsource_ip\x18\x05 \x01(\t\x12/\n\x0breceived_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nuser_agent\x18\x07 \x01(\t\x12\x41\n\x05query\x18\x08 \x03(\x0b\x32\x32.apidevs.alerts.v1.IngestWebhookRequest.QueryEntry\x12\x17\n\x0fidempotency_key\x18\t \x01(\t\x12\x11\n\tbody_size\x18\n \x01(\x03\x12\x14\n\x0c\x65\x64ge_refusal\x18\x0b \x01(\t\x1a,\n\nQueryEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x9d\x01\n\x15IngestWebhookResponse\x12\x11\n\tsignal_id\x18\x01 \x01(\t\x12>\n\x11screenshot_status\x18\x02 \x01(\x0e\x32#.apidevs.alerts.v1.ScreenshotStatus\x12\x1e\n\x16\x65stimated_wait_seconds\x18\x03 \x01(\x05\x12\x11\n\tduplicate\x18\x04 \x01(\x08\"%\n\x10GetSignalRequest\x12\x11\n\tsignal_id\x18\x01 \x01(\t\"\xdc\x02\n\x12ListSignalsRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12\x0e\n\x06ticker\x18\x04 \x01(\t\x12\x11\n\tindicator\x18\x05 \x01(\t\x12\x13\n\x0bsignal_type\x18\x06 \x01(\t\x12/\n\x06result\x18\x07 \x01(\x0e\x32\x1f.apidevs.alerts.v1.SignalResult\x12\x31\n\rcreated_after\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x32\n\x0e\x63reated_before\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12>\n\x11screenshot_status\x18\n \x01(\x0e\x32#.apidevs.alerts.v1.ScreenshotStatus\"Z\n\x13ListSignalsResponse\x12*\n\x07signals\x18\x01 \x03(\x0b\x32\x19.apidevs.alerts.v1.Signal\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x84\x01\n\x1aUpdateSignalOutcomeRequest\x12\x11\n\tsignal_id\x18\x01 \x01(\t\x12/\n\x06result\x18\x02 \x01(\x0e\x32\x1f.apidevs.alerts.v1.SignalResult\x12\x13\n\x0bprofit_loss\x18\x03 \x01(\t\x12\r\n\x05notes\x18\x04 \x01(\t\"&\n\x13GetUserStatsRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\"@\n\x17SubscribeSignalsRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x14\n\x0c\x61\x66ter_cursor\x18\x02 \x01(\t\"L\n\x13\x43laimCaptureRequest\x12\x11\n\tsignal_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12\x11\n\tworker_id\x18\x03 \x01(\t\"\xb3\x01\n\x14\x43laimCaptureResponse\x12\x0f\n\x07proceed\x18\x01 \x01(\x08\x12)\n\x06signal\x18\x02 \x01(\x0b\x32\x19.apidevs.alerts.v1.Signal\x12\x10\n\x08\x63hart_id\x18\x03 \x01(\t\x12&\n\x1etradingview_session_ciphertext\x18\x04 \x01(\x0c\x12%\n\x04plan\x18\x05 \x01(\x0e\x32\x17.apidevs.alerts.v1.Plan\"\xda\x01\n\x14ReportCaptureRequest\x12\x11\n\tsignal_id\x18\x01 \x01(\t\x12\x33\n\x06status\x18\x02 \x01(\x0e\x32#.apidevs.alerts.v1.ScreenshotStatus\x12\x12\n\nobject_key\x18\x03 \x01(\t\x12\r\n\x05\x65rror\x18\x04 \x01(\t\x12\x12\n\nsize_bytes\x18\x05 \x01(\x03\x12\r\n\x05width\x18\x06 \x01(\x05\x12\x0e\n\x06height\x18\x07 \x01(\x05\x12\x13\n\x0b\x64uration_ms\x18\x08 \x01(\x05\x12\x0f\n\x07\x61ttempt\x18\t \x01(\x05\"S\n\x19ListFailedCapturesRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"a\n\x1aListFailedCapturesResponse\x12*\n\x07signals\x18\x01 \x03(\x0b\x32\x19.apidevs.alerts.v1.Signal\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\">\n\x14RetryCapturesRequest\x12\x12\n\nsignal_ids\x18\x01 \x03(\t\x12\x12\n\nall_failed\x18\x02 \x01(\x08\"/\n\x15RetryCapturesResponse\x12\x16\n\x0erequeued_count\x18\x01 \x01(\x05\"\x19\n\x17GetServiceStatusRequest\"\x93\x02\n\x18GetServiceStatusResponse\x12\x13\n\x0b\x64\x61tabase_ok\x18\x01 \x01(\x08\x12\x11\n\tbroker_ok\x18\x02 \x01(\x08\x12\x14\n\x0cqueue_length\x18\x03 \x01(\x03\x12T\n\rqueue_lengths\x18\x04 \x03(\x0b\x32=.apidevs.alerts.v1.GetServiceStatusResponse.QueueLengthsEntry\x12\x16\n\x0e\x61\x63tive_workers\x18\x05 \x01(\x05\x12\x16\n\x0eoutbox_backlog\x18\x06 \x01(\x03\x1a\x33\n\x11QueueLengthsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\"P\n\x18\x43laimSessionCheckRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x11\n\tworker_id\x18\x02 \x01(\t\x12\x10\n\x08\x63heck_id\x18\x03 \x01(\t\"\xa1\x01\n\x19\x43laimSessionCheckResponse\x12\x0f\n\x07proceed\x18\x01 \x01(\x08\x12\x17\n\x0fsession_version\x18\x02 \x01(\t\x12&\n\x1etradingview_session_ciphertext\x18\x03 \x01(\x0c\x12\x10\n\x08\x63hart_id\x18\x04 \x01(\t\x12\x0e\n\x06ticker\x18\x05 \x01(\t\x12\x10\n\x08interval\x18\x06 \x01(\t\"w\n\x19ReportSessionCheckRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x17\n\x0fsession_version\x18\x02 \x01(\t\x12\r\n\x05valid\x18\x03 \x01(\x08\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x11\n\tworker_id\x18\x05 \x01(\t2\xfe\t\n\rSignalService\x12\x62\n\rIngestWebhook\x12\'.apidevs.alerts.v1.IngestWebhookRequest\x1a(.apidevs.alerts.v1.IngestWebhookResponse\x12K\n\tGetSignal\x12#.apidevs.alerts.v1.GetSignalRequest\x1a\x19.apidevs.alerts.v1.Signal\x12\\\n\x0bListSignals\x12%.apidevs.alerts.v1.ListSignalsRequest\x1a&.apidevs.alerts.v1.ListSignalsResponse\x12_\n\x13UpdateSignalOutcome\x12-.apidevs.alerts.v1.UpdateSignalOutcomeRequest\x1a\x19.apidevs.alerts.v1.Signal\x12T\n\x0cGetUserStats\x12&.apidevs.alerts.v1.GetUserStatsRequest\x1a\x1c.apidevs.alerts.v1.UserStats\x12`\n\x10SubscribeSignals\x12*.apidevs.alerts.v1.SubscribeSignalsRequest\x1a\x1e.apidevs.alerts.v1.SignalEvent0\x01\x12_\n\x0c\x43laimCapture\x12&.apidevs.alerts.v1.ClaimCaptureRequest\x1a\'.apidevs.alerts.v1.ClaimCaptureResponse\x12S\n\rReportCapture\x12\'.apidevs.alerts.v1.ReportCaptureRequest\x1a\x19.apidevs.alerts.v1.Signal\x12q\n\x12ListFailedCaptures\x12,.apidevs.alerts.v1.ListFailedCapturesRequest\x1a-.apidevs.alerts.v1.ListFailedCapturesResponse\x12\x62\n\rRetryCaptures\x12\'.apidevs.alerts.v1.RetryCapturesRequest\x1a(.apidevs.alerts.v1.RetryCapturesResponse\x12k\n\x10GetServiceStatus\x12*.apidevs.alerts.v1.GetServiceStatusRequest\x1a+.apidevs.alerts.v1.GetServiceStatusResponse\x12n\n\x11\x43laimSessionCheck\x12+.apidevs.alerts.v1.ClaimSessionCheckRequest\x1a,.apidevs.alerts.v1.ClaimSessionCheckResponse\x12[\n\x12ReportSessionCheck\x12,.apidevs.alerts.v1.ReportSessionCheckRequest\x1a\x17.apidevs.alerts.v1.Userb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,49 +38,49 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETSERVICESTATUSRESPONSE_QUEUELENGTHSENTRY']._loaded_options = None
   _globals['_GETSERVICESTATUSRESPONSE_QUEUELENGTHSENTRY']._serialized_options = b'8\001'
   _globals['_INGESTWEBHOOKREQUEST']._serialized_start=130
-  _globals['_INGESTWEBHOOKREQUEST']._serialized_end=474
-  _globals['_INGESTWEBHOOKREQUEST_QUERYENTRY']._serialized_start=430
-  _globals['_INGESTWEBHOOKREQUEST_QUERYENTRY']._serialized_end=474
-  _globals['_INGESTWEBHOOKRESPONSE']._serialized_start=477
-  _globals['_INGESTWEBHOOKRESPONSE']._serialized_end=634
-  _globals['_GETSIGNALREQUEST']._serialized_start=636
-  _globals['_GETSIGNALREQUEST']._serialized_end=673
-  _globals['_LISTSIGNALSREQUEST']._serialized_start=676
-  _globals['_LISTSIGNALSREQUEST']._serialized_end=1024
-  _globals['_LISTSIGNALSRESPONSE']._serialized_start=1026
-  _globals['_LISTSIGNALSRESPONSE']._serialized_end=1116
-  _globals['_UPDATESIGNALOUTCOMEREQUEST']._serialized_start=1119
-  _globals['_UPDATESIGNALOUTCOMEREQUEST']._serialized_end=1251
-  _globals['_GETUSERSTATSREQUEST']._serialized_start=1253
-  _globals['_GETUSERSTATSREQUEST']._serialized_end=1291
-  _globals['_SUBSCRIBESIGNALSREQUEST']._serialized_start=1293
-  _globals['_SUBSCRIBESIGNALSREQUEST']._serialized_end=1357
-  _globals['_CLAIMCAPTUREREQUEST']._serialized_start=1359
-  _globals['_CLAIMCAPTUREREQUEST']._serialized_end=1435
-  _globals['_CLAIMCAPTURERESPONSE']._serialized_start=1438
-  _globals['_CLAIMCAPTURERESPONSE']._serialized_end=1617
-  _globals['_REPORTCAPTUREREQUEST']._serialized_start=1620
-  _globals['_REPORTCAPTUREREQUEST']._serialized_end=1838
-  _globals['_LISTFAILEDCAPTURESREQUEST']._serialized_start=1840
-  _globals['_LISTFAILEDCAPTURESREQUEST']._serialized_end=1923
-  _globals['_LISTFAILEDCAPTURESRESPONSE']._serialized_start=1925
-  _globals['_LISTFAILEDCAPTURESRESPONSE']._serialized_end=2022
-  _globals['_RETRYCAPTURESREQUEST']._serialized_start=2024
-  _globals['_RETRYCAPTURESREQUEST']._serialized_end=2086
-  _globals['_RETRYCAPTURESRESPONSE']._serialized_start=2088
-  _globals['_RETRYCAPTURESRESPONSE']._serialized_end=2135
-  _globals['_GETSERVICESTATUSREQUEST']._serialized_start=2137
-  _globals['_GETSERVICESTATUSREQUEST']._serialized_end=2162
-  _globals['_GETSERVICESTATUSRESPONSE']._serialized_start=2165
-  _globals['_GETSERVICESTATUSRESPONSE']._serialized_end=2440
-  _globals['_GETSERVICESTATUSRESPONSE_QUEUELENGTHSENTRY']._serialized_start=2389
-  _globals['_GETSERVICESTATUSRESPONSE_QUEUELENGTHSENTRY']._serialized_end=2440
-  _globals['_CLAIMSESSIONCHECKREQUEST']._serialized_start=2442
-  _globals['_CLAIMSESSIONCHECKREQUEST']._serialized_end=2522
-  _globals['_CLAIMSESSIONCHECKRESPONSE']._serialized_start=2525
-  _globals['_CLAIMSESSIONCHECKRESPONSE']._serialized_end=2686
-  _globals['_REPORTSESSIONCHECKREQUEST']._serialized_start=2688
-  _globals['_REPORTSESSIONCHECKREQUEST']._serialized_end=2807
-  _globals['_SIGNALSERVICE']._serialized_start=2810
-  _globals['_SIGNALSERVICE']._serialized_end=4088
+  _globals['_INGESTWEBHOOKREQUEST']._serialized_end=496
+  _globals['_INGESTWEBHOOKREQUEST_QUERYENTRY']._serialized_start=452
+  _globals['_INGESTWEBHOOKREQUEST_QUERYENTRY']._serialized_end=496
+  _globals['_INGESTWEBHOOKRESPONSE']._serialized_start=499
+  _globals['_INGESTWEBHOOKRESPONSE']._serialized_end=656
+  _globals['_GETSIGNALREQUEST']._serialized_start=658
+  _globals['_GETSIGNALREQUEST']._serialized_end=695
+  _globals['_LISTSIGNALSREQUEST']._serialized_start=698
+  _globals['_LISTSIGNALSREQUEST']._serialized_end=1046
+  _globals['_LISTSIGNALSRESPONSE']._serialized_start=1048
+  _globals['_LISTSIGNALSRESPONSE']._serialized_end=1138
+  _globals['_UPDATESIGNALOUTCOMEREQUEST']._serialized_start=1141
+  _globals['_UPDATESIGNALOUTCOMEREQUEST']._serialized_end=1273
+  _globals['_GETUSERSTATSREQUEST']._serialized_start=1275
+  _globals['_GETUSERSTATSREQUEST']._serialized_end=1313
+  _globals['_SUBSCRIBESIGNALSREQUEST']._serialized_start=1315
+  _globals['_SUBSCRIBESIGNALSREQUEST']._serialized_end=1379
+  _globals['_CLAIMCAPTUREREQUEST']._serialized_start=1381
+  _globals['_CLAIMCAPTUREREQUEST']._serialized_end=1457
+  _globals['_CLAIMCAPTURERESPONSE']._serialized_start=1460
+  _globals['_CLAIMCAPTURERESPONSE']._serialized_end=1639
+  _globals['_REPORTCAPTUREREQUEST']._serialized_start=1642
+  _globals['_REPORTCAPTUREREQUEST']._serialized_end=1860
+  _globals['_LISTFAILEDCAPTURESREQUEST']._serialized_start=1862
+  _globals['_LISTFAILEDCAPTURESREQUEST']._serialized_end=1945
+  _globals['_LISTFAILEDCAPTURESRESPONSE']._serialized_start=1947
+  _globals['_LISTFAILEDCAPTURESRESPONSE']._serialized_end=2044
+  _globals['_RETRYCAPTURESREQUEST']._serialized_start=2046
+  _globals['_RETRYCAPTURESREQUEST']._serialized_end=2108
+  _globals['_RETRYCAPTURESRESPONSE']._serialized_start=2110
+  _globals['_RETRYCAPTURESRESPONSE']._serialized_end=2157
+  _globals['_GETSERVICESTATUSREQUEST']._serialized_start=2159
+  _globals['_GETSERVICESTATUSREQUEST']._serialized_end=2184
+  _globals['_GETSERVICESTATUSRESPONSE']._serialized_start=2187
+  _globals['_GETSERVICESTATUSRESPONSE']._serialized_end=2462
+  _globals['_GETSERVICESTATUSRESPONSE_QUEUELENGTHSENTRY']._serialized_start=2411
+  _globals['_GETSERVICESTATUSRESPONSE_QUEUELENGTHSENTRY']._serialized_end=2462
+  _globals['_CLAIMSESSIONCHECKREQUEST']._serialized_start=2464
+  _globals['_CLAIMSESSIONCHECKREQUEST']._serialized_end=2544
+  _globals['_CLAIMSESSIONCHECKRESPONSE']._serialized_start=2547
+  _globals['_CLAIMSESSIONCHECKRESPONSE']._serialized_end=2708
+  _globals['_REPORTSESSIONCHECKREQUEST']._serialized_start=2710
+  _globals['_REPORTSESSIONCHECKREQUEST']._serialized_end=2829
+  _globals['_SIGNALSERVICE']._serialized_start=2832
+  _globals['_SIGNALSERVICE']._serialized_end=4110
 # @@protoc_insertion_point(module_scope)

@@ -11,7 +11,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class IngestWebhookRequest(_message.Message):
-    __slots__ = ("webhook_token", "chart_id", "body", "content_type", "source_ip", "received_at", "user_agent", "query", "idempotency_key", "body_size")
+    __slots__ = ("webhook_token", "chart_id", "body", "content_type", "source_ip", "received_at", "user_agent", "query", "idempotency_key", "body_size", "edge_refusal")
     class QueryEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -29,6 +29,7 @@ class IngestWebhookRequest(_message.Message):
     QUERY_FIELD_NUMBER: _ClassVar[int]
     IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
     BODY_SIZE_FIELD_NUMBER: _ClassVar[int]
+    EDGE_REFUSAL_FIELD_NUMBER: _ClassVar[int]
     webhook_token: str
     chart_id: str
     body: bytes
@@ -39,7 +40,8 @@ class IngestWebhookRequest(_message.Message):
     query: _containers.ScalarMap[str, str]
     idempotency_key: str
     body_size: int
-    def __init__(self, webhook_token: _Optional[str] = ..., chart_id: _Optional[str] = ..., body: _Optional[bytes] = ..., content_type: _Optional[str] = ..., source_ip: _Optional[str] = ..., received_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., user_agent: _Optional[str] = ..., query: _Optional[_Mapping[str, str]] = ..., idempotency_key: _Optional[str] = ..., body_size: _Optional[int] = ...) -> None: ...
+    edge_refusal: str
+    def __init__(self, webhook_token: _Optional[str] = ..., chart_id: _Optional[str] = ..., body: _Optional[bytes] = ..., content_type: _Optional[str] = ..., source_ip: _Optional[str] = ..., received_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., user_agent: _Optional[str] = ..., query: _Optional[_Mapping[str, str]] = ..., idempotency_key: _Optional[str] = ..., body_size: _Optional[int] = ..., edge_refusal: _Optional[str] = ...) -> None: ...
 
 class IngestWebhookResponse(_message.Message):
     __slots__ = ("signal_id", "screenshot_status", "estimated_wait_seconds", "duplicate")

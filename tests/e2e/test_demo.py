@@ -21,6 +21,7 @@ import pytest
 
 from mesh.demo import DEMO_ALERTS, PNG_MAGIC
 from mesh.processes import alerts_argv, free_port
+from tests.e2e.stacks import fresh_database
 
 pytestmark = pytest.mark.e2e
 
@@ -46,13 +47,16 @@ def _demo_env(data_dir: Path, **overrides: str) -> dict[str, str]:
 
 
 @pytest.fixture
-def machine_infra_env(database_url: str, redis_url: str, tmp_path: Path) -> dict[str, str]:
-    return _demo_env(
-        tmp_path / "data",
-        ALERTS_DATABASE_URL=database_url,
-        ALERTS_REDIS_URL=redis_url,
-        ALERTS_REDIS_NAMESPACE=f"demo-{uuid.uuid4().hex[:10]}",
-    )
+def machine_infra_env(database_url: str, redis_url: str, tmp_path: Path) -> Iterator[dict[str, str]]:
+    # Its own database: the session's in-process signal server relays outbox rows of the database it
+    # serves into another Redis namespace, where this demo's workers would never see them.
+    with fresh_database(database_url) as own_database:
+        yield _demo_env(
+            tmp_path / "data",
+            ALERTS_DATABASE_URL=own_database,
+            ALERTS_REDIS_URL=redis_url,
+            ALERTS_REDIS_NAMESPACE=f"demo-{uuid.uuid4().hex[:10]}",
+        )
 
 
 def processes_using(data_dir: Path) -> list[str]:

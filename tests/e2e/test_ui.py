@@ -24,6 +24,7 @@ from mesh.dev import DevStack
 from mesh.grpc import open_channel
 from mesh.processes import free_port
 from mesh.settings import CommonSettings
+from tests.e2e.stacks import fresh_database
 
 pytestmark = pytest.mark.e2e
 
@@ -47,6 +48,15 @@ def chromium_path() -> str:
 
 @pytest.fixture(scope="module")
 def stack(database_url: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevStack]:
+    # Its own database: the session's in-process signal server relays outbox rows of the database it
+    # serves into another Redis namespace, where this stack's worker would never see them.
+    with fresh_database(database_url) as own_database:
+        yield from _started_stack(own_database, redis_url, tmp_path_factory)
+
+
+def _started_stack(
+    database_url: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[DevStack]:
     settings = CommonSettings(
         env="dev",
         database_url=database_url,

@@ -9,6 +9,7 @@ themselves alive, and carry the caller's key and the current request id on every
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 import time
@@ -79,61 +80,55 @@ def _code_name(context: grpc.aio.ServicerContext) -> str:
     return code.name if isinstance(code, grpc.StatusCode) else "OK"
 
 
+@contextlib.asynccontextmanager
+async def _call_outcome(
+    context: grpc.aio.ServicerContext, method: str, *, timed: bool
+) -> AsyncIterator[None]:
+    """Turns what a handler raised into its status (domain errors with their details, anything unexpected
+    into a bare INTERNAL) and counts the call by outcome."""
+    started = time.perf_counter()
+    code = "OK"
+    GRPC_IN_FLIGHT.inc()
+    try:
+        yield
+    except AlertsError as exc:
+        code = exc.code.name
+        await _abort(context, exc)
+    except grpc.aio.AbortError:
+        code = _code_name(context)
+        raise
+    except asyncio.CancelledError:
+        code = "CANCELLED"
+        raise
+    except Exception:
+        code = "INTERNAL"
+        log.exception("unhandled error", extra={"method": method})
+        await context.abort(grpc.StatusCode.INTERNAL, "internal error")
+    finally:
+        GRPC_IN_FLIGHT.dec()
+        GRPC_HANDLED.labels(method, code).inc()
+        if timed:
+            GRPC_LATENCY.labels(method).observe(time.perf_counter() - started)
+
+
 def _wrap_handler(
     handler: grpc.RpcMethodHandler, method: str, rejection: AlertsError | None
 ) -> grpc.RpcMethodHandler:
     async def unary_response(request: Any, context: grpc.aio.ServicerContext) -> Any:
         behavior = handler.unary_unary or handler.stream_unary
-        started = time.perf_counter()
-        code = "OK"
-        GRPC_IN_FLIGHT.inc()
-        try:
+        async with _call_outcome(context, method, timed=True):
             if rejection is not None:
                 raise rejection
             return await behavior(request, context)
-        except AlertsError as exc:
-            code = exc.code.name
-            await _abort(context, exc)
-        except grpc.aio.AbortError:
-            code = _code_name(context)
-            raise
-        except asyncio.CancelledError:
-            code = "CANCELLED"
-            raise
-        except Exception:
-            code = "INTERNAL"
-            log.exception("unhandled error", extra={"method": method})
-            await context.abort(grpc.StatusCode.INTERNAL, "internal error")
-        finally:
-            GRPC_IN_FLIGHT.dec()
-            GRPC_HANDLED.labels(method, code).inc()
-            GRPC_LATENCY.labels(method).observe(time.perf_counter() - started)
 
     async def stream_response(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
         behavior = handler.unary_stream or handler.stream_stream
-        code = "OK"
-        GRPC_IN_FLIGHT.inc()
-        try:
+        # A stream's duration is its subscriber's lifetime, not a latency: only its outcome is counted.
+        async with _call_outcome(context, method, timed=False):
             if rejection is not None:
                 raise rejection
             async for item in behavior(request, context):
                 yield item
-        except AlertsError as exc:
-            code = exc.code.name
-            await _abort(context, exc)
-        except grpc.aio.AbortError:
-            code = _code_name(context)
-            raise
-        except asyncio.CancelledError:
-            code = "CANCELLED"
-            raise
-        except Exception:
-            code = "INTERNAL"
-            log.exception("unhandled error", extra={"method": method})
-            await context.abort(grpc.StatusCode.INTERNAL, "internal error")
-        finally:
-            GRPC_IN_FLIGHT.dec()
-            GRPC_HANDLED.labels(method, code).inc()
 
     codec = {
         "request_deserializer": handler.request_deserializer,

@@ -10,7 +10,6 @@ none of the service's work around it. Also a closed loop ("sequential": true): o
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 import sys
@@ -22,7 +21,7 @@ from typing import Any
 
 import asyncpg
 import uvloop
-from loadgen import summarize
+from loadgen import run_open_loop, summarize
 
 _INSERT = """
 INSERT INTO signals (id, user_id, chart_id, indicator, ticker, exchange, symbol, price, signal_type, interval,
@@ -74,15 +73,7 @@ async def run(plan: dict[str, Any]) -> dict[str, Any]:
                 statuses[n] = type(exc).__name__
             latencies[n] = (clock() - scheduled) * 1000
 
-        tasks = []
-        started = clock() + 0.05
-        for n in range(total):
-            scheduled = started + n * spacing
-            delay = scheduled - clock()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            tasks.append(asyncio.create_task(one(n, scheduled)))
-        await asyncio.gather(*tasks)
+        started, _ = await run_open_loop(total, spacing, one)
         finished = clock()
         ok = statuses.count("200")
         result: dict[str, Any] = {

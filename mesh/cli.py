@@ -125,14 +125,10 @@ def _client_settings() -> tuple[str, str | None]:
     from mesh.dev import read_dev_state
 
     settings = CommonSettings()
+    if settings.service_api_key:
+        return settings.signal_addr, settings.service_api_key.get_secret_value()
     state = read_dev_state(settings.data_dir)
-    key = settings.service_api_key.get_secret_value() if settings.service_api_key else state.get("api_key")
-    address = (
-        state.get("signal_addr", settings.signal_addr)
-        if not settings.service_api_key
-        else settings.signal_addr
-    )
-    return address, key
+    return state.get("signal_addr", settings.signal_addr), state.get("api_key")
 
 
 def _user_create(options: argparse.Namespace) -> int:

@@ -517,51 +517,63 @@ class WebhookRepository:
         self.connection = connection
 
     async def ingest(self, row: WebhookIngest) -> WebhookOutcome:
-        outbox = row.outbox
-        record = await self.connection.fetchrow(
-            _INGEST_WEBHOOK,
-            row.user_id,
-            row.token_hash,
-            row.plan,
-            list(row.ip_allowlist),
-            row.now,
-            row.next_quota_reset,
-            row.idempotency_key,
-            row.body_sha256,
-            row.dedupe_since,
-            row.dedupe_until,
-            row.signal_id,
-            _storable(row.chart_id),
-            _storable(row.indicator),
-            _storable(row.ticker),
-            _storable(row.exchange),
-            _storable(row.symbol),
-            row.price,
-            _storable(row.signal_type),
-            _storable(row.interval),
-            row.alert_time,
-            row.parse_status,
-            json.dumps(_storable(row.parse_problems)),
-            json.dumps(_storable(row.extra)),
-            row.raw_body,
-            _storable(row.content_type),
-            _storable(row.source_ip),
-            row.received_at,
-            row.screenshot_status,
-            outbox.queue_name if outbox else None,
-            outbox.actor_name if outbox else None,
-            json.dumps(outbox.args) if outbox else None,
-            json.dumps(outbox.options) if outbox else None,
-            EVENTS_CHANNEL,
-            row.request_id,
-            _storable(row.user_agent),
-            row.latency_ms,
-            row.body_sha256.hex(),
-            row.audit_body,
-            row.body_size,
-        )
+        record = await self.connection.fetchrow(_INGEST_WEBHOOK, *_ingest_arguments(row))
         assert record is not None
         return WebhookOutcome(*record)
+
+    async def ingest_many(self, rows: Sequence[WebhookIngest]) -> list[WebhookOutcome]:
+        """Stores several alerts in one transaction, in order: one round trip and one commit (one WAL
+        flush) for all of them. Either every row's outcome holds or, when this raises, none does."""
+        async with self.connection.transaction():
+            records = await self.connection.fetchmany(
+                _INGEST_WEBHOOK, [_ingest_arguments(row) for row in rows]
+            )
+        return [WebhookOutcome(*record) for record in records]
+
+
+def _ingest_arguments(row: WebhookIngest) -> tuple[Any, ...]:
+    outbox = row.outbox
+    return (
+        row.user_id,
+        row.token_hash,
+        row.plan,
+        list(row.ip_allowlist),
+        row.now,
+        row.next_quota_reset,
+        row.idempotency_key,
+        row.body_sha256,
+        row.dedupe_since,
+        row.dedupe_until,
+        row.signal_id,
+        _storable(row.chart_id),
+        _storable(row.indicator),
+        _storable(row.ticker),
+        _storable(row.exchange),
+        _storable(row.symbol),
+        row.price,
+        _storable(row.signal_type),
+        _storable(row.interval),
+        row.alert_time,
+        row.parse_status,
+        json.dumps(_storable(row.parse_problems)),
+        json.dumps(_storable(row.extra)),
+        row.raw_body,
+        _storable(row.content_type),
+        _storable(row.source_ip),
+        row.received_at,
+        row.screenshot_status,
+        outbox.queue_name if outbox else None,
+        outbox.actor_name if outbox else None,
+        json.dumps(outbox.args) if outbox else None,
+        json.dumps(outbox.options) if outbox else None,
+        EVENTS_CHANNEL,
+        row.request_id,
+        _storable(row.user_agent),
+        row.latency_ms,
+        row.body_sha256.hex(),
+        row.audit_body,
+        row.body_size,
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -38,6 +38,7 @@ from mesh.queues import PLANS_BY_PRIORITY, capture_actor, capture_queue
 from signal_service import allowlist, tokens
 from signal_service.audit import AuditWriter
 from signal_service.database import Database, database_unreachable
+from signal_service.group_commit import GroupCommit
 from signal_service.ids import parse_uuid, uuid7
 from signal_service.models import (
     AuditLog,
@@ -63,7 +64,6 @@ from signal_service.repository import (
     UserRepository,
     UserStatsRow,
     WebhookIngest,
-    WebhookRepository,
 )
 from signal_service.sessions import (
     SESSION_INVALID_REASON,
@@ -225,6 +225,11 @@ class WebhookIngestor:
         self._backlog = backlog
         self._on_commit = on_commit or (lambda: None)
         self._users = WebhookUserCache(settings.webhook_user_cache_seconds)
+        self._group_commit = GroupCommit(
+            database,
+            max_batch=settings.ingest_group_commit_max_batch,
+            max_inflight=settings.ingest_group_commit_max_inflight,
+        )
         self._relay_kick_pending = False
 
     async def ingest(self, command: IngestCommand) -> IngestResult:
@@ -395,8 +400,7 @@ class WebhookIngestor:
             audit_body=command.body[:_AUDIT_BODY_LIMIT],
             body_size=max(command.body_size, len(command.body)),
         )
-        async with self._database.connection() as connection:
-            stored = await WebhookRepository(connection).ingest(row)
+        stored = await self._group_commit.ingest(row)
         if stored.outcome == "stale":
             return None
         if stored.outcome == "quota_exceeded":

@@ -66,6 +66,10 @@ class SignalSettings(DatabaseJobSettings):
     # Captures running at once across all workers, for the same estimate.
     capture_parallelism: int = 3
     screenshot_url_ttl_seconds: int = 3600
+    # Group commit (signal_service/group_commit.py): transactions storing webhooks at once, and webhooks
+    # per transaction. More transactions at once help only while PostgreSQL has idle cores.
+    ingest_group_commit_max_inflight: int = Field(default=2, ge=1)
+    ingest_group_commit_max_batch: int = Field(default=128, ge=1)
     outbox_batch_size: int = 200
     outbox_poll_seconds: float = 1.0
     # Intake wakes the relay at most this often: captures take seconds, and a pass per webhook would not.

@@ -14,6 +14,7 @@ from litestar.openapi.spec import Components, SecurityScheme
 
 from apidevs.alerts.v1 import signal_service_pb2_grpc, storage_service_pb2_grpc
 from edge import api, health, media, ui, webhooks
+from edge.batching import IngestBatcher
 from edge.settings import EdgeSettings, get_settings
 from edge.spool import webhook_spool
 from mesh.grpc import open_channel
@@ -27,6 +28,12 @@ def create_app(settings: EdgeSettings) -> Litestar:
         signal_channel = open_channel(settings.signal_addr, key)
         storage_channel = open_channel(settings.storage_addr, key)
         app.state.signal_stub = signal_service_pb2_grpc.SignalServiceStub(signal_channel)
+        app.state.ingest_batcher = IngestBatcher(
+            app.state.signal_stub,
+            timeout_seconds=settings.ingest_timeout_seconds,
+            max_batch=settings.ingest_batch_max_size,
+            max_inflight=settings.ingest_batch_max_inflight,
+        )
         app.state.signal_health = health_pb2_grpc.HealthStub(signal_channel)
         app.state.storage_stub = storage_service_pb2_grpc.StorageServiceStub(storage_channel)
         app.state.storage_health = health_pb2_grpc.HealthStub(storage_channel)

@@ -17,6 +17,9 @@ class EdgeSettings(CommonSettings):
     trusted_proxies: Annotated[list[str], NoDecode] = Field(default_factory=list)
     # TradingView gives up after 3 s: answer well within that, or spool and answer 202.
     ingest_timeout_seconds: float = 2.0
+    # Batching (edge/batching.py): BatchIngestWebhooks calls out at once, and webhooks per call.
+    ingest_batch_max_inflight: int = Field(default=2, ge=1)
+    ingest_batch_max_size: int = Field(default=200, ge=1, le=1000)
     # Bodies over the webhook limit are refused, but read up to this much so that the refusal is audited.
     max_read_bytes: int = 1024 * 1024
     webhook_body_limit: int = 64 * 1024

@@ -1,4 +1,4 @@
-"""`POST /webhook/u/{token}`: a TradingView alert in, one IngestWebhook call out. No business logic."""
+"""`POST /webhook/u/{token}`: a TradingView alert in, its IngestWebhook answer out. No business logic."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from edge.client_ip import client_ip
 from edge.errors import error_response, http_status_for
 from edge.settings import EdgeSettings
 from edge.spool import SPOOL_WORTHY_CODES, SpoolFullError, WebhookSpool
-from mesh.errors import from_rpc_error
+from mesh.errors import AlertsError
 from mesh.grpc import new_request_id
 from mesh.logging import request_id_var
 from mesh.metrics import LATENCY_BUCKETS
@@ -227,14 +227,15 @@ async def _answer(request: Request, token: str, chart: str | None, request_id: s
         return _refuse(request, ingest, 400, "incomplete_body")
     ingest.body = body[: settings.webhook_body_limit]
     ingest.body_size = size
+    ingest.request_id = request_id
     try:
-        answer = await request.app.state.signal_stub.IngestWebhook(
-            ingest, timeout=settings.ingest_timeout_seconds
-        )
-    except grpc.aio.AioRpcError as exc:
-        if exc.code() in SPOOL_WORTHY_CODES:
+        async with asyncio.timeout(settings.ingest_timeout_seconds):
+            answer = await request.app.state.ingest_batcher.ingest(ingest)
+    except TimeoutError:
+        return await _spool(request, ingest, request_id)
+    except AlertsError as error:
+        if error.code in SPOOL_WORTHY_CODES:
             return await _spool(request, ingest, request_id)
-        error = from_rpc_error(exc)
         return error_response(error), http_status_for(error)[1]
     response = Response(
         {

@@ -114,22 +114,33 @@ def to_grpc_status(error: AlertsError) -> grpc.Status:
 def from_rpc_error(exc: grpc.aio.AioRpcError) -> AlertsError:
     """The typed error a failed call carries; transport failures become UnavailableError."""
     code = exc.code()
+    status = _status_from_trailers(exc) or status_pb2.Status()
+    status.code = code.value[0]
+    status.message = exc.details() or code.name
+    return from_rpc_status(status)
+
+
+_CODE_BY_NUMBER = {code.value[0]: code for code in grpc.StatusCode}
+
+
+def from_rpc_status(status: status_pb2.Status) -> AlertsError:
+    """The typed error a google.rpc.Status describes (see to_rpc_status)."""
+    code = _CODE_BY_NUMBER.get(status.code, grpc.StatusCode.UNKNOWN)
     cls = _BY_CODE.get(code, InternalError if code != grpc.StatusCode.CANCELLED else UnavailableError)
     reason = ""
     metadata: dict[str, str] = {}
     retry_after: float | None = None
-    status = _status_from_trailers(exc)
-    if status is not None:
-        for detail in status.details:
-            if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-                info = error_details_pb2.ErrorInfo()
-                detail.Unpack(info)
-                reason, metadata = info.reason, dict(info.metadata)
-            elif detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
-                retry = error_details_pb2.RetryInfo()
-                detail.Unpack(retry)
-                retry_after = retry.retry_delay.seconds + retry.retry_delay.nanos / 1e9
-    error = cls(exc.details() or code.name, reason=reason, metadata=metadata, retry_after_seconds=retry_after)
+    for detail in status.details:
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            reason, metadata = info.reason, dict(info.metadata)
+        elif detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
+            retry = error_details_pb2.RetryInfo()
+            detail.Unpack(retry)
+            retry_after = retry.retry_delay.seconds + retry.retry_delay.nanos / 1e9
+    message = status.message or code.name
+    error = cls(message, reason=reason, metadata=metadata, retry_after_seconds=retry_after)
     error.code = code
     return error
 

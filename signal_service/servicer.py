@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -17,6 +18,8 @@ from apidevs.alerts.v1 import (
     user_service_pb2_grpc,
 )
 from mesh.auth import current_principal, ensure_can_access_user, ensure_unscoped
+from mesh.errors import AlertsError, InternalError, InvalidArgumentError, to_rpc_status
+from mesh.logging import request_id_var
 from signal_service.events import EventFeed, StoredEvent, format_cursor
 from signal_service.models import EventType, ScreenshotStatus, SignalResult
 from signal_service.repository import SignalFilter, SignalRow
@@ -35,6 +38,9 @@ from signal_service.status import StatusReporter
 from signal_service.storage_links import ScreenshotLinks
 
 log = logging.getLogger(__name__)
+
+# Bounds one BatchIngestWebhooks call's memory and its share of the event loop.
+MAX_INGEST_BATCH = 1000
 
 _PLAN_TO_PROTO = {
     "free": resources_pb2.PLAN_FREE,
@@ -224,6 +230,37 @@ class SignalServicer(signal_service_pb2_grpc.SignalServiceServicer):
         self, request: signal_service_pb2.IngestWebhookRequest, context: grpc.aio.ServicerContext
     ) -> signal_service_pb2.IngestWebhookResponse:
         ensure_unscoped()
+        return await self._ingest(request)
+
+    async def BatchIngestWebhooks(
+        self, request: signal_service_pb2.BatchIngestWebhooksRequest, context: grpc.aio.ServicerContext
+    ) -> signal_service_pb2.BatchIngestWebhooksResponse:
+        ensure_unscoped()
+        if len(request.requests) > MAX_INGEST_BATCH:
+            raise InvalidArgumentError(
+                f"at most {MAX_INGEST_BATCH} webhooks per call", reason="BATCH_TOO_LARGE"
+            )
+        # All at once: their stores meet in the same group commit (signal_service/group_commit.py).
+        results = await asyncio.gather(*(self._ingest_result(item) for item in request.requests))
+        return signal_service_pb2.BatchIngestWebhooksResponse(results=results)
+
+    async def _ingest_result(
+        self, request: signal_service_pb2.IngestWebhookRequest
+    ) -> signal_service_pb2.IngestWebhookResult:
+        if request.request_id:
+            request_id_var.set(request.request_id)
+        try:
+            return signal_service_pb2.IngestWebhookResult(response=await self._ingest(request))
+        except AlertsError as exc:
+            error = exc
+        except Exception:
+            log.exception("unhandled error", extra={"method": "BatchIngestWebhooks"})
+            error = InternalError("internal error")
+        return signal_service_pb2.IngestWebhookResult(error_status=to_rpc_status(error).SerializeToString())
+
+    async def _ingest(
+        self, request: signal_service_pb2.IngestWebhookRequest
+    ) -> signal_service_pb2.IngestWebhookResponse:
         received_at = from_timestamp(request.received_at, request.HasField("received_at")) or datetime.now(
             UTC
         )

@@ -11,7 +11,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class IngestWebhookRequest(_message.Message):
-    __slots__ = ("webhook_token", "chart_id", "body", "content_type", "source_ip", "received_at", "user_agent", "query", "idempotency_key", "body_size", "edge_refusal")
+    __slots__ = ("webhook_token", "chart_id", "body", "content_type", "source_ip", "received_at", "user_agent", "query", "idempotency_key", "body_size", "edge_refusal", "request_id")
     class QueryEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -30,6 +30,7 @@ class IngestWebhookRequest(_message.Message):
     IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
     BODY_SIZE_FIELD_NUMBER: _ClassVar[int]
     EDGE_REFUSAL_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     webhook_token: str
     chart_id: str
     body: bytes
@@ -41,7 +42,8 @@ class IngestWebhookRequest(_message.Message):
     idempotency_key: str
     body_size: int
     edge_refusal: str
-    def __init__(self, webhook_token: _Optional[str] = ..., chart_id: _Optional[str] = ..., body: _Optional[bytes] = ..., content_type: _Optional[str] = ..., source_ip: _Optional[str] = ..., received_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., user_agent: _Optional[str] = ..., query: _Optional[_Mapping[str, str]] = ..., idempotency_key: _Optional[str] = ..., body_size: _Optional[int] = ..., edge_refusal: _Optional[str] = ...) -> None: ...
+    request_id: str
+    def __init__(self, webhook_token: _Optional[str] = ..., chart_id: _Optional[str] = ..., body: _Optional[bytes] = ..., content_type: _Optional[str] = ..., source_ip: _Optional[str] = ..., received_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., user_agent: _Optional[str] = ..., query: _Optional[_Mapping[str, str]] = ..., idempotency_key: _Optional[str] = ..., body_size: _Optional[int] = ..., edge_refusal: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class IngestWebhookResponse(_message.Message):
     __slots__ = ("signal_id", "screenshot_status", "estimated_wait_seconds", "duplicate")
@@ -54,6 +56,26 @@ class IngestWebhookResponse(_message.Message):
     estimated_wait_seconds: int
     duplicate: bool
     def __init__(self, signal_id: _Optional[str] = ..., screenshot_status: _Optional[_Union[_resources_pb2.ScreenshotStatus, str]] = ..., estimated_wait_seconds: _Optional[int] = ..., duplicate: _Optional[bool] = ...) -> None: ...
+
+class BatchIngestWebhooksRequest(_message.Message):
+    __slots__ = ("requests",)
+    REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    requests: _containers.RepeatedCompositeFieldContainer[IngestWebhookRequest]
+    def __init__(self, requests: _Optional[_Iterable[_Union[IngestWebhookRequest, _Mapping]]] = ...) -> None: ...
+
+class BatchIngestWebhooksResponse(_message.Message):
+    __slots__ = ("results",)
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    results: _containers.RepeatedCompositeFieldContainer[IngestWebhookResult]
+    def __init__(self, results: _Optional[_Iterable[_Union[IngestWebhookResult, _Mapping]]] = ...) -> None: ...
+
+class IngestWebhookResult(_message.Message):
+    __slots__ = ("response", "error_status")
+    RESPONSE_FIELD_NUMBER: _ClassVar[int]
+    ERROR_STATUS_FIELD_NUMBER: _ClassVar[int]
+    response: IngestWebhookResponse
+    error_status: bytes
+    def __init__(self, response: _Optional[_Union[IngestWebhookResponse, _Mapping]] = ..., error_status: _Optional[bytes] = ...) -> None: ...
 
 class GetSignalRequest(_message.Message):
     __slots__ = ("signal_id",)

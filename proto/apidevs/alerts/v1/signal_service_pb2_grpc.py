@@ -41,6 +41,11 @@ class SignalServiceStub:
                 request_serializer=apidevs_dot_alerts_dot_v1_dot_signal__service__pb2.IngestWebhookRequest.SerializeToString,
                 response_deserializer=apidevs_dot_alerts_dot_v1_dot_signal__service__pb2.IngestWebhookResponse.FromString,
                 _registered_method=True)
+        self.BatchIngestWebhooks = channel.unary_unary(
+                '/apidevs.alerts.v1.SignalService/BatchIngestWebhooks',
+                request_serializer=apidevs_dot_alerts_dot_v1_dot_signal__service__pb2.BatchIngestWebhooksRequest.SerializeToString,
+                response_deserializer=apidevs_dot_alerts_dot_v1_dot_signal__service__pb2.BatchIngestWebhooksResponse.FromString,
+                _registered_method=True)
         self.GetSignal = channel.unary_unary(
                 '/apidevs.alerts.v1.SignalService/GetSignal',
                 request_serializer=apidevs_dot_alerts_dot_v1_dot_signal__service__pb2.GetSignalRequest.SerializeToString,
@@ -109,6 +114,15 @@ class SignalServiceServicer:
 
     def IngestWebhook(self, request, context):
         """Stores one webhook call durably and schedules its capture. Used by the edge.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def BatchIngestWebhooks(self, request, context):
+        """IngestWebhook for several webhooks in one call, as the edge sends them under load. Not atomic: each
+        webhook is checked, stored and answered exactly as IngestWebhook would, on its own, so one refused
+        webhook never refuses the others. The call itself fails only when it cannot be served at all.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -206,6 +220,11 @@ def add_SignalServiceServicer_to_server(servicer, server):
                     request_deserializer=apidevs_dot_alerts_dot_v1_dot_signal__service__pb2.IngestWebhookRequest.FromString,
                     response_serializer=apidevs_dot_alerts_dot_v1_dot_signal__service__pb2.IngestWebhookResponse.SerializeToString,
             ),
+            'BatchIngestWebhooks': grpc.unary_unary_rpc_method_handler(
+                    servicer.BatchIngestWebhooks,
+                    request_deserializer=apidevs_dot_alerts_dot_v1_dot_signal__service__pb2.BatchIngestWebhooksRequest.FromString,
+                    response_serializer=apidevs_dot_alerts_dot_v1_dot_signal__service__pb2.BatchIngestWebhooksResponse.SerializeToString,
+            ),
             'GetSignal': grpc.unary_unary_rpc_method_handler(
                     servicer.GetSignal,
                     request_deserializer=apidevs_dot_alerts_dot_v1_dot_signal__service__pb2.GetSignalRequest.FromString,
@@ -295,6 +314,33 @@ class SignalService:
             '/apidevs.alerts.v1.SignalService/IngestWebhook',
             apidevs_dot_alerts_dot_v1_dot_signal__service__pb2.IngestWebhookRequest.SerializeToString,
             apidevs_dot_alerts_dot_v1_dot_signal__service__pb2.IngestWebhookResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def BatchIngestWebhooks(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/apidevs.alerts.v1.SignalService/BatchIngestWebhooks',
+            apidevs_dot_alerts_dot_v1_dot_signal__service__pb2.BatchIngestWebhooksRequest.SerializeToString,
+            apidevs_dot_alerts_dot_v1_dot_signal__service__pb2.BatchIngestWebhooksResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -9,7 +9,6 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 import uvloop
-from dramatiq.brokers.redis import RedisBroker
 from redis.asyncio import Redis
 
 from apidevs.alerts.v1 import (
@@ -27,7 +26,7 @@ from mesh.queues import capture_workers_key, dramatiq_namespace
 from signal_service.audit import AuditWriter
 from signal_service.database import Database, create_engine
 from signal_service.events import EventFeed, EventHub, listener_dsn
-from signal_service.outbox import OutboxRelay
+from signal_service.outbox import OutboxRelay, PipelinedRedisBroker
 from signal_service.parsing import load_indicator_catalog
 from signal_service.ratelimit import RateLimiter
 from signal_service.retention import RetentionJob
@@ -107,7 +106,9 @@ async def signal_app(settings: SignalSettings) -> AsyncIterator[SignalApp]:
     database = Database(create_engine(settings.database_url, pool_size=settings.database_pool_size))
     # A hung Redis must not hold ingest past the edge's deadline: the rate limiter fails open instead.
     redis = Redis.from_url(settings.redis_url, socket_timeout=1.0, socket_connect_timeout=1.0)
-    broker = RedisBroker(url=settings.redis_url, namespace=dramatiq_namespace(settings), middleware=[])
+    broker = PipelinedRedisBroker(
+        url=settings.redis_url, namespace=dramatiq_namespace(settings), middleware=[]
+    )
     storage_channel = mesh_grpc.open_channel(
         settings.storage_addr,
         settings.service_api_key.get_secret_value() if settings.service_api_key else None,

@@ -12,9 +12,11 @@ import asyncio
 import contextlib
 import logging
 import time
+import uuid
 
 import dramatiq
 from dramatiq.brokers.redis import RedisBroker
+from dramatiq.common import current_millis
 from prometheus_client import Counter, Gauge
 from redis.asyncio import Redis
 
@@ -36,12 +38,49 @@ ACTIVE_WORKERS = Gauge("alerts_active_workers", "Capture worker processes with a
 _MAX_BACKOFF_SECONDS = 30.0
 
 
+class PipelinedRedisBroker(RedisBroker):
+    """Dramatiq's Redis broker, plus enqueue_many: one pipelined round trip for a relay pass.
+
+    RedisBroker.enqueue is a round trip per message; under load that was a fifth of the signal service's
+    CPU. enqueue_many runs the same dispatch script with the same arguments, in one pipeline.
+    """
+
+    def enqueue_many(self, messages: list[dramatiq.Message]) -> None:
+        dispatch = self.scripts["dispatch"]
+        enqueued = []
+        with self.client.pipeline(transaction=False) as pipe:
+            for message in messages:
+                # A unique id per enqueue, as RedisBroker.enqueue gives: a message may be sent again.
+                message = message.copy(options={"redis_message_id": str(uuid.uuid4())})
+                self.emit_before("enqueue", message, None)
+                dispatch(
+                    keys=[self.namespace],
+                    args=[
+                        "enqueue",
+                        current_millis(),
+                        message.queue_name,
+                        self.broker_id,
+                        self.heartbeat_timeout,
+                        self.dead_message_ttl,
+                        self._should_do_maintenance("enqueue"),
+                        self._max_unpack_size(),
+                        message.options["redis_message_id"],
+                        message.encode(),
+                    ],
+                    client=pipe,
+                )
+                enqueued.append(message)
+            pipe.execute()
+        for message in enqueued:
+            self.emit_after("enqueue", message, None)
+
+
 class OutboxRelay:
     def __init__(
         self,
         *,
         database: Database,
-        broker: RedisBroker,
+        broker: PipelinedRedisBroker,
         redis: Redis,
         namespace: str,
         backlog: QueueBacklog,
@@ -104,8 +143,8 @@ class OutboxRelay:
         return len(rows)
 
     def _enqueue_all(self, rows: list[OutboxMessage]) -> None:
-        for row in rows:
-            self._broker.enqueue(
+        self._broker.enqueue_many(
+            [
                 dramatiq.Message(
                     queue_name=row.queue_name,
                     actor_name=row.actor_name,
@@ -113,7 +152,9 @@ class OutboxRelay:
                     kwargs={},
                     options=dict(row.options),
                 )
-            )
+                for row in rows
+            ]
+        )
 
     async def _relay_loop(self) -> None:
         while True:

@@ -2,20 +2,22 @@
 
 Each webhook handler hands its IngestWebhookRequest over and waits for its own answer. While
 `max_inflight` BatchIngestWebhooks calls are out, new webhooks wait; the next call takes every webhook
-waiting (up to `max_batch`). A lone webhook on a quiet edge goes at once, in a batch of one, so batching
-adds no latency; under a burst it saves a gRPC call (and its share of CPU on both sides) per webhook.
+waiting (up to `max_batch`; see mesh/coalescer.py). A lone webhook on a quiet edge goes at once, in a batch
+of one, so batching adds no latency; under a burst it saves a gRPC call (and its share of CPU on both
+sides) per webhook.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections import deque
 
 import grpc
 from google.rpc import status_pb2
 from prometheus_client import Histogram
 
 from apidevs.alerts.v1 import signal_service_pb2, signal_service_pb2_grpc
+from apidevs.alerts.v1.signal_service_pb2 import IngestWebhookRequest, IngestWebhookResponse
+from mesh.coalescer import Coalescer
 from mesh.errors import AlertsError, from_rpc_error, from_rpc_status
 
 WEBHOOK_BATCH_SIZE = Histogram(
@@ -23,9 +25,6 @@ WEBHOOK_BATCH_SIZE = Histogram(
     "Webhooks per BatchIngestWebhooks call from the edge",
     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
 )
-
-_Answer = asyncio.Future[signal_service_pb2.IngestWebhookResponse]
-_Waiting = tuple[signal_service_pb2.IngestWebhookRequest, _Answer]
 
 
 class IngestBatcher:
@@ -39,84 +38,41 @@ class IngestBatcher:
     ) -> None:
         self._stub = stub
         self._timeout = timeout_seconds
-        self._max_batch = max_batch
-        self._max_inflight = max_inflight
-        self._waiting: deque[_Waiting] = deque()
-        self._inflight: set[asyncio.Task[None]] = set()
+        self._calls: Coalescer[IngestWebhookRequest, IngestWebhookResponse]
+        self._calls = Coalescer(self._send, max_batch=max_batch, max_inflight=max_inflight)
 
-    async def ingest(
-        self, request: signal_service_pb2.IngestWebhookRequest
-    ) -> signal_service_pb2.IngestWebhookResponse:
+    async def ingest(self, request: IngestWebhookRequest) -> IngestWebhookResponse:
         """IngestWebhook's answer for `request`; raises the AlertsError it would have failed with.
 
         A caller that stops waiting (its own deadline) before its webhook was sent takes it out of the
         batch; once sent, the webhook may be stored although nobody waits for the answer, as with any call.
         """
-        answer: _Answer = asyncio.get_running_loop().create_future()
-        self._waiting.append((request, answer))
-        self._start_batches()
-        return await answer
+        return await self._calls.submit(request)
 
-    def _start_batches(self) -> None:
-        while len(self._inflight) < self._max_inflight:
-            batch: list[_Waiting] = []
-            while self._waiting and len(batch) < self._max_batch:
-                request, future = self._waiting.popleft()
-                if not future.done():
-                    batch.append((request, future))
-            if not batch:
-                return
-            task = asyncio.create_task(self._send(batch))
-            self._inflight.add(task)
-            task.add_done_callback(self._sent)
+    def queue_delay_seconds(self) -> float:
+        """How long the oldest webhook not yet sent has been waiting for a call to go out."""
+        return self._calls.oldest_wait_seconds()
 
-    def _sent(self, task: asyncio.Task[None]) -> None:
-        self._inflight.discard(task)
-        self._start_batches()
-
-    async def _send(self, batch: list[_Waiting]) -> None:
-        WEBHOOK_BATCH_SIZE.observe(len(batch))
+    async def _send(self, requests: list[IngestWebhookRequest]) -> list[IngestWebhookResponse | AlertsError]:
+        WEBHOOK_BATCH_SIZE.observe(len(requests))
         try:
             answer = await self._stub.BatchIngestWebhooks(
-                signal_service_pb2.BatchIngestWebhooksRequest(requests=[request for request, _ in batch]),
-                timeout=self._timeout,
+                signal_service_pb2.BatchIngestWebhooksRequest(requests=requests), timeout=self._timeout
             )
-        except asyncio.CancelledError:
-            for _, future in batch:
-                future.cancel()
-            raise
         except grpc.aio.AioRpcError as exc:
             if exc.code() == grpc.StatusCode.UNIMPLEMENTED:
                 # A signal service from before BatchIngestWebhooks, during a rolling update.
-                await asyncio.gather(*(self._send_alone(request, future) for request, future in batch))
-                return
-            for _, future in batch:
-                _settle(future, from_rpc_error(exc))
-            return
-        for (_, future), result in zip(batch, answer.results, strict=True):
-            if result.HasField("response"):
-                _settle(future, result.response)
-            else:
-                _settle(future, from_rpc_status(status_pb2.Status.FromString(result.error_status)))
+                return list(await asyncio.gather(*(self._send_alone(request) for request in requests)))
+            return [from_rpc_error(exc) for _ in requests]
+        return [
+            result.response
+            if result.HasField("response")
+            else from_rpc_status(status_pb2.Status.FromString(result.error_status))
+            for result in answer.results
+        ]
 
-    async def _send_alone(
-        self,
-        request: signal_service_pb2.IngestWebhookRequest,
-        future: _Answer,
-    ) -> None:
+    async def _send_alone(self, request: IngestWebhookRequest) -> IngestWebhookResponse | AlertsError:
         try:
-            _settle(future, await self._stub.IngestWebhook(request, timeout=self._timeout))
+            return await self._stub.IngestWebhook(request, timeout=self._timeout)
         except grpc.aio.AioRpcError as exc:
-            _settle(future, from_rpc_error(exc))
-
-
-def _settle(
-    future: _Answer,
-    outcome: signal_service_pb2.IngestWebhookResponse | AlertsError,
-) -> None:
-    if future.done():
-        return
-    if isinstance(outcome, AlertsError):
-        future.set_exception(outcome)
-    else:
-        future.set_result(outcome)
+            return from_rpc_error(exc)

@@ -13,11 +13,11 @@ never costs the others their answer.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 
 from prometheus_client import Histogram
 
+from mesh.coalescer import Coalescer
 from signal_service.database import Database, database_unreachable
 from signal_service.repository import WebhookIngest, WebhookOutcome, WebhookRepository
 
@@ -33,69 +33,41 @@ INGEST_BATCH_SIZE = Histogram(
 class GroupCommit:
     def __init__(self, database: Database, *, max_batch: int = 128, max_inflight: int = 2) -> None:
         self._database = database
-        self._max_batch = max_batch
-        self._max_inflight = max_inflight
-        self._waiting: list[tuple[WebhookIngest, asyncio.Future[WebhookOutcome]]] = []
-        self._inflight: set[asyncio.Task[None]] = set()
+        self._batches: Coalescer[WebhookIngest, WebhookOutcome] = Coalescer(
+            self._commit, max_batch=max_batch, max_inflight=max_inflight
+        )
 
     async def ingest(self, row: WebhookIngest) -> WebhookOutcome:
-        outcome: asyncio.Future[WebhookOutcome] = asyncio.get_running_loop().create_future()
-        self._waiting.append((row, outcome))
-        self._start_batches()
-        return await outcome
+        return await self._batches.submit(row)
 
-    def _start_batches(self) -> None:
-        while self._waiting and len(self._inflight) < self._max_inflight:
-            batch = self._waiting[: self._max_batch]
-            del self._waiting[: self._max_batch]
-            task = asyncio.create_task(self._commit(batch))
-            self._inflight.add(task)
-            task.add_done_callback(self._batch_done)
-
-    def _batch_done(self, task: asyncio.Task[None]) -> None:
-        self._inflight.discard(task)
-        self._start_batches()
-
-    async def _commit(self, batch: list[tuple[WebhookIngest, asyncio.Future[WebhookOutcome]]]) -> None:
-        batch.sort(key=lambda entry: entry[0].user_id.bytes)
-        INGEST_BATCH_SIZE.observe(len(batch))
-        rows = [row for row, _ in batch]
+    async def _commit(self, rows: list[WebhookIngest]) -> list[WebhookOutcome | BaseException]:
+        INGEST_BATCH_SIZE.observe(len(rows))
+        if len(rows) == 1:
+            return [await self._store_one(rows[0])]
+        order = sorted(range(len(rows)), key=lambda index: rows[index].user_id.bytes)
         try:
-            outcomes: list[WebhookOutcome | BaseException] = list(await self._store(rows))
-        except asyncio.CancelledError:
-            for _, future in batch:
-                future.cancel()
-            raise
+            async with self._database.connection() as connection:
+                stored = await WebhookRepository(connection).ingest_many([rows[index] for index in order])
         except Exception as exc:
-            if len(rows) == 1 or database_unreachable(exc):
-                outcomes = [exc] * len(rows)
-            else:
-                log.warning(
-                    "group commit failed; storing its webhooks one by one",
-                    extra={"rows": len(rows), "error": repr(exc)},
-                )
-                outcomes = await self._store_each(rows)
-        for (_, future), outcome in zip(batch, outcomes, strict=True):
-            if future.done():
-                # The caller gave up (its deadline passed); its row is stored all the same.
-                continue
-            if isinstance(outcome, BaseException):
-                future.set_exception(outcome)
-            else:
-                future.set_result(outcome)
+            if database_unreachable(exc):
+                raise
+            log.warning(
+                "group commit failed; storing its webhooks one by one",
+                extra={"rows": len(rows), "error": repr(exc)},
+            )
+            return await self._store_each(rows)
+        by_index = dict(zip(order, stored, strict=True))
+        return [by_index[index] for index in range(len(rows))]
 
-    async def _store(self, rows: list[WebhookIngest]) -> list[WebhookOutcome]:
+    async def _store_one(self, row: WebhookIngest) -> WebhookOutcome:
         async with self._database.connection() as connection:
-            repository = WebhookRepository(connection)
-            if len(rows) == 1:
-                return [await repository.ingest(rows[0])]
-            return await repository.ingest_many(rows)
+            return await WebhookRepository(connection).ingest(row)
 
     async def _store_each(self, rows: list[WebhookIngest]) -> list[WebhookOutcome | BaseException]:
         outcomes: list[WebhookOutcome | BaseException] = []
         for row in rows:
             try:
-                outcomes.append((await self._store([row]))[0])
+                outcomes.append(await self._store_one(row))
             except Exception as exc:
                 outcomes.append(exc)
         return outcomes

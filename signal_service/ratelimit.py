@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -10,6 +9,8 @@ from typing import Any
 from prometheus_client import Counter
 from redis.asyncio import Redis
 from redis.exceptions import NoScriptError, RedisError
+
+from mesh.coalescer import Coalescer
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,10 @@ class RateDecision:
     retry_after_seconds: float
 
 
+# One check: its Redis key, the interval between admitted calls in milliseconds, and the burst.
+_Check = tuple[str, float, int]
+
+
 class RateLimiter:
     """Checks go to Redis in batches: calls made while a round trip is in flight share the next one.
 
@@ -54,41 +59,24 @@ class RateLimiter:
         self._redis = redis
         self._namespace = namespace
         self._script = redis.register_script(_GCRA)
-        self._waiting: list[tuple[str, float, int, asyncio.Future[RateDecision]]] = []
-        self._sender: asyncio.Task[None] | None = None
+        self._checks: Coalescer[_Check, RateDecision] = Coalescer(self._check, max_batch=1000)
 
     async def acquire(self, key: str, *, rate_per_second: float, burst: int) -> RateDecision:
-        decision: asyncio.Future[RateDecision] = asyncio.get_running_loop().create_future()
-        self._waiting.append(
-            (f"{self._namespace}:ratelimit:{key}", 1000.0 / rate_per_second, max(1, burst), decision)
+        return await self._checks.submit(
+            (f"{self._namespace}:ratelimit:{key}", 1000.0 / rate_per_second, max(1, burst))
         )
-        if self._sender is None or self._sender.done():
-            self._sender = asyncio.create_task(self._send_waiting())
-        return await decision
 
-    async def _send_waiting(self) -> None:
-        while self._waiting:
-            batch, self._waiting = self._waiting, []
-            try:
-                decisions = await self._decide(batch)
-            except RedisError as exc:
-                # Fails open: with Redis down an alert refused here would be lost (TradingView keeps no
-                # queue), while the monthly quota, in PostgreSQL, still bounds what a user can store.
-                RATE_LIMIT_BYPASSED.inc(len(batch))
-                log.warning("rate limiter unavailable; request admitted unchecked", extra={"error": str(exc)})
-                decisions = [_ADMITTED_UNCHECKED] * len(batch)
-            except BaseException as exc:
-                for *_, future in batch:
-                    if not future.done():
-                        future.set_exception(exc)
-                raise
-            for (*_, future), decision in zip(batch, decisions, strict=True):
-                if not future.done():
-                    future.set_result(decision)
+    async def _check(self, batch: list[_Check]) -> list[RateDecision]:
+        try:
+            return await self._decide(batch)
+        except RedisError as exc:
+            # Fails open: with Redis down an alert refused here would be lost (TradingView keeps no
+            # queue), while the monthly quota, in PostgreSQL, still bounds what a user can store.
+            RATE_LIMIT_BYPASSED.inc(len(batch))
+            log.warning("rate limiter unavailable; request admitted unchecked", extra={"error": str(exc)})
+            return [_ADMITTED_UNCHECKED] * len(batch)
 
-    async def _decide(
-        self, batch: list[tuple[str, float, int, asyncio.Future[RateDecision]]]
-    ) -> list[RateDecision]:
+    async def _decide(self, batch: list[_Check]) -> list[RateDecision]:
         answers = await self._run(batch)
         missing = [index for index, answer in enumerate(answers) if isinstance(answer, NoScriptError)]
         if missing:
@@ -101,9 +89,9 @@ class RateLimiter:
                 raise answer if isinstance(answer, RedisError) else RedisError(str(answer))
         return [RateDecision(bool(allowed), float(retry_ms) / 1000.0) for allowed, retry_ms in answers]
 
-    async def _run(self, batch: list[tuple[str, float, int, asyncio.Future[RateDecision]]]) -> list[Any]:
+    async def _run(self, batch: list[_Check]) -> list[Any]:
         async with self._redis.pipeline(transaction=False) as pipe:
-            for key, interval_ms, burst, _ in batch:
+            for key, interval_ms, burst in batch:
                 pipe.evalsha(self._script.sha, 1, key, interval_ms, burst)
             return await pipe.execute(raise_on_error=False)
 

@@ -45,6 +45,7 @@ from litestar import Litestar
 from prometheus_client import Counter, Gauge
 
 from apidevs.alerts.v1 import signal_service_pb2
+from mesh.coalescer import Coalescer
 from mesh.errors import from_rpc_error
 from mesh.logging import request_id_var
 
@@ -125,6 +126,8 @@ class WebhookSpool:
         self.max_bytes = max_bytes
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="webhook-spool")
         self._connection: sqlite3.Connection | None = None
+        # Appends made while one is being written share the next transaction, and its one fsync.
+        self._appends: Coalescer[tuple[str, bytes], SpoolTotals] = Coalescer(self._append_all, max_batch=500)
 
     @property
     def path(self) -> Path:
@@ -148,13 +151,15 @@ class WebhookSpool:
         spooled = signal_service_pb2.IngestWebhookRequest()
         spooled.CopyFrom(request)
         spooled.idempotency_key = str(uuid.uuid4())
-        payload = spooled.SerializeToString()
-        try:
-            totals = await self._run(self._insert, request_id, payload)
-        except (sqlite3.Error, OSError) as exc:
-            raise SpoolFullError(f"the spool cannot be written: {exc}") from exc
+        totals = await self._appends.submit((request_id, spooled.SerializeToString()))
         self.publish(totals)
         return spooled
+
+    async def _append_all(self, records: list[tuple[str, bytes]]) -> list[SpoolTotals | SpoolFullError]:
+        try:
+            return await self._run(self._insert, records)
+        except (sqlite3.Error, OSError) as exc:
+            return [SpoolFullError(f"the spool cannot be written: {exc}") for _ in records]
 
     async def oldest(self, limit: int) -> list[SpooledRequest]:
         rows = await self._run(self._select_oldest, limit)
@@ -201,25 +206,30 @@ class WebhookSpool:
             raise sqlite3.ProgrammingError("the spool is not open")
         return self._connection
 
-    def _insert(self, request_id: str, payload: bytes) -> SpoolTotals:
+    def _insert(self, records: list[tuple[str, bytes]]) -> list[SpoolTotals | SpoolFullError]:
+        """Appends in one transaction: every record that fits is written, the rest are refused."""
         db = self._db()
         # IMMEDIATE takes the write lock before the size check, so concurrent edge processes cannot
         # both pass the check and overfill the spool.
         db.execute("BEGIN IMMEDIATE")
         try:
             (stored,) = db.execute("SELECT bytes FROM spool_totals").fetchone()
-            if stored + len(payload) > self.max_bytes:
-                raise SpoolFullError(f"the spool holds {stored} of {self.max_bytes} bytes")
-            db.execute(
-                "INSERT INTO spooled_requests (request_id, size, request) VALUES (?, ?, ?)",
-                (request_id, len(payload), payload),
-            )
+            fits: list[bool] = []
+            for request_id, payload in records:
+                fits.append(stored + len(payload) <= self.max_bytes)
+                if fits[-1]:
+                    stored += len(payload)
+                    db.execute(
+                        "INSERT INTO spooled_requests (request_id, size, request) VALUES (?, ?, ?)",
+                        (request_id, len(payload), payload),
+                    )
             totals = self._read_totals()
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
             raise
-        return totals
+        refusal = f"the spool holds {totals.bytes} of {self.max_bytes} bytes"
+        return [totals if fit else SpoolFullError(refusal) for fit in fits]
 
     def _select_oldest(self, limit: int) -> list[tuple[int, str, bytes]]:
         statement = "SELECT id, request_id, request FROM spooled_requests ORDER BY id LIMIT ?"

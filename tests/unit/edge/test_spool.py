@@ -152,6 +152,28 @@ async def test_a_full_spool_refuses_until_replays_make_room(tmp_path: Path) -> N
         await spool.close()
 
 
+async def test_concurrent_appends_share_a_transaction_and_only_what_fits_is_kept(tmp_path: Path) -> None:
+    request = webhook("tok")
+    one = len(request.SerializeToString()) + 38
+    spool = WebhookSpool(tmp_path, max_bytes=one * 5)
+    await spool.open()
+    try:
+        outcomes = await asyncio.gather(
+            *(spool.append(request, request_id=f"r{n}") for n in range(8)),
+            return_exceptions=True,
+        )
+        kept = [outcome for outcome in outcomes if not isinstance(outcome, BaseException)]
+        refused = [outcome for outcome in outcomes if isinstance(outcome, SpoolFullError)]
+        assert (len(kept), len(refused)) == (5, 3)
+        # First come, first kept: the refused are the last three, and the spool holds the first five in order.
+        assert all(isinstance(outcome, SpoolFullError) for outcome in outcomes[5:])
+        stored = await spool.oldest(10)
+        assert [item.request_id for item in stored] == [f"r{n}" for n in range(5)]
+        assert [item.request.idempotency_key for item in stored] == [item.idempotency_key for item in kept]
+    finally:
+        await spool.close()
+
+
 async def test_processes_sharing_a_spool_never_overfill_it(tmp_path: Path) -> None:
     """Each edge worker process opens the same file; the size check and the insert are one transaction."""
     request = webhook("tok")  # one request, one size: a timestamp's varint length varies with its value

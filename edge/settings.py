@@ -20,6 +20,11 @@ class EdgeSettings(CommonSettings):
     # Batching (edge/batching.py): BatchIngestWebhooks calls out at once, and webhooks per call.
     ingest_batch_max_inflight: int = Field(default=2, ge=1)
     ingest_batch_max_size: int = Field(default=200, ge=1, le=1000)
+    # Load shedding into the spool: a webhook arriving while the oldest one not yet sent to the signal
+    # service has waited this long is spooled at once and answered 202. A burst larger than the signal
+    # service can take in time is then answered within TradingView's 3 s instead of timing out, and
+    # stored as the spool drains. 0 turns shedding off (webhooks then wait up to ingest_timeout_seconds).
+    shed_after_queue_delay_seconds: float = Field(default=0.5, ge=0)
     # Bodies over the webhook limit are refused, but read up to this much so that the refusal is audited.
     max_read_bytes: int = 1024 * 1024
     webhook_body_limit: int = 64 * 1024

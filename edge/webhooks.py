@@ -16,6 +16,7 @@ from litestar.openapi.datastructures import ResponseSpec
 from prometheus_client import Counter, Histogram
 
 from apidevs.alerts.v1 import resources_pb2, signal_service_pb2, signal_service_pb2_grpc
+from edge.batching import IngestBatcher
 from edge.client_ip import client_ip
 from edge.errors import error_response, http_status_for
 from edge.settings import EdgeSettings
@@ -140,9 +141,9 @@ def _refusal(status_code: int, error: str) -> tuple[Response, str]:
 
 
 async def _spool(
-    request: Request, ingest: signal_service_pb2.IngestWebhookRequest, request_id: str
+    request: Request, ingest: signal_service_pb2.IngestWebhookRequest, request_id: str, reason: str = "queued"
 ) -> tuple[Response, str]:
-    """The signal service is away: keep the alert on disk for the replayer and say so with 202."""
+    """The signal service is away or behind: keep the alert on disk for the replayer and say so with 202."""
     spool: WebhookSpool = request.app.state.spool
     try:
         await spool.append(ingest, request_id=request_id)
@@ -155,7 +156,7 @@ async def _spool(
         )
         return response, "spool_full"
     request.app.state.spool_replayer.kick()
-    return Response({"success": True, "queued": True, "request_id": request_id}, status_code=202), "queued"
+    return Response({"success": True, "queued": True, "request_id": request_id}, status_code=202), reason
 
 
 @post(
@@ -168,7 +169,7 @@ async def _spool(
     responses={
         202: ResponseSpec(
             data_container=WebhookQueued,
-            description="The signal service is away: the alert is kept on disk and stored when it is back",
+            description="The signal service is away or behind: the alert is kept on disk and stored when it is taken",
         ),
         **{
             status: ResponseSpec(data_container=WebhookRefused, description=text)
@@ -228,9 +229,12 @@ async def _answer(request: Request, token: str, chart: str | None, request_id: s
     ingest.body = body[: settings.webhook_body_limit]
     ingest.body_size = size
     ingest.request_id = request_id
+    batcher: IngestBatcher = request.app.state.ingest_batcher
+    if 0 < settings.shed_after_queue_delay_seconds < batcher.queue_delay_seconds():
+        return await _spool(request, ingest, request_id, reason="shed")
     try:
         async with asyncio.timeout(settings.ingest_timeout_seconds):
-            answer = await request.app.state.ingest_batcher.ingest(ingest)
+            answer = await batcher.ingest(ingest)
     except TimeoutError:
         return await _spool(request, ingest, request_id)
     except AlertsError as error:

@@ -16,6 +16,7 @@ from pathlib import Path
 import asyncpg
 import httpx
 import pytest
+from prometheus_client import REGISTRY
 
 from apidevs.alerts.v1 import resources_pb2, signal_service_pb2_grpc, user_service_pb2_grpc
 from edge.settings import EdgeSettings
@@ -210,3 +211,45 @@ async def test_the_spool_outlives_the_edge_and_survives_a_database_outage(
         "SELECT raw_body FROM signals WHERE user_id = $1 ORDER BY created_at", uuid.UUID(user_id)
     )
     assert [row["raw_body"] for row in rows] == [alert(index) for index in range(3)]
+
+
+async def test_a_burst_beyond_what_the_signal_service_takes_in_time_is_shed_to_the_spool(
+    service_env: dict[str, str],
+    signal_server: str,
+    users: user_service_pb2_grpc.UserServiceStub,
+    db: asyncpg.Connection,
+    tmp_path: Path,
+) -> None:
+    created = await create_user(users, plan=resources_pb2.PLAN_PREMIUM)
+    # One webhook per call and one call at a time: a queue forms at once, and any wait sheds.
+    settings = spooling_edge(service_env, signal_server, tmp_path).model_copy(
+        update={
+            "ingest_batch_max_inflight": 1,
+            "ingest_batch_max_size": 1,
+            "shed_after_queue_delay_seconds": 0.001,
+        }
+    )
+    shed_before = REGISTRY.get_sample_value("alerts_webhooks_total", {"status": "202", "reason": "shed"}) or 0
+    count = 40
+    async with (
+        running_edge(settings) as edge_url,
+        httpx.AsyncClient(base_url=edge_url, timeout=10, limits=httpx.Limits(max_connections=count)) as http,
+    ):
+        answers = await asyncio.gather(
+            *(
+                http.post(f"/webhook/u/{created.webhook_token}", content=alert(index))
+                for index in range(count)
+            )
+        )
+        statuses = [answer.status_code for answer in answers]
+        assert set(statuses) <= {200, 202}
+        assert 202 in statuses
+        assert 200 in statuses
+        await until_drained(tmp_path)
+    shed = (
+        REGISTRY.get_sample_value("alerts_webhooks_total", {"status": "202", "reason": "shed"}) - shed_before
+    )
+    assert shed == statuses.count(202)
+
+    rows = await db.fetch("SELECT raw_body FROM signals WHERE user_id = $1", uuid.UUID(created.user.user_id))
+    assert sorted(row["raw_body"] for row in rows) == sorted(alert(index) for index in range(count))

@@ -89,22 +89,6 @@ class WebhookUserRow:
     ip_allowlist: list[str]
 
 
-_USER_BY_TOKEN_HASH = (
-    sa.select(User.id, User.plan, User.webhook_enabled, UserConfig.ip_allowlist)
-    .join(UserConfig, UserConfig.user_id == User.id)
-    .where(
-        sa.or_(
-            User.webhook_token_hash == sa.bindparam("token_hash"),
-            sa.and_(
-                User.previous_token_hash == sa.bindparam("token_hash"),
-                User.previous_token_expires_at > sa.bindparam("now"),
-            ),
-        )
-    )
-    .limit(1)
-)
-
-
 class UserRepository:
     def __init__(self, session: AsyncSession) -> None:
         self.session = session
@@ -129,15 +113,6 @@ class UserRepository:
         )
         row = (await self.session.execute(statement)).one_or_none()
         return (row[0], row[1]) if row else None
-
-    async def find_by_token_hash(self, token_hash: str, now: datetime) -> WebhookUserRow | None:
-        """The user whose current token, or previous token still in its grace period, has this hash.
-
-        Plain columns on the session's connection: no ORM objects to build for the one read intake makes.
-        """
-        connection = await self.session.connection()
-        row = (await connection.execute(_USER_BY_TOKEN_HASH, {"token_hash": token_hash, "now": now})).first()
-        return WebhookUserRow(*row) if row else None
 
     async def lock(self, user_id: uuid.UUID) -> User | None:
         """Locks the user row until commit: a user's quota and event sequence change one writer at a time."""
@@ -506,6 +481,16 @@ _INGEST_WEBHOOK = (
 )
 
 
+# Users by token hash: the current token, or the previous one within its grace period.
+_WEBHOOK_USERS_QUERY = """
+SELECT t.token_hash, u.id, u.plan, u.webhook_enabled, c.ip_allowlist
+FROM unnest($1::text[]) AS t(token_hash)
+JOIN users u ON u.webhook_token_hash = t.token_hash
+             OR (u.previous_token_hash = t.token_hash AND u.previous_token_expires_at > $2)
+JOIN user_config c ON c.user_id = u.id
+"""
+
+
 class WebhookRepository:
     """The webhook hot path on a plain asyncpg connection: one prepared statement, its own transaction.
 
@@ -515,6 +500,11 @@ class WebhookRepository:
 
     def __init__(self, connection: asyncpg.Connection) -> None:
         self.connection = connection
+
+    async def find_users(self, token_hashes: Sequence[str], now: datetime) -> dict[str, WebhookUserRow]:
+        """The users these token hashes belong to, in one statement; unknown hashes are left out."""
+        records = await self.connection.fetch(_WEBHOOK_USERS_QUERY, list(token_hashes), now)
+        return {record[0]: WebhookUserRow(*record[1:]) for record in records}
 
     async def ingest(self, row: WebhookIngest) -> WebhookOutcome:
         record = await self.connection.fetchrow(_INGEST_WEBHOOK, *_ingest_arguments(row))

@@ -22,6 +22,7 @@ from typing import Any
 
 from sqlalchemy.exc import IntegrityError
 
+from mesh.coalescer import Coalescer
 from mesh.crypto import CookieCipher
 from mesh.errors import (
     AlertsError,
@@ -64,6 +65,8 @@ from signal_service.repository import (
     UserRepository,
     UserStatsRow,
     WebhookIngest,
+    WebhookRepository,
+    WebhookUserRow,
 )
 from signal_service.sessions import (
     SESSION_INVALID_REASON,
@@ -225,6 +228,10 @@ class WebhookIngestor:
         self._backlog = backlog
         self._on_commit = on_commit or (lambda: None)
         self._users = WebhookUserCache(settings.webhook_user_cache_seconds)
+        # A burst of users not cached (a candle close) reads them in a few statements, not one each.
+        self._user_reads: Coalescer[str, WebhookUserRow | None] = Coalescer(
+            self._read_users, max_batch=500, max_inflight=2
+        )
         self._group_commit = GroupCommit(
             database,
             max_batch=settings.ingest_group_commit_max_batch,
@@ -302,9 +309,13 @@ class WebhookIngestor:
         cached = self._users.get(tokens.hash_token(token))
         return cached.id if cached is not None else None
 
+    async def _read_users(self, token_hashes: list[str]) -> list[WebhookUserRow | None]:
+        async with self._database.connection() as connection:
+            found = await WebhookRepository(connection).find_users(token_hashes, _utcnow())
+        return [found.get(token_hash) for token_hash in token_hashes]
+
     async def _read_user(self, token_hash: str, command: IngestCommand) -> WebhookUser:
-        async with self._database.session() as session:
-            found = await UserRepository(session).find_by_token_hash(token_hash, _utcnow())
+        found = await self._user_reads.submit(token_hash)
         if found is None:
             await self._limit_unknown_source(command)
             raise NotFoundError("unknown webhook", reason="UNKNOWN_TOKEN")

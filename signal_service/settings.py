@@ -56,7 +56,8 @@ class SignalSettings(DatabaseJobSettings):
     plan_limits: dict[str, PlanLimits] = Field(default_factory=_default_plan_limits)
     # How long intake trusts a token -> user lookup for admission; the store re-verifies it under the
     # user's lock, so a rotated token, a disabled webhook or a new allowlist apply at once. 0 disables.
-    webhook_user_cache_seconds: float = Field(default=60.0, ge=0)
+    # An hour: most users alert on 15-minute to hourly candles, and a staleness costs one extra read.
+    webhook_user_cache_seconds: float = Field(default=3600.0, ge=0)
     # Per source address, for tokens that are malformed or match no user: slows token guessing without
     # touching real users, whose known tokens never count against it.
     unknown_token_rate_per_second: float = Field(default=5.0, gt=0)

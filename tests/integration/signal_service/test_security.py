@@ -5,6 +5,7 @@ neighbours and shutdown."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import uuid
 from collections.abc import AsyncIterator
@@ -14,6 +15,7 @@ import asyncpg
 import grpc
 import pytest
 import sqlalchemy as sa
+from asyncpg.connection import LoggedQuery
 from redis.asyncio import Redis
 
 from apidevs.alerts.v1 import user_service_pb2
@@ -95,6 +97,22 @@ async def test_malformed_tokens_cost_no_statement_and_well_formed_ones_one(servi
         "before_cursor_execute",
         lambda conn, cursor, statement, *rest: statements.append(statement),
     )
+    plain_connection = database.connection
+
+    @contextlib.asynccontextmanager
+    async def recorded_connection() -> AsyncIterator[asyncpg.Connection]:
+        async with plain_connection() as connection:
+
+            def record(query: LoggedQuery) -> None:
+                statements.append(query.query)
+
+            connection.add_query_logger(record)
+            try:
+                yield connection
+            finally:
+                connection.remove_query_logger(record)
+
+    database.connection = recorded_connection  # type: ignore[method-assign]
     ingestor = ingestor_on(database, settings, redis)
     try:
         for token in MALFORMED_TOKENS:

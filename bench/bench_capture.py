@@ -3,8 +3,9 @@ backlog of free ones, against the local chart stub.
 
 Pool: runs the chart stub as a child process, then captures charts through one BrowserPool with a fixed
 number of captures in flight (the worker's default concurrency, 3), and prints captures per minute,
-latency percentiles, and the peak memory of this process plus its Chromium and Playwright children. RSS is
-summed over processes and so counts shared pages more than once; PSS splits them and is the better total.
+latency percentiles, and the peak memory of this process plus its Chromium and Playwright children, from
+before Chromium's launch to the last capture, with each process's share of it by role. RSS is summed over
+processes and so counts shared pages more than once; PSS splits them and is the better total.
 
 Premium wait: the whole system as processes (bench/harness.py: storage, signal, edge and one capture
 worker at that concurrency, pointed at the stub with ALERTS_TRADINGVIEW_URL), a free user's webhooks
@@ -22,22 +23,27 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import ctypes
+import dataclasses
+import json
 import os
 import random
+import re
+import select
 import socket
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import asyncpg
 import httpx
+import numpy as np
 import psutil
 import redis
 
@@ -64,42 +70,166 @@ TICKERS = ("BINANCE:BTCUSDT", "NASDAQ:AAPL", "FX:EURUSD", "NYSE:BRK.B", "BINANCE
 class MemoryPeak:
     rss_bytes: int = 0
     pss_bytes: int = 0
+    footprint_bytes: int = 0
     processes: int = 0
+    # PSS by role (see process_role) at the moment the total PSS peaked, and the process count of each.
+    pss_by_role: dict[str, int] = field(default_factory=dict)
+    processes_by_role: dict[str, int] = field(default_factory=dict)
 
 
-def process_tree_memory(excluded_pid: int) -> tuple[int, int, int]:
-    """(summed RSS, summed PSS, process count) of this process and its descendants, less the stub's."""
-    rss = pss = count = 0
-    for process in [psutil.Process(), *psutil.Process().children(recursive=True)]:
-        if process.pid == excluded_pid:
+_PR_SET_CHILD_SUBREAPER = 36
+
+
+def adopt_orphaned_descendants() -> None:
+    """Makes this process the subreaper of its descendants (Linux).
+
+    Chromium double-forks its crash handler, which would otherwise be re-parented to init and fall out of
+    the process tree that is measured.
+    """
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_CHILD_SUBREAPER) failed")
+
+
+def process_role(process: psutil.Process, root_pid: int) -> str:
+    """What a process of the tree is for: Chromium's by its --type (and utility sub-type)."""
+    if process.pid == root_pid:
+        return "python"
+    arguments = process.cmdline()
+    if not arguments:
+        return process.name()
+    if Path(arguments[0]).name == "node":
+        return "playwright driver"
+    options = dict(argument.split("=", 1) for argument in arguments[1:] if "=" in argument)
+    kind = options.get("--type")
+    if kind is None:
+        return "crashpad" if "crashpad" in arguments[0] else "browser"
+    if kind == "utility":
+        return "utility " + options.get("--utility-sub-type", "?").split(".")[0]
+    if kind == "renderer" and "--top-chrome-webui" in arguments:
+        return "renderer (browser UI)"
+    return kind
+
+
+_PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
+_PAGEMAP_PRESENT = np.uint64(1 << 63)
+_PAGEMAP_PFN = np.uint64((1 << 55) - 1)
+_SMAPS_RANGE = re.compile(rb"^([0-9a-f]+)-([0-9a-f]+) ")
+
+
+@dataclass
+class ProcessMemory:
+    rss_bytes: int
+    pss_bytes: int
+    # Physical page numbers of every resident page, to count pages shared within the tree once.
+    frames: np.ndarray
+
+
+def process_memory(pid: int) -> ProcessMemory:
+    """RSS and PSS from /proc/PID/smaps, and the frames behind the resident mappings from pagemap (root
+    only: without CAP_SYS_ADMIN the kernel reports every frame as 0)."""
+    rss = pss = 0
+    resident: list[tuple[int, int]] = []
+    start = end = 0
+    with open(f"/proc/{pid}/smaps", "rb") as smaps:
+        for line in smaps:
+            found = _SMAPS_RANGE.match(line)
+            if found:
+                start, end = int(found[1], 16), int(found[2], 16)
+            elif line.startswith(b"Rss:"):
+                kib = int(line.split()[1])
+                rss += kib * 1024
+                if kib:
+                    resident.append((start, end))
+            elif line.startswith(b"Pss:"):
+                pss += int(line.split()[1]) * 1024
+    frames = []
+    with open(f"/proc/{pid}/pagemap", "rb", buffering=0) as pagemap:
+        for start, end in resident:
+            pagemap.seek(start // _PAGE_BYTES * 8)
+            entries = np.frombuffer(pagemap.read((end - start) // _PAGE_BYTES * 8), dtype=np.uint64)
+            frames.append(entries[(entries & _PAGEMAP_PRESENT) != 0] & _PAGEMAP_PFN)
+    return ProcessMemory(rss, pss, np.concatenate(frames) if frames else np.empty(0, np.uint64))
+
+
+@dataclass
+class TreeMemory:
+    rss_bytes: int
+    pss_bytes: int
+    footprint_bytes: int
+    pss_by_role: dict[str, list[int]]
+
+
+def process_tree_memory(root_pid: int, excluded_pids: set[int]) -> TreeMemory:
+    """`root_pid` and its descendants, less `excluded_pids`: summed RSS and PSS, PSS of each process by role,
+    and the footprint, every physical page mapped by any of them counted once.
+
+    PSS splits a shared page among every process mapping it, including unrelated ones: another Chromium
+    or Playwright driver on the machine lowers ours. The footprint does not depend on what else runs; it
+    is what the tree needs on a machine (or in a container) of its own.
+    """
+    rss = pss = 0
+    by_role: dict[str, list[int]] = {}
+    frames = []
+    root = psutil.Process(root_pid)
+    for process in [root, *root.children(recursive=True)]:
+        if process.pid in excluded_pids:
             continue
-        with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
-            info = process.memory_full_info()
-            rss += info.rss
-            pss += getattr(info, "pss", info.rss)
-            count += 1
-    return rss, pss, count
+        with contextlib.suppress(
+            psutil.NoSuchProcess, psutil.AccessDenied, FileNotFoundError, ProcessLookupError
+        ):
+            memory = process_memory(process.pid)
+            role = process_role(process, root_pid)
+            rss += memory.rss_bytes
+            pss += memory.pss_bytes
+            frames.append(memory.frames)
+            by_role.setdefault(role, []).append(memory.pss_bytes)
+    unique = np.unique(np.concatenate(frames)) if frames else np.empty(0, np.uint64)
+    if unique.size and not unique.any():
+        raise PermissionError("pagemap hides physical frames from this user; run the bench as root")
+    return TreeMemory(rss, pss, int(unique.size) * _PAGE_BYTES, by_role)
 
 
-class MemorySampler(threading.Thread):
+def sample_memory(root_pid: int, excluded_pids: set[int], interval_seconds: float) -> None:
+    """Samples the tree under `root_pid` until stdin closes, then prints the peak as JSON."""
+    peak = MemoryPeak()
+    while not select.select([sys.stdin], [], [], interval_seconds)[0]:
+        tree = process_tree_memory(root_pid, excluded_pids)
+        peak.rss_bytes = max(peak.rss_bytes, tree.rss_bytes)
+        peak.footprint_bytes = max(peak.footprint_bytes, tree.footprint_bytes)
+        peak.processes = max(peak.processes, sum(map(len, tree.pss_by_role.values())))
+        if tree.pss_bytes > peak.pss_bytes:
+            peak.pss_bytes = tree.pss_bytes
+            peak.pss_by_role = {role: sum(sizes) for role, sizes in tree.pss_by_role.items()}
+            peak.processes_by_role = {role: len(sizes) for role, sizes in tree.pss_by_role.items()}
+    print(json.dumps(dataclasses.asdict(peak)))
+
+
+class MemorySampler:
+    """Samples this process's tree from a child process of its own, so that neither the sampler's
+    memory (numpy, the frame arrays) nor its CPU time lands in the process being measured."""
+
     def __init__(self, excluded_pid: int, interval_seconds: float = 0.25) -> None:
-        super().__init__(daemon=True)
-        self.excluded_pid = excluded_pid
-        self.interval_seconds = interval_seconds
-        self.peak = MemoryPeak()
-        self._finished = threading.Event()
-
-    def run(self) -> None:
-        while not self._finished.wait(self.interval_seconds):
-            rss, pss, count = process_tree_memory(self.excluded_pid)
-            self.peak.rss_bytes = max(self.peak.rss_bytes, rss)
-            self.peak.pss_bytes = max(self.peak.pss_bytes, pss)
-            self.peak.processes = max(self.peak.processes, count)
+        self._process = subprocess.Popen(
+            [
+                sys.executable,
+                __file__,
+                "--sample-memory-of",
+                str(os.getpid()),
+                "--exclude-pid",
+                str(excluded_pid),
+                "--sample-interval",
+                str(interval_seconds),
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+        )
 
     def stop(self) -> MemoryPeak:
-        self._finished.set()
-        self.join()
-        return self.peak
+        output, _ = self._process.communicate(timeout=60)
+        if self._process.returncode != 0:
+            raise RuntimeError(f"the memory sampler failed with exit status {self._process.returncode}")
+        return MemoryPeak(**json.loads(output))
 
 
 @contextlib.contextmanager
@@ -136,9 +266,16 @@ def percentile(values: list[float], fraction: float) -> float:
 
 
 async def pool_throughput(
-    base_url: str, stub_pid: int, captures: int, concurrency: int, viewport: tuple[int, int]
+    base_url: str,
+    stub_pid: int,
+    captures: int,
+    concurrency: int,
+    viewport: tuple[int, int],
+    chromium_args: list[str],
 ) -> None:
-    pool = BrowserPool(viewport=viewport)
+    pool = BrowserPool(viewport=viewport, extra_args=chromium_args)
+    # From before the launch: a worker's peak may as well come from starting up as from capturing.
+    sampler = MemorySampler(excluded_pid=stub_pid)
     await pool.start()
     session = TradingViewSession(sessionid="bench-session", sessionid_sign="bench-sign")
     slots = asyncio.Semaphore(concurrency)
@@ -158,17 +295,16 @@ async def pool_throughput(
         await asyncio.gather(*(one(index) for index in range(concurrency)))
         latencies.clear()
         sizes.clear()
-        sampler = MemorySampler(excluded_pid=stub_pid)
-        sampler.start()
         started = time.perf_counter()
         await asyncio.gather(*(one(index) for index in range(captures)))
         elapsed = time.perf_counter() - started
-        peak = sampler.stop()
     finally:
+        peak = sampler.stop()
         await pool.close()
 
     print(f"captures: {captures} at concurrency {concurrency}, viewport {viewport[0]}x{viewport[1]}")
-    print(f"CPUs: {os.cpu_count()}, Chromium launches: {pool.launches}")
+    print(f"CPUs: {os.cpu_count()}, load average {' '.join(f'{load:.2f}' for load in os.getloadavg())}")
+    print(f"Chromium launches: {pool.launches}, extra arguments: {' '.join(chromium_args) or 'none'}")
     print(f"throughput: {captures / elapsed * 60:.1f} captures/minute ({elapsed:.1f} s)")
     print(
         "latency per capture (s): "
@@ -178,8 +314,12 @@ async def pool_throughput(
     print(f"PNG size: median {statistics.median(sizes) / 1024:.0f} KiB")
     print(
         f"peak memory of this process and its children ({peak.processes} processes at most): "
-        f"RSS {peak.rss_bytes / 2**20:.0f} MiB, PSS {peak.pss_bytes / 2**20:.0f} MiB"
+        f"RSS {peak.rss_bytes / 2**20:.0f} MiB, PSS {peak.pss_bytes / 2**20:.0f} MiB, "
+        f"footprint {peak.footprint_bytes / 2**20:.0f} MiB"
     )
+    print("PSS at that peak by role (MiB):")
+    for role, pss in sorted(peak.pss_by_role.items(), key=lambda item: -item[1]):
+        print(f"  {role:<28} {peak.processes_by_role[role]:>2} x  {pss / 2**20:6.1f}")
 
 
 def alert_body(ticker: str, price: int) -> bytes:
@@ -342,11 +482,30 @@ def main() -> None:
     parser.add_argument("--height", type=int, default=720)
     parser.add_argument("--free-jobs", type=int, default=500)
     parser.add_argument("--premium-samples", type=int, default=10)
+    # The sampler's own run (see MemorySampler), not for use by hand.
+    parser.add_argument("--sample-memory-of", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--exclude-pid", type=int, action="append", default=[], help=argparse.SUPPRESS)
+    parser.add_argument("--sample-interval", type=float, default=0.25, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--chromium-arg",
+        action="append",
+        default=[],
+        help="an extra Chromium argument for the pool, on top of the worker's own (repeatable)",
+    )
     options = parser.parse_args()
+    if options.sample_memory_of is not None:
+        excluded = {os.getpid(), *options.exclude_pid}
+        sample_memory(options.sample_memory_of, excluded, options.sample_interval)
+        return
     viewport = (options.width, options.height)
     if "pool" in options.parts:
+        adopt_orphaned_descendants()
         with chart_stub(options.render_delay_ms) as (base_url, stub_pid):
-            asyncio.run(pool_throughput(base_url, stub_pid, options.captures, options.concurrency, viewport))
+            asyncio.run(
+                pool_throughput(
+                    base_url, stub_pid, options.captures, options.concurrency, viewport, options.chromium_arg
+                )
+            )
     if "premium-wait" in options.parts:
         premium_wait(options.render_delay_ms, options.free_jobs, options.premium_samples, options.concurrency)
 

@@ -28,15 +28,52 @@ BROWSER_RELAUNCHES = Counter(
     "alerts_browser_relaunches_total", "Chromium launched again after the first (it crashed or hung)"
 )
 
+# What Playwright 1.65 disables by default. Chromium keeps only the last --disable-features, so ours has to
+# repeat these; tests/integration/capture_service/test_capture_chart.py checks none is lost on an upgrade.
+PLAYWRIGHT_DISABLED_FEATURES = (
+    "AvoidUnnecessaryBeforeUnloadCheckSync",
+    "DestroyProfileOnBrowserClose",
+    "HttpsUpgrades",
+    "HttpsFirstBalancedModeAutoEnable",
+    "LensOverlay",
+    "MediaRouter",
+    "PaintHolding",
+    "ThirdPartyStoragePartitioning",
+    "AvoidCorsURLLoaderRestartOnRedirect",
+    "TcpPortRandomizationWin",
+    "OptimizationHints",
+    "NetworkTimeServiceQuerying",
+    "AimEnabled",
+    "PreconnectToSearch",
+    "msForceBrowserSignIn",
+    "msEdgeUpdateLaunchServicesPreferredVersion",
+)
+# Headless Chromium still builds a window per context, and each window preloaded the omnibox popup's WebUI
+# in a renderer of its own (chrome://omnibox-popup.top-chrome): about 45 MB PSS per context in flight and
+# much of the CPU. The spare renderer is started for the default profile, which Playwright's contexts
+# never use, so it only ever sat idle.
+UNNEEDED_FEATURES = (
+    "WebUIOmniboxPopup",
+    "WebUIOmniboxAimPopup",
+    "WebUIOmniboxFullPopup",
+    "PreloadTopChromeWebUI",
+    "SpareRendererForSitePerProcess",
+)
 CHROMIUM_ARGS = (
     "--no-sandbox",
     "--disable-gpu",
+    # Debian's chromium wrapper turns GPU rasterization on; with no GPU that meant SwiftShader rasterizing
+    # in the GPU process, about 35 MB more there than rasterizing in the renderers.
+    "--disable-gpu-rasterization",
     "--disable-background-networking",
     "--disable-component-update",
     "--no-first-run",
     "--disable-sync",
     # Containers often give /dev/shm 64 MB, which a few chart tabs exhaust; /tmp has room.
     "--disable-dev-shm-usage",
+    "--disable-features=" + ",".join((*PLAYWRIGHT_DISABLED_FEATURES, *UNNEEDED_FEATURES)),
+    # A chart page's young generation never needs V8's default 16 MB semi-spaces.
+    "--js-flags=--max-semi-space-size=1",
 )
 SYSTEM_CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 

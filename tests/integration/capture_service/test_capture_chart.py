@@ -8,8 +8,9 @@ import signal
 import psutil
 import pytest
 from PIL import Image
+from playwright.async_api import Browser, async_playwright
 
-from capture_service.browser import BrowserPool
+from capture_service.browser import UNNEEDED_FEATURES, BrowserPool, find_chromium
 from capture_service.capture import Screenshot, TradingViewSession, capture_chart, chart_url
 from capture_service.chart_stub import LEFT_TOOLBAR_PX, OVERLAY_RGB, TOP_TOOLBAR_PX
 from capture_service.errors import (
@@ -51,6 +52,23 @@ def chromium_browser_processes() -> list[psutil.Process]:
         except psutil.NoSuchProcess:
             continue
     return found
+
+
+async def renderer_command_lines(browser: Browser) -> list[list[str]]:
+    """The command line of each renderer process of `browser`, which lists the features it runs with."""
+    session = await browser.new_browser_cdp_session()
+    info = await session.send("SystemInfo.getProcessInfo")
+    await session.detach()
+    return [
+        psutil.Process(process["id"]).cmdline()
+        for process in info["processInfo"]
+        if process["type"] == "renderer"
+    ]
+
+
+def disabled_features(command_line: list[str]) -> set[str]:
+    values = [arg.split("=", 1)[1] for arg in command_line if arg.startswith("--disable-features=")]
+    return {feature for value in values for feature in value.split(",")}
 
 
 async def wait_for_request(stub: ChartStub) -> None:
@@ -205,3 +223,27 @@ async def test_a_capture_in_flight_when_chromium_dies_fails_as_a_browser_error(
 
     with pytest.raises(BrowserUnavailableError):
         await capture
+
+
+async def test_the_pool_keeps_playwrights_disabled_features_and_runs_no_browser_ui_renderers(
+    chart_stub: ChartStub, shared_pool: BrowserPool
+) -> None:
+    url = chart_url(chart_stub.base_url, "layout", "NASDAQ:AAPL", "60")
+    async with async_playwright() as playwright:
+        executable = find_chromium(None, playwright.chromium.executable_path)
+        plain = await playwright.chromium.launch(executable_path=executable, headless=True)
+        try:
+            await (await plain.new_page()).goto(url)
+            playwright_default = disabled_features((await renderer_command_lines(plain))[0])
+        finally:
+            await plain.close()
+    async with shared_pool.context([]) as context:
+        await (await context.new_page()).goto(url)
+        assert context.browser is not None
+        ours = await renderer_command_lines(context.browser)
+
+    assert ours
+    for command_line in ours:
+        assert playwright_default <= disabled_features(command_line)
+        assert set(UNNEEDED_FEATURES) <= disabled_features(command_line)
+        assert "--top-chrome-webui" not in command_line

@@ -169,7 +169,9 @@ async def _spool(
     responses={
         202: ResponseSpec(
             data_container=WebhookQueued,
-            description="The signal service is away or behind: the alert is kept on disk and stored when it is taken",
+            description=(
+                "The signal service is away or behind: the alert is kept on disk and stored when it is taken"
+            ),
         ),
         **{
             status: ResponseSpec(data_container=WebhookRefused, description=text)

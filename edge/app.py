@@ -18,6 +18,7 @@ from edge.batching import IngestBatcher
 from edge.settings import EdgeSettings, get_settings
 from edge.spool import webhook_spool
 from mesh.grpc import open_channel
+from mesh.processes import freeze_startup_heap
 from mesh.signing import media_signing_secret
 
 
@@ -56,6 +57,7 @@ def create_app(settings: EdgeSettings) -> Litestar:
         ],
         # The spool's replayer sends through the signal channel: it starts after and stops before it.
         lifespan=[channels, webhook_spool],
+        on_startup=[freeze_startup_heap],
         template_config=ui.template_config(),
         # Litestar would replace the process's JSON log handler (mesh.logging) with its own plain-text one.
         logging_config=None,

@@ -25,6 +25,7 @@ from mesh.auth import ApiKeyRing, principal_var
 from mesh.errors import AlertsError, UnauthenticatedError, to_grpc_status
 from mesh.logging import request_id_var
 from mesh.metrics import GRPC_HANDLED, GRPC_IN_FLIGHT, GRPC_LATENCY
+from mesh.processes import freeze_startup_heap
 from mesh.settings import CommonSettings
 
 log = logging.getLogger(__name__)
@@ -184,6 +185,7 @@ async def serve(
     (server streams); `on_stop` runs after the server stopped.
     """
     port, health_servicer = await start(server, address=address, service_names=service_names)
+    freeze_startup_heap()
     log.info("gRPC server listening", extra={"address": address, "port": port})
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -66,6 +66,8 @@ class User(SQLModel, table=True):
     quota_reset_at: datetime = Field(sa_column=_utc_column())
     # Per-user event sequence: incremented under the row lock, so a user's events commit in order.
     event_seq: int = Field(default=0, sa_column=sa.Column(sa.BigInteger, nullable=False))
+    # The per-user rate limit's state (GCRA theoretical arrival time), kept by ingest_webhook().
+    rate_tat: datetime | None = Field(default=None, sa_column=_utc_column(nullable=True))
     created_at: datetime = Field(sa_column=_now_column())
     updated_at: datetime = Field(sa_column=_now_column())
 

@@ -1,4 +1,9 @@
-"""Per-key rate limits in Redis with GCRA, atomic in one Lua script so every replica shares one budget."""
+"""Per-key rate limits in Redis with GCRA, atomic in one Lua script so every replica shares one budget.
+
+Intake uses it for tokens that match no user, per source address, before any statement runs. A known
+user's rate limit is checked in PostgreSQL, inside the statement that stores the webhook (migration
+0004_ingest_rate_limit), so an accepted webhook costs no Redis round trip.
+"""
 
 from __future__ import annotations
 

@@ -6,7 +6,7 @@ import json
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -462,22 +462,28 @@ class WebhookIngest:
     latency_ms: float
     audit_body: bytes
     body_size: int
+    # The user's plan's rate limit: time between webhooks and the burst tolerated; None is not limited.
+    rate_interval: timedelta | None
+    rate_burst: int
 
 
 @dataclass(frozen=True, slots=True)
 class WebhookOutcome:
-    # "accepted", "duplicate", "quota_exceeded" or "stale" (see migration 0002_ingest_fast_path).
+    # "accepted", "duplicate", "quota_exceeded", "rate_limited" or "stale" (migrations 0002 and 0004).
     outcome: str
     signal_id: uuid.UUID | None
     screenshot_status: str | None
     quota: int | None
     quota_resets_at: datetime | None
+    retry_after_seconds: float | None
 
 
 _INGEST_WEBHOOK = (
-    "SELECT outcome, signal_id, screenshot_status, quota, quota_resets_at FROM ingest_webhook("
+    "SELECT outcome, signal_id, screenshot_status, quota, quota_resets_at, retry_after_seconds"
+    " FROM ingest_webhook("
     "$1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, "
-    "$21, $22, $23, $24, $25, $26, $27, $28, $29, $30, $31, $32, $33, $34, $35, $36, $37, $38, $39)"
+    "$21, $22, $23, $24, $25, $26, $27, $28, $29, $30, $31, $32, $33, $34, $35, $36, $37, $38, $39, "
+    "$40, $41)"
 )
 
 
@@ -563,6 +569,8 @@ def _ingest_arguments(row: WebhookIngest) -> tuple[Any, ...]:
         row.body_sha256.hex(),
         row.audit_body,
         row.body_size,
+        row.rate_interval,
+        row.rate_burst,
     )
 
 

@@ -53,7 +53,7 @@ from signal_service.models import (
     UserConfig,
 )
 from signal_service.parsing import IndicatorCatalog, ParsedAlert, parse_alert
-from signal_service.ratelimit import RateDecision, RateLimiter
+from signal_service.ratelimit import RateLimiter
 from signal_service.repository import (
     EventRepository,
     OutboxEntry,
@@ -143,15 +143,12 @@ class QueueBacklog:
         return ahead
 
 
-_REPLAY_ADMITTED = RateDecision(allowed=True, retry_after_seconds=0.0)
-
-
 def _is_replay(command: IngestCommand) -> bool:
     """Only the edge's spool replayer sets an idempotency key (see IngestWebhookRequest).
 
-    Replays skip the rate limits: the edge took the request in while they could not be checked, and a
-    spool draining at full speed would otherwise be refused for its replay rate, not the user's sending
-    rate. Quota, allowlist and every other check still apply.
+    Replays skip the rate limits: the edge took the request in while it could not be stored (or shed it
+    under a burst), and a spool draining at full speed would otherwise be refused for its replay rate, not
+    the user's sending rate. Quota, allowlist and every other check still apply.
     """
     return bool(command.idempotency_key)
 
@@ -261,20 +258,6 @@ class WebhookIngestor:
                 user = await self._read_user(token_hash, command)
             user_id = user.id
             self._check_admission(user, command)
-            limits = self._settings.plan_limits[user.plan]
-            decision = (
-                _REPLAY_ADMITTED
-                if _is_replay(command)
-                else await self._rate_limiter.acquire(
-                    f"user:{user.id}", rate_per_second=limits.rate_per_second, burst=limits.rate_burst
-                )
-            )
-            if not decision.allowed:
-                raise ResourceExhaustedError(
-                    "too many webhooks; slow down",
-                    reason="RATE_LIMITED",
-                    retry_after_seconds=decision.retry_after_seconds,
-                )
             parsed = parse_alert(
                 command.body,
                 content_type=command.content_type,
@@ -372,6 +355,7 @@ class WebhookIngestor:
         window = timedelta(seconds=self._settings.dedupe_window_seconds)
         signal_id = uuid7()
         capturable = parsed.ticker is not None
+        limits = self._settings.plan_limits[user.plan]
         status = ScreenshotStatus.PENDING if capturable else ScreenshotStatus.SKIPPED
         row = WebhookIngest(
             user_id=user.id,
@@ -410,10 +394,18 @@ class WebhookIngestor:
             latency_ms=(time.perf_counter() - started) * 1000,
             audit_body=command.body[:_AUDIT_BODY_LIMIT],
             body_size=max(command.body_size, len(command.body)),
+            rate_interval=None if _is_replay(command) else timedelta(seconds=1 / limits.rate_per_second),
+            rate_burst=limits.rate_burst,
         )
         stored = await self._group_commit.ingest(row)
         if stored.outcome == "stale":
             return None
+        if stored.outcome == "rate_limited":
+            raise ResourceExhaustedError(
+                "too many webhooks; slow down",
+                reason="RATE_LIMITED",
+                retry_after_seconds=stored.retry_after_seconds,
+            )
         if stored.outcome == "quota_exceeded":
             assert stored.quota_resets_at is not None
             raise ResourceExhaustedError(

@@ -282,6 +282,22 @@ async def test_plan_rate_limit_answers_429_with_retry_after(strict_edge_url, use
     assert row["outcome"] == "refused"
 
 
+async def test_plan_rate_limit_is_exact_under_concurrency(strict_edge_url, users, db) -> None:
+    """Concurrent webhooks meet in shared transactions; the limit is kept under the user's row lock."""
+    created = await create_user(users, plan=resources_pb2.PLAN_FREE)
+    async with httpx.AsyncClient(base_url=strict_edge_url, limits=httpx.Limits(max_connections=30)) as client:
+        answers = await asyncio.gather(
+            *(post(client, created.webhook_token, f"BINANCE:ETHUSDT {index}".encode()) for index in range(30))
+        )
+    statuses = sorted(answer.status_code for answer in answers)
+    # The strict free plan admits a burst of 3, then one webhook per 1000 s.
+    assert statuses == [200] * 3 + [429] * 27
+    rows = await audit_rows(
+        db, "user_id = $1 AND reason = 'RATE_LIMITED'", uuid.UUID(created.user.user_id), at_least=27
+    )
+    assert len(rows) == 27
+
+
 async def test_unknown_tokens_from_one_address_are_slowed_but_known_ones_are_not(
     strict_edge_url, users, db
 ) -> None:

@@ -116,6 +116,8 @@ def _row(user_id: uuid.UUID, token: str, body: bytes) -> WebhookIngest:
         latency_ms=1.0,
         audit_body=body,
         body_size=len(body),
+        rate_interval=None,
+        rate_burst=1,
     )
 
 

@@ -29,8 +29,12 @@ def create_app(settings: EdgeSettings) -> Litestar:
         signal_channel = open_channel(settings.signal_addr, key)
         storage_channel = open_channel(settings.storage_addr, key)
         app.state.signal_stub = signal_service_pb2_grpc.SignalServiceStub(signal_channel)
+        # Webhooks have a channel of their own: no interceptors on the hot path, and no head-of-line
+        # blocking behind the read API's streams.
+        ingest_channel = open_channel(settings.signal_addr, key, per_call_metadata=True)
         app.state.ingest_batcher = IngestBatcher(
-            app.state.signal_stub,
+            signal_service_pb2_grpc.SignalServiceStub(ingest_channel),
+            api_key=key,
             timeout_seconds=settings.ingest_timeout_seconds,
             max_batch=settings.ingest_batch_max_size,
             max_inflight=settings.ingest_batch_max_inflight,
@@ -41,6 +45,7 @@ def create_app(settings: EdgeSettings) -> Litestar:
         try:
             yield
         finally:
+            await ingest_channel.close()
             await signal_channel.close()
             await storage_channel.close()
 

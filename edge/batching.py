@@ -19,6 +19,7 @@ from apidevs.alerts.v1 import signal_service_pb2, signal_service_pb2_grpc
 from apidevs.alerts.v1.signal_service_pb2 import IngestWebhookRequest, IngestWebhookResponse
 from mesh.coalescer import Coalescer
 from mesh.errors import AlertsError, from_rpc_error, from_rpc_status
+from mesh.grpc import call_metadata
 
 WEBHOOK_BATCH_SIZE = Histogram(
     "alerts_webhook_batch_size",
@@ -32,11 +33,14 @@ class IngestBatcher:
         self,
         stub: signal_service_pb2_grpc.SignalServiceStub,
         *,
+        api_key: str | None,
         timeout_seconds: float,
         max_batch: int = 200,
         max_inflight: int = 2,
     ) -> None:
+        # The stub's channel is opened with per_call_metadata (mesh.grpc): each call carries its own.
         self._stub = stub
+        self._api_key = api_key
         self._timeout = timeout_seconds
         self._calls: Coalescer[IngestWebhookRequest, IngestWebhookResponse]
         self._calls = Coalescer(self._send, max_batch=max_batch, max_inflight=max_inflight)
@@ -57,7 +61,9 @@ class IngestBatcher:
         WEBHOOK_BATCH_SIZE.observe(len(requests))
         try:
             answer = await self._stub.BatchIngestWebhooks(
-                signal_service_pb2.BatchIngestWebhooksRequest(requests=requests), timeout=self._timeout
+                signal_service_pb2.BatchIngestWebhooksRequest(requests=requests),
+                timeout=self._timeout,
+                metadata=call_metadata(self._api_key, requests[0].request_id),
             )
         except grpc.aio.AioRpcError as exc:
             if exc.code() == grpc.StatusCode.UNIMPLEMENTED:
@@ -73,6 +79,8 @@ class IngestBatcher:
 
     async def _send_alone(self, request: IngestWebhookRequest) -> IngestWebhookResponse | AlertsError:
         try:
-            return await self._stub.IngestWebhook(request, timeout=self._timeout)
+            return await self._stub.IngestWebhook(
+                request, timeout=self._timeout, metadata=call_metadata(self._api_key, request.request_id)
+            )
         except grpc.aio.AioRpcError as exc:
             return from_rpc_error(exc)

@@ -6,7 +6,6 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
 
 import grpc
 from google.protobuf import timestamp_pb2
@@ -201,8 +200,8 @@ async def receive_webhook(
 async def _answer(request: Request, token: str, chart: str | None, request_id: str) -> tuple[Response, str]:
     """The answer to one webhook and the reason it is counted under."""
     settings: EdgeSettings = request.app.state.settings
-    sent_at = timestamp_pb2.Timestamp()
-    sent_at.FromDatetime(datetime.now(UTC))
+    seconds, nanos = divmod(time.time_ns(), 1_000_000_000)
+    received_at = timestamp_pb2.Timestamp(seconds=seconds, nanos=nanos)
     ingest = signal_service_pb2.IngestWebhookRequest(
         webhook_token=token,
         chart_id=chart or "",
@@ -213,7 +212,7 @@ async def _answer(request: Request, token: str, chart: str | None, request_id: s
             ",".join(request.headers.getall("x-forwarded-for", [])),
             settings.trusted_proxies,
         ),
-        received_at=sent_at,
+        received_at=received_at,
         user_agent=request.headers.get("user-agent", "")[:_MAX_REPORTED_USER_AGENT],
         query={key: value for key, value in request.query_params.items() if key != "chart"},
     )

@@ -12,6 +12,7 @@ from apidevs.alerts.v1 import signal_service_pb2, signal_service_pb2_grpc
 from edge.batching import IngestBatcher
 from mesh import grpc as mesh_grpc
 from mesh.errors import NotFoundError, UnavailableError, to_rpc_status
+from mesh.logging import request_id_var
 from mesh.settings import CommonSettings
 
 
@@ -20,6 +21,7 @@ class _Recording(signal_service_pb2_grpc.SignalServiceServicer):
 
     def __init__(self, *, batches: bool = True) -> None:
         self.batch_sizes: list[int] = []
+        self.request_ids: list[str] = []
         self.single_calls = 0
         self.release = asyncio.Event()
         self.release.set()
@@ -29,6 +31,7 @@ class _Recording(signal_service_pb2_grpc.SignalServiceServicer):
         if not self._batches:
             await context.abort(grpc.StatusCode.UNIMPLEMENTED, "Method not implemented!")
         self.batch_sizes.append(len(request.requests))
+        self.request_ids.append(request_id_var.get())
         await self.release.wait()
         return signal_service_pb2.BatchIngestWebhooksResponse(
             results=[_result(item) for item in request.requests]
@@ -63,9 +66,9 @@ async def _serve(servicer: _Recording) -> tuple[grpc.aio.Server, str]:
 async def recording() -> AsyncIterator[tuple[_Recording, IngestBatcher]]:
     servicer = _Recording()
     server, address = await _serve(servicer)
-    async with mesh_grpc.open_channel(address, "k1") as channel:
+    async with mesh_grpc.open_channel(address, "k1", per_call_metadata=True) as channel:
         stub = signal_service_pb2_grpc.SignalServiceStub(channel)
-        yield servicer, IngestBatcher(stub, timeout_seconds=5, max_batch=50, max_inflight=1)
+        yield servicer, IngestBatcher(stub, api_key="k1", timeout_seconds=5, max_batch=50, max_inflight=1)
     await server.stop(0)
 
 
@@ -75,8 +78,12 @@ def _webhook(body: bytes) -> signal_service_pb2.IngestWebhookRequest:
 
 async def test_a_lone_webhook_goes_at_once_and_a_crowd_shares_calls(recording) -> None:
     servicer, batcher = recording
-    assert (await batcher.ingest(_webhook(b"alone"))).signal_id == "alone"
+    alone = _webhook(b"alone")
+    alone.request_id = "req-alone"
+    assert (await batcher.ingest(alone)).signal_id == "alone"
     assert servicer.batch_sizes == [1]
+    # The key (else UNAUTHENTICATED) and the request id travel with the call, without interceptors.
+    assert servicer.request_ids == ["req-alone"]
 
     servicer.release.clear()
     first = asyncio.create_task(batcher.ingest(_webhook(b"first")))
@@ -120,8 +127,9 @@ async def test_an_older_signal_service_gets_one_call_per_webhook() -> None:
     servicer = _Recording(batches=False)
     server, address = await _serve(servicer)
     try:
-        async with mesh_grpc.open_channel(address, "k1") as channel:
-            batcher = IngestBatcher(signal_service_pb2_grpc.SignalServiceStub(channel), timeout_seconds=5)
+        async with mesh_grpc.open_channel(address, "k1", per_call_metadata=True) as channel:
+            stub = signal_service_pb2_grpc.SignalServiceStub(channel)
+            batcher = IngestBatcher(stub, api_key="k1", timeout_seconds=5)
             answers = await asyncio.gather(
                 *(batcher.ingest(_webhook(body)) for body in (b"a", b"b", b"missing")), return_exceptions=True
             )
@@ -133,8 +141,9 @@ async def test_an_older_signal_service_gets_one_call_per_webhook() -> None:
 
 
 async def test_an_unreachable_signal_service_is_unavailable_for_every_webhook() -> None:
-    async with mesh_grpc.open_channel("127.0.0.1:9", "k1") as channel:
-        batcher = IngestBatcher(signal_service_pb2_grpc.SignalServiceStub(channel), timeout_seconds=2)
+    async with mesh_grpc.open_channel("127.0.0.1:9", "k1", per_call_metadata=True) as channel:
+        stub = signal_service_pb2_grpc.SignalServiceStub(channel)
+        batcher = IngestBatcher(stub, api_key="k1", timeout_seconds=2)
         answers = await asyncio.gather(
             *(batcher.ingest(_webhook(b"x")) for _ in range(3)), return_exceptions=True
         )

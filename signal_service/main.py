@@ -107,7 +107,7 @@ async def signal_app(settings: SignalSettings) -> AsyncIterator[SignalApp]:
     # A hung Redis must not hold ingest past the edge's deadline: the rate limiter fails open instead.
     redis = Redis.from_url(settings.redis_url, socket_timeout=1.0, socket_connect_timeout=1.0)
     broker = PipelinedRedisBroker(
-        url=settings.redis_url, namespace=dramatiq_namespace(settings), middleware=[]
+        async_client=redis, url=settings.redis_url, namespace=dramatiq_namespace(settings), middleware=[]
     )
     storage_channel = mesh_grpc.open_channel(
         settings.storage_addr,

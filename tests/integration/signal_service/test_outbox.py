@@ -5,13 +5,17 @@ from __future__ import annotations
 import uuid
 
 import dramatiq
+from redis.asyncio import Redis
 
 from signal_service.outbox import PipelinedRedisBroker
 
 
-def test_enqueue_many_delivers_every_message_to_its_queue_in_order(redis_url: str) -> None:
+async def test_enqueue_many_delivers_every_message_to_its_queue_in_order(redis_url: str) -> None:
     namespace = f"test-outbox-{uuid.uuid4().hex}"
-    broker = PipelinedRedisBroker(url=redis_url, namespace=namespace, middleware=[])
+    async_client = Redis.from_url(redis_url)
+    broker = PipelinedRedisBroker(
+        async_client=async_client, url=redis_url, namespace=namespace, middleware=[]
+    )
     try:
         for queue in ("capture-premium", "capture-free"):
             broker.declare_queue(queue)
@@ -21,9 +25,9 @@ def test_enqueue_many_delivers_every_message_to_its_queue_in_order(redis_url: st
             )
             for n, queue in enumerate(["capture-free", "capture-premium", "capture-free"])
         ]
-        broker.enqueue_many(sent)
+        await broker.enqueue_many(sent)
         # The same message sent twice (the relay crashed before deleting its row) is delivered twice.
-        broker.enqueue_many(sent[:1])
+        await broker.enqueue_many(sent[:1])
 
         received: dict[str, list[dramatiq.Message]] = {}
         for queue, expected in (("capture-free", 3), ("capture-premium", 1)):
@@ -41,6 +45,7 @@ def test_enqueue_many_delivers_every_message_to_its_queue_in_order(redis_url: st
         for key in broker.client.scan_iter(f"{namespace}*"):
             broker.client.delete(key)
         broker.close()
+        await async_client.aclose()
 
     assert [(m.message_id, m.args, m.options["attempt"]) for m in received["capture-free"]] == [
         (sent[0].message_id, ("0",), 0),

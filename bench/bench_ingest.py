@@ -281,12 +281,12 @@ def run(options: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any]]:
         "connections": options.connections,
         "capacity_rates": CAPACITY_RATES,
         "edge_workers": options.edge_workers,
-        "signal_workers": options.signal_workers,
+        "signal_processes": 1,
         "plan_limits": "unlimited (bench/harness.py unlimited_plans_env)",
     }
     result: dict[str, Any] = {**record(settings)}
     samples: dict[str, Any] = {}
-    extra_env = {**unlimited_plans_env(), "ALERTS_SIGNAL_WORKERS": str(options.signal_workers)}
+    extra_env = unlimited_plans_env()
     with (
         tempfile.TemporaryDirectory() as tmp,
         Stack(Path(tmp), with_storage=False, edge_workers=options.edge_workers, extra_env=extra_env) as stack,
@@ -388,9 +388,6 @@ def main() -> None:
     parser.add_argument("--step-seconds", type=float, default=4)
     parser.add_argument("--connections", type=int, default=256)
     parser.add_argument("--edge-workers", type=int, default=int(os.environ.get("ALERTS_EDGE_WORKERS", "1")))
-    parser.add_argument(
-        "--signal-workers", type=int, default=int(os.environ.get("ALERTS_SIGNAL_WORKERS", "1"))
-    )
     options = parser.parse_args()
     result, samples = run(options)
     options.out.parent.mkdir(parents=True, exist_ok=True)

@@ -95,12 +95,11 @@ def main() -> None:
     parser.add_argument("--users", type=int, default=200)
     parser.add_argument("--top", type=int, default=45)
     parser.add_argument("--out-dir", type=Path, default=Path(tempfile.gettempdir()))
-    parser.add_argument("--signal-workers", type=int, default=1)
     parser.add_argument("--cpu-only", action="store_true", help="no py-spy: CPU per request undisturbed")
     parser.add_argument("--summary", type=Path, default=None, help="also write the JSON summary here")
     options = parser.parse_args()
     options.out_dir.mkdir(parents=True, exist_ok=True)
-    extra_env = {**unlimited_plans_env(), "ALERTS_SIGNAL_WORKERS": str(options.signal_workers)}
+    extra_env = unlimited_plans_env()
     with (
         tempfile.TemporaryDirectory() as tmp,
         Stack(Path(tmp), with_storage=False, extra_env=extra_env) as stack,

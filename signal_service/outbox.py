@@ -23,8 +23,7 @@ from redis.asyncio import Redis
 
 from mesh.queues import CAPTURE_QUEUES, WORKER_HEARTBEAT_TIMEOUT_MS
 from signal_service.database import Database
-from signal_service.models import OutboxMessage
-from signal_service.repository import OutboxRepository
+from signal_service.repository import DueMessage, OutboxRelayRepository, OutboxRepository
 from signal_service.service import QueueBacklog
 
 log = logging.getLogger(__name__)
@@ -37,6 +36,15 @@ QUEUE_LENGTH = Gauge("alerts_queue_length", "Capture jobs waiting, by queue", ["
 ACTIVE_WORKERS = Gauge("alerts_active_workers", "Capture worker processes with a recent heartbeat")
 
 _MAX_BACKOFF_SECONDS = 30.0
+
+
+class _BrokerUnavailable(Exception):
+    """Redis did not take a pass's messages; raised inside the pass's transaction to roll it back."""
+
+    def __init__(self, rows: list[DueMessage], error: Exception) -> None:
+        super().__init__(str(error))
+        self.rows = rows
+        self.error = error
 
 
 class PipelinedRedisBroker(RedisBroker):
@@ -130,42 +138,47 @@ class OutboxRelay:
 
     async def relay_once(self) -> int:
         """Sends one batch of due rows; returns how many were sent."""
-        async with self._database.transaction() as session:
-            outbox = OutboxRepository(session)
-            rows = await outbox.claim_due(self._batch_size)
-            if not rows:
-                return 0
-            try:
-                await self._enqueue_all(rows)
-            except Exception as exc:
-                self._failures += 1
-                OUTBOX_FAILURES.inc()
-                delay = min(_MAX_BACKOFF_SECONDS, 0.5 * 2**self._failures)
-                log.warning(
-                    "broker unavailable; outbox rows postponed", extra={"rows": len(rows), "error": str(exc)}
-                )
-                await outbox.postpone(
-                    [row.id for row in rows if row.id is not None], delay_seconds=delay, error=str(exc)
-                )
-                return 0
-            await outbox.delete([row.id for row in rows if row.id is not None])
-        self._failures = 0
-        OUTBOX_SENT.inc(len(rows))
+        try:
+            async with self._database.connection() as connection, connection.transaction():
+                rows = await OutboxRelayRepository(connection).take_due(self._batch_size)
+                if rows:
+                    # Raising rolls the transaction back: the rows were not sent and stay.
+                    await self._enqueue_all(rows)
+        except _BrokerUnavailable as unavailable:
+            await self._postpone(unavailable.rows, unavailable.error)
+            return 0
+        if rows:
+            self._failures = 0
+            OUTBOX_SENT.inc(len(rows))
         return len(rows)
 
-    async def _enqueue_all(self, rows: list[OutboxMessage]) -> None:
-        await self._broker.enqueue_many(
-            [
-                dramatiq.Message(
-                    queue_name=row.queue_name,
-                    actor_name=row.actor_name,
-                    args=tuple(row.args),
-                    kwargs={},
-                    options=dict(row.options),
-                )
-                for row in rows
-            ]
+    async def _postpone(self, rows: list[DueMessage], error: Exception) -> None:
+        self._failures += 1
+        OUTBOX_FAILURES.inc()
+        delay = min(_MAX_BACKOFF_SECONDS, 0.5 * 2**self._failures)
+        log.warning(
+            "broker unavailable; outbox rows postponed", extra={"rows": len(rows), "error": str(error)}
         )
+        async with self._database.connection() as connection:
+            await OutboxRelayRepository(connection).postpone(
+                [row.id for row in rows], delay_seconds=delay, error=str(error)
+            )
+
+    async def _enqueue_all(self, rows: list[DueMessage]) -> None:
+        messages = [
+            dramatiq.Message(
+                queue_name=row.queue_name,
+                actor_name=row.actor_name,
+                args=tuple(row.args),
+                kwargs={},
+                options=dict(row.options),
+            )
+            for row in rows
+        ]
+        try:
+            await self._broker.enqueue_many(messages)
+        except Exception as exc:
+            raise _BrokerUnavailable(rows, exc) from exc
 
     async def _relay_loop(self) -> None:
         while True:

@@ -48,13 +48,15 @@ CHART_ID = "obsLayout"
 # The hung attempt gives up after this long; an ordinary capture of the stub takes about a second.
 CAPTURE_TIMEOUT_SECONDS = 6
 
-# What deploy/prometheus/alerts.yml and deploy/grafana/dashboard.json read, as the sample that must be
-# non-zero somewhere (histograms by their _count) and the labels it must carry.
+# What deploy/prometheus/alerts.yml and deploy/grafana/dashboard.json read, and the batching histograms, as
+# the sample that must be non-zero somewhere (histograms by their _count) and the labels it must carry.
 REQUIRED_SAMPLES: dict[str, dict[str, str]] = {
     "alerts_webhooks_total": {"status": "200", "reason": "accepted"},
     "alerts_webhook_latency_seconds_count": {},
-    "alerts_grpc_server_handled_total": {"method": "IngestWebhook", "code": "OK"},
-    "alerts_grpc_server_latency_seconds_count": {"method": "IngestWebhook"},
+    "alerts_grpc_server_handled_total": {"method": "BatchIngestWebhooks", "code": "OK"},
+    "alerts_grpc_server_latency_seconds_count": {"method": "BatchIngestWebhooks"},
+    "alerts_webhook_batch_size_count": {},
+    "alerts_ingest_batch_size_count": {},
     "alerts_queue_length": {"queue": "capture.premium"},
     "alerts_jobs_in_progress": {},
     "alerts_active_workers": {},

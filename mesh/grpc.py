@@ -206,15 +206,13 @@ class _CallMetadata:
     """Adds the caller's key and the current request id to a call's metadata."""
 
     def __init__(self, api_key: str | None) -> None:
-        self._authorization = f"Bearer {api_key}" if api_key else None
+        self._api_key = api_key
 
     def _details(self, details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
         metadata = grpc.aio.Metadata(*(details.metadata or ()))
-        if self._authorization and "authorization" not in metadata:
-            metadata.add("authorization", self._authorization)
-        request_id = request_id_var.get()
-        if request_id and "x-request-id" not in metadata:
-            metadata.add("x-request-id", request_id)
+        for key, value in call_metadata(self._api_key, request_id_var.get()):
+            if key not in metadata:
+                metadata.add(key, value)
         return grpc.aio.ClientCallDetails(
             details.method, details.timeout, metadata, details.credentials, details.wait_for_ready
         )

@@ -22,7 +22,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from mesh.auth import ApiKeyRing, principal_var
-from mesh.errors import AlertsError, UnauthenticatedError, to_grpc_status
+from mesh.errors import AlertsError, InternalError, UnauthenticatedError, to_grpc_status
 from mesh.logging import request_id_var
 from mesh.metrics import GRPC_HANDLED, GRPC_IN_FLIGHT, GRPC_LATENCY
 from mesh.processes import freeze_startup_heap
@@ -72,6 +72,15 @@ class _ServerInterceptor(grpc.aio.ServerInterceptor):
         return _wrap_handler(handler, method.rsplit("/", 1)[-1], rejection)
 
 
+def caller_error(exc: Exception, method: str) -> AlertsError:
+    """What a caller is told of a handler's failure: a domain error as it is; anything unexpected is logged
+    here and becomes a bare INTERNAL, since its message may carry what no caller should see."""
+    if isinstance(exc, AlertsError):
+        return exc
+    log.error("unhandled error", extra={"method": method}, exc_info=exc)
+    return InternalError("internal error")
+
+
 async def _abort(context: grpc.aio.ServicerContext, error: AlertsError) -> None:
     await context.abort_with_status(to_grpc_status(error))
 
@@ -101,10 +110,9 @@ async def _call_outcome(
     except asyncio.CancelledError:
         code = "CANCELLED"
         raise
-    except Exception:
+    except Exception as exc:
         code = "INTERNAL"
-        log.exception("unhandled error", extra={"method": method})
-        await context.abort(grpc.StatusCode.INTERNAL, "internal error")
+        await _abort(context, caller_error(exc, method))
     finally:
         GRPC_IN_FLIGHT.dec()
         GRPC_HANDLED.labels(method, code).inc()

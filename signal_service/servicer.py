@@ -18,7 +18,8 @@ from apidevs.alerts.v1 import (
     user_service_pb2_grpc,
 )
 from mesh.auth import current_principal, ensure_can_access_user, ensure_unscoped
-from mesh.errors import AlertsError, InternalError, InvalidArgumentError, to_rpc_status
+from mesh.errors import InvalidArgumentError, to_rpc_status
+from mesh.grpc import caller_error
 from mesh.logging import request_id_var
 from signal_service.events import EventFeed, StoredEvent, format_cursor
 from signal_service.models import EventType, ScreenshotStatus, SignalResult
@@ -251,11 +252,8 @@ class SignalServicer(signal_service_pb2_grpc.SignalServiceServicer):
             request_id_var.set(request.request_id)
         try:
             return signal_service_pb2.IngestWebhookResult(response=await self._ingest(request))
-        except AlertsError as exc:
-            error = exc
-        except Exception:
-            log.exception("unhandled error", extra={"method": "BatchIngestWebhooks"})
-            error = InternalError("internal error")
+        except Exception as exc:
+            error = caller_error(exc, "BatchIngestWebhooks")
         return signal_service_pb2.IngestWebhookResult(error_status=to_rpc_status(error).SerializeToString())
 
     async def _ingest(

@@ -11,8 +11,6 @@ none of the service's work around it. Also a closed loop ("sequential": true): o
 from __future__ import annotations
 
 import hashlib
-import json
-import sys
 import time
 import uuid
 from collections import Counter
@@ -20,8 +18,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
-import uvloop
-from loadgen import run_open_loop, summarize
+from loadgen import run_open_loop, run_plan_from_stdin, summarize
 
 _INSERT = """
 INSERT INTO signals (id, user_id, chart_id, indicator, ticker, exchange, symbol, price, signal_type, interval,
@@ -97,14 +94,5 @@ async def run(plan: dict[str, Any]) -> dict[str, Any]:
         await pool.close()
 
 
-def main() -> None:
-    plan = json.load(sys.stdin)
-    started = time.perf_counter()
-    result = uvloop.run(run(plan))
-    result["loadgen_cpu_s"] = round(time.process_time(), 3)
-    result["loadgen_wall_s"] = round(time.perf_counter() - started, 3)
-    json.dump(result, sys.stdout)
-
-
 if __name__ == "__main__":
-    main()
+    run_plan_from_stdin(run)

@@ -239,17 +239,19 @@ def summarize(latencies: list[float]) -> dict[str, float]:
     }
 
 
-def main() -> None:
+def run_plan_from_stdin(runner: Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]) -> None:
+    """Runs the plan read from stdin with `runner` and prints its result with the instrument's own CPU
+    and wall time: the one entry point of this load generator and of the bare-insert floor."""
     plan = json.load(sys.stdin)
     # The instrument's own collections would show up as the server's latency.
     gc.collect()
     gc.freeze()
     started = time.perf_counter()
-    result = uvloop.run(run(plan))
+    result = uvloop.run(runner(plan))
     result["loadgen_cpu_s"] = round(time.process_time(), 3)
     result["loadgen_wall_s"] = round(time.perf_counter() - started, 3)
     json.dump(result, sys.stdout)
 
 
 if __name__ == "__main__":
-    main()
+    run_plan_from_stdin(run)

@@ -1,9 +1,16 @@
-"""Helpers shared by tests: the sample alert, and shortcuts for common gRPC calls."""
+"""Helpers shared by tests: the sample alert, shortcuts for common gRPC calls, an ASGI app in a thread."""
 
 from __future__ import annotations
 
+import contextlib
+import socket
+import threading
+import time
+from collections.abc import Iterator
 from datetime import UTC, datetime
+from typing import Any
 
+import uvicorn
 from google.protobuf import timestamp_pb2
 
 from apidevs.alerts.v1 import resources_pb2, signal_service_pb2, user_service_pb2
@@ -35,3 +42,26 @@ def ingest_request(token: str, body: bytes = SAMPLE, **fields) -> signal_service
     return signal_service_pb2.IngestWebhookRequest(
         webhook_token=token, body=body, received_at=now_timestamp(), **fields
     )
+
+
+@contextlib.contextmanager
+def asgi_app_in_thread(app: Any) -> Iterator[str]:
+    """`app` served by uvicorn in a thread of this process, on a socket bound before the server starts;
+    yields its base URL."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("the app did not start")
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        sock.close()

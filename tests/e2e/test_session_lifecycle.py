@@ -12,8 +12,6 @@ import asyncio
 import contextlib
 import itertools
 import json
-import socket
-import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -26,7 +24,6 @@ import grpc
 import httpx
 import pytest
 import redis
-import uvicorn
 
 from apidevs.alerts.v1 import (
     resources_pb2,
@@ -41,6 +38,7 @@ from mesh.processes import ManagedProcess, alerts_argv, free_port, grpc_serving,
 from mesh.queues import capture_workers_key
 from mesh.settings import CommonSettings
 from tests.e2e.stacks import START_TIMEOUT_SECONDS, child_env, fresh_database
+from tests.support import asgi_app_in_thread
 
 pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="session")]
 
@@ -115,27 +113,6 @@ class Stack:
         return answer.json()
 
 
-@contextlib.contextmanager
-def chart_stub_thread(app: RevokingTradingView) -> Iterator[str]:
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("chart stub did not start")
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
-        sock.close()
-
-
 def worker_registered(redis_url: str, namespace: str, worker_id: str) -> bool:
     client = redis.Redis.from_url(redis_url)
     try:
@@ -152,7 +129,7 @@ def stack(
     log_dir = tmp_path_factory.mktemp("session-lifecycle")
     namespace = f"test-sessions-{uuid.uuid4().hex[:8]}"
     tradingview = RevokingTradingView()
-    with fresh_database(database_url) as url, chart_stub_thread(tradingview) as chart_url:
+    with fresh_database(database_url) as url, asgi_app_in_thread(tradingview) as chart_url:
         signal_a, signal_b = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
         storage_addr, edge_port = f"127.0.0.1:{free_port()}", free_port()
         env = child_env(

@@ -5,20 +5,17 @@ from __future__ import annotations
 
 import asyncio
 import io
-import socket
-import threading
-import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from PIL import Image
 
 from capture_service.browser import BrowserPool
 from capture_service.chart_stub import create_chart_stub_app
+from tests.support import asgi_app_in_thread
 
 VIEWPORT = (1280, 720)
 # The stub's candle colours and the legend ("SYMBOL · INTERVAL · STUB") in the pane's top-left corner.
@@ -67,22 +64,9 @@ class ChartStub:
 
 @pytest.fixture(scope="session")
 def chart_stub_server() -> Iterator[str]:
-    """The stub in a thread of this process, on a socket bound before the server starts."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_chart_stub_app(), log_level="warning"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("chart stub did not start")
-        time.sleep(0.02)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(timeout=10)
-    sock.close()
+    """The stub in a thread of this process."""
+    with asgi_app_in_thread(create_chart_stub_app()) as url:
+        yield url
 
 
 @pytest.fixture

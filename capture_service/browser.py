@@ -48,7 +48,8 @@ PLAYWRIGHT_DISABLED_FEATURES = (
     "msForceBrowserSignIn",
     "msEdgeUpdateLaunchServicesPreferredVersion",
 )
-# Headless Chromium still builds a window per context, and each window preloaded the omnibox popup's WebUI
+# The full browser in headless mode (used where no headless shell is installed) still builds a window per
+# context, and each window preloaded the omnibox popup's WebUI
 # in a renderer of its own (chrome://omnibox-popup.top-chrome): about 45 MB PSS per context in flight and
 # much of the CPU. The spare renderer is started for the default profile, which Playwright's contexts
 # never use, so it only ever sat idle.
@@ -75,7 +76,19 @@ CHROMIUM_ARGS = (
     # A chart page's young generation never needs V8's default 16 MB semi-spaces.
     "--js-flags=--max-semi-space-size=1",
 )
-SYSTEM_CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
+# Chromium's headless shell (what Playwright itself launches for headless) comes first: it has no browser
+# UI layer, so no window, tab strip or profile machinery per context. Against the chart stub it halved the
+# capture time and took about 150 MB less than the full browser in headless mode, with byte-identical PNGs.
+# Debian's /usr/bin/chromium-headless-shell is a shell script that stays as Chromium's parent, so its binary
+# is named directly.
+SYSTEM_CHROMIUM_CANDIDATES = (
+    "/usr/lib/chromium/chromium-headless-shell",
+    "chromium-headless-shell",
+    "chromium",
+    "chromium-browser",
+    "google-chrome",
+    "google-chrome-stable",
+)
 
 
 @dataclass(frozen=True)
@@ -86,21 +99,22 @@ class Cookie:
     secure: bool
 
 
-def find_chromium(configured: Path | None, bundled: str) -> Path:
-    """The configured executable, else Playwright's bundled Chromium if installed, else the system's."""
+def find_chromium(configured: Path | None, bundled: str) -> Path | None:
+    """The configured executable, else None when Playwright's own download is installed (Playwright then
+    launches its headless shell), else the system's, headless shell first."""
     if configured is not None:
         if not configured.exists():
             raise FileNotFoundError(f"ALERTS_CHROMIUM_PATH {configured} does not exist")
         return configured
     if bundled and Path(bundled).exists():
-        return Path(bundled)
-    for name in SYSTEM_CHROMIUM_NAMES:
+        return None
+    for name in SYSTEM_CHROMIUM_CANDIDATES:
         found = shutil.which(name)
         if found:
             return Path(found)
     raise FileNotFoundError(
-        "no Chromium found: run `playwright install chromium`, install the `chromium` package, "
-        "or set ALERTS_CHROMIUM_PATH"
+        "no Chromium found: run `playwright install chromium`, install the `chromium-headless-shell` "
+        "package, or set ALERTS_CHROMIUM_PATH"
     )
 
 
@@ -212,6 +226,7 @@ class BrowserPool:
         if self._playwright is None:
             self._playwright = await async_playwright().start()
         executable = find_chromium(self._configured_path, self._playwright.chromium.executable_path)
+        where = str(executable) if executable else "Playwright's own Chromium"
         try:
             browser = await self._playwright.chromium.launch(
                 executable_path=executable, args=self._args, headless=True
@@ -220,7 +235,7 @@ class BrowserPool:
             # The driver itself may be what died; a fresh one costs little and recovers that case too.
             await self._playwright.stop()
             self._playwright = None
-            raise BrowserUnavailableError(f"cannot launch Chromium at {executable}: {exc}") from exc
+            raise BrowserUnavailableError(f"cannot launch {where}: {exc}") from exc
         major = browser.version.split(".", 1)[0]
         # Headless Chromium announces itself as "HeadlessChrome", which sites may treat differently.
         self._user_agent = (
@@ -230,5 +245,8 @@ class BrowserPool:
         self.launches += 1
         if self.launches > 1:
             BROWSER_RELAUNCHES.inc()
-        log.info("Chromium launched", extra={"executable": str(executable), "version": browser.version})
+        log.info(
+            "Chromium launched",
+            extra={"executable": where, "version": browser.version},
+        )
         return browser

@@ -176,8 +176,6 @@ def chaos_stack(
         "ALERTS_TRADINGVIEW_URL": f"http://127.0.0.1:{free_port()}",
         **overrides,
     }
-    if Path("/usr/bin/chromium").exists():
-        env.setdefault("ALERTS_CHROMIUM_PATH", "/usr/bin/chromium")
     stack = ChaosStack(env=env, log_dir=log_dir, redis_port=redis_port, edge_port=edge_port)
     try:
         # signal first: it creates the dev secrets (cookie keys) under the data dir the others read.

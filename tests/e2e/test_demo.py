@@ -40,8 +40,6 @@ def _demo_env(data_dir: Path, **overrides: str) -> dict[str, str]:
             "ALERTS_LOG_LEVEL": "INFO",
         }
     )
-    if Path("/usr/bin/chromium").exists():
-        env["ALERTS_CHROMIUM_PATH"] = "/usr/bin/chromium"
     env.update(overrides)
     return env
 

@@ -190,8 +190,6 @@ def system(database_url: str, redis_url: str, service_key: str, tmp_path: Path) 
         "ALERTS_CAPTURE_TIMEOUT_SECONDS": str(CAPTURE_TIMEOUT_SECONDS),
         "ALERTS_CAPTURE_MIN_BACKOFF_MS": "500",
     }
-    if Path("/usr/bin/chromium").exists():
-        extra_env["ALERTS_CHROMIUM_PATH"] = "/usr/bin/chromium"
     with fresh_database(database_url) as own_database:
         settings = CommonSettings(
             database_url=own_database,

@@ -17,6 +17,7 @@ import pytest
 from playwright.async_api import Browser, Page, async_playwright, expect
 
 from apidevs.alerts.v1 import resources_pb2, user_service_pb2, user_service_pb2_grpc
+from capture_service.browser import find_chromium
 from capture_service.settings import CaptureSettings
 from mesh.auth import generate_key, hash_key
 from mesh.demo import DEMO_ALERTS
@@ -39,11 +40,6 @@ CHROMIUM_ARGS = [
 ]
 # Waits, not assertions on speed: a capture on a loaded CI machine may take a while.
 SCREENSHOT_WAIT_MS = 90_000
-
-
-def chromium_path() -> str:
-    configured = CaptureSettings().chromium_path
-    return str(configured) if configured else "/usr/bin/chromium"
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +66,6 @@ def _started_stack(
         settings,
         extra_env={
             "ALERTS_REDIS_NAMESPACE": f"ui-{uuid.uuid4().hex[:10]}",
-            "ALERTS_CHROMIUM_PATH": chromium_path(),
         },
     )
     stack.start()
@@ -105,7 +100,8 @@ async def viewer_user(stack: DevStack) -> ViewerUser:
 @pytest.fixture(scope="module")
 async def browser() -> AsyncIterator[Browser]:
     async with async_playwright() as playwright:
-        launched = await playwright.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS)
+        executable = find_chromium(CaptureSettings().chromium_path, playwright.chromium.executable_path)
+        launched = await playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
         yield launched
         await launched.close()
 

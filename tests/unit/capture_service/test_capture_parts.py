@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from PIL import Image
 from pydantic import ValidationError
 
+from capture_service import browser
 from capture_service.browser import Cookie, find_chromium
 from capture_service.capture import TradingViewSession, chart_url, png_dimensions
 from capture_service.errors import (
@@ -193,20 +194,26 @@ def test_settings_refuse_a_browser_budget_beyond_the_time_limit() -> None:
         CaptureSettings(capture_timeout_seconds=30, capture_time_limit_seconds=30)
 
 
-def test_find_chromium_prefers_configured_then_bundled_then_system(tmp_path: Path, monkeypatch) -> None:
+def test_find_chromium_prefers_configured_then_bundled_then_the_systems_headless_shell(
+    tmp_path: Path, monkeypatch
+) -> None:
     configured = tmp_path / "configured-chrome"
     bundled = tmp_path / "bundled-chrome"
     system_dir = tmp_path / "bin"
     system_dir.mkdir()
-    system = system_dir / "chromium"
-    for executable in (configured, bundled, system):
+    full_browser = system_dir / "chromium"
+    headless_shell = system_dir / "chromium-headless-shell"
+    for executable in (configured, bundled, full_browser, headless_shell):
         executable.write_text("#!/bin/sh\n")
         executable.chmod(executable.stat().st_mode | stat.S_IXUSR)
+    monkeypatch.setattr(browser, "SYSTEM_CHROMIUM_CANDIDATES", ("chromium-headless-shell", "chromium"))
     monkeypatch.setenv("PATH", str(system_dir))
 
     assert find_chromium(configured, str(bundled)) == configured
-    assert find_chromium(None, str(bundled)) == bundled
-    assert find_chromium(None, str(tmp_path / "not-installed")) == system
+    assert find_chromium(None, str(bundled)) is None
+    assert find_chromium(None, str(tmp_path / "not-installed")) == headless_shell
+    headless_shell.unlink()
+    assert find_chromium(None, str(tmp_path / "not-installed")) == full_browser
     with pytest.raises(FileNotFoundError, match="ALERTS_CHROMIUM_PATH"):
         find_chromium(tmp_path / "missing", str(bundled))
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))

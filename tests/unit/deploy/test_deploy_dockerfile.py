@@ -38,11 +38,11 @@ def test_image_stages_end_as_a_non_root_user() -> None:
         assert users[-1].split(":")[0] not in {"root", "0"}, f"stage {name} ends as root"
 
 
-def test_capture_stage_ships_debian_chromium() -> None:
+def test_capture_stage_ships_debians_chromium_headless_shell() -> None:
     capture = " ".join(dockerfile_stages()["capture"])
     assert "apt-get install" in capture
-    assert re.search(r"\bchromium\b", capture)
-    assert "ALERTS_CHROMIUM_PATH=/usr/bin/chromium" in capture
+    assert re.search(r"\bchromium-headless-shell\b", capture)
+    assert "ALERTS_CHROMIUM_PATH=/usr/lib/chromium/chromium-headless-shell" in capture
     assert "playwright install" not in capture
 
 

@@ -304,6 +304,7 @@ async def pool_throughput(
 
     print(f"captures: {captures} at concurrency {concurrency}, viewport {viewport[0]}x{viewport[1]}")
     print(f"CPUs: {os.cpu_count()}, load average {' '.join(f'{load:.2f}' for load in os.getloadavg())}")
+    print(f"Chromium: {pool.launched}")
     print(f"Chromium launches: {pool.launches}, extra arguments: {' '.join(chromium_args) or 'none'}")
     print(f"throughput: {captures / elapsed * 60:.1f} captures/minute ({elapsed:.1f} s)")
     print(

@@ -139,6 +139,7 @@ class BrowserPool:
         self._user_agent = ""
         self._lock = asyncio.Lock()
         self.launches = 0
+        self.launched = ""
 
     async def start(self) -> None:
         await self._connected_browser()
@@ -243,6 +244,7 @@ class BrowserPool:
             f"Chrome/{major}.0.0.0 Safari/537.36"
         )
         self.launches += 1
+        self.launched = f"{where}, version {browser.version}"
         if self.launches > 1:
             BROWSER_RELAUNCHES.inc()
         log.info(

@@ -47,8 +47,9 @@ P99_LIMIT_MS = 100.0
 CAPACITY_RATES = (250, 500, 750, 1000, 1250, 1500, 2000, 2500, 3000, 4000)
 
 
-def run_plan(script: str, plan: dict[str, Any]) -> dict[str, Any]:
-    """Runs loadgen.py or floor_pg.py in its own process and returns what it printed."""
+def run_plan(script: str, plan: dict[str, Any], cpus: frozenset[int] | None = None) -> dict[str, Any]:
+    """Runs loadgen.py or floor_pg.py in its own process (on `cpus` when given) and returns what it
+    printed."""
     done = subprocess.run(
         [sys.executable, str(BENCH / script)],
         input=json.dumps(plan),
@@ -56,6 +57,7 @@ def run_plan(script: str, plan: dict[str, Any]) -> dict[str, Any]:
         text=True,
         check=False,
         cwd=BENCH,
+        preexec_fn=None if cpus is None else lambda: os.sched_setaffinity(0, cpus),
     )
     if done.returncode != 0:
         raise RuntimeError(f"{script} failed: {done.stderr[-3000:]}")

@@ -1,7 +1,8 @@
 """Real processes for benchmarks: a fresh database, a Redis namespace, and the services as child processes.
 
-Uses PostgreSQL and Redis on 127.0.0.1 when they answer, otherwise embedded ones under the given
-directory. Everything it starts, it stops (and it drops the database it created).
+Uses PostgreSQL and Redis on 127.0.0.1 when they answer, otherwise (or when asked) embedded ones under the
+given directory, started as this process's children. Everything it starts, it stops (and it drops the
+database it created).
 """
 
 from __future__ import annotations
@@ -41,12 +42,14 @@ class Stack:
         capture_workers: int = 0,
         edge_workers: int = 1,
         extra_env: dict[str, str] | None = None,
+        embedded: bool = False,
     ) -> None:
         self.workdir = workdir
         self.with_storage = with_storage
         self.capture_workers = capture_workers
         self.edge_workers = edge_workers
         self.extra_env = extra_env or {}
+        self.embedded = embedded
         self.infra = EmbeddedInfrastructure()
         self.processes: dict[str, ManagedProcess] = {}
         self.key = generate_key()
@@ -72,7 +75,7 @@ class Stack:
         return self
 
     def _start(self) -> None:
-        if _reachable(5432):
+        if _reachable(5432) and not self.embedded:
             self.admin_dsn = "postgresql://postgres@127.0.0.1:5432/postgres"
             self.dsn = f"postgresql://postgres@127.0.0.1:5432/{self.database_name}"
         else:
@@ -80,7 +83,7 @@ class Stack:
             host = self.infra.database_url.split("?host=", 1)[1]
             self.admin_dsn = f"postgresql://postgres@/postgres?host={host}"
             self.dsn = f"postgresql://postgres@/{self.database_name}?host={host}"
-        if _reachable(6379):
+        if _reachable(6379) and not self.embedded:
             redis_url = "redis://127.0.0.1:6379/0"
         else:
             start_redis(self.workdir, self.infra)

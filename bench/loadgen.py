@@ -7,8 +7,11 @@ its scheduled send time, so time spent waiting for a free connection or a slow s
 
 Plan: {"urls": [...], "rate": 300, "duration": 60, "connections": 200, "timeout": 10, "body": "...{n}..."}
 sends rate * duration requests evenly spaced over `duration` seconds, request n to urls[n % len(urls)],
-with `body` formatted with n (so that no two bodies are equal). Output: counts by status, percentiles,
-and a per-request list [scheduled_offset_s, latency_ms, status] when "samples" is true.
+with `body` formatted with n (so that no two bodies are equal). With "clients": N in place of "rate", N
+clients each send their next request as soon as the last was answered, for `duration` seconds (closed
+loop; latency counts from each send). With "close": true, every request goes on a new connection. Output:
+counts by status, percentiles, and a per-request list [scheduled_offset_s, latency_ms, status] when
+"samples" is true (open loop).
 
     echo '{"urls": ["http://127.0.0.1:8080/x"], "rate": 100, "duration": 1, "body": "{n}"}' |
         .venv/bin/python bench/loadgen.py
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import itertools
 import json
 import sys
 import time
@@ -132,10 +136,13 @@ class ConnectionPool:
         self.idle.clear()
 
 
-def build_request(target: Target, body: bytes) -> bytes:
+def build_request(target: Target, body: bytes, *, close: bool = False) -> bytes:
+    """One POST; with `close` it asks the server to close the connection after answering."""
+    connection = "Connection: close\r\n" if close else ""
     head = (
         f"POST {target.path} HTTP/1.1\r\nHost: {target.host}:{target.port}\r\n"
-        f"Content-Type: text/plain\r\nUser-Agent: alerts-bench\r\nContent-Length: {len(body)}\r\n\r\n"
+        f"Content-Type: text/plain\r\nUser-Agent: alerts-bench\r\nContent-Length: {len(body)}\r\n"
+        f"{connection}\r\n"
     )
     return head.encode() + body
 
@@ -176,45 +183,82 @@ async def run_open_loop(
     return started, send_lag_ms
 
 
+async def run_closed_loop(
+    clients: int, duration: float, one: Callable[[int, float], Awaitable[None]]
+) -> tuple[float, int]:
+    """`clients` loops, each starting `one(n, now)` as soon as its previous request was answered, until
+    `duration` has passed; returns the start (perf_counter) and how many requests were started."""
+    clock = time.perf_counter
+    numbers = itertools.count()
+    started = clock()
+    deadline = started + duration
+
+    async def client() -> None:
+        while (now := clock()) < deadline:
+            await one(next(numbers), now)
+
+    await asyncio.gather(*(client() for _ in range(clients)))
+    return started, next(numbers)
+
+
 async def run(plan: dict[str, Any]) -> dict[str, Any]:
+    """Open loop at plan["rate"] for plan["duration"] seconds, or closed loop with plan["clients"]; with
+    plan["close"], every request goes on a new connection."""
     targets = [parse_target(url) for url in plan["urls"]]
-    total = round(plan["rate"] * plan["duration"])
-    spacing = plan["duration"] / total
+    closed_loop = "clients" in plan
     template: str = plan.get("body", "{n}")
     timeout = float(plan.get("timeout", 10))
-    requests = [build_request(targets[n % len(targets)], template.format(n=n).encode()) for n in range(total)]
-    pool = ConnectionPool(targets[0].host, targets[0].port, int(plan.get("connections", 200)))
-    latencies = [0.0] * total
-    statuses: list[str] = ["unsent"] * total
+    close = bool(plan.get("close", False))
+
+    def request(n: int) -> bytes:
+        return build_request(targets[n % len(targets)], template.format(n=n).encode(), close=close)
+
+    if closed_loop:
+        total, spacing = 0, 0.0
+        requests: list[bytes] = []
+    else:
+        total = round(plan["rate"] * plan["duration"])
+        spacing = plan["duration"] / total
+        # Built before the clock starts: the load generator's own work would otherwise delay sends.
+        requests = [request(n) for n in range(total)]
+    pool = ConnectionPool(
+        targets[0].host, targets[0].port, int(plan.get("clients", plan.get("connections", 200)))
+    )
+    latencies: dict[int, float] = {}
+    statuses: dict[int, str] = {}
     clock = time.perf_counter
 
     async def one(n: int, scheduled: float) -> None:
         try:
             async with asyncio.timeout(timeout):
-                statuses[n] = str(await send(pool, requests[n]))
+                statuses[n] = str(await send(pool, requests[n] if requests else request(n)))
         except TimeoutError:
             statuses[n] = "timeout"
         except OSError as exc:
             statuses[n] = type(exc).__name__
         latencies[n] = (clock() - scheduled) * 1000
 
-    started, send_lag_ms = await run_open_loop(total, spacing, one)
+    if closed_loop:
+        started, total = await run_closed_loop(int(plan["clients"]), float(plan["duration"]), one)
+        send_lag_ms = 0.0
+    else:
+        started, send_lag_ms = await run_open_loop(total, spacing, one)
     finished = clock()
     pool.close()
     ok = [latencies[n] for n in range(total) if statuses[n].startswith("2")]
     result: dict[str, Any] = {
         "requests": total,
-        "rate": plan["rate"],
+        "rate": "closed loop" if closed_loop else plan["rate"],
         "duration_s": plan["duration"],
         "connections": pool.size,
         "connections_opened": pool.opened_total,
-        "statuses": dict(Counter(statuses)),
+        "statuses": dict(Counter(statuses.values())),
         "ok": len(ok),
         "errors": total - len(ok),
         "achieved_rate": round(len(ok) / max(finished - started, 1e-9), 1),
         "wall_s": round(finished - started, 3),
         "last_send_lag_ms": round(send_lag_ms, 2),
-        **summarize(latencies),
+        **summarize([latencies[n] for n in range(total)]),
     }
     if plan.get("samples"):
         result["samples"] = [

@@ -268,6 +268,13 @@ def write_report(results: Path, docs: Path) -> Path:
         lines += _ingest_section(ingest, docs)
     lines += _profile_section(_load(results / "profile_summary.json"))
     lines += _other_section(
+        "pinned",
+        "The peers' set-up: load generator and server on one core each (bench/bench_pinned.py)",
+        _load(results / "pinned.json"),
+        "stretch: ahead of fabston/TradingView-Webhook-Bot (burst p99 190 ms, ~2,600/s closed loop, no"
+        " persistence) and robswc/tradingview-webhooks-bot (~700/s) on the same pinning, every alert stored",
+    )
+    lines += _other_section(
         "capture",
         "Capture (bench/bench_capture.py)",
         _load(results / "capture.json"),

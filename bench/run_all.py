@@ -35,6 +35,7 @@ BENCHMARKS: dict[str, tuple[str, list[str], float]] = {
         ["--rate", "100", "--seconds", "10", "--summary", str(RESULTS / "profile_summary.json")],
         90,
     ),
+    "pinned": ("bench_pinned.py", [], 150),
     "capture": ("bench_capture.py", ["--captures", "30", "--concurrency", "3"], 100),
     "capture_premium_wait": (
         "bench_capture.py",

@@ -49,10 +49,10 @@ PLAYWRIGHT_DISABLED_FEATURES = (
     "msEdgeUpdateLaunchServicesPreferredVersion",
 )
 # The full browser in headless mode (used where no headless shell is installed) still builds a window per
-# context, and each window preloaded the omnibox popup's WebUI
-# in a renderer of its own (chrome://omnibox-popup.top-chrome): about 45 MB PSS per context in flight and
-# much of the CPU. The spare renderer is started for the default profile, which Playwright's contexts
-# never use, so it only ever sat idle.
+# context, and each window preloaded the omnibox popup's WebUI in a renderer of its own
+# (chrome://omnibox-popup.top-chrome): about 45 MB PSS per context in flight and much of the CPU. The
+# spare renderer is started for the default profile, which Playwright's contexts never use, so it only ever
+# sat idle.
 UNNEEDED_FEATURES = (
     "WebUIOmniboxPopup",
     "WebUIOmniboxAimPopup",

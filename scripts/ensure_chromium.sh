@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Makes sure a Chromium exists for the capture workers: Playwright's own where it downloads, else the
-# distribution's headless shell (installed with apt when running as root), else the distribution's full
-# browser. Prints what it found; capture_service/browser.py's find_chromium picks in the same order.
+# Makes sure a Chromium exists for the capture workers: Playwright's own where it is installed, else the
+# distribution's headless shell, else Playwright's download, else the headless shell installed with apt
+# (as root), else the distribution's full browser. Prints what it found; capture_service/browser.py's
+# find_chromium prefers them in the same order.
 set -euo pipefail
 py=${1:-.venv/bin/python}
 headless_shell=/usr/lib/chromium/chromium-headless-shell
@@ -9,7 +10,6 @@ headless_shell=/usr/lib/chromium/chromium-headless-shell
 if [ -n "${ALERTS_CHROMIUM_PATH:-}" ] && [ -x "${ALERTS_CHROMIUM_PATH}" ]; then
   echo "chromium: ${ALERTS_CHROMIUM_PATH}"; exit 0
 fi
-if [ -x "$headless_shell" ]; then echo "chromium: $headless_shell"; exit 0; fi
 if "$py" - <<'PY' 2>/dev/null
 import os, sys
 from playwright.sync_api import sync_playwright
@@ -19,6 +19,7 @@ PY
 then
   echo "chromium: Playwright's bundled browser"; exit 0
 fi
+if [ -x "$headless_shell" ]; then echo "chromium: $headless_shell"; exit 0; fi
 echo "==> no Chromium headless shell found; trying 'playwright install chromium'"
 if timeout 300 "$py" -m playwright install chromium >/tmp/alerts-playwright-install.log 2>&1; then
   echo "chromium: Playwright's bundled browser (just installed)"; exit 0

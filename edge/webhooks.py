@@ -12,6 +12,7 @@ from google.protobuf import timestamp_pb2
 from litestar import Request, Response, post
 from litestar.exceptions import InternalServerException
 from litestar.openapi.datastructures import ResponseSpec
+from litestar.params import FromPath, FromQuery
 from prometheus_client import Counter, Histogram
 
 from apidevs.alerts.v1 import resources_pb2, signal_service_pb2, signal_service_pb2_grpc
@@ -179,7 +180,7 @@ async def _spool(
     },
 )
 async def receive_webhook(
-    request: Request, token: str, chart: str | None = None
+    request: Request, token: FromPath[str], chart: FromQuery[str | None] = None
 ) -> Response[WebhookAccepted]:
     started = time.perf_counter()
     request_id = new_request_id()

@@ -139,7 +139,7 @@ def _ingest_section(result: dict[str, Any], docs: Path) -> list[str]:
         f"Machine: {result['machine']['cores']} cores ({result['machine']['cpu']}),"
         f" {result['machine']['memory_gib']} GiB, Python {result['machine']['python']}."
         f" Load average at start {result['load_average_at_start']}, at end {result['load_average_at_end']}"
-        " (the machine is shared: other engineers' test suites ran during the measurement).",
+        " (the machine may be shared with other engineers' work: the load average says how busy it was).",
         f"Settings: {json.dumps(result['settings'])}",
         "",
         "| scenario | target | measured | floor: bare route | floor: bare insert | ratio to bare route"
@@ -237,7 +237,7 @@ def _profile_section(profile: dict[str, Any] | None) -> list[str]:
         f" p50 {_ms(profile['p50_ms'])}, p99 {_ms(profile['p99_ms'])}",
         "",
         f"CPU ms per request: `{json.dumps(profile['cpu_ms_per_request'])}` (machine_busy counts every"
-        " process on the machine, other engineers' included).",
+        " process on the machine, other engineers' too).",
         "",
         "Share of py-spy samples (GIL held, so CPU rather than waiting) per phase; a sample counts for the"
         " first phase, in this order, found in its stack. `Runner.run` alone is the event loop's own C code:"

@@ -2,7 +2,7 @@
 
 Each benchmark runs as its own process with a time limit. bench_ingest.py writes its own JSON; the others
 print theirs (or text), which is kept with the commit, machine, load and command around it. Benchmarks
-that are absent are skipped and the report says so. The whole run takes about 8 minutes on 2 cores; a
+that are absent are skipped and the report says so. The whole run takes about 6 minutes on 2 cores; a
 limit stops a benchmark that hangs. bench_webhook.py (sequential posts) is left out: the ingest
 benchmark's steady load covers it.
 

@@ -603,8 +603,10 @@ async def test_premium_jobs_overtake_queued_free_jobs(system: CaptureSystem, cha
 
     assert captured.screenshot_status == COMPLETED, captured.screenshot_error
     symbols = [entry["query"].get("symbol") for entry in await chart_stub.requests()]
-    # Three threads may each have started another job before the premium one was fetched; then it is next.
-    assert symbols.index("NASDAQ:AAPL") <= 3, symbols
+    # Three threads may each have started a free job before the premium one was fetched. Those three end
+    # together: the first thread free takes the premium job, and the other two may each start a free job
+    # alongside it whose chart is requested first. In arrival order it would be 13th.
+    assert symbols.index("NASDAQ:AAPL") <= 5, symbols
 
 
 async def test_a_job_on_a_killed_worker_is_redelivered_and_completed(

@@ -23,7 +23,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -263,6 +264,27 @@ def reconcile(dsn: str, run_tag: str, requests: list[list[Any]]) -> dict[str, An
     }
 
 
+@contextmanager
+def bare_route(stack: Stack, workdir: Path) -> Iterator[tuple[str, int]]:
+    """bench/floor_app.py (a bare Litestar route under the edge's server options) on a port of its own,
+    for as long as the block runs: its base URL and its process id."""
+    port = free_port()
+    floor = ManagedProcess(
+        "floor-http",
+        [sys.executable, str(BENCH / "floor_app.py")],
+        {**stack.env, "ALERTS_EDGE_PORT": str(port)},
+        ready=lambda: http_ok(f"http://127.0.0.1:{port}/health/live"),
+        log_path=workdir / "logs" / "floor-http.log",
+    )
+    floor.start()
+    try:
+        floor.wait_ready(30)
+        assert floor.process is not None
+        yield f"http://127.0.0.1:{port}", floor.process.pid
+    finally:
+        floor.stop()
+
+
 def strip_samples(result: dict[str, Any], samples: dict[str, Any], name: str) -> dict[str, Any]:
     """Moves the per-request samples out of the result; a long run keeps every k-th, enough to plot."""
     if "samples" in result:
@@ -309,23 +331,11 @@ def run(options: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any]]:
         ingest["capacity"] = ours.capacity()
         result["ingest"] = ingest
 
-        floor_port = free_port()
-        floor_env = {**stack.env, "ALERTS_EDGE_PORT": str(floor_port)}
-        floor = ManagedProcess(
-            "floor-http",
-            [sys.executable, str(BENCH / "floor_app.py")],
-            floor_env,
-            ready=lambda: http_ok(f"http://127.0.0.1:{floor_port}/health/live"),
-            log_path=Path(tmp) / "logs" / "floor-http.log",
-        )
-        floor.start()
-        try:
-            floor.wait_ready(30)
-            assert floor.process is not None
+        with bare_route(stack, Path(tmp)) as (floor_url, floor_pid):
             bare = Scenarios(
                 options,
-                [url.replace(stack.edge_url, f"http://127.0.0.1:{floor_port}") for url in urls],
-                CpuMeter({"floor_http": floor.process.pid}, None),
+                [url.replace(stack.edge_url, floor_url) for url in urls],
+                CpuMeter({"floor_http": floor_pid}, None),
                 "loadgen.py",
             )
             result["floor_http"] = {
@@ -335,8 +345,6 @@ def run(options: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any]]:
                 ),
                 "capacity": bare.capacity(),
             }
-        finally:
-            floor.stop()
 
         database = Scenarios(options, urls, CpuMeter({}, stack.dsn), "floor_pg.py")
         database.extra = {

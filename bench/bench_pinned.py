@@ -27,10 +27,17 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import psutil
-from bench_ingest import BENCH, BODY, CpuMeter, create_users, measured, reconcile, run_plan, wait_for_rows
+from bench_ingest import (
+    BODY,
+    CpuMeter,
+    bare_route,
+    create_users,
+    measured,
+    reconcile,
+    run_plan,
+    wait_for_rows,
+)
 from harness import Stack, unlimited_plans_env
-
-from mesh.processes import ManagedProcess, free_port, http_ok
 
 LOADGEN_CPUS = frozenset({0})
 SERVER_CPUS = frozenset({1})
@@ -80,11 +87,13 @@ def closed_line(name: str, result: dict[str, Any], clients: int) -> str:
 
 
 def server_meter(stack: Stack) -> CpuMeter:
-    """CPU time of the services, the database's backends and the embedded Redis."""
+    """CPU time of the services, the database's backends and the embedded Redis (which daemonizes, so it
+    is found by the socket on its command line rather than among this process's children)."""
     roots = {name: process.process.pid for name, process in stack.processes.items() if process.process}
-    for child in psutil.Process().children(recursive=True):
-        if child.name().startswith("redis"):
-            roots["redis"] = child.pid
+    socket_path = stack.env["ALERTS_REDIS_URL"].removeprefix("unix://")
+    for process in psutil.process_iter(["cmdline"]):
+        if any(socket_path in argument for argument in process.info["cmdline"] or ()):
+            roots["redis"] = process.pid
     return CpuMeter(roots, stack.dsn)
 
 
@@ -116,29 +125,16 @@ def run(options: argparse.Namespace) -> list[str]:
         closed = measured(lambda: run_plan("loadgen.py", plan, LOADGEN_CPUS), server_meter(stack))
         lines.append(closed_line("closed loop, ours", closed, options.clients))
 
-        floor_port = free_port()
-        floor = ManagedProcess(
-            "floor-http",
-            [sys.executable, str(BENCH / "floor_app.py")],
-            {**stack.env, "ALERTS_EDGE_PORT": str(floor_port)},
-            ready=lambda: http_ok(f"http://127.0.0.1:{floor_port}/health/live"),
-            log_path=Path(tmp) / "logs" / "floor-http.log",
-        )
-        floor.start()
-        try:
-            floor.wait_ready(30)
-            bare = [url.replace(stack.edge_url, f"http://127.0.0.1:{floor_port}") for url in urls]
+        with bare_route(stack, Path(tmp)) as (floor_url, floor_pid):
+            bare = [url.replace(stack.edge_url, floor_url) for url in urls]
             floor_burst = run_plan("loadgen.py", burst_plan(bare, options.burst, "floor"), LOADGEN_CPUS)
             lines.append(burst_line("burst, bare route", floor_burst, floor_burst.pop("samples")))
-            assert floor.process is not None
             floor_plan = closed_plan(bare, options.clients, options.seconds, "floor")
             floor_closed = measured(
                 lambda: run_plan("loadgen.py", floor_plan, LOADGEN_CPUS),
-                CpuMeter({"floor_http": floor.process.pid}, None),
+                CpuMeter({"floor_http": floor_pid}, None),
             )
             lines.append(closed_line("closed loop, bare route", floor_closed, options.clients))
-        finally:
-            floor.stop()
     lines += [
         "peers, as issue 11 quotes them (same pinning, a new connection per request):",
         "  fabston/TradingView-Webhook-Bot (waitress, no persistence): burst p99 190 ms, ~2,600/s closed",

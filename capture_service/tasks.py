@@ -72,7 +72,7 @@ from capture_service.errors import (
 from capture_service.settings import CaptureSettings
 from mesh.crypto import CookieCipher, CookieCipherError
 from mesh.errors import FailedPreconditionError, NotFoundError, from_rpc_error
-from mesh.grpc import open_channel
+from mesh.grpc import GrpcTls, open_channel
 from mesh.queues import PLANS_BY_PRIORITY, capture_actor, capture_queue, capture_workers_key
 
 log = logging.getLogger(__name__)
@@ -141,8 +141,9 @@ class CaptureWorker:
 
     async def start(self) -> None:
         api_key = self.settings.service_api_key.get_secret_value() if self.settings.service_api_key else None
-        signal_channel = open_channel(self.settings.signal_addr, api_key)
-        storage_channel = open_channel(self.settings.storage_addr, api_key)
+        tls = GrpcTls.from_settings(self.settings)
+        signal_channel = open_channel(self.settings.signal_addr, api_key, tls=tls)
+        storage_channel = open_channel(self.settings.storage_addr, api_key, tls=tls)
         self._channels = [signal_channel, storage_channel]
         self._signals = signal_service_pb2_grpc.SignalServiceStub(signal_channel)
         self._storage = storage_service_pb2_grpc.StorageServiceStub(storage_channel)

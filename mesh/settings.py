@@ -68,6 +68,12 @@ class CommonSettings(BaseSettings):
     cookie_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
     media_signing_key: SecretStr | None = None
 
+    # Mutual TLS between the services (files, e.g. mounted from a Secret): all three or none. Servers
+    # then accept only clients with a certificate the CA signed, and clients verify servers the same way.
+    grpc_tls_cert: Path | None = None
+    grpc_tls_key: Path | None = None
+    grpc_tls_ca: Path | None = None
+
     log_level: str = "INFO"
     grpc_grace_seconds: float = 10.0
 
@@ -85,6 +91,16 @@ class CommonSettings(BaseSettings):
                 if name in data:
                     data[name] = _split_commas(data[name])
         return data
+
+    @model_validator(mode="after")
+    def _tls_is_all_or_nothing(self) -> CommonSettings:
+        given = [self.grpc_tls_cert, self.grpc_tls_key, self.grpc_tls_ca]
+        if any(given) and not all(given):
+            raise ValueError("ALERTS_GRPC_TLS_CERT, ALERTS_GRPC_TLS_KEY and ALERTS_GRPC_TLS_CA go together")
+        for path in given:
+            if path is not None and not path.is_file():
+                raise ValueError(f"{path} is not a readable file")
+        return self
 
     @model_validator(mode="after")
     def _require_secrets_outside_dev(self) -> CommonSettings:

@@ -31,11 +31,13 @@ browser: setup
 
 proto:
 	$(PY) proto/generate.py
+	$(PY) proto/document.py
 	$(BUF) lint
 
 proto-check: setup
 	@bash scripts/ensure_node.sh
 	$(PY) proto/generate.py --check
+	$(PY) proto/document.py --check
 	$(BUF) lint
 
 # docs/configuration.md and mesh/setting_names.py, from the settings classes.

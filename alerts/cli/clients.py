@@ -88,7 +88,7 @@ def run_database_job(database_url: str, job: Callable[[], _T]) -> _T:
         cause = exc.orig if isinstance(exc, sqlalchemy.exc.DBAPIError) and exc.orig else exc
         reason = (str(cause).strip().splitlines() or [type(cause).__name__])[0]
         where = make_url(database_url).render_as_string(hide_password=True)
-        raise CommandError(f"database {where}: {reason}") from None
+        raise CommandError(f"cannot use the database at {where}: {reason}") from None
 
 
 def run_database_coroutine(database_url: str, job: Callable[[], Awaitable[_T]]) -> _T:

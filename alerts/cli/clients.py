@@ -13,7 +13,6 @@ from typing import TypeVar
 import grpc
 from pydantic import ValidationError
 
-from alerts.dev import read_dev_state
 from mesh.errors import from_rpc_error
 from mesh.settings import CommonSettings
 
@@ -38,6 +37,8 @@ def settings_error(error: ValidationError) -> CommandError:
 
 def signal_service_client() -> tuple[str, str]:
     """Where the signal service is and which key to present: the environment, else a running `alerts dev`."""
+    from alerts.dev import read_dev_state
+
     settings = CommonSettings()
     if settings.service_api_key:
         return settings.signal_addr, settings.service_api_key.get_secret_value()

@@ -41,6 +41,19 @@ def http_ok(url: str) -> bool:
         return False
 
 
+class ProcessStartError(RuntimeError):
+    """A child process exited or did not become ready; the message names it, its last words and its log."""
+
+
+def last_line(path: Path | None) -> str:
+    """The last non-empty line a child wrote to its log: usually why it stopped (an `alerts` command's
+    failure line without its "alerts: error: " prefix, which the caller's own message adds)."""
+    if path is None or not path.exists():
+        return ""
+    lines = [line.strip() for line in path.read_text(errors="replace").splitlines() if line.strip()]
+    return lines[-1].removeprefix("alerts: error: ") if lines else ""
+
+
 @dataclass
 class ManagedProcess:
     name: str
@@ -64,11 +77,16 @@ class ManagedProcess:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process is not None and self.process.poll() is not None:
-                raise RuntimeError(f"{self.name} exited with {self.process.returncode}; see {self.log_path}")
+                said = last_line(self.log_path)
+                raise ProcessStartError(
+                    f"{self.name} exited with {self.process.returncode}"
+                    + (f": {said}" if said else "")
+                    + f"; see {self.log_path}"
+                )
             if self.ready is None or self.ready():
                 return
             time.sleep(0.1)
-        raise TimeoutError(f"{self.name} not ready after {timeout:.0f} s; see {self.log_path}")
+        raise ProcessStartError(f"{self.name} not ready after {timeout:.0f} s; see {self.log_path}")
 
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None

@@ -13,7 +13,15 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from alerts.processes import ManagedProcess, alerts_argv, free_port, grpc_serving, http_ok
+from alerts.processes import (
+    ManagedProcess,
+    ProcessStartError,
+    alerts_argv,
+    free_port,
+    grpc_serving,
+    http_ok,
+    last_line,
+)
 from mesh.auth import generate_key
 
 START_TIMEOUT_SECONDS = 60.0
@@ -116,7 +124,7 @@ class Stack:
         assert migrate.process is not None
         try:
             if migrate.process.wait(timeout=MIGRATE_TIMEOUT_SECONDS) != 0:
-                raise RuntimeError(f"migrations failed: {log_path.read_text(errors='replace')[-2000:]}")
+                raise ProcessStartError(f"migrations failed: {last_line(log_path)}; see {log_path}")
         finally:
             migrate.stop()
 

@@ -8,6 +8,7 @@ import sys
 import time
 from typing import Any
 
+from alerts.cli.clients import CommandError
 from mesh.logging import configure_logging
 from mesh.settings import CommonSettings
 
@@ -28,6 +29,7 @@ def register(commands: Any) -> None:
 
 def run_dev(options: argparse.Namespace) -> int:
     from alerts.dev import DevStack
+    from alerts.processes import ProcessStartError
 
     configure_logging("dev")
     stack = DevStack(CommonSettings(), capture_workers=options.capture_workers)
@@ -40,7 +42,10 @@ def run_dev(options: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
     print("starting embedded infrastructure and services...", flush=True)
-    stack.start()
+    try:
+        stack.start()
+    except ProcessStartError as exc:
+        raise CommandError(str(exc)) from None
     try:
         print(
             "\nalerts dev is running\n"
@@ -70,12 +75,16 @@ def run_dev(options: argparse.Namespace) -> int:
 
 def run_demo(options: argparse.Namespace) -> int:
     from alerts.demo import demo_settings, run_demo
+    from alerts.processes import ProcessStartError
 
     # The demo's own output is the progress and the table; the services log to files under the data dir.
     configure_logging("demo", level="WARNING")
-    return run_demo(
-        demo_settings(),
-        timeout_seconds=options.timeout,
-        capture_workers=options.capture_workers,
-        stay=options.stay,
-    )
+    try:
+        return run_demo(
+            demo_settings(),
+            timeout_seconds=options.timeout,
+            capture_workers=options.capture_workers,
+            stay=options.stay,
+        )
+    except ProcessStartError as exc:
+        raise CommandError(str(exc)) from None

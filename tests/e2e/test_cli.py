@@ -137,3 +137,19 @@ async def test_captures_failed_answers_json(
     assert [(row["signal_id"], row["user_id"], row["screenshot_error"]) for row in rows] == [
         (signal_id, created.user.user_id, "TIMEOUT")
     ]
+
+
+@pytest.mark.parametrize("command", [("dev",), ("demo",)], ids=" ".join)
+def test_dev_and_demo_on_an_unreachable_database_are_one_line(
+    cli_env: dict[str, str], command: tuple[str, ...]
+) -> None:
+    port = free_port()
+    env = cli_env | {
+        "ALERTS_DATABASE_URL": f"postgresql+asyncpg://alerts:{SECRET}@127.0.0.1:{port}/alerts",
+        "ALERTS_REDIS_URL": "redis://127.0.0.1:6379/0",
+        "ALERTS_EDGE_PORT": str(free_port()),
+        "ALERTS_SIGNAL_ADDR": f"127.0.0.1:{free_port()}",
+        "ALERTS_STORAGE_ADDR": f"127.0.0.1:{free_port()}",
+    }
+    line = assert_one_line_failure(run_alerts(env, *command), "migrations failed", f"127.0.0.1:{port}")
+    assert "migrate.log" in line

@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_ingest import BODY, create_users, run_plan
 from harness import Stack, unlimited_plans_env
 
-from mesh.processes import free_port
+from alerts.processes import free_port
 
 
 def buckets(metrics: str, name: str, labels: str = "") -> str:

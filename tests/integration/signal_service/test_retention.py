@@ -13,6 +13,7 @@ import grpc
 import pytest
 from prometheus_client import REGISTRY
 
+from alerts.processes import free_port
 from apidevs.alerts.v1 import (
     resources_pb2,
     signal_service_pb2,
@@ -22,7 +23,6 @@ from apidevs.alerts.v1 import (
     user_service_pb2_grpc,
 )
 from mesh import grpc as mesh_grpc
-from mesh.processes import free_port
 from signal_service.events import listener_dsn
 from signal_service.main import SERVICE_NAMES, SignalApp, register, signal_app
 from signal_service.retention import RETENTION_LOCK_KEY, RetentionJob

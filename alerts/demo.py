@@ -32,6 +32,8 @@ from typing import TextIO
 import grpc
 import httpx
 
+from alerts.dev import DevStack
+from alerts.processes import free_port
 from apidevs.alerts.v1 import (
     resources_pb2,
     signal_service_pb2,
@@ -40,9 +42,7 @@ from apidevs.alerts.v1 import (
     user_service_pb2_grpc,
 )
 from mesh.auth import generate_key, hash_key
-from mesh.dev import DevStack
 from mesh.grpc import open_channel
-from mesh.processes import free_port
 from mesh.settings import CommonSettings
 
 DEFAULT_TIMEOUT_SECONDS = 120.0
@@ -248,7 +248,7 @@ def _stay_until_interrupted(stack: DevStack, console: Console) -> bool:
 async def _create_users(stack: DevStack, console: Console) -> list[DemoUser]:
     run_id = _run_id()
     users = []
-    async with open_channel(stack.settings.signal_addr, stack.api_key) as channel:
+    async with open_channel(stack.signal_addr, stack.api_key) as channel:
         stub = user_service_pb2_grpc.UserServiceStub(channel)
         for plan in ("premium", "free"):
             created = await stub.CreateUser(
@@ -292,9 +292,7 @@ async def _exercise(
     async with contextlib.AsyncExitStack() as resources:
         followers = []
         for user in users:
-            channel = await resources.enter_async_context(
-                open_channel(stack.settings.signal_addr, user.viewer_key)
-            )
+            channel = await resources.enter_async_context(open_channel(stack.signal_addr, user.viewer_key))
             follower = _Follower(signal_service_pb2_grpc.SignalServiceStub(channel), user.user_id, on_event)
             await follower.start()
             followers.append(follower)
@@ -422,7 +420,7 @@ def _run_id() -> str:
 
 async def _collect(stack: DevStack, deliveries: list[Delivery], client: httpx.AsyncClient) -> None:
     """Reads every signal back, with a fresh screenshot URL, and downloads each screenshot through it."""
-    async with open_channel(stack.settings.signal_addr, stack.api_key) as channel:
+    async with open_channel(stack.signal_addr, stack.api_key) as channel:
         stub = signal_service_pb2_grpc.SignalServiceStub(channel)
         for delivery in deliveries:
             if not delivery.signal_id:

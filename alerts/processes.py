@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import gc
 import os
 import signal
 import socket
@@ -17,17 +16,6 @@ from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-
-def freeze_startup_heap() -> None:
-    """Takes every object alive after start-up (modules, ORM mappings, generated protos, settings) out of
-    the garbage collector's sight, so that a full collection scans only what requests allocate.
-
-    A server process calls it once it is ready. Without it a full collection in the signal service took
-    20-85 ms under load, stalling every call in flight (the periodic spikes in bench_ingest's steady p99).
-    """
-    gc.collect()
-    gc.freeze()
 
 
 def free_port() -> int:
@@ -53,6 +41,19 @@ def http_ok(url: str) -> bool:
         return False
 
 
+class ProcessStartError(RuntimeError):
+    """A child process exited or did not become ready; the message names it, its last words and its log."""
+
+
+def last_line(path: Path | None) -> str:
+    """The last non-empty line a child wrote to its log: usually why it stopped (an `alerts` command's
+    failure line without its "alerts: error: " prefix, which the caller's own message adds)."""
+    if path is None or not path.exists():
+        return ""
+    lines = [line.strip() for line in path.read_text(errors="replace").splitlines() if line.strip()]
+    return lines[-1].removeprefix("alerts: error: ") if lines else ""
+
+
 @dataclass
 class ManagedProcess:
     name: str
@@ -76,11 +77,16 @@ class ManagedProcess:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process is not None and self.process.poll() is not None:
-                raise RuntimeError(f"{self.name} exited with {self.process.returncode}; see {self.log_path}")
+                said = last_line(self.log_path)
+                raise ProcessStartError(
+                    f"{self.name} exited with {self.process.returncode}"
+                    + (f": {said}" if said else "")
+                    + f"; see {self.log_path}"
+                )
             if self.ready is None or self.ready():
                 return
             time.sleep(0.1)
-        raise TimeoutError(f"{self.name} not ready after {timeout:.0f} s; see {self.log_path}")
+        raise ProcessStartError(f"{self.name} not ready after {timeout:.0f} s; see {self.log_path}")
 
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
@@ -111,4 +117,4 @@ class ManagedProcess:
 
 def alerts_argv(*args: str) -> list[str]:
     """The `alerts` command run by this interpreter, whatever the PATH."""
-    return [sys.executable, "-m", "mesh.cli", *args]
+    return [sys.executable, "-m", "alerts.cli", *args]

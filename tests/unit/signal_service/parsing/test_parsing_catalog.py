@@ -49,7 +49,7 @@ def test_shipped_catalog_loads_with_the_apidevs_indicators() -> None:
 
 def test_new_indicator_is_a_config_change_only(tmp_path: Path) -> None:
     default_result = parse_alert(NEW_INDICATOR_MESSAGE.encode(), received_at=RECEIVED_AT)
-    assert default_result.indicator == "VHunter"
+    assert (default_result.indicator, default_result.indicator_key) == ("VHunter", None)
     assert "indicator_unknown" in default_result.problems
     assert default_result.signal_type is None
     assert default_result.extra["Sentido"] == "Pico de Volumen"
@@ -60,7 +60,7 @@ def test_new_indicator_is_a_config_change_only(tmp_path: Path) -> None:
     result = parse_alert(NEW_INDICATOR_MESSAGE.encode(), received_at=RECEIVED_AT, catalog=catalog)
 
     assert result.status is ParseStatus.COMPLETE
-    assert result.indicator == "Volume Hunter [ACME]"
+    assert (result.indicator, result.indicator_key) == ("VHunter", "Volume Hunter [ACME]")
     assert result.signal_type == "Pico de Volumen"
     assert result.extra == {"relative_volume": "3.4x"}
     assert result.problems == ()
@@ -74,7 +74,7 @@ def test_new_indicator_signal_types_are_recognised_in_free_text(tmp_path: Path) 
 
     result = parse_alert(body, received_at=RECEIVED_AT, catalog=catalog)
 
-    assert result.indicator == "Volume Hunter [ACME]"
+    assert (result.indicator, result.indicator_key) == ("Volume Hunter", "Volume Hunter [ACME]")
     assert result.signal_type == "volumen seco"
     assert result.ticker == "BINANCE:SOLUSDT"
     assert str(result.price) == "145.2"
@@ -96,7 +96,7 @@ def test_catalog_may_be_yaml(tmp_path: Path) -> None:
 
     result = parse_alert(body, received_at=RECEIVED_AT, catalog=catalog)
 
-    assert result.indicator == "Trend Ribbon [ACME]"
+    assert (result.indicator, result.indicator_key) == ("Trend Ribbon", "Trend Ribbon [ACME]")
     assert result.extra == {"strength": "9"}
     assert result.problems == ()
 

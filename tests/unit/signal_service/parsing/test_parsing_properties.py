@@ -292,7 +292,8 @@ def test_standard_format_round_trip(
     result = parse_alert(body, received_at=RECEIVED_AT)
 
     spec = CATALOG.indicator_named(indicator) if indicator else None
-    assert result.indicator == (spec.name if spec else indicator)
+    assert result.indicator == (" ".join(indicator.split()) if indicator else None)
+    assert result.indicator_key == (spec.name if spec else None)
     assert result.signal_type == signal_type
     assert result.ticker == ticker
     assert result.price == price
@@ -337,6 +338,7 @@ def test_json_round_trip(
     result = parse_alert(
         json.dumps(document).encode(), content_type="application/json", received_at=RECEIVED_AT
     )
+    assert result.indicator_key == indicator
     assert (result.indicator, result.ticker, result.price, result.signal_type, result.interval) == (
         indicator,
         ticker,

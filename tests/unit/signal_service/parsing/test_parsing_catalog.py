@@ -133,3 +133,41 @@ def test_malformed_catalog_is_refused_at_load(tmp_path: Path, content: str, mess
 def test_missing_catalog_file_is_refused(tmp_path: Path) -> None:
     with pytest.raises(IndicatorCatalogError, match="cannot read"):
         load_indicator_catalog(tmp_path / "absent.toml")
+
+
+@pytest.mark.parametrize(
+    ("written", "other_indicator"),
+    [
+        ("RSI PRO [APIDEVS]", "RSI PRO+ [APIDEVS]"),
+        ("RSI PRO", "RSI PRO+ [APIDEVS]"),
+        ("SQUEEZE MOMENTUM [APIDEVS]", "Squeeze Momentum DEF [APIDEVS]"),
+        ("Squeeze Momentum", "Squeeze Momentum DEF [APIDEVS]"),
+    ],
+)
+def test_a_similar_name_is_not_an_alias_of_another_indicator(written: str, other_indicator: str) -> None:
+    catalog = load_indicator_catalog()
+    assert catalog.indicator_named(written) is None
+    assert catalog.indicator_mentioned_in(f"{written} Sobreventa en BINANCE:BTCUSDT") is None
+
+    result = parse_alert(
+        f"{written}\nSeñal: Sobreventa\nTicker: BINANCE:BTCUSDT".encode(), received_at=RECEIVED_AT
+    )
+
+    assert (result.indicator, result.indicator_key) == (written, None)
+    assert "indicator_unknown" in result.problems
+    assert other_indicator in {spec.name for spec in catalog.indicators}
+
+
+@pytest.mark.parametrize(
+    "written",
+    ["RSI PRO+", "rsi pro+ [apidevs]", "RSI  PRO+   [APIDEVS]", "Rsi Pro Plus"],
+)
+def test_spellings_of_the_same_indicator_share_its_key(written: str) -> None:
+    result = parse_alert(
+        f"🚨 {written} 🚨\nSeñal: Sobreventa\nTicker: BINANCE:BTCUSDT\nPrecio: 1".encode(),
+        received_at=RECEIVED_AT,
+    )
+
+    assert result.indicator == " ".join(written.split())
+    assert result.indicator_key == "RSI PRO+ [APIDEVS]"
+    assert result.problems == ()

@@ -80,6 +80,13 @@ def vocabulary_from_mapping(document: Mapping[str, Any], *, source: str) -> Voca
         name: _strings(json_keys, name, f"{source}: json.keys", required=name in _JSON_FIELDS)
         for name in key_fields
     }
+    time_spellings = set(_json_lookups(spellings["time"]))
+    for name in (*sorted(MOMENT_FIELDS), "bar_time_beside_fired_at"):
+        if stray := [
+            spelling for spelling in spellings[name] if _json_lookups((spelling,))[0] not in time_spellings
+        ]:
+            # Otherwise a moment could be read while the alert time ignores it.
+            raise VocabularyError(f"{source}: json.keys.{name} must also be time spellings: {stray}")
     label_table = _table(document, "labels", source)
     label_fields = (*sorted(STANDARD_FIELDS), "bar_time_beside_fired_at")
     _only_keys(label_table, set(label_fields), f"{source}: labels")

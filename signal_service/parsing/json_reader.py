@@ -96,8 +96,9 @@ def _read_json_object(document: dict[str, Any], catalog: IndicatorCatalog, draft
             path = index.get(key)
             if path is None or path in consumed:
                 continue
-            if _is_field_value(values[path]):
-                draft.offer(field_name, _stripped(values[path]))
+            value = values[path]
+            if isinstance(value, str | int | Decimal) and not isinstance(value, bool):
+                draft.offer(field_name, value.strip() if isinstance(value, str) else value)
                 consumed.add(path)
                 break
     # A moment's key may also have given the alert time: it serves both.

@@ -189,11 +189,16 @@ def _finish(
     # Stored as the alert named it; the catalog's name is the key that groups its spellings.
     spec = draft.indicator_spec
     indicator = indicator_key = None
-    if "indicator" in written and (named := _written_text(written["indicator"], problems)) is not None:
-        indicator = " ".join(named.split())
-        indicator_key = spec.name if spec is not None else None
-        if spec is None:
-            note("indicator_unknown")
+    if "indicator" in written:
+        named = _written_text(written["indicator"], problems)
+        if named is None and spec is not None:
+            # "{{ticker}} ADX DEF": the placeholder is no part of the name, the words that name it are.
+            named = _mentioned_name(str(written["indicator"]), catalog)
+        if named is not None:
+            indicator = " ".join(named.split())
+            indicator_key = spec.name if spec is not None else None
+            if spec is None:
+                note("indicator_unknown")
     if spec is not None and signal_type is not None and not catalog.emits(spec, signal_type):
         note("signal_type_not_in_catalog")
 
@@ -242,6 +247,8 @@ def _finish(
 def _moments(draft: Draft, note: Callable[[str | None], None]) -> tuple[datetime | None, datetime | None]:
     """The bar's open ({{time}}) and the firing ({{timenow}}), where the message says which is which."""
     written = draft.written
+    if draft.time_beside_fired_at is None and "bar_time" not in written and "fired_at" not in written:
+        return None, None
     bar_written = written.get("bar_time")
     if bar_written is None and "fired_at" in written:
         bar_written = draft.time_beside_fired_at
@@ -258,6 +265,11 @@ def _moments(draft: Draft, note: Callable[[str | None], None]) -> tuple[datetime
                 draft.add_extra(field_name, moment_written)
         moments.append(moment)
     return moments[0], moments[1]
+
+
+def _mentioned_name(written: str, catalog: IndicatorCatalog) -> str | None:
+    mentioned = catalog.indicator_mentioned_in(written)
+    return None if mentioned is None else written[mentioned[1] : mentioned[2]]
 
 
 def _price_from(value: Any) -> tuple[Decimal | None, str | None]:

@@ -171,3 +171,24 @@ def test_spellings_of_the_same_indicator_share_its_key(written: str) -> None:
     assert result.indicator == " ".join(written.split())
     assert result.indicator_key == "RSI PRO+ [APIDEVS]"
     assert result.problems == ()
+
+
+def test_indicator_labels_may_name_the_bar_time_and_the_firing(tmp_path: Path) -> None:
+    config = tmp_path / "indicators.toml"
+    config.write_text(
+        '[[indicators]]\nname = "Volume Hunter [ACME]"\n'
+        '[indicators.labels]\n"Vela" = "bar_time"\n"Disparo" = "fired_at"\n',
+        encoding="utf-8",
+    )
+    catalog = load_indicator_catalog(config)
+    body = (
+        "Volume Hunter [ACME]\nSeñal: Buy\nTicker: BINANCE:BTCUSDT\nPrecio: 1\n"
+        "Disparo: 2026-11-27T14:31:00Z\nVela: 2026-11-27T14:15:00Z"
+    ).encode()
+
+    result = parse_alert(body, received_at=RECEIVED_AT, catalog=catalog)
+
+    assert result.bar_time == datetime(2026, 11, 27, 14, 15, tzinfo=UTC)
+    assert result.fired_at == datetime(2026, 11, 27, 14, 31, tzinfo=UTC)
+    assert result.alert_time == result.fired_at
+    assert result.extra == {}

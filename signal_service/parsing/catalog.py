@@ -87,7 +87,11 @@ class IndicatorCatalog:
             for spec in indicators
         )
         self.generic_signal_types: tuple[str, ...] = tuple(generic_signal_types)
-        self._labels: dict[str, str] = {fold(label): target for label, target in (labels or {}).items()}
+        # The catalog's own labels override the vocabulary's.
+        self._labels: dict[str, str] = {
+            **self.vocabulary.labels,
+            **{fold(label): target for label, target in (labels or {}).items()},
+        }
         self._by_folded_name: dict[str, IndicatorSpec] = {}
         for spec in self.indicators:
             for written in (spec.name, *spec.aliases):
@@ -107,7 +111,6 @@ class IndicatorCatalog:
         }
         self._any_label = frozenset(
             (
-                *self.vocabulary.labels,
                 *self._labels,
                 *(label for spec in self.indicators for label in spec.labels),
             )
@@ -164,7 +167,7 @@ class IndicatorCatalog:
         """What a line label means: a standard field or an extra key; ``None`` when not a known label."""
         if indicator is not None and (target := indicator.labels.get(folded_label)) is not None:
             return target
-        return self._labels.get(folded_label) or self.vocabulary.labels.get(folded_label)
+        return self._labels.get(folded_label)
 
 
 class _PhraseSearch:

@@ -189,7 +189,10 @@ def _finish(
     # Stored as the alert named it; the catalog's name is the key that groups its spellings.
     spec = draft.indicator_spec
     indicator = indicator_key = None
-    if "indicator" in written:
+    if spec is not None and written.get("indicator") == spec.name:
+        # The common case, a message naming the indicator as the catalog does, needs no checking.
+        indicator, indicator_key = spec.name, spec.name
+    elif "indicator" in written:
         named = _written_text(written["indicator"], problems)
         if named is None and spec is not None:
             # "{{ticker}} ADX DEF": the placeholder is no part of the name, the words that name it are.
@@ -215,7 +218,9 @@ def _finish(
             alert_time = moment
         elif isinstance(written["time"], str):
             draft.add_extra("time", written["time"])
-    bar_time, fired_at = _moments(draft, note)
+    bar_time = fired_at = None
+    if draft.time_beside_fired_at is not None or "bar_time" in written or "fired_at" in written:
+        bar_time, fired_at = _moments(draft, note)
 
     if ticker is not None and price is not None and signal_type is not None:
         status = ParseStatus.COMPLETE
@@ -247,8 +252,6 @@ def _finish(
 def _moments(draft: Draft, note: Callable[[str | None], None]) -> tuple[datetime | None, datetime | None]:
     """The bar's open ({{time}}) and the firing ({{timenow}}), where the message says which is which."""
     written = draft.written
-    if draft.time_beside_fired_at is None and "bar_time" not in written and "fired_at" not in written:
-        return None, None
     bar_written = written.get("bar_time")
     if bar_written is None and "fired_at" in written:
         bar_written = draft.time_beside_fired_at

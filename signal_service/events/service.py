@@ -40,8 +40,9 @@ from sqlalchemy.engine import make_url
 
 from mesh.errors import InvalidArgumentError, NotFoundError, ResourceExhaustedError, UnavailableError
 from signal_service.database import Database
+from signal_service.events.repository import EVENTS_CHANNEL, EventRepository
 from signal_service.models import SignalEvent
-from signal_service.repository import EVENTS_CHANNEL, EventRepository, SignalRepository, SignalRow
+from signal_service.signals.repository import SignalRepository, SignalRow
 
 log = logging.getLogger(__name__)
 

@@ -29,16 +29,13 @@ from prometheus_client import Counter, Gauge
 
 from apidevs.alerts.v1 import storage_service_pb2, storage_service_pb2_grpc
 from signal_service.database import Database
+from signal_service.events.repository import EventRepository
 from signal_service.models import EventType, ScreenshotStatus, SignalEvent
-from signal_service.repository import (
-    EventRepository,
-    ExpiringScreenshot,
-    RetentionRepository,
-    SessionRepository,
-    SignalRepository,
-    UserRepository,
-)
+from signal_service.retention.repository import ExpiringScreenshot, RetentionRepository
+from signal_service.sessions.repository import SessionRepository
 from signal_service.settings import SignalSettings
+from signal_service.signals.repository import SignalRepository
+from signal_service.users.repository import UserRepository
 
 log = logging.getLogger(__name__)
 

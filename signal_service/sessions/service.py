@@ -60,16 +60,13 @@ from mesh.errors import FailedPreconditionError, InvalidArgumentError, NotFoundE
 from mesh.logging import request_id_var
 from mesh.queues import SESSION_CHECK_ACTOR, SESSION_CHECK_QUEUE, WORKER_HEARTBEAT_TIMEOUT_MS
 from signal_service.database import Database
+from signal_service.events.repository import EventRepository
 from signal_service.ids import parse_uuid
 from signal_service.models import EventType, OutboxMessage, SignalEvent, User, UserConfig
-from signal_service.repository import (
-    CheckTarget,
-    EventRepository,
-    OutboxRepository,
-    SessionRepository,
-    UserRepository,
-)
+from signal_service.outbox.repository import OutboxRepository
+from signal_service.sessions.repository import CheckTarget, SessionRepository
 from signal_service.settings import SignalSettings
+from signal_service.users.repository import UserRepository
 
 log = logging.getLogger(__name__)
 

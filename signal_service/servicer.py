@@ -115,7 +115,7 @@ class SignalServicer(signal_service_pb2_grpc.SignalServiceServicer):
             raise InvalidArgumentError(
                 f"at most {MAX_INGEST_BATCH} webhooks per call", reason="BATCH_TOO_LARGE"
             )
-        # All at once: their stores meet in the same group commit (signal_service/group_commit.py).
+        # All at once: their stores meet in the same group commit (intake/group_commit.py).
         results = await asyncio.gather(*(self._ingest_result(item) for item in request.requests))
         return signal_service_pb2.BatchIngestWebhooksResponse(results=results)
 

@@ -177,7 +177,7 @@ class CaptureCoordinator:
     async def _note_session_result(
         self, session: Any, row: SignalRow, status: ScreenshotStatus, error: str, now: datetime
     ) -> bool:
-        """Records what the capture showed about the user's TradingView session (signal_service/sessions.py).
+        """Records what the capture showed about the user's TradingView session (sessions/service.py).
 
         True when it failed for an invalid session on cookies the user has replaced since it was claimed:
         it is then queued again rather than failed.

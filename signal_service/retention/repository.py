@@ -31,7 +31,7 @@ class PlanStorage:
 
 
 class RetentionRepository:
-    """Screenshots past their plan's retention, and stored bytes by plan (signal_service/retention.py)."""
+    """Screenshots past their plan's retention, and stored bytes by plan (retention/service.py)."""
 
     def __init__(self, session: AsyncSession) -> None:
         self.session = session

@@ -29,7 +29,7 @@ class CheckTarget:
 
 
 class SessionRepository:
-    """TradingView session state and check scheduling (signal_service/sessions.py)."""
+    """TradingView session state and check scheduling (sessions/service.py)."""
 
     def __init__(self, session: AsyncSession) -> None:
         self.session = session

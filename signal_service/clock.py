@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import logging
 from datetime import UTC, datetime, timedelta
-
-log = logging.getLogger(__name__)
 
 
 def utcnow() -> datetime:

@@ -6,9 +6,7 @@ from datetime import UTC, datetime
 
 from google.protobuf import json_format, struct_pb2, timestamp_pb2
 
-from apidevs.alerts.v1 import (
-    resources_pb2,
-)
+from apidevs.alerts.v1 import resources_pb2
 from signal_service.models import EventType, ScreenshotStatus, SignalResult
 from signal_service.signals.repository import SignalRow
 from signal_service.users.service import UserView
@@ -22,8 +20,6 @@ PLAN_TO_PROTO = {
 
 
 PLAN_FROM_PROTO = {value: key for key, value in PLAN_TO_PROTO.items()}
-
-
 SCREENSHOT_TO_PROTO = {
     ScreenshotStatus.PENDING: resources_pb2.SCREENSHOT_STATUS_PENDING,
     ScreenshotStatus.PROCESSING: resources_pb2.SCREENSHOT_STATUS_PROCESSING,
@@ -35,8 +31,6 @@ SCREENSHOT_TO_PROTO = {
 
 
 SCREENSHOT_FROM_PROTO = {value: key for key, value in SCREENSHOT_TO_PROTO.items()}
-
-
 RESULT_TO_PROTO = {
     SignalResult.PENDING: resources_pb2.SIGNAL_RESULT_PENDING,
     SignalResult.WIN: resources_pb2.SIGNAL_RESULT_WIN,
@@ -46,8 +40,6 @@ RESULT_TO_PROTO = {
 
 
 RESULT_FROM_PROTO = {value: key for key, value in RESULT_TO_PROTO.items()}
-
-
 EVENT_TYPE_TO_PROTO = {
     EventType.CREATED: resources_pb2.SIGNAL_EVENT_TYPE_CREATED,
     EventType.SCREENSHOT_UPDATED: resources_pb2.SIGNAL_EVENT_TYPE_SCREENSHOT_UPDATED,

@@ -9,11 +9,7 @@ from datetime import UTC, datetime
 
 import grpc
 
-from apidevs.alerts.v1 import (
-    resources_pb2,
-    signal_service_pb2,
-    signal_service_pb2_grpc,
-)
+from apidevs.alerts.v1 import resources_pb2, signal_service_pb2, signal_service_pb2_grpc
 from mesh.auth import ensure_can_access_user, ensure_unscoped
 from mesh.errors import InvalidArgumentError, to_rpc_status
 from mesh.grpc import caller_error

@@ -8,9 +8,7 @@ from datetime import datetime
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from signal_service.models import (
-    AuditLog,
-)
+from signal_service.models import AuditLog
 from signal_service.rows import column_values
 
 

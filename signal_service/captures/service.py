@@ -9,29 +9,17 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from mesh.errors import (
-    FailedPreconditionError,
-    InvalidArgumentError,
-    NotFoundError,
-)
+from mesh.errors import FailedPreconditionError, InvalidArgumentError, NotFoundError
 from mesh.logging import request_id_var
 from mesh.queues import capture_actor, capture_queue
 from signal_service.clock import utcnow
 from signal_service.database import Database
 from signal_service.events.repository import EventRepository
 from signal_service.ids import require_uuid
-from signal_service.models import (
-    EventType,
-    OutboxMessage,
-    ScreenshotStatus,
-    SignalEvent,
-)
+from signal_service.models import EventType, OutboxMessage, ScreenshotStatus, SignalEvent
 from signal_service.outbox.repository import OutboxEntry, OutboxRepository
 from signal_service.sessions.repository import SessionRepository
-from signal_service.sessions.service import (
-    SESSION_INVALID_REASON,
-    record_capture_result,
-)
+from signal_service.sessions.service import SESSION_INVALID_REASON, record_capture_result
 from signal_service.settings import SignalSettings
 from signal_service.signals.repository import SignalRepository, SignalRow
 from signal_service.signals.service import SignalPage, decode_page_token, encode_page_token, page_size
@@ -72,8 +60,6 @@ class CaptureClaim:
 
 
 _RETRY_BATCH_LIMIT = 10_000
-
-
 _TERMINAL = {ScreenshotStatus.COMPLETED, ScreenshotStatus.SKIPPED, ScreenshotStatus.EXPIRED}
 
 

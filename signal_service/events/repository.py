@@ -7,10 +7,7 @@ import uuid
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from signal_service.models import (
-    SignalEvent,
-    User,
-)
+from signal_service.models import SignalEvent, User
 from signal_service.rows import column_values
 
 EVENTS_CHANNEL = "alerts_signal_events"

@@ -36,17 +36,12 @@ from signal_service.ids import uuid7
 from signal_service.intake.group_commit import GroupCommit
 from signal_service.intake.ratelimit import RateLimiter
 from signal_service.intake.repository import WebhookIngest, WebhookRepository, WebhookUserRow
-from signal_service.models import (
-    AuditLog,
-    ScreenshotStatus,
-)
+from signal_service.models import AuditLog, ScreenshotStatus
 from signal_service.parsing import IndicatorCatalog, ParsedAlert, parse_alert
 from signal_service.settings import SignalSettings
 from signal_service.users import allowlist, tokens
 
 log = logging.getLogger(__name__)
-
-
 _AUDIT_BODY_LIMIT = 64 * 1024
 
 

@@ -11,9 +11,7 @@ import asyncpg
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from signal_service.models import (
-    OutboxMessage,
-)
+from signal_service.models import OutboxMessage
 from signal_service.rows import column_values
 
 

@@ -9,12 +9,7 @@ from datetime import datetime
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from signal_service.models import (
-    Screenshot,
-    ScreenshotStatus,
-    Signal,
-    User,
-)
+from signal_service.models import Screenshot, ScreenshotStatus, Signal, User
 
 
 @dataclass(frozen=True, slots=True)

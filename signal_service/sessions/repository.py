@@ -10,12 +10,7 @@ from datetime import datetime
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from signal_service.models import (
-    Screenshot,
-    ScreenshotStatus,
-    Signal,
-    UserConfig,
-)
+from signal_service.models import Screenshot, ScreenshotStatus, Signal, UserConfig
 from signal_service.signals.repository import SignalRow
 
 

@@ -11,14 +11,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from signal_service.models import (
-    OutboxMessage,
-    Screenshot,
-    ScreenshotStatus,
-    Signal,
-    SignalResult,
-    User,
-)
+from signal_service.models import OutboxMessage, Screenshot, ScreenshotStatus, Signal, SignalResult, User
 from signal_service.rows import column_values
 
 

@@ -4,35 +4,22 @@ from __future__ import annotations
 
 import base64
 import json
-import logging
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
 
-from mesh.errors import (
-    InvalidArgumentError,
-    NotFoundError,
-)
+from mesh.errors import InvalidArgumentError, NotFoundError
 from signal_service.clock import utcnow
 from signal_service.database import Database
 from signal_service.events.repository import EventRepository
 from signal_service.ids import require_uuid
-from signal_service.models import (
-    EventType,
-    SignalEvent,
-    SignalResult,
-)
+from signal_service.models import EventType, SignalEvent, SignalResult
 from signal_service.signals.repository import SignalFilter, SignalRepository, SignalRow, UserStatsRow
 from signal_service.users.repository import UserRepository
 
-log = logging.getLogger(__name__)
-
-
 MAX_PAGE_SIZE = 100
-
-
 DEFAULT_PAGE_SIZE = 20
 
 

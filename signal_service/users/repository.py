@@ -8,10 +8,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from signal_service.models import (
-    User,
-    UserConfig,
-)
+from signal_service.models import User, UserConfig
 from signal_service.rows import column_values
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -13,28 +12,16 @@ from typing import Any
 from sqlalchemy.exc import IntegrityError
 
 from mesh.crypto import CookieCipher
-from mesh.errors import (
-    AlreadyExistsError,
-    InvalidArgumentError,
-    NotFoundError,
-)
+from mesh.errors import AlreadyExistsError, InvalidArgumentError, NotFoundError
 from signal_service.captures.service import CaptureCoordinator
 from signal_service.clock import next_month_start, utcnow
 from signal_service.database import Database
 from signal_service.ids import require_uuid
-from signal_service.models import (
-    User,
-    UserConfig,
-)
-from signal_service.sessions.service import (
-    SessionChecks,
-    record_renewal,
-)
+from signal_service.models import User, UserConfig
+from signal_service.sessions.service import SessionChecks, record_renewal
 from signal_service.settings import SignalSettings
 from signal_service.users import allowlist, tokens
 from signal_service.users.repository import UserRepository
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)

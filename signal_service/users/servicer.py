@@ -2,21 +2,13 @@
 
 from __future__ import annotations
 
-import logging
-
 import grpc
 from google.protobuf import json_format
 
-from apidevs.alerts.v1 import (
-    resources_pb2,
-    user_service_pb2,
-    user_service_pb2_grpc,
-)
+from apidevs.alerts.v1 import resources_pb2, user_service_pb2, user_service_pb2_grpc
 from mesh.auth import current_principal, ensure_unscoped
 from signal_service.proto_mapping import plan_from_proto, timestamp, user_to_proto
 from signal_service.users.service import UserManager
-
-log = logging.getLogger(__name__)
 
 
 class UserServicer(user_service_pb2_grpc.UserServiceServicer):

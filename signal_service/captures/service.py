@@ -12,6 +12,7 @@ from typing import Any
 from mesh.errors import FailedPreconditionError, InvalidArgumentError, NotFoundError
 from mesh.logging import request_id_var
 from mesh.queues import capture_actor, capture_queue
+from signal_service.captures.repository import CaptureRepository
 from signal_service.clock import utcnow
 from signal_service.database import Database
 from signal_service.events.repository import EventRepository
@@ -72,7 +73,11 @@ class CaptureCoordinator:
     async def claim(self, signal_id: str, *, attempt: int, worker_id: str) -> CaptureClaim:
         parsed = require_uuid(signal_id, "signal_id")
         async with self._database.transaction() as session:
-            signals, users = SignalRepository(session), UserRepository(session)
+            signals, captures, users = (
+                SignalRepository(session),
+                CaptureRepository(session),
+                UserRepository(session),
+            )
             row = await signals.get(parsed, for_update=True)
             if row is None or row.screenshot is None:
                 raise NotFoundError("no capture for this signal", reason="CAPTURE_NOT_FOUND")
@@ -83,7 +88,7 @@ class CaptureCoordinator:
             if ScreenshotStatus(row.screenshot.status) in _TERMINAL:
                 return CaptureClaim(False, row, chart_id, b"", user.plan)
             now = utcnow()
-            await signals.update_screenshot(
+            await captures.update_screenshot(
                 parsed,
                 status=ScreenshotStatus.PROCESSING,
                 attempts=row.screenshot.attempts + 1,
@@ -120,7 +125,7 @@ class CaptureCoordinator:
         parsed = require_uuid(signal_id, "signal_id")
         now = utcnow()
         async with self._database.transaction() as session:
-            signals = SignalRepository(session)
+            signals, captures = SignalRepository(session), CaptureRepository(session)
             row = await signals.get(parsed, for_update=True)
             if row is None or row.screenshot is None:
                 raise NotFoundError("no capture for this signal", reason="CAPTURE_NOT_FOUND")
@@ -150,7 +155,7 @@ class CaptureCoordinator:
                 plans = await UserRepository(session).plans({row.signal.user_id})
                 await self._requeue(session, row, plans[row.signal.user_id])
             else:
-                await signals.update_screenshot(parsed, **values)
+                await captures.update_screenshot(parsed, **values)
                 await signals.update_signal(parsed, screenshot_status=status)
                 if status != current:
                     await self._event(session, row.signal.user_id, parsed, EventType.SCREENSHOT_UPDATED)
@@ -198,7 +203,7 @@ class CaptureCoordinator:
         after = decode_page_token(page_token) if page_token else None
         owner = require_uuid(user_id, "user_id") if user_id else None
         async with self._database.session() as session:
-            rows = await SignalRepository(session).failed(user_id=owner, after=after, limit=limit + 1)
+            rows = await CaptureRepository(session).failed(user_id=owner, after=after, limit=limit + 1)
         next_token = encode_page_token(rows[limit - 1]) if len(rows) > limit else ""
         return SignalPage(rows=rows[:limit], next_page_token=next_token)
 
@@ -211,8 +216,9 @@ class CaptureCoordinator:
         ids = [require_uuid(value, "signal_id") for value in signal_ids]
         requeued = 0
         async with self._database.transaction() as session:
-            signals = SignalRepository(session)
-            rows = await signals.failed_for_update(ids=ids or None, limit=_RETRY_BATCH_LIMIT)
+            rows = await CaptureRepository(session).failed_for_update(
+                ids=ids or None, limit=_RETRY_BATCH_LIMIT
+            )
             plans = await UserRepository(session).plans({row.signal.user_id for row in rows})
             for row in sorted(rows, key=lambda row: row.signal.created_at):
                 await self._requeue(session, row, plans[row.signal.user_id])
@@ -229,14 +235,14 @@ class CaptureCoordinator:
         processing_cutoff = now - timedelta(seconds=self._settings.capture_stale_after_seconds)
         pending_cutoff = now - timedelta(seconds=self._settings.capture_pending_stale_after_seconds)
         async with self._database.transaction() as session:
-            signals = SignalRepository(session)
-            processing = await signals.stale_processing(processing_cutoff, limit=_RETRY_BATCH_LIMIT)
-            pending = await signals.stale_pending(pending_cutoff, limit=_RETRY_BATCH_LIMIT)
+            signals, captures = SignalRepository(session), CaptureRepository(session)
+            processing = await captures.stale_processing(processing_cutoff, limit=_RETRY_BATCH_LIMIT)
+            pending = await captures.stale_pending(pending_cutoff, limit=_RETRY_BATCH_LIMIT)
             plans = await UserRepository(session).plans({row.signal.user_id for row in processing + pending})
             for row in processing:
                 assert row.screenshot is not None
                 if row.screenshot.attempts >= self._settings.capture_max_attempts:
-                    await signals.update_screenshot(
+                    await captures.update_screenshot(
                         row.signal.id, status=ScreenshotStatus.FAILED, error="WORKER_LOST", completed_at=now
                     )
                     await signals.update_signal(row.signal.id, screenshot_status=ScreenshotStatus.FAILED)
@@ -256,8 +262,8 @@ class CaptureCoordinator:
         return swept
 
     async def _requeue(self, session: Any, row: SignalRow, plan: str) -> None:
-        signals = SignalRepository(session)
-        await signals.update_screenshot(
+        signals, captures = SignalRepository(session), CaptureRepository(session)
+        await captures.update_screenshot(
             row.signal.id, status=ScreenshotStatus.PENDING, error=None, claimed_at=None, completed_at=None
         )
         await signals.update_signal(row.signal.id, screenshot_status=ScreenshotStatus.PENDING)

@@ -28,6 +28,7 @@ import grpc
 from prometheus_client import Counter, Gauge
 
 from apidevs.alerts.v1 import storage_service_pb2, storage_service_pb2_grpc
+from signal_service.captures.repository import CaptureRepository
 from signal_service.database import Database
 from signal_service.events.repository import EventRepository
 from signal_service.models import EventType, ScreenshotStatus, SignalEvent
@@ -92,13 +93,14 @@ class RetentionJob:
                 return 0, False
             due = await RetentionRepository(session).expired(cutoffs, limit)
             deleted = await self._delete_objects(due)
-            signals, users, events = (
+            signals, captures, users, events = (
                 SignalRepository(session),
+                CaptureRepository(session),
                 UserRepository(session),
                 EventRepository(session),
             )
             for item in deleted:
-                await signals.update_screenshot(item.signal_id, status=ScreenshotStatus.EXPIRED)
+                await captures.update_screenshot(item.signal_id, status=ScreenshotStatus.EXPIRED)
                 await signals.update_signal(item.signal_id, screenshot_status=ScreenshotStatus.EXPIRED)
                 seq = await users.next_event_seq(item.user_id)
                 await events.add(

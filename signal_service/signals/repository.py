@@ -11,8 +11,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from signal_service.models import OutboxMessage, Screenshot, ScreenshotStatus, Signal, SignalResult, User
-from signal_service.rows import column_values
+from signal_service.models import Screenshot, ScreenshotStatus, Signal, SignalResult, User
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,55 +43,31 @@ class SignalFilter:
     created_before: datetime | None = None
 
 
+def with_screenshot() -> sa.Select[tuple[Signal, Screenshot]]:
+    """Signals with their screenshot row, if any: what a SignalRow holds."""
+    return sa.select(Signal, Screenshot).outerjoin(Screenshot, Screenshot.signal_id == Signal.id)
+
+
 class SignalRepository:
     def __init__(self, session: AsyncSession) -> None:
         self.session = session
 
-    async def add(self, signal: Signal) -> None:
-        await self.session.execute(sa.insert(Signal).values(column_values(signal)))
-
-    async def add_screenshot(self, screenshot: Screenshot) -> None:
-        await self.session.execute(sa.insert(Screenshot).values(column_values(screenshot)))
-
-    async def find_by_idempotency_key(self, key: str) -> uuid.UUID | None:
-        statement = sa.select(Signal.id).where(Signal.idempotency_key == key)
-        return (await self.session.execute(statement)).scalar_one_or_none()
-
-    async def find_recent_duplicate(
-        self, user_id: uuid.UUID, body_sha256: bytes, since: datetime, until: datetime
-    ) -> uuid.UUID | None:
-        statement = (
-            sa.select(Signal.id)
-            .where(
-                Signal.user_id == user_id,
-                Signal.body_sha256 == body_sha256,
-                Signal.created_at >= since,
-                Signal.created_at <= until,
-            )
-            .order_by(Signal.created_at)
-            .limit(1)
-        )
-        return (await self.session.execute(statement)).scalar_one_or_none()
-
-    def _with_screenshot(self) -> sa.Select[tuple[Signal, Screenshot]]:
-        return sa.select(Signal, Screenshot).outerjoin(Screenshot, Screenshot.signal_id == Signal.id)
-
     async def get(self, signal_id: uuid.UUID, *, for_update: bool = False) -> SignalRow | None:
-        statement = self._with_screenshot().where(Signal.id == signal_id)
+        statement = with_screenshot().where(Signal.id == signal_id)
         if for_update:
             statement = statement.with_for_update(of=Signal)
         row = (await self.session.execute(statement)).one_or_none()
         return SignalRow(row[0], row[1]) if row else None
 
     async def get_many(self, signal_ids: Sequence[uuid.UUID]) -> list[SignalRow]:
-        statement = self._with_screenshot().where(Signal.id.in_(signal_ids))
+        statement = with_screenshot().where(Signal.id.in_(signal_ids))
         return [SignalRow(row[0], row[1]) for row in await self.session.execute(statement)]
 
     async def matching(
         self, where: SignalFilter, *, after: tuple[datetime, uuid.UUID] | None, limit: int
     ) -> list[SignalRow]:
         """Newest first, keyset-paginated on (created_at, id) so pages stay stable under inserts."""
-        statement = self._with_screenshot().where(Signal.user_id == where.user_id)
+        statement = with_screenshot().where(Signal.user_id == where.user_id)
         for column, value in (
             (Signal.ticker, where.ticker),
             (Signal.indicator, where.indicator),
@@ -150,57 +125,3 @@ class SignalRepository:
         await self.session.execute(
             sa.update(Signal).where(Signal.id == signal_id).values(**values, updated_at=sa.func.now())
         )
-
-    async def update_screenshot(self, signal_id: uuid.UUID, **values: Any) -> None:
-        await self.session.execute(
-            sa.update(Screenshot)
-            .where(Screenshot.signal_id == signal_id)
-            .values(**values, updated_at=sa.func.now())
-        )
-
-    async def stale_processing(self, claimed_before: datetime, limit: int) -> list[SignalRow]:
-        statement = (
-            self._with_screenshot()
-            .where(Screenshot.status == ScreenshotStatus.PROCESSING, Screenshot.claimed_at < claimed_before)
-            .order_by(Screenshot.claimed_at)
-            .limit(limit)
-            .with_for_update(of=Signal, skip_locked=True)
-        )
-        return [SignalRow(row[0], row[1]) for row in await self.session.execute(statement)]
-
-    async def stale_pending(self, updated_before: datetime, limit: int) -> list[SignalRow]:
-        """PENDING captures untouched for long with no outbox row left: their queue message was lost."""
-        in_outbox = (
-            sa.select(OutboxMessage.id)
-            .where(OutboxMessage.args.contains(sa.func.jsonb_build_array(sa.cast(Signal.id, sa.Text))))
-            .exists()
-        )
-        statement = (
-            self._with_screenshot()
-            .where(Screenshot.status == ScreenshotStatus.PENDING, Screenshot.updated_at < updated_before)
-            .where(~in_outbox)
-            .order_by(Screenshot.updated_at)
-            .limit(limit)
-            .with_for_update(of=Signal, skip_locked=True)
-        )
-        return [SignalRow(row[0], row[1]) for row in await self.session.execute(statement)]
-
-    async def failed_for_update(self, *, ids: Sequence[uuid.UUID] | None, limit: int) -> list[SignalRow]:
-        statement = self._with_screenshot().where(Screenshot.status == ScreenshotStatus.FAILED)
-        if ids is not None:
-            statement = statement.where(Signal.id.in_(ids))
-        statement = (
-            statement.order_by(Signal.created_at).limit(limit).with_for_update(of=Signal, skip_locked=True)
-        )
-        return [SignalRow(row[0], row[1]) for row in await self.session.execute(statement)]
-
-    async def failed(
-        self, *, user_id: uuid.UUID | None, after: tuple[datetime, uuid.UUID] | None, limit: int
-    ) -> list[SignalRow]:
-        statement = self._with_screenshot().where(Signal.screenshot_status == ScreenshotStatus.FAILED)
-        if user_id is not None:
-            statement = statement.where(Signal.user_id == user_id)
-        if after is not None:
-            statement = statement.where(sa.tuple_(Signal.created_at, Signal.id) < sa.tuple_(*after))
-        statement = statement.order_by(Signal.created_at.desc(), Signal.id.desc()).limit(limit)
-        return [SignalRow(row[0], row[1]) for row in await self.session.execute(statement)]

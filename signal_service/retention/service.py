@@ -1,21 +1,8 @@
 """Screenshot retention by plan, and the stored-bytes figures by plan.
 
-A COMPLETED screenshot whose capture finished more than its user's plan retention ago
-(``screenshot_retention_days``, by the user's plan now) is deleted from storage and marked EXPIRED, on
-its screenshot row and its signal, with a SCREENSHOT_UPDATED event in the same transaction.
-
-Order of effects: the object is deleted first and the row marked after. A crash in between leaves a
-COMPLETED row whose object is gone; the next pass deletes again, storage answers NOT_FOUND, which counts
-as done, and the row is marked. The other order could leave objects that nothing points to any more.
-
-Every signal replica runs the job; a batch runs only while its transaction holds an advisory lock, so one
-replica works at a time, and its rows are locked with SKIP LOCKED against concurrent capture reports.
-A pass works in batches of ``retention_batch_size`` until nothing is due, at most ``_MAX_BATCHES_PER_PASS``
-of them, and stops early when storage fails (the rows stay COMPLETED and are tried on the next pass).
-
-Usage figures (``alerts_storage_bytes{plan}``, ``alerts_storage_objects{plan}``) count COMPLETED
-screenshots' recorded sizes; each replica exports the same database-wide figure, so aggregate with max,
-not sum. Per-user figures are in GetUserStats (storage_bytes, storage_objects), not in metrics.
+Expired screenshots are deleted from storage first and marked EXPIRED after, so a crash never leaves an
+object nothing points to; one replica works at a time (advisory lock). Details:
+docs/architecture-signal.md, "Screenshot retention".
 """
 
 from __future__ import annotations

@@ -135,7 +135,7 @@ def user_to_proto(view: UserView) -> resources_pb2.User:
 
 
 def session_state_to_proto(state: dict) -> resources_pb2.TradingViewSession:
-    """A TRADINGVIEW_SESSION_UPDATED event's payload (signal_service.sessions.session_state)."""
+    """A TRADINGVIEW_SESSION_UPDATED event's payload (signal_service.sessions.service.session_state)."""
     message = resources_pb2.TradingViewSession(
         configured=bool(state.get("configured")),
         checked=bool(state.get("checked")),

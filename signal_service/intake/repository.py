@@ -71,7 +71,7 @@ class WebhookIngest:
 
 @dataclass(frozen=True, slots=True)
 class WebhookOutcome:
-    # "accepted", "duplicate", "quota_exceeded", "rate_limited" or "stale" (migrations 0002 and 0004).
+    # "accepted", "duplicate", "quota_exceeded", "rate_limited" or "stale" (intake/sql/ingest_webhook_v2.sql).
     outcome: str
     signal_id: uuid.UUID | None
     screenshot_status: str | None

@@ -167,7 +167,7 @@ def _user_create(options: argparse.Namespace) -> int:
 def _keys_rotate(options: argparse.Namespace) -> int:
     from mesh.crypto import CookieCipher
     from signal_service.database import Database, create_engine
-    from signal_service.sessions.keys import KeyRotationReport, reencrypt_sessions
+    from signal_service.sessions.cookie_keys import KeyRotationReport, reencrypt_sessions
     from signal_service.settings import get_settings
 
     configure_logging("keys")

@@ -19,7 +19,7 @@ from signal_service.events.repository import EventRepository
 from signal_service.ids import require_uuid
 from signal_service.models import EventType, OutboxMessage, ScreenshotStatus, SignalEvent
 from signal_service.outbox.repository import OutboxEntry, OutboxRepository
-from signal_service.sessions.repository import SessionRepository
+from signal_service.sessions.repository import TradingViewSessionRepository
 from signal_service.sessions.service import SESSION_INVALID_REASON, record_capture_result
 from signal_service.settings import SignalSettings
 from signal_service.signals.repository import SignalRepository, SignalRow
@@ -191,7 +191,7 @@ class CaptureCoordinator:
         """Within the caller's transaction, re-queues the user's captures that failed for an invalid
         session on recent signals (``session_requeue_window_seconds``), oldest first, on the plan's queue."""
         since = utcnow() - timedelta(seconds=self._settings.session_requeue_window_seconds)
-        rows = await SessionRepository(session).failed_captures(
+        rows = await TradingViewSessionRepository(session).failed_captures(
             user_id, error=SESSION_INVALID_REASON, created_since=since, limit=_RETRY_BATCH_LIMIT
         )
         for row in rows:

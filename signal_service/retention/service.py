@@ -20,7 +20,7 @@ from signal_service.database import Database
 from signal_service.events.repository import EventRepository
 from signal_service.models import EventType, ScreenshotStatus, SignalEvent
 from signal_service.retention.repository import ExpiringScreenshot, RetentionRepository
-from signal_service.sessions.repository import SessionRepository
+from signal_service.sessions.repository import TradingViewSessionRepository
 from signal_service.settings import SignalSettings
 from signal_service.signals.repository import SignalRepository
 from signal_service.users.repository import UserRepository
@@ -76,7 +76,7 @@ class RetentionJob:
         """Expires one batch; also says whether the pass should go on (a full batch, all deleted)."""
         limit = self._settings.retention_batch_size
         async with self._database.transaction() as session:
-            if not await SessionRepository(session).try_lock(RETENTION_LOCK_KEY):
+            if not await TradingViewSessionRepository(session).try_lock(RETENTION_LOCK_KEY):
                 return 0, False
             due = await RetentionRepository(session).expired(cutoffs, limit)
             deleted = await self._delete_objects(due)

@@ -23,7 +23,7 @@ class CheckTarget:
     interval: str
 
 
-class SessionRepository:
+class TradingViewSessionRepository:
     """TradingView session state and check scheduling (sessions/service.py)."""
 
     def __init__(self, session: AsyncSession) -> None:

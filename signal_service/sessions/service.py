@@ -29,7 +29,7 @@ from signal_service.events.repository import EventRepository
 from signal_service.ids import parse_uuid
 from signal_service.models import EventType, OutboxMessage, SignalEvent, User, UserConfig
 from signal_service.outbox.repository import OutboxRepository
-from signal_service.sessions.repository import CheckTarget, SessionRepository
+from signal_service.sessions.repository import CheckTarget, TradingViewSessionRepository
 from signal_service.settings import SignalSettings
 from signal_service.users.repository import UserRepository
 
@@ -88,7 +88,7 @@ def _iso(moment: datetime | None) -> str | None:
 
 async def _session_event(session: AsyncSession, user_id: uuid.UUID) -> None:
     """Appends the user's current session state to their event log; the caller holds the user's lock."""
-    config = await SessionRepository(session).config(user_id)
+    config = await TradingViewSessionRepository(session).config(user_id)
     assert config is not None
     seq = await UserRepository(session).next_event_seq(user_id)
     await EventRepository(session).add(
@@ -141,7 +141,7 @@ async def record_capture_result(
     Returns False when the capture ran on cookies that were replaced after its claim: its result says
     nothing about the stored ones (a failed one is then worth trying again with them).
     """
-    repository = SessionRepository(session)
+    repository = TradingViewSessionRepository(session)
     config = await repository.config(user_id)
     if config is None or config.tv_session_ciphertext is None:
         return False
@@ -214,7 +214,7 @@ class SessionChecks:
         now = _utcnow()
         lease = timedelta(seconds=self._settings.session_check_lease_seconds)
         async with self._database.transaction() as session:
-            users, repository = UserRepository(session), SessionRepository(session)
+            users, repository = UserRepository(session), TradingViewSessionRepository(session)
             if await users.lock(parsed) is None:
                 raise NotFoundError("no such user", reason="USER_NOT_FOUND")
             config = await repository.config(parsed)
@@ -236,7 +236,7 @@ class SessionChecks:
             users = UserRepository(session)
             if await users.lock(parsed) is None:
                 raise NotFoundError("no such user", reason="USER_NOT_FOUND")
-            config = await SessionRepository(session).config(parsed)
+            config = await TradingViewSessionRepository(session).config(parsed)
             assert config is not None
             ciphertext = config.tv_session_ciphertext
             if ciphertext is None or session_version(ciphertext) != version:
@@ -259,7 +259,7 @@ class SessionChecks:
         deadline = time.monotonic() + timeout
         while True:
             async with self._database.session() as session:
-                config = await SessionRepository(session).config(user_id)
+                config = await TradingViewSessionRepository(session).config(user_id)
             if config is None or config.tv_session_set_at != set_at:
                 return
             if config.tv_cookies_checked_at is not None:
@@ -293,7 +293,7 @@ class SessionCheckScheduler:
         now = now or _utcnow()
         settings = self._settings
         async with self._database.transaction() as session:
-            repository = SessionRepository(session)
+            repository = TradingViewSessionRepository(session)
             if not await repository.try_lock(SCHEDULER_LOCK_KEY):
                 return 0
             due = await repository.due_for_check(

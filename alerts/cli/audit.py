@@ -18,7 +18,7 @@ def register(commands: Any) -> None:
 
 
 def prune_audit(options: argparse.Namespace) -> int:
-    from signal_service.audit import prune_audit_log
+    from signal_service.audit.service import prune_audit_log
     from signal_service.database import Database, create_engine
     from signal_service.settings import DatabaseJobSettings
 

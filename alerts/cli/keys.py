@@ -26,7 +26,7 @@ def register(commands: Any) -> None:
 def rotate_keys(options: argparse.Namespace) -> int:
     from mesh.crypto import CookieCipher
     from signal_service.database import Database, create_engine
-    from signal_service.keys import KeyRotationReport, reencrypt_sessions
+    from signal_service.sessions.cookie_keys import KeyRotationReport, reencrypt_sessions
     from signal_service.settings import get_settings
 
     configure_logging("keys")

@@ -48,9 +48,9 @@ from mesh.crypto import generate_key_entry
 from mesh.grpc import create_server, open_channel, start
 from mesh.queues import capture_workers_key, dramatiq_namespace
 from mesh.settings import CommonSettings
+from signal_service.captures.service import capture_job
 from signal_service.main import SERVICE_NAMES, register, signal_app
 from signal_service.migrate import upgrade
-from signal_service.service import capture_job
 from signal_service.settings import SignalSettings
 from storage_service.service import StorageService, build_service
 from storage_service.servicer import SERVICE_NAME as STORAGE_SERVICE_NAME

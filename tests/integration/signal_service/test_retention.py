@@ -23,9 +23,9 @@ from apidevs.alerts.v1 import (
     user_service_pb2_grpc,
 )
 from mesh import grpc as mesh_grpc
-from signal_service.events import listener_dsn
+from signal_service.events.service import listener_dsn
 from signal_service.main import SERVICE_NAMES, SignalApp, register, signal_app
-from signal_service.retention import RETENTION_LOCK_KEY, RetentionJob
+from signal_service.retention.service import RETENTION_LOCK_KEY, RetentionJob
 from signal_service.settings import SignalSettings
 from storage_service.service import build_service
 from storage_service.servicer import SERVICE_NAME as STORAGE_SERVICE_NAME

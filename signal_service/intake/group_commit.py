@@ -19,7 +19,7 @@ from prometheus_client import Histogram
 
 from mesh.coalescer import Coalescer
 from signal_service.database import Database, database_unreachable
-from signal_service.repository import WebhookIngest, WebhookOutcome, WebhookRepository
+from signal_service.intake.repository import WebhookIngest, WebhookOutcome, WebhookRepository
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from mesh.crypto import CookieCipher, CookieCipherError
 from signal_service.database import Database
-from signal_service.repository import UserRepository
+from signal_service.users.repository import UserRepository
 
 log = logging.getLogger(__name__)
 

@@ -14,9 +14,9 @@ from datetime import UTC, datetime, timedelta
 
 from prometheus_client import Counter
 
+from signal_service.audit.repository import AuditRepository
 from signal_service.database import Database
 from signal_service.models import AuditLog
-from signal_service.repository import AuditRepository
 
 log = logging.getLogger(__name__)
 

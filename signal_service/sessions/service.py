@@ -1,43 +1,8 @@
 """The TradingView session lifecycle: periodic checks, recorded results, renewal.
 
-State, in user_config (never the cookies themselves outside the ciphertext):
-
-- ``tv_session_ciphertext``: the stored cookies; the session is *configured* when set.
-- ``tv_cookies_checked_at``: when the stored cookies were last found valid or invalid. NULL means they
-  have not been checked yet, so ``tv_cookies_valid`` (NULL then) is "unknown", never "invalid".
-- ``tv_cookies_valid``: the latest result for the stored cookies.
-- ``tv_cookies_changed_at``: when (configured, checked, valid) last changed.
-- ``tv_session_set_at``: when the stored cookies were set; a capture claimed before then used others.
-- ``tv_check_requested_at``: when a check was last queued.
-- ``tv_check_claimed_at``, ``tv_check_claimed_by``: when and by which job a check last started.
-
-Results come from two sources. A session check job (capture_service/session_check.py) claims the
-cookies with ClaimSessionCheck, opens the user's chart with them and reports with ReportSessionCheck.
-And every capture is a check too: one that finds TradingView's sign-in page marks the session invalid,
-one that completes proves it valid (recorded at most once per check spacing while nothing changes),
-provided it was claimed after the cookies were set. Every change of state writes a
-TRADINGVIEW_SESSION_UPDATED event in the same transaction, carrying the state and no secret.
-
-Scheduling: :class:`SessionCheckScheduler` runs in every signal replica, but a tick does its work only
-while holding a transaction-scoped advisory lock, so one replica schedules at a time; the rows it picks
-are also locked with SKIP LOCKED and marked ``tv_check_requested_at`` before commit, so a user is never
-queued twice for one interval. A user is due when their cookies are stored, they had a signal in the last
-``session_check_active_days``, the last result is older than the interval, no check was queued within
-the spacing, and no claimed check is still running (claimed within ``session_check_lease_seconds``
-without a result). The spacing therefore bounds how often a user whose checks give no result (a worker
-lost, TradingView unreachable) is tried again. Check jobs go through the outbox like captures, onto the
-lowest priority queue.
-
-One check of a user at a time: a job's claim is refused when a result arrived since the check was queued
-(a redelivery, or an older job overtaken by a newer request), or while another job's claim is running
-(within the lease, no result yet). The same job claims again when Dramatiq retries it. New cookies start
-afresh: a check of the old ones still running is refused at its report (its session_version is stale).
-
-Renewal: SetTradingViewSession stores the cookies and, in the same transaction, queues one check and
-re-queues the user's captures that failed for an invalid session (see UserManager). It then waits up to
-``session_check_wait_seconds`` for that check's result, when a capture worker is alive to run it, and
-answers with whatever is recorded by then: checked with its result, or not checked yet (the event tells
-the result later).
+State lives in user_config (the cookies only as ciphertext); results come from session check jobs and
+from every capture. One replica schedules at a time (advisory lock), one check of a user runs at a time.
+The state, scheduling and renewal rules are in docs/architecture-signal.md, "TradingView sessions".
 """
 
 from __future__ import annotations
@@ -60,16 +25,13 @@ from mesh.errors import FailedPreconditionError, InvalidArgumentError, NotFoundE
 from mesh.logging import request_id_var
 from mesh.queues import SESSION_CHECK_ACTOR, SESSION_CHECK_QUEUE, WORKER_HEARTBEAT_TIMEOUT_MS
 from signal_service.database import Database
+from signal_service.events.repository import EventRepository
 from signal_service.ids import parse_uuid
 from signal_service.models import EventType, OutboxMessage, SignalEvent, User, UserConfig
-from signal_service.repository import (
-    CheckTarget,
-    EventRepository,
-    OutboxRepository,
-    SessionRepository,
-    UserRepository,
-)
+from signal_service.outbox.repository import OutboxRepository
+from signal_service.sessions.repository import CheckTarget, TradingViewSessionRepository
 from signal_service.settings import SignalSettings
+from signal_service.users.repository import UserRepository
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +88,7 @@ def _iso(moment: datetime | None) -> str | None:
 
 async def _session_event(session: AsyncSession, user_id: uuid.UUID) -> None:
     """Appends the user's current session state to their event log; the caller holds the user's lock."""
-    config = await SessionRepository(session).config(user_id)
+    config = await TradingViewSessionRepository(session).config(user_id)
     assert config is not None
     seq = await UserRepository(session).next_event_seq(user_id)
     await EventRepository(session).add(
@@ -179,7 +141,7 @@ async def record_capture_result(
     Returns False when the capture ran on cookies that were replaced after its claim: its result says
     nothing about the stored ones (a failed one is then worth trying again with them).
     """
-    repository = SessionRepository(session)
+    repository = TradingViewSessionRepository(session)
     config = await repository.config(user_id)
     if config is None or config.tv_session_ciphertext is None:
         return False
@@ -252,7 +214,7 @@ class SessionChecks:
         now = _utcnow()
         lease = timedelta(seconds=self._settings.session_check_lease_seconds)
         async with self._database.transaction() as session:
-            users, repository = UserRepository(session), SessionRepository(session)
+            users, repository = UserRepository(session), TradingViewSessionRepository(session)
             if await users.lock(parsed) is None:
                 raise NotFoundError("no such user", reason="USER_NOT_FOUND")
             config = await repository.config(parsed)
@@ -274,7 +236,7 @@ class SessionChecks:
             users = UserRepository(session)
             if await users.lock(parsed) is None:
                 raise NotFoundError("no such user", reason="USER_NOT_FOUND")
-            config = await SessionRepository(session).config(parsed)
+            config = await TradingViewSessionRepository(session).config(parsed)
             assert config is not None
             ciphertext = config.tv_session_ciphertext
             if ciphertext is None or session_version(ciphertext) != version:
@@ -297,7 +259,7 @@ class SessionChecks:
         deadline = time.monotonic() + timeout
         while True:
             async with self._database.session() as session:
-                config = await SessionRepository(session).config(user_id)
+                config = await TradingViewSessionRepository(session).config(user_id)
             if config is None or config.tv_session_set_at != set_at:
                 return
             if config.tv_cookies_checked_at is not None:
@@ -331,7 +293,7 @@ class SessionCheckScheduler:
         now = now or _utcnow()
         settings = self._settings
         async with self._database.transaction() as session:
-            repository = SessionRepository(session)
+            repository = TradingViewSessionRepository(session)
             if not await repository.try_lock(SCHEDULER_LOCK_KEY):
                 return 0
             due = await repository.due_for_check(

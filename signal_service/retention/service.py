@@ -1,21 +1,8 @@
 """Screenshot retention by plan, and the stored-bytes figures by plan.
 
-A COMPLETED screenshot whose capture finished more than its user's plan retention ago
-(``screenshot_retention_days``, by the user's plan now) is deleted from storage and marked EXPIRED, on
-its screenshot row and its signal, with a SCREENSHOT_UPDATED event in the same transaction.
-
-Order of effects: the object is deleted first and the row marked after. A crash in between leaves a
-COMPLETED row whose object is gone; the next pass deletes again, storage answers NOT_FOUND, which counts
-as done, and the row is marked. The other order could leave objects that nothing points to any more.
-
-Every signal replica runs the job; a batch runs only while its transaction holds an advisory lock, so one
-replica works at a time, and its rows are locked with SKIP LOCKED against concurrent capture reports.
-A pass works in batches of ``retention_batch_size`` until nothing is due, at most ``_MAX_BATCHES_PER_PASS``
-of them, and stops early when storage fails (the rows stay COMPLETED and are tried on the next pass).
-
-Usage figures (``alerts_storage_bytes{plan}``, ``alerts_storage_objects{plan}``) count COMPLETED
-screenshots' recorded sizes; each replica exports the same database-wide figure, so aggregate with max,
-not sum. Per-user figures are in GetUserStats (storage_bytes, storage_objects), not in metrics.
+Expired screenshots are deleted from storage first and marked EXPIRED after, so a crash never leaves an
+object nothing points to; one replica works at a time (advisory lock). Details:
+docs/architecture-signal.md, "Screenshot retention".
 """
 
 from __future__ import annotations
@@ -28,17 +15,15 @@ import grpc
 from prometheus_client import Counter, Gauge
 
 from apidevs.alerts.v1 import storage_service_pb2, storage_service_pb2_grpc
+from signal_service.captures.repository import CaptureRepository
 from signal_service.database import Database
+from signal_service.events.repository import EventRepository
 from signal_service.models import EventType, ScreenshotStatus, SignalEvent
-from signal_service.repository import (
-    EventRepository,
-    ExpiringScreenshot,
-    RetentionRepository,
-    SessionRepository,
-    SignalRepository,
-    UserRepository,
-)
+from signal_service.retention.repository import ExpiringScreenshot, RetentionRepository
+from signal_service.sessions.repository import TradingViewSessionRepository
 from signal_service.settings import SignalSettings
+from signal_service.signals.repository import SignalRepository
+from signal_service.users.repository import UserRepository
 
 log = logging.getLogger(__name__)
 
@@ -91,17 +76,18 @@ class RetentionJob:
         """Expires one batch; also says whether the pass should go on (a full batch, all deleted)."""
         limit = self._settings.retention_batch_size
         async with self._database.transaction() as session:
-            if not await SessionRepository(session).try_lock(RETENTION_LOCK_KEY):
+            if not await TradingViewSessionRepository(session).try_lock(RETENTION_LOCK_KEY):
                 return 0, False
             due = await RetentionRepository(session).expired(cutoffs, limit)
             deleted = await self._delete_objects(due)
-            signals, users, events = (
+            signals, captures, users, events = (
                 SignalRepository(session),
+                CaptureRepository(session),
                 UserRepository(session),
                 EventRepository(session),
             )
             for item in deleted:
-                await signals.update_screenshot(item.signal_id, status=ScreenshotStatus.EXPIRED)
+                await captures.update_screenshot(item.signal_id, status=ScreenshotStatus.EXPIRED)
                 await signals.update_signal(item.signal_id, screenshot_status=ScreenshotStatus.EXPIRED)
                 seq = await users.next_event_seq(item.user_id)
                 await events.add(

@@ -23,8 +23,8 @@ from redis.asyncio import Redis
 
 from mesh.queues import CAPTURE_QUEUES, WORKER_HEARTBEAT_TIMEOUT_MS
 from signal_service.database import Database
-from signal_service.repository import DueMessage, OutboxRelayRepository, OutboxRepository
-from signal_service.service import QueueBacklog
+from signal_service.intake.service import QueueBacklog
+from signal_service.outbox.repository import DueMessage, OutboxRelayRepository, OutboxRepository
 
 log = logging.getLogger(__name__)
 

@@ -1,27 +1,8 @@
 """Live signal events for SubscribeSignals: replay after a cursor, then live, with no gap and no duplicate.
 
-Fan-out uses PostgreSQL LISTEN/NOTIFY rather than Redis: the event row and its ``pg_notify`` commit in one
-transaction, so a notification never announces an event that rolled back and streams need nothing but the
-database they already read. NOTIFY reaches every listening session, so each signal_service replica hears
-every commit, whichever replica made it. Each process holds ONE listening connection (:class:`EventHub`),
-which wakes the streams of the user a notification names.
-
-Ordering and completeness come from the table, not from notifications. A user's events carry
-``users.event_seq``, taken under the user row lock, so a user's seq order is their commit order. A stream
-remembers the last seq it sent and, whenever it is woken (a notification for its user, the listener
-reconnecting, or a periodic re-check), reads ``seq > last_sent``. A lost or repeated notification costs
-one query, never an event. A stream registers with the hub before it reads its starting point, so an event
-that commits during the switch from replay to live is either in the replay or wakes the stream.
-
-Keepalive: mesh.grpc gives every server and channel HTTP/2 keepalive pings (every 30 s, 10 s timeout,
-allowed without calls and without data), so an idle stream keeps NAT and proxy state alive and a vanished
-peer is noticed within about 40 s. Proxies in front must not put a request timeout on this method.
-
-Slow clients: a stream holds at most one page of events in memory, and gRPC flow control holds its writer
-while the client is not reading, so a slow client only slows itself. Once it has replayed up to where it
-started, a stream that falls more than ``max_pending`` events behind its user's newest event ends with
-RESOURCE_EXHAUSTED, reason ``SUBSCRIBER_TOO_SLOW`` and its last cursor in the error metadata; the client
-resumes from that cursor.
+Fan-out is PostgreSQL LISTEN/NOTIFY on one connection per process (EventHub); order and completeness come
+from users.event_seq, not from notifications. Why, and how slow clients are handled:
+docs/architecture-signal.md, "Live signal events".
 """
 
 from __future__ import annotations
@@ -40,8 +21,9 @@ from sqlalchemy.engine import make_url
 
 from mesh.errors import InvalidArgumentError, NotFoundError, ResourceExhaustedError, UnavailableError
 from signal_service.database import Database
+from signal_service.events.repository import EVENTS_CHANNEL, EventRepository
 from signal_service.models import SignalEvent
-from signal_service.repository import EVENTS_CHANNEL, EventRepository, SignalRepository, SignalRow
+from signal_service.signals.repository import SignalRepository, SignalRow
 
 log = logging.getLogger(__name__)
 

@@ -278,7 +278,8 @@ async def _refusal(stub: signal_service_pb2_grpc.SignalServiceStub, service, err
         (PermissionDeniedError("no", reason="IP_NOT_ALLOWED"), True),
         (InvalidArgumentError("too big", reason="BODY_TOO_LARGE"), True),
         (ResourceExhaustedError("quota", reason="QUOTA_EXCEEDED"), True),
-        (ResourceExhaustedError("slow down", reason="RATE_LIMITED", retry_after_seconds=1), False),
+        # A replay skips the user's limits: only its source's unknown-token limit answers this.
+        (ResourceExhaustedError("slow down", reason="RATE_LIMITED", retry_after_seconds=1), True),
         (UnavailableError("database unavailable", reason="DATABASE_UNAVAILABLE"), False),
         (InternalError("boom"), False),
         (UnauthenticatedError("bad key"), False),

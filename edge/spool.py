@@ -90,7 +90,6 @@ CREATE TABLE IF NOT EXISTS spool_totals (
     pending INTEGER NOT NULL
 );
 INSERT OR IGNORE INTO spool_totals VALUES (0, 0, 0);
-CREATE INDEX IF NOT EXISTS spooled_requests_source ON spooled_requests (source);
 CREATE TRIGGER IF NOT EXISTS spooled_requests_added AFTER INSERT ON spooled_requests BEGIN
     UPDATE spool_totals SET bytes = bytes + NEW.size, pending = pending + 1;
 END;
@@ -218,6 +217,7 @@ class WebhookSpool:
         if "source" not in columns:
             # A spool written by a release before per-source limits: its records count as no one's.
             connection.execute("ALTER TABLE spooled_requests ADD COLUMN source TEXT NOT NULL DEFAULT ''")
+        connection.execute("CREATE INDEX IF NOT EXISTS spooled_requests_source ON spooled_requests (source)")
         self._restrict_files()
         self._connection = connection
 

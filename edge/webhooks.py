@@ -42,10 +42,10 @@ _SPOOL_FULL_RETRY_AFTER_SECONDS = 5
 
 # The shape signal_service/tokens.py issues (the edge imports no service). Anything else can never be a
 # token: it is answered 404 at once and never spooled, so junk cannot take the spool's room.
-_TOKEN_SHAPE = re.compile(r"whk_[A-Za-z0-9_-]{43}")
+TOKEN_SHAPE = re.compile(r"whk_[A-Za-z0-9_-]{43}")
 # TradingView's chart layout ids (the `/chart/<id>/` of a layout URL) are short and URL-safe; the id is
 # stored on every signal and put in the capture URL, so nothing else is taken.
-_CHART_SHAPE = re.compile(r"[A-Za-z0-9_-]{1,64}")
+CHART_SHAPE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _INVALID_CHART_MESSAGE = "chart must be a TradingView layout id: 1 to 64 letters, digits, '_' or '-'"
 
 _STATUS_NAMES = {
@@ -232,11 +232,11 @@ async def _answer(request: Request, token: str, chart: str | None, request_id: s
     )
     if headers_too_large(request.scope["headers"], settings):
         return _refuse(request, ingest, 431, "headers_too_large")
-    if _TOKEN_SHAPE.fullmatch(token) is None:
+    if TOKEN_SHAPE.fullmatch(token) is None:
         _report(request, ingest, "malformed_token")
         # Exactly the signal service's 404 for an unknown token: the answer never tells one from the other.
         return error_response(NotFoundError("unknown webhook")), "malformed_token"
-    if chart and _CHART_SHAPE.fullmatch(chart) is None:
+    if chart and CHART_SHAPE.fullmatch(chart) is None:
         ingest.chart_id = ""
         return _refuse(request, ingest, 400, "invalid_chart", _INVALID_CHART_MESSAGE)
     try:

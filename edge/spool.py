@@ -158,7 +158,7 @@ class WebhookSpool:
         self, request: signal_service_pb2.IngestWebhookRequest, *, request_id: str, source: str = ""
     ) -> signal_service_pb2.IngestWebhookRequest:
         """Stores `request` durably under a fresh idempotency key and returns what was stored; `source` is
-        whom its size counts against (see edge.client_ip.source_network).
+        whom its size counts against (see mesh.addresses.source_network).
 
         Raises SpoolFullError when the spool or the source's share is at its limit, or cannot be written.
         """

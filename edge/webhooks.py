@@ -18,11 +18,12 @@ from prometheus_client import Counter, Histogram
 
 from apidevs.alerts.v1 import resources_pb2, signal_service_pb2, signal_service_pb2_grpc
 from edge.batching import IngestBatcher
-from edge.client_ip import client_ip, source_network
+from edge.client_ip import client_ip
 from edge.errors import error_response, http_status_for
 from edge.header_limits import WEBHOOK_AUDITS_HEADERS, headers_too_large
 from edge.settings import EdgeSettings
 from edge.spool import SPOOL_WORTHY_CODES, SpoolFullError, WebhookSpool
+from mesh.addresses import source_network
 from mesh.errors import AlertsError, NotFoundError
 from mesh.grpc import new_request_id
 from mesh.logging import request_id_var

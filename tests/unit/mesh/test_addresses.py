@@ -7,7 +7,7 @@ import ipaddress
 from hypothesis import given
 from hypothesis import strategies as st
 
-from edge.client_ip import source_network
+from mesh.addresses import source_network
 
 
 @given(st.ip_addresses(v=6))
@@ -17,7 +17,8 @@ def test_every_address_of_an_ipv6_slash_64_is_one_source(address: ipaddress.IPv6
     network = ipaddress.IPv6Network((address, 64), strict=False)
     assert source_network(str(address)) == str(network)
     assert source_network(str(network.network_address + (2**64 - 1))) == str(network)
-    assert source_network(str(network.network_address + 2**64)) != str(network)
+    if int(network.network_address) + 2**64 < 2**128:
+        assert source_network(str(network.network_address + 2**64)) != str(network)
 
 
 @given(st.ip_addresses(v=4))

@@ -90,6 +90,8 @@ class WebhookQueued:
 class WebhookRefused:
     success: bool
     error: str
+    # What to fix, when the caller can (invalid_chart).
+    message: str | None = None
 
 
 _REFUSALS = {

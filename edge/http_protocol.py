@@ -4,8 +4,10 @@ uvicorn arms its keep-alive timer only after a response, so a connection that ne
 request head (idle from the start, or trickling a header a byte at a time) is held for ever, and httptools
 buffers a header of any size. Here a request head must be complete within ALERTS_HEADER_READ_TIMEOUT_SECONDS
 of the connection opening (or of the next request's first byte on a kept-alive connection), and within
-ALERTS_MAX_REQUEST_HEAD_BYTES, else the connection is closed (431 for the size). The finer per-route limits
-on header count and bytes are the app's (edge.app.HeaderLimitMiddleware).
+ALERTS_MAX_REQUEST_HEAD_BYTES, else the connection is closed (431 for the size). The size is checked after
+each read, so a head may overshoot it by one read (at most 256 KiB with uvloop) before it is refused; that
+bounds memory, which is what the cap is for. The finer per-route limits on header count and bytes are the
+app's (edge.header_limits). uvicorn's h11 settings do not apply: the edge runs httptools.
 """
 
 from __future__ import annotations

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+from mesh.addresses import source_network
 from mesh.coalescer import Coalescer
 from mesh.errors import (
     AlertsError,
@@ -145,7 +146,9 @@ _STALE_ATTEMPTS = 3
 
 
 # Refusals the edge decides on its own and reports for the audit log (IngestWebhookRequest.edge_refusal).
-EDGE_REFUSALS = frozenset({"BODY_TIMEOUT", "HEADERS_TOO_LARGE", "INCOMPLETE_BODY"})
+EDGE_REFUSALS = frozenset(
+    {"BODY_TIMEOUT", "HEADERS_TOO_LARGE", "INCOMPLETE_BODY", "MALFORMED_TOKEN", "INVALID_CHART"}
+)
 
 
 class WebhookIngestor:
@@ -255,10 +258,10 @@ class WebhookIngestor:
         return read
 
     async def _limit_unknown_source(self, command: IngestCommand) -> None:
-        if _is_replay(command):
-            return
+        # Replays keep this limit: a spool filled with junk tokens must not buy them unlimited lookups.
+        # An IPv6 source is its /64, which one client rotates through freely.
         decision = await self._rate_limiter.acquire(
-            f"unknown:{command.source_ip}",
+            f"unknown:{source_network(command.source_ip)}",
             rate_per_second=self._settings.unknown_token_rate_per_second,
             burst=self._settings.unknown_token_burst,
         )

@@ -307,7 +307,10 @@ def test_the_edge_answers_in_flight_webhooks_after_sigterm(
         body = alert(0, "BINANCE:BTCUSDT")
         with socket.create_connection(("127.0.0.1", port), timeout=10) as client:
             client.sendall(
-                b"POST /webhook/u/token HTTP/1.1\r\nHost: edge\r\nContent-Type: text/plain\r\n"
+                b"POST /webhook/u/whk_"
+                + b"T" * 43
+                + b" HTTP/1.1\r\n"
+                + b"Host: edge\r\nContent-Type: text/plain\r\n"
                 + f"Content-Length: {len(body)}\r\n\r\n".encode()
                 + body[:10]
             )

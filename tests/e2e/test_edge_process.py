@@ -142,18 +142,19 @@ async def test_refusals_from_the_edge_process_land_in_the_audit_log(
     edge_stack, edge_stack_users, database_url
 ) -> None:
     agent = f"e2e-audit-{uuid.uuid4()}"
-    assert (await post(edge_stack, "not-a-token%00%27--", headers={"user-agent": agent})).status_code == 404
+    # A malformed token is refused by the edge itself; its audit reason is checked in
+    # tests/integration/edge/test_edge_hardening.py.
     assert (await post(edge_stack, "whk_" + "U" * 43, headers={"user-agent": agent})).status_code == 404
     connection = await asyncpg.connect(database_url.replace("+asyncpg", ""))
     try:
         for _ in range(200):
             rows = await connection.fetch("SELECT * FROM audit_logs WHERE user_agent = $1", agent)
-            if len(rows) == 2:
+            if len(rows) == 1:
                 break
             await asyncio.sleep(0.05)
     finally:
         await connection.close()
-    assert [row["reason"] for row in rows] == ["UNKNOWN_TOKEN", "UNKNOWN_TOKEN"]
+    assert [row["reason"] for row in rows] == ["UNKNOWN_TOKEN"]
     assert all(row["source_ip"] == "127.0.0.1" and "UUUU" not in repr(dict(row)) for row in rows)
 
 

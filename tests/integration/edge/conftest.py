@@ -18,6 +18,7 @@ import pytest
 import uvicorn
 
 from edge.app import create_app
+from edge.http_protocol import BoundedHttpToolsProtocol, HeadLimits
 from edge.settings import EdgeSettings
 
 LOOPBACK_PROXY = "127.0.0.0/8"
@@ -25,15 +26,22 @@ LOOPBACK_PROXY = "127.0.0.0/8"
 
 @contextlib.asynccontextmanager
 async def running_edge(settings: EdgeSettings) -> AsyncIterator[str]:
+    # The production protocol, its limits from these settings rather than the environment's.
+    protocol = type(
+        "EdgeUnderTestProtocol",
+        (BoundedHttpToolsProtocol,),
+        {"head_limits": HeadLimits.from_settings(settings)},
+    )
     config = uvicorn.Config(
         create_app(settings),
         host="127.0.0.1",
         port=0,
-        http="httptools",
+        http=protocol,
         lifespan="on",
         log_config=None,
         access_log=False,
-        timeout_keep_alive=5,
+        timeout_keep_alive=settings.keep_alive_timeout_seconds,
+        limit_concurrency=settings.max_connections,
         proxy_headers=False,
     )
     server = uvicorn.Server(config)

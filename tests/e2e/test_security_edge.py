@@ -17,7 +17,8 @@ import psutil
 import pytest
 
 from alerts.processes import ManagedProcess, alerts_argv, free_port, http_ok
-from tests.e2e.stacks import START_TIMEOUT_SECONDS, ServiceStack, child_env
+from alerts.stack import Stack
+from tests.e2e.stacks import START_TIMEOUT_SECONDS, child_env
 from tests.support import SAMPLE, create_user
 
 pytestmark = pytest.mark.e2e
@@ -136,7 +137,7 @@ async def send_big_head(url: str, path: str, size: int) -> bytes:
         return await received
 
 
-async def test_two_megabytes_of_headers_on_health_live_are_refused(edge_stack: ServiceStack) -> None:
+async def test_two_megabytes_of_headers_on_health_live_are_refused(edge_stack: Stack) -> None:
     answer = await send_big_head(edge_stack.edge_url, "/health/live", 2 * 1024 * 1024)
     assert answer.startswith(b"HTTP/1.1 431 ")
     async with httpx.AsyncClient(base_url=edge_stack.edge_url, timeout=10) as http:
@@ -148,7 +149,7 @@ async def test_two_megabytes_of_headers_on_health_live_are_refused(edge_stack: S
 
 @pytest.mark.parametrize("chart", ["c" * 10_000, "c" * 65, "../../x", "a b", "<script>"])
 async def test_a_chart_that_is_not_a_tradingview_layout_id_is_400(
-    edge_stack: ServiceStack, edge_stack_users, chart: str
+    edge_stack: Stack, edge_stack_users, chart: str
 ) -> None:
     created = await create_user(edge_stack_users)
     async with httpx.AsyncClient(base_url=edge_stack.edge_url, timeout=10) as http:

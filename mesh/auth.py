@@ -93,6 +93,31 @@ def parse_entry(raw: str) -> tuple[str, Principal]:
     return digest, Principal(key_fingerprint=fingerprint, role=Role(role_name))
 
 
+@dataclass(frozen=True, slots=True)
+class SystemKeys:
+    """A key of its own role for each caller of a whole system on one machine (`alerts dev`, `demo`,
+    tests, benches): the operator's (admin), the edge's and the workers'."""
+
+    operator: str
+    edge: str
+    worker: str
+
+    @classmethod
+    def generate(cls, operator: str | None = None) -> SystemKeys:
+        return cls(operator=operator or generate_key(), edge=generate_key(), worker=generate_key())
+
+    def entries(self, operator_entries: Iterable[str] = ()) -> list[str]:
+        """ALERTS_API_KEYS: the operator's entries as given (else admin), the edge's, the workers'."""
+        operator = list(operator_entries) or [role_entry(self.operator, Role.ADMIN)]
+        return [*operator, role_entry(self.edge, Role.EDGE), role_entry(self.worker, Role.WORKER)]
+
+    def for_process(self, name: str) -> str | None:
+        """The key process `name` (edge, signal, capture-<n>, ...) presents: the signal service calls
+        storage as a worker; storage and the chart stub call nobody."""
+        kind = name.split("-", 1)[0]
+        return {"edge": self.edge, "signal": self.worker, "capture": self.worker}.get(kind)
+
+
 class ApiKeyRing:
     def __init__(self, configured: Iterable[SecretStr | str]) -> None:
         self._by_hash: dict[str, Principal] = {}

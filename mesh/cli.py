@@ -90,7 +90,7 @@ def _dev(options: argparse.Namespace) -> int:
             f"  viewer:       {stack.edge_url}/ui  (a user id and a key scoped to it, see ALERTS_API_KEYS)\n"
             f"  gRPC signal:  {stack.settings.signal_addr}   storage: {stack.settings.storage_addr}\n"
             f"  chart stub:   {stack.env.get('ALERTS_TRADINGVIEW_URL', '(real TradingView)')}\n"
-            f"  API key:      {stack.api_key}\n"
+            f"  admin key:    {stack.api_key}\n"
             f"  logs:         {stack.log_dir}/\n"
             "Press Ctrl-C to stop.",
             flush=True,

@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mesh.auth import generate_key
+from mesh.auth import SystemKeys
 from mesh.embedded import EmbeddedInfrastructure, start_embedded
 from mesh.processes import ManagedProcess, alerts_argv, free_port, grpc_serving, http_ok
 from mesh.settings import CommonSettings
@@ -33,6 +33,8 @@ class DevStack:
     processes: dict[str, ManagedProcess] = field(default_factory=dict)
     env: dict[str, str] = field(default_factory=dict)
     api_key: str = ""
+    # The operator's key (api_key, admin unless ALERTS_API_KEYS says otherwise), the edge's and the workers'.
+    keys: SystemKeys | None = None
     # Told each start-up step as it finishes ("migrations applied", "edge ready"), for visible progress.
     on_progress: Callable[[str], None] | None = None
     # Gives every gRPC service and capture worker its own ALERTS_METRICS_PORT (the edge serves /metrics
@@ -63,21 +65,20 @@ class DevStack:
         )
         if self.infra.database_url or self.infra.redis_url:
             self._progress(f"embedded PostgreSQL/Redis running under {data_dir}")
-        self.api_key = (
-            self.settings.service_api_key.get_secret_value()
-            if self.settings.service_api_key
-            else generate_key()
+        self.keys = SystemKeys.generate(
+            self.settings.service_api_key.get_secret_value() if self.settings.service_api_key else None
         )
-        accepted = [key.get_secret_value() for key in self.settings.api_keys] or [self.api_key]
+        self.api_key = self.keys.operator
+        accepted = self.keys.entries(key.get_secret_value() for key in self.settings.api_keys)
+        inherited = {key: value for key, value in os.environ.items() if key != "ALERTS_SERVICE_API_KEY"}
         self.env = {
-            **os.environ,
+            **inherited,
             **self.extra_env,
             "ALERTS_ENV": self.settings.env,
             "ALERTS_DATA_DIR": str(data_dir),
             "ALERTS_DATABASE_URL": self.settings.database_url or self.infra.database_url,
             "ALERTS_REDIS_URL": self.settings.redis_url or self.infra.redis_url,
             "ALERTS_API_KEYS": ",".join(accepted),
-            "ALERTS_SERVICE_API_KEY": self.api_key,
             "ALERTS_EDGE_PORT": str(self.settings.edge_port),
             "ALERTS_SIGNAL_ADDR": self.settings.signal_addr,
             "ALERTS_STORAGE_ADDR": self.settings.storage_addr,
@@ -118,10 +119,14 @@ class DevStack:
 
     def _launch(self, name: str, args: list[str], ready: object) -> None:
         env = self.env
+        # Each process presents the key of its own role, so that none holds powers it does not use.
+        service_key = self.keys.for_process(name) if self.keys else None
+        if service_key:
+            env = {**env, "ALERTS_SERVICE_API_KEY": service_key}
         if self.serve_metrics and name not in ("edge", "chart-stub"):
             # A restarted process keeps its port, so scrapers need no telling.
             port = self.metrics_ports.setdefault(name, free_port())
-            env = {**self.env, "ALERTS_METRICS_PORT": str(port)}
+            env = {**env, "ALERTS_METRICS_PORT": str(port)}
         process = ManagedProcess(
             name, alerts_argv(*args), env, ready=ready, log_path=self.log_dir / f"{name}.log"
         )

@@ -21,7 +21,7 @@ import asyncpg
 import redis
 
 from apidevs.alerts.v1 import resources_pb2, user_service_pb2, user_service_pb2_grpc
-from mesh.auth import generate_key
+from mesh.auth import SystemKeys
 from mesh.embedded import EmbeddedInfrastructure, start_postgres, start_redis
 from mesh.grpc import open_channel
 from mesh.processes import ManagedProcess, alerts_argv, free_port, grpc_serving, http_ok
@@ -52,7 +52,9 @@ class Stack:
         self.embedded = embedded
         self.infra = EmbeddedInfrastructure()
         self.processes: dict[str, ManagedProcess] = {}
-        self.key = generate_key()
+        # key is the operator's (admin); the edge and the workers present keys of their own role.
+        self.keys = SystemKeys.generate()
+        self.key = self.keys.operator
         self.database_name = f"alerts_bench_{uuid.uuid4().hex[:10]}"
         self.env: dict[str, str] = {}
         self.admin_dsn = ""
@@ -97,8 +99,7 @@ class Stack:
             "ALERTS_DATABASE_URL": self.dsn.replace("postgresql://", "postgresql+asyncpg://", 1),
             "ALERTS_REDIS_URL": redis_url,
             "ALERTS_REDIS_NAMESPACE": f"bench-{uuid.uuid4().hex[:8]}",
-            "ALERTS_API_KEYS": self.key,
-            "ALERTS_SERVICE_API_KEY": self.key,
+            "ALERTS_API_KEYS": ",".join(self.keys.entries()),
             "ALERTS_DATA_DIR": str(self.workdir / "data"),
             "ALERTS_EDGE_PORT": str(free_port()),
             "ALERTS_SIGNAL_ADDR": f"127.0.0.1:{free_port()}",
@@ -121,8 +122,10 @@ class Stack:
             self._launch(f"capture-{index}", ["serve", "capture"], None)
 
     def _launch(self, name: str, args: list[str], ready: Any) -> None:
+        service_key = self.keys.for_process(name)
+        env = {**self.env, "ALERTS_SERVICE_API_KEY": service_key} if service_key else self.env
         process = ManagedProcess(
-            name, alerts_argv(*args), self.env, ready=ready, log_path=self.workdir / "logs" / f"{name}.log"
+            name, alerts_argv(*args), env, ready=ready, log_path=self.workdir / "logs" / f"{name}.log"
         )
         process.start()
         self.processes[name] = process

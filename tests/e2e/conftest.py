@@ -14,8 +14,8 @@ import grpc
 import pytest
 
 from apidevs.alerts.v1 import signal_service_pb2_grpc, user_service_pb2_grpc
-from mesh.grpc import open_channel
 from tests.e2e.stacks import ServiceStack, signal_and_edge
+from tests.keys import open_system_channel
 
 
 @pytest.fixture(scope="session")
@@ -27,8 +27,8 @@ def edge_stack(
 
 
 @pytest.fixture(scope="session")
-async def edge_stack_channel(edge_stack: ServiceStack, service_key: str) -> AsyncIterator[grpc.aio.Channel]:
-    channel = open_channel(edge_stack.signal_addr, service_key)
+async def edge_stack_channel(edge_stack: ServiceStack) -> AsyncIterator[grpc.aio.Channel]:
+    channel = open_system_channel(edge_stack.signal_addr)
     yield channel
     await channel.close()
 

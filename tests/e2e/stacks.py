@@ -15,6 +15,7 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 
 from mesh.processes import ManagedProcess, alerts_argv, free_port, grpc_serving, http_ok
+from tests.keys import with_service_key
 
 START_TIMEOUT_SECONDS = 60.0
 
@@ -87,7 +88,7 @@ def signal_and_edge(
     stack.processes["edge"] = ManagedProcess(
         "edge",
         alerts_argv("serve", "edge"),
-        env,
+        with_service_key(env, "edge"),
         ready=lambda: http_ok(f"{stack.edge_url}/health/live"),
         log_path=log_dir / "edge.log",
     )

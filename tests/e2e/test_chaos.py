@@ -31,6 +31,7 @@ from mesh.grpc import open_channel
 from mesh.processes import ManagedProcess, alerts_argv, free_port, http_ok
 from tests.e2e.chaos_stack import ChaosStack, chaos_stack, run_quietly
 from tests.e2e.stacks import fresh_database
+from tests.keys import SYSTEM_KEYS
 
 pytestmark = pytest.mark.e2e
 
@@ -287,7 +288,7 @@ def test_the_edge_answers_in_flight_webhooks_after_sigterm(
     env = {key: value for key, value in os.environ.items() if not key.startswith("ALERTS_")}
     env |= {
         "ALERTS_API_KEYS": service_env["ALERTS_API_KEYS"],
-        "ALERTS_SERVICE_API_KEY": service_env["ALERTS_SERVICE_API_KEY"],
+        "ALERTS_SERVICE_API_KEY": SYSTEM_KEYS.edge,
         "ALERTS_DATA_DIR": str(tmp_path / "data"),
         "ALERTS_EDGE_PORT": str(port),
         # Nothing listens there: the webhook is spooled, which proves it was handled to the end.

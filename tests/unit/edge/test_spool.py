@@ -255,7 +255,7 @@ async def scripted() -> AsyncIterator[
     tuple[_ScriptedSignalService, signal_service_pb2_grpc.SignalServiceStub]
 ]:
     service = _ScriptedSignalService()
-    server = mesh_grpc.create_server(CommonSettings(api_keys="key"))
+    server = mesh_grpc.create_server(CommonSettings(api_keys="key@role:edge"))
     signal_service_pb2_grpc.add_SignalServiceServicer_to_server(service, server)
     port, _ = await mesh_grpc.start(server, address="127.0.0.1:0", service_names=["x"])
     channel = mesh_grpc.open_channel(f"127.0.0.1:{port}", "key")

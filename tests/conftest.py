@@ -18,7 +18,7 @@ import asyncpg
 import pytest
 
 from mesh.embedded import EmbeddedInfrastructure, start_postgres, start_redis
-from tests.keys import SYSTEM_KEYS
+from tests.keys import ACCEPTED_ENTRIES, SYSTEM_KEYS
 
 # The operator's (admin) key: the platform's powers, for tests that act as the platform.
 SERVICE_KEY = SYSTEM_KEYS.operator
@@ -95,7 +95,7 @@ def service_env(database_url: str, redis_url: str, redis_namespace: str, data_di
         "ALERTS_DATABASE_URL": database_url,
         "ALERTS_REDIS_URL": redis_url,
         "ALERTS_REDIS_NAMESPACE": redis_namespace,
-        "ALERTS_API_KEYS": ",".join(SYSTEM_KEYS.entries()),
+        "ALERTS_API_KEYS": ",".join(ACCEPTED_ENTRIES),
         # What the signal service (toward storage) and capture workers present; edges get the edge key.
         "ALERTS_SERVICE_API_KEY": SYSTEM_KEYS.worker,
         "ALERTS_DATA_DIR": str(data_dir),

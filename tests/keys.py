@@ -11,12 +11,16 @@ from typing import Any
 
 import grpc
 
-from mesh.auth import Role, SystemKeys
+from mesh.auth import Role, SystemKeys, generate_key
 from mesh.grpc import call_metadata
 from mesh.logging import request_id_var
 from mesh.roles import ROLES_BY_METHOD
 
 SYSTEM_KEYS = SystemKeys.generate()
+# A key without a role suffix: the platform's.
+PLATFORM_KEY = generate_key()
+# What the session's services accept: the platform's key, the operator's (admin), the edge's, the workers'.
+ACCEPTED_ENTRIES = [PLATFORM_KEY, *SYSTEM_KEYS.entries()]
 # The first of these the table accepts for a method is the one presented.
 _PREFERENCE = (
     (Role.ADMIN, SYSTEM_KEYS.operator),

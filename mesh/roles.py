@@ -37,8 +37,8 @@ ROLES_BY_METHOD: Mapping[str, frozenset[Role]] = {
     _SIGNAL + "BatchIngestWebhooks": _EDGE,
     _SIGNAL + "GetSignal": _READERS,
     _SIGNAL + "ListSignals": _READERS,
-    # A user-scoped key records outcomes of its own signals (the viewer's proxy does).
-    _SIGNAL + "UpdateSignalOutcome": _READERS,
+    # A user-scoped key is read-only (DESIGN.md): outcomes are the platform's to record.
+    _SIGNAL + "UpdateSignalOutcome": _PLATFORM,
     _SIGNAL + "GetUserStats": _READERS,
     _SIGNAL + "SubscribeSignals": _READERS,
     _SIGNAL + "ClaimCapture": _WORKER,

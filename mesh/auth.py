@@ -33,7 +33,7 @@ class Role(StrEnum):
     # Capture workers (capture and session-check claims and reports, uploads), and the signal service
     # toward storage (object URLs, retention deletes).
     WORKER = "worker"
-    # A key configured with @user:<id>: reads of that one user.
+    # A key configured with @user:<id>: reads of that one user, and outcomes of its signals.
     USER = "user"
 
 

@@ -37,8 +37,9 @@ ROLES_BY_METHOD: Mapping[str, frozenset[Role]] = {
     _SIGNAL + "BatchIngestWebhooks": _EDGE,
     _SIGNAL + "GetSignal": _READERS,
     _SIGNAL + "ListSignals": _READERS,
-    # A user-scoped key is read-only (DESIGN.md): outcomes are the platform's to record.
-    _SIGNAL + "UpdateSignalOutcome": _PLATFORM,
+    # A user-scoped key records outcomes of its own signals, as before roles (the REST API's PATCH);
+    # DESIGN.md calls @user read-only: whether it should lose this is the lead's call.
+    _SIGNAL + "UpdateSignalOutcome": _READERS,
     _SIGNAL + "GetUserStats": _READERS,
     _SIGNAL + "SubscribeSignals": _READERS,
     _SIGNAL + "ClaimCapture": _WORKER,

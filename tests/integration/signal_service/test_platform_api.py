@@ -259,7 +259,7 @@ async def scoped(users, service_env: dict[str, str], service_key: str) -> AsyncI
         await server.stop(1)
 
 
-async def test_scoped_key_reads_its_own_user_and_writes_nothing(signals, scoped: ScopedSetup) -> None:
+async def test_scoped_key_reads_and_writes_its_own_user(signals, scoped: ScopedSetup) -> None:
     signal_id = await ingest(signals, scoped.own.webhook_token, alert(1))
     own_id = scoped.own.user.user_id
     stats = await scoped.stub.GetUserStats(signal_service_pb2.GetUserStatsRequest(user_id=own_id))
@@ -268,10 +268,8 @@ async def test_scoped_key_reads_its_own_user_and_writes_nothing(signals, scoped:
     assert signal_id in [signal.signal_id for signal in listed.signals]
     fetched = await scoped.stub.GetSignal(signal_service_pb2.GetSignalRequest(signal_id=signal_id))
     assert fetched.user_id == own_id
-    error = await refused(set_outcome(scoped.stub, signal_id, resources_pb2.SIGNAL_RESULT_WIN, "5"))
-    assert error.code == grpc.StatusCode.PERMISSION_DENIED
-    untouched = await signals.GetSignal(signal_service_pb2.GetSignalRequest(signal_id=signal_id))
-    assert (untouched.result, untouched.profit_loss) == (resources_pb2.SIGNAL_RESULT_PENDING, "")
+    updated = await set_outcome(scoped.stub, signal_id, resources_pb2.SIGNAL_RESULT_WIN, "5")
+    assert updated.profit_loss == "5"
 
 
 async def test_scoped_key_is_denied_every_other_user(signals, scoped: ScopedSetup) -> None:

@@ -48,6 +48,7 @@ from apidevs.alerts.v1 import signal_service_pb2
 from mesh.coalescer import Coalescer
 from mesh.errors import from_rpc_error
 from mesh.logging import request_id_var
+from mesh.roles import KEY_REFUSAL_REASONS
 
 log = logging.getLogger(__name__)
 
@@ -251,13 +252,15 @@ def settles_replay(exc: grpc.aio.AioRpcError) -> bool:
     """Whether a failed replay is a definitive refusal (drop the record) rather than "try again later".
 
     Rate limiting is the one RESOURCE_EXHAUSTED worth waiting out; quota and every other 4xx-class refusal
-    would be given again. UNAUTHENTICATED is a misconfigured key, which an operator fixes: keep the alert.
+    would be given again. UNAUTHENTICATED, and PERMISSION_DENIED for the key's role, are a misconfigured
+    key, which an operator fixes: keep the alert.
     """
     if exc.code() not in _DEFINITIVE_REFUSALS:
         return False
-    return not (
-        exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and from_rpc_error(exc).reason == "RATE_LIMITED"
-    )
+    reason = from_rpc_error(exc).reason
+    if exc.code() == grpc.StatusCode.PERMISSION_DENIED:
+        return reason not in KEY_REFUSAL_REASONS
+    return not (exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and reason == "RATE_LIMITED")
 
 
 class SpoolReplayer:

@@ -282,6 +282,8 @@ async def _refusal(stub: signal_service_pb2_grpc.SignalServiceStub, service, err
         (UnavailableError("database unavailable", reason="DATABASE_UNAVAILABLE"), False),
         (InternalError("boom"), False),
         (UnauthenticatedError("bad key"), False),
+        (PermissionDeniedError("the platform role may not call IngestWebhook", reason="ROLE"), False),
+        (PermissionDeniedError("only the edge may set source_ip", reason="EDGE_ONLY_FIELD"), False),
     ],
 )
 async def test_only_refusals_that_would_repeat_settle_a_replay(scripted, error, settled) -> None:

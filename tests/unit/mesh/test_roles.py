@@ -6,8 +6,8 @@ from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha import reflection_pb2
 
 from apidevs.alerts.v1 import signal_service_pb2, storage_service_pb2, user_service_pb2
-from mesh.auth import ApiKeyRing, Principal, Role, parse_entry, principal_var, role_entry
-from mesh.errors import PermissionDeniedError
+from mesh.auth import ApiKeyRing, Principal, Role, SystemKeys, parse_entry, principal_var, role_entry
+from mesh.errors import PermissionDeniedError, UnauthenticatedError
 from mesh.roles import (
     PUBLIC_METHODS,
     ROLES_BY_METHOD,
@@ -145,3 +145,18 @@ def test_edge_only_fields_are_honoured_from_the_edge_alone() -> None:
         ensure_edge_fields_from_edge([forged])
     finally:
         principal_var.reset(token)
+
+
+def test_a_system_gives_the_edge_and_the_workers_keys_of_their_own_role() -> None:
+    keys = SystemKeys.generate()
+    ring = ApiKeyRing(keys.entries())
+    assert ring.authenticate(f"Bearer {keys.operator}").role is Role.ADMIN
+    assert ring.authenticate(f"Bearer {keys.for_process('edge')}").role is Role.EDGE
+    for process in ("signal", "capture-0", "capture-3"):
+        assert ring.authenticate(f"Bearer {keys.for_process(process)}").role is Role.WORKER
+    assert keys.for_process("storage") is None
+    assert keys.for_process("chart-stub") is None
+    given = ApiKeyRing(keys.entries(["platform-key"]))
+    assert given.authenticate("Bearer platform-key").role is Role.PLATFORM
+    with pytest.raises(UnauthenticatedError):
+        given.authenticate(f"Bearer {keys.operator}")

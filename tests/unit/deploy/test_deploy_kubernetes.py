@@ -380,26 +380,3 @@ def test_audit_prune_runs_daily_one_at_a_time() -> None:
     (container,) = containers(cronjob)
     assert alerts_command(container["args"]) == ("audit", "prune")
     assert pod_template(cronjob)["spec"]["restartPolicy"] in {"Never", "OnFailure"}
-
-
-def test_the_edge_and_the_workers_mount_keys_of_their_own_role() -> None:
-    documents = base_documents()
-    secrets = of_kind(documents, "Secret")
-    key_secrets = {
-        name for name, secret in secrets.items() if "ALERTS_SERVICE_API_KEY" in secret["stringData"]
-    }
-    assert key_secrets == {"alerts-edge-key", "alerts-worker-key"}
-    mounted = {
-        name: {
-            source["secretRef"]["name"]
-            for container in containers(workload)
-            for source in container.get("envFrom", [])
-            if "secretRef" in source
-        }
-        & key_secrets
-        for name, workload in of_kinds(documents, WORKLOAD_KINDS).items()
-    }
-    assert mounted.pop("edge") == {"alerts-edge-key"}
-    assert mounted.pop("capture") == {"alerts-worker-key"}
-    assert mounted.pop("signal") == {"alerts-worker-key"}
-    assert all(not names for names in mounted.values()), mounted

@@ -229,9 +229,11 @@ def test_every_accepted_webhook_is_stored_once_and_captured_or_failed(
             "SELECT s.id, s.raw_body, s.screenshot_status, c.status, c.error, c.completed_at "
             "FROM signals s LEFT JOIN screenshots c ON c.signal_id = s.id",
         )
-        failed_listing = run_quietly(alerts_argv("captures", "failed"), stack.env)
+        # The operator's shell: its key is the admin's.
+        operator_env = stack.env | {"ALERTS_SERVICE_API_KEY": SYSTEM_KEYS.operator}
+        failed_listing = run_quietly(alerts_argv("captures", "failed"), operator_env)
         retried = next(row for row in rows if row["status"] == "failed")
-        retry = run_quietly(alerts_argv("captures", "retry", str(retried["id"])), stack.env)
+        retry = run_quietly(alerts_argv("captures", "retry", str(retried["id"])), operator_env)
         assert (retry.returncode, retry.stdout.strip()) == (0, "captures re-queued: 1"), retry.stderr
 
         def retried_capture_ended() -> bool:

@@ -48,6 +48,7 @@ from apidevs.alerts.v1 import signal_service_pb2
 from mesh.coalescer import Coalescer
 from mesh.errors import from_rpc_error
 from mesh.logging import request_id_var
+from mesh.roles import KEY_REFUSAL_REASONS
 
 log = logging.getLogger(__name__)
 
@@ -300,10 +301,14 @@ def settles_replay(exc: grpc.aio.AioRpcError) -> bool:
 
     A replay skips the user's rate limits (it carries an idempotency key), so RATE_LIMITED on a replay is
     the unknown-token limit of its source: the token would be refused again, and keeping the record at the
-    head of the spool would hold every real alert behind it. UNAUTHENTICATED is a misconfigured key, which
-    an operator fixes: keep the alert.
+    head of the spool would hold every real alert behind it. UNAUTHENTICATED, and PERMISSION_DENIED for the
+    key's role, are a misconfigured key, which an operator fixes: keep the alert.
     """
-    return exc.code() in _DEFINITIVE_REFUSALS
+    if exc.code() not in _DEFINITIVE_REFUSALS:
+        return False
+    if exc.code() == grpc.StatusCode.PERMISSION_DENIED:
+        return from_rpc_error(exc).reason not in KEY_REFUSAL_REASONS
+    return True
 
 
 class SpoolReplayer:

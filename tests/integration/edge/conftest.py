@@ -20,6 +20,7 @@ import uvicorn
 from edge.app import create_app
 from edge.http_protocol import BoundedHttpToolsProtocol, HeadLimits
 from edge.settings import EdgeSettings
+from tests.keys import SYSTEM_KEYS
 
 LOOPBACK_PROXY = "127.0.0.0/8"
 
@@ -69,7 +70,8 @@ def edge_settings(service_env: dict[str, str], signal_server: str, **overrides: 
     values: dict[str, object] = {
         key.removeprefix("ALERTS_").lower(): value for key, value in service_env.items()
     }
-    return EdgeSettings(**values | {"signal_addr": signal_server, **overrides})
+    own = {"signal_addr": signal_server, "service_api_key": SYSTEM_KEYS.edge}
+    return EdgeSettings(**values | own | overrides)
 
 
 @pytest.fixture(scope="session")

@@ -313,7 +313,7 @@ async def scripted() -> AsyncIterator[
     tuple[_ScriptedSignalService, signal_service_pb2_grpc.SignalServiceStub]
 ]:
     service = _ScriptedSignalService()
-    server = mesh_grpc.create_server(CommonSettings(api_keys="key"))
+    server = mesh_grpc.create_server(CommonSettings(api_keys="key@role:edge"))
     signal_service_pb2_grpc.add_SignalServiceServicer_to_server(service, server)
     port, _ = await mesh_grpc.start(server, address="127.0.0.1:0", service_names=["x"])
     channel = mesh_grpc.open_channel(f"127.0.0.1:{port}", "key")
@@ -341,6 +341,8 @@ async def _refusal(stub: signal_service_pb2_grpc.SignalServiceStub, service, err
         (UnavailableError("database unavailable", reason="DATABASE_UNAVAILABLE"), False),
         (InternalError("boom"), False),
         (UnauthenticatedError("bad key"), False),
+        (PermissionDeniedError("the platform role may not call IngestWebhook", reason="ROLE"), False),
+        (PermissionDeniedError("only the edge may set source_ip", reason="EDGE_ONLY_FIELD"), False),
     ],
 )
 async def test_only_refusals_that_would_repeat_settle_a_replay(scripted, error, settled) -> None:

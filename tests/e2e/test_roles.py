@@ -13,6 +13,7 @@ import httpx
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from alerts.stack import Stack
 from apidevs.alerts.v1 import (
     resources_pb2,
     signal_service_pb2,
@@ -23,7 +24,6 @@ from apidevs.alerts.v1 import (
     user_service_pb2_grpc,
 )
 from mesh.grpc import open_channel
-from tests.e2e.stacks import ServiceStack
 from tests.keys import PLATFORM_KEY, SYSTEM_KEYS
 from tests.support import SAMPLE, create_user, ingest_request
 
@@ -40,7 +40,7 @@ class Caller:
 
 
 @pytest.fixture(scope="module")
-async def callers(edge_stack: ServiceStack) -> AsyncIterator[dict[str, Caller]]:
+async def callers(edge_stack: Stack) -> AsyncIterator[dict[str, Caller]]:
     keys = {
         "platform": PLATFORM_KEY,
         "admin": SYSTEM_KEYS.operator,
@@ -189,7 +189,7 @@ async def test_the_worker_key_reads_no_user_or_signal(
 
 
 async def test_each_role_keeps_what_it_needs(
-    callers: dict[str, Caller], edge_stack: ServiceStack, trader: user_service_pb2.CreateUserResponse
+    callers: dict[str, Caller], edge_stack: Stack, trader: user_service_pb2.CreateUserResponse
 ) -> None:
     """The refusals above are the roles', not broken keys: each key still makes its own calls, and the
     edge process (presenting the edge key) still stores webhooks."""
@@ -216,7 +216,7 @@ async def test_each_role_keeps_what_it_needs(
     await callers["worker"].storage.PutObject(put(f"roles-test/{stored}.png"))
 
 
-async def test_health_answers_without_a_key(edge_stack: ServiceStack) -> None:
+async def test_health_answers_without_a_key(edge_stack: Stack) -> None:
     for address in (edge_stack.signal_addr, edge_stack.storage_addr):
         async with grpc.aio.insecure_channel(address) as channel:
             checked = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())

@@ -24,7 +24,7 @@ from mesh.logging import configure_logging
 from mesh.metrics import start_metrics_server
 from mesh.queues import capture_workers_key, dramatiq_namespace
 from signal_service.audit import AuditWriter
-from signal_service.database import Database, create_engine
+from signal_service.database import Database, create_engine, database_error
 from signal_service.events import EventFeed, EventHub, listener_dsn
 from signal_service.outbox import OutboxRelay, PipelinedRedisBroker
 from signal_service.parsing import load_indicator_catalog
@@ -188,7 +188,7 @@ def register(server: object, app: SignalApp) -> None:
 
 async def serve(settings: SignalSettings) -> None:
     async with signal_app(settings) as app:
-        server = mesh_grpc.create_server(settings)
+        server = mesh_grpc.create_server(settings, translate_error=database_error)
         register(server, app)
         app.start_background()
         await mesh_grpc.serve(

@@ -580,6 +580,40 @@ async def test_a_job_that_cannot_reach_the_signal_service_waits_without_using_a_
     assert system.dead_letters("capture.pro") == 0
 
 
+async def test_an_upload_that_finds_storage_unavailable_waits_without_using_a_retry(
+    system: CaptureSystem, chart_stub: ChartStub, service_key: str, tmp_path: Path
+) -> None:
+    later_addr = f"127.0.0.1:{free_port()}"
+    await system.start_worker("worker-a", storage_addr=later_addr, **UNREACHABLE_FOR_NOW)
+    trader = await system.add_trader("premium", ("session-1", "sign-1"))
+    signal_id = await system.alert(trader, "NASDAQ:AAPL")
+
+    def waits() -> list[dict[str, Any]]:
+        return [
+            entry
+            for entry in system.log_entries("capture waiting for a dependency")
+            if entry["signal_id"] == signal_id
+        ]
+
+    await eventually(lambda: len(waits()) >= 2, what="the job to wait for the storage service", within=60)
+    assert {entry["reason"] for entry in waits()} == {"storage_unavailable"}
+    settings = StorageSettings(api_keys=[service_key], storage_local_dir=tmp_path / "later-objects")
+    storage: StorageService = build_service(settings)
+    server = create_server(settings)
+    storage_service_pb2_grpc.add_StorageServiceServicer_to_server(StorageServicer(storage), server)
+    await start(server, address=later_addr, service_names=[STORAGE_SERVICE_NAME])
+    try:
+        captured = await system.finished(signal_id, within=60)
+    finally:
+        await server.stop(1)
+        await storage.close()
+
+    assert (captured.screenshot_status, captured.screenshot_error) == (COMPLETED, "")
+    stored = [path for path in (tmp_path / "later-objects").rglob("*") if path.is_file()]
+    assert stored, "the screenshot went to the storage service that came up late"
+    assert system.dead_letters("capture.premium") == 0
+
+
 async def test_a_job_past_its_infrastructure_deadline_fails_and_its_report_is_held_until_recorded(
     system: CaptureSystem, chart_stub: ChartStub
 ) -> None:

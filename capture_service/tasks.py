@@ -35,7 +35,6 @@ after the last retry, reported FAILED with its reason by :class:`CaptureWorkerMi
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import datetime as dt
 import logging
@@ -73,6 +72,7 @@ from capture_service.settings import CaptureSettings
 from mesh.crypto import CookieCipher, CookieCipherError
 from mesh.errors import FailedPreconditionError, NotFoundError, from_rpc_error
 from mesh.grpc import open_channel
+from mesh.loops import BackgroundLoop
 from mesh.queues import PLANS_BY_PRIORITY, capture_actor, capture_queue, capture_workers_key
 
 log = logging.getLogger(__name__)
@@ -137,7 +137,15 @@ class CaptureWorker:
         self._signals: signal_service_pb2_grpc.SignalServiceStub | None = None
         self._storage: storage_service_pb2_grpc.StorageServiceStub | None = None
         self._redis: redis_async.Redis | None = None
-        self._heartbeat: asyncio.Task[None] | None = None
+        # A failed beat is retried sooner than the next one, at most one interval later.
+        self._heartbeat = BackgroundLoop(
+            "capture-worker-heartbeat",
+            self._beat,
+            interval_seconds=_HEARTBEAT_SECONDS,
+            min_backoff_seconds=_HEARTBEAT_SECONDS / 4,
+            max_backoff_seconds=_HEARTBEAT_SECONDS,
+            expected_errors=(redis_async.RedisError,),
+        )
 
     async def start(self) -> None:
         api_key = self.settings.service_api_key.get_secret_value() if self.settings.service_api_key else None
@@ -148,13 +156,11 @@ class CaptureWorker:
         self._storage = storage_service_pb2_grpc.StorageServiceStub(storage_channel)
         await self.pool.start()
         self._redis = redis_async.Redis.from_url(self.settings.redis_url)
-        self._heartbeat = asyncio.create_task(self._beat())
+        self._heartbeat.start()
         log.info("capture worker started", extra={"worker_id": self.worker_id})
 
     async def close(self) -> None:
-        if self._heartbeat is not None:
-            self._heartbeat.cancel()
-            await asyncio.gather(self._heartbeat, return_exceptions=True)
+        await self._heartbeat.stop()
         if self._redis is not None:
             with contextlib.suppress(redis_async.RedisError):
                 await self._redis.zrem(capture_workers_key(self.settings), self.worker_id)
@@ -166,13 +172,7 @@ class CaptureWorker:
 
     async def _beat(self) -> None:
         assert self._redis is not None
-        key = capture_workers_key(self.settings)
-        while True:
-            try:
-                await self._redis.zadd(key, {self.worker_id: int(time.time() * 1000)})
-            except redis_async.RedisError as exc:
-                log.warning("worker heartbeat failed", extra={"error": str(exc)})
-            await asyncio.sleep(_HEARTBEAT_SECONDS)
+        await self._redis.zadd(capture_workers_key(self.settings), {self.worker_id: int(time.time() * 1000)})
 
     async def run(self, signal_id: str, *, attempt: int) -> None:
         """One attempt at one capture; raises a retryable CaptureError when it should be tried again."""

@@ -32,6 +32,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from litestar import Litestar
 
 from apidevs.alerts.v1 import storage_service_pb2, storage_service_pb2_grpc
+from edge.errors import EXCEPTION_HANDLERS
 from edge.media import get_media
 from mesh.grpc import open_channel
 from mesh.settings import CommonSettings
@@ -93,7 +94,7 @@ async def bench(address: str, data_dir: Path, rounds: int, size: int) -> None:
     digest = hashlib.sha256(content).hexdigest()
     large = os.urandom(5 * 1024 * 1024)
 
-    app = Litestar(route_handlers=[get_media])
+    app = Litestar(route_handlers=[get_media], exception_handlers=EXCEPTION_HANDLERS)
     app.state.storage_stub = stub
     app.state.media_signing_secret = media_signing_secret(CommonSettings(data_dir=data_dir))
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))

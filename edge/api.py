@@ -21,15 +21,13 @@ from typing import Annotated, Any, Literal
 import grpc
 import msgspec
 from google.protobuf import json_format, timestamp_pb2
-from litestar import Request, Response, Router, get, patch
+from litestar import Request, Router, get, patch
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import FromPath, FromQuery, HeaderParameter, JSONBody, QueryParameter
 from litestar.response import ServerSentEvent, ServerSentEventMessage
 
 from apidevs.alerts.v1 import resources_pb2, signal_service_pb2
-from edge.errors import error_response
 from mesh.errors import (
-    AlertsError,
     InvalidArgumentError,
     NotFoundError,
     UnauthenticatedError,
@@ -218,26 +216,11 @@ def session_out(session: resources_pb2.TradingViewSession) -> TradingViewSession
 # --- calls -------------------------------------------------------------------------------------------
 
 
-class ApiCallFailed(Exception):
-    """A refused call, answered through edge.errors' table."""
-
-    def __init__(self, error: AlertsError) -> None:
-        super().__init__(error.message)
-        self.error = error
-
-
-def _answer_failure(request: Request, exc: ApiCallFailed) -> Response:
-    response = error_response(exc.error)
-    if response.status_code == 401:
-        response.headers["WWW-Authenticate"] = 'Bearer realm="alerts"'
-    return response
-
-
 def caller_metadata(request: Request) -> tuple[tuple[str, str], ...]:
     """The caller's own bearer key, to present to the signal service instead of the edge's key."""
     authorization = request.headers.get("authorization", "").strip()
     if not _BEARER.match(authorization):
-        raise ApiCallFailed(UnauthenticatedError("missing bearer API key"))
+        raise UnauthenticatedError("missing bearer API key")
     return (("authorization", authorization),)
 
 
@@ -248,14 +231,14 @@ async def _unary(request: Request, method: str, message: Any) -> Any:
             message, metadata=caller_metadata(request), timeout=_UNARY_TIMEOUT_SECONDS
         )
     except grpc.aio.AioRpcError as exc:
-        raise ApiCallFailed(from_rpc_error(exc)) from exc
+        raise from_rpc_error(exc) from exc
 
 
 async def _owned_signal(request: Request, user_id: str, signal_id: str) -> resources_pb2.Signal:
     signal = await _unary(request, "GetSignal", signal_service_pb2.GetSignalRequest(signal_id=signal_id))
     if signal.user_id != user_id:
         # Same answer as an unknown id: the path names a user, and this signal is not theirs.
-        raise ApiCallFailed(NotFoundError("no such signal", reason="SIGNAL_NOT_FOUND"))
+        raise NotFoundError("no such signal", reason="SIGNAL_NOT_FOUND")
     return signal
 
 
@@ -266,7 +249,7 @@ def _utc(moment: datetime | None) -> timestamp_pb2.Timestamp | None:
     try:
         message.FromDatetime(moment.astimezone(UTC) if moment.tzinfo else moment.replace(tzinfo=UTC))
     except (OverflowError, ValueError) as exc:
-        raise ApiCallFailed(InvalidArgumentError("time out of range", reason="INVALID_TIME")) from exc
+        raise InvalidArgumentError("time out of range", reason="INVALID_TIME") from exc
     return message
 
 
@@ -409,10 +392,10 @@ async def _await_accepted(call: grpc.aio.UnaryStreamCall) -> None:
             if call.done():
                 await call.read()
     except grpc.aio.AioRpcError as exc:
-        raise ApiCallFailed(from_rpc_error(exc)) from exc
+        raise from_rpc_error(exc) from exc
     except TimeoutError as exc:
         call.cancel()
-        raise ApiCallFailed(UnavailableError("the event stream did not open in time")) from exc
+        raise UnavailableError("the event stream did not open in time") from exc
     except BaseException:
         call.cancel()
         raise
@@ -453,5 +436,4 @@ router = Router(
     route_handlers=[get_user_stats, list_signals, get_signal, update_signal_outcome, follow_events],
     tags=["platform"],
     security=[{"BearerApiKey": []}],
-    exception_handlers={ApiCallFailed: _answer_failure},
 )

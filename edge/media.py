@@ -4,7 +4,9 @@ The edge checks the signature itself (no storage call for a forged or expired li
 object from StorageService.GetObject. The app must hold, in its state:
 
 - ``storage_stub``: a ``StorageServiceStub`` on a long-lived channel (``mesh.grpc.open_channel``),
-- ``media_signing_secret``: ``mesh.signing.media_signing_secret(settings)``.
+- ``media_signing_secret``: ``mesh.signing.media_signing_secret(settings)``;
+
+and answers refusals by raising: the app registers ``edge.errors.EXCEPTION_HANDLERS``.
 """
 
 from __future__ import annotations
@@ -20,13 +22,23 @@ from litestar.params import FromPath, FromQuery
 from litestar.response import Stream
 
 from apidevs.alerts.v1 import storage_service_pb2, storage_service_pb2_grpc
-from mesh.errors import NotFoundError, UnavailableError, from_rpc_error
+from mesh.errors import (
+    AlertsError,
+    InternalError,
+    NotFoundError,
+    PermissionDeniedError,
+    UnavailableError,
+    from_rpc_error,
+)
 from mesh.signing import MediaSignatureError, verify_media_signature
 
 log = logging.getLogger(__name__)
 
 # Long enough for the largest object over a slow link; the first message (the info) comes at once.
 _GET_OBJECT_TIMEOUT_SECONDS = 120.0
+_UNAVAILABLE_RETRY_AFTER_SECONDS = 1.0
+# Mapped to 502 by edge.errors: storage failed in a way the client cannot fix.
+_STORAGE_FAILED = "STORAGE_FAILED"
 # Stored content is served from the edge's own origin, so nothing in it may run or be sniffed into HTML.
 _SANDBOX_POLICY = "sandbox; default-src 'none'; img-src 'self'; media-src 'self'; style-src 'unsafe-inline'"
 
@@ -42,9 +54,7 @@ async def get_media(
     try:
         expires_at = verify_media_signature(object_key, expires, sig, request.app.state.media_signing_secret)
     except MediaSignatureError as exc:
-        return Response(
-            {"error": f"link {exc.reason}"}, status_code=403, headers={"Cache-Control": "no-store"}
-        )
+        raise PermissionDeniedError(str(exc), reason=f"MEDIA_LINK_{exc.reason.upper()}") from exc
 
     stub: storage_service_pb2_grpc.StorageServiceStub = request.app.state.storage_stub
     call = stub.GetObject(
@@ -54,10 +64,10 @@ async def get_media(
     try:
         first = await anext(messages)
     except grpc.aio.AioRpcError as exc:
-        return _error_response(from_rpc_error(exc))
-    except StopAsyncIteration:
+        raise _storage_refusal(from_rpc_error(exc)) from exc
+    except StopAsyncIteration as exc:
         log.error("storage sent no object info", extra={"key": object_key})
-        return Response({"error": "storage failed"}, status_code=502)
+        raise InternalError("storage sent no object info", reason=_STORAGE_FAILED) from exc
     info = first.info
 
     headers = {
@@ -92,13 +102,16 @@ async def _chunks(
         call.cancel()
 
 
-def _error_response(error: Exception) -> Response:
+def _storage_refusal(error: AlertsError) -> AlertsError:
+    """What the client is told (through edge.errors' table) when storage refuses the read."""
     if isinstance(error, NotFoundError):
-        return Response({"error": "not found"}, status_code=404, headers={"Cache-Control": "no-store"})
+        return error
     if isinstance(error, UnavailableError):
-        return Response({"error": "storage unavailable"}, status_code=503, headers={"Retry-After": "1"})
+        if error.retry_after_seconds is None:
+            error.retry_after_seconds = _UNAVAILABLE_RETRY_AFTER_SECONDS
+        return error
     log.error("storage refused an object read", extra={"error": str(error)})
-    return Response({"error": "storage failed"}, status_code=502)
+    return InternalError("storage refused an object read", reason=_STORAGE_FAILED)
 
 
 def _http_date(unix_seconds: int) -> str:

@@ -18,7 +18,7 @@ from prometheus_client import Counter, Histogram
 from apidevs.alerts.v1 import resources_pb2, signal_service_pb2, signal_service_pb2_grpc
 from edge.batching import IngestBatcher
 from edge.client_ip import client_ip
-from edge.errors import error_response, http_status_for
+from edge.errors import error_response, http_status_for, refusal_response
 from edge.settings import EdgeSettings
 from edge.spool import SPOOL_WORTHY_CODES, SpoolFullError, WebhookSpool
 from mesh.errors import AlertsError
@@ -132,12 +132,7 @@ async def _report_refusal(
 
 def _refusal(status_code: int, error: str) -> tuple[Response, str]:
     """An answer the edge gives on its own; the connection is closed, as the rest of the body is unread."""
-    response = Response(
-        {"success": False, "error": error},
-        status_code=status_code,
-        headers={"Connection": "close", "Cache-Control": "no-store"},
-    )
-    return response, error
+    return refusal_response(status_code, error, {"Connection": "close"}), error
 
 
 async def _spool(
@@ -149,12 +144,8 @@ async def _spool(
         await spool.append(ingest, request_id=request_id)
     except SpoolFullError as exc:
         log.error("webhook spool refused a request", extra={"error": str(exc)})
-        response = Response(
-            {"success": False, "error": "unavailable"},
-            status_code=503,
-            headers={"Retry-After": str(_SPOOL_FULL_RETRY_AFTER_SECONDS), "Cache-Control": "no-store"},
-        )
-        return response, "spool_full"
+        headers = {"Retry-After": str(_SPOOL_FULL_RETRY_AFTER_SECONDS)}
+        return refusal_response(503, "unavailable", headers), "spool_full"
     request.app.state.spool_replayer.kick()
     return Response({"success": True, "queued": True, "request_id": request_id}, status_code=202), reason
 

@@ -134,8 +134,8 @@ class CaptureWorker:
         )
         self._cipher = CookieCipher.from_settings(settings)
         self._channels: list[grpc.aio.Channel] = []
-        self._signals: signal_service_pb2_grpc.SignalServiceStub | None = None
-        self._storage: storage_service_pb2_grpc.StorageServiceStub | None = None
+        self._signals: signal_service_pb2_grpc.SignalServiceAsyncStub | None = None
+        self._storage: storage_service_pb2_grpc.StorageServiceAsyncStub | None = None
         self._redis: redis_async.Redis | None = None
         # A failed beat is retried sooner than the next one, at most one interval later.
         self._heartbeat = BackgroundLoop(
@@ -257,7 +257,7 @@ class CaptureWorker:
         )
 
     @property
-    def signals(self) -> signal_service_pb2_grpc.SignalServiceStub:
+    def signals(self) -> signal_service_pb2_grpc.SignalServiceAsyncStub:
         """The SignalService stub, once started."""
         assert self._signals is not None, "CaptureWorker.start() has not run"
         return self._signals
@@ -330,12 +330,12 @@ class CaptureWorkerMiddleware(AsyncIO):
         self.worker = worker
 
     def before_worker_boot(self, broker: Broker, worker: dramatiq.Worker) -> None:
-        super().before_worker_boot(broker, worker)
+        super().before_worker_boot(broker, worker)  # type: ignore[no-untyped-call]
         _event_loop().run_coroutine(self.worker.start())
 
     def after_worker_shutdown(self, broker: Broker, worker: dramatiq.Worker) -> None:
         _event_loop().run_coroutine(self.worker.close())
-        super().after_worker_shutdown(broker, worker)
+        super().after_worker_shutdown(broker, worker)  # type: ignore[no-untyped-call]
 
     def after_process_message(
         self,

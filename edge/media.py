@@ -15,6 +15,7 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 from litestar import Request, Response, get
@@ -45,18 +46,18 @@ _SANDBOX_POLICY = "sandbox; default-src 'none'; img-src 'self'; media-src 'self'
 
 @get("/media/{key:path}", summary="A stored object, by signed URL", tags=["media"])
 async def get_media(
-    request: Request,
+    request: Request[Any, Any, Any],
     key: FromPath[Path],
     expires: FromQuery[str | None] = None,
     sig: FromQuery[str | None] = None,
-) -> Response:
+) -> Response[Any]:
     object_key = str(key).removeprefix("/")
     try:
         expires_at = verify_media_signature(object_key, expires, sig, request.app.state.media_signing_secret)
     except MediaSignatureError as exc:
         raise PermissionDeniedError(str(exc), reason=f"MEDIA_LINK_{exc.reason.upper()}") from exc
 
-    stub: storage_service_pb2_grpc.StorageServiceStub = request.app.state.storage_stub
+    stub: storage_service_pb2_grpc.StorageServiceAsyncStub = request.app.state.storage_stub
     call = stub.GetObject(
         storage_service_pb2.GetObjectRequest(key=object_key), timeout=_GET_OBJECT_TIMEOUT_SECONDS
     )
@@ -88,7 +89,7 @@ async def get_media(
 
 
 async def _chunks(
-    call: grpc.aio.UnaryStreamCall, messages: AsyncIterator[storage_service_pb2.GetObjectResponse]
+    call: grpc.aio.UnaryStreamCall[Any, Any], messages: AsyncIterator[storage_service_pb2.GetObjectResponse]
 ) -> AsyncIterator[bytes]:
     try:
         async for message in messages:

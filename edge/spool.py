@@ -38,7 +38,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
 import grpc
 from litestar import Litestar
@@ -51,6 +51,8 @@ from mesh.logging import request_id_var
 from mesh.loops import BackgroundLoop
 
 log = logging.getLogger(__name__)
+
+_Result = TypeVar("_Result")
 
 SPOOL_BYTES = Gauge("alerts_spool_bytes", "Bytes of webhook requests waiting in the edge spool")
 SPOOL_PENDING = Gauge("alerts_spool_pending", "Webhook requests waiting in the edge spool")
@@ -182,7 +184,7 @@ class WebhookSpool:
         SPOOL_BYTES.set(totals.bytes)
         SPOOL_PENDING.set(totals.pending)
 
-    async def _run(self, function: Callable[..., Any], *args: Any) -> Any:
+    async def _run(self, function: Callable[..., _Result], *args: Any) -> _Result:
         return await asyncio.get_running_loop().run_in_executor(self._executor, function, *args)
 
     # --- on the spool thread ------------------------------------------------------------------------

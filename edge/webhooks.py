@@ -6,6 +6,7 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 from google.protobuf import timestamp_pb2
@@ -44,7 +45,7 @@ _STATUS_NAMES = {
 }
 
 
-async def read_body(request: Request, keep: int, read_at_most: int) -> tuple[bytes, int]:
+async def read_body(request: Request[Any, Any, Any], keep: int, read_at_most: int) -> tuple[bytes, int]:
     """The first `keep` bytes and the size seen; stops reading past `read_at_most`."""
     kept = bytearray()
     size = 0
@@ -99,16 +100,20 @@ _REFUSAL_REPORT_TIMEOUT_SECONDS = 5.0
 _MAX_REPORTED_USER_AGENT = 512
 
 
-def _headers_too_large(request: Request, settings: EdgeSettings) -> bool:
-    headers = request.scope["headers"]
-    if len(headers) > settings.max_header_count:
-        return True
-    return sum(len(name) + len(value) for name, value in headers) > settings.max_header_bytes
+def _headers_too_large(request: Request[Any, Any, Any], settings: EdgeSettings) -> bool:
+    count = size = 0
+    for name, value in request.scope["headers"]:
+        count += 1
+        size += len(name) + len(value)
+    return count > settings.max_header_count or size > settings.max_header_bytes
 
 
 def _refuse(
-    request: Request, ingest: signal_service_pb2.IngestWebhookRequest, status_code: int, error: str
-) -> tuple[Response, str]:
+    request: Request[Any, Any, Any],
+    ingest: signal_service_pb2.IngestWebhookRequest,
+    status_code: int,
+    error: str,
+) -> tuple[Response[Any], str]:
     """Answers at once, and reports the refusal to the signal service for the audit log in the background
     (every webhook call is audited; a client that floods headers or trickles its body waits for nothing)."""
     ingest.edge_refusal = error.upper()
@@ -119,7 +124,7 @@ def _refuse(
 
 
 async def _report_refusal(
-    stub: signal_service_pb2_grpc.SignalServiceStub, ingest: signal_service_pb2.IngestWebhookRequest
+    stub: signal_service_pb2_grpc.SignalServiceAsyncStub, ingest: signal_service_pb2.IngestWebhookRequest
 ) -> None:
     try:
         await stub.IngestWebhook(ingest, timeout=_REFUSAL_REPORT_TIMEOUT_SECONDS)
@@ -130,14 +135,17 @@ async def _report_refusal(
             )
 
 
-def _refusal(status_code: int, error: str) -> tuple[Response, str]:
+def _refusal(status_code: int, error: str) -> tuple[Response[Any], str]:
     """An answer the edge gives on its own; the connection is closed, as the rest of the body is unread."""
     return refusal_response(status_code, error, {"Connection": "close"}), error
 
 
 async def _spool(
-    request: Request, ingest: signal_service_pb2.IngestWebhookRequest, request_id: str, reason: str = "queued"
-) -> tuple[Response, str]:
+    request: Request[Any, Any, Any],
+    ingest: signal_service_pb2.IngestWebhookRequest,
+    request_id: str,
+    reason: str = "queued",
+) -> tuple[Response[Any], str]:
     """The signal service is away or behind: keep the alert on disk for the replayer and say so with 202."""
     spool: WebhookSpool = request.app.state.spool
     try:
@@ -171,7 +179,7 @@ async def _spool(
     },
 )
 async def receive_webhook(
-    request: Request, token: FromPath[str], chart: FromQuery[str | None] = None
+    request: Request[Any, Any, Any], token: FromPath[str], chart: FromQuery[str | None] = None
 ) -> Response[WebhookAccepted]:
     started = time.perf_counter()
     request_id = new_request_id()
@@ -189,7 +197,9 @@ async def receive_webhook(
     return response
 
 
-async def _answer(request: Request, token: str, chart: str | None, request_id: str) -> tuple[Response, str]:
+async def _answer(
+    request: Request[Any, Any, Any], token: str, chart: str | None, request_id: str
+) -> tuple[Response[Any], str]:
     """The answer to one webhook and the reason it is counted under."""
     settings: EdgeSettings = request.app.state.settings
     seconds, nanos = divmod(time.time_ns(), 1_000_000_000)

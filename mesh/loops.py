@@ -28,8 +28,8 @@ def backoff_delay(
     if failures < 1:
         return 0.0
     # min() before the power would overflow: 2**1100 is not a float.
-    ceiling = min(max_seconds, base_seconds * 2 ** min(failures - 1, 64))
-    return ceiling * (rng or random).uniform(0.5, 1.0)
+    ceiling = min(max_seconds, base_seconds * 2.0 ** min(failures - 1, 64))
+    return ceiling * (rng.uniform(0.5, 1.0) if rng is not None else random.uniform(0.5, 1.0))
 
 
 class BackgroundLoop:
@@ -107,7 +107,7 @@ class BackgroundLoop:
         """Counts and logs a failure; returns the seconds to wait before the next step."""
         self.failures += 1
         delay = backoff_delay(self.failures, base_seconds=self._min_backoff, max_seconds=self._max_backoff)
-        at_cap = self._min_backoff * 2 ** min(self.failures - 1, 64) >= self._max_backoff
+        at_cap = self._min_backoff * 2.0 ** min(self.failures - 1, 64) >= self._max_backoff
         if self.failures == 1 or at_cap:
             log.warning(
                 "background loop step failed; retrying",

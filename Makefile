@@ -1,4 +1,5 @@
 # The two commands a newcomer needs: `make demo` and `make test`. Each sets up what it needs first.
+# `make check` is the fast lane (lint, types, unit tests) to run before each commit.
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
@@ -6,7 +7,7 @@ PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 BUF := npx --yes @bufbuild/buf@1.75.0
 
-.PHONY: demo dev test lint proto proto-check bench chaos setup browser clean
+.PHONY: demo dev test check lint types unit proto proto-check bench chaos setup browser clean
 
 demo: setup browser
 	$(VENV)/bin/alerts demo
@@ -14,8 +15,13 @@ demo: setup browser
 dev: setup browser
 	$(VENV)/bin/alerts dev
 
-test: setup browser proto-check lint
+test: setup browser proto-check lint types
 	$(VENV)/bin/pytest
+
+check: lint types unit
+
+unit: setup
+	$(VENV)/bin/pytest tests/unit -q -p no:cacheprovider
 
 setup: $(INSTALLED)
 
@@ -37,13 +43,17 @@ proto-check: setup
 	@bash scripts/ensure_node.sh
 	$(PY) proto/generate.py --check
 	$(BUF) lint
+	BUF='$(BUF)' bash scripts/proto_breaking.sh
 
 lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
+types: setup
+	$(VENV)/bin/mypy
+
 bench: setup browser
 	$(PY) bench/run_all.py
 
 clean:
-	rm -rf $(VENV) .alerts .pytest_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) .alerts .pytest_cache .ruff_cache .mypy_cache .hypothesis

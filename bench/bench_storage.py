@@ -38,6 +38,9 @@ from mesh.grpc import open_channel
 from mesh.settings import CommonSettings
 from mesh.signing import media_signing_secret
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from meta import command_line
+
 API_KEY = "bench-storage-key"
 CHUNK_BYTES = 1024 * 1024
 
@@ -163,7 +166,7 @@ def main() -> None:
             with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
                 health = health_pb2_grpc.HealthStub(channel)
                 health.Check(health_pb2.HealthCheckRequest(), wait_for_ready=True, timeout=30)
-            print(f"$ {' '.join(sys.argv)}")
+            print(f"$ {command_line()}")
             machine = f"python {platform.python_version()}, {platform.machine()}, {os.cpu_count()} CPUs"
             print(f"{machine}, local-disk backend")
             asyncio.run(bench(f"127.0.0.1:{port}", data_dir, args.rounds, args.size_kib * 1024))

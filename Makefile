@@ -7,7 +7,8 @@ PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 BUF := npx --yes @bufbuild/buf@1.75.0
 
-.PHONY: demo dev test check lint types unit proto proto-check bench chaos setup browser clean
+.PHONY: demo dev test check lint types unit proto proto-check configuration configuration-check bench chaos \
+	setup browser clean
 
 demo: setup browser
 	$(VENV)/bin/alerts demo
@@ -15,7 +16,7 @@ demo: setup browser
 dev: setup browser
 	$(VENV)/bin/alerts dev
 
-test: setup browser proto-check lint types
+test: setup browser proto-check configuration-check lint types
 	$(VENV)/bin/pytest
 
 check: lint types unit
@@ -37,13 +38,22 @@ browser: setup
 
 proto:
 	$(PY) proto/generate.py
+	$(PY) proto/document.py
 	$(BUF) lint
 
 proto-check: setup
 	@bash scripts/ensure_node.sh
 	$(PY) proto/generate.py --check
+	$(PY) proto/document.py --check
 	$(BUF) lint
 	BUF='$(BUF)' bash scripts/proto_breaking.sh
+
+# docs/configuration.md and mesh/setting_names.py, from the settings classes.
+configuration: setup
+	$(PY) scripts/configuration_reference.py
+
+configuration-check: setup
+	$(PY) scripts/configuration_reference.py --check
 
 lint: setup
 	$(VENV)/bin/ruff check .

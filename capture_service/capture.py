@@ -1,8 +1,10 @@
 """One chart capture: open the user's layout with their session, wait until it has drawn, screenshot it.
 
 Readiness is TradingView's own: the chart container with its canvases present and no loading spinner
-showing. The sign-in UI (the header's "Sign in" button or the sign-in dialog) means the cookies did not
-log us in, which is reported as such rather than saved as a useless picture of a logged-out page.
+showing. A chart draws for anonymous visitors too, and TradingView's "Sign in" entry hides in a menu, so
+the absence of sign-in UI proves nothing: a capture is kept only on positive proof, the page's own user
+data (``window.user`` with an id and a username), and, when a layout was asked for, only if that layout is
+the one that opened (a private layout without access falls back to the default chart).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import struct
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import quote, urlencode, urlsplit
+from urllib.parse import quote, unquote, urlencode, urlsplit
 
 from playwright.async_api import Error as PlaywrightError
 from playwright.async_api import Page
@@ -25,6 +27,7 @@ from capture_service.errors import (
     BrowserUnavailableError,
     ChartPageError,
     ChartTimeoutError,
+    LayoutUnavailableError,
     SessionInvalidError,
 )
 
@@ -57,6 +60,18 @@ _PAGE_STATE_SCRIPT = """
 }
 """
 _STATE_POLL_MS = 100
+# The signed-in user as the page itself knows it; null for an anonymous visitor.
+_PAGE_USER_SCRIPT = """
+() => {
+  const user = window.user;
+  if (!user || typeof user !== "object") return null;
+  const id = user.id;
+  const username = user.username;
+  if ((typeof id !== "number" && typeof id !== "string") || !String(id)) return null;
+  if (typeof username !== "string" || !username) return null;
+  return { id: String(id), username: username };
+}
+"""
 
 
 @dataclass(frozen=True)
@@ -114,6 +129,12 @@ def chart_url(base_url: str, chart_id: str, ticker: str, interval: str = "") -> 
     return f"{base_url.rstrip('/')}/chart/{layout}?{urlencode(query)}"
 
 
+def requested_layout(url: str) -> str:
+    """The layout id in a chart URL (``/chart/{id}/``), or "" for the default chart."""
+    segments = [segment for segment in urlsplit(url).path.split("/") if segment]
+    return unquote(segments[1]) if len(segments) >= 2 and segments[0] == "chart" else ""
+
+
 def png_dimensions(png: bytes) -> tuple[int, int]:
     if len(png) < 24 or png[:8] != b"\x89PNG\r\n\x1a\n" or png[12:16] != b"IHDR":
         raise ValueError("not a PNG image")
@@ -126,8 +147,9 @@ async def capture_chart(
 ) -> Screenshot:
     """Screenshots the chart at `url` in a fresh context holding only `session`'s cookies.
 
-    Raises SessionInvalidError for a logged-out page, ChartTimeoutError when the chart is not ready in
-    time, ChartPageError for error pages and crashed tabs, BrowserUnavailableError when Chromium died.
+    Raises SessionInvalidError when the page does not show a signed-in user, LayoutUnavailableError when
+    another layout than the requested one opened, ChartTimeoutError when the chart is not ready in time,
+    ChartPageError for error pages and crashed tabs, BrowserUnavailableError when Chromium died.
     """
     try:
         async with asyncio.timeout(timeout_seconds):
@@ -183,6 +205,11 @@ async def _capture_page(page: Page, url: str, timeout_seconds: float) -> Screens
     )
     if await state.json_value() == "signed_out":
         raise SessionInvalidError("TradingView shows its sign-in page: the session cookies are not valid")
+    if await page.evaluate(_PAGE_USER_SCRIPT) is None:
+        raise SessionInvalidError("the chart page shows no signed-in user: the session cookies are not valid")
+    wanted = requested_layout(url)
+    if wanted and requested_layout(page.url) != wanted:
+        raise LayoutUnavailableError(f"layout {wanted!r} did not open: the session has no access to it")
     png = await page.locator(CHART_SELECTOR).first.screenshot(type="png", animations="disabled")
     width, height = png_dimensions(png)
     return Screenshot(png=png, width=width, height=height)

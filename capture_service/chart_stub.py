@@ -1,20 +1,25 @@
 """A local stand-in for TradingView's chart page, for tests and the offline demo.
 
-It reproduces what the capture worker depends on and nothing more: the chart lives in
+It behaves as TradingView does where the capture and the session check can be fooled: the chart lives in
 ``div.chart-container`` with its canvases inside ``div.chart-gui-wrapper``, a loading spinner is shown
-until the chart has drawn, cookie banners and promo dialogs float over the chart, and a visitor without a
-valid session (``sessionid`` and ``sessionid_sign``, where a ``sessionid`` starting with ``expired``
-counts as expired) gets TradingView's sign-in UI instead of their layout.
+until the chart has drawn, cookie banners and promo dialogs float over the chart. A valid session is
+``sessionid`` and ``sessionid_sign`` where the ``sessionid`` does not start with ``expired``. Only then does
+a page carry the user's data (``window.user`` with id and username; the home page ``/`` embeds
+``"auth_token"``, ``"id"`` and ``"username"``). A visitor without one still gets a fully drawn chart: the
+header shows the same user-menu button, and the "Sign in" entry exists only once that menu is opened.
+Private layouts (``POST /_stub/private_layouts``) fall back to the default chart for anyone but their owner.
 
 Candles are derived from the symbol and interval, so the same URL always draws the same picture.
 Failure modes, per request with ``?stub_mode=`` or for every request with ``POST /_stub/mode``:
-``hang`` (the spinner never goes away), ``500`` (HTTP 500) and ``crash`` (the page allocates until the
-renderer process dies). ``GET /_stub/requests`` lists every request received with its cookies, so tests
-can prove which session reached which capture; ``DELETE /_stub/requests`` clears the list.
+``hang`` (the spinner never goes away), ``500`` (HTTP 500), ``crash`` (the page allocates until the
+renderer process dies) and ``captcha`` (every page is a bot challenge, HTTP 403, as a WAF answers).
+``GET /_stub/requests`` lists every request received with its cookies, so tests can prove which session
+reached which capture; ``DELETE /_stub/requests`` clears the list.
 """
 
 from __future__ import annotations
 
+import hashlib
 import html
 import json
 import time
@@ -23,15 +28,17 @@ from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
 from typing import Any, Literal
+from urllib.parse import urlencode
 
 import uvicorn
 from litestar import Litestar, MediaType, Request, Response, delete, get, post
 from litestar.datastructures import State
 from litestar.exceptions import ValidationException
 from litestar.params import FromPath, JSONBody
+from litestar.response import Redirect
 
-StubMode = Literal["ok", "hang", "500", "crash"]
-STUB_MODES: tuple[StubMode, ...] = ("ok", "hang", "500", "crash")
+StubMode = Literal["ok", "hang", "500", "crash", "captcha"]
+STUB_MODES: tuple[StubMode, ...] = ("ok", "hang", "500", "crash", "captcha")
 
 # The chart container fills the viewport except TradingView's top and left toolbars, so a capture of it
 # measures (viewport width - LEFT_TOOLBAR_PX) x (viewport height - TOP_TOOLBAR_PX).
@@ -48,6 +55,8 @@ class StubState:
     mode: StubMode = "ok"
     render_delay_ms: int = 300
     requests: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=_MAX_RECORDED_REQUESTS))
+    # layout id -> the sessionid of the only visitor who may open it
+    private_layouts: dict[str, str] = field(default_factory=dict)
 
 
 @cache
@@ -63,6 +72,21 @@ def _state(request: Request[Any, Any, State]) -> StubState:
 def _has_valid_session(cookies: dict[str, str]) -> bool:
     sessionid = cookies.get("sessionid", "")
     return bool(sessionid) and bool(cookies.get("sessionid_sign")) and not sessionid.startswith("expired")
+
+
+def _user_of(cookies: dict[str, str]) -> dict[str, Any] | None:
+    """The TradingView user a valid session signs in as: stable per sessionid."""
+    if not _has_valid_session(cookies):
+        return None
+    digest = hashlib.sha256(cookies["sessionid"].encode()).hexdigest()
+    return {"id": int(digest[:7], 16), "username": f"trader_{digest[:8]}", "is_pro": True}
+
+
+def _mode(request: Request[Any, Any, State]) -> str:
+    mode = request.query_params.get("stub_mode") or _state(request).mode
+    if mode not in STUB_MODES:
+        raise ValidationException(f"stub_mode must be one of {', '.join(STUB_MODES)}")
+    return mode
 
 
 async def _record_request(request: Request[Any, Any, State]) -> None:
@@ -83,30 +107,51 @@ async def _record_request(request: Request[Any, Any, State]) -> None:
 
 
 @get("/chart/{layout:str}", media_type=MediaType.HTML, sync_to_thread=False)
-def layout_page(request: Request[Any, Any, State], layout: FromPath[str]) -> Response[str]:
+def layout_page(request: Request[Any, Any, State], layout: FromPath[str]) -> Response[str] | Redirect:
     return _chart_page(request, layout)
 
 
 @get("/chart", media_type=MediaType.HTML, sync_to_thread=False)
-def default_layout_page(request: Request[Any, Any, State]) -> Response[str]:
+def default_layout_page(request: Request[Any, Any, State]) -> Response[str] | Redirect:
     return _chart_page(request, "")
 
 
-def _chart_page(request: Request[Any, Any, State], layout: str) -> Response[str]:
+@get("/", media_type=MediaType.HTML, sync_to_thread=False)
+def home_page(request: Request[Any, Any, State]) -> Response[str]:
+    """TradingView's home page: the signed-in user's data is embedded in it, and only then."""
+    mode = _mode(request)
+    if mode in ("500", "captcha"):
+        return _failure_page(mode)
+    user = _user_of(dict(request.cookies))
+    if user is None:
+        init = {"user": {"is_pro": False}, "is_authenticated": False}
+    else:
+        token = hashlib.sha256(f"auth|{user['id']}".encode()).hexdigest()
+        init = {"user": {**user, "auth_token": token}, "is_authenticated": True}
+    data = json.dumps(init).replace("</", "<\\/")
+    return Response(_HOME_PAGE.replace("__INIT__", data), media_type=MediaType.HTML)
+
+
+def _chart_page(request: Request[Any, Any, State], layout: str) -> Response[str] | Redirect:
     stub = _state(request)
     params = request.query_params
-    mode = params.get("stub_mode") or stub.mode
-    if mode not in STUB_MODES:
-        raise ValidationException(f"stub_mode must be one of {', '.join(STUB_MODES)}")
-    if mode == "500":
-        return Response(_ERROR_PAGE, status_code=500, media_type=MediaType.HTML)
+    mode = _mode(request)
+    if mode in ("500", "captcha"):
+        return _failure_page(mode)
+    cookies = dict(request.cookies)
+    owner = stub.private_layouts.get(layout)
+    if owner is not None and not (_has_valid_session(cookies) and cookies["sessionid"] == owner):
+        # As TradingView does for a private layout without access: the default chart, same symbol.
+        fallback = {key: value for key, value in params.items() if key in ("symbol", "interval")}
+        return Redirect(f"/chart/?{urlencode(fallback)}", status_code=302)
     delay = params.get("stub_delay_ms")
     symbol = params.get("symbol") or "NASDAQ:AAPL"
     config = {
         "layout": layout,
         "symbol": symbol,
         "interval": params.get("interval") or "1D",
-        "loggedIn": _has_valid_session(dict(request.cookies)),
+        "loggedIn": _has_valid_session(cookies),
+        "user": _user_of(cookies),
         "renderDelayMs": int(delay) if delay and delay.isdigit() else stub.render_delay_ms,
         "mode": mode,
         "topToolbarPx": TOP_TOOLBAR_PX,
@@ -121,6 +166,22 @@ def _chart_page(request: Request[Any, Any, State], layout: str) -> Response[str]
         .replace("__CONFIG__", config_json)
     )
     return Response(page, media_type=MediaType.HTML)
+
+
+def _failure_page(mode: str) -> Response[str]:
+    if mode == "captcha":
+        return Response(_CHALLENGE_PAGE, status_code=403, media_type=MediaType.HTML)
+    return Response(_ERROR_PAGE, status_code=500, media_type=MediaType.HTML)
+
+
+@post("/_stub/private_layouts", status_code=200, sync_to_thread=False)
+def add_private_layout(request: Request[Any, Any, State], data: JSONBody[dict[str, Any]]) -> dict[str, Any]:
+    """Makes `layout` private to the visitor whose sessionid is `owner_sessionid`."""
+    layout, owner = data.get("layout"), data.get("owner_sessionid")
+    if not isinstance(layout, str) or not layout or not isinstance(owner, str) or not owner:
+        raise ValidationException("layout and owner_sessionid must be non-empty strings")
+    _state(request).private_layouts[layout] = owner
+    return {"layout": layout}
 
 
 @get("/_stub/requests", sync_to_thread=False)
@@ -156,7 +217,16 @@ def set_mode(request: Request[Any, Any, State], data: JSONBody[dict[str, Any]]) 
 
 def create_chart_stub_app(*, render_delay_ms: int = 300, mode: StubMode = "ok") -> Litestar:
     return Litestar(
-        route_handlers=[layout_page, default_layout_page, list_requests, clear_requests, get_mode, set_mode],
+        route_handlers=[
+            home_page,
+            layout_page,
+            default_layout_page,
+            add_private_layout,
+            list_requests,
+            clear_requests,
+            get_mode,
+            set_mode,
+        ],
         before_request=_record_request,
         state=State({"stub": StubState(mode=mode, render_delay_ms=render_delay_ms)}),
         openapi_config=None,
@@ -177,4 +247,19 @@ def run_chart_stub(host: str = "127.0.0.1", port: int = 8090, *, render_delay_ms
 _ERROR_PAGE = """<!doctype html>
 <html><head><title>500 — TradingView</title></head>
 <body><h1>Something went wrong</h1><p>Please try again later.</p></body></html>
+"""
+
+# What a WAF's bot challenge looks like from outside: 403, a challenge form, no site content.
+_CHALLENGE_PAGE = """<!doctype html>
+<html><head><title>Just a moment...</title></head>
+<body><div id="challenge-form" class="cf-challenge"><h1>Checking your browser</h1>
+<div class="g-recaptcha" data-sitekey="stub"></div></div></body></html>
+"""
+
+_HOME_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>TradingView — Track All Markets</title></head>
+<body><header class="tv-header"><button data-name="header-user-menu-button">Menu</button></header>
+<main><h1>Look first / Then leap.</h1></main>
+<script>window.initData = __INIT__;</script>
+</body></html>
 """

@@ -37,7 +37,7 @@ class SignalServiceUnavailableError(CaptureError):
 
 
 class SessionInvalidError(CaptureError):
-    """TradingView showed its sign-in UI: the user's cookies are expired or wrong."""
+    """TradingView did not sign the user in: the cookies are expired or wrong."""
 
     reason = "tradingview_session_invalid"
     retryable = False
@@ -53,3 +53,16 @@ class SessionUndecryptableError(CaptureError):
 
     reason = "tradingview_session_undecryptable"
     retryable = False
+
+
+class LayoutUnavailableError(CaptureError):
+    """The requested layout did not open (private, deleted, or not shared with this session)."""
+
+    reason = "layout_unavailable"
+    retryable = False
+
+
+class SessionCheckInconclusiveError(CaptureError):
+    """TradingView answered neither signed in nor signed out (a captcha, a WAF, an outage): ask again."""
+
+    reason = "tradingview_unreachable"

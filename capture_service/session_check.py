@@ -1,20 +1,12 @@
-"""The TradingView session check job: open the user's chart with their cookies, report whether TradingView
-signed them in.
+"""The TradingView session check job: one signed HTTP request per user, no browser.
 
 signal_service queues it (signal_service/sessions.py) as ``(SESSION_CHECK_QUEUE, SESSION_CHECK_ACTOR)``
-from mesh.queues with ``args=(user_id,)``: periodically for active users, and once when new cookies are set.
-Its actor's priority, 100, is below every capture's (premium 0 ... free 30), so a worker thread takes a
-check only when no capture is waiting in its prefetch: checks never take capacity from captures.
-
-The check is a capture without the upload: the same :func:`capture_chart` in a fresh context holding only
-that user's cookies, with the same readiness and sign-in detection, so it finds exactly what a capture
-would. The picture is dropped. Outcomes:
-
-- the chart drew signed in: reported valid; TradingView's sign-in page: reported invalid;
-- nothing to check (no cookies stored, or already checked since this job was queued): nothing to do;
-- stored cookies no key can decrypt: logged, not reported (a deployment problem, not the user's);
-- anything else (timeouts, a dead browser, the signal service unreachable): retried with the capture
-  backoff, and when retries run out nothing is reported; the scheduler asks again after its spacing.
+with ``args=(user_id,)``, periodically for active users and once when new cookies are set, at priority 100,
+below every capture, so checks never take capacity from captures. The verdict comes from
+:func:`capture_service.session_probe.probe_session`: ``valid`` and ``invalid`` are reported; ``unknown``
+(captcha, WAF, outage) is retried with the capture backoff and, when retries run out, nothing is reported:
+the scheduler asks again after its spacing. The browser adds nothing a check needs: every capture proves
+the session again on the chart page itself (capture.py), where a private layout's access also shows.
 """
 
 from __future__ import annotations
@@ -22,7 +14,6 @@ from __future__ import annotations
 import logging
 import uuid
 from typing import Any
-from urllib.parse import quote
 
 import dramatiq
 import grpc
@@ -31,14 +22,14 @@ from dramatiq.middleware import CurrentMessage
 from prometheus_client import Counter
 
 from apidevs.alerts.v1 import signal_service_pb2
-from capture_service.capture import capture_chart, chart_url
 from capture_service.errors import (
     CaptureError,
-    SessionInvalidError,
+    SessionCheckInconclusiveError,
     SessionMissingError,
     SessionUndecryptableError,
     SignalServiceUnavailableError,
 )
+from capture_service.session_probe import probe_session
 from capture_service.tasks import CaptureWorker
 from mesh.errors import FailedPreconditionError, NotFoundError, from_rpc_error
 from mesh.logging import request_id_var
@@ -51,17 +42,10 @@ _RPC_TIMEOUT_SECONDS = 10.0
 
 SESSION_CHECKS = Counter(
     "alerts_session_checks_total",
-    "TradingView session check attempts by outcome: valid, invalid, skipped, unreadable, attempt_failed",
+    "TradingView session check attempts by outcome: valid, invalid, skipped, unreadable, attempt_failed"
+    " (unknown verdicts and unreachable services)",
     ["outcome"],
 )
-
-
-def check_url(base_url: str, chart_id: str, ticker: str, interval: str) -> str:
-    """The chart a check opens; without a ticker, the layout as the user last saved it."""
-    if ticker:
-        return chart_url(base_url, chart_id, ticker, interval)
-    layout = f"{quote(chart_id, safe='')}/" if chart_id else ""
-    return f"{base_url.rstrip('/')}/chart/{layout}"
 
 
 class SessionChecker:
@@ -82,15 +66,11 @@ class SessionChecker:
             SESSION_CHECKS.labels("unreadable").inc()
             log.error("session check impossible", extra={"user_id": user_id, "reason": exc.reason})
             return
-        settings = self._worker.settings
-        url = check_url(settings.tradingview_url, claim.chart_id, claim.ticker, claim.interval)
-        try:
-            await capture_chart(
-                self._worker.pool, url, session, timeout_seconds=settings.capture_timeout_seconds
-            )
-            valid, reason = True, ""
-        except SessionInvalidError as exc:
-            valid, reason = False, exc.reason
+        probe = await probe_session(self._worker.http, self._worker.settings.tradingview_url, session)
+        if probe.verdict == "unknown":
+            raise SessionCheckInconclusiveError(probe.detail)
+        valid = probe.verdict == "valid"
+        reason = "" if valid else probe.detail
         await self._report(
             signal_service_pb2.ReportSessionCheckRequest(
                 user_id=user_id,

@@ -25,6 +25,8 @@ class CaptureSettings(CommonSettings):
     # Hard limit for a whole attempt (claim, browser, upload, report); Dramatiq interrupts it after this.
     capture_time_limit_seconds: float = Field(default=30.0, gt=0)
     capture_max_retries: int = Field(default=3, ge=0)
+    # One session check is one request to TradingView's home page (plus its redirects) under this budget.
+    session_check_timeout_seconds: float = Field(default=10.0, gt=0)
     # Retry n (0-based) waits between min_backoff * 2**n and twice that (Dramatiq's jitter), capped below
     # by max_backoff: 2-4 s, 4-8 s, 8-16 s by default.
     capture_min_backoff_ms: int = Field(default=2_000, ge=1)

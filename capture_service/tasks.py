@@ -46,6 +46,7 @@ from typing import Any
 
 import dramatiq
 import grpc
+import httpx
 import redis.asyncio as redis_async
 from dramatiq.asyncio import get_event_loop_thread
 from dramatiq.broker import Broker, MessageProxy
@@ -71,7 +72,7 @@ from capture_service.errors import (
 from capture_service.settings import CaptureSettings
 from mesh.crypto import CookieCipher, CookieCipherError
 from mesh.errors import FailedPreconditionError, NotFoundError, from_rpc_error
-from mesh.grpc import open_channel
+from mesh.grpc import GrpcTls, open_channel
 from mesh.loops import BackgroundLoop
 from mesh.queues import PLANS_BY_PRIORITY, capture_actor, capture_queue, capture_workers_key
 
@@ -146,15 +147,18 @@ class CaptureWorker:
             max_backoff_seconds=_HEARTBEAT_SECONDS,
             expected_errors=(redis_async.RedisError,),
         )
+        self._http: httpx.AsyncClient | None = None
 
     async def start(self) -> None:
         api_key = self.settings.service_api_key.get_secret_value() if self.settings.service_api_key else None
-        signal_channel = open_channel(self.settings.signal_addr, api_key)
-        storage_channel = open_channel(self.settings.storage_addr, api_key)
+        tls = GrpcTls.from_settings(self.settings)
+        signal_channel = open_channel(self.settings.signal_addr, api_key, tls=tls)
+        storage_channel = open_channel(self.settings.storage_addr, api_key, tls=tls)
         self._channels = [signal_channel, storage_channel]
         self._signals = signal_service_pb2_grpc.SignalServiceStub(signal_channel)
         self._storage = storage_service_pb2_grpc.StorageServiceStub(storage_channel)
         await self.pool.start()
+        self._http = httpx.AsyncClient(timeout=self.settings.session_check_timeout_seconds)
         self._redis = redis_async.Redis.from_url(self.settings.redis_url)
         self._heartbeat.start()
         log.info("capture worker started", extra={"worker_id": self.worker_id})
@@ -166,6 +170,8 @@ class CaptureWorker:
                 await self._redis.zrem(capture_workers_key(self.settings), self.worker_id)
             await self._redis.aclose()
         await self.pool.close()
+        if self._http is not None:
+            await self._http.aclose()
         for channel in self._channels:
             await channel.close()
         log.info("capture worker stopped", extra={"worker_id": self.worker_id})
@@ -261,6 +267,13 @@ class CaptureWorker:
         """The SignalService stub, once started."""
         assert self._signals is not None, "CaptureWorker.start() has not run"
         return self._signals
+
+    @property
+    def http(self) -> httpx.AsyncClient:
+        """The HTTP client for TradingView's pages outside the browser (session checks)."""
+        if self._http is None:
+            raise RuntimeError("CaptureWorker.start() has not run")
+        return self._http
 
     async def _claim(self, signal_id: str, attempt: int) -> signal_service_pb2.ClaimCaptureResponse | None:
         assert self._signals is not None

@@ -18,7 +18,7 @@ from edge.batching import IngestBatcher
 from edge.errors import EXCEPTION_HANDLERS
 from edge.settings import EdgeSettings, get_settings
 from edge.spool import webhook_spool
-from mesh.grpc import open_channel
+from mesh.grpc import GrpcTls, open_channel
 from mesh.processes import freeze_startup_heap
 from mesh.signing import media_signing_secret
 
@@ -27,12 +27,13 @@ def create_app(settings: EdgeSettings) -> Litestar:
     @asynccontextmanager
     async def channels(app: Litestar) -> AsyncIterator[None]:
         key = settings.service_api_key.get_secret_value() if settings.service_api_key else None
-        signal_channel = open_channel(settings.signal_addr, key)
-        storage_channel = open_channel(settings.storage_addr, key)
+        tls = GrpcTls.from_settings(settings)
+        signal_channel = open_channel(settings.signal_addr, key, tls=tls)
+        storage_channel = open_channel(settings.storage_addr, key, tls=tls)
         app.state.signal_stub = signal_service_pb2_grpc.SignalServiceStub(signal_channel)
         # Webhooks have a channel of their own: no interceptors on the hot path, and no head-of-line
         # blocking behind the read API's streams.
-        ingest_channel = open_channel(settings.signal_addr, key, per_call_metadata=True)
+        ingest_channel = open_channel(settings.signal_addr, key, per_call_metadata=True, tls=tls)
         app.state.ingest_batcher = IngestBatcher(
             signal_service_pb2_grpc.SignalServiceStub(ingest_channel),
             api_key=key,

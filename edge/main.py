@@ -15,7 +15,7 @@ def server_options(settings: EdgeSettings) -> dict[str, Any]:
     return {
         "host": settings.edge_host,
         "port": settings.edge_port,
-        "workers": settings.workers,
+        "workers": settings.edge_workers,
         "loop": "uvloop",
         "http": "httptools",
         "log_config": None,

@@ -34,7 +34,8 @@ class EdgeSettings(CommonSettings):
     # Header floods are refused with 431 before any work; TradingView sends about ten headers.
     max_header_count: int = 100
     max_header_bytes: int = 16 * 1024
-    workers: int = 1
+    # Uvicorn worker processes of one edge.
+    edge_workers: int = Field(default=1, ge=1)
     # The spool under ALERTS_DATA_DIR/spool keeps webhooks while the signal service is away; when it holds
     # this many bytes, further ones are refused with 503 (TradingView then re-sends).
     spool_max_bytes: int = Field(default=256 * 1024 * 1024, gt=0)

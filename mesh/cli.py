@@ -11,6 +11,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
 
+from mesh.errors import ConfigurationError
 from mesh.logging import configure_logging
 from mesh.settings import CommonSettings
 
@@ -359,7 +360,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     options = build_parser().parse_args(argv)
     handler: Callable[[argparse.Namespace], int] = options.handler
-    return handler(options) or 0
+    try:
+        return handler(options) or 0
+    except ConfigurationError as exc:
+        # One line an operator reads in `kubectl logs` or `docker compose ps`, not a traceback.
+        print(f"alerts: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

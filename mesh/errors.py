@@ -35,6 +35,10 @@ class AlertsError(Exception):
         self.retry_after_seconds = retry_after_seconds
 
 
+class ConfigurationError(AlertsError):
+    """The process's own configuration is wrong: it stops at start-up and never answers a call."""
+
+
 class InvalidArgumentError(AlertsError):
     code = grpc.StatusCode.INVALID_ARGUMENT
 

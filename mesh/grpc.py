@@ -3,7 +3,9 @@
 Servers get Bearer API-key authentication (health and reflection stay open), the mapping of
 :class:`mesh.errors.AlertsError` to status codes, request ids in logs, and latency metrics; `serve` adds
 the library health service and reflection and drains on SIGTERM. Channels are long-lived, keep
-themselves alive, and carry the caller's key and the current request id on every call.
+themselves alive, and carry the caller's key and the current request id on every call. With
+``ALERTS_GRPC_TLS_CERT/KEY/CA`` set, servers and channels speak mutual TLS: each side presents its
+certificate and accepts only peers whose certificate that CA signed.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import signal
 import time
 import uuid
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
 import grpc
@@ -162,6 +165,39 @@ def _wrap_handler(
     return grpc.stream_stream_rpc_method_handler(stream_response, decode, encode)
 
 
+@dataclass(frozen=True, repr=False)
+class GrpcTls:
+    """This process's certificate and key, and the CA its peers' certificates must chain to."""
+
+    certificate_chain: bytes
+    private_key: bytes
+    root_certificates: bytes
+
+    @classmethod
+    def from_settings(cls, settings: CommonSettings) -> GrpcTls | None:
+        if settings.grpc_tls_cert is None or settings.grpc_tls_key is None or settings.grpc_tls_ca is None:
+            return None
+        return cls(
+            certificate_chain=settings.grpc_tls_cert.read_bytes(),
+            private_key=settings.grpc_tls_key.read_bytes(),
+            root_certificates=settings.grpc_tls_ca.read_bytes(),
+        )
+
+    def server_credentials(self) -> grpc.ServerCredentials:
+        return grpc.ssl_server_credentials(
+            [(self.private_key, self.certificate_chain)],
+            root_certificates=self.root_certificates,
+            require_client_auth=True,
+        )
+
+    def channel_credentials(self) -> grpc.ChannelCredentials:
+        return grpc.ssl_channel_credentials(
+            root_certificates=self.root_certificates,
+            private_key=self.private_key,
+            certificate_chain=self.certificate_chain,
+        )
+
+
 def create_server(settings: CommonSettings) -> grpc.aio.Server:
     keys = ApiKeyRing(settings.api_keys)
     if not keys:
@@ -170,7 +206,7 @@ def create_server(settings: CommonSettings) -> grpc.aio.Server:
 
 
 async def start(
-    server: grpc.aio.Server, *, address: str, service_names: Sequence[str]
+    server: grpc.aio.Server, *, address: str, service_names: Sequence[str], tls: GrpcTls | None = None
 ) -> tuple[int, health.aio.HealthServicer]:
     """Adds health and reflection, binds and starts; returns the bound port (address may use port 0)."""
     health_servicer = health.aio.HealthServicer()
@@ -179,7 +215,10 @@ async def start(
         [*service_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
         server,
     )
-    port = server.add_insecure_port(address)
+    if tls is None:
+        port = server.add_insecure_port(address)
+    else:
+        port = server.add_secure_port(address, tls.server_credentials())
     if port == 0:
         raise RuntimeError(f"cannot bind gRPC server to {address}")
     await server.start()
@@ -196,13 +235,14 @@ async def serve(
     on_draining: Callable[[], None] | None = None,
     on_stop: Callable[[], Awaitable[None]] | None = None,
     grace_seconds: float = 10.0,
+    tls: GrpcTls | None = None,
 ) -> None:
     """Serves until SIGTERM or SIGINT, then reports NOT_SERVING, drains in-flight calls and stops.
 
     `on_draining` runs before the grace period, for calls that would otherwise hold it to the end
     (server streams); `on_stop` runs after the server stopped.
     """
-    port, health_servicer = await start(server, address=address, service_names=service_names)
+    port, health_servicer = await start(server, address=address, service_names=service_names, tls=tls)
     freeze_startup_heap()
     log.info("gRPC server listening", extra={"address": address, "port": port})
     stopping = asyncio.Event()
@@ -298,23 +338,26 @@ _METADATA_INTERCEPTORS = (
 )
 
 
-def open_channel(address: str, api_key: str | None, *, per_call_metadata: bool = False) -> grpc.aio.Channel:
+def open_channel(
+    address: str, api_key: str | None, *, per_call_metadata: bool = False, tls: GrpcTls | None = None
+) -> grpc.aio.Channel:
     """One long-lived channel per process and peer; it reconnects by itself.
 
     Calls carry the key and the current request id, added by interceptors; with `per_call_metadata` the
     caller passes `call_metadata(...)` itself instead. grpc.aio runs every intercepted call in a task of its
     own, about a tenth of the edge's CPU per webhook, so the edge's hot path goes without.
     """
-    return grpc.aio.insecure_channel(
-        address,
-        options=[
-            *_KEEPALIVE_OPTIONS,
-            ("grpc.max_receive_message_length", 8 * 1024 * 1024),
-            # After an outage, reconnect within seconds rather than gRPC's default of up to two minutes.
-            ("grpc.max_reconnect_backoff_ms", 5_000),
-        ],
-        interceptors=None if per_call_metadata else [kind(api_key) for kind in _METADATA_INTERCEPTORS],
-    )
+    options = [
+        *_KEEPALIVE_OPTIONS,
+        ("grpc.max_receive_message_length", 8 * 1024 * 1024),
+        # After an outage, reconnect within seconds rather than gRPC's default of up to two minutes.
+        ("grpc.max_reconnect_backoff_ms", 5_000),
+    ]
+    interceptors = None if per_call_metadata else [kind(api_key) for kind in _METADATA_INTERCEPTORS]
+    if tls is None:
+        return grpc.aio.insecure_channel(address, options=options, interceptors=interceptors)
+    credentials = tls.channel_credentials()
+    return grpc.aio.secure_channel(address, credentials, options=options, interceptors=interceptors)
 
 
 def call_metadata(api_key: str | None, request_id: str) -> tuple[tuple[str, str], ...]:

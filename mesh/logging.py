@@ -45,5 +45,5 @@ def configure_logging(service: str, level: str = "INFO") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    for noisy in ("grpc._cython", "asyncio", "urllib3", "google"):
+    for noisy in ("grpc._cython", "asyncio", "urllib3", "google", "httpx"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

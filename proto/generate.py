@@ -35,9 +35,11 @@ def _generate(out_dir: Path) -> None:
         f"--python_out={out_dir}",
         f"--plugin=protoc-gen-mypy={MYPY_PLUGIN}",
         f"--mypy_out={out_dir}",
+        "--mypy_opt=quiet",
         f"--grpc_python_out={out_dir}",
         f"--plugin=protoc-gen-mypy_grpc={MYPY_GRPC_PLUGIN}",
         f"--mypy_grpc_out={out_dir}",
+        "--mypy_grpc_opt=quiet",
         *sources,
     ]
     if protoc.main(args) != 0:

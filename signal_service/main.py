@@ -112,6 +112,7 @@ async def signal_app(settings: SignalSettings) -> AsyncIterator[SignalApp]:
     storage_channel = mesh_grpc.open_channel(
         settings.storage_addr,
         settings.service_api_key.get_secret_value() if settings.service_api_key else None,
+        tls=mesh_grpc.GrpcTls.from_settings(settings),
     )
     backlog = QueueBacklog()
     audit = AuditWriter(database)
@@ -197,6 +198,7 @@ async def serve(settings: SignalSettings) -> None:
             service_names=SERVICE_NAMES,
             on_draining=app.events.drain,
             grace_seconds=settings.grpc_grace_seconds,
+            tls=mesh_grpc.GrpcTls.from_settings(settings),
         )
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from apidevs.alerts.v1 import storage_service_pb2_grpc
-from mesh.grpc import create_server, serve
+from mesh.grpc import GrpcTls, create_server, serve
 from mesh.logging import configure_logging
 from mesh.metrics import start_metrics_server
 from storage_service.service import build_service
@@ -24,6 +24,7 @@ async def serve_storage(settings: StorageSettings) -> None:
         service_names=[SERVICE_NAME],
         on_stop=service.close,
         grace_seconds=settings.grpc_grace_seconds,
+        tls=GrpcTls.from_settings(settings),
     )
 
 

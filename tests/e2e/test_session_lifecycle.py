@@ -92,15 +92,16 @@ class Stack:
             for path in sorted(self.log_dir.glob("*.log"))
         )
 
-    async def chart_requests(self, sessionid: str) -> list[float]:
-        """When the stub was asked for a chart with this sessionid (revoked or not), in order."""
+    async def requests_with(self, sessionid: str, *, checks: bool) -> list[float]:
+        """When the stub received a request with this sessionid (revoked or not), in order: session checks
+        (the home page) when `checks`, else chart pages (captures)."""
         async with httpx.AsyncClient(base_url=self.chart_url) as client:
             answer = await client.get("/_stub/requests")
         answer.raise_for_status()
         return sorted(
             entry["received_at"]
             for entry in answer.json()
-            if entry["path"].startswith("/chart")
+            if (entry["path"] == "/" if checks else entry["path"].startswith("/chart"))
             and entry["cookies"].get("sessionid", "").removeprefix("expired-") == sessionid
         )
 
@@ -369,9 +370,8 @@ async def test_fresh_cookies_are_validated_at_once_and_bring_back_the_failed_cap
     assert renewed.tradingview_session.checked
     assert renewed.tradingview_session.valid
     await eventually(lambda: all_have(COMPLETED), "the re-queued captures completing", stack)
-    # Both captures went out with the new cookies (the renewal's check too, unless a capture's result
-    # answered it first).
-    assert len(await stack.chart_requests(fresh)) >= 2
+    # Both captures went out with the new cookies.
+    assert len(await stack.requests_with(fresh, checks=False)) >= 2
 
 
 async def test_each_user_is_checked_once_per_interval_with_two_workers_and_two_schedulers(
@@ -383,12 +383,12 @@ async def test_each_user_is_checked_once_per_interval_with_two_workers_and_two_s
         await stack.post_webhook(created.webhook_token, idle_alert())
 
     async def several_checks_each() -> bool:
-        counts = [len(await stack.chart_requests(sessionid)) for sessionid in sessionids]
+        counts = [len(await stack.requests_with(sessionid, checks=True)) for sessionid in sessionids]
         return min(counts) >= 4
 
     await eventually(several_checks_each, "four checks of every session", stack)
     for sessionid in sessionids:
-        times = await stack.chart_requests(sessionid)
+        times = await stack.requests_with(sessionid, checks=True)
         gaps = [later - earlier for earlier, later in itertools.pairwise(times)]
         # A user is due again one interval after their last result, and results come after requests.
         assert min(gaps) >= CHECK_INTERVAL_SECONDS, (sessionid, gaps)

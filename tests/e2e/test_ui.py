@@ -10,7 +10,9 @@ import asyncio
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import httpx
 import pytest
@@ -80,8 +82,8 @@ class ViewerUser:
     key: str
 
 
-@pytest.fixture(scope="module")
-async def viewer_user(stack: DevStack) -> ViewerUser:
+async def new_viewer_user(stack: DevStack) -> ViewerUser:
+    """A premium user with a TradingView session and an API key scoped to them."""
     async with open_channel(stack.settings.signal_addr, stack.api_key) as channel:
         users = user_service_pb2_grpc.UserServiceStub(channel)
         created = await users.CreateUser(
@@ -95,6 +97,11 @@ async def viewer_user(stack: DevStack) -> ViewerUser:
     key = generate_key()
     await asyncio.to_thread(stack.add_api_keys, [f"sha256:{hash_key(key)}@user:{created.user.user_id}"])
     return ViewerUser(created.user.user_id, created.webhook_url, key)
+
+
+@pytest.fixture(scope="module")
+async def viewer_user(stack: DevStack) -> ViewerUser:
+    return await new_viewer_user(stack)
 
 
 @pytest.fixture(scope="module")
@@ -206,3 +213,41 @@ async def test_a_key_that_is_not_the_users_is_refused(
     # A real key scoped to this user may not open another user's signals.
     await page.goto(f"{stack.edge_url}/ui#user={uuid.uuid4()}&key={viewer_user.key}")
     await expect(page.locator("#sign-in-error")).to_contain_text("may not read this user")
+
+
+async def test_stats_date_range_and_times_in_the_traders_zone(stack: DevStack, browser: Browser) -> None:
+    trader = await new_viewer_user(stack)
+    async with httpx.AsyncClient(timeout=10) as client:
+        ids = [await post_alert(client, trader.webhook_url, index) for index in (0, 1, 3)]
+        for signal_id, result in ((ids[0], "win"), (ids[1], "loss")):
+            answer = await client.patch(
+                f"{stack.edge_url}/api/users/{trader.user_id}/signals/{signal_id}",
+                json={"result": result},
+                headers={"authorization": f"Bearer {trader.key}"},
+            )
+            assert answer.status_code == 200, answer.text
+    zone = "America/New_York"
+    context = await browser.new_context(timezone_id=zone, viewport={"width": 1280, "height": 900})
+    page = await context.new_page()
+    try:
+        await page.goto(f"{stack.edge_url}/ui#user={trader.user_id}&key={trader.key}")
+        await expect(page.locator("li.signal")).to_have_count(3)
+        await expect(page.locator('[data-stat="total"]')).to_have_text("3")
+        await expect(page.locator('[data-stat="month"]')).to_have_text("3")
+        await expect(page.locator('[data-stat="winrate"]')).to_have_text("50.0 % of 2")
+        await expect(page.locator("#zone")).to_have_text(f"Times in {zone}")
+        shown = await page.locator("li.signal .when").first.text_content()
+        assert shown is not None
+        assert shown.endswith(("EST", "EDT", "GMT-5", "GMT-4")), shown
+
+        today = datetime.now(ZoneInfo(zone)).date()
+        await page.locator("input[name=from]").fill((today + timedelta(days=1)).isoformat())
+        await expect(page.locator("li.signal")).to_have_count(0)
+        await page.locator("input[name=from]").fill(today.isoformat())
+        await page.locator("input[name=to]").fill(today.isoformat())
+        await expect(page.locator("li.signal")).to_have_count(3)
+        await page.locator("input[name=from]").fill("")
+        await page.locator("input[name=to]").fill((today - timedelta(days=1)).isoformat())
+        await expect(page.locator("li.signal")).to_have_count(0)
+    finally:
+        await context.close()

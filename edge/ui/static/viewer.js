@@ -17,6 +17,8 @@
     signInError: $("sign-in-error"),
     viewer: $("viewer"),
     filters: $("filters"),
+    stats: $("stats"),
+    zone: $("zone"),
     indicators: $("indicators"),
     tickers: $("tickers"),
     error: $("error"),
@@ -101,6 +103,7 @@
     ui.signOut.hidden = false;
     listLoaded = false;
     lastEventId = "";
+    loadStats();
     startStream();
   }
 
@@ -120,12 +123,22 @@
 
   const userPath = (suffix) => `/api/users/${encodeURIComponent(credentials.user)}/${suffix}`;
 
+  // A date picked in the filter is a whole day in the trader's own time zone; the API takes exclusive
+  // UTC bounds, so "from D" is after the instant before D's midnight and "to D" is before the next midnight.
+  const localMidnight = (day) => new Date(`${day}T00:00:00`);
+
   function currentFilters() {
     const data = new FormData(ui.filters);
+    const from = String(data.get("from") || "");
+    const to = String(data.get("to") || "");
+    const before = to ? localMidnight(to) : null;
+    if (before) before.setDate(before.getDate() + 1);
     return {
       ticker: String(data.get("ticker") || "").trim().toUpperCase(),
       indicator: String(data.get("indicator") || "").trim(),
       result: String(data.get("result") || ""),
+      created_after: from ? new Date(localMidnight(from).getTime() - 1).toISOString() : "",
+      created_before: before ? before.toISOString() : "",
     };
   }
 
@@ -133,7 +146,36 @@
     if (filters.ticker && signal.ticker.toUpperCase() !== filters.ticker) return false;
     if (filters.indicator && signal.indicator !== filters.indicator) return false;
     if (filters.result && signal.result !== filters.result) return false;
+    const created = new Date(signal.createdAt).getTime();
+    if (filters.created_after && !(created > new Date(filters.created_after).getTime())) return false;
+    if (filters.created_before && !(created < new Date(filters.created_before).getTime())) return false;
     return true;
+  }
+
+  // ---- the user's totals, refreshed (at most once a second) while events arrive
+  let statsTimer = 0;
+  function refreshStats() {
+    clearTimeout(statsTimer);
+    statsTimer = setTimeout(loadStats, 1000);
+  }
+
+  async function loadStats() {
+    try {
+      const response = await api(userPath("stats"));
+      if (!response.ok) return;
+      const stats = await response.json();
+      const show = (name, value) => {
+        ui.stats.querySelector(`[data-stat="${name}"]`).textContent = value;
+      };
+      show("total", String(pick(stats, "total_signals", "totalSignals") || 0));
+      show("month", String(pick(stats, "this_month", "thisMonth") || 0));
+      const resolved = Number(pick(stats, "wins") || 0) + Number(pick(stats, "losses") || 0);
+      const rate = Number(pick(stats, "win_rate", "winRate") || 0);
+      show("winrate", resolved ? `${rate.toFixed(1)} % of ${resolved}` : "no results yet");
+      show("pending", String(pick(stats, "screenshots_pending", "screenshotsPending") || 0));
+    } catch (error) {
+      if (error instanceof AuthError) showSignIn(error.message);
+    }
   }
 
   // ---- the list
@@ -221,13 +263,16 @@
     ui.list.append(element);
   }
 
+  // Times are the trader's own (the browser's zone), and say which zone that is.
   const TIME_FORMAT = new Intl.DateTimeFormat(undefined, {
     month: "short",
     day: "numeric",
     hour: "2-digit",
     minute: "2-digit",
     second: "2-digit",
+    timeZoneName: "short",
   });
+  const ZONE = Intl.DateTimeFormat().resolvedOptions().timeZone || "UTC";
 
   const STATUS_TEXT = {
     pending: "Screenshot queued…",
@@ -376,7 +421,10 @@
       return;
     }
     const raw = payload && (payload.signal || (pick(payload, "signal_id", "signalId") ? payload : null));
-    if (raw) upsert(normalise(raw), { live: true });
+    if (raw) {
+      upsert(normalise(raw), { live: true });
+      refreshStats();
+    }
   }
 
   // ---- wiring
@@ -413,6 +461,7 @@
     if (found) open(found);
   });
 
+  ui.zone.textContent = `Times in ${ZONE}`;
   const found = loadCredentials();
   if (found) open(found);
   else showSignIn("");

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import signal
 
+import httpx
 import psutil
 import pytest
 from PIL import Image
@@ -17,6 +18,7 @@ from capture_service.errors import (
     BrowserUnavailableError,
     ChartPageError,
     ChartTimeoutError,
+    LayoutUnavailableError,
     SessionInvalidError,
 )
 from tests.integration.capture_service.conftest import (
@@ -247,3 +249,54 @@ async def test_the_pool_keeps_playwrights_disabled_features_and_runs_no_browser_
         assert playwright_default <= disabled_features(command_line)
         assert set(UNNEEDED_FEATURES) <= disabled_features(command_line)
         assert "--top-chrome-webui" not in command_line
+
+
+# What the capture decided before it asked for positive proof: logged out only when sign-in UI showed.
+_SIGN_IN_UI_ONLY = """
+() => document.querySelector('[data-dialog-name="sign-in"], [data-name="header-user-menu-sign-in"]')
+  ? "signed_out" : "ready"
+"""
+
+
+async def test_a_logged_out_chart_without_sign_in_ui_fails_on_positive_proof(
+    chart_stub: ChartStub, shared_pool: BrowserPool
+) -> None:
+    """TradingView draws the chart for anonymous visitors and hides "Sign in" in the user menu: looking for
+    sign-in UI calls that page signed in; asking the page for its user does not."""
+    expired = TradingViewSession(sessionid="expired-2025", sessionid_sign="user-a-sign")
+    url = chart_url(chart_stub.base_url, "", "BINANCE:BTCUSDT")
+    async with shared_pool.context(expired.cookies(url)) as context:
+        page = await context.new_page()
+        await page.goto(url)
+        await page.wait_for_selector(".chart-gui-wrapper canvas", state="attached")
+        assert await page.evaluate(_SIGN_IN_UI_ONLY) == "ready"
+        await page.click('[data-name="header-user-menu-button"]')
+        assert await page.evaluate(_SIGN_IN_UI_ONLY) == "signed_out"
+
+    with pytest.raises(SessionInvalidError) as raised:
+        await capture_chart(shared_pool, url, expired, timeout_seconds=15)
+
+    assert raised.value.reason == "tradingview_session_invalid"
+
+
+async def test_a_private_layout_is_captured_for_its_owner_only(
+    chart_stub: ChartStub, shared_pool: BrowserPool
+) -> None:
+    async with httpx.AsyncClient(base_url=chart_stub.base_url) as client:
+        answer = await client.post(
+            "/_stub/private_layouts", json={"layout": "privLayout1", "owner_sessionid": GOOD.sessionid}
+        )
+        answer.raise_for_status()
+    url = chart_url(chart_stub.base_url, "privLayout1", "BINANCE:BTCUSDT", "15")
+    other = TradingViewSession(sessionid="user-b-session", sessionid_sign="user-b-sign")
+
+    shot = await capture_chart(shared_pool, url, GOOD, timeout_seconds=15)
+    with pytest.raises(LayoutUnavailableError) as raised:
+        await capture_chart(shared_pool, url, other, timeout_seconds=15)
+
+    assert shot.width > 0
+    assert raised.value.reason == "layout_unavailable"
+    assert not raised.value.retryable
+    paths = [entry["path"] for entry in await chart_stub.requests()]
+    # The other user's visit fell back to the default chart, signed in: the old check would have kept it.
+    assert paths == ["/chart/privLayout1/", "/chart/privLayout1/", "/chart/"]

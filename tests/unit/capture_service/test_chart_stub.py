@@ -100,3 +100,46 @@ def test_any_symbol_reaches_the_page_script_intact_and_cannot_close_it(symbol: s
     assert page_config(html)["symbol"] == symbol
     script = html[html.index("<script>") : html.rindex("</script>")]
     assert "</script" not in script.lower()[len("<script>") :]
+
+
+def test_the_home_page_embeds_the_users_data_only_for_a_valid_session(client: TestClient) -> None:
+    anonymous = client.get("/")
+    client.cookies.update({"sessionid": "abc", "sessionid_sign": "v1:sig"})
+    signed_in = client.get("/")
+
+    assert anonymous.status_code == signed_in.status_code == 200
+    assert "auth_token" not in anonymous.text
+    assert '"username"' not in anonymous.text
+    assert re.search(r'"auth_token": "[0-9a-f]{64}"', signed_in.text)
+    assert re.search(r'"id": \d+', signed_in.text)
+    assert '"username": "trader_' in signed_in.text
+
+
+def test_an_anonymous_chart_carries_no_user_and_no_sign_in_ui_in_its_markup(client: TestClient) -> None:
+    page = client.get("/chart/", params={"symbol": "X"}).text
+
+    assert page_config(page)["user"] is None
+    assert 'data-dialog-name="sign-in"' not in page
+
+
+def test_captcha_mode_answers_every_page_with_a_challenge(client: TestClient) -> None:
+    client.post("/_stub/mode", json={"mode": "captcha"})
+
+    for path in ("/", "/chart/layout1/"):
+        answer = client.get(path)
+        assert answer.status_code == 403
+        assert "challenge-form" in answer.text
+
+
+def test_a_private_layout_falls_back_to_the_default_chart_for_other_visitors(client: TestClient) -> None:
+    client.post("/_stub/private_layouts", json={"layout": "mine", "owner_sessionid": "owner"})
+
+    client.cookies.update({"sessionid": "someone-else", "sessionid_sign": "sig"})
+    visitor = client.get("/chart/mine/", params={"symbol": "X", "interval": "15"}, follow_redirects=False)
+    client.cookies.update({"sessionid": "owner"})
+    owner = client.get("/chart/mine/", params={"symbol": "X"}, follow_redirects=False)
+
+    assert visitor.status_code == 302
+    assert visitor.headers["location"] == "/chart/?symbol=X&interval=15"
+    assert owner.status_code == 200
+    assert page_config(owner.text)["layout"] == "mine"

@@ -145,6 +145,17 @@ def test_production_ships_no_secret_templates() -> None:
     assert all(":latest" not in image for image in images if "apidevs" in image)
 
 
+@pytest.mark.parametrize("directory", [BASE_DIR, PRODUCTION_DIR], ids=["base", "production"])
+def test_every_image_has_a_fixed_tag(directory: Path) -> None:
+    """A floating tag (`latest`, `v1.33-latest`) makes a rollback or a new node pull different code."""
+    documents = render(directory)
+    for workload in of_kinds(documents, WORKLOAD_KINDS).values():
+        for container in containers(workload):
+            name, _, tag = container["image"].rpartition(":")
+            assert name, f"{container['image']} has no tag"
+            assert "latest" not in tag, container["image"]
+
+
 def test_production_patches_apply_to_the_edge_statefulset() -> None:
     documents = render(PRODUCTION_DIR)
     (container,) = containers(of_kind(documents, "StatefulSet")["edge"])

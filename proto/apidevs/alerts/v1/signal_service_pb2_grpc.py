@@ -129,7 +129,9 @@ class SignalServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetSignal(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """One signal, with a fresh screenshot URL when its capture completed. NOT_FOUND for another user's
+        signal when the caller is scoped to one user, exactly as for an id that does not exist.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -142,13 +144,15 @@ class SignalServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def UpdateSignalOutcome(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Marks how the trade went (result, profit/loss as a decimal string, notes); returns the signal as stored.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetUserStats(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Totals for one user: all signals, this month's, screenshots pending, and the win rate.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')

@@ -42,10 +42,15 @@ class SignalServiceStub:
     webhook never refuses the others. The call itself fails only when it cannot be served at all.
     """
     GetSignal: _grpc.UnaryUnaryMultiCallable[_signal_service_pb2.GetSignalRequest, _resources_pb2.Signal]
+    """One signal, with a fresh screenshot URL when its capture completed. NOT_FOUND for another user's
+    signal when the caller is scoped to one user, exactly as for an id that does not exist.
+    """
     ListSignals: _grpc.UnaryUnaryMultiCallable[_signal_service_pb2.ListSignalsRequest, _signal_service_pb2.ListSignalsResponse]
     """Newest first."""
     UpdateSignalOutcome: _grpc.UnaryUnaryMultiCallable[_signal_service_pb2.UpdateSignalOutcomeRequest, _resources_pb2.Signal]
+    """Marks how the trade went (result, profit/loss as a decimal string, notes); returns the signal as stored."""
     GetUserStats: _grpc.UnaryUnaryMultiCallable[_signal_service_pb2.GetUserStatsRequest, _resources_pb2.UserStats]
+    """Totals for one user: all signals, this month's, screenshots pending, and the win rate."""
     SubscribeSignals: _grpc.UnaryStreamMultiCallable[_signal_service_pb2.SubscribeSignalsRequest, _resources_pb2.SignalEvent]
     """Replays every event after the cursor, then streams new ones as they commit."""
     ClaimCapture: _grpc.UnaryUnaryMultiCallable[_signal_service_pb2.ClaimCaptureRequest, _signal_service_pb2.ClaimCaptureResponse]
@@ -81,10 +86,15 @@ class SignalServiceAsyncStub(SignalServiceStub):
     webhook never refuses the others. The call itself fails only when it cannot be served at all.
     """
     GetSignal: _aio.UnaryUnaryMultiCallable[_signal_service_pb2.GetSignalRequest, _resources_pb2.Signal]  # type: ignore[assignment]
+    """One signal, with a fresh screenshot URL when its capture completed. NOT_FOUND for another user's
+    signal when the caller is scoped to one user, exactly as for an id that does not exist.
+    """
     ListSignals: _aio.UnaryUnaryMultiCallable[_signal_service_pb2.ListSignalsRequest, _signal_service_pb2.ListSignalsResponse]  # type: ignore[assignment]
     """Newest first."""
     UpdateSignalOutcome: _aio.UnaryUnaryMultiCallable[_signal_service_pb2.UpdateSignalOutcomeRequest, _resources_pb2.Signal]  # type: ignore[assignment]
+    """Marks how the trade went (result, profit/loss as a decimal string, notes); returns the signal as stored."""
     GetUserStats: _aio.UnaryUnaryMultiCallable[_signal_service_pb2.GetUserStatsRequest, _resources_pb2.UserStats]  # type: ignore[assignment]
+    """Totals for one user: all signals, this month's, screenshots pending, and the win rate."""
     SubscribeSignals: _aio.UnaryStreamMultiCallable[_signal_service_pb2.SubscribeSignalsRequest, _resources_pb2.SignalEvent]  # type: ignore[assignment]
     """Replays every event after the cursor, then streams new ones as they commit."""
     ClaimCapture: _aio.UnaryUnaryMultiCallable[_signal_service_pb2.ClaimCaptureRequest, _signal_service_pb2.ClaimCaptureResponse]  # type: ignore[assignment]
@@ -134,7 +144,10 @@ class SignalServiceServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _signal_service_pb2.GetSignalRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_resources_pb2.Signal, _abc.Awaitable[_resources_pb2.Signal]]: ...
+    ) -> _typing.Union[_resources_pb2.Signal, _abc.Awaitable[_resources_pb2.Signal]]:
+        """One signal, with a fresh screenshot URL when its capture completed. NOT_FOUND for another user's
+        signal when the caller is scoped to one user, exactly as for an id that does not exist.
+        """
 
     @_abc_1.abstractmethod
     def ListSignals(
@@ -149,14 +162,16 @@ class SignalServiceServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _signal_service_pb2.UpdateSignalOutcomeRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_resources_pb2.Signal, _abc.Awaitable[_resources_pb2.Signal]]: ...
+    ) -> _typing.Union[_resources_pb2.Signal, _abc.Awaitable[_resources_pb2.Signal]]:
+        """Marks how the trade went (result, profit/loss as a decimal string, notes); returns the signal as stored."""
 
     @_abc_1.abstractmethod
     def GetUserStats(
         self,
         request: _signal_service_pb2.GetUserStatsRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_resources_pb2.UserStats, _abc.Awaitable[_resources_pb2.UserStats]]: ...
+    ) -> _typing.Union[_resources_pb2.UserStats, _abc.Awaitable[_resources_pb2.UserStats]]:
+        """Totals for one user: all signals, this month's, screenshots pending, and the win rate."""
 
     @_abc_1.abstractmethod
     def SubscribeSignals(

@@ -84,7 +84,8 @@ class StorageServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def DeleteObject(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """NOT_FOUND (reason OBJECT_NOT_FOUND) when there is no such object.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')

@@ -42,6 +42,7 @@ class StorageServiceStub:
     GetObject: _grpc.UnaryStreamMultiCallable[_storage_service_pb2.GetObjectRequest, _storage_service_pb2.GetObjectResponse]
     """Streams an object: first its info, then chunks. Used by the edge to serve local-disk objects."""
     DeleteObject: _grpc.UnaryUnaryMultiCallable[_storage_service_pb2.DeleteObjectRequest, _storage_service_pb2.DeleteObjectResponse]
+    """NOT_FOUND (reason OBJECT_NOT_FOUND) when there is no such object."""
 
 @_typing.type_check_only
 class StorageServiceAsyncStub(StorageServiceStub):
@@ -57,6 +58,7 @@ class StorageServiceAsyncStub(StorageServiceStub):
     GetObject: _aio.UnaryStreamMultiCallable[_storage_service_pb2.GetObjectRequest, _storage_service_pb2.GetObjectResponse]  # type: ignore[assignment]
     """Streams an object: first its info, then chunks. Used by the edge to serve local-disk objects."""
     DeleteObject: _aio.UnaryUnaryMultiCallable[_storage_service_pb2.DeleteObjectRequest, _storage_service_pb2.DeleteObjectResponse]  # type: ignore[assignment]
+    """NOT_FOUND (reason OBJECT_NOT_FOUND) when there is no such object."""
 
 class StorageServiceServicer(metaclass=_abc_1.ABCMeta):
     """Object storage for screenshots, over local disk, Google Cloud Storage or S3."""
@@ -92,6 +94,7 @@ class StorageServiceServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _storage_service_pb2.DeleteObjectRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_storage_service_pb2.DeleteObjectResponse, _abc.Awaitable[_storage_service_pb2.DeleteObjectResponse]]: ...
+    ) -> _typing.Union[_storage_service_pb2.DeleteObjectResponse, _abc.Awaitable[_storage_service_pb2.DeleteObjectResponse]]:
+        """NOT_FOUND (reason OBJECT_NOT_FOUND) when there is no such object."""
 
 def add_StorageServiceServicer_to_server(servicer: StorageServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

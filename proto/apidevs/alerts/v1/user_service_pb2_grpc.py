@@ -75,13 +75,15 @@ class UserServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetUser(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """One user, by user_id or by the platform's external_id.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def UpdateUser(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Changes only the fields named in update_mask; returns the user as stored.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')

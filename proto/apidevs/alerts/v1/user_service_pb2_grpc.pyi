@@ -37,7 +37,9 @@ class UserServiceStub:
     CreateUser: _grpc.UnaryUnaryMultiCallable[_user_service_pb2.CreateUserRequest, _user_service_pb2.CreateUserResponse]
     """Returns the webhook token once; only its hash is stored."""
     GetUser: _grpc.UnaryUnaryMultiCallable[_user_service_pb2.GetUserRequest, _resources_pb2.User]
+    """One user, by user_id or by the platform's external_id."""
     UpdateUser: _grpc.UnaryUnaryMultiCallable[_user_service_pb2.UpdateUserRequest, _resources_pb2.User]
+    """Changes only the fields named in update_mask; returns the user as stored."""
     RotateWebhookToken: _grpc.UnaryUnaryMultiCallable[_user_service_pb2.RotateWebhookTokenRequest, _user_service_pb2.RotateWebhookTokenResponse]
     """Issues a new token; the old one stops working at once or after the grace period."""
     SetTradingViewSession: _grpc.UnaryUnaryMultiCallable[_user_service_pb2.SetTradingViewSessionRequest, _resources_pb2.User]
@@ -51,7 +53,9 @@ class UserServiceAsyncStub(UserServiceStub):
     CreateUser: _aio.UnaryUnaryMultiCallable[_user_service_pb2.CreateUserRequest, _user_service_pb2.CreateUserResponse]  # type: ignore[assignment]
     """Returns the webhook token once; only its hash is stored."""
     GetUser: _aio.UnaryUnaryMultiCallable[_user_service_pb2.GetUserRequest, _resources_pb2.User]  # type: ignore[assignment]
+    """One user, by user_id or by the platform's external_id."""
     UpdateUser: _aio.UnaryUnaryMultiCallable[_user_service_pb2.UpdateUserRequest, _resources_pb2.User]  # type: ignore[assignment]
+    """Changes only the fields named in update_mask; returns the user as stored."""
     RotateWebhookToken: _aio.UnaryUnaryMultiCallable[_user_service_pb2.RotateWebhookTokenRequest, _user_service_pb2.RotateWebhookTokenResponse]  # type: ignore[assignment]
     """Issues a new token; the old one stops working at once or after the grace period."""
     SetTradingViewSession: _aio.UnaryUnaryMultiCallable[_user_service_pb2.SetTradingViewSessionRequest, _resources_pb2.User]  # type: ignore[assignment]
@@ -73,14 +77,16 @@ class UserServiceServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _user_service_pb2.GetUserRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_resources_pb2.User, _abc.Awaitable[_resources_pb2.User]]: ...
+    ) -> _typing.Union[_resources_pb2.User, _abc.Awaitable[_resources_pb2.User]]:
+        """One user, by user_id or by the platform's external_id."""
 
     @_abc_1.abstractmethod
     def UpdateUser(
         self,
         request: _user_service_pb2.UpdateUserRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_resources_pb2.User, _abc.Awaitable[_resources_pb2.User]]: ...
+    ) -> _typing.Union[_resources_pb2.User, _abc.Awaitable[_resources_pb2.User]]:
+        """Changes only the fields named in update_mask; returns the user as stored."""
 
     @_abc_1.abstractmethod
     def RotateWebhookToken(

@@ -1,0 +1,77 @@
+"""Telegram's limits shared through the real Redis: two limiters (two workers) see the same cells."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+import redis.asyncio as redis_async
+
+from notify_service.ratelimit import TelegramLimits, TelegramRateLimiter
+
+# Tests of one limit make the others too short to interfere.
+ONLY_CHAT = TelegramLimits(per_bot_interval_ms=1)
+
+
+@pytest.fixture
+async def redis(redis_url: str) -> AsyncIterator[redis_async.Redis]:
+    client = redis_async.Redis.from_url(redis_url)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+def namespace(redis_namespace: str) -> str:
+    return f"{redis_namespace}:{uuid.uuid4().hex[:8]}"
+
+
+async def test_one_message_per_second_per_chat_across_workers(
+    redis: redis_async.Redis, namespace: str
+) -> None:
+    first_worker = TelegramRateLimiter(redis, namespace, ONLY_CHAT)
+    second_worker = TelegramRateLimiter(redis, namespace, ONLY_CHAT)
+
+    assert await first_worker.try_send("42") == 0.0
+    wait = await second_worker.try_send("42")
+    await asyncio.sleep(0.005)
+    other_chat = await second_worker.try_send("43")
+
+    assert 0.9 <= wait <= 1.0
+    assert other_chat == 0.0
+
+
+async def test_the_bot_limit_spaces_every_chat(redis: redis_async.Redis, namespace: str) -> None:
+    limiter = TelegramRateLimiter(redis, namespace, TelegramLimits(per_bot_interval_ms=200))
+
+    assert await limiter.try_send("1") == 0.0
+    assert 0.0 < await limiter.try_send("2") <= 0.2
+
+
+async def test_a_refused_send_counts_against_no_limit(redis: redis_async.Redis, namespace: str) -> None:
+    limiter = TelegramRateLimiter(redis, namespace, TelegramLimits(per_bot_interval_ms=50))
+    await limiter.try_send("-100")
+    await asyncio.sleep(0.06)
+
+    assert await limiter.try_send("-100") > 0.5
+    # Had the refused send advanced the bot's cell, another chat would now wait about 50 ms.
+    assert await limiter.try_send("5") == 0.0
+
+
+async def test_group_chats_get_twenty_a_minute(redis: redis_async.Redis, namespace: str) -> None:
+    limits = TelegramLimits(per_chat_interval_ms=1, per_bot_interval_ms=1, per_group_interval_ms=3_000)
+    limiter = TelegramRateLimiter(redis, namespace, limits)
+    await limiter.try_send("-1001")
+    await asyncio.sleep(0.005)
+
+    assert 2.9 <= await limiter.try_send("-1001") <= 3.0
+
+
+async def test_retry_after_holds_the_chat_back(redis: redis_async.Redis, namespace: str) -> None:
+    limiter = TelegramRateLimiter(redis, namespace, ONLY_CHAT)
+
+    await limiter.honour_retry_after("9", 5, whole_bot=False)
+
+    assert 4.9 <= await limiter.try_send("9") <= 5.0
+    assert await limiter.try_send("10") == 0.0

@@ -35,9 +35,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from harness import Stack, unlimited_plans_env
 from meta import load_average, record
 
+from alerts.processes import ManagedProcess, free_port, http_ok
 from apidevs.alerts.v1 import resources_pb2, user_service_pb2, user_service_pb2_grpc
 from mesh.grpc import open_channel
-from mesh.processes import ManagedProcess, free_port, http_ok
 
 BENCH = Path(__file__).resolve().parent
 BODY = (

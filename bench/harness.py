@@ -20,11 +20,13 @@ from typing import Any
 import asyncpg
 import redis
 
+from alerts.embedded import EmbeddedInfrastructure, start_postgres, start_redis
+from alerts.processes import ManagedProcess
+from alerts.stack import Stack as ServiceProcesses
+from alerts.stack import build_stack
 from apidevs.alerts.v1 import resources_pb2, user_service_pb2, user_service_pb2_grpc
 from mesh.auth import generate_key
-from mesh.embedded import EmbeddedInfrastructure, start_postgres, start_redis
 from mesh.grpc import open_channel
-from mesh.processes import ManagedProcess, alerts_argv, free_port, grpc_serving, http_ok
 
 
 def _reachable(port: int) -> bool:
@@ -51,7 +53,7 @@ class Stack:
         self.extra_env = extra_env or {}
         self.embedded = embedded
         self.infra = EmbeddedInfrastructure()
-        self.processes: dict[str, ManagedProcess] = {}
+        self.services: ServiceProcesses | None = None
         self.key = generate_key()
         self.database_name = f"alerts_bench_{uuid.uuid4().hex[:10]}"
         self.env: dict[str, str] = {}
@@ -59,12 +61,18 @@ class Stack:
         self.dsn = ""
 
     @property
+    def processes(self) -> dict[str, ManagedProcess]:
+        return self.services.processes if self.services else {}
+
+    @property
     def edge_url(self) -> str:
-        return f"http://127.0.0.1:{self.env['ALERTS_EDGE_PORT']}"
+        assert self.services is not None
+        return self.services.edge_url
 
     @property
     def signal_addr(self) -> str:
-        return self.env["ALERTS_SIGNAL_ADDR"]
+        assert self.services is not None
+        return self.services.signal_addr
 
     def __enter__(self) -> Stack:
         try:
@@ -89,49 +97,26 @@ class Stack:
             start_redis(self.workdir, self.infra)
             redis_url = self.infra.redis_url
         self._admin_sync(f'CREATE DATABASE "{self.database_name}"')
-        logs = self.workdir / "logs"
-        logs.mkdir(parents=True, exist_ok=True)
-        self.env = {
-            **os.environ,
-            "ALERTS_ENV": "dev",
-            "ALERTS_DATABASE_URL": self.dsn.replace("postgresql://", "postgresql+asyncpg://", 1),
-            "ALERTS_REDIS_URL": redis_url,
-            "ALERTS_REDIS_NAMESPACE": f"bench-{uuid.uuid4().hex[:8]}",
-            "ALERTS_API_KEYS": self.key,
-            "ALERTS_SERVICE_API_KEY": self.key,
-            "ALERTS_DATA_DIR": str(self.workdir / "data"),
-            "ALERTS_EDGE_PORT": str(free_port()),
-            "ALERTS_SIGNAL_ADDR": f"127.0.0.1:{free_port()}",
-            "ALERTS_STORAGE_ADDR": f"127.0.0.1:{free_port()}",
-            "ALERTS_LOG_LEVEL": "WARNING",
-            "ALERTS_EDGE_WORKERS": str(self.edge_workers),
+        self.services = build_stack(
+            self.workdir / "logs",
+            database_url=self.dsn.replace("postgresql://", "postgresql+asyncpg://", 1),
+            redis_url=redis_url,
+            data_dir=self.workdir / "data",
+            service_key=self.key,
+            inherited=os.environ,
+            ALERTS_REDIS_NAMESPACE=f"bench-{uuid.uuid4().hex[:8]}",
+            ALERTS_LOG_LEVEL="WARNING",
+            ALERTS_EDGE_WORKERS=str(self.edge_workers),
             **self.extra_env,
-        }
-        migrate = ManagedProcess("migrate", alerts_argv("migrate"), self.env, log_path=logs / "migrate.log")
-        migrate.start()
-        assert migrate.process is not None
-        if migrate.process.wait(120) != 0:
-            raise RuntimeError(f"migrate failed: {(logs / 'migrate.log').read_text()[-2000:]}")
-        if self.with_storage:
-            storage_addr = self.env["ALERTS_STORAGE_ADDR"]
-            self._launch("storage", ["serve", "storage"], lambda: grpc_serving(storage_addr))
-        self._launch("signal", ["serve", "signal"], lambda: grpc_serving(self.signal_addr))
-        self._launch("edge", ["serve", "edge"], lambda: http_ok(f"{self.edge_url}/health/live"))
-        for index in range(self.capture_workers):
-            self._launch(f"capture-{index}", ["serve", "capture"], None)
-
-    def _launch(self, name: str, args: list[str], ready: Any) -> None:
-        process = ManagedProcess(
-            name, alerts_argv(*args), self.env, ready=ready, log_path=self.workdir / "logs" / f"{name}.log"
         )
-        process.start()
-        self.processes[name] = process
-        process.wait_ready(60)
+        self.env = self.services.env
+        self.services.migrate()
+        names = ["storage"] if self.with_storage else []
+        self.services.start(*names, "signal", "edge", *(f"capture-{n}" for n in range(self.capture_workers)))
 
     def __exit__(self, *exc: object) -> None:
-        for process in reversed(list(self.processes.values())):
-            process.stop()
-        self.processes.clear()
+        if self.services is not None:
+            self.services.close()
         if self.admin_dsn:
             self._admin_sync(f'DROP DATABASE IF EXISTS "{self.database_name}" WITH (FORCE)')
         if self.env:

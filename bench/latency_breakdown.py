@@ -25,7 +25,7 @@ from bench_ingest import BODY, create_users, run_plan
 from harness import Stack, unlimited_plans_env
 from meta import command_line
 
-from mesh.processes import free_port
+from alerts.processes import free_port
 
 
 def buckets(metrics: str, name: str, labels: str = "") -> str:

@@ -19,7 +19,7 @@ from edge.errors import EXCEPTION_HANDLERS
 from edge.settings import EdgeSettings, get_settings
 from edge.spool import webhook_spool
 from mesh.grpc import GrpcTls, open_channel
-from mesh.processes import freeze_startup_heap
+from mesh.runtime import freeze_startup_heap
 from mesh.signing import media_signing_secret
 
 

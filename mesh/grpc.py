@@ -28,7 +28,7 @@ from mesh.auth import ApiKeyRing, principal_var
 from mesh.errors import AlertsError, InternalError, UnauthenticatedError, to_grpc_status
 from mesh.logging import request_id_var
 from mesh.metrics import GRPC_HANDLED, GRPC_IN_FLIGHT, GRPC_LATENCY
-from mesh.processes import freeze_startup_heap
+from mesh.runtime import freeze_startup_heap
 from mesh.settings import CommonSettings
 
 log = logging.getLogger(__name__)

@@ -6,6 +6,8 @@ import os
 import time
 import uuid
 
+from mesh.errors import InvalidArgumentError
+
 
 def uuid7() -> uuid.UUID:
     millis = time.time_ns() // 1_000_000
@@ -23,3 +25,10 @@ def parse_uuid(value: str) -> uuid.UUID | None:
         return uuid.UUID(value)
     except (ValueError, AttributeError, TypeError):
         return None
+
+
+def require_uuid(value: str, what: str) -> uuid.UUID:
+    parsed = parse_uuid(value)
+    if parsed is None:
+        raise InvalidArgumentError(f"{what} must be a UUID", reason=f"INVALID_{what.upper()}")
+    return parsed

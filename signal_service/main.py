@@ -23,26 +23,23 @@ from mesh.crypto import CookieCipher
 from mesh.logging import configure_logging
 from mesh.metrics import start_metrics_server
 from mesh.queues import capture_workers_key, dramatiq_namespace
-from signal_service.audit import AuditWriter
+from signal_service.audit.service import AuditWriter
+from signal_service.captures.service import CaptureCoordinator
 from signal_service.database import Database, create_engine
-from signal_service.events import EventFeed, EventHub, listener_dsn
-from signal_service.outbox import OutboxRelay, PipelinedRedisBroker
+from signal_service.events.service import EventFeed, EventHub, listener_dsn
+from signal_service.intake.ratelimit import RateLimiter
+from signal_service.intake.service import QueueBacklog, WebhookIngestor
+from signal_service.outbox.service import OutboxRelay, PipelinedRedisBroker
 from signal_service.parsing import load_indicator_catalog
-from signal_service.ratelimit import RateLimiter
-from signal_service.retention import RetentionJob
-from signal_service.service import (
-    CaptureCoordinator,
-    QueueBacklog,
-    SignalOutcomes,
-    SignalReader,
-    UserManager,
-    WebhookIngestor,
-)
-from signal_service.servicer import SignalServicer, UserServicer
-from signal_service.sessions import SessionChecks, SessionCheckScheduler
+from signal_service.retention.service import RetentionJob
+from signal_service.servicer import SignalServicer
+from signal_service.sessions.service import SessionChecks, SessionCheckScheduler
 from signal_service.settings import SignalSettings, get_settings
+from signal_service.signals.service import SignalOutcomes, SignalReader
 from signal_service.status import StatusReporter
 from signal_service.storage_links import ScreenshotLinks
+from signal_service.users.service import UserManager
+from signal_service.users.servicer import UserServicer
 
 log = logging.getLogger(__name__)
 

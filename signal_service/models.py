@@ -1,4 +1,4 @@
-"""Tables owned by the signal service. Only repository.py queries them."""
+"""Tables owned by the signal service. Only the domains' repository.py modules query them."""
 
 from __future__ import annotations
 
@@ -102,7 +102,7 @@ class UserConfig(SQLModel, table=True):
     # When the stored cookies were set: a capture claimed before this used the previous ones.
     tv_session_set_at: datetime | None = Field(default=None, sa_column=_utc_column(nullable=True))
     # When a session check was last queued for this user, and when and by which job it was last claimed
-    # (see signal_service/sessions.py).
+    # (see signal_service/sessions/service.py).
     tv_check_requested_at: datetime | None = Field(default=None, sa_column=_utc_column(nullable=True))
     tv_check_claimed_at: datetime | None = Field(default=None, sa_column=_utc_column(nullable=True))
     tv_check_claimed_by: str | None = Field(default=None, sa_column=sa.Column(sa.Text))

@@ -1,4 +1,4 @@
-"""gRPC servicers: proto in, domain call, proto out. No logic lives here."""
+"""The SignalService gRPC servicer: maps proto <-> the signal domains."""
 
 from __future__ import annotations
 
@@ -8,171 +8,41 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
 import grpc
-from google.protobuf import json_format, struct_pb2, timestamp_pb2
 
-from apidevs.alerts.v1 import (
-    resources_pb2,
-    signal_service_pb2,
-    signal_service_pb2_grpc,
-    user_service_pb2,
-    user_service_pb2_grpc,
-)
-from mesh.auth import current_principal, ensure_can_access_user, ensure_unscoped
+from apidevs.alerts.v1 import resources_pb2, signal_service_pb2, signal_service_pb2_grpc
+from mesh.auth import ensure_can_access_user, ensure_unscoped
 from mesh.errors import InvalidArgumentError, to_rpc_status
 from mesh.grpc import caller_error
 from mesh.logging import request_id_var
-from signal_service.events import EventFeed, StoredEvent, format_cursor
-from signal_service.models import EventType, ScreenshotStatus, SignalResult
-from signal_service.repository import SignalFilter, SignalRow
-from signal_service.service import (
-    CaptureCoordinator,
-    IngestCommand,
-    SignalOutcomes,
-    SignalReader,
-    UserManager,
-    UserView,
-    WebhookIngestor,
-    require_uuid,
+from signal_service.captures.service import CaptureCoordinator
+from signal_service.events.service import EventFeed, StoredEvent, format_cursor
+from signal_service.ids import require_uuid
+from signal_service.intake.service import IngestCommand, WebhookIngestor
+from signal_service.models import EventType, ScreenshotStatus
+from signal_service.proto_mapping import (
+    EVENT_TYPE_TO_PROTO,
+    PLAN_TO_PROTO,
+    RESULT_FROM_PROTO,
+    SCREENSHOT_FROM_PROTO,
+    SCREENSHOT_TO_PROTO,
+    from_timestamp,
+    session_state_to_proto,
+    signal_to_proto,
+    timestamp,
+    user_to_proto,
 )
-from signal_service.sessions import SessionChecks
+from signal_service.sessions.service import SessionChecks
+from signal_service.signals.repository import SignalFilter, SignalRow
+from signal_service.signals.service import SignalOutcomes, SignalReader
 from signal_service.status import StatusReporter
 from signal_service.storage_links import ScreenshotLinks
+from signal_service.users.service import UserView
 
 log = logging.getLogger(__name__)
 
+
 # Bounds one BatchIngestWebhooks call's memory and its share of the event loop.
 MAX_INGEST_BATCH = 1000
-
-_PLAN_TO_PROTO = {
-    "free": resources_pb2.PLAN_FREE,
-    "basic": resources_pb2.PLAN_BASIC,
-    "pro": resources_pb2.PLAN_PRO,
-    "premium": resources_pb2.PLAN_PREMIUM,
-}
-_PLAN_FROM_PROTO = {value: key for key, value in _PLAN_TO_PROTO.items()}
-_SCREENSHOT_TO_PROTO = {
-    ScreenshotStatus.PENDING: resources_pb2.SCREENSHOT_STATUS_PENDING,
-    ScreenshotStatus.PROCESSING: resources_pb2.SCREENSHOT_STATUS_PROCESSING,
-    ScreenshotStatus.COMPLETED: resources_pb2.SCREENSHOT_STATUS_COMPLETED,
-    ScreenshotStatus.FAILED: resources_pb2.SCREENSHOT_STATUS_FAILED,
-    ScreenshotStatus.SKIPPED: resources_pb2.SCREENSHOT_STATUS_SKIPPED,
-    ScreenshotStatus.EXPIRED: resources_pb2.SCREENSHOT_STATUS_EXPIRED,
-}
-_SCREENSHOT_FROM_PROTO = {value: key for key, value in _SCREENSHOT_TO_PROTO.items()}
-_RESULT_TO_PROTO = {
-    SignalResult.PENDING: resources_pb2.SIGNAL_RESULT_PENDING,
-    SignalResult.WIN: resources_pb2.SIGNAL_RESULT_WIN,
-    SignalResult.LOSS: resources_pb2.SIGNAL_RESULT_LOSS,
-    SignalResult.SKIP: resources_pb2.SIGNAL_RESULT_SKIP,
-}
-_RESULT_FROM_PROTO = {value: key for key, value in _RESULT_TO_PROTO.items()}
-_EVENT_TYPE_TO_PROTO = {
-    EventType.CREATED: resources_pb2.SIGNAL_EVENT_TYPE_CREATED,
-    EventType.SCREENSHOT_UPDATED: resources_pb2.SIGNAL_EVENT_TYPE_SCREENSHOT_UPDATED,
-    EventType.OUTCOME_UPDATED: resources_pb2.SIGNAL_EVENT_TYPE_OUTCOME_UPDATED,
-    EventType.TRADINGVIEW_SESSION_UPDATED: resources_pb2.SIGNAL_EVENT_TYPE_TRADINGVIEW_SESSION_UPDATED,
-}
-_PARSE_TO_PROTO = {
-    "complete": resources_pb2.PARSE_STATUS_COMPLETE,
-    "partial": resources_pb2.PARSE_STATUS_PARTIAL,
-    "failed": resources_pb2.PARSE_STATUS_FAILED,
-}
-
-
-def timestamp(moment: datetime | None) -> timestamp_pb2.Timestamp | None:
-    if moment is None:
-        return None
-    message = timestamp_pb2.Timestamp()
-    message.FromDatetime(moment.astimezone(UTC))
-    return message
-
-
-def from_timestamp(message: timestamp_pb2.Timestamp, present: bool) -> datetime | None:
-    return message.ToDatetime(tzinfo=UTC) if present else None
-
-
-def struct(values: dict) -> struct_pb2.Struct:
-    message = struct_pb2.Struct()
-    json_format.ParseDict(values, message)
-    return message
-
-
-def signal_to_proto(row: SignalRow, url: str = "") -> resources_pb2.Signal:
-    signal, screenshot = row.signal, row.screenshot
-    message = resources_pb2.Signal(
-        signal_id=str(signal.id),
-        user_id=str(signal.user_id),
-        chart_id=signal.chart_id or "",
-        indicator=signal.indicator or "",
-        ticker=signal.ticker or "",
-        exchange=signal.exchange or "",
-        symbol=signal.symbol or "",
-        price="" if signal.price is None else str(signal.price),
-        signal_type=signal.signal_type or "",
-        interval=signal.interval or "",
-        alert_time=timestamp(signal.alert_time),
-        parse_status=_PARSE_TO_PROTO.get(signal.parse_status, resources_pb2.PARSE_STATUS_UNSPECIFIED),
-        parse_problems=list(signal.parse_problems or ()),
-        extra=struct(signal.extra or {}),
-        raw_text=signal.raw_body.decode("utf-8", errors="replace").replace("\x00", ""),
-        content_type=signal.content_type or "",
-        screenshot_status=_SCREENSHOT_TO_PROTO[ScreenshotStatus(signal.screenshot_status)],
-        result=_RESULT_TO_PROTO[SignalResult(signal.result)],
-        profit_loss="" if signal.profit_loss is None else str(signal.profit_loss),
-        notes=signal.notes or "",
-        created_at=timestamp(signal.created_at),
-        updated_at=timestamp(signal.updated_at),
-    )
-    if screenshot is not None:
-        message.screenshot_object_key = screenshot.object_key or ""
-        message.screenshot_error = screenshot.error or ""
-        if screenshot.completed_at is not None and screenshot.status == ScreenshotStatus.COMPLETED:
-            message.screenshot_completed_at.CopyFrom(timestamp(screenshot.completed_at))
-        if screenshot.status == ScreenshotStatus.COMPLETED:
-            message.screenshot_url = url
-    return message
-
-
-def user_to_proto(view: UserView) -> resources_pb2.User:
-    user, config = view.user, view.config
-    return resources_pb2.User(
-        user_id=str(user.id),
-        external_id=user.external_id or "",
-        plan=_PLAN_TO_PROTO[user.plan],
-        webhook_enabled=user.webhook_enabled,
-        default_chart_id=config.default_chart_id or "",
-        ip_allowlist=list(config.ip_allowlist or ()),
-        notification_preferences=struct(config.notification_preferences or {}),
-        signals_quota=user.signals_quota,
-        signals_used=user.signals_used,
-        quota_reset_at=timestamp(user.quota_reset_at),
-        tradingview_session=resources_pb2.TradingViewSession(
-            configured=config.tv_session_ciphertext is not None,
-            checked=config.tv_cookies_checked_at is not None,
-            valid=bool(config.tv_cookies_valid) and config.tv_cookies_checked_at is not None,
-            checked_at=timestamp(config.tv_cookies_checked_at),
-            changed_at=timestamp(config.tv_cookies_changed_at),
-        ),
-        created_at=timestamp(user.created_at),
-        updated_at=timestamp(user.updated_at),
-    )
-
-
-def session_state_to_proto(state: dict) -> resources_pb2.TradingViewSession:
-    """A TRADINGVIEW_SESSION_UPDATED event's payload (signal_service.sessions.session_state)."""
-    message = resources_pb2.TradingViewSession(
-        configured=bool(state.get("configured")),
-        checked=bool(state.get("checked")),
-        valid=bool(state.get("valid")),
-    )
-    for name in ("checked_at", "changed_at"):
-        if state.get(name):
-            getattr(message, name).CopyFrom(timestamp(datetime.fromisoformat(state[name])))
-    return message
-
-
-def plan_from_proto(plan: int) -> str:
-    return _PLAN_FROM_PROTO.get(plan, "")
 
 
 class SignalServicer(signal_service_pb2_grpc.SignalServiceServicer):
@@ -216,7 +86,7 @@ class SignalServicer(signal_service_pb2_grpc.SignalServiceServicer):
             event = stored.event
             message = resources_pb2.SignalEvent(
                 cursor=format_cursor(event.seq),
-                type=_EVENT_TYPE_TO_PROTO[EventType(event.type)],
+                type=EVENT_TYPE_TO_PROTO[EventType(event.type)],
                 occurred_at=timestamp(event.created_at),
                 user_id=str(event.user_id),
             )
@@ -241,7 +111,7 @@ class SignalServicer(signal_service_pb2_grpc.SignalServiceServicer):
             raise InvalidArgumentError(
                 f"at most {MAX_INGEST_BATCH} webhooks per call", reason="BATCH_TOO_LARGE"
             )
-        # All at once: their stores meet in the same group commit (signal_service/group_commit.py).
+        # All at once: their stores meet in the same group commit (intake/group_commit.py).
         results = await asyncio.gather(*(self._ingest_result(item) for item in request.requests))
         return signal_service_pb2.BatchIngestWebhooksResponse(results=results)
 
@@ -287,7 +157,7 @@ class SignalServicer(signal_service_pb2_grpc.SignalServiceServicer):
         )
         return signal_service_pb2.IngestWebhookResponse(
             signal_id=str(result.signal_id),
-            screenshot_status=_SCREENSHOT_TO_PROTO[result.screenshot_status],
+            screenshot_status=SCREENSHOT_TO_PROTO[result.screenshot_status],
             estimated_wait_seconds=result.estimated_wait_seconds,
             duplicate=result.duplicate,
         )
@@ -309,8 +179,8 @@ class SignalServicer(signal_service_pb2_grpc.SignalServiceServicer):
             ticker=request.ticker or None,
             indicator=request.indicator or None,
             signal_type=request.signal_type or None,
-            result=_RESULT_FROM_PROTO.get(request.result),
-            screenshot_status=_SCREENSHOT_FROM_PROTO.get(request.screenshot_status),
+            result=RESULT_FROM_PROTO.get(request.result),
+            screenshot_status=SCREENSHOT_FROM_PROTO.get(request.screenshot_status),
             created_after=from_timestamp(request.created_after, request.HasField("created_after")),
             created_before=from_timestamp(request.created_before, request.HasField("created_before")),
         )
@@ -324,7 +194,7 @@ class SignalServicer(signal_service_pb2_grpc.SignalServiceServicer):
     ) -> resources_pb2.Signal:
         row = await self._outcomes.update(
             request.signal_id,
-            result=_RESULT_FROM_PROTO.get(request.result),
+            result=RESULT_FROM_PROTO.get(request.result),
             profit_loss=request.profit_loss,
             notes=request.notes,
             ensure_access=ensure_can_access_user,
@@ -387,14 +257,14 @@ class SignalServicer(signal_service_pb2_grpc.SignalServiceServicer):
             signal=signal_to_proto(claim.row),
             chart_id=claim.chart_id,
             tradingview_session_ciphertext=claim.session_ciphertext,
-            plan=_PLAN_TO_PROTO[claim.plan],
+            plan=PLAN_TO_PROTO[claim.plan],
         )
 
     async def ReportCapture(
         self, request: signal_service_pb2.ReportCaptureRequest, context: grpc.aio.ServicerContext
     ) -> resources_pb2.Signal:
         ensure_unscoped()
-        status = _SCREENSHOT_FROM_PROTO.get(request.status, ScreenshotStatus.PENDING)
+        status = SCREENSHOT_FROM_PROTO.get(request.status, ScreenshotStatus.PENDING)
         row = await self._captures.report(
             request.signal_id,
             status=status,
@@ -474,73 +344,3 @@ class SignalServicer(signal_service_pb2_grpc.SignalServiceServicer):
             request.user_id, version=request.session_version, valid=request.valid
         )
         return user_to_proto(UserView(user, config))
-
-
-class UserServicer(user_service_pb2_grpc.UserServiceServicer):
-    def __init__(self, users: UserManager) -> None:
-        self._users = users
-
-    async def CreateUser(
-        self, request: user_service_pb2.CreateUserRequest, context: grpc.aio.ServicerContext
-    ) -> user_service_pb2.CreateUserResponse:
-        ensure_unscoped()
-        issued = await self._users.create(
-            external_id=request.external_id,
-            plan=plan_from_proto(request.plan) or "free",
-            default_chart_id=request.default_chart_id,
-            signals_quota=request.signals_quota,
-            ip_allowlist=list(request.ip_allowlist),
-            notification_preferences=json_format.MessageToDict(request.notification_preferences),
-        )
-        return user_service_pb2.CreateUserResponse(
-            user=user_to_proto(issued.view),
-            webhook_token=issued.webhook_token,
-            webhook_url=issued.webhook_url,
-        )
-
-    async def GetUser(
-        self, request: user_service_pb2.GetUserRequest, context: grpc.aio.ServicerContext
-    ) -> resources_pb2.User:
-        view = await self._users.get(user_id=request.user_id, external_id=request.external_id)
-        current_principal().ensure_can_access(str(view.user.id))
-        return user_to_proto(view)
-
-    async def UpdateUser(
-        self, request: user_service_pb2.UpdateUserRequest, context: grpc.aio.ServicerContext
-    ) -> resources_pb2.User:
-        ensure_unscoped()
-        source = request.user
-        readers = {
-            "plan": lambda: plan_from_proto(source.plan),
-            "signals_quota": lambda: source.signals_quota,
-            "webhook_enabled": lambda: source.webhook_enabled,
-            "default_chart_id": lambda: source.default_chart_id,
-            "ip_allowlist": lambda: list(source.ip_allowlist),
-            "notification_preferences": lambda: json_format.MessageToDict(source.notification_preferences),
-        }
-        values = {path: readers[path]() if path in readers else None for path in request.update_mask.paths}
-        return user_to_proto(await self._users.update(source.user_id, values))
-
-    async def RotateWebhookToken(
-        self, request: user_service_pb2.RotateWebhookTokenRequest, context: grpc.aio.ServicerContext
-    ) -> user_service_pb2.RotateWebhookTokenResponse:
-        ensure_unscoped()
-        issued = await self._users.rotate_token(request.user_id, request.grace_period_seconds)
-        response = user_service_pb2.RotateWebhookTokenResponse(
-            webhook_token=issued.webhook_token, webhook_url=issued.webhook_url
-        )
-        if issued.previous_token_expires_at is not None:
-            response.previous_token_expires_at.CopyFrom(timestamp(issued.previous_token_expires_at))
-        return response
-
-    async def SetTradingViewSession(
-        self, request: user_service_pb2.SetTradingViewSessionRequest, context: grpc.aio.ServicerContext
-    ) -> resources_pb2.User:
-        ensure_unscoped()
-        view = await self._users.set_tradingview_session(
-            request.user_id, request.sessionid, request.sessionid_sign
-        )
-        return user_to_proto(view)
-
-
-__all__ = ["SignalServicer", "UserServicer", "signal_to_proto", "user_to_proto"]

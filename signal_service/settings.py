@@ -67,7 +67,7 @@ class SignalSettings(DatabaseJobSettings):
     # Captures running at once across all workers, for the same estimate.
     capture_parallelism: int = 3
     screenshot_url_ttl_seconds: int = 3600
-    # Group commit (signal_service/group_commit.py): transactions storing webhooks at once, and webhooks
+    # Group commit (intake/group_commit.py): transactions storing webhooks at once, and webhooks
     # per transaction. More transactions at once help only while PostgreSQL has idle cores.
     ingest_group_commit_max_inflight: int = Field(default=2, ge=1)
     ingest_group_commit_max_batch: int = Field(default=128, ge=1)
@@ -82,7 +82,7 @@ class SignalSettings(DatabaseJobSettings):
     sweep_interval_seconds: float = 30.0
     # A PENDING capture with no outbox row this old lost its queue message (e.g. Redis restarted empty).
     capture_pending_stale_after_seconds: int = 1800
-    # TradingView session checks (signal_service/sessions.py). A user with stored cookies and a signal in
+    # TradingView session checks (sessions/service.py). A user with stored cookies and a signal in
     # the last `session_check_active_days` is checked once per interval; a check that was queued but gave
     # no result is queued again after the spacing at the earliest, so no user is checked more often than
     # once per spacing by the scheduler.
@@ -99,7 +99,7 @@ class SignalSettings(DatabaseJobSettings):
     session_check_wait_seconds: float = Field(default=20.0, ge=0)
     # New cookies re-queue the user's captures that failed for an invalid session, for signals this recent.
     session_requeue_window_seconds: float = Field(default=86_400.0, ge=0)
-    # Screenshot retention in days by plan (signal_service/retention.py), e.g.
+    # Screenshot retention in days by plan (retention/service.py), e.g.
     # ALERTS_SCREENSHOT_RETENTION_DAYS='{"free": 14}'; plans left out keep their defaults.
     screenshot_retention_days: dict[str, float] = Field(default_factory=_default_retention_days)
     retention_interval_seconds: float = Field(default=3_600.0, gt=0)

@@ -10,8 +10,8 @@ from redis.asyncio import Redis
 
 from mesh.queues import WORKER_HEARTBEAT_TIMEOUT_MS
 from signal_service.database import Database
-from signal_service.repository import OutboxRepository
-from signal_service.service import QueueBacklog
+from signal_service.intake.service import QueueBacklog
+from signal_service.outbox.repository import OutboxRepository
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,8 +17,8 @@ from pathlib import Path
 import asyncpg
 import pytest
 
+from alerts.embedded import EmbeddedInfrastructure, start_postgres, start_redis
 from mesh.auth import generate_key
-from mesh.embedded import EmbeddedInfrastructure, start_postgres, start_redis
 
 SERVICE_KEY = generate_key()
 SCOPED_USER_KEYS: dict[str, str] = {}

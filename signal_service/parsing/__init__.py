@@ -12,8 +12,9 @@ from signal_service.parsing.catalog import (
     indicator_catalog_from_mapping,
     load_indicator_catalog,
 )
+from signal_service.parsing.limits import MAX_PARSE_CHARS
 from signal_service.parsing.model import ParsedAlert, ParseStatus
-from signal_service.parsing.parser import MAX_PARSE_CHARS, parse_alert
+from signal_service.parsing.parser import parse_alert
 from signal_service.parsing.render import format_price, render_standard_alert
 
 __all__ = [

@@ -17,7 +17,12 @@ The catalog is a TOML (or YAML) file, so adding an indicator is a configuration 
     "Dirección" = "signal_type"                      # -> a standard field
 
 A label maps to a standard field (``indicator``, ``ticker``, ``exchange``, ``price``, ``signal_type``,
-``interval``, ``time``) or to any other name, which becomes the key in ``extra``.
+``interval``, ``time``, ``bar_time``, ``fired_at``) or to any other name, which becomes the key in
+``extra``. The words every message may use (the standard labels, JSON key spellings) are the parser's
+vocabulary (vocabulary.toml), which the catalog carries.
+
+Aliases are other spellings of the same indicator only (a missing "[APIDEVS]", an abbreviation, the
+Spanish name); a different product, however alike its name, is a different indicator.
 """
 
 from __future__ import annotations
@@ -33,100 +38,9 @@ from typing import Any
 import yaml
 
 from signal_service.parsing.values import fold
+from signal_service.parsing.vocabulary import Vocabulary, default_vocabulary
 
 DEFAULT_CATALOG_PATH = Path(__file__).with_name("indicators.toml")
-
-STANDARD_FIELDS = frozenset({"indicator", "ticker", "exchange", "price", "signal_type", "interval", "time"})
-
-# The APIDevs standard format's own labels, Spanish and English, compared folded (no case or accents).
-STANDARD_LABELS: Mapping[str, str] = {
-    **dict.fromkeys(("indicador", "indicator", "estudio", "study", "estrategia", "strategy"), "indicator"),
-    **dict.fromkeys(
-        (
-            "ticker",
-            "tickerid",
-            "symbol",
-            "simbolo",
-            "activo",
-            "asset",
-            "par",
-            "pair",
-            "instrumento",
-            "instrument",
-        ),
-        "ticker",
-    ),
-    **dict.fromkeys(("exchange", "bolsa"), "exchange"),
-    **dict.fromkeys(
-        (
-            "precio",
-            "price",
-            "precio actual",
-            "current price",
-            "close",
-            "cierre",
-            "precio de cierre",
-            "last price",
-            "ultimo precio",
-        ),
-        "price",
-    ),
-    **dict.fromkeys(
-        (
-            "senal",
-            "signal",
-            "tipo",
-            "type",
-            "tipo de senal",
-            "signal type",
-            "accion",
-            "action",
-            "direccion",
-            "direction",
-            "side",
-            "lado",
-            "condicion",
-            "condition",
-            "evento",
-            "event",
-            "orden",
-            "order",
-        ),
-        "signal_type",
-    ),
-    **dict.fromkeys(
-        (
-            "timeframe",
-            "temporalidad",
-            "intervalo",
-            "interval",
-            "tf",
-            "marco temporal",
-            "periodo",
-            "period",
-            "resolution",
-            "resolucion",
-        ),
-        "interval",
-    ),
-    **dict.fromkeys(
-        (
-            "hora",
-            "time",
-            "fecha",
-            "date",
-            "fecha y hora",
-            "date time",
-            "datetime",
-            "timestamp",
-            "time now",
-            "timenow",
-            "hora de la alerta",
-            "alert time",
-        ),
-        "time",
-    ),
-}
 
 
 class IndicatorCatalogError(ValueError):
@@ -156,6 +70,7 @@ class IndicatorCatalog:
         "_signal_types_folded",
         "generic_signal_types",
         "indicators",
+        "vocabulary",
     )
 
     def __init__(
@@ -164,13 +79,19 @@ class IndicatorCatalog:
         *,
         generic_signal_types: Iterable[str] = (),
         labels: Mapping[str, str] | None = None,
+        vocabulary: Vocabulary | None = None,
     ) -> None:
+        self.vocabulary = vocabulary or default_vocabulary()
         self.indicators: tuple[IndicatorSpec, ...] = tuple(
             replace(spec, labels={fold(label): target for label, target in spec.labels.items()})
             for spec in indicators
         )
         self.generic_signal_types: tuple[str, ...] = tuple(generic_signal_types)
-        self._labels: dict[str, str] = {fold(label): target for label, target in (labels or {}).items()}
+        # The catalog's own labels override the vocabulary's.
+        self._labels: dict[str, str] = {
+            **self.vocabulary.labels,
+            **{fold(label): target for label, target in (labels or {}).items()},
+        }
         self._by_folded_name: dict[str, IndicatorSpec] = {}
         for spec in self.indicators:
             for written in (spec.name, *spec.aliases):
@@ -189,7 +110,10 @@ class IndicatorCatalog:
             spec.name: frozenset(fold(signal) for signal in spec.signal_types) for spec in self.indicators
         }
         self._any_label = frozenset(
-            (*STANDARD_LABELS, *self._labels, *(label for spec in self.indicators for label in spec.labels))
+            (
+                *self._labels,
+                *(label for spec in self.indicators for label in spec.labels),
+            )
         )
         self._known_signal_words = frozenset(
             fold(signal)
@@ -243,7 +167,7 @@ class IndicatorCatalog:
         """What a line label means: a standard field or an extra key; ``None`` when not a known label."""
         if indicator is not None and (target := indicator.labels.get(folded_label)) is not None:
             return target
-        return self._labels.get(folded_label) or STANDARD_LABELS.get(folded_label)
+        return self._labels.get(folded_label)
 
 
 class _PhraseSearch:

@@ -31,6 +31,7 @@ class ParseStatus(StrEnum):
 class ParsedAlert:
     """A webhook message read into a signal's fields; never rejected, only graded by ``status``."""
 
+    # The indicator as the alert named it, whitespace normalised.
     indicator: str | None
     ticker: str | None
     exchange: str | None
@@ -38,7 +39,16 @@ class ParsedAlert:
     price: Decimal | None
     signal_type: str | None
     interval: str | None
+    # The first time the message carries, whichever moment it is; received_at when it carries none.
     alert_time: datetime
+    # The catalog's name for the indicator (the key its spellings share); None when not in the catalog.
+    indicator_key: str | None
+    # TradingView's {{time}} (the bar's open) and {{timenow}} (when the alert fired), where the message
+    # says which is which; None otherwise.
+    bar_time: datetime | None
+    fired_at: datetime | None
+    # The ticker's exchange is one of TradingView's delayed feeds ("NASDAQ_DLY"): the price is not live.
+    delayed_feed: bool
     extra: dict[str, Any]
     text: str
     status: ParseStatus

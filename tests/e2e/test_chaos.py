@@ -25,10 +25,10 @@ import asyncpg
 import httpx
 import pytest
 
+from alerts.processes import ManagedProcess, alerts_argv, free_port, http_ok
 from apidevs.alerts.v1 import resources_pb2, user_service_pb2, user_service_pb2_grpc
 from edge.spool import WebhookSpool
 from mesh.grpc import open_channel
-from mesh.processes import ManagedProcess, alerts_argv, free_port, http_ok
 from tests.e2e.chaos_stack import ChaosStack, chaos_stack, run_quietly
 from tests.e2e.stacks import fresh_database
 

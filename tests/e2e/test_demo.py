@@ -19,8 +19,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from mesh.demo import DEMO_ALERTS, PNG_MAGIC
-from mesh.processes import alerts_argv, free_port
+from alerts.demo import DEMO_ALERTS, PNG_MAGIC
+from alerts.processes import alerts_argv, free_port
 from tests.e2e.stacks import fresh_database
 
 pytestmark = pytest.mark.e2e

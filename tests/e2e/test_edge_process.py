@@ -17,9 +17,10 @@ from hypothesis import HealthCheck, given, settings
 from redis.asyncio import Redis
 from schemathesis.checks import not_a_server_error
 
+from alerts.stack import Stack
 from apidevs.alerts.v1 import resources_pb2, user_service_pb2, user_service_pb2_grpc
 from mesh.grpc import open_channel
-from tests.e2e.stacks import ServiceStack, fresh_database, signal_and_edge
+from tests.e2e.stacks import fresh_database, signal_and_edge
 from tests.support import SAMPLE, create_user
 
 pytestmark = pytest.mark.e2e
@@ -37,7 +38,7 @@ def strict_stack(
     database_url: str,
     redis_namespace: str,
     tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[ServiceStack]:
+) -> Iterator[Stack]:
     """Processes with tiny rate limits, on a database and Redis namespace of their own (their outbox relay
     must not move the session database's messages into this namespace)."""
     limits = {"free": {"signals_quota": 1000, "rate_per_second": 0.001, "rate_burst": STRICT_BURST}}
@@ -56,7 +57,7 @@ def strict_stack(
         yield stack
 
 
-async def post(stack: ServiceStack, token: str, body: bytes = SAMPLE, **kwargs) -> httpx.Response:
+async def post(stack: Stack, token: str, body: bytes = SAMPLE, **kwargs) -> httpx.Response:
     async with httpx.AsyncClient(base_url=stack.edge_url, timeout=10) as client:
         return await client.post(f"/webhook/u/{token}", content=body, **kwargs)
 
@@ -205,7 +206,7 @@ async def _value(redis: Redis, key: bytes) -> bytes:
     return b""
 
 
-def test_the_edge_answers_as_its_openapi_document_says(edge_stack: ServiceStack, service_key: str) -> None:
+def test_the_edge_answers_as_its_openapi_document_says(edge_stack: Stack, service_key: str) -> None:
     """No operation answers 5xx for any generated request; the webhook and health routes also answer only
     documented status codes with bodies matching their documented schemas."""
     schema = schemathesis.openapi.from_url(f"{edge_stack.edge_url}/schema/openapi.json")

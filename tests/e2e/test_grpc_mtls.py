@@ -19,9 +19,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from alerts.processes import ManagedProcess, alerts_argv, free_port, http_ok
 from apidevs.alerts.v1 import user_service_pb2_grpc
 from mesh.grpc import GrpcTls, open_channel
-from mesh.processes import ManagedProcess, alerts_argv, free_port, http_ok
 from tests.e2e.stacks import START_TIMEOUT_SECONDS, child_env
 from tests.support import SAMPLE, create_user
 

@@ -1,5 +1,5 @@
 """Issue 10's done-when: after a webhook-to-screenshot run through the whole system as real processes
-(`mesh.dev.DevStack` on the machine's PostgreSQL and Redis), every metric the alert rules and the dashboard
+(`alerts.dev.DevStack` on the machine's PostgreSQL and Redis), every metric the alert rules and the dashboard
 read has a non-zero sample on some process's /metrics, and the webhook's request id appears in the JSON
 logs of the edge, the signal service, the capture worker and the storage service.
 
@@ -28,6 +28,8 @@ import psutil
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from alerts.dev import DevStack
+from alerts.processes import free_port, http_ok
 from apidevs.alerts.v1 import (
     resources_pb2,
     signal_service_pb2,
@@ -35,8 +37,6 @@ from apidevs.alerts.v1 import (
     user_service_pb2,
     user_service_pb2_grpc,
 )
-from mesh.dev import DevStack
-from mesh.processes import free_port, http_ok
 from mesh.settings import CommonSettings
 from tests.e2e.stacks import fresh_database
 from tests.support import SAMPLE

@@ -12,11 +12,11 @@ from datetime import UTC, datetime, timedelta
 import asyncpg
 import pytest
 
+from alerts.processes import alerts_argv
 from mesh.crypto import CookieCipher, CookieCipherError, generate_key_entry
-from mesh.processes import alerts_argv
 from signal_service.database import Database, create_engine
-from signal_service.service import UserManager
 from signal_service.settings import SignalSettings
+from signal_service.users.service import UserManager
 from tests.e2e.stacks import child_env, fresh_database
 
 pytestmark = pytest.mark.e2e

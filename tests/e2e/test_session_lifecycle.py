@@ -25,6 +25,7 @@ import httpx
 import pytest
 import redis
 
+from alerts.processes import ManagedProcess, alerts_argv, free_port, grpc_serving, http_ok
 from apidevs.alerts.v1 import (
     resources_pb2,
     signal_service_pb2,
@@ -34,7 +35,6 @@ from apidevs.alerts.v1 import (
 )
 from capture_service.chart_stub import create_chart_stub_app
 from mesh.grpc import open_channel
-from mesh.processes import ManagedProcess, alerts_argv, free_port, grpc_serving, http_ok
 from mesh.queues import capture_workers_key
 from mesh.settings import CommonSettings
 from tests.e2e.stacks import START_TIMEOUT_SECONDS, child_env, fresh_database

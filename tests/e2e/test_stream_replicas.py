@@ -19,6 +19,7 @@ import grpc
 import httpx
 import pytest
 
+from alerts.processes import ManagedProcess, alerts_argv, free_port, grpc_serving, http_ok
 from apidevs.alerts.v1 import (
     resources_pb2,
     signal_service_pb2,
@@ -29,7 +30,6 @@ from apidevs.alerts.v1 import (
 from mesh.auth import generate_key, hash_key
 from mesh.errors import from_rpc_error
 from mesh.grpc import open_channel
-from mesh.processes import ManagedProcess, alerts_argv, free_port, grpc_serving, http_ok
 from tests.e2e.stacks import START_TIMEOUT_SECONDS, child_env
 from tests.support import ingest_request
 

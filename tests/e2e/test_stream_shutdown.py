@@ -10,6 +10,7 @@ import signal
 import grpc
 import pytest
 
+from alerts.processes import ManagedProcess, alerts_argv, free_port, grpc_serving
 from apidevs.alerts.v1 import (
     resources_pb2,
     signal_service_pb2,
@@ -19,7 +20,6 @@ from apidevs.alerts.v1 import (
 )
 from mesh.errors import from_rpc_error
 from mesh.grpc import open_channel
-from mesh.processes import ManagedProcess, alerts_argv, free_port, grpc_serving
 from tests.e2e.stacks import START_TIMEOUT_SECONDS, child_env
 
 pytestmark = pytest.mark.e2e

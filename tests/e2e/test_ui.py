@@ -18,14 +18,14 @@ import httpx
 import pytest
 from playwright.async_api import Browser, Page, async_playwright, expect
 
+from alerts.demo import DEMO_ALERTS
+from alerts.dev import DevStack
+from alerts.processes import free_port
 from apidevs.alerts.v1 import resources_pb2, user_service_pb2, user_service_pb2_grpc
 from capture_service.browser import find_chromium
 from capture_service.settings import CaptureSettings
 from mesh.auth import generate_key, hash_key
-from mesh.demo import DEMO_ALERTS
-from mesh.dev import DevStack
 from mesh.grpc import open_channel
-from mesh.processes import free_port
 from mesh.settings import CommonSettings
 from tests.e2e.stacks import fresh_database
 

@@ -31,6 +31,7 @@ import redis
 from dramatiq.brokers.redis import RedisBroker
 from sqlalchemy.engine import make_url
 
+from alerts.processes import ManagedProcess, alerts_argv
 from apidevs.alerts.v1 import (
     resources_pb2,
     signal_service_pb2,
@@ -45,12 +46,11 @@ from capture_service.capture import TradingViewSession, capture_chart, chart_url
 from capture_service.chart_stub import LEFT_TOOLBAR_PX, OVERLAY_RGB, TOP_TOOLBAR_PX
 from mesh.crypto import generate_key_entry
 from mesh.grpc import create_server, open_channel, start
-from mesh.processes import ManagedProcess, alerts_argv
 from mesh.queues import capture_workers_key, dramatiq_namespace
 from mesh.settings import CommonSettings
+from signal_service.captures.service import capture_job
 from signal_service.main import SERVICE_NAMES, register, signal_app
 from signal_service.migrate import upgrade
-from signal_service.service import capture_job
 from signal_service.settings import SignalSettings
 from storage_service.service import StorageService, build_service
 from storage_service.servicer import SERVICE_NAME as STORAGE_SERVICE_NAME

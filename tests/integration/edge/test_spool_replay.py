@@ -18,11 +18,11 @@ import httpx
 import pytest
 from prometheus_client import REGISTRY
 
+from alerts.processes import free_port
 from apidevs.alerts.v1 import resources_pb2, signal_service_pb2_grpc, user_service_pb2_grpc
 from edge.settings import EdgeSettings
 from edge.spool import WebhookSpool
 from mesh import grpc as mesh_grpc
-from mesh.processes import free_port
 from tests.integration.edge.conftest import edge_settings, running_edge, settings_values
 from tests.support import SAMPLE, create_user
 

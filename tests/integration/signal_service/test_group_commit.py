@@ -13,12 +13,12 @@ import pytest
 from prometheus_client import REGISTRY
 
 from apidevs.alerts.v1 import signal_service_pb2, user_service_pb2
+from signal_service.clock import next_month_start
 from signal_service.database import Database, create_engine
-from signal_service.group_commit import GroupCommit
 from signal_service.ids import uuid7
-from signal_service.repository import WebhookIngest, WebhookOutcome
-from signal_service.service import next_month_start
-from signal_service.tokens import hash_token
+from signal_service.intake.group_commit import GroupCommit
+from signal_service.intake.repository import WebhookIngest, WebhookOutcome
+from signal_service.users.tokens import hash_token
 from tests.support import create_user, ingest_request
 
 

@@ -9,10 +9,10 @@ import dramatiq
 from redis.asyncio import Redis
 
 from signal_service.database import Database, create_engine
+from signal_service.intake.service import QueueBacklog
 from signal_service.models import OutboxMessage
-from signal_service.outbox import OutboxRelay, PipelinedRedisBroker
-from signal_service.repository import OutboxRepository
-from signal_service.service import QueueBacklog
+from signal_service.outbox.repository import OutboxRepository
+from signal_service.outbox.service import OutboxRelay, PipelinedRedisBroker
 from tests.e2e.stacks import fresh_database
 
 

@@ -24,7 +24,7 @@ from mesh.auth import generate_key, hash_key
 from mesh.errors import AlertsError, from_rpc_error
 from mesh.grpc import open_channel
 from signal_service.database import Database, create_engine
-from signal_service.events import EventFeed, EventHub, listener_dsn
+from signal_service.events.service import EventFeed, EventHub, listener_dsn
 from tests.conftest import settings_from
 
 STREAM_GUARD_SECONDS = 30  # a broken stream fails the test instead of hanging it

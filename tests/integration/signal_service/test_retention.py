@@ -13,6 +13,7 @@ import grpc
 import pytest
 from prometheus_client import REGISTRY
 
+from alerts.processes import free_port
 from apidevs.alerts.v1 import (
     resources_pb2,
     signal_service_pb2,
@@ -22,10 +23,9 @@ from apidevs.alerts.v1 import (
     user_service_pb2_grpc,
 )
 from mesh import grpc as mesh_grpc
-from mesh.processes import free_port
-from signal_service.events import listener_dsn
+from signal_service.events.service import listener_dsn
 from signal_service.main import SERVICE_NAMES, SignalApp, register, signal_app
-from signal_service.retention import RETENTION_LOCK_KEY, RetentionJob
+from signal_service.retention.service import RETENTION_LOCK_KEY, RetentionJob
 from signal_service.settings import SignalSettings
 from storage_service.service import build_service
 from storage_service.servicer import SERVICE_NAME as STORAGE_SERVICE_NAME

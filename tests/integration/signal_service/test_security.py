@@ -20,12 +20,12 @@ from redis.asyncio import Redis
 
 from apidevs.alerts.v1 import user_service_pb2
 from mesh.errors import NotFoundError, UnavailableError
-from signal_service.audit import AuditWriter
+from signal_service.audit.service import AuditWriter
 from signal_service.database import Database, create_engine
+from signal_service.intake.ratelimit import RateLimiter
+from signal_service.intake.service import IngestCommand, QueueBacklog, WebhookIngestor
 from signal_service.models import AuditLog
 from signal_service.parsing import load_indicator_catalog
-from signal_service.ratelimit import RateLimiter
-from signal_service.service import IngestCommand, QueueBacklog, WebhookIngestor
 from signal_service.settings import SignalSettings
 from tests.support import SAMPLE, create_user, ingest_request
 

@@ -27,9 +27,9 @@ from mesh import grpc as mesh_grpc
 from mesh.crypto import CookieCipher
 from mesh.settings import CommonSettings
 from signal_service.database import Database, create_engine
-from signal_service.events import listener_dsn
+from signal_service.events.service import listener_dsn
 from signal_service.main import SERVICE_NAMES, SignalApp, register, signal_app
-from signal_service.sessions import SessionCheckScheduler
+from signal_service.sessions.service import SessionCheckScheduler
 from signal_service.settings import SignalSettings
 from tests.conftest import settings_from
 from tests.e2e.stacks import fresh_database

@@ -10,9 +10,9 @@ import redis.asyncio as aioredis
 import sqlalchemy as sa
 
 from apidevs.alerts.v1 import resources_pb2, signal_service_pb2
+from signal_service.captures.service import CaptureCoordinator
 from signal_service.database import Database, create_engine
 from signal_service.models import Screenshot
-from signal_service.service import CaptureCoordinator
 from signal_service.settings import SignalSettings
 from tests.conftest import settings_from
 from tests.support import SAMPLE, create_user, ingest_request

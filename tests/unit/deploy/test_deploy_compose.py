@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 import yaml
 
-from mesh.cli import PRODUCTION_COMMANDS
+from alerts.cli import PRODUCTION_COMMANDS
 
 DEPLOY_DIR = Path(__file__).resolve().parents[3] / "deploy"
 
@@ -177,7 +177,7 @@ def test_env_example_names_every_required_variable() -> None:
 
 
 def test_every_production_command_is_accepted_by_the_cli() -> None:
-    from mesh.cli import build_parser
+    from alerts.cli import build_parser
 
     for command in PRODUCTION_COMMANDS:
         assert build_parser().parse_args(list(command)).handler is not None

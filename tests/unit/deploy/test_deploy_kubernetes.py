@@ -10,9 +10,9 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from alerts.cli import PRODUCTION_COMMANDS, build_parser
 from edge.main import server_options
 from edge.settings import EdgeSettings
-from mesh.cli import PRODUCTION_COMMANDS, build_parser
 from mesh.queues import CAPTURE_QUEUES, dramatiq_namespace
 from mesh.settings import CommonSettings
 

@@ -97,7 +97,7 @@ def test_the_catalog_holds_every_settings_class_field() -> None:
 
 def test_a_service_stops_with_the_one_line_message() -> None:
     completed = subprocess.run(
-        [sys.executable, "-m", "mesh.cli", "serve", "storage"],
+        [sys.executable, "-m", "alerts.cli", "serve", "storage"],
         env={"ALERTS_GCS_BUCKET": "alerts-media", "PATH": "/usr/bin:/bin"},
         cwd=REPO_DIR,
         capture_output=True,

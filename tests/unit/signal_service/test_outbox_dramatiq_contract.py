@@ -11,7 +11,7 @@ import pytest
 from dramatiq.brokers.redis import RedisBroker
 from redis.asyncio import Redis
 
-from signal_service.outbox import PipelinedRedisBroker
+from signal_service.outbox.service import PipelinedRedisBroker
 
 UNPACK_SIZE = 4096
 

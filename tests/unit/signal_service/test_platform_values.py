@@ -9,8 +9,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from mesh.errors import InvalidArgumentError
-from signal_service.events import format_cursor, listener_dsn, parse_cursor
-from signal_service.service import parse_profit_loss
+from signal_service.events.service import format_cursor, listener_dsn, parse_cursor
+from signal_service.signals.service import parse_profit_loss
 
 
 @given(st.integers(min_value=0, max_value=10**18 - 1))

@@ -49,7 +49,7 @@ def test_shipped_catalog_loads_with_the_apidevs_indicators() -> None:
 
 def test_new_indicator_is_a_config_change_only(tmp_path: Path) -> None:
     default_result = parse_alert(NEW_INDICATOR_MESSAGE.encode(), received_at=RECEIVED_AT)
-    assert default_result.indicator == "VHunter"
+    assert (default_result.indicator, default_result.indicator_key) == ("VHunter", None)
     assert "indicator_unknown" in default_result.problems
     assert default_result.signal_type is None
     assert default_result.extra["Sentido"] == "Pico de Volumen"
@@ -60,7 +60,7 @@ def test_new_indicator_is_a_config_change_only(tmp_path: Path) -> None:
     result = parse_alert(NEW_INDICATOR_MESSAGE.encode(), received_at=RECEIVED_AT, catalog=catalog)
 
     assert result.status is ParseStatus.COMPLETE
-    assert result.indicator == "Volume Hunter [ACME]"
+    assert (result.indicator, result.indicator_key) == ("VHunter", "Volume Hunter [ACME]")
     assert result.signal_type == "Pico de Volumen"
     assert result.extra == {"relative_volume": "3.4x"}
     assert result.problems == ()
@@ -74,7 +74,7 @@ def test_new_indicator_signal_types_are_recognised_in_free_text(tmp_path: Path) 
 
     result = parse_alert(body, received_at=RECEIVED_AT, catalog=catalog)
 
-    assert result.indicator == "Volume Hunter [ACME]"
+    assert (result.indicator, result.indicator_key) == ("Volume Hunter", "Volume Hunter [ACME]")
     assert result.signal_type == "volumen seco"
     assert result.ticker == "BINANCE:SOLUSDT"
     assert str(result.price) == "145.2"
@@ -96,7 +96,7 @@ def test_catalog_may_be_yaml(tmp_path: Path) -> None:
 
     result = parse_alert(body, received_at=RECEIVED_AT, catalog=catalog)
 
-    assert result.indicator == "Trend Ribbon [ACME]"
+    assert (result.indicator, result.indicator_key) == ("Trend Ribbon", "Trend Ribbon [ACME]")
     assert result.extra == {"strength": "9"}
     assert result.problems == ()
 
@@ -133,3 +133,62 @@ def test_malformed_catalog_is_refused_at_load(tmp_path: Path, content: str, mess
 def test_missing_catalog_file_is_refused(tmp_path: Path) -> None:
     with pytest.raises(IndicatorCatalogError, match="cannot read"):
         load_indicator_catalog(tmp_path / "absent.toml")
+
+
+@pytest.mark.parametrize(
+    ("written", "other_indicator"),
+    [
+        ("RSI PRO [APIDEVS]", "RSI PRO+ [APIDEVS]"),
+        ("RSI PRO", "RSI PRO+ [APIDEVS]"),
+        ("SQUEEZE MOMENTUM [APIDEVS]", "Squeeze Momentum DEF [APIDEVS]"),
+        ("Squeeze Momentum", "Squeeze Momentum DEF [APIDEVS]"),
+    ],
+)
+def test_a_similar_name_is_not_an_alias_of_another_indicator(written: str, other_indicator: str) -> None:
+    catalog = load_indicator_catalog()
+    assert catalog.indicator_named(written) is None
+    assert catalog.indicator_mentioned_in(f"{written} Sobreventa en BINANCE:BTCUSDT") is None
+
+    result = parse_alert(
+        f"{written}\nSeñal: Sobreventa\nTicker: BINANCE:BTCUSDT".encode(), received_at=RECEIVED_AT
+    )
+
+    assert (result.indicator, result.indicator_key) == (written, None)
+    assert "indicator_unknown" in result.problems
+    assert other_indicator in {spec.name for spec in catalog.indicators}
+
+
+@pytest.mark.parametrize(
+    "written",
+    ["RSI PRO+", "rsi pro+ [apidevs]", "RSI  PRO+   [APIDEVS]", "Rsi Pro Plus"],
+)
+def test_spellings_of_the_same_indicator_share_its_key(written: str) -> None:
+    result = parse_alert(
+        f"🚨 {written} 🚨\nSeñal: Sobreventa\nTicker: BINANCE:BTCUSDT\nPrecio: 1".encode(),
+        received_at=RECEIVED_AT,
+    )
+
+    assert result.indicator == " ".join(written.split())
+    assert result.indicator_key == "RSI PRO+ [APIDEVS]"
+    assert result.problems == ()
+
+
+def test_indicator_labels_may_name_the_bar_time_and_the_firing(tmp_path: Path) -> None:
+    config = tmp_path / "indicators.toml"
+    config.write_text(
+        '[[indicators]]\nname = "Volume Hunter [ACME]"\n'
+        '[indicators.labels]\n"Vela" = "bar_time"\n"Disparo" = "fired_at"\n',
+        encoding="utf-8",
+    )
+    catalog = load_indicator_catalog(config)
+    body = (
+        "Volume Hunter [ACME]\nSeñal: Buy\nTicker: BINANCE:BTCUSDT\nPrecio: 1\n"
+        "Disparo: 2026-11-27T14:31:00Z\nVela: 2026-11-27T14:15:00Z"
+    ).encode()
+
+    result = parse_alert(body, received_at=RECEIVED_AT, catalog=catalog)
+
+    assert result.bar_time == datetime(2026, 11, 27, 14, 15, tzinfo=UTC)
+    assert result.fired_at == datetime(2026, 11, 27, 14, 31, tzinfo=UTC)
+    assert result.alert_time == result.fired_at
+    assert result.extra == {}

@@ -15,7 +15,16 @@ from signal_service.parsing import ParseStatus, parse_alert
 
 CORPUS_PATH = Path(__file__).with_name("corpus") / "messages.yaml"
 RECEIVED_AT = datetime(2026, 11, 27, 15, 0, tzinfo=UTC)
-REQUIRED_EXPECTATIONS = ("status", "indicator", "ticker", "price", "signal_type", "interval", "alert_time")
+REQUIRED_EXPECTATIONS = (
+    "status",
+    "indicator",
+    "indicator_key",
+    "ticker",
+    "price",
+    "signal_type",
+    "interval",
+    "alert_time",
+)
 
 
 def load_corpus() -> list[dict[str, Any]]:
@@ -26,6 +35,10 @@ def corpus_body(case: dict[str, Any]) -> bytes:
     if "body_hex" in case:
         return bytes.fromhex(case["body_hex"])
     return case["body"].encode("utf-8")
+
+
+def moment(expected: str | None) -> datetime | None:
+    return None if expected is None else datetime.fromisoformat(expected)
 
 
 CORPUS = load_corpus()
@@ -59,12 +72,16 @@ def test_corpus_message(case: dict[str, Any]) -> None:
     )
     assert parsed.status == ParseStatus(expect["status"])
     assert parsed.indicator == expect["indicator"]
+    assert parsed.indicator_key == expect["indicator_key"]
     assert parsed.ticker == expect["ticker"]
     assert parsed.price == (None if expect["price"] is None else Decimal(expect["price"]))
     assert parsed.signal_type == expect["signal_type"]
     assert parsed.interval == expect["interval"]
     assert parsed.alert_time == expected_time
     assert parsed.alert_time.utcoffset() is not None
+    assert parsed.bar_time == moment(expect.get("bar_time"))
+    assert parsed.fired_at == moment(expect.get("fired_at"))
+    assert parsed.delayed_feed is expect.get("delayed_feed", False)
     if "exchange" in expect:
         assert parsed.exchange == expect["exchange"]
     if "symbol" in expect:

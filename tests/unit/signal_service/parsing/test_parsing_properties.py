@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -23,6 +23,7 @@ from signal_service.parsing.values import parse_price
 CATALOG = load_indicator_catalog()
 RECEIVED_AT = datetime(2026, 11, 27, 15, 0, tzinfo=UTC)
 INDICATOR_NAMES = [spec.name for spec in CATALOG.indicators]
+DELAYED_SUFFIXES = ("_DL", "_DLY")
 
 # Pieces of real alerts, glued at random: labels, values, emoji, JSON syntax, placeholders, separators.
 FRAGMENTS = [
@@ -80,6 +81,11 @@ FRAGMENTS = [
     "BTCUSDT",
     "CME_MINI:ES1!",
     "NASDAQ_DLY:AAPL",
+    "NYSE_DL:JPM",
+    "Time now:",
+    "Hora de la alerta: ",
+    '"timenow":',
+    '"bar_time":',
     "67,890.50",
     "67.890,50",
     "1.2e-5",
@@ -132,6 +138,15 @@ def check_invariants(result: ParsedAlert, body: bytes) -> None:
         assert (result.exchange is None) == (":" not in result.ticker)
     for field_value in (result.ticker, result.signal_type, result.interval, result.indicator):
         assert field_value is None or "{{" not in field_value
+    for moment in (result.bar_time, result.fired_at):
+        assert moment is None or moment.utcoffset() == timedelta(0)
+    assert result.delayed_feed == (
+        result.exchange is not None and result.exchange.upper().endswith(DELAYED_SUFFIXES)
+    )
+    assert result.indicator is None or result.indicator == " ".join(result.indicator.split())
+    assert result.indicator_key is None or (
+        result.indicator_key in INDICATOR_NAMES and result.indicator is not None
+    )
 
 
 @given(body=st.binary(max_size=4_096), content_type=st.sampled_from(["", "text/plain", "application/json"]))
@@ -292,7 +307,8 @@ def test_standard_format_round_trip(
     result = parse_alert(body, received_at=RECEIVED_AT)
 
     spec = CATALOG.indicator_named(indicator) if indicator else None
-    assert result.indicator == (spec.name if spec else indicator)
+    assert result.indicator == (" ".join(indicator.split()) if indicator else None)
+    assert result.indicator_key == (spec.name if spec else None)
     assert result.signal_type == signal_type
     assert result.ticker == ticker
     assert result.price == price
@@ -337,6 +353,7 @@ def test_json_round_trip(
     result = parse_alert(
         json.dumps(document).encode(), content_type="application/json", received_at=RECEIVED_AT
     )
+    assert result.indicator_key == indicator
     assert (result.indicator, result.ticker, result.price, result.signal_type, result.interval) == (
         indicator,
         ticker,
@@ -362,3 +379,111 @@ def test_european_price_round_trip(price: Decimal) -> None:
     assume(exponent < 0 and (exponent != -3 or abs(price) >= 1000))
     european = format_price(price).replace(",", "_").replace(".", ",").replace("_", ".")
     assert parse_price(european) == (price, None)
+
+
+# ---- the bar's time, the firing time and delayed feeds ------------------------------------------------
+
+delayed_or_live_tickers = st.builds(
+    lambda exchange, suffix, symbol: f"{exchange}{suffix}:{symbol}",
+    st.from_regex(r"[A-Z][A-Z0-9]{0,9}", fullmatch=True),
+    st.sampled_from(["", "_DL", "_DLY", "_dly", "_D", "_DLYX", "_MINI"]),
+    st.from_regex(r"[A-Z0-9]{1,10}", fullmatch=True),
+)
+
+
+@given(ticker=delayed_or_live_tickers, price=prices, signal_type=words)
+def test_delayed_feed_follows_the_exchange_suffix(ticker: str, price: Decimal, signal_type: str) -> None:
+    body = json.dumps({"ticker": ticker, "price": str(price), "signal": signal_type}).encode()
+
+    result = parse_alert(body, content_type="application/json", received_at=RECEIVED_AT)
+
+    exchange = ticker.partition(":")[0]
+    assert result.exchange == exchange
+    assert result.delayed_feed is exchange.upper().endswith(DELAYED_SUFFIXES)
+
+
+@given(
+    bar_time=alert_times,
+    fired_at=alert_times,
+    keys=st.permutations(["ticker", "price", "signal", "time", "timenow"]),
+    ticker=tickers,
+    price=prices,
+)
+def test_json_time_and_timenow_are_kept_apart(
+    bar_time: datetime, fired_at: datetime, keys: list[str], ticker: str, price: Decimal
+) -> None:
+    values = {
+        "ticker": ticker,
+        "price": str(price),
+        "signal": "buy",
+        "time": bar_time.isoformat(),
+        "timenow": fired_at.isoformat(),
+    }
+    body = json.dumps({key: values[key] for key in keys}).encode()
+
+    result = parse_alert(body, content_type="application/json", received_at=RECEIVED_AT)
+
+    assert (result.bar_time, result.fired_at) == (bar_time, fired_at)
+    # The alert time keeps its meaning: the first time spelling of the vocabulary ("time") wins.
+    assert result.alert_time == bar_time
+    assert result.extra == {}
+
+
+@given(moment=alert_times, key=st.sampled_from(["time", "timestamp", "date", "fecha", "hora"]))
+def test_a_time_alone_is_only_the_alert_time(moment: datetime, key: str) -> None:
+    body = json.dumps({"ticker": "BINANCE:BTCUSDT", "price": "1", "signal": "buy", key: moment.isoformat()})
+
+    result = parse_alert(body.encode(), content_type="application/json", received_at=RECEIVED_AT)
+
+    assert result.alert_time == moment
+    assert (result.bar_time, result.fired_at) == (None, None)
+
+
+@given(moment=alert_times, key=st.sampled_from(["timenow", "time_now", "alert_time", "alertTime"]))
+def test_timenow_alone_is_the_firing_and_the_alert_time(moment: datetime, key: str) -> None:
+    body = json.dumps({"ticker": "BINANCE:BTCUSDT", "price": "1", "signal": "buy", key: moment.isoformat()})
+
+    result = parse_alert(body.encode(), content_type="application/json", received_at=RECEIVED_AT)
+
+    assert (result.alert_time, result.fired_at, result.bar_time) == (moment, moment, None)
+    assert result.extra == {}
+
+
+@given(
+    bar_time=alert_times,
+    fired_at=alert_times,
+    fire_label=st.sampled_from(["Time now", "Timenow", "Hora de la alerta", "Alert time", "TIME NOW"]),
+    fired_first=st.booleans(),
+    language=st.sampled_from(["es", "en"]),
+    emoji=st.booleans(),
+    ticker=tickers,
+)
+def test_standard_format_time_and_time_now_are_kept_apart(
+    bar_time: datetime,
+    fired_at: datetime,
+    fire_label: str,
+    fired_first: bool,
+    language: str,
+    emoji: bool,
+    ticker: str,
+) -> None:
+    rendered = render_standard_alert(
+        indicator="ADX DEF [APIDEVS]",
+        signal_type="Cruce Alcista",
+        ticker=ticker,
+        price=Decimal("1.5"),
+        alert_time=bar_time,
+        language=language,
+        emoji=emoji,
+    )
+    fire_line = f"{fire_label}: {fired_at.isoformat()}"
+    # Before or after the "Hora"/"Time" line; the indicator's title stays first.
+    title, _, rest = rendered.partition("\n")
+    body = f"{title}\n{fire_line}\n{rest}" if fired_first else f"{rendered}\n{fire_line}"
+
+    result = parse_alert(body.encode(), received_at=RECEIVED_AT)
+
+    assert (result.bar_time, result.fired_at) == (bar_time, fired_at)
+    assert result.alert_time == (fired_at if fired_first else bar_time)
+    assert result.extra == {}
+    assert result.status is ParseStatus.COMPLETE

@@ -1,0 +1,27 @@
+"""`alerts migrate`: applies the database migrations."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from typing import Any
+
+from alerts.cli.clients import require_database_url, run_database_job
+from mesh.logging import configure_logging
+
+log = logging.getLogger("alerts")
+
+
+def register(commands: Any) -> None:
+    commands.add_parser("migrate", help="apply database migrations").set_defaults(handler=migrate)
+
+
+def migrate(options: argparse.Namespace) -> int:
+    from signal_service.migrate import upgrade
+    from signal_service.settings import DatabaseJobSettings
+
+    configure_logging("migrate")
+    database_url = require_database_url(DatabaseJobSettings().database_url)
+    run_database_job(database_url, lambda: upgrade(database_url))
+    log.info("migrations applied")
+    return 0

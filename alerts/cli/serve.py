@@ -1,0 +1,40 @@
+"""`alerts serve <target>`: one service in the foreground, as production runs it."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+TARGETS = ("edge", "signal", "storage", "capture", "chart-stub")
+
+
+def register(commands: Any) -> None:
+    serve = commands.add_parser("serve", help="run one service in the foreground")
+    serve.add_argument("target", choices=TARGETS)
+    serve.add_argument("--host", default="127.0.0.1", help="chart-stub only")
+    serve.add_argument("--port", type=int, default=8090, help="chart-stub only")
+    serve.set_defaults(handler=serve_target)
+
+
+def serve_target(options: argparse.Namespace) -> int:
+    if options.target == "edge":
+        from edge.main import run as run_edge
+
+        run_edge()
+    elif options.target == "signal":
+        from signal_service.main import run as run_signal
+
+        run_signal()
+    elif options.target == "storage":
+        from storage_service.main import run as run_storage
+
+        run_storage()
+    elif options.target == "capture":
+        from capture_service.main import run_worker
+
+        run_worker()
+    elif options.target == "chart-stub":
+        from capture_service.main import run_chart_stub
+
+        run_chart_stub(options.host, options.port)
+    return 0

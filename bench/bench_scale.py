@@ -1,0 +1,544 @@
+"""A year of alerts in the database: every path measured on the empty database, then on the seeded one.
+
+Run: .venv/bin/python bench/bench_scale.py [--size small|full] [--signals N]
+
+The whole system runs as processes on a database of its own (bench/harness.py). First the empty
+database's figures; then N signals are seeded server-side (INSERT ... SELECT over generate_series, the
+fastest way in: no row crosses the wire) with a screenshot row each, their events, an audit row each and
+outbox history, skewed as a real platform is (a few users with many signals, most with a few thousand,
+spread over the past 360 days); then the same figures again, then retention and audit pruning under
+ingest load, then size and backup figures. Full size (the default): 10 M signals, 1,000 users, five of them
+with 200 k signals; small (`make bench`): 200 k signals, 100 users, three with 20 k.
+
+Measured, each with p50/p99: ingest at 300/s open loop (as bench_ingest.py); ListSignals first page,
+every filter (ticker, indicator, signal type, result, a week's date range) and page 100 by page token, for
+the heaviest user and a light one; GetUserStats for the heaviest user; SubscribeSignals replay from a
+cursor 100 k events back (or all of a small user's), events/s until live. Then retention expiring the due
+screenshots of free-plan users and `alerts audit prune` (each: duration, ingest p99 meanwhile); bytes per
+signal for every table with its indexes; pg_dump and pg_restore time and size.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+from google.protobuf import timestamp_pb2
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_ingest import BODY, run_plan
+from harness import Stack, print_json, unlimited_plans_env
+
+from alerts.processes import grpc_serving
+from apidevs.alerts.v1 import (
+    resources_pb2,
+    signal_service_pb2,
+    signal_service_pb2_grpc,
+    user_service_pb2,
+    user_service_pb2_grpc,
+)
+from mesh.grpc import open_channel
+
+SIZES = {
+    "small": {
+        "signals": 200_000,
+        "users": 100,
+        "heavy_users": 3,
+        "heavy_signals": 20_000,
+        "ingest_seconds": 10,
+    },
+    "full": {
+        "signals": 10_000_000,
+        "users": 1000,
+        "heavy_users": 5,
+        "heavy_signals": 200_000,
+        "ingest_seconds": 60,
+    },
+}
+INGEST_RATE = 300
+REPEATS = 40
+PAGE_SIZE = 20
+DEEP_PAGE = 100
+REPLAY_EVENTS = 100_000
+FREE_SHARE = 0.12  # light users on the free plan, whose screenshots older than 30 days are due to expire
+TICKERS = [f"BINANCE:COIN{index}USDT" for index in range(50)]
+INDICATORS = [f"Indicator {index} [APIDEVS]" for index in range(10)]
+SIGNAL_TYPES = ["Divergencia Alcista", "Divergencia Bajista", "Buy", "Sell", "Oversold", "Overbought"]
+
+
+def summarize(values_ms: list[float]) -> dict[str, float]:
+    ordered = sorted(values_ms)
+    return {
+        "p50_ms": round(statistics.median(ordered), 2),
+        "p99_ms": round(ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))], 2),
+        "n": len(ordered),
+    }
+
+
+async def timed(call: Callable[[], Awaitable[Any]], repeats: int = REPEATS) -> dict[str, float]:
+    await call()  # warm the plan cache and the connection
+    samples = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        await call()
+        samples.append((time.perf_counter() - started) * 1000)
+    return summarize(samples)
+
+
+def stamp(moment: datetime) -> timestamp_pb2.Timestamp:
+    message = timestamp_pb2.Timestamp()
+    message.FromDatetime(moment)
+    return message
+
+
+class Scale:
+    def __init__(self, stack: Stack, options: argparse.Namespace) -> None:
+        self.stack = stack
+        self.options = options
+        self.channel = open_channel(stack.signal_addr, stack.key)
+        self.signals = signal_service_pb2_grpc.SignalServiceStub(self.channel)
+        self.users = user_service_pb2_grpc.UserServiceStub(self.channel)
+        self.heavy = ""
+        self.light = ""
+        self.ingest_urls: list[str] = []
+
+    async def create_users(self) -> None:
+        """The two measured users, and ten users that take the ingest load."""
+        created = [
+            await self.users.CreateUser(
+                user_service_pb2.CreateUserRequest(plan=resources_pb2.PLAN_PREMIUM, default_chart_id="scale")
+            )
+            for _ in range(12)
+        ]
+        self.heavy, self.light = created[0].user.user_id, created[1].user.user_id
+        self.ingest_urls = [user.webhook_url for user in created[2:]]
+
+    # ---- measurements
+    def ingest(self, seconds: int) -> dict[str, Any]:
+        plan = {
+            "urls": self.ingest_urls,
+            "rate": INGEST_RATE,
+            "duration": seconds,
+            "connections": 64,
+            "timeout": 10,
+            "body": BODY.format(run=uuid.uuid4().hex[:8]),
+        }
+        result = run_plan("loadgen.py", plan)
+        return {"rate": INGEST_RATE, "seconds": seconds, **result}
+
+    async def lists(self, user_id: str) -> dict[str, Any]:
+        now = datetime.now(UTC)
+        filters: dict[str, dict[str, Any]] = {
+            "first_page": {},
+            "ticker": {"ticker": TICKERS[7]},
+            "indicator": {"indicator": INDICATORS[3]},
+            "signal_type": {"signal_type": SIGNAL_TYPES[4]},
+            "result": {"result": resources_pb2.SIGNAL_RESULT_WIN},
+            "date_range": {
+                "created_after": stamp(now - timedelta(days=190)),
+                "created_before": stamp(now - timedelta(days=183)),
+            },
+        }
+        figures: dict[str, Any] = {}
+        for name, fields in filters.items():
+            request = signal_service_pb2.ListSignalsRequest(user_id=user_id, page_size=PAGE_SIZE, **fields)
+            figures[name] = await timed(lambda request=request: self.signals.ListSignals(request))
+        token = ""
+        for _ in range(DEEP_PAGE - 1):
+            page = await self.signals.ListSignals(
+                signal_service_pb2.ListSignalsRequest(user_id=user_id, page_size=PAGE_SIZE, page_token=token)
+            )
+            token = page.next_page_token
+            if not token:
+                break
+        if token:
+            deep = signal_service_pb2.ListSignalsRequest(
+                user_id=user_id, page_size=PAGE_SIZE, page_token=token
+            )
+            figures[f"page_{DEEP_PAGE}"] = await timed(lambda: self.signals.ListSignals(deep))
+        return figures
+
+    async def stats(self, user_id: str) -> dict[str, Any]:
+        request = signal_service_pb2.GetUserStatsRequest(user_id=user_id)
+        return await timed(lambda: self.signals.GetUserStats(request))
+
+    async def replay(self, user_id: str) -> dict[str, Any]:
+        connection = await asyncpg.connect(self.stack.dsn)
+        try:
+            newest = await connection.fetchval(
+                "SELECT event_seq FROM users WHERE id = $1", uuid.UUID(user_id)
+            )
+        finally:
+            await connection.close()
+        start = max(0, newest - REPLAY_EVENTS)
+        wanted = newest - start
+        if wanted == 0:
+            return {"events": 0}
+        call = self.signals.SubscribeSignals(
+            signal_service_pb2.SubscribeSignalsRequest(user_id=user_id, after_cursor=str(start))
+        )
+        started = time.perf_counter()
+        received = 0
+        async for _event in call:
+            received += 1
+            if received >= wanted:
+                break
+        elapsed = time.perf_counter() - started
+        call.cancel()
+        return {"events": received, "seconds": round(elapsed, 2), "events_per_s": round(received / elapsed)}
+
+    async def measure(self, ingest_seconds: int) -> dict[str, Any]:
+        loop = asyncio.get_running_loop()
+        with ThreadPoolExecutor(1) as pool:
+            ingest = await loop.run_in_executor(pool, self.ingest, ingest_seconds)
+        return {
+            "ingest": ingest,
+            "list_heavy": await self.lists(self.heavy),
+            "list_light": await self.lists(self.light),
+            "stats_heavy": await self.stats(self.heavy),
+            "replay_heavy": await self.replay(self.heavy),
+        }
+
+    async def under_ingest(self, work: Callable[[], Awaitable[None]], seconds: int) -> dict[str, Any]:
+        """Runs `work` while the ingest load runs; its duration and the load's figures."""
+        loop = asyncio.get_running_loop()
+        with ThreadPoolExecutor(1) as pool:
+            load = loop.run_in_executor(pool, self.ingest, seconds)
+            started = time.perf_counter()
+            await work()
+            duration = time.perf_counter() - started
+            ingest = await load
+        return {"duration_s": round(duration, 1), "ingest_meanwhile": ingest}
+
+
+async def seed(dsn: str, size: dict[str, int], heavy_ids: list[str], light_ids: list[str]) -> dict[str, Any]:
+    """Seeds users and their signals server-side; returns the counts and how long it took."""
+    users, total = size["users"], size["signals"]
+    heavy_count, heavy_signals = size["heavy_users"], size["heavy_signals"]
+    light_signals = (total - heavy_count * heavy_signals) // max(1, users - heavy_count)
+    connection = await asyncpg.connect(dsn)
+    started = time.perf_counter()
+    try:
+        await connection.execute("SET synchronous_commit = off")
+        # The plan: which user gets how many signals. Two created users join it: the heaviest, a light one.
+        await connection.execute("CREATE TEMP TABLE seed_plan (user_id uuid, signals int, plan text)")
+        other_heavy = heavy_count - 1
+        other_light = users - heavy_count - 1
+        await connection.execute(
+            """
+            INSERT INTO users (id, plan, webhook_token_hash, webhook_enabled, signals_quota, signals_used,
+                               quota_reset_at, event_seq)
+            SELECT gen_random_uuid(), 'premium', md5(random()::text || g), true, 100000000, 0,
+                   now() + interval '30 days', 0
+            FROM generate_series(1, $1) g
+            """,
+            other_heavy + other_light,
+        )
+        await connection.execute(
+            """
+            INSERT INTO user_config (user_id, default_chart_id)
+            SELECT id, 'scale' FROM users WHERE id NOT IN (SELECT user_id FROM user_config)
+            """
+        )
+        await connection.execute(
+            """
+            INSERT INTO seed_plan
+            SELECT id, CASE WHEN n <= $1::int THEN $2::int ELSE $3::int END,
+                   CASE WHEN n > $1::int AND random() < $4::float8 THEN 'free' ELSE 'premium' END
+            FROM (SELECT id, row_number() OVER (ORDER BY created_at, id) AS n FROM users
+                  WHERE id <> ALL($5::uuid[])) numbered
+            """,
+            other_heavy,
+            heavy_signals,
+            light_signals,
+            FREE_SHARE,
+            [uuid.UUID(value) for value in (*heavy_ids, *light_ids)],
+        )
+        await connection.execute(
+            "INSERT INTO seed_plan VALUES ($1::uuid, $2::int, 'premium'), ($3::uuid, $4::int, 'premium')",
+            uuid.UUID(heavy_ids[0]),
+            heavy_signals,
+            uuid.UUID(light_ids[0]),
+            light_signals,
+        )
+        await connection.execute("UPDATE users u SET plan = p.plan FROM seed_plan p WHERE u.id = p.user_id")
+        await connection.execute(
+            """
+            CREATE TEMP TABLE seed_signals AS
+            SELECT gen_random_uuid() AS id, p.user_id, g AS n, p.signals AS total,
+                   now() - (g::float8 / p.signals) * interval '360 days' AS created_at
+            FROM seed_plan p, generate_series(1, p.signals) g
+            """
+        )
+        await connection.execute(
+            """
+            INSERT INTO signals (id, user_id, chart_id, indicator, ticker, exchange, symbol, price,
+                                 signal_type, interval, alert_time, parse_status, raw_body, content_type,
+                                 body_sha256, source_ip, result, profit_loss, screenshot_status, created_at,
+                                 updated_at)
+            SELECT s.id, s.user_id, 'scale', ($1::text[])[1 + s.n % 10], ($2::text[])[1 + s.n % 50],
+                   'BINANCE', 'COIN' || (s.n % 50) || 'USDT', round((100 + s.n % 1000)::numeric + 0.25, 2),
+                   ($3::text[])[1 + s.n % 6], '15', s.created_at, 'complete', b.body, 'text/plain',
+                   sha256(b.body), '203.0.113.7',
+                   CASE WHEN s.n % 20 < 3 THEN 'win' WHEN s.n % 20 < 5 THEN 'loss'
+                        WHEN s.n % 20 = 5 THEN 'skip' ELSE 'pending' END,
+                   CASE WHEN s.n % 20 < 5 THEN (s.n % 200 - 100)::numeric END,
+                   'completed', s.created_at, s.created_at
+            FROM seed_signals s,
+                 LATERAL (SELECT convert_to(
+                     '🚨 ' || ($1::text[])[1 + s.n % 10] || E'\\n📈 Señal: Buy\\n🪙 Ticker: '
+                     || ($2::text[])[1 + s.n % 50] || E'\\n💰 Precio: $' || (100 + s.n % 1000)
+                     || E'.25\\n⏱️ Timeframe: 15\\nid: ' || s.id, 'UTF8') AS body) b
+            """,
+            INDICATORS,
+            TICKERS,
+            SIGNAL_TYPES,
+        )
+        await connection.execute(
+            """
+            INSERT INTO screenshots (signal_id, user_id, status, object_key, size_bytes, width, height,
+                                     duration_ms, attempts, completed_at, created_at, updated_at)
+            SELECT id, user_id, 'completed',
+                   'screenshots/' || user_id || '/' || to_char(created_at, 'YYYY/MM/DD') || '/' || id
+                   || '.png',
+                   120000, 1228, 682, 900, 1, created_at + interval '20 seconds', created_at, created_at
+            FROM seed_signals
+            """
+        )
+        # Events: 'created' for each signal, 'outcome_updated' for the resolved ones, in time order.
+        await connection.execute(
+            """
+            INSERT INTO signal_events (user_id, seq, type, signal_id, created_at)
+            SELECT e.user_id,
+                   u.event_seq + row_number() OVER (PARTITION BY e.user_id ORDER BY e.created_at, e.kind),
+                   e.type, e.id, e.created_at
+            FROM (SELECT user_id, id, created_at, 0 AS kind, 'created' AS type FROM seed_signals
+                  UNION ALL
+                  SELECT user_id, id, created_at + interval '1 hour', 1, 'outcome_updated'
+                  FROM seed_signals WHERE n % 20 < 6) e
+            JOIN users u ON u.id = e.user_id
+            """
+        )
+        await connection.execute(
+            """
+            UPDATE users u SET event_seq = e.seq
+            FROM (SELECT user_id, max(seq) AS seq FROM signal_events GROUP BY user_id) e
+            WHERE u.id = e.user_id
+            """
+        )
+        await connection.execute(
+            """
+            INSERT INTO audit_logs (created_at, user_id, signal_id, request_id, source_ip, user_agent,
+                                    outcome, latency_ms, body_sha256, body_size, content_type)
+            SELECT created_at, user_id, id, md5(id::text), '203.0.113.7', 'Go-http-client/1.1', 'accepted',
+                   4.2, encode(sha256(id::text::bytea), 'hex'), 180, 'text/plain'
+            FROM seed_signals
+            """
+        )
+        # Outbox history: the relay deletes what it sent, so a year leaves only the recent failures behind.
+        await connection.execute(
+            """
+            INSERT INTO outbox (queue_name, actor_name, args, options, attempts, last_error, available_at,
+                                created_at)
+            SELECT 'capture.premium', 'capture_screenshot_premium', jsonb_build_array(id::text),
+                   '{}'::jsonb, 3, 'redis unavailable', now() + interval '1 day', created_at
+            FROM seed_signals WHERE n % 10000 = 0
+            """
+        )
+        await connection.execute("DROP TABLE seed_signals")
+        await connection.execute("VACUUM ANALYZE")
+        expiring = await connection.fetchval(
+            """
+            SELECT count(*) FROM screenshots s JOIN users u ON u.id = s.user_id
+            WHERE u.plan = 'free' AND s.status = 'completed' AND s.completed_at < now() - interval '30 days'
+            """
+        )
+        audit_due = await connection.fetchval(
+            "SELECT count(*) FROM audit_logs WHERE created_at < now() - interval '90 days'"
+        )
+        counts = await connection.fetchrow(
+            "SELECT (SELECT count(*) FROM signals) AS signals, (SELECT count(*) FROM users) AS users,"
+            " (SELECT count(*) FROM signal_events) AS events"
+        )
+    finally:
+        await connection.close()
+    return {
+        **dict(counts),
+        "heavy_signals": heavy_signals,
+        "light_signals": light_signals,
+        "screenshots_due_to_expire": expiring,
+        "audit_rows_due": audit_due,
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+
+
+async def table_bytes(dsn: str) -> dict[str, Any]:
+    connection = await asyncpg.connect(dsn)
+    try:
+        signals = await connection.fetchval("SELECT count(*) FROM signals")
+        rows = await connection.fetch(
+            """
+            SELECT c.relname AS name, pg_table_size(c.oid) AS table_bytes,
+                   pg_indexes_size(c.oid) AS index_bytes
+            FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+            WHERE n.nspname = 'public' AND c.relkind = 'r' ORDER BY pg_total_relation_size(c.oid) DESC
+            """
+        )
+    finally:
+        await connection.close()
+    tables = {
+        row["name"]: {
+            "table_bytes_per_signal": round(row["table_bytes"] / signals, 1),
+            "index_bytes_per_signal": round(row["index_bytes"] / signals, 1),
+        }
+        for row in rows
+    }
+    total = sum(row["table_bytes"] + row["index_bytes"] for row in rows)
+    return {
+        "signals": signals,
+        "total_bytes": total,
+        "bytes_per_signal": round(total / signals, 1),
+        "tables": tables,
+    }
+
+
+def client_binary(name: str) -> str:
+    found = shutil.which(name)
+    if found:
+        return found
+    import pgserver
+
+    return str(Path(pgserver.__file__).parent / "pginstall" / "bin" / name)
+
+
+def dump_and_restore(stack: Stack) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory() as scratch:
+        dump = Path(scratch) / "alerts.dump"
+        started = time.perf_counter()
+        subprocess.run(
+            [client_binary("pg_dump"), "--format=custom", "--no-owner", f"--file={dump}", stack.dsn],
+            check=True,
+        )
+        dumped = time.perf_counter() - started
+        target = f"{stack.database_name}_restore"
+        stack._admin_sync(f'CREATE DATABASE "{target}"')
+        try:
+            started = time.perf_counter()
+            restore_dsn = stack.dsn.replace(f"/{stack.database_name}", f"/{target}", 1)
+            subprocess.run(
+                [
+                    client_binary("pg_restore"),
+                    "--no-owner",
+                    "--exit-on-error",
+                    "--jobs=2",
+                    f"--dbname={restore_dsn}",
+                    str(dump),
+                ],
+                check=True,
+            )
+            restored = time.perf_counter() - started
+        finally:
+            stack._admin_sync(f'DROP DATABASE IF EXISTS "{target}" WITH (FORCE)')
+        return {
+            "dump_s": round(dumped, 1),
+            "dump_bytes": dump.stat().st_size,
+            "restore_s": round(restored, 1),
+        }
+
+
+async def wait_until(dsn: str, query: str, *, patience: float) -> bool:
+    deadline = time.monotonic() + patience
+    connection = await asyncpg.connect(dsn)
+    try:
+        while time.monotonic() < deadline:
+            if await connection.fetchval(query):
+                return True
+            await asyncio.sleep(1)
+        return False
+    finally:
+        await connection.close()
+
+
+async def main_async(options: argparse.Namespace) -> dict[str, Any]:
+    size = dict(SIZES[options.size])
+    if options.signals:
+        size["signals"] = options.signals
+    env = {
+        **unlimited_plans_env(),
+        # Retention runs once at each start of the signal service; the bench restarts it to measure a pass.
+        "ALERTS_RETENTION_INTERVAL_SECONDS": "86400",
+        "ALERTS_RETENTION_BATCH_SIZE": "500",
+    }
+    with tempfile.TemporaryDirectory() as workdir, Stack(Path(workdir), extra_env=env) as stack:
+        scale = Scale(stack, options)
+        await scale.create_users()
+        result: dict[str, Any] = {"size": options.size, "planned": size}
+        result["empty"] = await scale.measure(size["ingest_seconds"])
+        result["seed"] = await seed(stack.dsn, size, [scale.heavy], [scale.light])
+        result["seeded"] = await scale.measure(size["ingest_seconds"])
+        result["bytes"] = await table_bytes(stack.dsn)
+
+        async def prune() -> None:
+            await asyncio.to_thread(
+                subprocess.run,
+                [str(Path(sys.executable).parent / "alerts"), "audit", "prune"],
+                env=stack.env,
+                check=True,
+                capture_output=True,
+            )
+
+        result["audit_prune"] = await scale.under_ingest(prune, size["ingest_seconds"])
+
+        # Retention runs at the signal service's start: restart it, then load it while the pass runs.
+        restarted = time.perf_counter()
+        stack.processes.pop("signal").stop()
+        await asyncio.to_thread(
+            stack._launch, "signal", ["serve", "signal"], lambda: grpc_serving(stack.signal_addr)
+        )
+
+        async def retention() -> None:
+            done = await wait_until(
+                stack.dsn,
+                """SELECT NOT EXISTS (SELECT 1 FROM screenshots s JOIN users u ON u.id = s.user_id
+                   WHERE u.plan = 'free' AND s.status = 'completed'
+                   AND s.completed_at < now() - interval '30 days')""",
+                patience=options.retention_patience,
+            )
+            if not done:
+                raise RuntimeError(f"retention did not finish within {options.retention_patience:g} s")
+
+        result["retention"] = await scale.under_ingest(retention, size["ingest_seconds"])
+        result["retention"]["duration_s"] = round(time.perf_counter() - restarted, 1)
+        result["retention"]["screenshots"] = result["seed"]["screenshots_due_to_expire"]
+        result["retention"]["per_second"] = round(
+            result["seed"]["screenshots_due_to_expire"] / max(result["retention"]["duration_s"], 0.1)
+        )
+        await scale.channel.close()
+        result["backup"] = await asyncio.to_thread(dump_and_restore, stack)
+    return result
+
+
+def main() -> None:
+    arguments = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    arguments.add_argument("--size", choices=sorted(SIZES), default="full")
+    arguments.add_argument("--signals", type=int, default=0, help="override the size's signal count")
+    arguments.add_argument("--retention-patience", type=float, default=3600.0, help="seconds")
+    options = arguments.parse_args()
+    print_json(asyncio.run(main_async(options)))
+
+
+if __name__ == "__main__":
+    main()

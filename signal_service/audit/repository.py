@@ -1,0 +1,33 @@
+"""SQL of the audit log."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from signal_service.models import AuditLog
+from signal_service.rows import column_values
+
+
+class AuditRepository:
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    async def add(self, entry: AuditLog) -> None:
+        await self.session.execute(sa.insert(AuditLog).values(column_values(entry)))
+
+    async def add_many(self, entries: Sequence[AuditLog]) -> None:
+        if entries:
+            await self.session.execute(sa.insert(AuditLog), [column_values(entry) for entry in entries])
+
+    async def delete_older_than(self, cutoff: datetime, *, limit: int | None = None) -> int:
+        """Deletes rows created before `cutoff`, at most `limit` of them (oldest first) when given."""
+        doomed = AuditLog.created_at < cutoff
+        if limit is not None:
+            oldest = sa.select(AuditLog.id).where(doomed).order_by(AuditLog.created_at).limit(limit)
+            doomed = AuditLog.id.in_(oldest.scalar_subquery())
+        result = await self.session.execute(sa.delete(AuditLog).where(doomed))
+        return result.rowcount or 0

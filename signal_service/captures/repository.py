@@ -1,0 +1,73 @@
+"""SQL of screenshot captures: their state, and the failed or stale captures to retry or sweep."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from signal_service.models import OutboxMessage, Screenshot, ScreenshotStatus, Signal
+from signal_service.signals.repository import SignalRow, with_screenshot
+
+
+class CaptureRepository:
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    async def update_screenshot(self, signal_id: uuid.UUID, **values: Any) -> None:
+        await self.session.execute(
+            sa.update(Screenshot)
+            .where(Screenshot.signal_id == signal_id)
+            .values(**values, updated_at=sa.func.now())
+        )
+
+    async def stale_processing(self, claimed_before: datetime, limit: int) -> list[SignalRow]:
+        statement = (
+            with_screenshot()
+            .where(Screenshot.status == ScreenshotStatus.PROCESSING, Screenshot.claimed_at < claimed_before)
+            .order_by(Screenshot.claimed_at)
+            .limit(limit)
+            .with_for_update(of=Signal, skip_locked=True)
+        )
+        return [SignalRow(row[0], row[1]) for row in await self.session.execute(statement)]
+
+    async def stale_pending(self, updated_before: datetime, limit: int) -> list[SignalRow]:
+        """PENDING captures untouched for long with no outbox row left: their queue message was lost."""
+        in_outbox = (
+            sa.select(OutboxMessage.id)
+            .where(OutboxMessage.args.contains(sa.func.jsonb_build_array(sa.cast(Signal.id, sa.Text))))
+            .exists()
+        )
+        statement = (
+            with_screenshot()
+            .where(Screenshot.status == ScreenshotStatus.PENDING, Screenshot.updated_at < updated_before)
+            .where(~in_outbox)
+            .order_by(Screenshot.updated_at)
+            .limit(limit)
+            .with_for_update(of=Signal, skip_locked=True)
+        )
+        return [SignalRow(row[0], row[1]) for row in await self.session.execute(statement)]
+
+    async def failed_for_update(self, *, ids: Sequence[uuid.UUID] | None, limit: int) -> list[SignalRow]:
+        statement = with_screenshot().where(Screenshot.status == ScreenshotStatus.FAILED)
+        if ids is not None:
+            statement = statement.where(Signal.id.in_(ids))
+        statement = (
+            statement.order_by(Signal.created_at).limit(limit).with_for_update(of=Signal, skip_locked=True)
+        )
+        return [SignalRow(row[0], row[1]) for row in await self.session.execute(statement)]
+
+    async def failed(
+        self, *, user_id: uuid.UUID | None, after: tuple[datetime, uuid.UUID] | None, limit: int
+    ) -> list[SignalRow]:
+        statement = with_screenshot().where(Signal.screenshot_status == ScreenshotStatus.FAILED)
+        if user_id is not None:
+            statement = statement.where(Signal.user_id == user_id)
+        if after is not None:
+            statement = statement.where(sa.tuple_(Signal.created_at, Signal.id) < sa.tuple_(*after))
+        statement = statement.order_by(Signal.created_at.desc(), Signal.id.desc()).limit(limit)
+        return [SignalRow(row[0], row[1]) for row in await self.session.execute(statement)]

@@ -1,0 +1,43 @@
+"""SQL of the per-user signal event log and its NOTIFY channel."""
+
+from __future__ import annotations
+
+import uuid
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from signal_service.models import SignalEvent, User
+from signal_service.rows import column_values
+
+EVENTS_CHANNEL = "alerts_signal_events"
+
+
+class EventRepository:
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    async def add(self, event: SignalEvent) -> None:
+        """Appends the event and notifies listeners; PostgreSQL delivers the notification only on commit."""
+        await self.session.execute(sa.insert(SignalEvent).values(column_values(event)))
+        await self.session.execute(
+            sa.select(sa.func.pg_notify(EVENTS_CHANNEL, f"{event.user_id}:{event.seq}"))
+        )
+
+    async def after(self, user_id: uuid.UUID, seq: int, limit: int) -> list[SignalEvent]:
+        statement = (
+            sa.select(SignalEvent)
+            .where(SignalEvent.user_id == user_id, SignalEvent.seq > seq)
+            .order_by(SignalEvent.seq)
+            .limit(limit)
+        )
+        return list((await self.session.execute(statement)).scalars())
+
+    async def head(self, user_id: uuid.UUID) -> int | None:
+        """The user's last committed event sequence number; None when the user does not exist."""
+        statement = sa.select(User.event_seq).where(User.id == user_id)
+        return (await self.session.execute(statement)).scalar_one_or_none()
+
+    async def last_seq(self, user_id: uuid.UUID) -> int:
+        statement = sa.select(User.event_seq).where(User.id == user_id)
+        return (await self.session.execute(statement)).scalar_one_or_none() or 0

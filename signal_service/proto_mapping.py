@@ -1,0 +1,151 @@
+"""Proto <-> domain values shared by the signal service's servicers (enums, timestamps, signals, users)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from google.protobuf import json_format, struct_pb2, timestamp_pb2
+
+from apidevs.alerts.v1 import resources_pb2
+from signal_service.models import EventType, ScreenshotStatus, SignalResult
+from signal_service.signals.repository import SignalRow
+from signal_service.users.service import UserView
+
+PLAN_TO_PROTO = {
+    "free": resources_pb2.PLAN_FREE,
+    "basic": resources_pb2.PLAN_BASIC,
+    "pro": resources_pb2.PLAN_PRO,
+    "premium": resources_pb2.PLAN_PREMIUM,
+}
+
+
+PLAN_FROM_PROTO = {value: key for key, value in PLAN_TO_PROTO.items()}
+SCREENSHOT_TO_PROTO = {
+    ScreenshotStatus.PENDING: resources_pb2.SCREENSHOT_STATUS_PENDING,
+    ScreenshotStatus.PROCESSING: resources_pb2.SCREENSHOT_STATUS_PROCESSING,
+    ScreenshotStatus.COMPLETED: resources_pb2.SCREENSHOT_STATUS_COMPLETED,
+    ScreenshotStatus.FAILED: resources_pb2.SCREENSHOT_STATUS_FAILED,
+    ScreenshotStatus.SKIPPED: resources_pb2.SCREENSHOT_STATUS_SKIPPED,
+    ScreenshotStatus.EXPIRED: resources_pb2.SCREENSHOT_STATUS_EXPIRED,
+}
+
+
+SCREENSHOT_FROM_PROTO = {value: key for key, value in SCREENSHOT_TO_PROTO.items()}
+RESULT_TO_PROTO = {
+    SignalResult.PENDING: resources_pb2.SIGNAL_RESULT_PENDING,
+    SignalResult.WIN: resources_pb2.SIGNAL_RESULT_WIN,
+    SignalResult.LOSS: resources_pb2.SIGNAL_RESULT_LOSS,
+    SignalResult.SKIP: resources_pb2.SIGNAL_RESULT_SKIP,
+}
+
+
+RESULT_FROM_PROTO = {value: key for key, value in RESULT_TO_PROTO.items()}
+EVENT_TYPE_TO_PROTO = {
+    EventType.CREATED: resources_pb2.SIGNAL_EVENT_TYPE_CREATED,
+    EventType.SCREENSHOT_UPDATED: resources_pb2.SIGNAL_EVENT_TYPE_SCREENSHOT_UPDATED,
+    EventType.OUTCOME_UPDATED: resources_pb2.SIGNAL_EVENT_TYPE_OUTCOME_UPDATED,
+    EventType.TRADINGVIEW_SESSION_UPDATED: resources_pb2.SIGNAL_EVENT_TYPE_TRADINGVIEW_SESSION_UPDATED,
+}
+
+
+PARSE_TO_PROTO = {
+    "complete": resources_pb2.PARSE_STATUS_COMPLETE,
+    "partial": resources_pb2.PARSE_STATUS_PARTIAL,
+    "failed": resources_pb2.PARSE_STATUS_FAILED,
+}
+
+
+def timestamp(moment: datetime | None) -> timestamp_pb2.Timestamp | None:
+    if moment is None:
+        return None
+    message = timestamp_pb2.Timestamp()
+    message.FromDatetime(moment.astimezone(UTC))
+    return message
+
+
+def from_timestamp(message: timestamp_pb2.Timestamp, present: bool) -> datetime | None:
+    return message.ToDatetime(tzinfo=UTC) if present else None
+
+
+def struct(values: dict) -> struct_pb2.Struct:
+    message = struct_pb2.Struct()
+    json_format.ParseDict(values, message)
+    return message
+
+
+def signal_to_proto(row: SignalRow, url: str = "") -> resources_pb2.Signal:
+    signal, screenshot = row.signal, row.screenshot
+    message = resources_pb2.Signal(
+        signal_id=str(signal.id),
+        user_id=str(signal.user_id),
+        chart_id=signal.chart_id or "",
+        indicator=signal.indicator or "",
+        ticker=signal.ticker or "",
+        exchange=signal.exchange or "",
+        symbol=signal.symbol or "",
+        price="" if signal.price is None else str(signal.price),
+        signal_type=signal.signal_type or "",
+        interval=signal.interval or "",
+        alert_time=timestamp(signal.alert_time),
+        parse_status=PARSE_TO_PROTO.get(signal.parse_status, resources_pb2.PARSE_STATUS_UNSPECIFIED),
+        parse_problems=list(signal.parse_problems or ()),
+        extra=struct(signal.extra or {}),
+        raw_text=signal.raw_body.decode("utf-8", errors="replace").replace("\x00", ""),
+        content_type=signal.content_type or "",
+        screenshot_status=SCREENSHOT_TO_PROTO[ScreenshotStatus(signal.screenshot_status)],
+        result=RESULT_TO_PROTO[SignalResult(signal.result)],
+        profit_loss="" if signal.profit_loss is None else str(signal.profit_loss),
+        notes=signal.notes or "",
+        created_at=timestamp(signal.created_at),
+        updated_at=timestamp(signal.updated_at),
+    )
+    if screenshot is not None:
+        message.screenshot_object_key = screenshot.object_key or ""
+        message.screenshot_error = screenshot.error or ""
+        if screenshot.completed_at is not None and screenshot.status == ScreenshotStatus.COMPLETED:
+            message.screenshot_completed_at.CopyFrom(timestamp(screenshot.completed_at))
+        if screenshot.status == ScreenshotStatus.COMPLETED:
+            message.screenshot_url = url
+    return message
+
+
+def user_to_proto(view: UserView) -> resources_pb2.User:
+    user, config = view.user, view.config
+    return resources_pb2.User(
+        user_id=str(user.id),
+        external_id=user.external_id or "",
+        plan=PLAN_TO_PROTO[user.plan],
+        webhook_enabled=user.webhook_enabled,
+        default_chart_id=config.default_chart_id or "",
+        ip_allowlist=list(config.ip_allowlist or ()),
+        notification_preferences=struct(config.notification_preferences or {}),
+        signals_quota=user.signals_quota,
+        signals_used=user.signals_used,
+        quota_reset_at=timestamp(user.quota_reset_at),
+        tradingview_session=resources_pb2.TradingViewSession(
+            configured=config.tv_session_ciphertext is not None,
+            checked=config.tv_cookies_checked_at is not None,
+            valid=bool(config.tv_cookies_valid) and config.tv_cookies_checked_at is not None,
+            checked_at=timestamp(config.tv_cookies_checked_at),
+            changed_at=timestamp(config.tv_cookies_changed_at),
+        ),
+        created_at=timestamp(user.created_at),
+        updated_at=timestamp(user.updated_at),
+    )
+
+
+def session_state_to_proto(state: dict) -> resources_pb2.TradingViewSession:
+    """A TRADINGVIEW_SESSION_UPDATED event's payload (signal_service.sessions.service.session_state)."""
+    message = resources_pb2.TradingViewSession(
+        configured=bool(state.get("configured")),
+        checked=bool(state.get("checked")),
+        valid=bool(state.get("valid")),
+    )
+    for name in ("checked_at", "changed_at"):
+        if state.get(name):
+            getattr(message, name).CopyFrom(timestamp(datetime.fromisoformat(state[name])))
+    return message
+
+
+def plan_from_proto(plan: int) -> str:
+    return PLAN_FROM_PROTO.get(plan, "")

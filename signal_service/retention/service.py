@@ -1,0 +1,162 @@
+"""Screenshot retention by plan, and the stored-bytes figures by plan.
+
+Expired screenshots are deleted from storage first and marked EXPIRED after, so a crash never leaves an
+object nothing points to; one replica works at a time (advisory lock). Details:
+docs/architecture-signal.md, "Screenshot retention".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import UTC, datetime, timedelta
+
+import grpc
+from prometheus_client import Counter, Gauge
+
+from apidevs.alerts.v1 import storage_service_pb2, storage_service_pb2_grpc
+from signal_service.captures.repository import CaptureRepository
+from signal_service.database import Database
+from signal_service.events.repository import EventRepository
+from signal_service.models import EventType, ScreenshotStatus, SignalEvent
+from signal_service.retention.repository import ExpiringScreenshot, RetentionRepository
+from signal_service.sessions.repository import TradingViewSessionRepository
+from signal_service.settings import SignalSettings
+from signal_service.signals.repository import SignalRepository
+from signal_service.users.repository import UserRepository
+
+log = logging.getLogger(__name__)
+
+# pg_try_advisory_xact_lock key of the retention job: "retain" in ASCII.
+RETENTION_LOCK_KEY = 0x72657461696E
+_MAX_BATCHES_PER_PASS = 50
+_DELETE_CONCURRENCY = 8
+_DELETE_TIMEOUT_SECONDS = 10.0
+
+STORAGE_BYTES = Gauge("alerts_storage_bytes", "Bytes of stored screenshots, by plan", ["plan"])
+STORAGE_OBJECTS = Gauge("alerts_storage_objects", "Stored screenshots, by plan", ["plan"])
+SCREENSHOTS_EXPIRED = Counter("alerts_screenshots_expired_total", "Screenshots deleted by retention")
+RETENTION_DELETE_FAILURES = Counter(
+    "alerts_retention_delete_failures_total", "Screenshot deletions that failed and wait for the next pass"
+)
+
+
+class RetentionJob:
+    def __init__(
+        self,
+        *,
+        database: Database,
+        settings: SignalSettings,
+        storage: storage_service_pb2_grpc.StorageServiceStub,
+    ) -> None:
+        self._database = database
+        self._settings = settings
+        self._storage = storage
+
+    def cutoffs(self, now: datetime) -> dict[str, datetime]:
+        return {
+            plan: now - timedelta(days=days)
+            for plan, days in self._settings.screenshot_retention_days.items()
+        }
+
+    async def expire_due(self, now: datetime | None = None) -> int:
+        """One pass; returns how many screenshots expired (0 when another replica runs the job)."""
+        cutoffs = self.cutoffs(now or datetime.now(UTC))
+        expired = 0
+        for _ in range(_MAX_BATCHES_PER_PASS):
+            done, complete = await self._expire_batch(cutoffs)
+            expired += done
+            if not complete:
+                break
+        if expired:
+            log.info("screenshots expired", extra={"count": expired})
+        return expired
+
+    async def _expire_batch(self, cutoffs: dict[str, datetime]) -> tuple[int, bool]:
+        """Expires one batch; also says whether the pass should go on (a full batch, all deleted)."""
+        limit = self._settings.retention_batch_size
+        async with self._database.transaction() as session:
+            if not await TradingViewSessionRepository(session).try_lock(RETENTION_LOCK_KEY):
+                return 0, False
+            due = await RetentionRepository(session).expired(cutoffs, limit)
+            deleted = await self._delete_objects(due)
+            signals, captures, users, events = (
+                SignalRepository(session),
+                CaptureRepository(session),
+                UserRepository(session),
+                EventRepository(session),
+            )
+            # Users' rows are locked in user-id order, as group commit locks them, so a retention batch
+            # and an ingest batch never deadlock.
+            for item in sorted(deleted, key=lambda item: item.user_id.bytes):
+                await captures.update_screenshot(item.signal_id, status=ScreenshotStatus.EXPIRED)
+                await signals.update_signal(item.signal_id, screenshot_status=ScreenshotStatus.EXPIRED)
+                seq = await users.next_event_seq(item.user_id)
+                await events.add(
+                    SignalEvent(
+                        user_id=item.user_id,
+                        seq=seq,
+                        type=EventType.SCREENSHOT_UPDATED,
+                        signal_id=item.signal_id,
+                    )
+                )
+        SCREENSHOTS_EXPIRED.inc(len(deleted))
+        return len(deleted), len(due) == limit and len(deleted) == len(due)
+
+    async def _delete_objects(self, due: list[ExpiringScreenshot]) -> list[ExpiringScreenshot]:
+        """The screenshots whose objects are gone now, whether deleted here or missing already."""
+        gate = asyncio.Semaphore(_DELETE_CONCURRENCY)
+
+        async def delete(item: ExpiringScreenshot) -> bool:
+            if not item.object_key:
+                return True
+            async with gate:
+                try:
+                    await self._storage.DeleteObject(
+                        storage_service_pb2.DeleteObjectRequest(key=item.object_key),
+                        timeout=_DELETE_TIMEOUT_SECONDS,
+                    )
+                except grpc.aio.AioRpcError as exc:
+                    if exc.code() == grpc.StatusCode.NOT_FOUND:
+                        return True
+                    RETENTION_DELETE_FAILURES.inc()
+                    log.warning(
+                        "deleting an expired screenshot failed",
+                        extra={"key": item.object_key, "code": exc.code().name},
+                    )
+                    return False
+            return True
+
+        outcomes = await asyncio.gather(*(delete(item) for item in due))
+        return [item for item, gone in zip(due, outcomes, strict=True) if gone]
+
+    async def refresh_usage(self) -> None:
+        async with self._database.session() as session:
+            usage = await RetentionRepository(session).usage_by_plan()
+        for plan in self._settings.screenshot_retention_days:
+            figures = usage.get(plan)
+            STORAGE_BYTES.labels(plan).set(figures.bytes if figures else 0)
+            STORAGE_OBJECTS.labels(plan).set(figures.objects if figures else 0)
+
+    async def run_forever(self) -> None:
+        """Refreshes the usage figures every `storage_usage_refresh_seconds` and expires screenshots every
+        `retention_interval_seconds`, both first at start."""
+        loop = asyncio.get_running_loop()
+        next_usage = next_expiry = loop.time()
+        while True:
+            if loop.time() >= next_usage:
+                next_usage = loop.time() + self._settings.storage_usage_refresh_seconds
+                try:
+                    await self.refresh_usage()
+                except Exception:
+                    log.exception("refreshing storage usage failed")
+            if loop.time() >= next_expiry:
+                next_expiry = loop.time() + self._settings.retention_interval_seconds
+                try:
+                    await self.expire_due()
+                except Exception:
+                    log.exception("screenshot retention pass failed")
+            await asyncio.sleep(max(0.0, min(next_usage, next_expiry) - loop.time()))
+
+
+__all__ = ["RETENTION_LOCK_KEY", "RetentionJob"]

@@ -1,0 +1,28 @@
+"""Helpers that turn ORM rows into insertable values, shared by the repositories."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def storable(value: Any) -> Any:
+    """PostgreSQL text and jsonb cannot hold NUL: it is dropped from strings, also inside JSON values.
+
+    Raw bodies are bytea and keep every byte; only the text read out of them loses NULs.
+    """
+    if isinstance(value, str):
+        return value.replace("\x00", "")
+    if isinstance(value, dict):
+        return {storable(key): storable(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [storable(item) for item in value]
+    return value
+
+
+def column_values(row: Any) -> dict[str, Any]:
+    """The row's column values, leaving out unset server-defaulted columns so the database fills them."""
+    return {
+        column.name: storable(getattr(row, column.name))
+        for column in row.__table__.columns
+        if not (getattr(row, column.name) is None and (column.server_default is not None or column.identity))
+    }

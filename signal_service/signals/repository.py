@@ -1,0 +1,127 @@
+"""SQL of signals and their screenshots. Repositories never commit: the service does, at its boundary."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from signal_service.models import Screenshot, ScreenshotStatus, Signal, SignalResult, User
+
+
+@dataclass(frozen=True, slots=True)
+class SignalRow:
+    signal: Signal
+    screenshot: Screenshot | None
+
+
+@dataclass(frozen=True, slots=True)
+class UserStatsRow:
+    total_signals: int
+    this_month: int
+    screenshots_pending: int
+    wins: int
+    losses: int
+    storage_bytes: int
+    storage_objects: int
+
+
+@dataclass(frozen=True, slots=True)
+class SignalFilter:
+    user_id: uuid.UUID
+    ticker: str | None = None
+    indicator: str | None = None
+    signal_type: str | None = None
+    result: str | None = None
+    screenshot_status: str | None = None
+    created_after: datetime | None = None
+    created_before: datetime | None = None
+
+
+def with_screenshot() -> sa.Select[tuple[Signal, Screenshot]]:
+    """Signals with their screenshot row, if any: what a SignalRow holds."""
+    return sa.select(Signal, Screenshot).outerjoin(Screenshot, Screenshot.signal_id == Signal.id)
+
+
+class SignalRepository:
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    async def get(self, signal_id: uuid.UUID, *, for_update: bool = False) -> SignalRow | None:
+        statement = with_screenshot().where(Signal.id == signal_id)
+        if for_update:
+            statement = statement.with_for_update(of=Signal)
+        row = (await self.session.execute(statement)).one_or_none()
+        return SignalRow(row[0], row[1]) if row else None
+
+    async def get_many(self, signal_ids: Sequence[uuid.UUID]) -> list[SignalRow]:
+        statement = with_screenshot().where(Signal.id.in_(signal_ids))
+        return [SignalRow(row[0], row[1]) for row in await self.session.execute(statement)]
+
+    async def matching(
+        self, where: SignalFilter, *, after: tuple[datetime, uuid.UUID] | None, limit: int
+    ) -> list[SignalRow]:
+        """Newest first, keyset-paginated on (created_at, id) so pages stay stable under inserts."""
+        statement = with_screenshot().where(Signal.user_id == where.user_id)
+        for column, value in (
+            (Signal.ticker, where.ticker),
+            (Signal.indicator, where.indicator),
+            (Signal.signal_type, where.signal_type),
+            (Signal.result, where.result),
+            (Signal.screenshot_status, where.screenshot_status),
+        ):
+            if value is not None:
+                statement = statement.where(column == value)
+        if where.created_after is not None:
+            statement = statement.where(Signal.created_at > where.created_after)
+        if where.created_before is not None:
+            statement = statement.where(Signal.created_at < where.created_before)
+        if after is not None:
+            statement = statement.where(sa.tuple_(Signal.created_at, Signal.id) < sa.tuple_(*after))
+        statement = statement.order_by(Signal.created_at.desc(), Signal.id.desc()).limit(limit)
+        return [SignalRow(row[0], row[1]) for row in await self.session.execute(statement)]
+
+    async def stats(self, user_id: uuid.UUID, month_start: datetime) -> UserStatsRow | None:
+        """One user's counters in one statement; None when the user does not exist."""
+        signal_totals = (
+            sa.select(
+                sa.func.count().label("total_signals"),
+                sa.func.count().filter(Signal.created_at >= month_start).label("this_month"),
+                sa.func.count()
+                .filter(Signal.screenshot_status.in_([ScreenshotStatus.PENDING, ScreenshotStatus.PROCESSING]))
+                .label("screenshots_pending"),
+                sa.func.count().filter(Signal.result == SignalResult.WIN).label("wins"),
+                sa.func.count().filter(Signal.result == SignalResult.LOSS).label("losses"),
+            )
+            .where(Signal.user_id == user_id)
+            .subquery()
+        )
+        storage = (
+            sa.select(
+                sa.cast(sa.func.coalesce(sa.func.sum(Screenshot.size_bytes), 0), sa.BigInteger).label(
+                    "storage_bytes"
+                ),
+                sa.func.count().label("storage_objects"),
+            )
+            .where(Screenshot.user_id == user_id, Screenshot.status == ScreenshotStatus.COMPLETED)
+            .subquery()
+        )
+        statement = (
+            sa.select(signal_totals, storage)
+            .select_from(User)
+            .join(signal_totals, sa.true())
+            .join(storage, sa.true())
+            .where(User.id == user_id)
+        )
+        row = (await self.session.execute(statement)).one_or_none()
+        return UserStatsRow(**row._asdict()) if row else None
+
+    async def update_signal(self, signal_id: uuid.UUID, **values: Any) -> None:
+        await self.session.execute(
+            sa.update(Signal).where(Signal.id == signal_id).values(**values, updated_at=sa.func.now())
+        )

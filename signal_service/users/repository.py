@@ -1,0 +1,83 @@
+"""SQL of users and their configuration."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from signal_service.models import User, UserConfig
+from signal_service.rows import column_values
+
+
+class UserRepository:
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    async def add(self, user: User, config: UserConfig) -> None:
+        await self.session.execute(sa.insert(User).values(column_values(user)))
+        await self.session.execute(sa.insert(UserConfig).values(column_values(config)))
+
+    async def get(self, user_id: uuid.UUID, *, for_update: bool = False) -> tuple[User, UserConfig] | None:
+        statement = sa.select(User, UserConfig).join(UserConfig, UserConfig.user_id == User.id)
+        statement = statement.where(User.id == user_id)
+        if for_update:
+            statement = statement.with_for_update(of=User)
+        row = (await self.session.execute(statement)).one_or_none()
+        return (row[0], row[1]) if row else None
+
+    async def get_by_external_id(self, external_id: str) -> tuple[User, UserConfig] | None:
+        statement = (
+            sa.select(User, UserConfig)
+            .join(UserConfig, UserConfig.user_id == User.id)
+            .where(User.external_id == external_id)
+        )
+        row = (await self.session.execute(statement)).one_or_none()
+        return (row[0], row[1]) if row else None
+
+    async def lock(self, user_id: uuid.UUID) -> User | None:
+        """Locks the user row until commit: a user's quota and event sequence change one writer at a time."""
+        statement = sa.select(User).where(User.id == user_id).with_for_update()
+        return (await self.session.execute(statement)).scalar_one_or_none()
+
+    async def update_user(self, user_id: uuid.UUID, **values: Any) -> None:
+        await self.session.execute(
+            sa.update(User).where(User.id == user_id).values(**values, updated_at=sa.func.now())
+        )
+
+    async def update_config(self, user_id: uuid.UUID, **values: Any) -> None:
+        await self.session.execute(
+            sa.update(UserConfig)
+            .where(UserConfig.user_id == user_id)
+            .values(**values, updated_at=sa.func.now())
+        )
+
+    async def plans(self, user_ids: set[uuid.UUID]) -> dict[uuid.UUID, str]:
+        if not user_ids:
+            return {}
+        statement = sa.select(User.id, User.plan).where(User.id.in_(user_ids))
+        return {row.id: row.plan for row in await self.session.execute(statement)}
+
+    async def next_event_seq(self, user_id: uuid.UUID) -> int:
+        statement = (
+            sa.update(User)
+            .where(User.id == user_id)
+            .values(event_seq=User.event_seq + 1)
+            .returning(User.event_seq)
+        )
+        return (await self.session.execute(statement)).scalar_one()
+
+    async def sessions_after(self, after: uuid.UUID | None, limit: int) -> list[tuple[uuid.UUID, bytes]]:
+        """Stored TradingView session ciphertexts in user id order after `after`, locked until commit."""
+        statement = (
+            sa.select(UserConfig.user_id, UserConfig.tv_session_ciphertext)
+            .where(UserConfig.tv_session_ciphertext.is_not(None))
+            .order_by(UserConfig.user_id)
+            .limit(limit)
+            .with_for_update()
+        )
+        if after is not None:
+            statement = statement.where(UserConfig.user_id > after)
+        return [(row[0], row[1]) for row in await self.session.execute(statement)]

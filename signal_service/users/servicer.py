@@ -1,0 +1,78 @@
+"""The UserService gRPC servicer: maps proto <-> users domain."""
+
+from __future__ import annotations
+
+import grpc
+from google.protobuf import json_format
+
+from apidevs.alerts.v1 import resources_pb2, user_service_pb2, user_service_pb2_grpc
+from mesh.auth import current_principal, ensure_unscoped
+from signal_service.proto_mapping import plan_from_proto, timestamp, user_to_proto
+from signal_service.users.service import UserManager
+
+
+class UserServicer(user_service_pb2_grpc.UserServiceServicer):
+    def __init__(self, users: UserManager) -> None:
+        self._users = users
+
+    async def CreateUser(
+        self, request: user_service_pb2.CreateUserRequest, context: grpc.aio.ServicerContext
+    ) -> user_service_pb2.CreateUserResponse:
+        ensure_unscoped()
+        issued = await self._users.create(
+            external_id=request.external_id,
+            plan=plan_from_proto(request.plan) or "free",
+            default_chart_id=request.default_chart_id,
+            signals_quota=request.signals_quota,
+            ip_allowlist=list(request.ip_allowlist),
+            notification_preferences=json_format.MessageToDict(request.notification_preferences),
+        )
+        return user_service_pb2.CreateUserResponse(
+            user=user_to_proto(issued.view),
+            webhook_token=issued.webhook_token,
+            webhook_url=issued.webhook_url,
+        )
+
+    async def GetUser(
+        self, request: user_service_pb2.GetUserRequest, context: grpc.aio.ServicerContext
+    ) -> resources_pb2.User:
+        view = await self._users.get(user_id=request.user_id, external_id=request.external_id)
+        current_principal().ensure_can_access(str(view.user.id))
+        return user_to_proto(view)
+
+    async def UpdateUser(
+        self, request: user_service_pb2.UpdateUserRequest, context: grpc.aio.ServicerContext
+    ) -> resources_pb2.User:
+        ensure_unscoped()
+        source = request.user
+        readers = {
+            "plan": lambda: plan_from_proto(source.plan),
+            "signals_quota": lambda: source.signals_quota,
+            "webhook_enabled": lambda: source.webhook_enabled,
+            "default_chart_id": lambda: source.default_chart_id,
+            "ip_allowlist": lambda: list(source.ip_allowlist),
+            "notification_preferences": lambda: json_format.MessageToDict(source.notification_preferences),
+        }
+        values = {path: readers[path]() if path in readers else None for path in request.update_mask.paths}
+        return user_to_proto(await self._users.update(source.user_id, values))
+
+    async def RotateWebhookToken(
+        self, request: user_service_pb2.RotateWebhookTokenRequest, context: grpc.aio.ServicerContext
+    ) -> user_service_pb2.RotateWebhookTokenResponse:
+        ensure_unscoped()
+        issued = await self._users.rotate_token(request.user_id, request.grace_period_seconds)
+        response = user_service_pb2.RotateWebhookTokenResponse(
+            webhook_token=issued.webhook_token, webhook_url=issued.webhook_url
+        )
+        if issued.previous_token_expires_at is not None:
+            response.previous_token_expires_at.CopyFrom(timestamp(issued.previous_token_expires_at))
+        return response
+
+    async def SetTradingViewSession(
+        self, request: user_service_pb2.SetTradingViewSessionRequest, context: grpc.aio.ServicerContext
+    ) -> resources_pb2.User:
+        ensure_unscoped()
+        view = await self._users.set_tradingview_session(
+            request.user_id, request.sessionid, request.sessionid_sign
+        )
+        return user_to_proto(view)

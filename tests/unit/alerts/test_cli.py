@@ -1,0 +1,51 @@
+"""alerts.cli: the command tree, and configuration problems reported by name without their values."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import SecretStr, ValidationError
+
+from alerts.cli import PRODUCTION_COMMANDS, build_parser
+from alerts.cli.clients import settings_error
+from signal_service.settings import SignalSettings
+
+
+def test_every_production_command_parses() -> None:
+    parser = build_parser()
+    for command in PRODUCTION_COMMANDS:
+        assert callable(parser.parse_args(list(command)).handler)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["dev"],
+        ["demo", "--stay"],
+        ["user", "create", "--json"],
+        ["keys", "generate", "k1"],
+        ["captures", "failed", "--json"],
+        ["captures", "retry", "--all"],
+        ["serve", "chart-stub", "--port", "9000"],
+    ],
+)
+def test_each_command_group_registers_its_commands(argv: list[str]) -> None:
+    assert callable(build_parser().parse_args(argv).handler)
+
+
+def test_a_settings_error_names_the_variables_and_never_echoes_a_value() -> None:
+    secret = "sk-configured-secret-value"
+    with pytest.raises(ValidationError) as caught:
+        SignalSettings(env="production", service_api_key=SecretStr(secret), database_pool_size="many")
+    message = str(settings_error(caught.value))
+    assert "ALERTS_DATABASE_POOL_SIZE" in message
+    assert secret not in message
+    assert "many" not in message
+
+
+def test_a_missing_production_secret_is_named() -> None:
+    with pytest.raises(ValidationError) as caught:
+        SignalSettings(env="production", database_url="postgresql+asyncpg://db/alerts")
+    message = str(settings_error(caught.value))
+    assert message.startswith("configuration: production requires ")
+    assert "ALERTS_COOKIE_KEYS" in message
+    assert "db/alerts" not in message

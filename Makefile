@@ -1,4 +1,5 @@
 # The two commands a newcomer needs: `make demo` and `make test`. Each sets up what it needs first.
+# `make check` is the fast lane (lint, types, unit tests) to run before each commit.
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
@@ -6,7 +7,8 @@ PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 BUF := npx --yes @bufbuild/buf@1.75.0
 
-.PHONY: demo dev test lint proto proto-check configuration configuration-check bench chaos setup browser clean
+.PHONY: demo dev test check lint types unit proto proto-check configuration configuration-check bench chaos \
+	setup browser clean
 
 demo: setup browser
 	$(VENV)/bin/alerts demo
@@ -14,8 +16,13 @@ demo: setup browser
 dev: setup browser
 	$(VENV)/bin/alerts dev
 
-test: setup browser proto-check configuration-check lint
+test: setup browser proto-check configuration-check lint types
 	$(VENV)/bin/pytest
+
+check: lint types unit
+
+unit: setup
+	$(VENV)/bin/pytest tests/unit -q -p no:cacheprovider
 
 setup: $(INSTALLED)
 
@@ -39,6 +46,7 @@ proto-check: setup
 	$(PY) proto/generate.py --check
 	$(PY) proto/document.py --check
 	$(BUF) lint
+	BUF='$(BUF)' bash scripts/proto_breaking.sh
 
 # docs/configuration.md and mesh/setting_names.py, from the settings classes.
 configuration: setup
@@ -51,8 +59,11 @@ lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
+types: setup
+	$(VENV)/bin/mypy
+
 bench: setup browser
 	$(PY) bench/run_all.py
 
 clean:
-	rm -rf $(VENV) .alerts .pytest_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) .alerts .pytest_cache .ruff_cache .mypy_cache .hypothesis

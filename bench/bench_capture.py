@@ -304,7 +304,9 @@ async def pool_throughput(
 
     print(f"captures: {captures} at concurrency {concurrency}, viewport {viewport[0]}x{viewport[1]}")
     print(f"CPUs: {os.cpu_count()}, load average {' '.join(f'{load:.2f}' for load in os.getloadavg())}")
-    print(f"Chromium: {pool.launched}")
+    # The executable's name, not its path on this machine (the distribution's or Playwright's own).
+    where, _, version = pool.launched.partition(", version ")
+    print(f"Chromium: {Path(where).name if where.startswith('/') else where}, version {version}")
     print(f"Chromium launches: {pool.launches}, extra arguments: {' '.join(chromium_args) or 'none'}")
     print(f"throughput: {captures / elapsed * 60:.1f} captures/minute ({elapsed:.1f} s)")
     print(

@@ -21,6 +21,9 @@ import yaml
 
 from signal_service.parsing import load_indicator_catalog, parse_alert
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from meta import command_line
+
 REPOSITORY = Path(__file__).resolve().parent.parent
 CORPUS_PATH = REPOSITORY / "tests/unit/signal_service/parsing/corpus/messages.yaml"
 
@@ -72,7 +75,7 @@ def main() -> None:
         latencies.append((time.perf_counter_ns() - started) / 1_000)
     cuts = statistics.quantiles(latencies, n=100)
 
-    print(f"command: {' '.join([Path(sys.executable).name, *sys.argv])}")
+    print(f"command: {command_line()}")
     print(f"python {platform.python_version()} on {platform.machine()}, pinned: {pinned}")
     print(f"corpus: {len(messages)} messages, {len(batch)} parses per round, {options.rounds} rounds")
     print(

@@ -32,11 +32,15 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from litestar import Litestar
 
 from apidevs.alerts.v1 import storage_service_pb2, storage_service_pb2_grpc
+from edge.errors import EXCEPTION_HANDLERS
 from edge.media import get_media
 from mesh.auth import Role, role_entry
 from mesh.grpc import open_channel
 from mesh.settings import CommonSettings
 from mesh.signing import media_signing_secret
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from meta import command_line
 
 # The workers' role: uploads, and the signal service's URL requests.
 API_KEY = "bench-storage-key"
@@ -95,7 +99,7 @@ async def bench(address: str, data_dir: Path, rounds: int, size: int) -> None:
     digest = hashlib.sha256(content).hexdigest()
     large = os.urandom(5 * 1024 * 1024)
 
-    app = Litestar(route_handlers=[get_media])
+    app = Litestar(route_handlers=[get_media], exception_handlers=EXCEPTION_HANDLERS)
     app.state.storage_stub = stub
     app.state.media_signing_secret = media_signing_secret(CommonSettings(data_dir=data_dir))
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
@@ -164,7 +168,7 @@ def main() -> None:
             with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
                 health = health_pb2_grpc.HealthStub(channel)
                 health.Check(health_pb2.HealthCheckRequest(), wait_for_ready=True, timeout=30)
-            print(f"$ {' '.join(sys.argv)}")
+            print(f"$ {command_line()}")
             machine = f"python {platform.python_version()}, {platform.machine()}, {os.cpu_count()} CPUs"
             print(f"{machine}, local-disk backend")
             asyncio.run(bench(f"127.0.0.1:{port}", data_dir, args.rounds, args.size_kib * 1024))

@@ -33,6 +33,7 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from harness import Stack, print_json, unlimited_plans_env
+from meta import command_line
 
 from apidevs.alerts.v1 import (
     resources_pb2,
@@ -191,7 +192,7 @@ async def run(subscribers: int, writes: int, idle: int) -> dict:
             latency = await measure_latency(stack, ingest, signals, subscribers, writes)
         memory = await measure_idle_memory(stack, idle)
     return {
-        "command": "bench/bench_stream.py " + " ".join(sys.argv[1:]),
+        "command": command_line(),
         "subscribers": f"{subscribers} streams, one user each, on one signal process",
         "writes": writes,
         "latency": latency,

@@ -23,6 +23,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_ingest import BODY, create_users, run_plan
 from harness import Stack, unlimited_plans_env
+from meta import command_line
 
 from alerts.processes import free_port
 
@@ -75,7 +76,7 @@ def main() -> None:
         result = run_plan("loadgen.py", plan)
         edge = _get(f"{stack.edge_url}/metrics")
         signal = _get(f"http://127.0.0.1:{metrics_port}/metrics")
-    print(f"command: {' '.join(sys.argv)}")
+    print(f"command: {command_line()}")
     print(
         f"load generator: {result['achieved_rate']}/s, answers {result['statuses']}, "
         f"p50 {result['p50_ms']} ms, p90 {result['p90_ms']} ms, p99 {result['p99_ms']} ms, "

@@ -45,6 +45,16 @@ def machine() -> dict[str, Any]:
     }
 
 
+def repository_relative(argument: str) -> str:
+    """`argument` with the repository's absolute path taken off: results name no machine's directories."""
+    return argument.replace(f"{ROOT}/", "").replace(str(ROOT), ".")
+
+
+def command_line(argv: list[str] | None = None) -> str:
+    """The command that ran, as one would type it at the repository root."""
+    return shlex.join(["python", *(repository_relative(argument) for argument in argv or sys.argv)])
+
+
 def load_average() -> list[float]:
     return [round(value, 2) for value in os.getloadavg()]
 
@@ -56,5 +66,5 @@ def record(settings: dict[str, Any]) -> dict[str, Any]:
         "load_average_at_start": load_average(),
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "settings": settings,
-        "command": shlex.join([Path(sys.executable).name, *sys.argv]),
+        "command": command_line(),
     }

@@ -24,8 +24,15 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_ingest import BODY, CpuMeter, create_users, run_plan
 from harness import Stack, unlimited_plans_env
+from meta import command_line
 
 PY_SPY = Path(sys.executable).with_name("py-spy")
+
+
+def code_frames(stack: str) -> list[str]:
+    """A collapsed stack's frames without py-spy's root frame per process (``process <pid>:"<command>"``,
+    from --subprocesses): it names no code, only this run's process id and paths."""
+    return [frame for frame in stack.split(";") if not frame.startswith("process ")]
 
 
 def top_frames(collapsed: Path, limit: int) -> list[tuple[str, float]]:
@@ -38,7 +45,7 @@ def top_frames(collapsed: Path, limit: int) -> list[tuple[str, float]]:
         total += samples
         frames = {
             frame.split(" (")[0] + " (" + frame.split(" (")[-1].split(":")[0] + ")"
-            for frame in stack.split(";")
+            for frame in code_frames(stack)
         }
         for frame in frames:
             inclusive[frame] += samples
@@ -76,11 +83,11 @@ def phases(collapsed: Path) -> dict[str, float]:
     total = 0
     for line in collapsed.read_text().splitlines():
         stack, _, count = line.rpartition(" ")
-        frames = [frame.split(" (")[0] for frame in stack.split(";")]
+        frames = [frame.split(" (")[0] for frame in code_frames(stack)]
         total += int(count)
         phase = next(
             (name for name in PHASES if any(frame.startswith(name) for frame in frames)),
-            "other: " + frames[-1],
+            "other: " + frames[-1] if frames else "other: no Python frame",
         )
         shares[phase] += int(count)
     return {name: round(100 * count / max(total, 1), 1) for name, count in shares.most_common(16)}
@@ -161,7 +168,7 @@ def main() -> None:
         "top_inclusive_percent": {
             name: top_frames(options.out_dir / f"profile_{name}.collapsed", options.top) for name in recorders
         },
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "command": command_line(),
     }
     if options.summary:
         options.summary.write_text(json.dumps(report, indent=1, ensure_ascii=False) + "\n")

@@ -19,7 +19,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from playwright.async_api import Browser, BrowserContext, Playwright, async_playwright
+from playwright.async_api import Browser, BrowserContext, Playwright, ViewportSize, async_playwright
 from playwright.async_api import Error as PlaywrightError
 from prometheus_client import Counter
 
@@ -187,7 +187,7 @@ class BrowserPool:
         extra_args: Sequence[str] = (),
     ) -> None:
         self._configured_path = executable_path
-        self._viewport = {"width": viewport[0], "height": viewport[1]}
+        self._viewport = ViewportSize(width=viewport[0], height=viewport[1])
         self._args = [*CHROMIUM_ARGS, *extra_args]
         self._playwright: Playwright | None = None
         self._browser: Browser | None = None
@@ -262,7 +262,7 @@ class BrowserPool:
 
     async def _new_context(self, browser: Browser) -> BrowserContext:
         return await browser.new_context(
-            viewport=self._viewport,  # type: ignore[arg-type]
+            viewport=self._viewport,
             device_scale_factor=1,
             locale="en-US",
             timezone_id="UTC",

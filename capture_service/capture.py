@@ -172,10 +172,16 @@ async def capture_chart(
 async def _until_tab_crashes(page: Page, work: Coroutine[Any, Any, Screenshot]) -> Screenshot:
     """Runs `work`, abandoning it when the tab's renderer dies: pending page calls never settle then."""
     crashed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-    page.on("crash", lambda _: crashed.done() or crashed.set_result(None))
+
+    def on_crash(_page: Page) -> None:
+        if not crashed.done():
+            crashed.set_result(None)
+
+    page.on("crash", on_crash)
     task = asyncio.ensure_future(work)
+    either: set[asyncio.Future[Any]] = {task, crashed}
     try:
-        await asyncio.wait({task, crashed}, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
     finally:
         if not task.done():
             task.cancel()

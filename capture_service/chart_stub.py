@@ -65,7 +65,8 @@ def _chart_page_template() -> str:
 
 
 def _state(request: Request[Any, Any, State]) -> StubState:
-    return request.app.state.stub
+    state: StubState = request.app.state.stub
+    return state
 
 
 def _has_valid_session(cookies: dict[str, str]) -> bool:

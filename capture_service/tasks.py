@@ -65,6 +65,7 @@ import httpx
 import redis.asyncio as redis_async
 from dramatiq.asyncio import get_event_loop_thread
 from dramatiq.broker import Broker, MessageProxy
+from dramatiq.message import Message
 from dramatiq.middleware import AsyncIO, CurrentMessage, TimeLimitExceeded
 from prometheus_client import Counter, Gauge, Histogram
 
@@ -92,6 +93,7 @@ from capture_service.settings import CaptureSettings
 from mesh.crypto import CookieCipher, CookieCipherError
 from mesh.errors import AlertsError, FailedPreconditionError, NotFoundError, from_rpc_error
 from mesh.grpc import GrpcTls, open_channel
+from mesh.loops import BackgroundLoop
 from mesh.queues import PLANS_BY_PRIORITY, capture_actor, capture_queue, capture_workers_key
 
 log = logging.getLogger(__name__)
@@ -193,10 +195,18 @@ class CaptureWorker:
         )
         self._cipher = CookieCipher.from_settings(settings)
         self._channels: list[grpc.aio.Channel] = []
-        self._signals: signal_service_pb2_grpc.SignalServiceStub | None = None
-        self._storage: storage_service_pb2_grpc.StorageServiceStub | None = None
+        self._signals: signal_service_pb2_grpc.SignalServiceAsyncStub | None = None
+        self._storage: storage_service_pb2_grpc.StorageServiceAsyncStub | None = None
         self._redis: redis_async.Redis | None = None
-        self._heartbeat: asyncio.Task[None] | None = None
+        # A failed beat is retried sooner than the next one, at most one interval later.
+        self._heartbeat = BackgroundLoop(
+            "capture-worker-heartbeat",
+            self._beat,
+            interval_seconds=_HEARTBEAT_SECONDS,
+            min_backoff_seconds=_HEARTBEAT_SECONDS / 4,
+            max_backoff_seconds=_HEARTBEAT_SECONDS,
+            expected_errors=(redis_async.RedisError,),
+        )
         self._http: httpx.AsyncClient | None = None
 
     async def start(self) -> None:
@@ -210,13 +220,11 @@ class CaptureWorker:
         await self.pool.start()
         self._http = httpx.AsyncClient(timeout=self.settings.session_check_timeout_seconds)
         self._redis = redis_async.Redis.from_url(self.settings.redis_url)
-        self._heartbeat = asyncio.create_task(self._beat())
+        self._heartbeat.start()
         log.info("capture worker started", extra={"worker_id": self.worker_id})
 
     async def close(self) -> None:
-        if self._heartbeat is not None:
-            self._heartbeat.cancel()
-            await asyncio.gather(self._heartbeat, return_exceptions=True)
+        await self._heartbeat.stop()
         if self._redis is not None:
             with contextlib.suppress(redis_async.RedisError):
                 await self._redis.zrem(capture_workers_key(self.settings), self.worker_id)
@@ -230,13 +238,7 @@ class CaptureWorker:
 
     async def _beat(self) -> None:
         assert self._redis is not None
-        key = capture_workers_key(self.settings)
-        while True:
-            try:
-                await self._redis.zadd(key, {self.worker_id: int(time.time() * 1000)})
-            except redis_async.RedisError as exc:
-                log.warning("worker heartbeat failed", extra={"error": str(exc)})
-            await asyncio.sleep(_HEARTBEAT_SECONDS)
+        await self._redis.zadd(capture_workers_key(self.settings), {self.worker_id: int(time.time() * 1000)})
 
     async def run(self, signal_id: str, *, attempt: int, waiting_since_ms: int | None = None) -> None:
         """One attempt at one capture; raises a retryable CaptureError when it should be tried again,
@@ -358,7 +360,7 @@ class CaptureWorker:
         )
 
     @property
-    def signals(self) -> signal_service_pb2_grpc.SignalServiceStub:
+    def signals(self) -> signal_service_pb2_grpc.SignalServiceAsyncStub:
         """The SignalService stub, once started."""
         assert self._signals is not None, "CaptureWorker.start() has not run"
         return self._signals
@@ -468,12 +470,12 @@ class CaptureWorkerMiddleware(AsyncIO):
         self.worker = worker
 
     def before_worker_boot(self, broker: Broker, worker: dramatiq.Worker) -> None:
-        super().before_worker_boot(broker, worker)
+        super().before_worker_boot(broker, worker)  # type: ignore[no-untyped-call]
         _event_loop().run_coroutine(self.worker.start())
 
     def after_worker_shutdown(self, broker: Broker, worker: dramatiq.Worker) -> None:
         _event_loop().run_coroutine(self.worker.close())
-        super().after_worker_shutdown(broker, worker)
+        super().after_worker_shutdown(broker, worker)  # type: ignore[no-untyped-call]
 
     def after_process_message(
         self,
@@ -510,11 +512,11 @@ def _event_loop() -> Any:
 def infrastructure_backoff_ms(settings: CaptureSettings, waits: int) -> int:
     """The delay before a job's next try after `waits` earlier ones found a dependency unavailable."""
     first = settings.capture_infrastructure_min_backoff_ms
-    return min(settings.capture_infrastructure_max_backoff_ms, first * 2 ** min(waits, 30))
+    return int(min(settings.capture_infrastructure_max_backoff_ms, first * 2 ** min(waits, 30)))
 
 
 def _requeue(
-    broker: Broker, message: MessageProxy, options: dict[str, Any], settings: CaptureSettings
+    broker: Broker, message: Message[Any] | MessageProxy, options: dict[str, Any], settings: CaptureSettings
 ) -> int:
     """Puts a copy of `message` back on its queue, delayed, with `options` added; returns the delay."""
     waits = int(message.options.get(WAITS_OPTION, 0))
@@ -524,7 +526,7 @@ def _requeue(
 
 
 def hold_report(
-    broker: Broker, message: MessageProxy, held: OutcomeHeld, *, settings: CaptureSettings
+    broker: Broker, message: Message[Any] | MessageProxy, held: OutcomeHeld, *, settings: CaptureSettings
 ) -> None:
     """Puts an outcome the signal service has not recorded yet on the queue, to send again later."""
     delay_ms = _requeue(broker, message, {HELD_REPORT_OPTION: encode_report(held.request)}, settings)

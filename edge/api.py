@@ -16,20 +16,18 @@ import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 import grpc
 import msgspec
 from google.protobuf import json_format, timestamp_pb2
-from litestar import Request, Response, Router, get, patch
+from litestar import Request, Router, get, patch
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import FromPath, FromQuery, HeaderParameter, JSONBody, QueryParameter
 from litestar.response import ServerSentEvent, ServerSentEventMessage
 
-from apidevs.alerts.v1 import resources_pb2, signal_service_pb2
-from edge.errors import error_response
+from apidevs.alerts.v1 import resources_pb2, signal_service_pb2, signal_service_pb2_grpc
 from mesh.errors import (
-    AlertsError,
     InvalidArgumentError,
     NotFoundError,
     UnauthenticatedError,
@@ -41,6 +39,9 @@ SSE_HEARTBEAT_SECONDS = 15.0
 # How long the browser waits before reconnecting after the stream ends.
 SSE_RETRY_MILLISECONDS = 2000
 _UNARY_TIMEOUT_SECONDS = 5.0
+_Request = TypeVar("_Request")
+_Response = TypeVar("_Response")
+_EventCall = grpc.aio.UnaryStreamCall[signal_service_pb2.SubscribeSignalsRequest, resources_pb2.SignalEvent]
 _STREAM_OPEN_TIMEOUT_SECONDS = 10.0
 _BEARER = re.compile(r"^[Bb]earer [\x21-\x7e]+$")
 
@@ -58,8 +59,12 @@ def _enum_name(enum: Any, number: int, prefix: str) -> Any:
     return enum.Name(number).removeprefix(prefix).lower()
 
 
-def _enum_number(enum: Any, prefix: str, name: str) -> int:
-    return enum.Value(prefix + name.upper())
+def _result_number(name: str) -> resources_pb2.SignalResult.ValueType:
+    return resources_pb2.SignalResult.Value("SIGNAL_RESULT_" + name.upper())
+
+
+def _screenshot_status_number(name: str) -> resources_pb2.ScreenshotStatus.ValueType:
+    return resources_pb2.ScreenshotStatus.Value("SCREENSHOT_STATUS_" + name.upper())
 
 
 def _time(message: timestamp_pb2.Timestamp, present: bool) -> datetime | None:
@@ -218,44 +223,40 @@ def session_out(session: resources_pb2.TradingViewSession) -> TradingViewSession
 # --- calls -------------------------------------------------------------------------------------------
 
 
-class ApiCallFailed(Exception):
-    """A refused call, answered through edge.errors' table."""
-
-    def __init__(self, error: AlertsError) -> None:
-        super().__init__(error.message)
-        self.error = error
-
-
-def _answer_failure(request: Request, exc: ApiCallFailed) -> Response:
-    response = error_response(exc.error)
-    if response.status_code == 401:
-        response.headers["WWW-Authenticate"] = 'Bearer realm="alerts"'
-    return response
-
-
-def caller_metadata(request: Request) -> tuple[tuple[str, str], ...]:
+def caller_metadata(request: Request[Any, Any, Any]) -> tuple[tuple[str, str], ...]:
     """The caller's own bearer key, to present to the signal service instead of the edge's key."""
     authorization = request.headers.get("authorization", "").strip()
     if not _BEARER.match(authorization):
-        raise ApiCallFailed(UnauthenticatedError("missing bearer API key"))
+        raise UnauthenticatedError("missing bearer API key")
     return (("authorization", authorization),)
 
 
-async def _unary(request: Request, method: str, message: Any) -> Any:
-    stub = request.app.state.signal_stub
+def _signals(request: Request[Any, Any, Any]) -> signal_service_pb2_grpc.SignalServiceAsyncStub:
+    stub: signal_service_pb2_grpc.SignalServiceAsyncStub = request.app.state.signal_stub
+    return stub
+
+
+async def _unary(
+    request: Request[Any, Any, Any],
+    method: grpc.aio.UnaryUnaryMultiCallable[_Request, _Response],
+    message: _Request,
+) -> _Response:
+    """Calls the signal service with the caller's own key; a refusal is raised as the domain error."""
     try:
-        return await getattr(stub, method)(
-            message, metadata=caller_metadata(request), timeout=_UNARY_TIMEOUT_SECONDS
-        )
+        return await method(message, metadata=caller_metadata(request), timeout=_UNARY_TIMEOUT_SECONDS)
     except grpc.aio.AioRpcError as exc:
-        raise ApiCallFailed(from_rpc_error(exc)) from exc
+        raise from_rpc_error(exc) from exc
 
 
-async def _owned_signal(request: Request, user_id: str, signal_id: str) -> resources_pb2.Signal:
-    signal = await _unary(request, "GetSignal", signal_service_pb2.GetSignalRequest(signal_id=signal_id))
+async def _owned_signal(
+    request: Request[Any, Any, Any], user_id: str, signal_id: str
+) -> resources_pb2.Signal:
+    signal = await _unary(
+        request, _signals(request).GetSignal, signal_service_pb2.GetSignalRequest(signal_id=signal_id)
+    )
     if signal.user_id != user_id:
         # Same answer as an unknown id: the path names a user, and this signal is not theirs.
-        raise ApiCallFailed(NotFoundError("no such signal", reason="SIGNAL_NOT_FOUND"))
+        raise NotFoundError("no such signal", reason="SIGNAL_NOT_FOUND")
     return signal
 
 
@@ -266,7 +267,7 @@ def _utc(moment: datetime | None) -> timestamp_pb2.Timestamp | None:
     try:
         message.FromDatetime(moment.astimezone(UTC) if moment.tzinfo else moment.replace(tzinfo=UTC))
     except (OverflowError, ValueError) as exc:
-        raise ApiCallFailed(InvalidArgumentError("time out of range", reason="INVALID_TIME")) from exc
+        raise InvalidArgumentError("time out of range", reason="INVALID_TIME") from exc
     return message
 
 
@@ -288,8 +289,10 @@ _ERRORS = {
     "current calendar month in UTC; screenshots_pending counts PENDING and PROCESSING captures.",
     responses=_ERRORS,
 )
-async def get_user_stats(request: Request, user_id: FromPath[str]) -> UserStatsOut:
-    stats = await _unary(request, "GetUserStats", signal_service_pb2.GetUserStatsRequest(user_id=user_id))
+async def get_user_stats(request: Request[Any, Any, Any], user_id: FromPath[str]) -> UserStatsOut:
+    stats = await _unary(
+        request, _signals(request).GetUserStats, signal_service_pb2.GetUserStatsRequest(user_id=user_id)
+    )
     return UserStatsOut(
         user_id=stats.user_id,
         total_signals=stats.total_signals,
@@ -311,7 +314,7 @@ async def get_user_stats(request: Request, user_id: FromPath[str]) -> UserStatsO
     responses=_ERRORS,
 )
 async def list_signals(
-    request: Request,
+    request: Request[Any, Any, Any],
     user_id: FromPath[str],
     ticker: FromQuery[str | None] = None,
     indicator: FromQuery[str | None] = None,
@@ -334,19 +337,19 @@ async def list_signals(
         created_before=_utc(created_before),
     )
     if result is not None:
-        query.result = _enum_number(resources_pb2.SignalResult, "SIGNAL_RESULT_", result)
+        query.result = _result_number(result)
     if screenshot_status is not None:
-        query.screenshot_status = _enum_number(
-            resources_pb2.ScreenshotStatus, "SCREENSHOT_STATUS_", screenshot_status
-        )
-    page = await _unary(request, "ListSignals", query)
+        query.screenshot_status = _screenshot_status_number(screenshot_status)
+    page = await _unary(request, _signals(request).ListSignals, query)
     return SignalPageOut(
         signals=[signal_out(signal) for signal in page.signals], next_page_token=page.next_page_token or None
     )
 
 
 @get("/users/{user_id:str}/signals/{signal_id:str}", summary="One signal", responses=_ERRORS)
-async def get_signal(request: Request, user_id: FromPath[str], signal_id: FromPath[str]) -> SignalOut:
+async def get_signal(
+    request: Request[Any, Any, Any], user_id: FromPath[str], signal_id: FromPath[str]
+) -> SignalOut:
     return signal_out(await _owned_signal(request, user_id, signal_id))
 
 
@@ -358,18 +361,21 @@ async def get_signal(request: Request, user_id: FromPath[str], signal_id: FromPa
     responses=_ERRORS,
 )
 async def update_signal_outcome(
-    request: Request, user_id: FromPath[str], signal_id: FromPath[str], data: JSONBody[OutcomeIn]
+    request: Request[Any, Any, Any],
+    user_id: FromPath[str],
+    signal_id: FromPath[str],
+    data: JSONBody[OutcomeIn],
 ) -> SignalOut:
     current = await _owned_signal(request, user_id, signal_id)
     update = signal_service_pb2.UpdateSignalOutcomeRequest(
         signal_id=signal_id,
-        result=_enum_number(resources_pb2.SignalResult, "SIGNAL_RESULT_", data.result)
+        result=_result_number(data.result)
         if data.result is not None
         else current.result or resources_pb2.SIGNAL_RESULT_PENDING,
         profit_loss=current.profit_loss if data.profit_loss is None else data.profit_loss,
         notes=current.notes if data.notes is None else data.notes,
     )
-    return signal_out(await _unary(request, "UpdateSignalOutcome", update))
+    return signal_out(await _unary(request, _signals(request).UpdateSignalOutcome, update))
 
 
 @get(
@@ -383,13 +389,13 @@ async def update_signal_outcome(
     responses=_ERRORS,
 )
 async def follow_events(
-    request: Request,
+    request: Request[Any, Any, Any],
     user_id: FromPath[str],
     after: Annotated[str | None, QueryParameter(description="Resume after this cursor")] = None,
     last_event_id: Annotated[str | None, HeaderParameter(name="Last-Event-ID")] = None,
 ) -> ServerSentEvent:
     cursor = last_event_id or after or ""
-    call = request.app.state.signal_stub.SubscribeSignals(
+    call = _signals(request).SubscribeSignals(
         signal_service_pb2.SubscribeSignalsRequest(user_id=user_id, after_cursor=cursor),
         metadata=caller_metadata(request),
     )
@@ -401,7 +407,7 @@ async def follow_events(
     )
 
 
-async def _await_accepted(call: grpc.aio.UnaryStreamCall) -> None:
+async def _await_accepted(call: _EventCall) -> None:
     """Waits for the service to accept or refuse the stream, so a refusal is an HTTP error, not a 200."""
     try:
         async with asyncio.timeout(_STREAM_OPEN_TIMEOUT_SECONDS):
@@ -409,16 +415,16 @@ async def _await_accepted(call: grpc.aio.UnaryStreamCall) -> None:
             if call.done():
                 await call.read()
     except grpc.aio.AioRpcError as exc:
-        raise ApiCallFailed(from_rpc_error(exc)) from exc
+        raise from_rpc_error(exc) from exc
     except TimeoutError as exc:
         call.cancel()
-        raise ApiCallFailed(UnavailableError("the event stream did not open in time")) from exc
+        raise UnavailableError("the event stream did not open in time") from exc
     except BaseException:
         call.cancel()
         raise
 
 
-async def _sse_messages(call: grpc.aio.UnaryStreamCall, heartbeat_seconds: float) -> AsyncIterator[Any]:
+async def _sse_messages(call: _EventCall, heartbeat_seconds: float) -> AsyncIterator[Any]:
     yield ServerSentEventMessage(data=None, comment="stream open", retry=SSE_RETRY_MILLISECONDS)
     # One read stays pending across heartbeats: cancelling a read would cancel the whole call.
     reading = asyncio.ensure_future(call.read())
@@ -435,8 +441,8 @@ async def _sse_messages(call: grpc.aio.UnaryStreamCall, heartbeat_seconds: float
                 body = {"error": error.code.name.lower(), "reason": error.reason, **error.metadata}
                 yield ServerSentEventMessage(event="stream-error", data=msgspec.json.encode(body).decode())
                 return
-            if message is grpc.aio.EOF:
-                return
+            if not isinstance(message, resources_pb2.SignalEvent):
+                return  # grpc.aio.EOF: the service ended the stream
             yield ServerSentEventMessage(
                 id=message.cursor, data=msgspec.json.encode(event_out(message)).decode()
             )
@@ -453,5 +459,4 @@ router = Router(
     route_handlers=[get_user_stats, list_signals, get_signal, update_signal_outcome, follow_events],
     tags=["platform"],
     security=[{"BearerApiKey": []}],
-    exception_handlers={ApiCallFailed: _answer_failure},
 )

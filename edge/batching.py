@@ -31,7 +31,7 @@ WEBHOOK_BATCH_SIZE = Histogram(
 class IngestBatcher:
     def __init__(
         self,
-        stub: signal_service_pb2_grpc.SignalServiceStub,
+        stub: signal_service_pb2_grpc.SignalServiceAsyncStub,
         *,
         api_key: str | None,
         timeout_seconds: float,

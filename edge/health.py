@@ -4,18 +4,25 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any, Protocol
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
 from litestar import Request, Response, get
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from apidevs.alerts.v1 import signal_service_pb2
+from apidevs.alerts.v1 import signal_service_pb2, signal_service_pb2_grpc
 
 _CHECK_TIMEOUT_SECONDS = 1.0
 
 
-async def _grpc_serving(stub: health_pb2_grpc.HealthStub) -> bool:
+class HealthChecker(Protocol):
+    """What the edge calls on a ``health_pb2_grpc.HealthStub`` (whose published stubs omit its methods)."""
+
+    Check: grpc.aio.UnaryUnaryMultiCallable[health_pb2.HealthCheckRequest, health_pb2.HealthCheckResponse]
+
+
+async def _grpc_serving(stub: HealthChecker) -> bool:
     try:
         answer = await stub.Check(health_pb2.HealthCheckRequest(), timeout=_CHECK_TIMEOUT_SECONDS)
     except grpc.aio.AioRpcError:
@@ -29,13 +36,13 @@ async def live() -> dict[str, str]:
 
 
 @get("/health/ready", summary="Readiness: the signal service answers", tags=["health"])
-async def ready(request: Request) -> Response:
+async def ready(request: Request[Any, Any, Any]) -> Response[Any]:
     serving = await _grpc_serving(request.app.state.signal_health)
     return Response({"status": "ok" if serving else "unavailable"}, status_code=200 if serving else 503)
 
 
 @get("/health", summary="Dependencies, capture backlog and uptime", tags=["health"])
-async def health(request: Request) -> Response:
+async def health(request: Request[Any, Any, Any]) -> Response[Any]:
     state = request.app.state
     storage_ok, status = await asyncio.gather(_grpc_serving(state.storage_health), _service_status(request))
     checks = {
@@ -56,9 +63,12 @@ async def health(request: Request) -> Response:
     return Response(body, status_code=200 if healthy else 503, headers={"Cache-Control": "no-store"})
 
 
-async def _service_status(request: Request) -> signal_service_pb2.GetServiceStatusResponse | None:
+async def _service_status(
+    request: Request[Any, Any, Any],
+) -> signal_service_pb2.GetServiceStatusResponse | None:
+    stub: signal_service_pb2_grpc.SignalServiceAsyncStub = request.app.state.signal_stub
     try:
-        return await request.app.state.signal_stub.GetServiceStatus(
+        return await stub.GetServiceStatus(
             signal_service_pb2.GetServiceStatusRequest(), timeout=_CHECK_TIMEOUT_SECONDS
         )
     except grpc.aio.AioRpcError:
@@ -66,5 +76,5 @@ async def _service_status(request: Request) -> signal_service_pb2.GetServiceStat
 
 
 @get("/metrics", summary="Prometheus metrics", tags=["health"], include_in_schema=False)
-async def metrics() -> Response:
+async def metrics() -> Response[Any]:
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

@@ -4,7 +4,9 @@ The edge checks the signature itself (no storage call for a forged or expired li
 object from StorageService.GetObject. The app must hold, in its state:
 
 - ``storage_stub``: a ``StorageServiceStub`` on a long-lived channel (``mesh.grpc.open_channel``),
-- ``media_signing_secret``: ``mesh.signing.media_signing_secret(settings)``.
+- ``media_signing_secret``: ``mesh.signing.media_signing_secret(settings)``;
+
+and answers refusals by raising: the app registers ``edge.errors.EXCEPTION_HANDLERS``.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 from litestar import Request, Response, get
@@ -20,33 +23,41 @@ from litestar.params import FromPath, FromQuery
 from litestar.response import Stream
 
 from apidevs.alerts.v1 import storage_service_pb2, storage_service_pb2_grpc
-from mesh.errors import NotFoundError, UnavailableError, from_rpc_error
+from mesh.errors import (
+    AlertsError,
+    InternalError,
+    NotFoundError,
+    PermissionDeniedError,
+    UnavailableError,
+    from_rpc_error,
+)
 from mesh.signing import MediaSignatureError, verify_media_signature
 
 log = logging.getLogger(__name__)
 
 # Long enough for the largest object over a slow link; the first message (the info) comes at once.
 _GET_OBJECT_TIMEOUT_SECONDS = 120.0
+_UNAVAILABLE_RETRY_AFTER_SECONDS = 1.0
+# Mapped to 502 by edge.errors: storage failed in a way the client cannot fix.
+_STORAGE_FAILED = "STORAGE_FAILED"
 # Stored content is served from the edge's own origin, so nothing in it may run or be sniffed into HTML.
 _SANDBOX_POLICY = "sandbox; default-src 'none'; img-src 'self'; media-src 'self'; style-src 'unsafe-inline'"
 
 
 @get("/media/{key:path}", summary="A stored object, by signed URL", tags=["media"])
 async def get_media(
-    request: Request,
+    request: Request[Any, Any, Any],
     key: FromPath[Path],
     expires: FromQuery[str | None] = None,
     sig: FromQuery[str | None] = None,
-) -> Response:
+) -> Response[Any]:
     object_key = str(key).removeprefix("/")
     try:
         expires_at = verify_media_signature(object_key, expires, sig, request.app.state.media_signing_secret)
     except MediaSignatureError as exc:
-        return Response(
-            {"error": f"link {exc.reason}"}, status_code=403, headers={"Cache-Control": "no-store"}
-        )
+        raise PermissionDeniedError(str(exc), reason=f"MEDIA_LINK_{exc.reason.upper()}") from exc
 
-    stub: storage_service_pb2_grpc.StorageServiceStub = request.app.state.storage_stub
+    stub: storage_service_pb2_grpc.StorageServiceAsyncStub = request.app.state.storage_stub
     call = stub.GetObject(
         storage_service_pb2.GetObjectRequest(key=object_key), timeout=_GET_OBJECT_TIMEOUT_SECONDS
     )
@@ -54,10 +65,10 @@ async def get_media(
     try:
         first = await anext(messages)
     except grpc.aio.AioRpcError as exc:
-        return _error_response(from_rpc_error(exc))
-    except StopAsyncIteration:
+        raise _storage_refusal(from_rpc_error(exc)) from exc
+    except StopAsyncIteration as exc:
         log.error("storage sent no object info", extra={"key": object_key})
-        return Response({"error": "storage failed"}, status_code=502)
+        raise InternalError("storage sent no object info", reason=_STORAGE_FAILED) from exc
     info = first.info
 
     headers = {
@@ -78,7 +89,7 @@ async def get_media(
 
 
 async def _chunks(
-    call: grpc.aio.UnaryStreamCall, messages: AsyncIterator[storage_service_pb2.GetObjectResponse]
+    call: grpc.aio.UnaryStreamCall[Any, Any], messages: AsyncIterator[storage_service_pb2.GetObjectResponse]
 ) -> AsyncIterator[bytes]:
     try:
         async for message in messages:
@@ -92,13 +103,16 @@ async def _chunks(
         call.cancel()
 
 
-def _error_response(error: Exception) -> Response:
+def _storage_refusal(error: AlertsError) -> AlertsError:
+    """What the client is told (through edge.errors' table) when storage refuses the read."""
     if isinstance(error, NotFoundError):
-        return Response({"error": "not found"}, status_code=404, headers={"Cache-Control": "no-store"})
+        return error
     if isinstance(error, UnavailableError):
-        return Response({"error": "storage unavailable"}, status_code=503, headers={"Retry-After": "1"})
+        if error.retry_after_seconds is None:
+            error.retry_after_seconds = _UNAVAILABLE_RETRY_AFTER_SECONDS
+        return error
     log.error("storage refused an object read", extra={"error": str(error)})
-    return Response({"error": "storage failed"}, status_code=502)
+    return InternalError("storage refused an object read", reason=_STORAGE_FAILED)
 
 
 def _http_date(unix_seconds: int) -> str:

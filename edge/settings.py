@@ -64,8 +64,10 @@ class EdgeSettings(CommonSettings):
     def _split(cls, value: object) -> object:
         if isinstance(value, str):
             value = [item.strip() for item in value.split(",") if item.strip()]
-        for entry in value or ():
-            ipaddress.ip_network(entry, strict=False)
+        # Anything but a list of networks is left to the field's own validation to refuse.
+        if isinstance(value, list | tuple | set | frozenset):
+            for entry in value:
+                ipaddress.ip_network(entry, strict=False)
         return value
 
 

@@ -38,7 +38,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
 import grpc
 from litestar import Litestar
@@ -48,9 +48,12 @@ from apidevs.alerts.v1 import signal_service_pb2
 from mesh.coalescer import Coalescer
 from mesh.errors import from_rpc_error
 from mesh.logging import request_id_var
+from mesh.loops import BackgroundLoop
 from mesh.roles import KEY_REFUSAL_REASONS
 
 log = logging.getLogger(__name__)
+
+_Result = TypeVar("_Result")
 
 SPOOL_BYTES = Gauge("alerts_spool_bytes", "Bytes of webhook requests waiting in the edge spool")
 SPOOL_PENDING = Gauge("alerts_spool_pending", "Webhook requests waiting in the edge spool")
@@ -196,7 +199,7 @@ class WebhookSpool:
         SPOOL_BYTES.set(totals.bytes)
         SPOOL_PENDING.set(totals.pending)
 
-    async def _run(self, function: Callable[..., Any], *args: Any) -> Any:
+    async def _run(self, function: Callable[..., _Result], *args: Any) -> _Result:
         return await asyncio.get_running_loop().run_in_executor(self._executor, function, *args)
 
     # --- on the spool thread ------------------------------------------------------------------------
@@ -316,7 +319,7 @@ class SpoolReplayer:
 
     A record is removed only after a definitive answer: success (a new signal or the earlier one for its
     idempotency key), or a refusal that would be repeated. Anything else keeps the record at the head of
-    the spool and waits with exponential backoff, so order is kept. Only the process holding the leader
+    the spool and waits with backoff (mesh.loops), so order is kept. Only the process holding the leader
     lock replays; the others refresh the gauges and take over when the leader exits.
     """
 
@@ -332,35 +335,31 @@ class SpoolReplayer:
     ) -> None:
         self._spool = spool
         self._send = send
-        self._poll_seconds = poll_seconds
-        self._min_backoff = min_backoff_seconds
-        self._max_backoff = max_backoff_seconds
         self._batch_size = batch_size
-        self._wake = asyncio.Event()
-        self._resume = asyncio.Event()
-        self._backing_off = False
-        self._task: asyncio.Task[None] | None = None
+        self._loop = BackgroundLoop(
+            "spool-replayer",
+            self._pass,
+            interval_seconds=poll_seconds,
+            min_backoff_seconds=min_backoff_seconds,
+            max_backoff_seconds=max_backoff_seconds,
+            expected_errors=(grpc.aio.AioRpcError,),
+        )
         self._lock_file: IO[bytes] | None = None
 
     def kick(self) -> None:
         """Called after an append: the leader looks at the spool now rather than at its next poll."""
-        self._wake.set()
+        self._loop.wake()
 
     def signal_service_answered(self) -> None:
         """Called when a webhook got through: a leader backing off after failed replays replays now, so
         the spool drains as soon as the signal service is back rather than at the end of its backoff."""
-        if self._backing_off:
-            self._resume.set()
+        self._loop.resume()
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="spool-replayer")
+        self._loop.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await self._loop.stop()
         if self._lock_file is not None:
             self._lock_file.close()
             self._lock_file = None
@@ -397,42 +396,13 @@ class SpoolReplayer:
         SPOOL_REPLAYED.labels(outcome).inc()
         return True
 
-    async def _run(self) -> None:
-        failures = 0
-        while True:
-            delay = self._poll_seconds
-            try:
-                if self._lead():
-                    await self.replay_once()
-                    failures = 0
-                else:
-                    self._spool.publish(await self._spool.totals())
-            except grpc.aio.AioRpcError as exc:
-                failures += 1
-                delay = min(self._max_backoff, self._min_backoff * 2 ** (failures - 1))
-                if failures == 1 or delay >= self._max_backoff:
-                    log.warning(
-                        "signal service not taking spooled webhooks yet",
-                        extra={"code": exc.code().name, "retry_in_seconds": delay},
-                    )
-            except Exception:
-                failures += 1
-                delay = self._max_backoff
-                log.exception("spool replay pass failed")
-            self._wake.clear()
-            if failures:
-                # Backing off: appends do not cut the wait short, or an outage would spin the loop; a
-                # webhook that got through does (signal_service_answered).
-                self._resume.clear()
-                self._backing_off = True
-                try:
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._resume.wait(), timeout=delay)
-                finally:
-                    self._backing_off = False
-            else:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), timeout=delay)
+    async def _pass(self) -> None:
+        """One look at the spool: the leader replays it (an unsettled answer raises, and the loop backs
+        off with the record still at the head); the others refresh the gauges."""
+        if self._lead():
+            await self.replay_once()
+        else:
+            self._spool.publish(await self._spool.totals())
 
     def _lead(self) -> bool:
         """Takes (or keeps) the host-wide replay lock; the OS releases it when this process exits."""

@@ -20,6 +20,7 @@ from litestar.plugins.jinja import JinjaTemplateEngine
 from litestar.response import Template
 from litestar.static_files import create_static_files_router
 from litestar.template.config import TemplateConfig
+from litestar.types import ControllerRouterHandler
 
 UI_DIR = Path(__file__).with_name("ui")
 STATIC_DIR = UI_DIR / "static"
@@ -70,7 +71,7 @@ static_files = create_static_files_router(
     after_request=_harden_static,
 )
 
-route_handlers = [signal_viewer, static_files]
+route_handlers: list[ControllerRouterHandler] = [signal_viewer, static_files]
 
 
 def template_config() -> TemplateConfig[JinjaTemplateEngine]:

@@ -7,6 +7,7 @@ import logging
 import re
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 from google.protobuf import timestamp_pb2
@@ -19,7 +20,7 @@ from prometheus_client import Counter, Histogram
 from apidevs.alerts.v1 import resources_pb2, signal_service_pb2, signal_service_pb2_grpc
 from edge.batching import IngestBatcher
 from edge.client_ip import client_ip
-from edge.errors import error_response, http_status_for
+from edge.errors import error_response, http_status_for, refusal_response
 from edge.header_limits import WEBHOOK_AUDITS_HEADERS, headers_too_large
 from edge.settings import EdgeSettings
 from edge.spool import SPOOL_WORTHY_CODES, SpoolFullError, WebhookSpool
@@ -55,7 +56,7 @@ _STATUS_NAMES = {
 }
 
 
-async def read_body(request: Request, keep: int, read_at_most: int) -> tuple[bytes, int]:
+async def read_body(request: Request[Any, Any, Any], keep: int, read_at_most: int) -> tuple[bytes, int]:
     """The first `keep` bytes and the size seen; stops reading past `read_at_most`."""
     kept = bytearray()
     size = 0
@@ -113,19 +114,21 @@ _MAX_REPORTED_USER_AGENT = 512
 
 
 def _refuse(
-    request: Request,
+    request: Request[Any, Any, Any],
     ingest: signal_service_pb2.IngestWebhookRequest,
     status_code: int,
     error: str,
     message: str | None = None,
-) -> tuple[Response, str]:
+) -> tuple[Response[Any], str]:
     """Answers at once, and reports the refusal to the signal service for the audit log in the background
     (every webhook call is audited; a client that floods headers or trickles its body waits for nothing)."""
     _report(request, ingest, error)
     return _refusal(status_code, error, message)
 
 
-def _report(request: Request, ingest: signal_service_pb2.IngestWebhookRequest, reason: str) -> None:
+def _report(
+    request: Request[Any, Any, Any], ingest: signal_service_pb2.IngestWebhookRequest, reason: str
+) -> None:
     ingest.edge_refusal = reason.upper()
     task = asyncio.create_task(_report_refusal(request.app.state.signal_stub, ingest))
     _REFUSAL_REPORTS.add(task)
@@ -133,7 +136,7 @@ def _report(request: Request, ingest: signal_service_pb2.IngestWebhookRequest, r
 
 
 async def _report_refusal(
-    stub: signal_service_pb2_grpc.SignalServiceStub, ingest: signal_service_pb2.IngestWebhookRequest
+    stub: signal_service_pb2_grpc.SignalServiceAsyncStub, ingest: signal_service_pb2.IngestWebhookRequest
 ) -> None:
     try:
         await stub.IngestWebhook(ingest, timeout=_REFUSAL_REPORT_TIMEOUT_SECONDS)
@@ -144,32 +147,25 @@ async def _report_refusal(
             )
 
 
-def _refusal(status_code: int, error: str, message: str | None = None) -> tuple[Response, str]:
+def _refusal(status_code: int, error: str, message: str | None = None) -> tuple[Response[Any], str]:
     """An answer the edge gives on its own; the connection is closed, as the rest of the body is unread."""
-    content = {"success": False, "error": error} | ({"message": message} if message else {})
-    response = Response(
-        content,
-        status_code=status_code,
-        headers={"Connection": "close", "Cache-Control": "no-store"},
-    )
-    return response, error
+    return refusal_response(status_code, error, {"Connection": "close"}, message), error
 
 
 async def _spool(
-    request: Request, ingest: signal_service_pb2.IngestWebhookRequest, request_id: str, reason: str = "queued"
-) -> tuple[Response, str]:
+    request: Request[Any, Any, Any],
+    ingest: signal_service_pb2.IngestWebhookRequest,
+    request_id: str,
+    reason: str = "queued",
+) -> tuple[Response[Any], str]:
     """The signal service is away or behind: keep the alert on disk for the replayer and say so with 202."""
     spool: WebhookSpool = request.app.state.spool
     try:
         await spool.append(ingest, request_id=request_id, source=source_network(ingest.source_ip))
     except SpoolFullError as exc:
         log.error("webhook spool refused a request", extra={"error": str(exc)})
-        response = Response(
-            {"success": False, "error": "unavailable"},
-            status_code=503,
-            headers={"Retry-After": str(_SPOOL_FULL_RETRY_AFTER_SECONDS), "Cache-Control": "no-store"},
-        )
-        return response, "spool_full"
+        headers = {"Retry-After": str(_SPOOL_FULL_RETRY_AFTER_SECONDS)}
+        return refusal_response(503, "unavailable", headers), "spool_full"
     request.app.state.spool_replayer.kick()
     return Response({"success": True, "queued": True, "request_id": request_id}, status_code=202), reason
 
@@ -196,7 +192,7 @@ async def _spool(
     },
 )
 async def receive_webhook(
-    request: Request, token: FromPath[str], chart: FromQuery[str | None] = None
+    request: Request[Any, Any, Any], token: FromPath[str], chart: FromQuery[str | None] = None
 ) -> Response[WebhookAccepted]:
     started = time.perf_counter()
     request_id = new_request_id()
@@ -214,7 +210,9 @@ async def receive_webhook(
     return response
 
 
-async def _answer(request: Request, token: str, chart: str | None, request_id: str) -> tuple[Response, str]:
+async def _answer(
+    request: Request[Any, Any, Any], token: str, chart: str | None, request_id: str
+) -> tuple[Response[Any], str]:
     """The answer to one webhook and the reason it is counted under."""
     settings: EdgeSettings = request.app.state.settings
     seconds, nanos = divmod(time.time_ns(), 1_000_000_000)

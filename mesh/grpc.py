@@ -18,9 +18,9 @@ import logging
 import signal
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -41,6 +41,13 @@ from mesh.runtime import freeze_startup_heap
 from mesh.settings import CommonSettings
 
 log = logging.getLogger(__name__)
+
+_Request = TypeVar("_Request")
+_Response = TypeVar("_Response")
+# grpc's stubs describe a method handler's behaviours as the sync server calls them; under grpc.aio they
+# are coroutine functions (unary responses) and async generators (streamed responses).
+_AsyncUnaryBehavior = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]]
+_AsyncStreamBehavior = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], AsyncIterator[Any]]
 
 _KEEPALIVE_OPTIONS = [
     ("grpc.keepalive_time_ms", 30_000),
@@ -90,15 +97,18 @@ class _ServerInterceptor(grpc.aio.ServerInterceptor):
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        continuation: Callable[
+            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[_Request, _Response] | None]
+        ],
         handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
+    ) -> grpc.RpcMethodHandler[_Request, _Response] | None:
         handler = await continuation(handler_call_details)
-        method: str = handler_call_details.method
+        method = handler_call_details.method
         if handler is None or method in PUBLIC_METHODS:
             return handler
-        metadata = {key: value for key, value in handler_call_details.invocation_metadata or ()}
-        request_id_var.set(str(metadata.get("x-request-id") or new_request_id()))
+        # Metadata keys are text; values are bytes only for "-bin" keys, which are none of these two.
+        metadata = {key: str(value) for key, value in handler_call_details.invocation_metadata}
+        request_id_var.set(metadata.get("x-request-id") or new_request_id())
         _translate_error.set(self._translate_error)
         rejection: AlertsError | None = None
         try:
@@ -129,18 +139,19 @@ def caller_error(exc: Exception, method: str) -> AlertsError:
     return InternalError("internal error")
 
 
-async def _abort(context: grpc.aio.ServicerContext, error: AlertsError) -> None:
+async def _abort(context: grpc.aio.ServicerContext[Any, Any], error: AlertsError) -> None:
     await context.abort_with_status(to_grpc_status(error))
 
 
-def _code_name(context: grpc.aio.ServicerContext) -> str:
-    code = context.code()
+def _code_name(context: grpc.aio.ServicerContext[Any, Any]) -> str:
+    # None until a code is set, whatever the stubs say.
+    code: object = context.code()
     return code.name if isinstance(code, grpc.StatusCode) else "OK"
 
 
 @contextlib.asynccontextmanager
 async def _call_outcome(
-    context: grpc.aio.ServicerContext, method: str, *, timed: bool
+    context: grpc.aio.ServicerContext[Any, Any], method: str, *, timed: bool
 ) -> AsyncIterator[None]:
     """Turns what a handler raised into its status (see caller_error) and counts the call by outcome."""
     started = time.perf_counter()
@@ -169,17 +180,19 @@ async def _call_outcome(
 
 
 def _wrap_handler(
-    handler: grpc.RpcMethodHandler, method: str, rejection: AlertsError | None
-) -> grpc.RpcMethodHandler:
-    async def unary_response(request: Any, context: grpc.aio.ServicerContext) -> Any:
-        behavior = handler.unary_unary or handler.stream_unary
+    handler: grpc.RpcMethodHandler[_Request, _Response], method: str, rejection: AlertsError | None
+) -> grpc.RpcMethodHandler[_Request, _Response]:
+    async def unary_response(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        behavior = cast(_AsyncUnaryBehavior, handler.unary_unary or handler.stream_unary)
         async with _call_outcome(context, method, timed=True):
             if rejection is not None:
                 raise rejection
             return await behavior(request, context)
 
-    async def stream_response(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-        behavior = handler.unary_stream or handler.stream_stream
+    async def stream_response(
+        request: Any, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[Any]:
+        behavior = cast(_AsyncStreamBehavior, handler.unary_stream or handler.stream_stream)
         # A stream's duration is its subscriber's lifetime, not a latency: only its outcome is counted.
         async with _call_outcome(context, method, timed=False):
             if rejection is not None:
@@ -187,17 +200,14 @@ def _wrap_handler(
             async for item in behavior(request, context):
                 yield item
 
-    codec = {
-        "request_deserializer": handler.request_deserializer,
-        "response_serializer": handler.response_serializer,
-    }
+    decode, encode = handler.request_deserializer, handler.response_serializer
     if handler.unary_unary:
-        return grpc.unary_unary_rpc_method_handler(unary_response, **codec)
+        return grpc.unary_unary_rpc_method_handler(unary_response, decode, encode)
     if handler.stream_unary:
-        return grpc.stream_unary_rpc_method_handler(unary_response, **codec)
+        return grpc.stream_unary_rpc_method_handler(unary_response, decode, encode)
     if handler.unary_stream:
-        return grpc.unary_stream_rpc_method_handler(stream_response, **codec)
-    return grpc.stream_stream_rpc_method_handler(stream_response, **codec)
+        return grpc.unary_stream_rpc_method_handler(stream_response, decode, encode)
+    return grpc.stream_stream_rpc_method_handler(stream_response, decode, encode)
 
 
 @dataclass(frozen=True, repr=False)
@@ -308,7 +318,7 @@ class _CallMetadata:
     def _details(self, details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
         metadata = grpc.aio.Metadata(*(details.metadata or ()))
         for key, value in call_metadata(self._api_key, request_id_var.get()):
-            if key not in metadata:
+            if metadata.get(key) is None:
                 metadata.add(key, value)
         return grpc.aio.ClientCallDetails(
             details.method, details.timeout, metadata, details.credentials, details.wait_for_ready
@@ -317,22 +327,55 @@ class _CallMetadata:
 
 # grpc.aio files each interceptor under the first of the four kinds it is, so each kind needs its own class.
 class _UnaryUnaryMetadata(_CallMetadata, grpc.aio.UnaryUnaryClientInterceptor):
-    async def intercept_unary_unary(self, continuation, client_call_details, request):  # type: ignore[no-untyped-def]
+    async def intercept_unary_unary(
+        self,
+        continuation: Callable[
+            [grpc.aio.ClientCallDetails, _Request], Awaitable[grpc.aio.UnaryUnaryCall[_Request, _Response]]
+        ],
+        client_call_details: grpc.aio.ClientCallDetails,
+        request: _Request,
+    ) -> grpc.aio.UnaryUnaryCall[_Request, _Response]:
         return await continuation(self._details(client_call_details), request)
 
 
 class _UnaryStreamMetadata(_CallMetadata, grpc.aio.UnaryStreamClientInterceptor):
-    async def intercept_unary_stream(self, continuation, client_call_details, request):  # type: ignore[no-untyped-def]
+    async def intercept_unary_stream(
+        self,
+        continuation: Callable[
+            [grpc.aio.ClientCallDetails, _Request], Awaitable[grpc.aio.UnaryStreamCall[_Request, _Response]]
+        ],
+        client_call_details: grpc.aio.ClientCallDetails,
+        request: _Request,
+    ) -> grpc.aio.UnaryStreamCall[_Request, _Response]:
         return await continuation(self._details(client_call_details), request)
 
 
+_RequestStream = AsyncIterable[_Request] | Iterable[_Request]
+
+
 class _StreamUnaryMetadata(_CallMetadata, grpc.aio.StreamUnaryClientInterceptor):
-    async def intercept_stream_unary(self, continuation, client_call_details, request_iterator):  # type: ignore[no-untyped-def]
+    async def intercept_stream_unary(
+        self,
+        continuation: Callable[
+            [grpc.aio.ClientCallDetails, _RequestStream[_Request]],
+            Awaitable[grpc.aio.StreamUnaryCall[_Request, _Response]],
+        ],
+        client_call_details: grpc.aio.ClientCallDetails,
+        request_iterator: _RequestStream[_Request],
+    ) -> grpc.aio.StreamUnaryCall[_Request, _Response]:
         return await continuation(self._details(client_call_details), request_iterator)
 
 
 class _StreamStreamMetadata(_CallMetadata, grpc.aio.StreamStreamClientInterceptor):
-    async def intercept_stream_stream(self, continuation, client_call_details, request_iterator):  # type: ignore[no-untyped-def]
+    async def intercept_stream_stream(
+        self,
+        continuation: Callable[
+            [grpc.aio.ClientCallDetails, _RequestStream[_Request]],
+            Awaitable[grpc.aio.StreamStreamCall[_Request, _Response]],
+        ],
+        client_call_details: grpc.aio.ClientCallDetails,
+        request_iterator: _RequestStream[_Request],
+    ) -> grpc.aio.StreamStreamCall[_Request, _Response]:
         return await continuation(self._details(client_call_details), request_iterator)
 
 

@@ -51,7 +51,8 @@ class StubState:
 
 
 def _state(request: Request[Any, Any, State]) -> StubState:
-    return request.app.state.stub
+    state: StubState = request.app.state.stub
+    return state
 
 
 def _error(code: int, description: str, **parameters: Any) -> Response[dict[str, Any]]:

@@ -17,7 +17,12 @@ from grpc_tools import protoc
 
 PROTO_ROOT = Path(__file__).resolve().parent
 PACKAGE_DIR = PROTO_ROOT / "apidevs" / "alerts" / "v1"
-GENERATED_SUFFIXES = ("_pb2.py", "_pb2.pyi", "_pb2_grpc.py")
+GENERATED_SUFFIXES = ("_pb2.py", "_pb2.pyi", "_pb2_grpc.py", "_pb2_grpc.pyi")
+# mypy-protobuf's plugins write the type stubs: messages with enum fields typed as their enum's values,
+# and the gRPC stubs (which grpcio-tools writes untyped). They sit beside this interpreter in the
+# virtualenv, which need not be on PATH.
+MYPY_PLUGIN = Path(sys.executable).parent / "protoc-gen-mypy"
+MYPY_GRPC_PLUGIN = Path(sys.executable).parent / "protoc-gen-mypy_grpc"
 
 
 def _generate(out_dir: Path) -> None:
@@ -28,8 +33,13 @@ def _generate(out_dir: Path) -> None:
         f"-I{PROTO_ROOT}",
         f"-I{include}",
         f"--python_out={out_dir}",
-        f"--pyi_out={out_dir}",
+        f"--plugin=protoc-gen-mypy={MYPY_PLUGIN}",
+        f"--mypy_out={out_dir}",
+        "--mypy_opt=quiet",
         f"--grpc_python_out={out_dir}",
+        f"--plugin=protoc-gen-mypy_grpc={MYPY_GRPC_PLUGIN}",
+        f"--mypy_grpc_out={out_dir}",
+        "--mypy_grpc_opt=quiet",
         *sources,
     ]
     if protoc.main(args) != 0:

@@ -6,7 +6,7 @@ import hashlib
 import logging
 import re
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from urllib.parse import quote
@@ -143,7 +143,7 @@ class StorageService:
     async def stat_object(self, key: str) -> ObjectInfo:
         return await self._backend.stat(validate_key(key))
 
-    def read_object(self, key: str) -> AsyncIterator[ObjectInfo | bytes]:
+    def read_object(self, key: str) -> AsyncGenerator[ObjectInfo | bytes, None]:
         """The object's info, then its content in chunks; NotFoundError surfaces on the first item."""
         return self._backend.read(validate_key(key))
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from typing import Any
 
 import grpc
 from google.protobuf import timestamp_pb2
@@ -29,7 +30,7 @@ class StorageServicer(storage_service_pb2_grpc.StorageServiceServicer):
     async def PutObject(
         self,
         request_iterator: AsyncIterator[storage_service_pb2.PutObjectRequest],
-        context: grpc.aio.ServicerContext,
+        context: grpc.aio.ServicerContext[Any, Any],
     ) -> storage_service_pb2.ObjectInfo:
         ensure_unscoped()
         first = await anext(aiter(request_iterator), None)
@@ -49,7 +50,7 @@ class StorageServicer(storage_service_pb2_grpc.StorageServiceServicer):
         return object_info_message(info)
 
     async def GetObjectUrl(
-        self, request: storage_service_pb2.GetObjectUrlRequest, context: grpc.aio.ServicerContext
+        self, request: storage_service_pb2.GetObjectUrlRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> storage_service_pb2.GetObjectUrlResponse:
         ensure_unscoped()
         object_url = await self._service.get_object_url(request.key, request.expires_in_seconds)
@@ -59,7 +60,7 @@ class StorageServicer(storage_service_pb2_grpc.StorageServiceServicer):
         return response
 
     async def GetObject(
-        self, request: storage_service_pb2.GetObjectRequest, context: grpc.aio.ServicerContext
+        self, request: storage_service_pb2.GetObjectRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[storage_service_pb2.GetObjectResponse]:
         ensure_unscoped()
         async with contextlib.aclosing(self._service.read_object(request.key)) as parts:
@@ -70,7 +71,7 @@ class StorageServicer(storage_service_pb2_grpc.StorageServiceServicer):
                     yield storage_service_pb2.GetObjectResponse(chunk=part)
 
     async def DeleteObject(
-        self, request: storage_service_pb2.DeleteObjectRequest, context: grpc.aio.ServicerContext
+        self, request: storage_service_pb2.DeleteObjectRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> storage_service_pb2.DeleteObjectResponse:
         ensure_unscoped()
         await self._service.delete_object(request.key)
@@ -79,7 +80,7 @@ class StorageServicer(storage_service_pb2_grpc.StorageServiceServicer):
 
 async def _chunks(
     request_iterator: AsyncIterator[storage_service_pb2.PutObjectRequest],
-    context: grpc.aio.ServicerContext,
+    context: grpc.aio.ServicerContext[Any, Any],
     *,
     settle: bool,
 ) -> AsyncIterator[bytes]:

@@ -8,7 +8,7 @@ missing key) and never block the event loop.
 from __future__ import annotations
 
 import abc
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 
 from storage_service.objects import ObjectInfo, ObjectSummary
 
@@ -36,7 +36,7 @@ class StorageBackend(abc.ABC):
     async def stat(self, key: str) -> ObjectInfo: ...
 
     @abc.abstractmethod
-    def read(self, key: str) -> AsyncIterator[ObjectInfo | bytes]:
+    def read(self, key: str) -> AsyncGenerator[ObjectInfo | bytes, None]:
         """Yields the object's info, then its content in chunks, all from one consistent version."""
 
     @abc.abstractmethod

@@ -6,7 +6,7 @@ configured (an emulator), API calls are anonymous and only URL signing uses the 
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from datetime import timedelta
 from typing import Any
 
@@ -17,7 +17,7 @@ from google.auth.credentials import AnonymousCredentials, Credentials
 from google.cloud import storage
 from google.oauth2 import service_account
 
-from mesh.errors import NotFoundError, UnavailableError
+from mesh.errors import FailedPreconditionError, NotFoundError, UnavailableError
 from storage_service.backends._spool import spool
 from storage_service.backends._threads import run_blocking
 from storage_service.backends.base import READ_CHUNK_BYTES, StorageBackend
@@ -97,7 +97,7 @@ class GcsBackend(StorageBackend):
             raise NotFoundError(f"no object {key!r}", reason="OBJECT_NOT_FOUND")
         return blob
 
-    async def read(self, key: str) -> AsyncIterator[ObjectInfo | bytes]:
+    async def read(self, key: str) -> AsyncGenerator[ObjectInfo | bytes, None]:
         blob = await self._existing_blob(key)
         yield _object_info(blob)
         # Pinning the generation makes a concurrent replacement fail the read instead of mixing versions.
@@ -125,10 +125,14 @@ class GcsBackend(StorageBackend):
         if not isinstance(self._signing_credentials, service_account.Credentials):
             # Workload identity and other keyless credentials sign through the IAM signBlob API.
             await run_blocking(self._signing_credentials.refresh, google.auth.transport.requests.Request())
-            signing = {
-                "service_account_email": self._signing_credentials.service_account_email,
-                "access_token": self._signing_credentials.token,
-            }
+            # Keyless credentials that can sign (compute engine, impersonated) name their account.
+            email = getattr(self._signing_credentials, "service_account_email", None)
+            if not email:
+                raise FailedPreconditionError(
+                    "the default Google credentials name no service account to sign URLs with",
+                    reason="NO_SIGNING_ACCOUNT",
+                )
+            signing = {"service_account_email": email, "access_token": self._signing_credentials.token}
         return await run_blocking(
             self._bucket.blob(key).generate_signed_url,
             version="v4",

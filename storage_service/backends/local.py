@@ -21,7 +21,7 @@ import os
 import secrets
 import struct
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO
@@ -113,7 +113,7 @@ class LocalBackend(StorageBackend):
         file.close()
         return info
 
-    async def read(self, key: str) -> AsyncIterator[ObjectInfo | bytes]:
+    async def read(self, key: str) -> AsyncGenerator[ObjectInfo | bytes, None]:
         # The open file pins this version even if the key is replaced or deleted while it streams.
         info, file = await run_blocking(self._open_object, key)
         try:

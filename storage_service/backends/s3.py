@@ -8,7 +8,7 @@ are left behind (and billed).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -145,7 +145,7 @@ class S3Backend(StorageBackend):
         head = await _call(self._client.head_object, Bucket=self._bucket, Key=key)
         return _object_info(key, head)
 
-    async def read(self, key: str) -> AsyncIterator[ObjectInfo | bytes]:
+    async def read(self, key: str) -> AsyncGenerator[ObjectInfo | bytes, None]:
         # One GET: the body is the version whose headers describe it, whatever happens to the key meanwhile.
         response = await _call(self._client.get_object, Bucket=self._bucket, Key=key)
         body = response["Body"]

@@ -24,6 +24,7 @@ from litestar import Litestar
 from prometheus_client import REGISTRY
 
 from apidevs.alerts.v1 import storage_service_pb2, storage_service_pb2_grpc
+from edge.errors import EXCEPTION_HANDLERS
 from edge.media import get_media
 from mesh.grpc import create_server, start
 from storage_service.service import StorageService
@@ -147,7 +148,7 @@ async def serve_edge_media(
     stub: storage_service_pb2_grpc.StorageServiceStub, secret: bytes
 ) -> AsyncIterator[str]:
     """A minimal edge app holding only the media route, on a real uvicorn server; yields its base URL."""
-    app = Litestar(route_handlers=[get_media])
+    app = Litestar(route_handlers=[get_media], exception_handlers=EXCEPTION_HANDLERS)
     app.state.storage_stub = stub
     app.state.media_signing_secret = secret
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on"))

@@ -123,7 +123,7 @@ async def test_expired_and_tampered_urls_are_refused(
         for case, path in refused.items():
             response = await http.get(path)
             assert response.status_code == 403, case
-            assert response.json()["error"] == ("link expired" if case == "expired" else "link invalid"), case
+            assert response.json()["error"] == ("link_expired" if case == "expired" else "link_invalid"), case
 
 
 async def test_signed_url_for_a_deleted_object_is_not_found(local: StorageServer, edge_url: str) -> None:

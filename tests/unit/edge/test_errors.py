@@ -1,59 +1,114 @@
-"""The edge's one table from gRPC failures to HTTP answers, fed by real gRPC calls."""
-
 from __future__ import annotations
 
-import hashlib
+import logging
+from collections.abc import Iterator
 
-import grpc
 import pytest
+from litestar import Litestar, get
+from litestar.params import FromPath, FromQuery
+from litestar.testing import TestClient
 
-from apidevs.alerts.v1 import resources_pb2, signal_service_pb2, signal_service_pb2_grpc
-from edge.errors import error_response, http_status_for
-from mesh import grpc as mesh_grpc
-from mesh.errors import MESSAGE_TOO_LARGE, ResourceExhaustedError, from_rpc_error
-from mesh.settings import CommonSettings
+from edge.errors import EXCEPTION_HANDLERS, http_status_for
+from mesh.errors import (
+    AlertsError,
+    InternalError,
+    InvalidArgumentError,
+    NotFoundError,
+    PermissionDeniedError,
+    ResourceExhaustedError,
+    UnauthenticatedError,
+    UnavailableError,
+)
 
-KEY = "edge-errors-test-key"
-# Over the 8 MiB mesh channels accept.
-OVERSIZED_TEXT = "x" * (9 * 1024 * 1024)
-
-
-class _Answering(signal_service_pb2_grpc.SignalServiceServicer):
-    async def GetSignal(self, request, context):
-        if request.signal_id == "limited":
-            raise ResourceExhaustedError("slow down", reason="RATE_LIMITED", retry_after_seconds=2)
-        return resources_pb2.Signal(signal_id=request.signal_id, raw_text=OVERSIZED_TEXT)
-
-
-@pytest.fixture
-async def address():
-    settings = CommonSettings(api_keys="sha256:" + hashlib.sha256(KEY.encode()).hexdigest())
-    server = mesh_grpc.create_server(settings)
-    signal_service_pb2_grpc.add_SignalServiceServicer_to_server(_Answering(), server)
-    port, _ = await mesh_grpc.start(server, address="127.0.0.1:0", service_names=["x"])
-    yield f"127.0.0.1:{port}"
-    await server.stop(0)
-
-
-async def _failure(address: str, signal_id: str) -> grpc.aio.AioRpcError:
-    async with mesh_grpc.open_channel(address, KEY) as channel:
-        stub = signal_service_pb2_grpc.SignalServiceStub(channel)
-        with pytest.raises(grpc.aio.AioRpcError) as caught:
-            await stub.GetSignal(signal_service_pb2.GetSignalRequest(signal_id=signal_id))
-    return caught.value
+_SECRET = "whk_the-token-is-a-credential"
+_RAISED: dict[str, Exception] = {
+    "quota": ResourceExhaustedError("over quota", reason="QUOTA_EXCEEDED"),
+    "limited": ResourceExhaustedError("slow down", reason="RATE_LIMITED", retry_after_seconds=1.2),
+    "unauthenticated": UnauthenticatedError("missing bearer API key"),
+    "unavailable": UnavailableError("away", retry_after_seconds=3),
+    "link": PermissionDeniedError("media URL expired", reason="MEDIA_LINK_EXPIRED"),
+    "storage": InternalError("storage refused an object read", reason="STORAGE_FAILED"),
+    "bug": RuntimeError(f"a bug whose message holds {_SECRET}"),
+}
 
 
-async def test_an_answer_over_the_grpc_size_limit_is_502_not_429(address) -> None:
-    failure = await _failure(address, "huge")
-    assert failure.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-    error = from_rpc_error(failure)
-    assert error.reason == MESSAGE_TOO_LARGE
-    assert http_status_for(error) == (502, "response_too_large")
-    response = error_response(error)
-    assert "retry-after" not in {name.lower() for name in response.headers}
+@get("/raise/{name:str}", sync_to_thread=False)
+def raising(name: FromPath[str]) -> None:
+    raise _RAISED[name]
 
 
-async def test_a_rate_limit_stays_429(address) -> None:
-    error = from_rpc_error(await _failure(address, "limited"))
-    assert http_status_for(error) == (429, "rate_limited")
-    assert error_response(error).headers["Retry-After"] == "2"
+@get("/number", sync_to_thread=False)
+def number(value: FromQuery[int]) -> dict[str, int]:
+    return {"value": value}
+
+
+@pytest.fixture(scope="module")
+def client() -> Iterator[TestClient[Litestar]]:
+    app = Litestar(
+        route_handlers=[raising, number], exception_handlers=EXCEPTION_HANDLERS, logging_config=None
+    )
+    with TestClient(app) as test_client:
+        yield test_client
+
+
+@pytest.mark.parametrize(
+    ("path", "status", "code"),
+    [
+        ("/raise/quota", 429, "quota_exceeded"),
+        ("/raise/limited", 429, "rate_limited"),
+        ("/raise/unauthenticated", 401, "unauthenticated"),
+        ("/raise/unavailable", 503, "unavailable"),
+        ("/raise/link", 403, "link_expired"),
+        ("/raise/storage", 502, "storage_failed"),
+        ("/raise/bug", 500, "internal"),
+        # Litestar's own refusals: an unknown route, a parameter that does not parse.
+        ("/nowhere", 404, "not_found"),
+        ("/number?value=seven", 400, "invalid_argument"),
+    ],
+)
+def test_every_error_answer_has_one_shape(
+    client: TestClient[Litestar], path: str, status: int, code: str
+) -> None:
+    response = client.get(path)
+    assert (response.status_code, response.json()) == (status, {"success": False, "error": code})
+    assert response.headers["cache-control"] == "no-store"
+
+
+def test_wrong_method_answers_in_the_same_shape(client: TestClient[Litestar]) -> None:
+    response = client.post("/number?value=7")
+    assert (response.status_code, response.json()) == (405, {"success": False, "error": "method_not_allowed"})
+
+
+def test_retry_after_is_whole_seconds_rounded_up_and_401_names_the_scheme(
+    client: TestClient[Litestar],
+) -> None:
+    assert client.get("/raise/limited").headers["retry-after"] == "2"
+    assert client.get("/raise/unavailable").headers["retry-after"] == "3"
+    assert "retry-after" not in client.get("/raise/quota").headers
+    assert client.get("/raise/unauthenticated").headers["www-authenticate"] == 'Bearer realm="alerts"'
+
+
+def test_an_unexpected_error_is_logged_without_reaching_the_client(
+    client: TestClient[Litestar], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.ERROR, logger="edge.errors")
+    response = client.get("/raise/bug")
+    assert _SECRET not in response.text
+    (record,) = [r for r in caplog.records if r.name == "edge.errors"]
+    assert record.exc_info is not None
+    assert getattr(record, "route", None) == "/raise/{name}"
+
+
+@pytest.mark.parametrize(
+    ("error", "expected"),
+    [
+        (NotFoundError("gone", reason="TOKEN_NOT_FOUND"), (404, "not_found")),
+        (InvalidArgumentError("big", reason="BODY_TOO_LARGE"), (413, "body_too_large")),
+        (InvalidArgumentError("bad"), (400, "invalid_argument")),
+        (AlertsError("unclassified"), (500, "internal")),
+    ],
+)
+def test_a_reason_without_its_own_row_falls_back_to_its_status_row(
+    error: AlertsError, expected: tuple[int, str]
+) -> None:
+    assert http_status_for(error) == expected

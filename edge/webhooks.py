@@ -17,7 +17,8 @@ from prometheus_client import Counter, Histogram
 
 from apidevs.alerts.v1 import resources_pb2, signal_service_pb2, signal_service_pb2_grpc
 from edge.batching import IngestBatcher
-from edge.client_ip import client_ip
+from edge.client_certificate import tradingview_certificate_verified
+from edge.client_ip import client_ip, is_trusted_proxy
 from edge.errors import error_response, http_status_for
 from edge.settings import EdgeSettings
 from edge.spool import SPOOL_WORTHY_CODES, SpoolFullError, WebhookSpool
@@ -198,6 +199,15 @@ async def receive_webhook(
     return response
 
 
+def _tradingview_certificate(request: Request, settings: EdgeSettings) -> bool:
+    peer = request.client.host if request.client else ""
+    return (
+        settings.trust_forwarded_client_cert
+        and is_trusted_proxy(peer, settings.trusted_proxies)
+        and tradingview_certificate_verified(request.headers.getall("x-forwarded-client-cert", []))
+    )
+
+
 async def _answer(request: Request, token: str, chart: str | None, request_id: str) -> tuple[Response, str]:
     """The answer to one webhook and the reason it is counted under."""
     settings: EdgeSettings = request.app.state.settings
@@ -217,6 +227,7 @@ async def _answer(request: Request, token: str, chart: str | None, request_id: s
         user_agent=request.headers.get("user-agent", "")[:_MAX_REPORTED_USER_AGENT],
         query={key: value for key, value in request.query_params.items() if key != "chart"},
     )
+    ingest.tradingview_client_certificate_verified = _tradingview_certificate(request, settings)
     if _headers_too_large(request, settings):
         return _refuse(request, ingest, 431, "headers_too_large")
     try:

@@ -11,7 +11,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class IngestWebhookRequest(_message.Message):
-    __slots__ = ("webhook_token", "chart_id", "body", "content_type", "source_ip", "received_at", "user_agent", "query", "idempotency_key", "body_size", "edge_refusal", "request_id")
+    __slots__ = ("webhook_token", "chart_id", "body", "content_type", "source_ip", "received_at", "user_agent", "query", "idempotency_key", "body_size", "edge_refusal", "request_id", "tradingview_client_certificate_verified")
     class QueryEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -31,6 +31,7 @@ class IngestWebhookRequest(_message.Message):
     BODY_SIZE_FIELD_NUMBER: _ClassVar[int]
     EDGE_REFUSAL_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    TRADINGVIEW_CLIENT_CERTIFICATE_VERIFIED_FIELD_NUMBER: _ClassVar[int]
     webhook_token: str
     chart_id: str
     body: bytes
@@ -43,7 +44,8 @@ class IngestWebhookRequest(_message.Message):
     body_size: int
     edge_refusal: str
     request_id: str
-    def __init__(self, webhook_token: _Optional[str] = ..., chart_id: _Optional[str] = ..., body: _Optional[bytes] = ..., content_type: _Optional[str] = ..., source_ip: _Optional[str] = ..., received_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., user_agent: _Optional[str] = ..., query: _Optional[_Mapping[str, str]] = ..., idempotency_key: _Optional[str] = ..., body_size: _Optional[int] = ..., edge_refusal: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
+    tradingview_client_certificate_verified: bool
+    def __init__(self, webhook_token: _Optional[str] = ..., chart_id: _Optional[str] = ..., body: _Optional[bytes] = ..., content_type: _Optional[str] = ..., source_ip: _Optional[str] = ..., received_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., user_agent: _Optional[str] = ..., query: _Optional[_Mapping[str, str]] = ..., idempotency_key: _Optional[str] = ..., body_size: _Optional[int] = ..., edge_refusal: _Optional[str] = ..., request_id: _Optional[str] = ..., tradingview_client_certificate_verified: _Optional[bool] = ...) -> None: ...
 
 class IngestWebhookResponse(_message.Message):
     __slots__ = ("signal_id", "screenshot_status", "estimated_wait_seconds", "duplicate")

@@ -1,10 +1,12 @@
 """deploy/k8s: manifests validate against the Kubernetes JSON schemas, and reference each other correctly."""
 
+import os
 import re
 import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import kubernetes_validate
 import pytest
@@ -19,12 +21,13 @@ from mesh.settings import CommonSettings
 K8S_DIR = Path(__file__).resolve().parents[3] / "deploy" / "k8s"
 BASE_DIR = K8S_DIR / "base"
 PRODUCTION_DIR = K8S_DIR / "overlays" / "production"
+CLIENT_CERTIFICATE_COMPONENT = K8S_DIR / "components" / "tradingview-client-certificate"
 # Native gRPC probes are GA since 1.27; validate against a version clusters actually run.
 KUBERNETES_VERSION = "1.31"
 ALERTS_COMMANDS = set(PRODUCTION_COMMANDS)
 GRPC_SERVERS = {"signal": 50051, "storage": 50052}
 # Kinds without an upstream schema (KEDA custom resources): checked by hand below.
-CUSTOM_KINDS = {"ScaledObject", "TriggerAuthentication"}
+CUSTOM_KINDS = {"ScaledObject", "TriggerAuthentication", "Certificate"}
 SERVER_KINDS = ("Deployment", "StatefulSet")
 WORKLOAD_KINDS = (*SERVER_KINDS, "Job", "CronJob")
 HEALTHCHECK_IN_IMAGE = "/opt/alerts/healthcheck.py"
@@ -108,7 +111,7 @@ def test_every_listed_file_exists_and_every_manifest_is_listed() -> None:
 
 def test_overlay_patches_exist_and_target_base_resources() -> None:
     overlay = kustomization(PRODUCTION_DIR)
-    assert overlay["resources"] == ["../../base"]
+    assert overlay["resources"] == ["../../base", "certificate.yaml"]
     base_ids = {(doc["kind"], doc["metadata"]["name"]) for doc in base_documents()}
     for patch in overlay["patches"]:
         path = PRODUCTION_DIR / patch["path"]
@@ -326,7 +329,8 @@ def test_only_envoy_http_is_open_to_everyone() -> None:
     ]
     assert [name for name, _ in open_rules] == ["envoy-http-from-anywhere"]
     (_, rule) = open_rules[0]
-    assert rule["ports"] == [{"protocol": "TCP", "port": 8000}]
+    # HTTPS, and the HTTP listener that only redirects to it (deploy/envoy/envoy.yaml).
+    assert rule["ports"] == [{"protocol": "TCP", "port": 8443}, {"protocol": "TCP", "port": 8000}]
     assert policies["envoy-http-from-anywhere"]["spec"]["podSelector"]["matchLabels"] == {
         "app.kubernetes.io/name": "envoy"
     }
@@ -391,3 +395,103 @@ def test_audit_prune_runs_daily_one_at_a_time() -> None:
     (container,) = containers(cronjob)
     assert alerts_command(container["args"]) == ("audit", "prune")
     assert pod_template(cronjob)["spec"]["restartPolicy"] in {"Never", "OnFailure"}
+
+
+def envoy_listener_ports() -> dict[str, int]:
+    config = yaml.safe_load((BASE_DIR / "envoy.yaml").read_text())
+    return {
+        listener["name"]: listener["address"]["socket_address"]["port_value"]
+        for listener in config["static_resources"]["listeners"]
+    }
+
+
+def envoy_container(documents: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[str, Any]]:
+    deployment = of_kind(documents, "Deployment")["envoy"]
+    (container,) = containers(deployment)
+    return container, pod_template(deployment)["spec"]
+
+
+def envoy_config_map(documents: list[dict[str, Any]]) -> dict[str, Any]:
+    """The generated ConfigMap (its name carries a content hash) that Envoy's pods mount."""
+    _, pod = envoy_container(documents)
+    (name,) = [volume["configMap"]["name"] for volume in pod["volumes"] if "configMap" in volume]
+    return of_kind(documents, "ConfigMap")[name]
+
+
+def mounted_secrets(documents: list[dict[str, Any]]) -> dict[str, str]:
+    """Mount path -> Secret name, for Envoy's container."""
+    container, pod = envoy_container(documents)
+    secrets = {
+        volume["name"]: volume["secret"]["secretName"] for volume in pod["volumes"] if "secret" in volume
+    }
+    return {
+        mount["mountPath"]: secrets[mount["name"]]
+        for mount in container["volumeMounts"]
+        if mount["name"] in secrets
+    }
+
+
+def test_tradingview_reaches_https_on_443_and_http_only_redirects() -> None:
+    ports = envoy_listener_ports()
+    container, _ = envoy_container(base_documents())
+    named = {port["name"]: port["containerPort"] for port in container["ports"]}
+    assert named == {
+        "https": ports["https_ingress"],
+        "http": ports["http_redirect"],
+        "grpc": ports["grpc_signal"],
+    }
+    service = of_kind(base_documents(), "Service")["envoy"]
+    assert {port["port"]: port["targetPort"] for port in service["spec"]["ports"]} == {
+        443: "https",
+        80: "http",
+    }
+    assert container["readinessProbe"]["tcpSocket"]["port"] == "https"
+
+
+def test_envoy_serves_the_certificate_from_the_public_tls_secret() -> None:
+    sds = yaml.safe_load((BASE_DIR / "public-certificate.sds.yaml").read_text())["resources"][0]
+    watched = sds["tls_certificate"]["watched_directory"]["path"]
+    assert mounted_secrets(base_documents()) == {watched: "alerts-public-tls"}
+    secret = of_kind(base_documents(), "Secret")["alerts-public-tls"]
+    assert secret["type"] == "kubernetes.io/tls"
+    filenames = {
+        Path(sds["tls_certificate"][key]["filename"]).name for key in ("certificate_chain", "private_key")
+    }
+    assert filenames == set(secret["stringData"])
+
+
+def test_production_gets_its_certificate_from_cert_manager_for_the_public_host() -> None:
+    documents = render(PRODUCTION_DIR)
+    (certificate,) = of_kind(documents, "Certificate").values()
+    assert certificate["apiVersion"] == "cert-manager.io/v1"
+    assert certificate["spec"]["secretName"] == "alerts-public-tls"
+    assert certificate["spec"]["secretName"] in mounted_secrets(documents).values()
+    assert certificate["spec"]["issuerRef"]["kind"] in {"Issuer", "ClusterIssuer"}
+    public_url = of_kind(documents, "ConfigMap")["alerts-config"]["data"]["ALERTS_PUBLIC_URL"]
+    assert urlsplit(public_url).scheme == "https"
+    assert urlsplit(public_url).hostname in certificate["spec"]["dnsNames"]
+
+
+def test_the_tradingview_client_certificate_component_wires_envoy_and_the_edge(tmp_path: Path) -> None:
+    (tmp_path / "kustomization.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "resources": [os.path.relpath(BASE_DIR, tmp_path)],
+                "components": [os.path.relpath(CLIENT_CERTIFICATE_COMPONENT, tmp_path)],
+            }
+        )
+    )
+    documents = render(tmp_path)
+    assert schema_errors(documents) == []
+    envoy = yaml.safe_load(envoy_config_map(documents)["data"]["envoy.yaml"])
+    https = next(item for item in envoy["static_resources"]["listeners"] if item["name"] == "https_ingress")
+    context = https["filter_chains"][0]["transport_socket"]["typed_config"]["common_tls_context"]
+    ca_directory = str(Path(context["validation_context"]["trusted_ca"]["filename"]).parent)
+    assert mounted_secrets(documents)[ca_directory] == "alerts-tradingview-ca"
+    (edge_container,) = containers(of_kind(documents, "StatefulSet")["edge"])
+    environment = {item["name"]: item["value"] for item in edge_container["env"]}
+    assert environment["ALERTS_TRUST_FORWARDED_CLIENT_CERT"] == "true"
+    assert environment["ALERTS_TRUSTED_PROXIES"], "the edge believes the header only from Envoy"
+    # Off by default: base alone neither asks for client certificates nor believes the header.
+    base_envoy = yaml.safe_load(envoy_config_map(render(BASE_DIR))["data"]["envoy.yaml"])
+    assert "SANITIZE_SET" not in yaml.safe_dump(base_envoy)

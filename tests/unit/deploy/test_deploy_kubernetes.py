@@ -495,3 +495,146 @@ def test_the_tradingview_client_certificate_component_wires_envoy_and_the_edge(t
     # Off by default: base alone neither asks for client certificates nor believes the header.
     base_envoy = yaml.safe_load(envoy_config_map(render(BASE_DIR))["data"]["envoy.yaml"])
     assert "SANITIZE_SET" not in yaml.safe_dump(base_envoy)
+
+
+PRIVATE_RANGES = {"10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "169.254.0.0/16"}
+# Where each workload may connect, besides the cluster DNS: ("pod", app name, port) inside the namespace,
+# ("private", port) for the managed PostgreSQL and Redis, ("public", port) for the internet but no private
+# range, ("metadata", port) for the node's metadata server.
+EXPECTED_EGRESS = {
+    "envoy": {("pod", "edge", 8080), ("pod", "signal", 50051)},
+    "edge": {("pod", "envoy", 50051), ("pod", "storage", 50052)},
+    "signal": {("private", 5432), ("private", 6379), ("pod", "storage", 50052)},
+    "capture": {("public", 443), ("private", 6379), ("pod", "envoy", 50051), ("pod", "storage", 50052)},
+    "storage": {("public", 443), ("metadata", 80), ("metadata", 988)},
+    "migrate": {("private", 5432)},
+    "audit-prune": {("private", 5432)},
+}
+
+
+def selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    if not selector.get("matchLabels", {}).items() <= labels.items():
+        return False
+    for expression in selector.get("matchExpressions", []):
+        assert expression["operator"] == "In", expression
+        if labels.get(expression["key"]) not in expression["values"]:
+            return False
+    return True
+
+
+def workload_labels() -> dict[str, dict[str, str]]:
+    return {
+        pod_template(workload)["metadata"]["labels"]["app.kubernetes.io/name"]: pod_template(workload)[
+            "metadata"
+        ]["labels"]
+        for workload in of_kinds(base_documents(), WORKLOAD_KINDS).values()
+    }
+
+
+def peer_kind(peer: dict[str, Any]) -> tuple[str, ...]:
+    if "ipBlock" in peer:
+        block = peer["ipBlock"]
+        if block["cidr"] == "0.0.0.0/0":
+            assert set(block["except"]) == PRIVATE_RANGES, (
+                "the internet, never the cluster or the metadata server"
+            )
+            return ("public",)
+        if block["cidr"].startswith("169.254."):
+            return ("metadata",)
+        return ("private",)
+    if "namespaceSelector" in peer:
+        assert peer["podSelector"] == {"matchLabels": {"k8s-app": "kube-dns"}}
+        return ("dns",)
+    return ("pod", peer["podSelector"]["matchLabels"]["app.kubernetes.io/name"])
+
+
+def allowed_egress(labels: dict[str, str]) -> set[tuple[Any, ...]]:
+    allowed = set()
+    for policy in of_kind(base_documents(), "NetworkPolicy").values():
+        if "Egress" not in policy["spec"]["policyTypes"] or not selects(
+            policy["spec"]["podSelector"], labels
+        ):
+            continue
+        for rule in policy["spec"].get("egress", []):
+            assert rule.get("ports"), f"{policy['metadata']['name']}: an egress rule without ports"
+            assert rule.get("to"), f"{policy['metadata']['name']}: an egress rule to anywhere"
+            for peer in rule["to"]:
+                allowed |= {(*peer_kind(peer), port["port"]) for port in rule["ports"]}
+    return allowed
+
+
+def test_egress_is_denied_unless_allowed() -> None:
+    deny = of_kind(base_documents(), "NetworkPolicy")["default-deny-egress"]["spec"]
+    assert deny == {"podSelector": {}, "policyTypes": ["Egress"]}
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED_EGRESS))
+def test_each_workload_reaches_only_what_it_uses(name: str) -> None:
+    allowed = allowed_egress(workload_labels()[name])
+    assert {("dns", 53)} <= allowed, "names must resolve"
+    assert allowed - {("dns", 53)} == EXPECTED_EGRESS[name]
+
+
+def test_every_workload_has_an_egress_allowance() -> None:
+    assert set(workload_labels()) == set(EXPECTED_EGRESS)
+
+
+def test_egress_ports_are_the_ports_the_manifests_dial() -> None:
+    """The expected ports are the ones in the addresses the services are given."""
+    config = config_map()
+    services = of_kind(base_documents(), "Service")
+
+    def pod_port(address: str) -> tuple[str, int]:
+        host, _, port = address.rpartition(":")
+        service = services[host]
+        (target,) = [item["targetPort"] for item in service["spec"]["ports"] if item["port"] == int(port)]
+        (name,) = [
+            workload_name
+            for workload_name, labels in workload_labels().items()
+            if selects({"matchLabels": service["spec"]["selector"]}, labels)
+        ]
+        workload = of_kinds(base_documents(), SERVER_KINDS)[name]
+        (number,) = [
+            p["containerPort"] for c in containers(workload) for p in c["ports"] if p["name"] == target
+        ]
+        return name, number
+
+    assert ("pod", *pod_port(config["ALERTS_SIGNAL_ADDR"])) in EXPECTED_EGRESS["capture"]
+    assert ("pod", *pod_port(config["ALERTS_SIGNAL_ADDR"])) in EXPECTED_EGRESS["edge"]
+    assert ("pod", *pod_port(config["ALERTS_STORAGE_ADDR"])) in EXPECTED_EGRESS["signal"]
+    assert ("pod", "edge", int(config["ALERTS_EDGE_PORT"])) in EXPECTED_EGRESS["envoy"]
+    assert urlsplit(config["ALERTS_TRADINGVIEW_URL"]).port in {None, 443}
+    secrets = of_kind(base_documents(), "Secret")
+    database = urlsplit(
+        secrets["alerts-database"]["stringData"]["ALERTS_DATABASE_URL"].removeprefix("REPLACE_ME_")
+    )
+    redis = urlsplit(secrets["alerts-capture"]["stringData"]["ALERTS_REDIS_URL"].removeprefix("REPLACE_ME_"))
+    assert ("private", database.port) in EXPECTED_EGRESS["migrate"]
+    assert ("private", redis.port) in EXPECTED_EGRESS["capture"]
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED_EGRESS))
+def test_what_a_workload_may_reach_in_the_namespace_lets_it_in(name: str) -> None:
+    labels = workload_labels()
+    policies = of_kind(base_documents(), "NetworkPolicy").values()
+    for kind, *target in EXPECTED_EGRESS[name]:
+        if kind != "pod":
+            continue
+        target_name, port = target
+        admitted = any(
+            any(
+                port in {item["port"] for item in rule["ports"]}
+                and (
+                    "from" not in rule
+                    or any(
+                        selects(peer.get("podSelector", {"matchLabels": {"_": "_"}}), labels[name])
+                        for peer in rule["from"]
+                    )
+                )
+                for rule in policy["spec"].get("ingress", [])
+            )
+            for policy in policies
+            if "Ingress" in policy["spec"]["policyTypes"]
+            and selects(policy["spec"]["podSelector"], labels[target_name])
+        )
+        assert admitted, f"{name} may connect to {target_name}:{port}, but {target_name} does not let it in"

@@ -61,6 +61,7 @@ from apidevs.alerts.v1 import (
     storage_service_pb2,
     storage_service_pb2_grpc,
 )
+from capture_service import liveness
 from capture_service.browser import BrowserPool
 from capture_service.capture import TradingViewSession, capture_chart, chart_url
 from capture_service.errors import (
@@ -174,6 +175,7 @@ class CaptureWorker:
         assert self._redis is not None
         key = capture_workers_key(self.settings)
         while True:
+            liveness.beat()
             try:
                 await self._redis.zadd(key, {self.worker_id: int(time.time() * 1000)})
             except redis_async.RedisError as exc:

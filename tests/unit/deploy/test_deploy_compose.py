@@ -130,7 +130,7 @@ def test_app_healthchecks_probe_what_the_service_listens_on() -> None:
             )
         else:
             assert (mode, target) == (
-                "http",
+                "capture-alive",
                 f"http://127.0.0.1:{environment['ALERTS_METRICS_PORT']}/metrics",
             )
 

@@ -12,6 +12,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from capture_service.settings import CaptureSettings
 from edge.main import server_options
 from edge.settings import EdgeSettings
 from mesh.cli import PRODUCTION_COMMANDS, build_parser
@@ -638,3 +639,14 @@ def test_what_a_workload_may_reach_in_the_namespace_lets_it_in(name: str) -> Non
             and selects(policy["spec"]["podSelector"], labels[target_name])
         )
         assert admitted, f"{name} may connect to {target_name}:{port}, but {target_name} does not let it in"
+
+
+def test_capture_liveness_reflects_the_worker_not_only_its_metrics_server() -> None:
+    (container,) = containers(of_kind(base_documents(), "Deployment")["capture"])
+    command = container["livenessProbe"]["exec"]["command"]
+    assert command[:3] == ["python", HEALTHCHECK_IN_IMAGE, "capture-alive"]
+    metrics_port = {port["name"]: port["containerPort"] for port in container["ports"]}["metrics"]
+    assert command[3] == f"http://127.0.0.1:{metrics_port}/metrics"
+    assert int(config_map()["ALERTS_METRICS_PORT"]) == metrics_port
+    max_job_age = float(command[command.index("--max-job-age") + 1])
+    assert max_job_age > CaptureSettings().capture_time_limit_seconds, "a job inside its limit is not stuck"

@@ -213,3 +213,18 @@ def test_a_misspelt_manifest_variable_would_fail_this_test(monkeypatch: pytest.M
 
     with pytest.raises(ConfigurationError, match="ALERTS_GCS_BUCKET"):
         build(("serve", "storage"), environment | {"ALERTS_GCS_BUCKET": "alerts-media"}, monkeypatch)
+
+
+def test_the_tradingview_client_certificate_override_builds_an_edge_that_believes_envoy(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    (command, environment) = compose_containers()["edge"]
+    override = yaml.safe_load((DEPLOY_DIR / "compose.tradingview-client-certificate.yaml").read_text())
+    extra = {
+        name: _interpolate(str(value)) for name, value in override["services"]["edge"]["environment"].items()
+    }
+    settings = build(command, environment | extra, monkeypatch)
+    assert settings.trust_forwarded_client_cert is True
+    services = yaml.safe_load((DEPLOY_DIR / "compose.yaml").read_text())["services"]
+    envoy_address = services["envoy"]["networks"]["default"]["ipv4_address"]
+    assert settings.trusted_proxies == [f"{envoy_address}/32"], "only Envoy can set the header"

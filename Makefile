@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 BUF := npx --yes @bufbuild/buf@1.75.0
 
-.PHONY: demo dev test check lint types unit proto proto-check configuration configuration-check bench chaos \
+.PHONY: demo dev test check lint types unit proto proto-check configuration configuration-check lock bench chaos \
 	setup browser clean
 
 demo: setup browser
@@ -26,12 +26,22 @@ unit: setup
 
 setup: $(INSTALLED)
 
-$(INSTALLED): pyproject.toml
+# Exactly the locked versions, each checked against its hash; then the project itself, which adds nothing.
+$(INSTALLED): pyproject.toml requirements/dev.lock
 	@echo "==> creating the virtualenv in $(VENV) and installing the project (first run takes a few minutes)"
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --progress-bar on --upgrade pip
-	$(PY) -m pip install --progress-bar on -e '.[dev]'
+	$(PY) -m pip install --progress-bar on --require-hashes -r requirements/dev.lock
+	$(PY) -m pip install --progress-bar on --no-deps -e .
+	$(PY) -m pip check
 	touch $(INSTALLED)
+
+# After changing dependencies in pyproject.toml: re-resolve the lock files (tests/unit/test_lock_files.py
+# fails while they do not satisfy pyproject.toml). `--upgrade` moves everything to the newest allowed.
+LOCK_FLAGS := --universal --python-version 3.11 --generate-hashes --quiet
+lock: setup
+	$(VENV)/bin/uv pip compile pyproject.toml --extra dev $(LOCK_FLAGS) $(UPGRADE) -o requirements/dev.lock
+	$(VENV)/bin/uv pip compile pyproject.toml --extra gcs --extra s3 $(LOCK_FLAGS) $(UPGRADE) -o requirements/production.lock
+	$(VENV)/bin/uv pip compile requirements/gcs-emulator.in $(LOCK_FLAGS) $(UPGRADE) -o requirements/gcs-emulator.lock
 
 browser: setup
 	@bash scripts/ensure_chromium.sh $(PY)

@@ -12,6 +12,7 @@ from dramatiq.brokers.redis import RedisBroker
 
 from capture_service.broker import create_broker
 from capture_service.chart_stub import run_chart_stub
+from capture_service.liveness import JobClock
 from capture_service.session_check import declare_session_check_actor
 from capture_service.settings import CaptureSettings, get_settings
 from capture_service.tasks import CaptureWorker, CaptureWorkerMiddleware, declare_capture_actors
@@ -28,7 +29,7 @@ def build_worker(settings: CaptureSettings) -> tuple[dramatiq.Worker, RedisBroke
     """A Dramatiq worker consuming every capture queue and the session check queue, `capture_concurrency`
     jobs at a time."""
     capture_worker = CaptureWorker(settings)
-    broker = create_broker(settings, middleware=[CaptureWorkerMiddleware(capture_worker)])
+    broker = create_broker(settings, middleware=[JobClock(), CaptureWorkerMiddleware(capture_worker)])
     declare_capture_actors(broker, capture_worker)
     declare_session_check_actor(broker, capture_worker)
     # What Dramatiq's own CLI does once per process; TimeLimit only starts its watchdog on this signal.

@@ -76,6 +76,7 @@ from apidevs.alerts.v1 import (
     storage_service_pb2,
     storage_service_pb2_grpc,
 )
+from capture_service import liveness
 from capture_service.browser import BrowserPool
 from capture_service.capture import TradingViewSession, capture_chart, chart_url
 from capture_service.errors import (
@@ -238,6 +239,8 @@ class CaptureWorker:
 
     async def _beat(self) -> None:
         assert self._redis is not None
+        # The actors' event loop is alive while this runs: the liveness probe reads it.
+        liveness.beat()
         await self._redis.zadd(capture_workers_key(self.settings), {self.worker_id: int(time.time() * 1000)})
 
     async def run(self, signal_id: str, *, attempt: int, waiting_since_ms: int | None = None) -> None:

@@ -6,10 +6,14 @@ registry, so the images carry this script instead:
     python /opt/alerts/healthcheck.py grpc 127.0.0.1:50051 [SERVICE]
     python /opt/alerts/healthcheck.py http http://127.0.0.1:8080/health/ready
     python /opt/alerts/healthcheck.py spool-drained http://127.0.0.1:8080/metrics --wait 100
+    python /opt/alerts/healthcheck.py capture-alive http://127.0.0.1:9100/metrics --max-job-age 90
 
 Kubernetes probes gRPC health and HTTP natively, but runs the spool-drained mode as the edge's preStop hook:
 it waits until the edge's durable spool is empty, so webhooks already answered 202 are replayed to the
-signal service before the pod goes away, not left on a volume no pod may mount again soon.
+signal service before the pod goes away, not left on a volume no pod may mount again soon. The capture
+workers' liveness probe is capture-alive: their metrics server answers even when the worker is stuck, so
+it reads the heartbeat of the actors' event loop and the start of the oldest running job from it
+(capture_service/liveness.py) and fails when either is too old.
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ import urllib.error
 import urllib.request
 
 SPOOL_PENDING_METRIC = "alerts_spool_pending"
+HEARTBEAT_METRIC = "alerts_capture_heartbeat_timestamp_seconds"
+OLDEST_JOB_METRIC = "alerts_capture_oldest_job_started_timestamp_seconds"
 # Every edge worker process publishes the spool's shared totals, a non-leader's up to one replayer poll
 # (1 s) late: zero must be read this many times in a row, a poll apart, to count as drained.
 _DRAINED_READINGS = 2
@@ -58,22 +64,55 @@ def http_is_ok(url: str, timeout_seconds: float) -> bool:
         return False
 
 
-def spool_pending(metrics_url: str, timeout_seconds: float) -> float | None:
-    """The edge's alerts_spool_pending from its Prometheus text at `metrics_url`; None if unreadable."""
+def read_gauges(metrics_url: str, names: tuple[str, ...], timeout_seconds: float) -> dict[str, float] | None:
+    """The unlabelled gauges `names` found in the Prometheus text at `metrics_url`; None if unreadable."""
     if not metrics_url.startswith(("http://", "https://")):
         raise ValueError(f"not an http(s) URL: {metrics_url}")
     try:
         with urllib.request.urlopen(metrics_url, timeout=timeout_seconds) as response:  # noqa: S310
             text = response.read().decode()
     except (urllib.error.URLError, OSError) as error:
-        print(f"spool metrics {metrics_url}: {error}", file=sys.stderr)
+        print(f"metrics {metrics_url}: {error}", file=sys.stderr)
         return None
+    found = {}
     for line in text.splitlines():
         name, _, value = line.partition(" ")
-        if name == SPOOL_PENDING_METRIC:
-            return float(value.split()[0])
-    print(f"spool metrics {metrics_url}: no {SPOOL_PENDING_METRIC}", file=sys.stderr)
-    return None
+        if name in names:
+            found[name] = float(value.split()[0])
+    return found
+
+
+def spool_pending(metrics_url: str, timeout_seconds: float) -> float | None:
+    """The edge's alerts_spool_pending from its Prometheus text at `metrics_url`; None if unreadable."""
+    gauges = read_gauges(metrics_url, (SPOOL_PENDING_METRIC,), timeout_seconds)
+    if gauges is None:
+        return None
+    if SPOOL_PENDING_METRIC not in gauges:
+        print(f"spool metrics {metrics_url}: no {SPOOL_PENDING_METRIC}", file=sys.stderr)
+        return None
+    return gauges[SPOOL_PENDING_METRIC]
+
+
+def capture_is_alive(
+    metrics_url: str, *, max_heartbeat_age: float, max_job_age: float, timeout_seconds: float
+) -> bool:
+    """True when the capture worker's event loop beat recently and no job has been running too long."""
+    gauges = read_gauges(metrics_url, (HEARTBEAT_METRIC, OLDEST_JOB_METRIC), timeout_seconds)
+    if gauges is None:
+        return False
+    now = time.time()
+    heartbeat = gauges.get(HEARTBEAT_METRIC, 0.0)
+    if heartbeat <= 0:
+        print(f"capture {metrics_url}: no heartbeat yet", file=sys.stderr)
+        return False
+    if now - heartbeat > max_heartbeat_age:
+        print(f"capture event loop silent for {now - heartbeat:.0f} s", file=sys.stderr)
+        return False
+    oldest_job = gauges.get(OLDEST_JOB_METRIC, 0.0)
+    if oldest_job > 0 and now - oldest_job > max_job_age:
+        print(f"capture job running for {now - oldest_job:.0f} s: a worker thread is stuck", file=sys.stderr)
+        return False
+    return True
 
 
 def spool_drains(
@@ -113,9 +152,23 @@ def main(argv: list[str] | None = None) -> int:
         "--wait", type=float, default=0.0, help="seconds to keep polling for an empty spool"
     )
     spool_mode.add_argument("--poll", type=float, default=1.0, help="seconds between polls")
+    capture_mode = modes.add_parser("capture-alive", help="the capture worker's heartbeat and oldest job")
+    capture_mode.add_argument("url", help="the capture worker's /metrics")
+    # The heartbeat beats every 5 s (capture_service/tasks.py).
+    capture_mode.add_argument("--max-heartbeat-age", type=float, default=30.0, help="seconds")
+    capture_mode.add_argument(
+        "--max-job-age", type=float, default=90.0, help="seconds; well past the job time limit (30 s)"
+    )
     args = parser.parse_args(argv)
     if args.mode == "grpc":
         healthy = grpc_is_serving(args.address, args.service, args.timeout)
+    elif args.mode == "capture-alive":
+        healthy = capture_is_alive(
+            args.url,
+            max_heartbeat_age=args.max_heartbeat_age,
+            max_job_age=args.max_job_age,
+            timeout_seconds=args.timeout,
+        )
     elif args.mode == "spool-drained":
         healthy = spool_drains(
             args.url, wait_seconds=args.wait, poll_seconds=args.poll, timeout_seconds=args.timeout

@@ -22,6 +22,10 @@ def _trusted(address: str, networks: Sequence[Network]) -> bool:
     return any(parsed.version == network.version and parsed in network for network in networks)
 
 
+def is_trusted_proxy(peer: str, trusted_proxies: Sequence[str]) -> bool:
+    return _trusted(peer, _networks(tuple(trusted_proxies)))
+
+
 def client_ip(peer: str, forwarded_for: str | None, trusted_proxies: Sequence[str]) -> str:
     """Walks X-Forwarded-For from the right, past trusted proxies, to the first address not ours."""
     networks = _networks(tuple(trusted_proxies))

@@ -4,7 +4,7 @@ import ipaddress
 from functools import lru_cache
 from typing import Annotated, ClassVar
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import NoDecode
 
 from mesh.settings import CommonSettings
@@ -15,6 +15,10 @@ class EdgeSettings(CommonSettings):
 
     # Networks whose X-Forwarded-For is believed (a load balancer, Envoy); empty trusts nobody.
     trusted_proxies: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # Believe X-Forwarded-Client-Cert from a trusted proxy. Only behind Envoy's TradingView client-certificate
+    # config (deploy/envoy/envoy-tradingview-client-certificate.yaml), which verifies the certificate and
+    # replaces any copy a client sent; anywhere else a client could forge the header.
+    trust_forwarded_client_cert: bool = False
     # TradingView gives up after 3 s: answer well within that, or spool and answer 202.
     ingest_timeout_seconds: float = 2.0
     # Batching (edge/batching.py): BatchIngestWebhooks calls out at once, and webhooks per call.
@@ -69,6 +73,14 @@ class EdgeSettings(CommonSettings):
             for entry in value:
                 ipaddress.ip_network(entry, strict=False)
         return value
+
+    @model_validator(mode="after")
+    def _client_cert_needs_a_proxy(self) -> EdgeSettings:
+        if self.trust_forwarded_client_cert and not self.trusted_proxies:
+            raise ValueError(
+                "ALERTS_TRUST_FORWARDED_CLIENT_CERT needs ALERTS_TRUSTED_PROXIES: the proxy that sets it"
+            )
+        return self
 
 
 @lru_cache

@@ -19,7 +19,8 @@ from prometheus_client import Counter, Histogram
 
 from apidevs.alerts.v1 import resources_pb2, signal_service_pb2, signal_service_pb2_grpc
 from edge.batching import IngestBatcher
-from edge.client_ip import client_ip
+from edge.client_certificate import tradingview_certificate_verified
+from edge.client_ip import client_ip, is_trusted_proxy
 from edge.errors import error_response, http_status_for, refusal_response
 from edge.header_limits import WEBHOOK_AUDITS_HEADERS, headers_too_large
 from edge.settings import EdgeSettings
@@ -210,6 +211,15 @@ async def receive_webhook(
     return response
 
 
+def _tradingview_certificate(request: Request[Any, Any, Any], settings: EdgeSettings) -> bool:
+    peer = request.client.host if request.client else ""
+    return (
+        settings.trust_forwarded_client_cert
+        and is_trusted_proxy(peer, settings.trusted_proxies)
+        and tradingview_certificate_verified(request.headers.getall("x-forwarded-client-cert", []))
+    )
+
+
 async def _answer(
     request: Request[Any, Any, Any], token: str, chart: str | None, request_id: str
 ) -> tuple[Response[Any], str]:
@@ -231,6 +241,7 @@ async def _answer(
         user_agent=request.headers.get("user-agent", "")[:_MAX_REPORTED_USER_AGENT],
         query={key: value for key, value in request.query_params.items() if key != "chart"},
     )
+    ingest.tradingview_client_certificate_verified = _tradingview_certificate(request, settings)
     if headers_too_large(request.scope["headers"], settings):
         return _refuse(request, ingest, 431, "headers_too_large")
     if TOKEN_SHAPE.fullmatch(token) is None:

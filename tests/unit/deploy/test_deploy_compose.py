@@ -130,7 +130,7 @@ def test_app_healthchecks_probe_what_the_service_listens_on() -> None:
             )
         else:
             assert (mode, target) == (
-                "http",
+                "capture-alive",
                 f"http://127.0.0.1:{environment['ALERTS_METRICS_PORT']}/metrics",
             )
 
@@ -157,10 +157,24 @@ def test_edge_trusts_forwarded_headers_only_from_envoy() -> None:
 
 
 def test_secrets_come_from_the_environment() -> None:
+    """Wherever a service is given a secret, it is the operator's (deploy/.env), never a default; which
+    service gets which is held by tests/unit/deploy/test_deploy_settings.py."""
+    given = 0
     for name, service in app_services().items():
         environment = service["environment"]
-        for variable in ("ALERTS_API_KEYS", "ALERTS_COOKIE_KEYS", "ALERTS_MEDIA_SIGNING_KEY"):
-            assert environment[variable].startswith(f"${{{variable}:?"), f"{name}: {variable} is not required"
+        for variable in (
+            "ALERTS_API_KEYS",
+            "ALERTS_SERVICE_API_KEY",
+            "ALERTS_COOKIE_KEYS",
+            "ALERTS_MEDIA_SIGNING_KEY",
+        ):
+            if variable in environment:
+                given += 1
+                # The service key is the role's own (EDGE_/WORKER_SERVICE_API_KEY), still without a default.
+                assert re.match(r"^\$\{[A-Z_]+:\?", environment[variable]), (
+                    f"{name}: {variable} has a default"
+                )
+    assert given > 0
 
 
 def test_the_edge_and_the_workers_present_keys_of_their_own_role() -> None:

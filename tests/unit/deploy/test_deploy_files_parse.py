@@ -40,9 +40,11 @@ def test_grafana_dashboard_is_json() -> None:
 
 
 # Long random-looking tokens (keys, passwords) have no business in committed deployment files.
-# REPLACE_ME_... placeholders are the templates' way of saying where a secret goes.
+# REPLACE_ME_... placeholders are the templates' way of saying where a secret goes. A generated secret has
+# digits; a header name (`key: Strict-Transport-Security`) has none.
 _SECRET_LIKE = re.compile(
-    r"(?i)(password|secret|key|token)[ \t]*[:=][ \t]*['\"]?(?!REPLACE_ME)([A-Za-z0-9+/=_-]{24,})"
+    r"(?i)(password|secret|key|token)[ \t]*[:=][ \t]*['\"]?(?!REPLACE_ME)(?=[A-Za-z+/=_-]*[0-9])"
+    r"([A-Za-z0-9+/=_-]{24,})"
 )
 
 

@@ -4,6 +4,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -186,3 +187,88 @@ def test_spool_drained_nothing_listening_exits_one() -> None:
     result = probe("spool-drained", f"http://127.0.0.1:{free_port}/metrics", "--wait", "0.3", "--poll", "0.1")
     assert result.returncode == 1
     assert "unreadable" in result.stderr
+
+
+class _CaptureMetrics:
+    """A capture worker's /metrics stand-in, in prometheus_client's exposition; None leaves a gauge out."""
+
+    def __init__(self) -> None:
+        self.heartbeat: float | None = time.time()
+        self.oldest_job_started: float | None = 0.0
+
+    def body(self) -> bytes:
+        registry = CollectorRegistry()
+        if self.heartbeat is not None:
+            Gauge("alerts_capture_heartbeat_timestamp_seconds", "beat", registry=registry).set(self.heartbeat)
+        if self.oldest_job_started is not None:
+            Gauge("alerts_capture_oldest_job_started_timestamp_seconds", "job", registry=registry).set(
+                self.oldest_job_started
+            )
+        return generate_latest(registry)
+
+
+@pytest.fixture
+def capture_metrics() -> Iterator[tuple[str, _CaptureMetrics]]:
+    metrics = _CaptureMetrics()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = metrics.body()
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: object) -> None:
+            """Keep test output quiet."""
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/metrics", metrics
+    server.shutdown()
+    server.server_close()
+
+
+def test_capture_alive_with_a_fresh_heartbeat_and_no_job(
+    capture_metrics: tuple[str, _CaptureMetrics],
+) -> None:
+    url, _ = capture_metrics
+    assert probe("capture-alive", url).returncode == 0
+
+
+def test_capture_alive_with_a_job_inside_its_time(capture_metrics: tuple[str, _CaptureMetrics]) -> None:
+    url, metrics = capture_metrics
+    metrics.oldest_job_started = time.time() - 20
+    assert probe("capture-alive", url, "--max-job-age", "90").returncode == 0
+
+
+def test_a_silent_event_loop_fails(capture_metrics: tuple[str, _CaptureMetrics]) -> None:
+    """The metrics server still answers; the heartbeat written from the actors' loop has stopped."""
+    url, metrics = capture_metrics
+    metrics.heartbeat = time.time() - 120
+    result = probe("capture-alive", url, "--max-heartbeat-age", "30")
+    assert result.returncode == 1
+    assert "event loop silent" in result.stderr
+
+
+def test_a_job_stuck_past_its_limit_fails(capture_metrics: tuple[str, _CaptureMetrics]) -> None:
+    """The event loop beats, but a worker thread has been in one job far past the time limit."""
+    url, metrics = capture_metrics
+    metrics.oldest_job_started = time.time() - 600
+    result = probe("capture-alive", url, "--max-job-age", "90")
+    assert result.returncode == 1
+    assert "worker thread is stuck" in result.stderr
+
+
+def test_no_heartbeat_yet_fails(capture_metrics: tuple[str, _CaptureMetrics]) -> None:
+    url, metrics = capture_metrics
+    metrics.heartbeat = None
+    result = probe("capture-alive", url)
+    assert result.returncode == 1
+    assert "no heartbeat" in result.stderr
+
+
+def test_capture_alive_nothing_listening_fails() -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        free_port = sock.getsockname()[1]
+    assert probe("capture-alive", f"http://127.0.0.1:{free_port}/metrics").returncode == 1

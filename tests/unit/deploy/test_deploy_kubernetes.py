@@ -1,16 +1,19 @@
 """deploy/k8s: manifests validate against the Kubernetes JSON schemas, and reference each other correctly."""
 
+import os
 import re
 import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import kubernetes_validate
 import pytest
 import yaml
 
 from alerts.cli import PRODUCTION_COMMANDS, build_parser
+from capture_service.settings import CaptureSettings
 from edge.main import server_options
 from edge.settings import EdgeSettings
 from mesh.queues import CAPTURE_QUEUES, dramatiq_namespace
@@ -19,12 +22,13 @@ from mesh.settings import CommonSettings
 K8S_DIR = Path(__file__).resolve().parents[3] / "deploy" / "k8s"
 BASE_DIR = K8S_DIR / "base"
 PRODUCTION_DIR = K8S_DIR / "overlays" / "production"
+CLIENT_CERTIFICATE_COMPONENT = K8S_DIR / "components" / "tradingview-client-certificate"
 # Native gRPC probes are GA since 1.27; validate against a version clusters actually run.
 KUBERNETES_VERSION = "1.31"
 ALERTS_COMMANDS = set(PRODUCTION_COMMANDS)
 GRPC_SERVERS = {"signal": 50051, "storage": 50052}
 # Kinds without an upstream schema (KEDA custom resources): checked by hand below.
-CUSTOM_KINDS = {"ScaledObject", "TriggerAuthentication"}
+CUSTOM_KINDS = {"ScaledObject", "TriggerAuthentication", "Certificate"}
 SERVER_KINDS = ("Deployment", "StatefulSet")
 WORKLOAD_KINDS = (*SERVER_KINDS, "Job", "CronJob")
 HEALTHCHECK_IN_IMAGE = "/opt/alerts/healthcheck.py"
@@ -108,7 +112,7 @@ def test_every_listed_file_exists_and_every_manifest_is_listed() -> None:
 
 def test_overlay_patches_exist_and_target_base_resources() -> None:
     overlay = kustomization(PRODUCTION_DIR)
-    assert overlay["resources"] == ["../../base"]
+    assert overlay["resources"] == ["../../base", "certificate.yaml"]
     base_ids = {(doc["kind"], doc["metadata"]["name"]) for doc in base_documents()}
     for patch in overlay["patches"]:
         path = PRODUCTION_DIR / patch["path"]
@@ -326,7 +330,8 @@ def test_only_envoy_http_is_open_to_everyone() -> None:
     ]
     assert [name for name, _ in open_rules] == ["envoy-http-from-anywhere"]
     (_, rule) = open_rules[0]
-    assert rule["ports"] == [{"protocol": "TCP", "port": 8000}]
+    # HTTPS, and the HTTP listener that only redirects to it (deploy/envoy/envoy.yaml).
+    assert rule["ports"] == [{"protocol": "TCP", "port": 8443}, {"protocol": "TCP", "port": 8000}]
     assert policies["envoy-http-from-anywhere"]["spec"]["podSelector"]["matchLabels"] == {
         "app.kubernetes.io/name": "envoy"
     }
@@ -391,3 +396,257 @@ def test_audit_prune_runs_daily_one_at_a_time() -> None:
     (container,) = containers(cronjob)
     assert alerts_command(container["args"]) == ("audit", "prune")
     assert pod_template(cronjob)["spec"]["restartPolicy"] in {"Never", "OnFailure"}
+
+
+def envoy_listener_ports() -> dict[str, int]:
+    config = yaml.safe_load((BASE_DIR / "envoy.yaml").read_text())
+    return {
+        listener["name"]: listener["address"]["socket_address"]["port_value"]
+        for listener in config["static_resources"]["listeners"]
+    }
+
+
+def envoy_container(documents: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[str, Any]]:
+    deployment = of_kind(documents, "Deployment")["envoy"]
+    (container,) = containers(deployment)
+    return container, pod_template(deployment)["spec"]
+
+
+def envoy_config_map(documents: list[dict[str, Any]]) -> dict[str, Any]:
+    """The generated ConfigMap (its name carries a content hash) that Envoy's pods mount."""
+    _, pod = envoy_container(documents)
+    (name,) = [volume["configMap"]["name"] for volume in pod["volumes"] if "configMap" in volume]
+    return of_kind(documents, "ConfigMap")[name]
+
+
+def mounted_secrets(documents: list[dict[str, Any]]) -> dict[str, str]:
+    """Mount path -> Secret name, for Envoy's container."""
+    container, pod = envoy_container(documents)
+    secrets = {
+        volume["name"]: volume["secret"]["secretName"] for volume in pod["volumes"] if "secret" in volume
+    }
+    return {
+        mount["mountPath"]: secrets[mount["name"]]
+        for mount in container["volumeMounts"]
+        if mount["name"] in secrets
+    }
+
+
+def test_tradingview_reaches_https_on_443_and_http_only_redirects() -> None:
+    ports = envoy_listener_ports()
+    container, _ = envoy_container(base_documents())
+    named = {port["name"]: port["containerPort"] for port in container["ports"]}
+    assert named == {
+        "https": ports["https_ingress"],
+        "http": ports["http_redirect"],
+        "grpc": ports["grpc_signal"],
+    }
+    service = of_kind(base_documents(), "Service")["envoy"]
+    assert {port["port"]: port["targetPort"] for port in service["spec"]["ports"]} == {
+        443: "https",
+        80: "http",
+    }
+    assert container["readinessProbe"]["tcpSocket"]["port"] == "https"
+
+
+def test_envoy_serves_the_certificate_from_the_public_tls_secret() -> None:
+    sds = yaml.safe_load((BASE_DIR / "public-certificate.sds.yaml").read_text())["resources"][0]
+    watched = sds["tls_certificate"]["watched_directory"]["path"]
+    assert mounted_secrets(base_documents()) == {watched: "alerts-public-tls"}
+    secret = of_kind(base_documents(), "Secret")["alerts-public-tls"]
+    assert secret["type"] == "kubernetes.io/tls"
+    filenames = {
+        Path(sds["tls_certificate"][key]["filename"]).name for key in ("certificate_chain", "private_key")
+    }
+    assert filenames == set(secret["stringData"])
+
+
+def test_production_gets_its_certificate_from_cert_manager_for_the_public_host() -> None:
+    documents = render(PRODUCTION_DIR)
+    (certificate,) = of_kind(documents, "Certificate").values()
+    assert certificate["apiVersion"] == "cert-manager.io/v1"
+    assert certificate["spec"]["secretName"] == "alerts-public-tls"
+    assert certificate["spec"]["secretName"] in mounted_secrets(documents).values()
+    assert certificate["spec"]["issuerRef"]["kind"] in {"Issuer", "ClusterIssuer"}
+    public_url = of_kind(documents, "ConfigMap")["alerts-config"]["data"]["ALERTS_PUBLIC_URL"]
+    assert urlsplit(public_url).scheme == "https"
+    assert urlsplit(public_url).hostname in certificate["spec"]["dnsNames"]
+
+
+def test_the_tradingview_client_certificate_component_wires_envoy_and_the_edge(tmp_path: Path) -> None:
+    (tmp_path / "kustomization.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "resources": [os.path.relpath(BASE_DIR, tmp_path)],
+                "components": [os.path.relpath(CLIENT_CERTIFICATE_COMPONENT, tmp_path)],
+            }
+        )
+    )
+    documents = render(tmp_path)
+    assert schema_errors(documents) == []
+    envoy = yaml.safe_load(envoy_config_map(documents)["data"]["envoy.yaml"])
+    https = next(item for item in envoy["static_resources"]["listeners"] if item["name"] == "https_ingress")
+    context = https["filter_chains"][0]["transport_socket"]["typed_config"]["common_tls_context"]
+    ca_directory = str(Path(context["validation_context"]["trusted_ca"]["filename"]).parent)
+    assert mounted_secrets(documents)[ca_directory] == "alerts-tradingview-ca"
+    (edge_container,) = containers(of_kind(documents, "StatefulSet")["edge"])
+    environment = {item["name"]: item["value"] for item in edge_container["env"]}
+    assert environment["ALERTS_TRUST_FORWARDED_CLIENT_CERT"] == "true"
+    assert environment["ALERTS_TRUSTED_PROXIES"], "the edge believes the header only from Envoy"
+    # Off by default: base alone neither asks for client certificates nor believes the header.
+    base_envoy = yaml.safe_load(envoy_config_map(render(BASE_DIR))["data"]["envoy.yaml"])
+    assert "SANITIZE_SET" not in yaml.safe_dump(base_envoy)
+
+
+PRIVATE_RANGES = {"10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "169.254.0.0/16"}
+# Where each workload may connect, besides the cluster DNS: ("pod", app name, port) inside the namespace,
+# ("private", port) for the managed PostgreSQL and Redis, ("public", port) for the internet but no private
+# range, ("metadata", port) for the node's metadata server.
+EXPECTED_EGRESS = {
+    "envoy": {("pod", "edge", 8080), ("pod", "signal", 50051)},
+    "edge": {("pod", "envoy", 50051), ("pod", "storage", 50052)},
+    "signal": {("private", 5432), ("private", 6379), ("pod", "storage", 50052)},
+    "capture": {("public", 443), ("private", 6379), ("pod", "envoy", 50051), ("pod", "storage", 50052)},
+    "storage": {("public", 443), ("metadata", 80), ("metadata", 988)},
+    "migrate": {("private", 5432)},
+    "audit-prune": {("private", 5432)},
+}
+
+
+def selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    if not selector.get("matchLabels", {}).items() <= labels.items():
+        return False
+    for expression in selector.get("matchExpressions", []):
+        assert expression["operator"] == "In", expression
+        if labels.get(expression["key"]) not in expression["values"]:
+            return False
+    return True
+
+
+def workload_labels() -> dict[str, dict[str, str]]:
+    return {
+        pod_template(workload)["metadata"]["labels"]["app.kubernetes.io/name"]: pod_template(workload)[
+            "metadata"
+        ]["labels"]
+        for workload in of_kinds(base_documents(), WORKLOAD_KINDS).values()
+    }
+
+
+def peer_kind(peer: dict[str, Any]) -> tuple[str, ...]:
+    if "ipBlock" in peer:
+        block = peer["ipBlock"]
+        if block["cidr"] == "0.0.0.0/0":
+            assert set(block["except"]) == PRIVATE_RANGES, (
+                "the internet, never the cluster or the metadata server"
+            )
+            return ("public",)
+        if block["cidr"].startswith("169.254."):
+            return ("metadata",)
+        return ("private",)
+    if "namespaceSelector" in peer:
+        assert peer["podSelector"] == {"matchLabels": {"k8s-app": "kube-dns"}}
+        return ("dns",)
+    return ("pod", peer["podSelector"]["matchLabels"]["app.kubernetes.io/name"])
+
+
+def allowed_egress(labels: dict[str, str]) -> set[tuple[Any, ...]]:
+    allowed = set()
+    for policy in of_kind(base_documents(), "NetworkPolicy").values():
+        if "Egress" not in policy["spec"]["policyTypes"] or not selects(
+            policy["spec"]["podSelector"], labels
+        ):
+            continue
+        for rule in policy["spec"].get("egress", []):
+            assert rule.get("ports"), f"{policy['metadata']['name']}: an egress rule without ports"
+            assert rule.get("to"), f"{policy['metadata']['name']}: an egress rule to anywhere"
+            for peer in rule["to"]:
+                allowed |= {(*peer_kind(peer), port["port"]) for port in rule["ports"]}
+    return allowed
+
+
+def test_egress_is_denied_unless_allowed() -> None:
+    deny = of_kind(base_documents(), "NetworkPolicy")["default-deny-egress"]["spec"]
+    assert deny == {"podSelector": {}, "policyTypes": ["Egress"]}
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED_EGRESS))
+def test_each_workload_reaches_only_what_it_uses(name: str) -> None:
+    allowed = allowed_egress(workload_labels()[name])
+    assert {("dns", 53)} <= allowed, "names must resolve"
+    assert allowed - {("dns", 53)} == EXPECTED_EGRESS[name]
+
+
+def test_every_workload_has_an_egress_allowance() -> None:
+    assert set(workload_labels()) == set(EXPECTED_EGRESS)
+
+
+def test_egress_ports_are_the_ports_the_manifests_dial() -> None:
+    """The expected ports are the ones in the addresses the services are given."""
+    config = config_map()
+    services = of_kind(base_documents(), "Service")
+
+    def pod_port(address: str) -> tuple[str, int]:
+        host, _, port = address.rpartition(":")
+        service = services[host]
+        (target,) = [item["targetPort"] for item in service["spec"]["ports"] if item["port"] == int(port)]
+        (name,) = [
+            workload_name
+            for workload_name, labels in workload_labels().items()
+            if selects({"matchLabels": service["spec"]["selector"]}, labels)
+        ]
+        workload = of_kinds(base_documents(), SERVER_KINDS)[name]
+        (number,) = [
+            p["containerPort"] for c in containers(workload) for p in c["ports"] if p["name"] == target
+        ]
+        return name, number
+
+    assert ("pod", *pod_port(config["ALERTS_SIGNAL_ADDR"])) in EXPECTED_EGRESS["capture"]
+    assert ("pod", *pod_port(config["ALERTS_SIGNAL_ADDR"])) in EXPECTED_EGRESS["edge"]
+    assert ("pod", *pod_port(config["ALERTS_STORAGE_ADDR"])) in EXPECTED_EGRESS["signal"]
+    assert ("pod", "edge", int(config["ALERTS_EDGE_PORT"])) in EXPECTED_EGRESS["envoy"]
+    assert urlsplit(config["ALERTS_TRADINGVIEW_URL"]).port in {None, 443}
+    secrets = of_kind(base_documents(), "Secret")
+    database = urlsplit(
+        secrets["alerts-database"]["stringData"]["ALERTS_DATABASE_URL"].removeprefix("REPLACE_ME_")
+    )
+    redis = urlsplit(secrets["alerts-capture"]["stringData"]["ALERTS_REDIS_URL"].removeprefix("REPLACE_ME_"))
+    assert ("private", database.port) in EXPECTED_EGRESS["migrate"]
+    assert ("private", redis.port) in EXPECTED_EGRESS["capture"]
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED_EGRESS))
+def test_what_a_workload_may_reach_in_the_namespace_lets_it_in(name: str) -> None:
+    labels = workload_labels()
+    policies = of_kind(base_documents(), "NetworkPolicy").values()
+    for kind, *target in EXPECTED_EGRESS[name]:
+        if kind != "pod":
+            continue
+        target_name, port = target
+        admitted = any(
+            any(
+                port in {item["port"] for item in rule["ports"]}
+                and (
+                    "from" not in rule
+                    or any(
+                        selects(peer.get("podSelector", {"matchLabels": {"_": "_"}}), labels[name])
+                        for peer in rule["from"]
+                    )
+                )
+                for rule in policy["spec"].get("ingress", [])
+            )
+            for policy in policies
+            if "Ingress" in policy["spec"]["policyTypes"]
+            and selects(policy["spec"]["podSelector"], labels[target_name])
+        )
+        assert admitted, f"{name} may connect to {target_name}:{port}, but {target_name} does not let it in"
+
+
+def test_capture_liveness_reflects_the_worker_not_only_its_metrics_server() -> None:
+    (container,) = containers(of_kind(base_documents(), "Deployment")["capture"])
+    command = container["livenessProbe"]["exec"]["command"]
+    assert command[:3] == ["python", HEALTHCHECK_IN_IMAGE, "capture-alive"]
+    metrics_port = {port["name"]: port["containerPort"] for port in container["ports"]}["metrics"]
+    assert command[3] == f"http://127.0.0.1:{metrics_port}/metrics"
+    assert int(config_map()["ALERTS_METRICS_PORT"]) == metrics_port
+    max_job_age = float(command[command.index("--max-job-age") + 1])
+    assert max_job_age > CaptureSettings().capture_time_limit_seconds, "a job inside its limit is not stuck"

@@ -11,31 +11,44 @@ import yaml
 
 from edge.settings import EdgeSettings
 
-DEPLOY_DIR = Path(__file__).resolve().parents[3] / "deploy"
-COUNTERS_AND_GAUGES = {
-    "alerts_webhooks_total",
-    "alerts_grpc_server_handled_total",
-    "alerts_queue_length",
-    "alerts_jobs_in_progress",
-    "alerts_active_workers",
-    "alerts_captures_total",
-    "alerts_browser_relaunches_total",
-    "alerts_outbox_backlog",
-    "alerts_spool_bytes",
-    "alerts_spool_pending",
-    "alerts_storage_bytes_written_total",
-    "alerts_stream_subscribers",
-}
-HISTOGRAMS = {
-    "alerts_webhook_latency_seconds",
-    "alerts_grpc_server_latency_seconds",
-    "alerts_capture_duration_seconds",
-    "alerts_db_query_latency_seconds",
-}
+REPO_DIR = Path(__file__).resolve().parents[3]
+DEPLOY_DIR = REPO_DIR / "deploy"
+SOURCE_DIRS = (
+    "mesh",
+    "edge",
+    "signal_service",
+    "capture_service",
+    "storage_service",
+    "notify_service",
+    "alerts",
+)
+_METRIC_DEFINITION = re.compile(r'\b(Counter|Gauge|Histogram|Summary)\(\s*"([a-z][a-z0-9_]*)"')
+
+
+def exported_families() -> dict[str, str]:
+    """Every prometheus_client metric the services define, by the name Prometheus sees -> its type."""
+    families = {}
+    for directory in SOURCE_DIRS:
+        for path in (REPO_DIR / directory).rglob("*.py"):
+            for kind, name in _METRIC_DEFINITION.findall(path.read_text()):
+                if kind == "Counter" and not name.endswith("_total"):
+                    name += "_total"
+                families[name] = kind
+    return families
+
+
+FAMILIES = exported_families()
+HISTOGRAMS = {name for name, kind in FAMILIES.items() if kind in {"Histogram", "Summary"}}
+COUNTERS_AND_GAUGES = set(FAMILIES) - HISTOGRAMS
 EXPORTED_SERIES = COUNTERS_AND_GAUGES | {
     f"{name}{suffix}" for name in HISTOGRAMS for suffix in ("_bucket", "_sum", "_count")
 }
 REQUIRED_ALERTS = {
+    "AlertsTargetDown",
+    "AlertsEdgeAbsent",
+    "AlertsSignalAbsent",
+    "AlertsCaptureAbsent",
+    "AlertsStorageAbsent",
     "AlertsCaptureQueueBacklog",
     "AlertsWebhookLatencyHigh",
     "AlertsCaptureFailureRate",
@@ -49,6 +62,17 @@ _QUOTED = re.compile(r'"(?:[^"\\]|\\.)*"')
 def series_in(expression: str) -> set[str]:
     """Metric names an expression reads (label values in quotes are not names)."""
     return set(re.findall(r"\balerts_[a-z0-9_]+\b", _QUOTED.sub('""', expression)))
+
+
+def family(series: str) -> str:
+    return re.sub(r"_(bucket|sum|count)$", "", series) if series not in COUNTERS_AND_GAUGES else series
+
+
+def not_alerted_on() -> dict[str, str]:
+    """The rules file's reasoned exclusion list: `#   name: why` lines after `# Not alerted on:`."""
+    text = (DEPLOY_DIR / "prometheus" / "alerts.yml").read_text()
+    block = text.split("# Not alerted on:\n", 1)[1].split("groups:", 1)[0]
+    return dict(re.findall(r"^#\s+(alerts_[a-z0-9_]+): (.+)$", block, re.MULTILINE))
 
 
 def rules() -> list[dict[str, Any]]:
@@ -98,9 +122,44 @@ def test_issue_alerts_are_present() -> None:
 @pytest.mark.parametrize("rule", rules(), ids=lambda rule: rule["alert"])
 def test_rule_expression_reads_only_exported_metrics(rule: dict[str, Any]) -> None:
     used = series_in(rule["expr"])
-    assert used, "an alert that reads no alerts_ metric"
+    reads_scrape_health = re.search(r"\bup\{", rule["expr"]) is not None
+    assert used or reads_scrape_health, "an alert that reads no alerts_ metric nor the targets' up"
     assert used <= EXPORTED_SERIES
     assert balanced(rule["expr"])
+
+
+def test_metric_discovery_finds_each_kind() -> None:
+    assert FAMILIES["alerts_webhooks_total"] == "Counter"
+    assert FAMILIES["alerts_spool_pending"] == "Gauge"
+    assert "alerts_webhook_latency_seconds" in HISTOGRAMS
+    assert len(FAMILIES) >= 30
+
+
+@pytest.mark.parametrize("name", sorted(FAMILIES))
+def test_every_exported_metric_has_a_rule_or_a_reason(name: str) -> None:
+    alerted = {family(series) for rule in rules() for series in series_in(rule["expr"])}
+    excluded = not_alerted_on()
+    assert (name in alerted) != (name in excluded), (
+        f"{name}: alert on it in deploy/prometheus/alerts.yml or list why not under '# Not alerted on:'"
+        if name not in excluded
+        else f"{name} has a rule and is also listed as not alerted on"
+    )
+
+
+def test_the_exclusion_list_names_only_exported_metrics_with_a_reason() -> None:
+    excluded = not_alerted_on()
+    assert excluded, "the exclusion list did not parse"
+    assert set(excluded) <= set(FAMILIES)
+    assert all(len(reason.split()) >= 3 for reason in excluded.values())
+
+
+@pytest.mark.parametrize("name", ["alerts_spool_pending", "alerts_outbox_backlog", "alerts_jobs_in_progress"])
+def test_absence_rules_watch_series_that_exist_without_labels(name: str) -> None:
+    """absent() on a labelled series would fire until its first label set appears."""
+    source = "\n".join(path.read_text() for d in SOURCE_DIRS for path in (REPO_DIR / d).rglob("*.py"))
+    (definition,) = re.findall(rf'\(\s*"{name}"[^)]*\)', source)
+    assert "[" not in definition, f"{name} has labels"
+    assert any(rule["expr"] == f"absent({name})" for rule in rules())
 
 
 def test_thresholds_match_the_issue() -> None:
@@ -129,11 +188,8 @@ def test_spool_large_warns_before_the_edge_starts_refusing() -> None:
 def test_dashboard_reads_only_exported_metrics_and_shows_every_one() -> None:
     used = set().union(*(series_in(expression) for expression in dashboard_expressions()))
     assert used <= EXPORTED_SERIES
-    shown = {
-        re.sub(r"_(bucket|sum|count)$", "", name) if name not in COUNTERS_AND_GAUGES else name
-        for name in used
-    }
-    assert shown == COUNTERS_AND_GAUGES | HISTOGRAMS
+    shown = {family(name) for name in used}
+    assert set(FAMILIES) - shown == set(), "a metric family with no panel"
     assert all(balanced(expression) for expression in dashboard_expressions())
 
 

@@ -45,7 +45,7 @@ SECRET_PLACEHOLDERS = {
 # What each deployment must say, by where it runs.
 EXPECTED = {
     "compose": {
-        "public_url": "http://localhost:8000",
+        "public_url": "https://localhost",
         "bucket": "alerts-media",
         "signal_addr": "envoy:50051",
         "storage_addr": "storage:50052",
@@ -204,12 +204,9 @@ def test_container_settings_build_in_production_and_wire_the_deployment(
     elif command == ("serve", "capture"):
         assert settings.signal_addr == expected["signal_addr"]
         assert settings.storage_addr == expected["storage_addr"]
-    if where != "compose":
-        secrets_given = {
-            variable for variable, value in environment.items() if value == SECRET_PLACEHOLDERS.get(variable)
-        }
-        required = {f"ALERTS_{field.upper()}" for field in type(settings).required_in_production}
-        assert secrets_given == required, f"{name} holds only the secrets it uses"
+    secrets_given = set(environment) & set(SECRET_PLACEHOLDERS)
+    required = {f"ALERTS_{field.upper()}" for field in type(settings).required_in_production}
+    assert secrets_given == required, f"{name} holds only the secrets it uses"
 
 
 def test_a_misspelt_manifest_variable_would_fail_this_test(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -218,3 +215,18 @@ def test_a_misspelt_manifest_variable_would_fail_this_test(monkeypatch: pytest.M
 
     with pytest.raises(ConfigurationError, match="ALERTS_GCS_BUCKET"):
         build(("serve", "storage"), environment | {"ALERTS_GCS_BUCKET": "alerts-media"}, monkeypatch)
+
+
+def test_the_tradingview_client_certificate_override_builds_an_edge_that_believes_envoy(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    (command, environment) = compose_containers()["edge"]
+    override = yaml.safe_load((DEPLOY_DIR / "compose.tradingview-client-certificate.yaml").read_text())
+    extra = {
+        name: _interpolate(str(value)) for name, value in override["services"]["edge"]["environment"].items()
+    }
+    settings = build(command, environment | extra, monkeypatch)
+    assert settings.trust_forwarded_client_cert is True
+    services = yaml.safe_load((DEPLOY_DIR / "compose.yaml").read_text())["services"]
+    envoy_address = services["envoy"]["networks"]["default"]["ipv4_address"]
+    assert settings.trusted_proxies == [f"{envoy_address}/32"], "only Envoy can set the header"

@@ -56,6 +56,7 @@ class IngestWebhookRequest(_message.Message):
     BODY_SIZE_FIELD_NUMBER: _builtins.int
     EDGE_REFUSAL_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
+    TRADINGVIEW_CLIENT_CERTIFICATE_VERIFIED_FIELD_NUMBER: _builtins.int
     webhook_token: _builtins.str
     chart_id: _builtins.str
     """From ?chart=; the user's default chart when empty."""
@@ -78,6 +79,11 @@ class IngestWebhookRequest(_message.Message):
     """The edge's request id for this webhook, for its logs and audit row. Set in BatchIngestWebhooks, where
     the call's x-request-id metadata is one id for the whole batch; empty means the call's.
     """
+    tradingview_client_certificate_verified: _builtins.bool
+    """True when the edge is configured to trust its TLS proxy's X-Forwarded-Client-Cert
+    (ALERTS_TRUST_FORWARDED_CLIENT_CERT) and the proxy verified TradingView's webhook client
+    certificate on this request's connection: evidence the sender is TradingView, stronger than its IP.
+    """
     @_builtins.property
     def received_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -99,10 +105,11 @@ class IngestWebhookRequest(_message.Message):
         body_size: _builtins.int = ...,
         edge_refusal: _builtins.str = ...,
         request_id: _builtins.str = ...,
+        tradingview_client_certificate_verified: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["received_at", b"received_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "body_size", b"body_size", "chart_id", b"chart_id", "content_type", b"content_type", "edge_refusal", b"edge_refusal", "idempotency_key", b"idempotency_key", "query", b"query", "received_at", b"received_at", "request_id", b"request_id", "source_ip", b"source_ip", "user_agent", b"user_agent", "webhook_token", b"webhook_token"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "body_size", b"body_size", "chart_id", b"chart_id", "content_type", b"content_type", "edge_refusal", b"edge_refusal", "idempotency_key", b"idempotency_key", "query", b"query", "received_at", b"received_at", "request_id", b"request_id", "source_ip", b"source_ip", "tradingview_client_certificate_verified", b"tradingview_client_certificate_verified", "user_agent", b"user_agent", "webhook_token", b"webhook_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

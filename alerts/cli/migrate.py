@@ -21,7 +21,8 @@ def migrate(options: argparse.Namespace) -> int:
     from signal_service.settings import DatabaseJobSettings
 
     configure_logging("migrate")
-    database_url = require_database_url(DatabaseJobSettings().database_url)
-    run_database_job(database_url, lambda: upgrade(database_url))
+    settings = DatabaseJobSettings()
+    database_url = require_database_url(settings.database_url)
+    run_database_job(database_url, lambda: upgrade(database_url, indicators_path=settings.indicators_path))
     log.info("migrations applied")
     return 0

@@ -79,7 +79,7 @@ SIGNAL_EVENT_TYPE_OUTCOME_UPDATED: SignalEventType
 SIGNAL_EVENT_TYPE_TRADINGVIEW_SESSION_UPDATED: SignalEventType
 
 class Signal(_message.Message):
-    __slots__ = ("signal_id", "user_id", "chart_id", "indicator", "ticker", "exchange", "symbol", "price", "signal_type", "interval", "alert_time", "parse_status", "parse_problems", "extra", "raw_text", "content_type", "screenshot_status", "screenshot_object_key", "screenshot_url", "screenshot_error", "result", "profit_loss", "notes", "created_at", "updated_at", "screenshot_completed_at")
+    __slots__ = ("signal_id", "user_id", "chart_id", "indicator", "ticker", "exchange", "symbol", "price", "signal_type", "interval", "alert_time", "parse_status", "parse_problems", "extra", "raw_text", "content_type", "screenshot_status", "screenshot_object_key", "screenshot_url", "screenshot_error", "result", "profit_loss", "notes", "created_at", "updated_at", "screenshot_completed_at", "indicator_key", "bar_time", "fired_at", "delayed_feed")
     SIGNAL_ID_FIELD_NUMBER: _ClassVar[int]
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     CHART_ID_FIELD_NUMBER: _ClassVar[int]
@@ -106,6 +106,10 @@ class Signal(_message.Message):
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
     UPDATED_AT_FIELD_NUMBER: _ClassVar[int]
     SCREENSHOT_COMPLETED_AT_FIELD_NUMBER: _ClassVar[int]
+    INDICATOR_KEY_FIELD_NUMBER: _ClassVar[int]
+    BAR_TIME_FIELD_NUMBER: _ClassVar[int]
+    FIRED_AT_FIELD_NUMBER: _ClassVar[int]
+    DELAYED_FEED_FIELD_NUMBER: _ClassVar[int]
     signal_id: str
     user_id: str
     chart_id: str
@@ -132,7 +136,11 @@ class Signal(_message.Message):
     created_at: _timestamp_pb2.Timestamp
     updated_at: _timestamp_pb2.Timestamp
     screenshot_completed_at: _timestamp_pb2.Timestamp
-    def __init__(self, signal_id: _Optional[str] = ..., user_id: _Optional[str] = ..., chart_id: _Optional[str] = ..., indicator: _Optional[str] = ..., ticker: _Optional[str] = ..., exchange: _Optional[str] = ..., symbol: _Optional[str] = ..., price: _Optional[str] = ..., signal_type: _Optional[str] = ..., interval: _Optional[str] = ..., alert_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., parse_status: _Optional[_Union[ParseStatus, str]] = ..., parse_problems: _Optional[_Iterable[str]] = ..., extra: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., raw_text: _Optional[str] = ..., content_type: _Optional[str] = ..., screenshot_status: _Optional[_Union[ScreenshotStatus, str]] = ..., screenshot_object_key: _Optional[str] = ..., screenshot_url: _Optional[str] = ..., screenshot_error: _Optional[str] = ..., result: _Optional[_Union[SignalResult, str]] = ..., profit_loss: _Optional[str] = ..., notes: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., screenshot_completed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    indicator_key: str
+    bar_time: _timestamp_pb2.Timestamp
+    fired_at: _timestamp_pb2.Timestamp
+    delayed_feed: bool
+    def __init__(self, signal_id: _Optional[str] = ..., user_id: _Optional[str] = ..., chart_id: _Optional[str] = ..., indicator: _Optional[str] = ..., ticker: _Optional[str] = ..., exchange: _Optional[str] = ..., symbol: _Optional[str] = ..., price: _Optional[str] = ..., signal_type: _Optional[str] = ..., interval: _Optional[str] = ..., alert_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., parse_status: _Optional[_Union[ParseStatus, str]] = ..., parse_problems: _Optional[_Iterable[str]] = ..., extra: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., raw_text: _Optional[str] = ..., content_type: _Optional[str] = ..., screenshot_status: _Optional[_Union[ScreenshotStatus, str]] = ..., screenshot_object_key: _Optional[str] = ..., screenshot_url: _Optional[str] = ..., screenshot_error: _Optional[str] = ..., result: _Optional[_Union[SignalResult, str]] = ..., profit_loss: _Optional[str] = ..., notes: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., screenshot_completed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., indicator_key: _Optional[str] = ..., bar_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., fired_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., delayed_feed: _Optional[bool] = ...) -> None: ...
 
 class TradingViewSession(_message.Message):
     __slots__ = ("configured", "valid", "checked_at", "changed_at", "checked")

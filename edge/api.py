@@ -326,7 +326,13 @@ async def list_signals(
     request: Request,
     user_id: FromPath[str],
     ticker: FromQuery[str | None] = None,
-    indicator: FromQuery[str | None] = None,
+    indicator: Annotated[
+        str | None,
+        QueryParameter(
+            description="An indicator the catalog knows, in any of its spellings, matches every signal "
+            "with that indicator_key; any other name matches the indicator exactly as stored"
+        ),
+    ] = None,
     signal_type: FromQuery[str | None] = None,
     result: FromQuery[ResultName | None] = None,
     screenshot_status: FromQuery[ScreenshotStatusName | None] = None,

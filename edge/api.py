@@ -79,7 +79,9 @@ class SignalOut:
     signal_id: str
     user_id: str
     chart_id: str
+    # As the alert named it; indicator_key is the catalog's name for it, null when not in the catalog.
     indicator: str
+    indicator_key: str | None
     ticker: str
     exchange: str
     symbol: str
@@ -87,6 +89,12 @@ class SignalOut:
     signal_type: str
     interval: str
     alert_time: datetime | None
+    # TradingView's {{time}} (the bar's open) and {{timenow}} (when the alert fired); null unless the
+    # message says which time it is.
+    bar_time: datetime | None
+    fired_at: datetime | None
+    # The exchange is a delayed feed ("NASDAQ_DLY"): the price was not live.
+    delayed_feed: bool
     parse_status: ParseStatusName
     parse_problems: list[str]
     extra: dict[str, Any]
@@ -167,6 +175,7 @@ def signal_out(signal: resources_pb2.Signal) -> SignalOut:
         user_id=signal.user_id,
         chart_id=signal.chart_id,
         indicator=signal.indicator,
+        indicator_key=signal.indicator_key or None,
         ticker=signal.ticker,
         exchange=signal.exchange,
         symbol=signal.symbol,
@@ -174,6 +183,9 @@ def signal_out(signal: resources_pb2.Signal) -> SignalOut:
         signal_type=signal.signal_type,
         interval=signal.interval,
         alert_time=_time(signal.alert_time, signal.HasField("alert_time")),
+        bar_time=_time(signal.bar_time, signal.HasField("bar_time")),
+        fired_at=_time(signal.fired_at, signal.HasField("fired_at")),
+        delayed_feed=signal.delayed_feed,
         parse_status=_enum_name(resources_pb2.ParseStatus, signal.parse_status, "PARSE_STATUS_"),
         parse_problems=list(signal.parse_problems),
         extra=json_format.MessageToDict(signal.extra),
@@ -317,7 +329,13 @@ async def list_signals(
     request: Request[Any, Any, Any],
     user_id: FromPath[str],
     ticker: FromQuery[str | None] = None,
-    indicator: FromQuery[str | None] = None,
+    indicator: Annotated[
+        str | None,
+        QueryParameter(
+            description="An indicator the catalog knows, in any of its spellings, matches every signal "
+            "with that indicator_key; any other name matches the indicator exactly as stored"
+        ),
+    ] = None,
     signal_type: FromQuery[str | None] = None,
     result: FromQuery[ResultName | None] = None,
     screenshot_status: FromQuery[ScreenshotStatusName | None] = None,

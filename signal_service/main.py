@@ -124,10 +124,11 @@ async def signal_app(settings: SignalSettings) -> AsyncIterator[SignalApp]:
         batch_size=settings.outbox_batch_size,
         poll_seconds=settings.outbox_poll_seconds,
     )
+    catalog = load_indicator_catalog(settings.indicators_path)
     ingestor = WebhookIngestor(
         database=database,
         settings=settings,
-        catalog=load_indicator_catalog(settings.indicators_path),
+        catalog=catalog,
         rate_limiter=RateLimiter(redis, settings.redis_namespace),
         audit=audit,
         backlog=backlog,
@@ -150,7 +151,7 @@ async def signal_app(settings: SignalSettings) -> AsyncIterator[SignalApp]:
         events=events,
         signal_servicer=SignalServicer(
             ingestor=ingestor,
-            reader=SignalReader(database),
+            reader=SignalReader(database, catalog),
             captures=captures,
             links=ScreenshotLinks(storage, ttl_seconds=settings.screenshot_url_ttl_seconds),
             status=StatusReporter(

@@ -128,7 +128,10 @@ class Signal(SQLModel, table=True):
         )
     )
     chart_id: str | None = Field(default=None, sa_column=sa.Column(sa.Text))
+    # The indicator as the alert named it; indicator_key is the catalog's name for it (None when the
+    # catalog does not know it), which filters match so that every spelling counts as one indicator.
     indicator: str | None = Field(default=None, sa_column=sa.Column(sa.Text))
+    indicator_key: str | None = Field(default=None, sa_column=sa.Column(sa.Text))
     ticker: str | None = Field(default=None, sa_column=sa.Column(sa.Text))
     exchange: str | None = Field(default=None, sa_column=sa.Column(sa.Text))
     symbol: str | None = Field(default=None, sa_column=sa.Column(sa.Text))
@@ -136,6 +139,14 @@ class Signal(SQLModel, table=True):
     signal_type: str | None = Field(default=None, sa_column=sa.Column(sa.Text))
     interval: str | None = Field(default=None, sa_column=sa.Column(sa.Text))
     alert_time: datetime = Field(sa_column=_utc_column())
+    # TradingView's {{time}} (the bar's open) and {{timenow}} (when the alert fired), where the message
+    # says which is which.
+    bar_time: datetime | None = Field(default=None, sa_column=_utc_column(nullable=True))
+    fired_at: datetime | None = Field(default=None, sa_column=_utc_column(nullable=True))
+    # The exchange is a delayed feed ("NASDAQ_DLY"): the price was not live.
+    delayed_feed: bool = Field(
+        default=False, sa_column=sa.Column(sa.Boolean, nullable=False, server_default=sa.false())
+    )
     parse_status: str = Field(sa_column=sa.Column(sa.Text, nullable=False))
     parse_problems: list[str] = Field(
         default_factory=list, sa_column=sa.Column(pg.JSONB, nullable=False, server_default="[]")

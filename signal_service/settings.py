@@ -36,6 +36,9 @@ class DatabaseJobSettings(CommonSettings):
     required_in_production: ClassVar[tuple[str, ...]] = ("database_url",)
     # `alerts audit prune` deletes audit rows older than this.
     audit_retention_days: int = Field(default=90, ge=1)
+    # The indicator catalog (TOML or YAML); unset: the shipped one. Migrations read it too, to derive the
+    # indicator keys of signals stored before keys existed.
+    indicators_path: Path | None = None
 
 
 class SignalSettings(DatabaseJobSettings):
@@ -48,7 +51,6 @@ class SignalSettings(DatabaseJobSettings):
     )
 
     max_body_bytes: int = 64 * 1024
-    indicators_path: Path | None = None
     # An identical body from the same user within this window is a TradingView re-send, not a new alert.
     dedupe_window_seconds: int = Field(default=60, ge=0)
     # JSON, e.g. ALERTS_PLAN_LIMITS='{"free": {"signals_quota": 100, "rate_per_second": 0.5,

@@ -6,7 +6,7 @@ import argparse
 import logging
 from typing import Any
 
-from alerts.cli.clients import require_database_url, run_database_job
+from alerts.cli.clients import CommandError, require_database_url, run_database_job
 from mesh.logging import configure_logging
 
 log = logging.getLogger("alerts")
@@ -18,10 +18,17 @@ def register(commands: Any) -> None:
 
 def migrate(options: argparse.Namespace) -> int:
     from signal_service.migrate import upgrade
+    from signal_service.parsing import IndicatorCatalogError, load_indicator_catalog
     from signal_service.settings import DatabaseJobSettings
 
     configure_logging("migrate")
-    database_url = require_database_url(DatabaseJobSettings().database_url)
-    run_database_job(database_url, lambda: upgrade(database_url))
+    settings = DatabaseJobSettings()
+    database_url = require_database_url(settings.database_url)
+    # Migrations read the catalog; a broken one stops here, before any of them runs.
+    try:
+        load_indicator_catalog(settings.indicators_path)
+    except IndicatorCatalogError as error:
+        raise CommandError(str(error)) from None
+    run_database_job(database_url, lambda: upgrade(database_url, indicators_path=settings.indicators_path))
     log.info("migrations applied")
     return 0

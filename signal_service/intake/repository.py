@@ -43,6 +43,7 @@ class WebhookIngest:
     signal_id: uuid.UUID
     chart_id: str
     indicator: str | None
+    indicator_key: str | None
     ticker: str | None
     exchange: str | None
     symbol: str | None
@@ -50,6 +51,9 @@ class WebhookIngest:
     signal_type: str | None
     interval: str | None
     alert_time: datetime
+    bar_time: datetime | None
+    fired_at: datetime | None
+    delayed_feed: bool
     parse_status: str
     parse_problems: list[str]
     extra: dict[str, Any]
@@ -71,7 +75,7 @@ class WebhookIngest:
 
 @dataclass(frozen=True, slots=True)
 class WebhookOutcome:
-    # "accepted", "duplicate", "quota_exceeded", "rate_limited" or "stale" (intake/sql/ingest_webhook_v2.sql).
+    # "accepted", "duplicate", "quota_exceeded", "rate_limited" or "stale" (intake/sql/ingest_webhook_v3.sql).
     outcome: str
     signal_id: uuid.UUID | None
     screenshot_status: str | None
@@ -80,7 +84,7 @@ class WebhookOutcome:
     retry_after_seconds: float | None
 
 
-# The input parameters of ingest_webhook as the latest version (intake/sql/ingest_webhook_v2.sql)
+# The input parameters of ingest_webhook as the latest version (intake/sql/ingest_webhook_v3.sql)
 # declares them; tests/integration/signal_service/test_ingest_function.py compares them with the
 # migrated database's function and with ingest_arguments.
 INGEST_PARAMETERS = (
@@ -97,6 +101,7 @@ INGEST_PARAMETERS = (
     "p_signal_id",
     "p_chart_id",
     "p_indicator",
+    "p_indicator_key",
     "p_ticker",
     "p_exchange",
     "p_symbol",
@@ -104,6 +109,9 @@ INGEST_PARAMETERS = (
     "p_signal_type",
     "p_interval",
     "p_alert_time",
+    "p_bar_time",
+    "p_fired_at",
+    "p_delayed_feed",
     "p_parse_status",
     "p_parse_problems",
     "p_extra",
@@ -193,6 +201,7 @@ def ingest_arguments(row: WebhookIngest) -> dict[str, Any]:
         "p_signal_id": row.signal_id,
         "p_chart_id": storable(row.chart_id),
         "p_indicator": storable(row.indicator),
+        "p_indicator_key": storable(row.indicator_key),
         "p_ticker": storable(row.ticker),
         "p_exchange": storable(row.exchange),
         "p_symbol": storable(row.symbol),
@@ -200,6 +209,9 @@ def ingest_arguments(row: WebhookIngest) -> dict[str, Any]:
         "p_signal_type": storable(row.signal_type),
         "p_interval": storable(row.interval),
         "p_alert_time": row.alert_time,
+        "p_bar_time": row.bar_time,
+        "p_fired_at": row.fired_at,
+        "p_delayed_feed": row.delayed_feed,
         "p_parse_status": row.parse_status,
         "p_parse_problems": json.dumps(storable(row.parse_problems)),
         "p_extra": json.dumps(storable(row.extra)),

@@ -70,9 +70,10 @@ def parse_alert(
             problems.append(received_problem)
         text, decode_problems = _decode(body)
         problems.extend(decode_problems)
-        return _parse_text(
-            text, content_type, query, received_at, catalog or default_indicator_catalog(), problems
-        )
+        # `is None`, not truthiness: a catalog without indicators is still the one configured.
+        if catalog is None:
+            catalog = default_indicator_catalog()
+        return _parse_text(text, content_type, query, received_at, catalog, problems)
     # The contract is "never raises": a bug must cost a parse, never the message.
     except Exception as error:
         problems.append(f"internal_error:{type(error).__name__}")

@@ -35,7 +35,9 @@ class UserStatsRow:
 class SignalFilter:
     user_id: uuid.UUID
     ticker: str | None = None
+    # The indicator as stored, and the catalog's key (SignalReader turns a catalog name into the key).
     indicator: str | None = None
+    indicator_key: str | None = None
     signal_type: str | None = None
     result: str | None = None
     screenshot_status: str | None = None
@@ -71,6 +73,7 @@ class SignalRepository:
         for column, value in (
             (Signal.ticker, where.ticker),
             (Signal.indicator, where.indicator),
+            (Signal.indicator_key, where.indicator_key),
             (Signal.signal_type, where.signal_type),
             (Signal.result, where.result),
             (Signal.screenshot_status, where.screenshot_status),

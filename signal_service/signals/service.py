@@ -6,7 +6,7 @@ import base64
 import json
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
 
@@ -16,6 +16,7 @@ from signal_service.database import Database
 from signal_service.events.repository import EventRepository
 from signal_service.ids import require_uuid
 from signal_service.models import EventType, SignalEvent, SignalResult
+from signal_service.parsing import IndicatorCatalog
 from signal_service.signals.repository import SignalFilter, SignalRepository, SignalRow, UserStatsRow
 from signal_service.users.repository import UserRepository
 
@@ -50,8 +51,9 @@ def page_size(requested: int) -> int:
 
 
 class SignalReader:
-    def __init__(self, database: Database) -> None:
+    def __init__(self, database: Database, catalog: IndicatorCatalog) -> None:
         self._database = database
+        self._catalog = catalog
 
     async def get(self, signal_id: str) -> SignalRow:
         parsed = require_uuid(signal_id, "signal_id")
@@ -65,9 +67,22 @@ class SignalReader:
         limit = page_size(size)
         after = decode_page_token(page_token) if page_token else None
         async with self._database.session() as session:
-            rows = await SignalRepository(session).matching(where, after=after, limit=limit + 1)
+            rows = await SignalRepository(session).matching(
+                self._by_indicator_key(where), after=after, limit=limit + 1
+            )
         next_token = encode_page_token(rows[limit - 1]) if len(rows) > limit else ""
         return SignalPage(rows=rows[:limit], next_page_token=next_token)
+
+    def _by_indicator_key(self, where: SignalFilter) -> SignalFilter:
+        """An indicator filter naming a catalog indicator, in any of its spellings, matches the catalog's
+        key, so that signals which spelled it differently are found together; any other name matches the
+        indicator as stored."""
+        if where.indicator is None:
+            return where
+        spec = self._catalog.indicator_named(where.indicator)
+        if spec is None:
+            return where
+        return replace(where, indicator=None, indicator_key=spec.name)
 
     async def stats(self, user_id: str) -> UserStats:
         parsed = require_uuid(user_id, "user_id")

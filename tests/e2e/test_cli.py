@@ -67,6 +67,16 @@ def test_no_database_configured_is_one_line(cli_env: dict[str, str], command: tu
     assert_one_line_failure(run_alerts(cli_env, *command), "ALERTS_DATABASE_URL")
 
 
+def test_migrate_with_an_unreadable_indicator_catalog_is_one_line(
+    cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    env = cli_env | {
+        "ALERTS_DATABASE_URL": f"postgresql+asyncpg://alerts:{SECRET}@127.0.0.1:5432/alerts",
+        "ALERTS_INDICATORS_PATH": str(tmp_path / "absent.toml"),
+    }
+    assert_one_line_failure(run_alerts(env, "migrate"), "indicator catalog", "absent.toml")
+
+
 @pytest.mark.parametrize("command", SERVICE_COMMANDS, ids=" ".join)
 def test_a_missing_service_key_is_one_line(cli_env: dict[str, str], command: tuple[str, ...]) -> None:
     assert_one_line_failure(run_alerts(cli_env, *command), "ALERTS_SERVICE_API_KEY")

@@ -202,6 +202,23 @@ async def test_a_new_signal_appears_live_and_its_screenshot_loads(
         assert len({box["x"] for box in boxes if box}) == 1
 
 
+async def test_a_card_says_when_the_price_came_from_a_delayed_feed(stack: DevStack, page: Page) -> None:
+    trader = await new_viewer_user(stack)
+    ids = {}
+    async with httpx.AsyncClient(timeout=10) as client:
+        for ticker in ("NASDAQ_DLY:AAPL", "NASDAQ:AAPL"):
+            body = f"ADX DEF [APIDEVS]\nSeñal: Cruce Alcista\nTicker: {ticker}\nPrecio: 190.10"
+            answer = await client.post(trader.webhook_url, content=body.encode())
+            assert answer.status_code == 200, answer.text
+            ids[ticker] = answer.json()["signal_id"]
+
+    await page.goto(f"{stack.edge_url}/ui#user={trader.user_id}&key={trader.key}")
+    delayed = page.locator(f'li.signal[data-id="{ids["NASDAQ_DLY:AAPL"]}"] .indicator')
+    live = page.locator(f'li.signal[data-id="{ids["NASDAQ:AAPL"]}"] .indicator')
+    await expect(delayed).to_have_text("ADX DEF [APIDEVS] · delayed feed")
+    await expect(live).to_have_text("ADX DEF [APIDEVS]")
+
+
 async def test_a_key_that_is_not_the_users_is_refused(
     stack: DevStack, viewer_user: ViewerUser, page: Page
 ) -> None:

@@ -53,6 +53,8 @@
       id: String(pick(raw, "signal_id", "signalId", "id")),
       ticker: pick(raw, "ticker"),
       indicator: pick(raw, "indicator"),
+      indicatorKey: pick(raw, "indicator_key", "indicatorKey"),
+      delayedFeed: pick(raw, "delayed_feed", "delayedFeed") === true,
       price: pick(raw, "price"),
       type: pick(raw, "signal_type", "signalType"),
       interval: pick(raw, "interval"),
@@ -144,7 +146,9 @@
 
   function matches(signal, filters) {
     if (filters.ticker && signal.ticker.toUpperCase() !== filters.ticker) return false;
-    if (filters.indicator && signal.indicator !== filters.indicator) return false;
+    // The server also matches other spellings of a catalog indicator; a live event can only be compared
+    // with the name it carries and the catalog's key.
+    if (filters.indicator && ![signal.indicator, signal.indicatorKey].includes(filters.indicator)) return false;
     if (filters.result && signal.result !== filters.result) return false;
     const created = new Date(signal.createdAt).getTime();
     if (filters.created_after && !(created > new Date(filters.created_after).getTime())) return false;
@@ -220,7 +224,7 @@
   const newer = (a, b) => String(a.updatedAt || "") >= String(b.updatedAt || "");
 
   function upsert(signal, { append = false, live = false } = {}) {
-    suggest(ui.indicators, signal.indicator);
+    suggest(ui.indicators, signal.indicatorKey || signal.indicator);
     suggest(ui.tickers, signal.ticker);
     const known = cards.get(signal.id);
     if (known) {
@@ -297,7 +301,12 @@
     const type = element.querySelector(".type");
     type.textContent = signal.type || "unknown";
     type.dataset.tone = tone(signal.type || "");
-    text(".indicator", [signal.indicator || "unknown indicator", signal.interval && `${signal.interval}`].filter(Boolean).join(" · "));
+    text(
+      ".indicator",
+      [signal.indicator || "unknown indicator", signal.interval && `${signal.interval}`, signal.delayedFeed && "delayed feed"]
+        .filter(Boolean)
+        .join(" · "),
+    );
     text(".price", signal.price || "—");
     const result = element.querySelector(".result");
     result.textContent = signal.result;

@@ -140,6 +140,33 @@ async def test_signals_list_filters_and_pages(client: httpx.AsyncClient, signals
     assert datetime.fromisoformat(signal["created_at"]) <= datetime.now(UTC)
 
 
+async def test_signals_carry_the_indicator_key_the_times_and_the_delayed_feed(
+    client: httpx.AsyncClient, signals, users
+) -> None:
+    created = await create_user(users)
+    user_id, token = created.user.user_id, created.webhook_token
+    named = await ingest(
+        signals,
+        token,
+        b"Indicator: adx def\nTicker: NASDAQ_DLY:AAPL\nPrice: 190.10\nSignal: Bullish Cross\n"
+        b"Bar time: 2026-11-27T14:30:00Z\nTime now: 2026-11-27T14:44:59Z",
+    )
+    plain = await ingest(signals, token, alert(1))
+
+    listed = (await client.get(f"/api/users/{user_id}/signals", params={"indicator": "ADX DEF"})).json()
+    assert [signal["signal_id"] for signal in listed["signals"]] == [named]
+    signal = listed["signals"][0]
+    assert signal["indicator"] == "adx def"
+    assert signal["indicator_key"] == "ADX DEF [APIDEVS]"
+    assert signal["delayed_feed"] is True
+    assert datetime.fromisoformat(signal["bar_time"]) == datetime(2026, 11, 27, 14, 30, tzinfo=UTC)
+    assert datetime.fromisoformat(signal["fired_at"]) == datetime(2026, 11, 27, 14, 44, 59, tzinfo=UTC)
+
+    other = (await client.get(f"/api/users/{user_id}/signals/{plain}")).json()
+    assert (other["indicator_key"], other["bar_time"], other["fired_at"]) == (None, None, None)
+    assert other["delayed_feed"] is False
+
+
 async def test_bad_list_arguments_are_400(client: httpx.AsyncClient, users) -> None:
     created = await create_user(users)
     url = f"/api/users/{created.user.user_id}/signals"

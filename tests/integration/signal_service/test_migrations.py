@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 
 import asyncpg
 from alembic import command
@@ -50,8 +51,91 @@ def _ingest_function_arguments(database_url: str) -> tuple[int, bool]:
 
 def test_the_rate_limit_migration_goes_down_and_up_again(database_url: str) -> None:
     with fresh_database(database_url) as url:
+        command.downgrade(alembic_config(url), "0004_ingest_rate_limit")
         assert _ingest_function_arguments(url) == (41, True)
         command.downgrade(alembic_config(url), "0003_sessions")
         assert _ingest_function_arguments(url) == (39, False)
-        command.upgrade(alembic_config(url), "head")
+        command.upgrade(alembic_config(url), "0004_ingest_rate_limit")
         assert _ingest_function_arguments(url) == (41, True)
+
+
+_SIGNAL_PARSE_COLUMNS = ("bar_time", "delayed_feed", "fired_at", "indicator_key")
+
+
+def _signals_before_parse_fields(url: str) -> dict[str, str | None]:
+    """At 0004: one user with a signal per indicator below, as 0004's intake stored them (the catalog's
+    name, or the name as written when the catalog did not know it). Returns signal id -> indicator."""
+    indicators = ("ADX DEF [APIDEVS]", "RSI PRO+ [APIDEVS]", "adx def", "My Own Indicator", None)
+
+    async def write() -> dict[str, str | None]:
+        connection = await asyncpg.connect(url.replace("+asyncpg", ""))
+        try:
+            user_id = uuid.uuid4()
+            await connection.execute(
+                "INSERT INTO users (id, plan, webhook_token_hash, webhook_enabled, signals_quota,"
+                " signals_used, quota_reset_at, event_seq) VALUES ($1, 'free', $2, true, 100, 0, now(), 0)",
+                user_id,
+                uuid.uuid4().hex,
+            )
+            written: dict[str, str | None] = {}
+            for indicator in indicators:
+                signal_id = uuid.uuid4()
+                await connection.execute(
+                    "INSERT INTO signals (id, user_id, indicator, alert_time, parse_status, raw_body,"
+                    " body_sha256, result, screenshot_status, created_at) VALUES"
+                    " ($1, $2, $3, now(), 'partial', ''::bytea, ''::bytea, 'pending', 'skipped', now())",
+                    signal_id,
+                    user_id,
+                    indicator,
+                )
+                written[str(signal_id)] = indicator
+            return written
+        finally:
+            await connection.close()
+
+    return asyncio.run(write())
+
+
+def _signal_parse_state(url: str) -> tuple[int, list[str], dict[str, tuple[str | None, bool]]]:
+    """ingest_webhook()'s argument count, which of the new signals columns exist, and each signal's
+    indicator_key and delayed_feed when they do."""
+
+    async def read() -> tuple[int, list[str], dict[str, tuple[str | None, bool]]]:
+        connection = await asyncpg.connect(url.replace("+asyncpg", ""))
+        try:
+            arguments = await connection.fetchval(
+                "SELECT pronargs FROM pg_proc WHERE proname = 'ingest_webhook'"
+            )
+            columns = await connection.fetch(
+                "SELECT column_name FROM information_schema.columns"
+                " WHERE table_name = 'signals' AND column_name = ANY($1::text[]) ORDER BY column_name",
+                list(_SIGNAL_PARSE_COLUMNS),
+            )
+            keys = {}
+            if columns:
+                rows = await connection.fetch("SELECT id, indicator_key, delayed_feed FROM signals")
+                keys = {str(row["id"]): (row["indicator_key"], row["delayed_feed"]) for row in rows}
+        finally:
+            await connection.close()
+        return arguments, [column["column_name"] for column in columns], keys
+
+    return asyncio.run(read())
+
+
+def test_the_parse_fields_migration_goes_down_and_up_again_keying_catalog_names(database_url: str) -> None:
+    with fresh_database(database_url) as url:
+        assert _signal_parse_state(url) == (45, list(_SIGNAL_PARSE_COLUMNS), {})
+        command.downgrade(alembic_config(url), "0004_ingest_rate_limit")
+        assert _signal_parse_state(url) == (41, [], {})
+        written = _signals_before_parse_fields(url)
+        command.upgrade(alembic_config(url), "head")
+        arguments, columns, stored = _signal_parse_state(url)
+        assert (arguments, columns) == (45, list(_SIGNAL_PARSE_COLUMNS))
+        keys = {
+            "ADX DEF [APIDEVS]": "ADX DEF [APIDEVS]",
+            "RSI PRO+ [APIDEVS]": "RSI PRO+ [APIDEVS]",
+            "adx def": None,
+            "My Own Indicator": None,
+            None: None,
+        }
+        assert stored == {signal_id: (keys[indicator], False) for signal_id, indicator in written.items()}

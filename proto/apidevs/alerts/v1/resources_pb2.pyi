@@ -168,10 +168,15 @@ class Signal(_message.Message):
     CREATED_AT_FIELD_NUMBER: _builtins.int
     UPDATED_AT_FIELD_NUMBER: _builtins.int
     SCREENSHOT_COMPLETED_AT_FIELD_NUMBER: _builtins.int
+    INDICATOR_KEY_FIELD_NUMBER: _builtins.int
+    BAR_TIME_FIELD_NUMBER: _builtins.int
+    FIRED_AT_FIELD_NUMBER: _builtins.int
+    DELAYED_FEED_FIELD_NUMBER: _builtins.int
     signal_id: _builtins.str
     user_id: _builtins.str
     chart_id: _builtins.str
     indicator: _builtins.str
+    """The indicator as the alert named it (whitespace normalised), e.g. "adx def"."""
     ticker: _builtins.str
     """Full TradingView ticker, e.g. "BINANCE:BTCUSDT"."""
     exchange: _builtins.str
@@ -195,6 +200,14 @@ class Signal(_message.Message):
     profit_loss: _builtins.str
     """Decimal string; empty when not recorded."""
     notes: _builtins.str
+    indicator_key: _builtins.str
+    """The indicator catalog's name for the indicator, shared by all its spellings (e.g. "ADX DEF [APIDEVS]"
+    for "adx def"); empty when the catalog does not know it. ListSignals' indicator filter matches it.
+    """
+    delayed_feed: _builtins.bool
+    """The ticker's exchange is one of TradingView's delayed feeds (an "_DL" or "_DLY" suffix, e.g.
+    "NASDAQ_DLY:AAPL"): the price in the alert was not live.
+    """
     @_builtins.property
     def alert_time(self) -> _timestamp_pb2.Timestamp:
         """When the alert fired according to the message; the receive time when the message has none."""
@@ -213,6 +226,14 @@ class Signal(_message.Message):
     def updated_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
     def screenshot_completed_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def bar_time(self) -> _timestamp_pb2.Timestamp:
+        """TradingView's {{time}}: when the alert's bar opened. Unset unless the message says which time it is."""
+
+    @_builtins.property
+    def fired_at(self) -> _timestamp_pb2.Timestamp:
+        """TradingView's {{timenow}}: when the alert fired. Unset unless the message says which time it is."""
+
     def __init__(
         self,
         *,
@@ -242,10 +263,14 @@ class Signal(_message.Message):
         created_at: _timestamp_pb2.Timestamp | None = ...,
         updated_at: _timestamp_pb2.Timestamp | None = ...,
         screenshot_completed_at: _timestamp_pb2.Timestamp | None = ...,
+        indicator_key: _builtins.str = ...,
+        bar_time: _timestamp_pb2.Timestamp | None = ...,
+        fired_at: _timestamp_pb2.Timestamp | None = ...,
+        delayed_feed: _builtins.bool = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["alert_time", b"alert_time", "created_at", b"created_at", "extra", b"extra", "screenshot_completed_at", b"screenshot_completed_at", "updated_at", b"updated_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["alert_time", b"alert_time", "bar_time", b"bar_time", "created_at", b"created_at", "extra", b"extra", "fired_at", b"fired_at", "screenshot_completed_at", b"screenshot_completed_at", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["alert_time", b"alert_time", "chart_id", b"chart_id", "content_type", b"content_type", "created_at", b"created_at", "exchange", b"exchange", "extra", b"extra", "indicator", b"indicator", "interval", b"interval", "notes", b"notes", "parse_problems", b"parse_problems", "parse_status", b"parse_status", "price", b"price", "profit_loss", b"profit_loss", "raw_text", b"raw_text", "result", b"result", "screenshot_completed_at", b"screenshot_completed_at", "screenshot_error", b"screenshot_error", "screenshot_object_key", b"screenshot_object_key", "screenshot_status", b"screenshot_status", "screenshot_url", b"screenshot_url", "signal_id", b"signal_id", "signal_type", b"signal_type", "symbol", b"symbol", "ticker", b"ticker", "updated_at", b"updated_at", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alert_time", b"alert_time", "bar_time", b"bar_time", "chart_id", b"chart_id", "content_type", b"content_type", "created_at", b"created_at", "delayed_feed", b"delayed_feed", "exchange", b"exchange", "extra", b"extra", "fired_at", b"fired_at", "indicator", b"indicator", "indicator_key", b"indicator_key", "interval", b"interval", "notes", b"notes", "parse_problems", b"parse_problems", "parse_status", b"parse_status", "price", b"price", "profit_loss", b"profit_loss", "raw_text", b"raw_text", "result", b"result", "screenshot_completed_at", b"screenshot_completed_at", "screenshot_error", b"screenshot_error", "screenshot_object_key", b"screenshot_object_key", "screenshot_status", b"screenshot_status", "screenshot_url", b"screenshot_url", "signal_id", b"signal_id", "signal_type", b"signal_type", "symbol", b"symbol", "ticker", b"ticker", "updated_at", b"updated_at", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

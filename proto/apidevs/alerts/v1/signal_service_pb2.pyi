@@ -257,6 +257,9 @@ class ListSignalsRequest(_message.Message):
     page_token: _builtins.str
     ticker: _builtins.str
     indicator: _builtins.str
+    """A name the indicator catalog knows, in any of its spellings ("adx def", "ADX DEF [APIDEVS]"), matches
+    every signal with that indicator_key; any other name matches the indicator exactly as stored.
+    """
     signal_type: _builtins.str
     result: _resources_pb2.SignalResult.ValueType
     screenshot_status: _resources_pb2.ScreenshotStatus.ValueType

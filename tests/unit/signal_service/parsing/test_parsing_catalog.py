@@ -192,3 +192,19 @@ def test_indicator_labels_may_name_the_bar_time_and_the_firing(tmp_path: Path) -
     assert result.fired_at == datetime(2026, 11, 27, 14, 31, tzinfo=UTC)
     assert result.alert_time == result.fired_at
     assert result.extra == {}
+
+
+def test_a_catalog_without_indicators_is_used_as_it_is(tmp_path: Path) -> None:
+    config = tmp_path / "indicators.toml"
+    config.write_text('[generic]\nsignal_types = ["Buy"]\n', encoding="utf-8")
+    catalog = load_indicator_catalog(config)
+    assert len(catalog) == 0
+
+    result = parse_alert(
+        b"ADX DEF [APIDEVS]\nSignal: Buy\nTicker: BINANCE:BTCUSDT\nPrice: 1",
+        received_at=RECEIVED_AT,
+        catalog=catalog,
+    )
+
+    assert (result.indicator, result.indicator_key) == ("ADX DEF [APIDEVS]", None)
+    assert "indicator_unknown" in result.problems

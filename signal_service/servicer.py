@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 import grpc
 
 from apidevs.alerts.v1 import resources_pb2, signal_service_pb2, signal_service_pb2_grpc
-from mesh.auth import ensure_can_access_user, ensure_unscoped
+from mesh.auth import ensure_unscoped
 from mesh.errors import InvalidArgumentError, to_rpc_status
 from mesh.grpc import caller_error
 from mesh.logging import request_id_var
@@ -37,6 +37,7 @@ from signal_service.signals.service import SignalOutcomes, SignalReader
 from signal_service.status import StatusReporter
 from signal_service.storage_links import ScreenshotLinks
 from signal_service.users.service import UserView
+from signal_service.visibility import ensure_user_visible, visible_owner
 
 log = logging.getLogger(__name__)
 
@@ -165,15 +166,14 @@ class SignalServicer(signal_service_pb2_grpc.SignalServiceServicer):
     async def GetSignal(
         self, request: signal_service_pb2.GetSignalRequest, context: grpc.aio.ServicerContext
     ) -> resources_pb2.Signal:
-        row = await self._reader.get(request.signal_id)
-        ensure_can_access_user(str(row.signal.user_id))
+        row = await self._reader.get(request.signal_id, owner=visible_owner())
         return (await self._signals_to_proto([row]))[0]
 
     async def ListSignals(
         self, request: signal_service_pb2.ListSignalsRequest, context: grpc.aio.ServicerContext
     ) -> signal_service_pb2.ListSignalsResponse:
         user_id = require_uuid(request.user_id, "user_id")
-        ensure_can_access_user(str(user_id))
+        ensure_user_visible(user_id)
         where = SignalFilter(
             user_id=user_id,
             ticker=request.ticker or None,
@@ -197,7 +197,7 @@ class SignalServicer(signal_service_pb2_grpc.SignalServiceServicer):
             result=RESULT_FROM_PROTO.get(request.result),
             profit_loss=request.profit_loss,
             notes=request.notes,
-            ensure_access=ensure_can_access_user,
+            owner=visible_owner(),
         )
         return (await self._signals_to_proto([row]))[0]
 
@@ -205,7 +205,7 @@ class SignalServicer(signal_service_pb2_grpc.SignalServiceServicer):
         self, request: signal_service_pb2.GetUserStatsRequest, context: grpc.aio.ServicerContext
     ) -> resources_pb2.UserStats:
         user_id = require_uuid(request.user_id, "user_id")
-        ensure_can_access_user(str(user_id))
+        ensure_user_visible(user_id)
         stats = await self._reader.stats(str(user_id))
         counts = stats.counts
         return resources_pb2.UserStats(
@@ -229,7 +229,7 @@ class SignalServicer(signal_service_pb2_grpc.SignalServiceServicer):
         caller can tell "accepted, nothing new yet" from a refusal without waiting for an event.
         """
         user_id = require_uuid(request.user_id, "user_id")
-        ensure_can_access_user(str(user_id))
+        ensure_user_visible(user_id)
         async with self._feed.subscribe(user_id, request.after_cursor) as subscription:
             await context.send_initial_metadata((("x-start-cursor", subscription.start_cursor),))
             async for batch in subscription.batches():
@@ -258,6 +258,7 @@ class SignalServicer(signal_service_pb2_grpc.SignalServiceServicer):
             chart_id=claim.chart_id,
             tradingview_session_ciphertext=claim.session_ciphertext,
             plan=PLAN_TO_PROTO[claim.plan],
+            object_key=claim.object_key,
         )
 
     async def ReportCapture(
@@ -289,7 +290,7 @@ class SignalServicer(signal_service_pb2_grpc.SignalServiceServicer):
         self, request: signal_service_pb2.ListFailedCapturesRequest, context: grpc.aio.ServicerContext
     ) -> signal_service_pb2.ListFailedCapturesResponse:
         if request.user_id:
-            ensure_can_access_user(request.user_id)
+            ensure_user_visible(require_uuid(request.user_id, "user_id"))
         else:
             ensure_unscoped()
         page = await self._captures.failed(

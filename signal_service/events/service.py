@@ -19,11 +19,12 @@ import asyncpg
 from prometheus_client import Gauge
 from sqlalchemy.engine import make_url
 
-from mesh.errors import InvalidArgumentError, NotFoundError, ResourceExhaustedError, UnavailableError
+from mesh.errors import InvalidArgumentError, ResourceExhaustedError, UnavailableError
 from signal_service.database import Database
 from signal_service.events.repository import EVENTS_CHANNEL, EventRepository
 from signal_service.models import SignalEvent
 from signal_service.signals.repository import SignalRepository, SignalRow
+from signal_service.visibility import no_such_user
 
 log = logging.getLogger(__name__)
 
@@ -308,7 +309,7 @@ class EventFeed:
             async with self._database.session() as session:
                 head = await EventRepository(session).head(user_id)
             if head is None:
-                raise NotFoundError("no such user", reason="USER_NOT_FOUND")
+                raise no_such_user()
             if after is not None and after > head:
                 raise InvalidArgumentError(
                     "after_cursor is ahead of this user's events", reason="INVALID_CURSOR"

@@ -254,12 +254,12 @@ async def test_scoped_key_sees_only_its_user_on_every_replica(
             )
             with pytest.raises(grpc.aio.AioRpcError) as caught:
                 await foreign.read()
-            assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
+            assert caught.value.code() == grpc.StatusCode.NOT_FOUND
             with pytest.raises(grpc.aio.AioRpcError) as caught:
                 await scoped.GetUserStats(
                     signal_service_pb2.GetUserStatsRequest(user_id=accounts.other.user.user_id)
                 )
-            assert from_rpc_error(caught.value).code == grpc.StatusCode.PERMISSION_DENIED
+            assert from_rpc_error(caught.value).code == grpc.StatusCode.NOT_FOUND
 
 
 async def sse_events(lines: AsyncIterator[str], count: int) -> list[dict]:
@@ -293,8 +293,12 @@ async def test_rest_and_sse_through_the_real_edge_with_a_scoped_key(
 
         stats = await http.get(f"{base}/{own_id}/stats")
         assert (stats.status_code, stats.json()["total_signals"]) == (200, head + 2)
-        assert (await http.get(f"{base}/{other_id}/stats")).status_code == 403
-        assert (await http.get(f"{base}/{other_id}/signals")).status_code == 403
+        # Another user's answers are a random id's: 404, the same body.
+        for path in ("stats", "signals"):
+            foreign = await http.get(f"{base}/{other_id}/{path}")
+            unknown = await http.get(f"{base}/{uuid.uuid4()}/{path}")
+            assert (foreign.status_code, foreign.json()) == (unknown.status_code, unknown.json())
+            assert foreign.status_code == 404
         listed = (await http.get(f"{base}/{own_id}/signals", params={"page_size": 2})).json()
         assert listed["signals"][1]["signal_id"] == first
 
@@ -317,7 +321,7 @@ async def test_rest_and_sse_through_the_real_edge_with_a_scoped_key(
         async with http.stream("GET", f"{base}/{own_id}/events", headers=resume) as stream:
             replayed = await sse_events(stream.aiter_lines(), 2)
         assert [event["data"]["signal"]["signal_id"] for event in replayed] == [third, missed]
-        assert (await http.get(f"{base}/{other_id}/events")).status_code == 403
+        assert (await http.get(f"{base}/{other_id}/events")).status_code == 404
 
 
 async def run_example(*args: str) -> list[str]:

@@ -108,14 +108,14 @@ async def test_stats_on_a_known_data_set(signals, users) -> None:
     unparsed = await ingest(signals, token, b"nothing a parser can use")  # SKIPPED: no capture
     await signals.ClaimCapture(signal_service_pb2.ClaimCaptureRequest(signal_id=current[0], worker_id="w1"))
     for signal_id, size in ((current[1], 1000), (current[2], 2345)):
-        await signals.ClaimCapture(
+        claim = await signals.ClaimCapture(
             signal_service_pb2.ClaimCaptureRequest(signal_id=signal_id, worker_id="w1")
         )
         await signals.ReportCapture(
             signal_service_pb2.ReportCaptureRequest(
                 signal_id=signal_id,
                 status=resources_pb2.SCREENSHOT_STATUS_COMPLETED,
-                object_key=f"screenshots/{signal_id}.png",
+                object_key=claim.object_key,
                 size_bytes=size,
             )
         )
@@ -232,6 +232,7 @@ async def test_outcome_of_unknown_signal_is_not_found(signals) -> None:
 @dataclass(frozen=True)
 class ScopedSetup:
     stub: signal_service_pb2_grpc.SignalServiceStub
+    users: user_service_pb2_grpc.UserServiceStub
     own: user_service_pb2.CreateUserResponse
     other: user_service_pb2.CreateUserResponse
 
@@ -243,7 +244,10 @@ async def scoped(users, service_env: dict[str, str], service_key: str) -> AsyncI
     from signal_service.main import SERVICE_NAMES, register, signal_app
     from signal_service.settings import SignalSettings
 
-    own, other = await create_user(users), await create_user(users)
+    own = await create_user(users)
+    other = await users.CreateUser(
+        user_service_pb2.CreateUserRequest(plan=resources_pb2.PLAN_PRO, external_id=f"ext-{uuid.uuid4()}")
+    )
     scoped_key = generate_key()
     env = service_env | {
         "ALERTS_API_KEYS": f"{service_key},sha256:{hash_key(scoped_key)}@user:{own.user.user_id}"
@@ -255,7 +259,12 @@ async def scoped(users, service_env: dict[str, str], service_key: str) -> AsyncI
         app.start_background()
         port, _ = await mesh_grpc.start(server, address="127.0.0.1:0", service_names=SERVICE_NAMES)
         async with open_channel(f"127.0.0.1:{port}", scoped_key) as channel:
-            yield ScopedSetup(signal_service_pb2_grpc.SignalServiceStub(channel), own, other)
+            yield ScopedSetup(
+                signal_service_pb2_grpc.SignalServiceStub(channel),
+                user_service_pb2_grpc.UserServiceStub(channel),
+                own,
+                other,
+            )
         await server.stop(1)
 
 
@@ -270,23 +279,51 @@ async def test_scoped_key_reads_and_writes_its_own_user(signals, scoped: ScopedS
     assert fetched.user_id == own_id
     updated = await set_outcome(scoped.stub, signal_id, resources_pb2.SIGNAL_RESULT_WIN, "5")
     assert updated.profit_loss == "5"
+    user = await scoped.users.GetUser(user_service_pb2.GetUserRequest(user_id=own_id))
+    assert user.user_id == own_id
 
 
-async def test_scoped_key_is_denied_every_other_user(signals, scoped: ScopedSetup) -> None:
-    other_id = scoped.other.user.user_id
-    foreign = await ingest(signals, scoped.other.webhook_token, alert(2))
-    calls = [
-        scoped.stub.GetUserStats(signal_service_pb2.GetUserStatsRequest(user_id=other_id)),
-        scoped.stub.ListSignals(signal_service_pb2.ListSignalsRequest(user_id=other_id)),
-        scoped.stub.GetSignal(signal_service_pb2.GetSignalRequest(signal_id=foreign)),
-        set_outcome(scoped.stub, foreign, resources_pb2.SIGNAL_RESULT_LOSS, "-3"),
-        read_events(
-            scoped.stub.SubscribeSignals(signal_service_pb2.SubscribeSignalsRequest(user_id=other_id)), 1
+async def _refusal(call: object) -> tuple[grpc.StatusCode, str, tuple[tuple[str, object], ...]]:
+    """Everything a caller learns from a refused call: code, message and the status details."""
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await call  # type: ignore[misc]
+    details = tuple(
+        (key, value)
+        for key, value in caught.value.trailing_metadata() or ()
+        if key == "grpc-status-details-bin"
+    )
+    return caught.value.code(), caught.value.details() or "", details
+
+
+def _scoped_calls(scoped: ScopedSetup, user_id: str, signal_id: str, external_id: str) -> dict[str, object]:
+    """Every read and write a scoped key may make, aimed at `user_id`, `signal_id` and `external_id`."""
+    stub, users = scoped.stub, scoped.users
+    return {
+        "GetUserStats": stub.GetUserStats(signal_service_pb2.GetUserStatsRequest(user_id=user_id)),
+        "ListSignals": stub.ListSignals(signal_service_pb2.ListSignalsRequest(user_id=user_id)),
+        "ListFailedCaptures": stub.ListFailedCaptures(
+            signal_service_pb2.ListFailedCapturesRequest(user_id=user_id)
         ),
-    ]
-    for call in calls:
-        error = await refused(call)
-        assert error.code == grpc.StatusCode.PERMISSION_DENIED
+        "GetSignal": stub.GetSignal(signal_service_pb2.GetSignalRequest(signal_id=signal_id)),
+        "UpdateSignalOutcome": set_outcome(stub, signal_id, resources_pb2.SIGNAL_RESULT_LOSS, "-3"),
+        "SubscribeSignals": read_events(
+            stub.SubscribeSignals(signal_service_pb2.SubscribeSignalsRequest(user_id=user_id)), 1
+        ),
+        "GetUser": users.GetUser(user_service_pb2.GetUserRequest(user_id=user_id)),
+        "GetUser(external_id)": users.GetUser(user_service_pb2.GetUserRequest(external_id=external_id)),
+    }
+
+
+async def test_another_users_objects_answer_exactly_like_ids_that_do_not_exist(
+    signals, scoped: ScopedSetup
+) -> None:
+    foreign = await ingest(signals, scoped.other.webhook_token, alert(2))
+    other_calls = _scoped_calls(scoped, scoped.other.user.user_id, foreign, scoped.other.user.external_id)
+    random_calls = _scoped_calls(scoped, str(uuid.uuid4()), str(uuid.uuid4()), f"ext-{uuid.uuid4()}")
+    for name, call in other_calls.items():
+        other = await _refusal(call)
+        assert other[0] == grpc.StatusCode.NOT_FOUND, name
+        assert other == await _refusal(random_calls[name]), name
     untouched = await signals.GetSignal(signal_service_pb2.GetSignalRequest(signal_id=foreign))
     assert (untouched.result, untouched.profit_loss) == (resources_pb2.SIGNAL_RESULT_PENDING, "")
 

@@ -152,18 +152,20 @@ class ClaimCaptureRequest(_message.Message):
     def __init__(self, signal_id: _Optional[str] = ..., attempt: _Optional[int] = ..., worker_id: _Optional[str] = ...) -> None: ...
 
 class ClaimCaptureResponse(_message.Message):
-    __slots__ = ("proceed", "signal", "chart_id", "tradingview_session_ciphertext", "plan")
+    __slots__ = ("proceed", "signal", "chart_id", "tradingview_session_ciphertext", "plan", "object_key")
     PROCEED_FIELD_NUMBER: _ClassVar[int]
     SIGNAL_FIELD_NUMBER: _ClassVar[int]
     CHART_ID_FIELD_NUMBER: _ClassVar[int]
     TRADINGVIEW_SESSION_CIPHERTEXT_FIELD_NUMBER: _ClassVar[int]
     PLAN_FIELD_NUMBER: _ClassVar[int]
+    OBJECT_KEY_FIELD_NUMBER: _ClassVar[int]
     proceed: bool
     signal: _resources_pb2.Signal
     chart_id: str
     tradingview_session_ciphertext: bytes
     plan: _resources_pb2.Plan
-    def __init__(self, proceed: _Optional[bool] = ..., signal: _Optional[_Union[_resources_pb2.Signal, _Mapping]] = ..., chart_id: _Optional[str] = ..., tradingview_session_ciphertext: _Optional[bytes] = ..., plan: _Optional[_Union[_resources_pb2.Plan, str]] = ...) -> None: ...
+    object_key: str
+    def __init__(self, proceed: _Optional[bool] = ..., signal: _Optional[_Union[_resources_pb2.Signal, _Mapping]] = ..., chart_id: _Optional[str] = ..., tradingview_session_ciphertext: _Optional[bytes] = ..., plan: _Optional[_Union[_resources_pb2.Plan, str]] = ..., object_key: _Optional[str] = ...) -> None: ...
 
 class ReportCaptureRequest(_message.Message):
     __slots__ = ("signal_id", "status", "object_key", "error", "size_bytes", "width", "height", "duration_ms", "attempt")

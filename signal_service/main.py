@@ -159,6 +159,7 @@ async def signal_app(settings: SignalSettings) -> AsyncIterator[SignalApp]:
             outcomes=SignalOutcomes(database),
             feed=EventFeed(database=database, hub=events),
             sessions=sessions,
+            page_max_bytes=settings.list_page_max_bytes,
         ),
         user_servicer=UserServicer(
             UserManager(

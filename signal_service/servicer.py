@@ -33,7 +33,7 @@ from signal_service.proto_mapping import (
 )
 from signal_service.sessions.service import SessionChecks
 from signal_service.signals.repository import SignalFilter, SignalRow
-from signal_service.signals.service import SignalOutcomes, SignalReader
+from signal_service.signals.service import SignalOutcomes, SignalPage, SignalReader, encode_page_token
 from signal_service.status import StatusReporter
 from signal_service.storage_links import ScreenshotLinks
 from signal_service.users.service import UserView
@@ -44,6 +44,8 @@ log = logging.getLogger(__name__)
 
 # Bounds one BatchIngestWebhooks call's memory and its share of the event loop.
 MAX_INGEST_BATCH = 1000
+# A repeated message field's entry costs its tag and length prefix on top of the message.
+_REPEATED_ENTRY_OVERHEAD = 6
 
 
 class SignalServicer(signal_service_pb2_grpc.SignalServiceServicer):
@@ -58,7 +60,9 @@ class SignalServicer(signal_service_pb2_grpc.SignalServiceServicer):
         outcomes: SignalOutcomes,
         feed: EventFeed,
         sessions: SessionChecks,
+        page_max_bytes: int,
     ) -> None:
+        self._page_max_bytes = page_max_bytes
         self._sessions = sessions
         self._outcomes = outcomes
         self._feed = feed
@@ -78,6 +82,17 @@ class SignalServicer(signal_service_pb2_grpc.SignalServiceServicer):
             signal_to_proto(row, urls.get(row.screenshot.object_key or "", "") if row.screenshot else "")
             for row in rows
         ]
+
+    async def _page_to_proto(self, page: SignalPage) -> tuple[list[resources_pb2.Signal], str]:
+        """The page's signals and its next_page_token, ended early when the next signal would take the
+        response past ``page_max_bytes`` (a page keeps its first signal whatever its size)."""
+        messages = await self._signals_to_proto(page.rows)
+        used = 0
+        for index, message in enumerate(messages):
+            used += message.ByteSize() + _REPEATED_ENTRY_OVERHEAD
+            if used > self._page_max_bytes and index > 0:
+                return messages[:index], encode_page_token(page.rows[index - 1])
+        return messages, page.next_page_token
 
     async def _events_to_proto(self, batch: list[StoredEvent]) -> list[resources_pb2.SignalEvent]:
         signals = await self._signals_to_proto([stored.row for stored in batch if stored.row is not None])
@@ -185,9 +200,8 @@ class SignalServicer(signal_service_pb2_grpc.SignalServiceServicer):
             created_before=from_timestamp(request.created_before, request.HasField("created_before")),
         )
         page = await self._reader.list(where, size=request.page_size, page_token=request.page_token)
-        return signal_service_pb2.ListSignalsResponse(
-            signals=await self._signals_to_proto(page.rows), next_page_token=page.next_page_token
-        )
+        signals, next_page_token = await self._page_to_proto(page)
+        return signal_service_pb2.ListSignalsResponse(signals=signals, next_page_token=next_page_token)
 
     async def UpdateSignalOutcome(
         self, request: signal_service_pb2.UpdateSignalOutcomeRequest, context: grpc.aio.ServicerContext
@@ -296,9 +310,8 @@ class SignalServicer(signal_service_pb2_grpc.SignalServiceServicer):
         page = await self._captures.failed(
             user_id=request.user_id, size=request.page_size, page_token=request.page_token
         )
-        return signal_service_pb2.ListFailedCapturesResponse(
-            signals=await self._signals_to_proto(page.rows), next_page_token=page.next_page_token
-        )
+        signals, next_page_token = await self._page_to_proto(page)
+        return signal_service_pb2.ListFailedCapturesResponse(signals=signals, next_page_token=next_page_token)
 
     async def RetryCaptures(
         self, request: signal_service_pb2.RetryCapturesRequest, context: grpc.aio.ServicerContext

@@ -67,6 +67,9 @@ class SignalSettings(DatabaseJobSettings):
     # Captures running at once across all workers, for the same estimate.
     capture_parallelism: int = 3
     screenshot_url_ttl_seconds: int = 3600
+    # ListSignals and ListFailedCaptures pages end early (with a next_page_token) rather than grow past
+    # this many bytes: under the 8 MiB message limit of gRPC clients, with room for the rest.
+    list_page_max_bytes: int = Field(default=4 * 1024 * 1024, ge=64 * 1024)
     # Group commit (intake/group_commit.py): transactions storing webhooks at once, and webhooks
     # per transaction. More transactions at once help only while PostgreSQL has idle cores.
     ingest_group_commit_max_inflight: int = Field(default=2, ge=1)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -94,6 +95,25 @@ async def read_events(call: grpc.aio.UnaryStreamCall, count: int) -> list[resour
 
 async def start_cursor(call: grpc.aio.UnaryStreamCall) -> str:
     return dict(await call.initial_metadata())["x-start-cursor"]
+
+
+@contextlib.asynccontextmanager
+async def signal_server_with(service_env: dict[str, str], **overrides: object) -> AsyncIterator[str]:
+    """Another real signal server on the same database, with settings overridden; yields its address."""
+    from mesh import grpc as mesh_grpc
+    from signal_service.main import SERVICE_NAMES, register, signal_app
+    from signal_service.settings import SignalSettings
+
+    settings = settings_from(service_env, SignalSettings, signal_addr="127.0.0.1:0", **overrides)
+    async with signal_app(settings) as app:
+        server = mesh_grpc.create_server(settings)
+        register(server, app)
+        app.start_background()
+        port, _ = await mesh_grpc.start(server, address="127.0.0.1:0", service_names=SERVICE_NAMES)
+        try:
+            yield f"127.0.0.1:{port}"
+        finally:
+            await server.stop(1)
 
 
 # --- stats and outcomes ------------------------------------------------------------------------------
@@ -494,3 +514,38 @@ async def test_a_stream_too_far_behind_ends_with_its_cursor(signals, users, data
     assert (error.code, error.reason) == (grpc.StatusCode.RESOURCE_EXHAUSTED, "SUBSCRIBER_TOO_SLOW")
     assert error.metadata["cursor"] == "1"
     assert hub.head(user_id) == 0  # the stream unregistered: nothing is kept for a user without streams
+
+
+# --- page size in bytes ------------------------------------------------------------------------------
+
+
+async def test_list_pages_stop_under_the_byte_budget_and_lose_nothing(
+    signals, users, service_env: dict[str, str], service_key: str
+) -> None:
+    budget = 64 * 1024
+    created = await create_user(users)
+    user_id = created.user.user_id
+    big = [
+        await ingest(signals, created.webhook_token, alert(index) + b"\nnote: " + b"x" * 25_000)
+        for index in range(7)
+    ]
+    async with (
+        signal_server_with(service_env, list_page_max_bytes=budget) as address,
+        open_channel(address, service_key) as channel,
+    ):
+        stub = signal_service_pb2_grpc.SignalServiceStub(channel)
+        seen: list[str] = []
+        sizes: list[int] = []
+        token = ""
+        while True:
+            page = await stub.ListSignals(
+                signal_service_pb2.ListSignalsRequest(user_id=user_id, page_size=100, page_token=token)
+            )
+            sizes.append(page.ByteSize())
+            seen += [signal.signal_id for signal in page.signals]
+            token = page.next_page_token
+            if not token:
+                break
+    assert seen == list(reversed(big))
+    assert len(sizes) > 1
+    assert max(sizes) <= budget

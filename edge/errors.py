@@ -14,6 +14,7 @@ _HTTP_BY_ERROR: dict[tuple[str, str], tuple[int, str]] = {
     ("PERMISSION_DENIED", ""): (403, "forbidden"),
     ("RESOURCE_EXHAUSTED", "QUOTA_EXCEEDED"): (429, "quota_exceeded"),
     ("RESOURCE_EXHAUSTED", "RATE_LIMITED"): (429, "rate_limited"),
+    ("RESOURCE_EXHAUSTED", "TOO_MANY_STREAMS"): (429, "too_many_streams"),
     ("RESOURCE_EXHAUSTED", ""): (429, "rate_limited"),
     ("INVALID_ARGUMENT", "BODY_TOO_LARGE"): (413, "body_too_large"),
     ("INVALID_ARGUMENT", ""): (400, "invalid_argument"),

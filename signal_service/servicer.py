@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 import grpc
 
 from apidevs.alerts.v1 import resources_pb2, signal_service_pb2, signal_service_pb2_grpc
-from mesh.auth import ensure_unscoped
+from mesh.auth import current_principal, ensure_unscoped
 from mesh.errors import InvalidArgumentError, to_rpc_status
 from mesh.grpc import caller_error
 from mesh.logging import request_id_var
@@ -244,7 +244,8 @@ class SignalServicer(signal_service_pb2_grpc.SignalServiceServicer):
         """
         user_id = require_uuid(request.user_id, "user_id")
         ensure_user_visible(user_id)
-        async with self._feed.subscribe(user_id, request.after_cursor) as subscription:
+        key = current_principal().key_fingerprint
+        async with self._feed.subscribe(user_id, request.after_cursor, key=key) as subscription:
             await context.send_initial_metadata((("x-start-cursor", subscription.start_cursor),))
             async for batch in subscription.batches():
                 for message in await self._events_to_proto(batch):

@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 import asyncpg
 import grpc
 import pytest
+import sqlalchemy as sa
 from google.protobuf import timestamp_pb2
 
 from apidevs.alerts.v1 import (
@@ -491,14 +492,14 @@ async def test_a_stream_too_far_behind_ends_with_its_cursor(signals, users, data
     try:
         await asyncio.wait_for(hub.wait_listening(), STREAM_GUARD_SECONDS)
         feed = EventFeed(database=database, hub=hub, page_size=1, max_pending=3)
-        async with feed.subscribe(user_id, "") as subscription:
+        async with feed.subscribe(user_id, "", key="test") as subscription:
             batches = subscription.batches()
             await ingest(signals, created.webhook_token, alert(0))
             first = await asyncio.wait_for(anext(batches), STREAM_GUARD_SECONDS)
             assert [stored.event.seq for stored in first] == [1]
             for index in range(1, 5):
                 await ingest(signals, created.webhook_token, alert(index))
-            watcher = hub.register(user_id)
+            watcher = hub.register(user_id, "watcher")
             async with asyncio.timeout(STREAM_GUARD_SECONDS):
                 while hub.head(user_id) < 5:
                     await watcher.woken.wait()
@@ -549,3 +550,99 @@ async def test_list_pages_stop_under_the_byte_budget_and_lose_nothing(
     assert seen == list(reversed(big))
     assert len(sizes) > 1
     assert max(sizes) <= budget
+
+
+# --- streams: limits, and one read per wake for all of a user's streams ------------------------------
+
+
+@contextlib.asynccontextmanager
+async def listening_hub(database_url: str, **limits: int) -> AsyncIterator[EventHub]:
+    hub = EventHub(listener_dsn(database_url), **limits)
+    hub.start()
+    try:
+        await asyncio.wait_for(hub.wait_listening(), STREAM_GUARD_SECONDS)
+        yield hub
+    finally:
+        await hub.stop()
+
+
+async def test_streams_of_one_user_share_one_table_read_per_wake(signals, users, database_url: str) -> None:
+    created = await create_user(users)
+    user_id = uuid.UUID(created.user.user_id)
+    database = Database(create_engine(database_url, pool_size=4))
+    event_reads: list[str] = []
+
+    def count(conn, cursor, statement: str, *rest) -> None:
+        if "FROM signal_events" in statement:
+            event_reads.append(statement)
+
+    sa.event.listen(database.engine.sync_engine, "before_cursor_execute", count)
+    received: list[list[int]] = [[] for _ in range(5)]
+    progress = asyncio.Event()
+
+    async def follow(subscription, seen: list[int]) -> None:
+        async for page in subscription.batches():
+            seen.extend(stored.event.seq for stored in page)
+            progress.set()
+
+    async def all_received(seq: int) -> None:
+        async with asyncio.timeout(STREAM_GUARD_SECONDS):
+            while True:
+                progress.clear()
+                if all(seq in seen for seen in received):
+                    return
+                await progress.wait()
+
+    try:
+        async with listening_hub(database_url) as hub, contextlib.AsyncExitStack() as streams:
+            feed = EventFeed(database=database, hub=hub)
+            followers = []
+            for seen in received:
+                subscription = await streams.enter_async_context(feed.subscribe(user_id, "", key="k"))
+                followers.append(asyncio.create_task(follow(subscription, seen)))
+            try:
+                # Every stream has looked once by now; one that has not would find that look just done.
+                await asyncio.sleep(0.3)
+                for index in range(3):
+                    before = len(event_reads)
+                    await ingest(signals, created.webhook_token, alert(index))
+                    await all_received(index + 1)
+                    assert len(event_reads) - before == 1, f"wake {index}: {len(event_reads) - before} reads"
+            finally:
+                for follower in followers:
+                    follower.cancel()
+                await asyncio.gather(*followers, return_exceptions=True)
+    finally:
+        await database.dispose()
+    assert received == [[1, 2, 3]] * 5
+
+
+async def test_streams_are_limited_per_user_and_per_key(users, database_url: str) -> None:
+    first, second, third = [uuid.UUID((await create_user(users)).user.user_id) for _ in range(3)]
+    database = Database(create_engine(database_url, pool_size=2))
+    try:
+        async with (
+            listening_hub(database_url, max_streams_per_user=2, max_streams_per_key=3) as hub,
+            contextlib.AsyncExitStack() as streams,
+        ):
+            feed = EventFeed(database=database, hub=hub)
+            for _ in range(2):
+                await streams.enter_async_context(feed.subscribe(first, "", key="platform"))
+            with pytest.raises(AlertsError) as per_user:
+                await streams.enter_async_context(feed.subscribe(first, "", key="another"))
+            await streams.enter_async_context(feed.subscribe(second, "", key="platform"))
+            with pytest.raises(AlertsError) as per_key:
+                await streams.enter_async_context(feed.subscribe(third, "", key="platform"))
+            async with feed.subscribe(third, "", key="another"):
+                pass
+        async with listening_hub(database_url, max_streams_per_user=1) as hub:
+            feed = EventFeed(database=database, hub=hub)
+            # A closed stream gives its place back.
+            for _ in range(3):
+                async with feed.subscribe(first, "", key="platform"):
+                    pass
+    finally:
+        await database.dispose()
+    for error, limit in ((per_user.value, "user"), (per_key.value, "key")):
+        assert (error.code, error.reason) == (grpc.StatusCode.RESOURCE_EXHAUSTED, "TOO_MANY_STREAMS")
+        assert error.metadata["limit"] == limit

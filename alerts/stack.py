@@ -22,7 +22,7 @@ from alerts.processes import (
     http_ok,
     last_line,
 )
-from mesh.auth import generate_key
+from mesh.auth import SystemKeys
 
 START_TIMEOUT_SECONDS = 60.0
 MIGRATE_TIMEOUT_SECONDS = 120.0
@@ -45,6 +45,8 @@ class Stack:
 
     env: dict[str, str]
     log_dir: Path
+    # The operator's (admin) key, the edge's and the workers': each process presents its own role's.
+    keys: SystemKeys
     processes: dict[str, ManagedProcess] = field(default_factory=dict)
     # With `serve_metrics`, every gRPC service and capture worker gets its own ALERTS_METRICS_PORT (the
     # edge serves /metrics itself); one port shared through the environment would let only one bind it.
@@ -69,8 +71,8 @@ class Stack:
 
     @property
     def api_key(self) -> str:
-        """The key the services present to each other, accepted by every one of them."""
-        return self.env["ALERTS_SERVICE_API_KEY"]
+        """The operator's key (admin): what CLI commands and tests acting as the platform present."""
+        return self.keys.operator
 
     @property
     def metrics_urls(self) -> dict[str, str]:
@@ -82,6 +84,9 @@ class Stack:
         """The process `name` would run, not yet started."""
         argv, ready = self._command(name)
         env = self.env
+        own_key = self.keys.for_process(name)
+        if own_key:
+            env = {**env, "ALERTS_SERVICE_API_KEY": own_key}
         if self.serve_metrics and name not in ("edge", "chart-stub"):
             # A restarted process keeps its port, so scrapers need no telling.
             env = {**env, "ALERTS_METRICS_PORT": str(self.metrics_ports.setdefault(name, free_port()))}
@@ -165,6 +170,7 @@ def build_stack(
     redis_url: str,
     data_dir: Path,
     service_key: str | None = None,
+    keys: SystemKeys | None = None,
     accepted_keys: Sequence[str] = (),
     edge_host: str = "127.0.0.1",
     edge_port: int | None = None,
@@ -177,15 +183,16 @@ def build_stack(
     serve_metrics: bool = False,
     **settings: str,
 ) -> Stack:
-    """One stack's wiring. Ports and addresses left out are free loopback ones; `service_key` left out is
-    generated, and the services accept it plus `accepted_keys`. With `chart_stub` (and no
+    """One stack's wiring. Ports and addresses left out are free loopback ones. `keys` (generated when left
+    out, with `service_key` as the operator's) give the operator an admin key and the edge and the workers
+    keys of their own roles; the services accept those plus `accepted_keys`. With `chart_stub` (and no
     `tradingview_url`) the chart stub serves on a free port. Local objects go to `objects_dir`, else where
     the inherited environment or the storage service's default says. `inherited` is the environment the
     children start from (by default this process's without ALERTS_*); `settings` are further ALERTS_*
     variables, e.g. ALERTS_PLAN_LIMITS, applied last.
     """
     log_dir.mkdir(parents=True, exist_ok=True)
-    service_key = service_key or generate_key()
+    keys = keys or SystemKeys.generate(service_key)
     edge_port = edge_port or free_port()
     env = dict(inherited_environment() if inherited is None else inherited)
     env |= {
@@ -193,8 +200,9 @@ def build_stack(
         "ALERTS_DATA_DIR": str(data_dir),
         "ALERTS_DATABASE_URL": database_url,
         "ALERTS_REDIS_URL": redis_url,
-        "ALERTS_API_KEYS": ",".join(dict.fromkeys([service_key, *accepted_keys])),
-        "ALERTS_SERVICE_API_KEY": service_key,
+        # Entries given first, so the operator's admin entry wins over a plain entry of the same key.
+        "ALERTS_API_KEYS": ",".join(dict.fromkeys([*accepted_keys, *keys.entries()])),
+        "ALERTS_SERVICE_API_KEY": keys.operator,
         "ALERTS_EDGE_HOST": edge_host,
         "ALERTS_EDGE_PORT": str(edge_port),
         "ALERTS_SIGNAL_ADDR": signal_addr or loopback_address(),
@@ -208,4 +216,4 @@ def build_stack(
     elif chart_stub:
         env["ALERTS_TRADINGVIEW_URL"] = f"http://{loopback_address()}"
     env |= settings
-    return Stack(env=env, log_dir=log_dir, serve_metrics=serve_metrics)
+    return Stack(env=env, log_dir=log_dir, keys=keys, serve_metrics=serve_metrics)

@@ -42,7 +42,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_ingest import BODY, run_plan
 from harness import Stack, print_json, unlimited_plans_env
 
-from alerts.processes import grpc_serving
 from apidevs.alerts.v1 import (
     resources_pb2,
     signal_service_pb2,
@@ -504,10 +503,8 @@ async def main_async(options: argparse.Namespace) -> dict[str, Any]:
 
         # Retention runs at the signal service's start: restart it, then load it while the pass runs.
         restarted = time.perf_counter()
-        stack.processes.pop("signal").stop()
-        await asyncio.to_thread(
-            stack._launch, "signal", ["serve", "signal"], lambda: grpc_serving(stack.signal_addr)
-        )
+        assert stack.services is not None
+        await asyncio.to_thread(stack.services.restart, "signal")
 
         async def retention() -> None:
             done = await wait_until(

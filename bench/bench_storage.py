@@ -33,10 +33,12 @@ from litestar import Litestar
 
 from apidevs.alerts.v1 import storage_service_pb2, storage_service_pb2_grpc
 from edge.media import get_media
+from mesh.auth import Role, role_entry
 from mesh.grpc import open_channel
 from mesh.settings import CommonSettings
 from mesh.signing import media_signing_secret
 
+# The workers' role: uploads, and the signal service's URL requests.
 API_KEY = "bench-storage-key"
 CHUNK_BYTES = 1024 * 1024
 
@@ -151,7 +153,7 @@ def main() -> None:
         env = {
             **os.environ,
             "ALERTS_STORAGE_ADDR": f"127.0.0.1:{port}",
-            "ALERTS_API_KEYS": API_KEY,
+            "ALERTS_API_KEYS": role_entry(API_KEY, Role.WORKER),
             "ALERTS_DATA_DIR": str(data_dir),
             "ALERTS_LOG_LEVEL": "WARNING",
         }

@@ -110,14 +110,19 @@ async def create_users(users: user_service_pb2_grpc.UserServiceStub, count: int)
 
 
 async def measure_latency(
-    stack: Stack, signals: signal_service_pb2_grpc.SignalServiceStub, subscribers: int, writes: int
+    stack: Stack,
+    ingest: signal_service_pb2_grpc.SignalServiceStub,
+    signals: signal_service_pb2_grpc.SignalServiceStub,
+    subscribers: int,
+    writes: int,
 ) -> dict:
+    """`ingest` presents the edge's key (webhooks in), `signals` the operator's (outcomes)."""
     async with open_channel(stack.signal_addr, stack.key) as channel:
         people = await create_users(user_service_pb2_grpc.UserServiceStub(channel), subscribers)
     signal_ids = []
     for index, (_, token) in enumerate(people):
         body = f"Ticker: BINANCE:BTCUSDT\nPrice: {index}.5\nid: {uuid.uuid4()}".encode()
-        answer = await signals.IngestWebhook(
+        answer = await ingest.IngestWebhook(
             signal_service_pb2.IngestWebhookRequest(webhook_token=token, body=body, content_type="text/plain")
         )
         signal_ids.append(answer.signal_id)
@@ -181,9 +186,13 @@ async def run(subscribers: int, writes: int, idle: int) -> dict:
         "ALERTS_STREAM_MAX_PER_KEY": str(subscribers + idle),
     }
     with tempfile.TemporaryDirectory() as tmp, Stack(Path(tmp), with_storage=False, extra_env=extra) as stack:
-        async with open_channel(stack.signal_addr, stack.key) as channel:
+        async with (
+            open_channel(stack.signal_addr, stack.keys.edge) as edge_channel,
+            open_channel(stack.signal_addr, stack.key) as channel,
+        ):
+            ingest = signal_service_pb2_grpc.SignalServiceStub(edge_channel)
             signals = signal_service_pb2_grpc.SignalServiceStub(channel)
-            latency = await measure_latency(stack, signals, subscribers, writes)
+            latency = await measure_latency(stack, ingest, signals, subscribers, writes)
         memory = await measure_idle_memory(stack, idle)
     return {
         "command": "bench/bench_stream.py " + " ".join(sys.argv[1:]),

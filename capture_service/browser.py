@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import shutil
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -61,7 +64,6 @@ UNNEEDED_FEATURES = (
     "SpareRendererForSitePerProcess",
 )
 CHROMIUM_ARGS = (
-    "--no-sandbox",
     "--disable-gpu",
     # Debian's chromium wrapper turns GPU rasterization on; with no GPU that meant SwiftShader rasterizing
     # in the GPU process, about 35 MB more there than rasterizing in the renderers.
@@ -89,6 +91,59 @@ SYSTEM_CHROMIUM_CANDIDATES = (
     "google-chrome",
     "google-chrome-stable",
 )
+
+
+# The only variables Chromium gets: what it needs to find its libraries, fonts, locale and a writable
+# home. Everything else (ALERTS_* settings, database and Redis URLs, API keys, cloud credentials) stays out
+# of its /proc/<pid>/environ, which every third-party script of a chart page runs next to.
+CHROMIUM_ENVIRONMENT = (
+    "PATH",
+    "HOME",
+    "TMPDIR",
+    "TZ",
+    "LANG",
+    "LANGUAGE",
+    "LC_ALL",
+    "LC_CTYPE",
+    "XDG_CACHE_HOME",
+    "XDG_CONFIG_HOME",
+    "XDG_RUNTIME_DIR",
+    "FONTCONFIG_FILE",
+    "FONTCONFIG_PATH",
+)
+_CLONE_NEWUSER = 0x10000000
+# Runs in a child: unshare(CLONE_NEWUSER) succeeds exactly when Chromium's namespace sandbox can start.
+_USER_NAMESPACE_PROBE = (
+    "import ctypes, os; "
+    f"os._exit(0 if ctypes.CDLL(None, use_errno=True).unshare({_CLONE_NEWUSER}) == 0 else 1)"
+)
+
+
+def chromium_environment(environ: dict[str, str] | None = None) -> dict[str, str]:
+    source = os.environ if environ is None else environ
+    return {name: source[name] for name in CHROMIUM_ENVIRONMENT if name in source}
+
+
+def sandbox_unavailable_reason() -> str | None:
+    """Why Chromium cannot use its sandbox here, or None when it can.
+
+    Chromium refuses to sandbox as root, and its sandbox needs unprivileged user namespaces (Debian's
+    chromium ships no setuid helper); containers often forbid them (Docker's default seccomp profile,
+    AppArmor's restrict_unprivileged_userns, user.max_user_namespaces = 0). Probed for real in a child
+    process rather than guessed from sysctls, which differ between kernels.
+    """
+    if os.geteuid() == 0:
+        return "running as root"
+    probe = subprocess.run(  # noqa: S603 (our own interpreter, a fixed program)
+        [sys.executable, "-c", _USER_NAMESPACE_PROBE],
+        env=chromium_environment(),
+        capture_output=True,
+        timeout=30,
+        check=False,
+    )
+    if probe.returncode != 0:
+        return "unprivileged user namespaces are not available"
+    return None
 
 
 @dataclass(frozen=True)
@@ -138,6 +193,7 @@ class BrowserPool:
         self._browser: Browser | None = None
         self._user_agent = ""
         self._lock = asyncio.Lock()
+        self._sandbox: bool | None = None
         self.launches = 0
         self.launched = ""
 
@@ -228,9 +284,18 @@ class BrowserPool:
             self._playwright = await async_playwright().start()
         executable = find_chromium(self._configured_path, self._playwright.chromium.executable_path)
         where = str(executable) if executable else "Playwright's own Chromium"
+        if self._sandbox is None:
+            reason = await asyncio.to_thread(sandbox_unavailable_reason)
+            self._sandbox = reason is None
+            if reason is not None:
+                log.warning("Chromium runs without its sandbox", extra={"reason": reason})
         try:
             browser = await self._playwright.chromium.launch(
-                executable_path=executable, args=self._args, headless=True
+                executable_path=executable,
+                args=self._args,
+                headless=True,
+                chromium_sandbox=self._sandbox,
+                env=chromium_environment(),  # type: ignore[arg-type]
             )
         except PlaywrightError as exc:
             # The driver itself may be what died; a fresh one costs little and recovers that case too.
@@ -244,11 +309,12 @@ class BrowserPool:
             f"Chrome/{major}.0.0.0 Safari/537.36"
         )
         self.launches += 1
-        self.launched = f"{where}, version {browser.version}"
+        sandbox = "sandboxed" if self._sandbox else "no sandbox"
+        self.launched = f"{where}, version {browser.version}, {sandbox}"
         if self.launches > 1:
             BROWSER_RELAUNCHES.inc()
         log.info(
             "Chromium launched",
-            extra={"executable": where, "version": browser.version},
+            extra={"executable": where, "version": browser.version, "sandbox": self._sandbox},
         )
         return browser

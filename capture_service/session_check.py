@@ -1,13 +1,12 @@
 """The TradingView session check job: one signed HTTP request per user, no browser.
 
-signal_service queues it (signal_service/sessions.py) as ``(SESSION_CHECK_QUEUE, SESSION_CHECK_ACTOR)``
-with ``args=(user_id,)``, periodically for active users and once when new cookies are set, at priority 100,
-below every capture, so checks never take capacity from captures. The verdict comes from
-:func:`capture_service.session_probe.probe_session`: ``valid`` and ``invalid`` are reported; ``unknown``
-(captcha, WAF, outage) is retried with the capture backoff and, when retries run out, nothing is reported:
-the scheduler asks again after its spacing. The browser adds nothing a check needs: every capture proves
-the session again on the chart page itself (capture.py), where a private layout's access also shows.
-"""
+signal_service queues it (signal_service/sessions/service.py) as ``(SESSION_CHECK_QUEUE,
+SESSION_CHECK_ACTOR)`` with ``args=(user_id,)``, periodically for active users and once when new cookies are
+set, at priority 100, below every capture, so checks never take capacity from captures. The verdict comes
+from :func:`capture_service.session_probe.probe_session`: ``valid`` and ``invalid`` are reported;
+``unknown`` (captcha, WAF, outage) is retried with the capture backoff and, when retries run out, nothing is
+reported: the scheduler asks again after its spacing. The browser adds nothing a check needs: every capture
+proves the session again on the chart page itself (capture.py), where a private layout's access also shows."""
 
 from __future__ import annotations
 

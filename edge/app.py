@@ -15,6 +15,7 @@ from litestar.openapi.spec import Components, SecurityScheme
 from apidevs.alerts.v1 import signal_service_pb2_grpc, storage_service_pb2_grpc
 from edge import api, health, media, ui, webhooks
 from edge.batching import IngestBatcher
+from edge.header_limits import HeaderLimitMiddleware
 from edge.settings import EdgeSettings, get_settings
 from edge.spool import webhook_spool
 from mesh.grpc import GrpcTls, open_channel
@@ -63,6 +64,7 @@ def create_app(settings: EdgeSettings) -> Litestar:
         ],
         # The spool's replayer sends through the signal channel: it starts after and stops before it.
         lifespan=[channels, webhook_spool],
+        middleware=[HeaderLimitMiddleware(settings)],
         on_startup=[freeze_startup_heap],
         template_config=ui.template_config(),
         # Litestar would replace the process's JSON log handler (mesh.logging) with its own plain-text one.

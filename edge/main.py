@@ -17,15 +17,19 @@ def server_options(settings: EdgeSettings) -> dict[str, Any]:
         "port": settings.edge_port,
         "workers": settings.edge_workers,
         "loop": "uvloop",
-        "http": "httptools",
+        # httptools with a deadline and a size cap on request heads; by import path, as worker processes
+        # import it themselves.
+        "http": "edge.http_protocol:BoundedHttpToolsProtocol",
         "log_config": None,
         "access_log": False,
         # uvicorn would otherwise believe X-Forwarded-For from loopback peers; edge.client_ip alone decides,
         # from ALERTS_TRUSTED_PROXIES.
         "proxy_headers": False,
         "timeout_graceful_shutdown": 10,
-        # Slowloris: a client that sends nothing for this long is dropped.
-        "timeout_keep_alive": 5,
+        # Slowloris: an idle kept-alive connection is dropped after this long (a new one, and one
+        # trickling its head, by the protocol's header-read deadline).
+        "timeout_keep_alive": settings.keep_alive_timeout_seconds,
+        "limit_concurrency": settings.max_connections,
     }
 
 

@@ -31,14 +31,29 @@ class EdgeSettings(CommonSettings):
     # A body still arriving after this long is refused with 408 (slowloris); TradingView itself gives up
     # after 3 s, so no real alert is that slow.
     body_read_timeout_seconds: float = 5.0
-    # Header floods are refused with 431 before any work; TradingView sends about ten headers.
-    max_header_count: int = 100
-    max_header_bytes: int = 16 * 1024
+    # Header floods are refused with 431 before any work, on every route; TradingView sends about ten
+    # headers.
+    max_header_count: int = Field(default=100, ge=1)
+    max_header_bytes: int = Field(default=16 * 1024, ge=1024)
+    # A request head (request line and headers) still incomplete after this many bytes is refused with 431
+    # by the HTTP protocol itself, before anything is parsed into memory (edge/http_protocol.py).
+    max_request_head_bytes: int = Field(default=64 * 1024, ge=4096)
+    # A connection must deliver a complete request head this soon after it opens (or after its first byte
+    # for a kept-alive connection's next request), else it is closed: uvicorn itself starts no timer
+    # before the first request, so an idle or trickling client would hold its connection for ever.
+    header_read_timeout_seconds: float = Field(default=5.0, gt=0)
+    # An idle kept-alive connection is closed after this long.
+    keep_alive_timeout_seconds: float = Field(default=5.0, gt=0)
+    # Connections (and requests in flight) per edge process; past it uvicorn answers 503 at once.
+    max_connections: int = Field(default=2048, ge=1)
     # Uvicorn worker processes of one edge.
     edge_workers: int = Field(default=1, ge=1)
     # The spool under ALERTS_DATA_DIR/spool keeps webhooks while the signal service is away; when it holds
     # this many bytes, further ones are refused with 503 (TradingView then re-sends).
     spool_max_bytes: int = Field(default=256 * 1024 * 1024, gt=0)
+    # What one source (an IPv4 address, an IPv6 /64) may hold of it; beyond, its webhooks get 503 too.
+    # TradingView sends from a handful of addresses, so this is a share, not a per-client allowance.
+    spool_max_bytes_per_source: int = Field(default=64 * 1024 * 1024, gt=0)
     # Replays are not racing TradingView's 3 s: give a recovering signal service time to answer.
     spool_replay_timeout_seconds: float = Field(default=10.0, gt=0)
     # The replayer retries a signal service that does not answer yet at most this far apart.

@@ -48,6 +48,7 @@ from apidevs.alerts.v1 import signal_service_pb2
 from mesh.coalescer import Coalescer
 from mesh.errors import from_rpc_error
 from mesh.logging import request_id_var
+from mesh.roles import KEY_REFUSAL_REASONS
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +82,8 @@ CREATE TABLE IF NOT EXISTS spooled_requests (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     request_id TEXT NOT NULL,
     size INTEGER NOT NULL,
-    request BLOB NOT NULL
+    request BLOB NOT NULL,
+    source TEXT NOT NULL DEFAULT ''
 );
 CREATE TABLE IF NOT EXISTS spool_totals (
     singleton INTEGER PRIMARY KEY CHECK (singleton = 0),
@@ -98,8 +100,15 @@ END;
 """
 
 
+# The spool's files hold webhook tokens (credentials) until replayed: only the edge's own user reads them.
+_FILE_MODE = 0o600
+_DIRECTORY_MODE = 0o700
+_SQLITE_FILE_SUFFIXES = ("", "-wal", "-shm", "-journal")
+
+
 class SpoolFullError(Exception):
-    """The spool holds its maximum size, or cannot be written at all: the caller answers 503."""
+    """The spool holds its maximum size, or this source's share of it, or cannot be written at all: the
+    caller answers 503."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,13 +130,18 @@ class WebhookSpool:
     SQLite calls block, so they run on one thread of the spool's own; the event loop never waits on disk.
     """
 
-    def __init__(self, directory: Path, *, max_bytes: int) -> None:
+    def __init__(self, directory: Path, *, max_bytes: int, max_bytes_per_source: int | None = None) -> None:
         self.directory = directory
         self.max_bytes = max_bytes
+        # One source (an IPv4 address, an IPv6 /64) never takes more than this, so junk from a few sources
+        # cannot fill the room real alerts need while the signal service is away.
+        self.max_bytes_per_source = max_bytes_per_source or max_bytes
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="webhook-spool")
         self._connection: sqlite3.Connection | None = None
         # Appends made while one is being written share the next transaction, and its one fsync.
-        self._appends: Coalescer[tuple[str, bytes], SpoolTotals] = Coalescer(self._append_all, max_batch=500)
+        self._appends: Coalescer[tuple[str, str, bytes], SpoolTotals] = Coalescer(
+            self._append_all, max_batch=500
+        )
 
     @property
     def path(self) -> Path:
@@ -142,20 +156,21 @@ class WebhookSpool:
         self._executor.shutdown(wait=True)
 
     async def append(
-        self, request: signal_service_pb2.IngestWebhookRequest, *, request_id: str
+        self, request: signal_service_pb2.IngestWebhookRequest, *, request_id: str, source: str = ""
     ) -> signal_service_pb2.IngestWebhookRequest:
-        """Stores `request` durably under a fresh idempotency key and returns what was stored.
+        """Stores `request` durably under a fresh idempotency key and returns what was stored; `source` is
+        whom its size counts against (see mesh.addresses.source_network).
 
-        Raises SpoolFullError when the spool is at its size limit or cannot be written.
+        Raises SpoolFullError when the spool or the source's share is at its limit, or cannot be written.
         """
         spooled = signal_service_pb2.IngestWebhookRequest()
         spooled.CopyFrom(request)
         spooled.idempotency_key = str(uuid.uuid4())
-        totals = await self._appends.submit((request_id, spooled.SerializeToString()))
+        totals = await self._appends.submit((request_id, source, spooled.SerializeToString()))
         self.publish(totals)
         return spooled
 
-    async def _append_all(self, records: list[tuple[str, bytes]]) -> list[SpoolTotals | SpoolFullError]:
+    async def _append_all(self, records: list[tuple[str, str, bytes]]) -> list[SpoolTotals | SpoolFullError]:
         try:
             return await self._run(self._insert, records)
         except (sqlite3.Error, OSError) as exc:
@@ -187,14 +202,31 @@ class WebhookSpool:
     # --- on the spool thread ------------------------------------------------------------------------
 
     def _open(self) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True)
+        self.directory.mkdir(mode=_DIRECTORY_MODE, parents=True, exist_ok=True)
+        self.directory.chmod(_DIRECTORY_MODE)
+        # SQLite creates its -wal and -shm files with the main file's mode; create that one 0600 first.
+        os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, _FILE_MODE))
         connection = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         connection.execute("PRAGMA busy_timeout = 10000")
+        # Deleted rows (replayed tokens and bodies) are overwritten with zeros, not left in free pages.
+        connection.execute("PRAGMA secure_delete = ON")
         connection.execute("PRAGMA journal_mode = WAL")
         # FULL: a commit is on disk (WAL fsync'd) before append returns and the edge answers 202.
         connection.execute("PRAGMA synchronous = FULL")
         connection.executescript(_SCHEMA)
+        columns = {row[1] for row in connection.execute("PRAGMA table_info(spooled_requests)")}
+        if "source" not in columns:
+            # A spool written by a release before per-source limits: its records count as no one's.
+            connection.execute("ALTER TABLE spooled_requests ADD COLUMN source TEXT NOT NULL DEFAULT ''")
+        connection.execute("CREATE INDEX IF NOT EXISTS spooled_requests_source ON spooled_requests (source)")
+        self._restrict_files()
         self._connection = connection
+
+    def _restrict_files(self) -> None:
+        """0600 on every file of the database, including ones an older release created 0644."""
+        for suffix in _SQLITE_FILE_SUFFIXES:
+            with contextlib.suppress(FileNotFoundError):
+                Path(f"{self.path}{suffix}").chmod(_FILE_MODE)
 
     def _close(self) -> None:
         if self._connection is not None:
@@ -206,38 +238,55 @@ class WebhookSpool:
             raise sqlite3.ProgrammingError("the spool is not open")
         return self._connection
 
-    def _insert(self, records: list[tuple[str, bytes]]) -> list[SpoolTotals | SpoolFullError]:
+    def _insert(self, records: list[tuple[str, str, bytes]]) -> list[SpoolTotals | SpoolFullError]:
         """Appends in one transaction: every record that fits is written, the rest are refused."""
         db = self._db()
-        # IMMEDIATE takes the write lock before the size check, so concurrent edge processes cannot
-        # both pass the check and overfill the spool.
+        # IMMEDIATE takes the write lock before the size checks, so concurrent edge processes cannot
+        # both pass them and overfill the spool.
         db.execute("BEGIN IMMEDIATE")
         try:
             (stored,) = db.execute("SELECT bytes FROM spool_totals").fetchone()
-            fits: list[bool] = []
-            for request_id, payload in records:
-                fits.append(stored + len(payload) <= self.max_bytes)
-                if fits[-1]:
-                    stored += len(payload)
+            stored_by_source: dict[str, int] = {}
+            outcomes: list[str | None] = []
+            for request_id, source, payload in records:
+                if source not in stored_by_source:
+                    stored_by_source[source] = db.execute(
+                        "SELECT COALESCE(SUM(size), 0) FROM spooled_requests WHERE source = ?", (source,)
+                    ).fetchone()[0]
+                size = len(payload)
+                if stored + size > self.max_bytes:
+                    outcomes.append(f"the spool holds {stored} of {self.max_bytes} bytes")
+                elif stored_by_source[source] + size > self.max_bytes_per_source:
+                    outcomes.append(f"the spool holds {self.max_bytes_per_source} bytes from this source")
+                else:
+                    outcomes.append(None)
+                    stored += size
+                    stored_by_source[source] += size
                     db.execute(
-                        "INSERT INTO spooled_requests (request_id, size, request) VALUES (?, ?, ?)",
-                        (request_id, len(payload), payload),
+                        "INSERT INTO spooled_requests (request_id, size, request, source)"
+                        " VALUES (?, ?, ?, ?)",
+                        (request_id, size, payload, source),
                     )
             totals = self._read_totals()
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
             raise
-        refusal = f"the spool holds {totals.bytes} of {self.max_bytes} bytes"
-        return [totals if fit else SpoolFullError(refusal) for fit in fits]
+        return [totals if refusal is None else SpoolFullError(refusal) for refusal in outcomes]
 
     def _select_oldest(self, limit: int) -> list[tuple[int, str, bytes]]:
         statement = "SELECT id, request_id, request FROM spooled_requests ORDER BY id LIMIT ?"
         return list(self._db().execute(statement, (limit,)))
 
     def _delete(self, spooled_id: int) -> SpoolTotals:
-        self._db().execute("DELETE FROM spooled_requests WHERE id = ?", (spooled_id,))
-        return self._read_totals()
+        db = self._db()
+        db.execute("DELETE FROM spooled_requests WHERE id = ?", (spooled_id,))
+        totals = self._read_totals()
+        if totals.pending == 0:
+            # Drained: fold the WAL (which still holds every replayed request's frames, tokens included)
+            # into the database, whose deleted rows secure_delete zeroed, and cut the WAL to nothing.
+            db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        return totals
 
     def _read_totals(self) -> SpoolTotals:
         pending, stored = self._db().execute("SELECT pending, bytes FROM spool_totals").fetchone()
@@ -250,14 +299,16 @@ ReplaySender = Callable[[signal_service_pb2.IngestWebhookRequest], Awaitable[obj
 def settles_replay(exc: grpc.aio.AioRpcError) -> bool:
     """Whether a failed replay is a definitive refusal (drop the record) rather than "try again later".
 
-    Rate limiting is the one RESOURCE_EXHAUSTED worth waiting out; quota and every other 4xx-class refusal
-    would be given again. UNAUTHENTICATED is a misconfigured key, which an operator fixes: keep the alert.
+    A replay skips the user's rate limits (it carries an idempotency key), so RATE_LIMITED on a replay is
+    the unknown-token limit of its source: the token would be refused again, and keeping the record at the
+    head of the spool would hold every real alert behind it. UNAUTHENTICATED, and PERMISSION_DENIED for the
+    key's role, are a misconfigured key, which an operator fixes: keep the alert.
     """
     if exc.code() not in _DEFINITIVE_REFUSALS:
         return False
-    return not (
-        exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and from_rpc_error(exc).reason == "RATE_LIMITED"
-    )
+    if exc.code() == grpc.StatusCode.PERMISSION_DENIED:
+        return from_rpc_error(exc).reason not in KEY_REFUSAL_REASONS
+    return True
 
 
 class SpoolReplayer:
@@ -372,7 +423,10 @@ class SpoolReplayer:
         """Takes (or keeps) the host-wide replay lock; the OS releases it when this process exits."""
         if self._lock_file is not None:
             return True
-        lock_file = open(self._spool.directory / _LEADER_LOCK_NAME, "ab")  # noqa: SIM115 (held while leading)
+        descriptor = os.open(
+            self._spool.directory / _LEADER_LOCK_NAME, os.O_WRONLY | os.O_APPEND | os.O_CREAT, _FILE_MODE
+        )
+        lock_file = open(descriptor, "ab")  # noqa: SIM115 (held while leading)
         try:
             fcntl.flock(lock_file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -387,7 +441,11 @@ class SpoolReplayer:
 async def webhook_spool(app: Litestar) -> AsyncIterator[None]:
     """Litestar lifespan: opens the spool and runs its replayer; after the channels lifespan (needs stubs)."""
     settings = app.state.settings
-    spool = WebhookSpool(settings.data_dir / "spool", max_bytes=settings.spool_max_bytes)
+    spool = WebhookSpool(
+        settings.data_dir / "spool",
+        max_bytes=settings.spool_max_bytes,
+        max_bytes_per_source=settings.spool_max_bytes_per_source,
+    )
     await spool.open()
 
     async def send(request: signal_service_pb2.IngestWebhookRequest) -> object:

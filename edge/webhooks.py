@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from dataclasses import dataclass
 
@@ -19,9 +20,11 @@ from apidevs.alerts.v1 import resources_pb2, signal_service_pb2, signal_service_
 from edge.batching import IngestBatcher
 from edge.client_ip import client_ip
 from edge.errors import error_response, http_status_for
+from edge.header_limits import WEBHOOK_AUDITS_HEADERS, headers_too_large
 from edge.settings import EdgeSettings
 from edge.spool import SPOOL_WORTHY_CODES, SpoolFullError, WebhookSpool
-from mesh.errors import AlertsError
+from mesh.addresses import source_network
+from mesh.errors import AlertsError, NotFoundError
 from mesh.grpc import new_request_id
 from mesh.logging import request_id_var
 from mesh.metrics import LATENCY_BUCKETS
@@ -37,6 +40,14 @@ WEBHOOK_LATENCY = Histogram(
 
 # TradingView re-sends a 5xx'd alert 5 s later whatever this says; other callers may wait as told.
 _SPOOL_FULL_RETRY_AFTER_SECONDS = 5
+
+# The shape signal_service/tokens.py issues (the edge imports no service). Anything else can never be a
+# token: it is answered 404 at once and never spooled, so junk cannot take the spool's room.
+TOKEN_SHAPE = re.compile(r"whk_[A-Za-z0-9_-]{43}")
+# TradingView's chart layout ids (the `/chart/<id>/` of a layout URL) are short and URL-safe; the id is
+# stored on every signal and put in the capture URL, so nothing else is taken.
+CHART_SHAPE = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_INVALID_CHART_MESSAGE = "chart must be a TradingView layout id: 1 to 64 letters, digits, '_' or '-'"
 
 _STATUS_NAMES = {
     value.number: value.name.removeprefix("SCREENSHOT_STATUS_").lower()
@@ -79,10 +90,12 @@ class WebhookQueued:
 class WebhookRefused:
     success: bool
     error: str
+    # What to fix, when the caller can (invalid_chart).
+    message: str | None = None
 
 
 _REFUSALS = {
-    400: "The request could not be read",
+    400: "The request could not be read, or `chart` is not a TradingView layout id (invalid_chart)",
     403: "The webhook is disabled (webhook_disabled) or the source address is not allowed (ip_not_allowed)",
     404: "Unknown or rotated token; the answer never says whether it existed",
     408: "The body did not arrive in time",
@@ -99,23 +112,24 @@ _REFUSAL_REPORT_TIMEOUT_SECONDS = 5.0
 _MAX_REPORTED_USER_AGENT = 512
 
 
-def _headers_too_large(request: Request, settings: EdgeSettings) -> bool:
-    headers = request.scope["headers"]
-    if len(headers) > settings.max_header_count:
-        return True
-    return sum(len(name) + len(value) for name, value in headers) > settings.max_header_bytes
-
-
 def _refuse(
-    request: Request, ingest: signal_service_pb2.IngestWebhookRequest, status_code: int, error: str
+    request: Request,
+    ingest: signal_service_pb2.IngestWebhookRequest,
+    status_code: int,
+    error: str,
+    message: str | None = None,
 ) -> tuple[Response, str]:
     """Answers at once, and reports the refusal to the signal service for the audit log in the background
     (every webhook call is audited; a client that floods headers or trickles its body waits for nothing)."""
-    ingest.edge_refusal = error.upper()
+    _report(request, ingest, error)
+    return _refusal(status_code, error, message)
+
+
+def _report(request: Request, ingest: signal_service_pb2.IngestWebhookRequest, reason: str) -> None:
+    ingest.edge_refusal = reason.upper()
     task = asyncio.create_task(_report_refusal(request.app.state.signal_stub, ingest))
     _REFUSAL_REPORTS.add(task)
     task.add_done_callback(_REFUSAL_REPORTS.discard)
-    return _refusal(status_code, error)
 
 
 async def _report_refusal(
@@ -130,10 +144,11 @@ async def _report_refusal(
             )
 
 
-def _refusal(status_code: int, error: str) -> tuple[Response, str]:
+def _refusal(status_code: int, error: str, message: str | None = None) -> tuple[Response, str]:
     """An answer the edge gives on its own; the connection is closed, as the rest of the body is unread."""
+    content = {"success": False, "error": error} | ({"message": message} if message else {})
     response = Response(
-        {"success": False, "error": error},
+        content,
         status_code=status_code,
         headers={"Connection": "close", "Cache-Control": "no-store"},
     )
@@ -146,7 +161,7 @@ async def _spool(
     """The signal service is away or behind: keep the alert on disk for the replayer and say so with 202."""
     spool: WebhookSpool = request.app.state.spool
     try:
-        await spool.append(ingest, request_id=request_id)
+        await spool.append(ingest, request_id=request_id, source=source_network(ingest.source_ip))
     except SpoolFullError as exc:
         log.error("webhook spool refused a request", extra={"error": str(exc)})
         response = Response(
@@ -166,6 +181,7 @@ async def _spool(
     tags=["webhooks"],
     request_max_body_size=None,
     status_code=200,
+    opt={WEBHOOK_AUDITS_HEADERS: True},
     responses={
         202: ResponseSpec(
             data_container=WebhookQueued,
@@ -217,8 +233,15 @@ async def _answer(request: Request, token: str, chart: str | None, request_id: s
         user_agent=request.headers.get("user-agent", "")[:_MAX_REPORTED_USER_AGENT],
         query={key: value for key, value in request.query_params.items() if key != "chart"},
     )
-    if _headers_too_large(request, settings):
+    if headers_too_large(request.scope["headers"], settings):
         return _refuse(request, ingest, 431, "headers_too_large")
+    if TOKEN_SHAPE.fullmatch(token) is None:
+        _report(request, ingest, "malformed_token")
+        # Exactly the signal service's 404 for an unknown token: the answer never tells one from the other.
+        return error_response(NotFoundError("unknown webhook")), "malformed_token"
+    if chart and CHART_SHAPE.fullmatch(chart) is None:
+        ingest.chart_id = ""
+        return _refuse(request, ingest, 400, "invalid_chart", _INVALID_CHART_MESSAGE)
     try:
         # uvicorn times out idle connections, not slow bodies: a client trickling its body is cut here.
         async with asyncio.timeout(settings.body_read_timeout_seconds):

@@ -1,7 +1,9 @@
-"""Bearer API keys: configured hashed, optionally scoped to one user.
+"""Bearer API keys: configured hashed, each with one role or scoped to one user.
 
-A configured key is ``<key>`` or ``sha256:<hex of the key>``, optionally followed by ``@user:<user id>``,
-which restricts the caller to that user's data (a browser-facing proxy gets such a key).
+A configured key is ``<key>`` or ``sha256:<hex of the key>``, optionally followed by ``@role:<role>`` or
+``@user:<user id>``. Without a suffix the key is the platform's. ``@user:`` restricts the caller to that
+user's data, read-only (a browser-facing proxy gets such a key). What each role may call is
+:mod:`mesh.roles`.
 """
 
 from __future__ import annotations
@@ -11,19 +13,40 @@ import hashlib
 import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass
+from enum import StrEnum
 
 from pydantic import SecretStr
 
 from mesh.errors import PermissionDeniedError, UnauthenticatedError
 
 _SCOPE_MARKER = "@user:"
+_ROLE_MARKER = "@role:"
+
+
+class Role(StrEnum):
+    # Users, signals, outcomes, stats and streams of any user.
+    PLATFORM = "platform"
+    # The platform's powers plus operations: capture retry.
+    ADMIN = "admin"
+    # The internet-facing edge: webhooks in, edge refusal reports, health, media reads.
+    EDGE = "edge"
+    # Capture workers (capture and session-check claims and reports, uploads), and the signal service
+    # toward storage (object URLs, retention deletes).
+    WORKER = "worker"
+    # A key configured with @user:<id>: reads of that one user, and outcomes of its signals.
+    USER = "user"
+
+
+# Roles a configured entry may name; USER comes only with @user:<id>, which says whose.
+_NAMEABLE_ROLES = frozenset(Role) - {Role.USER}
 
 
 @dataclass(frozen=True, slots=True)
 class Principal:
-    """Who is calling: a key fingerprint (never the key) and the user it is limited to, if any."""
+    """Who is calling: a key fingerprint (never the key), its role, and the user it is limited to, if any."""
 
     key_fingerprint: str
+    role: Role = Role.PLATFORM
     user_scope: str | None = None
 
 
@@ -38,14 +61,67 @@ def generate_key() -> str:
     return "ak_" + secrets.token_urlsafe(32)
 
 
+def role_entry(key: str, role: Role) -> str:
+    """The ``ALERTS_API_KEYS`` entry accepting `key` (configured hashed) in `role`."""
+    return f"sha256:{hash_key(key)}{_ROLE_MARKER}{role.value}"
+
+
+def parse_entry(raw: str) -> tuple[str, Principal]:
+    """An ``ALERTS_API_KEYS`` entry's key digest and the principal it authenticates.
+
+    Raises ValueError for an unknown role or an empty user id; the message never holds the key.
+    """
+    key, scope_marker, scope = raw.partition(_SCOPE_MARKER)
+    key, role_marker, role_name = key.partition(_ROLE_MARKER)
+    digest = key.removeprefix("sha256:").lower() if key.startswith("sha256:") else hash_key(key)
+    fingerprint = digest[:12]
+    if scope_marker and role_marker:
+        raise ValueError(f"API key {fingerprint}: @role: and @user: exclude each other")
+    if scope_marker:
+        if not scope:
+            raise ValueError(f"API key {fingerprint}: @user: needs a user id")
+        return digest, Principal(key_fingerprint=fingerprint, role=Role.USER, user_scope=scope)
+    if not role_marker:
+        return digest, Principal(key_fingerprint=fingerprint)
+    if role_name not in _NAMEABLE_ROLES:
+        allowed = ", ".join(sorted(_NAMEABLE_ROLES))
+        raise ValueError(f"API key {fingerprint}: unknown role {role_name!r} (one of {allowed})")
+    return digest, Principal(key_fingerprint=fingerprint, role=Role(role_name))
+
+
+@dataclass(frozen=True, slots=True)
+class SystemKeys:
+    """A key of its own role for each caller of a whole system on one machine (`alerts dev`, `demo`,
+    tests, benches): the operator's (admin), the edge's and the workers'."""
+
+    operator: str
+    edge: str
+    worker: str
+
+    @classmethod
+    def generate(cls, operator: str | None = None) -> SystemKeys:
+        return cls(operator=operator or generate_key(), edge=generate_key(), worker=generate_key())
+
+    def entries(self, operator_entries: Iterable[str] = ()) -> list[str]:
+        """ALERTS_API_KEYS: the operator's entries as given (else admin), the edge's, the workers'."""
+        operator = list(operator_entries) or [role_entry(self.operator, Role.ADMIN)]
+        return [*operator, role_entry(self.edge, Role.EDGE), role_entry(self.worker, Role.WORKER)]
+
+    def for_process(self, name: str) -> str | None:
+        """The key process `name` (edge, signal, capture-<n>, ...) presents: the signal service calls
+        storage as a worker; storage and the chart stub call nobody."""
+        kind = name.split("-", 1)[0]
+        return {"edge": self.edge, "signal": self.worker, "capture": self.worker}.get(kind)
+
+
 class ApiKeyRing:
     def __init__(self, configured: Iterable[SecretStr | str]) -> None:
         self._by_hash: dict[str, Principal] = {}
         for entry in configured:
-            raw = entry.get_secret_value() if isinstance(entry, SecretStr) else entry
-            key, _, scope = raw.partition(_SCOPE_MARKER)
-            digest = key.removeprefix("sha256:").lower() if key.startswith("sha256:") else hash_key(key)
-            self._by_hash[digest] = Principal(key_fingerprint=digest[:12], user_scope=scope or None)
+            digest, principal = parse_entry(
+                entry.get_secret_value() if isinstance(entry, SecretStr) else entry
+            )
+            self._by_hash[digest] = principal
 
     def __bool__(self) -> bool:
         return bool(self._by_hash)

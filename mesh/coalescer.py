@@ -1,11 +1,10 @@
 """Calls that arrive while others are being served go together in the next batch.
 
-The one batching pattern behind group commit (signal_service/group_commit.py), the edge's
+The one batching pattern behind group commit (signal_service/intake/group_commit.py), the edge's
 BatchIngestWebhooks calls (edge/batching.py), the spool's appends (edge/spool.py) and rate-limit checks
-(signal_service/ratelimit.py). While `max_inflight` flushes run, new items wait; when one ends, the next
-flush takes every item waiting, up to `max_batch`. A lone item on a quiet process is flushed at once, in a
-batch of one, so no timer ever delays it: batches grow only as fast as the work behind them is slow.
-"""
+(signal_service/intake/ratelimit.py). While `max_inflight` flushes run, new items wait; when one ends, the
+next flush takes every item waiting, up to `max_batch`. A lone item on a quiet process is flushed at once,
+in a batch of one, so no timer ever delays it: batches grow only as fast as the work behind them is slow."""
 
 from __future__ import annotations
 

@@ -15,6 +15,8 @@ from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 ERROR_DOMAIN = "alerts.apidevs.com"
+# The reason given to a RESOURCE_EXHAUSTED raised by gRPC itself rather than by a service.
+MESSAGE_TOO_LARGE = "MESSAGE_TOO_LARGE"
 
 
 class AlertsError(Exception):
@@ -118,7 +120,14 @@ def to_grpc_status(error: AlertsError) -> grpc.Status:
 def from_rpc_error(exc: grpc.aio.AioRpcError) -> AlertsError:
     """The typed error a failed call carries; transport failures become UnavailableError."""
     code = exc.code()
-    status = _status_from_trailers(exc) or status_pb2.Status()
+    status = _status_from_trailers(exc)
+    if status is None:
+        status = status_pb2.Status()
+        if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+            # Every RESOURCE_EXHAUSTED our servers send carries ErrorInfo; one without came from gRPC
+            # itself: a message over its size limit, a fault of the call rather than the caller's quota.
+            info = error_details_pb2.ErrorInfo(reason=MESSAGE_TOO_LARGE, domain=ERROR_DOMAIN)
+            status.details.add().Pack(info)
     status.code = code.value[0]
     status.message = exc.details() or code.name
     return from_rpc_status(status)

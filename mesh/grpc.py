@@ -1,6 +1,7 @@
 """gRPC bootstrap for every service: one server shape, one channel shape.
 
-Servers get Bearer API-key authentication (health and reflection stay open), the mapping of
+Servers get Bearer API-key authentication and the role check of :mod:`mesh.roles` (health and
+reflection stay open), the mapping of
 :class:`mesh.errors.AlertsError` to status codes, request ids in logs, and latency metrics; `serve` adds
 the library health service and reflection and drains on SIGTERM. Channels are long-lived, keep
 themselves alive, and carry the caller's key and the current request id on every call. With
@@ -25,15 +26,21 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from mesh.auth import ApiKeyRing, principal_var
-from mesh.errors import AlertsError, InternalError, UnauthenticatedError, to_grpc_status
+from mesh.errors import (
+    AlertsError,
+    InternalError,
+    PermissionDeniedError,
+    UnauthenticatedError,
+    to_grpc_status,
+)
 from mesh.logging import request_id_var
 from mesh.metrics import GRPC_HANDLED, GRPC_IN_FLIGHT, GRPC_LATENCY
+from mesh.roles import PUBLIC_METHODS, ensure_may_call
 from mesh.runtime import freeze_startup_heap
 from mesh.settings import CommonSettings
 
 log = logging.getLogger(__name__)
 
-_OPEN_METHOD_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 _KEEPALIVE_OPTIONS = [
     ("grpc.keepalive_time_ms", 30_000),
     ("grpc.keepalive_timeout_ms", 10_000),
@@ -63,14 +70,16 @@ class _ServerInterceptor(grpc.aio.ServerInterceptor):
     ) -> grpc.RpcMethodHandler:
         handler = await continuation(handler_call_details)
         method: str = handler_call_details.method
-        if handler is None or method.startswith(_OPEN_METHOD_PREFIXES):
+        if handler is None or method in PUBLIC_METHODS:
             return handler
         metadata = {key: value for key, value in handler_call_details.invocation_metadata or ()}
         request_id_var.set(str(metadata.get("x-request-id") or new_request_id()))
         rejection: AlertsError | None = None
         try:
-            principal_var.set(self._keys.authenticate(metadata.get("authorization")))
-        except UnauthenticatedError as exc:
+            principal = self._keys.authenticate(metadata.get("authorization"))
+            ensure_may_call(method, principal.role)
+            principal_var.set(principal)
+        except (UnauthenticatedError, PermissionDeniedError) as exc:
             rejection = exc
         return _wrap_handler(handler, method.rsplit("/", 1)[-1], rejection)
 

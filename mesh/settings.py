@@ -49,9 +49,11 @@ class CommonSettings(BaseSettings):
     redis_namespace: str = "alerts"
     database_pool_size: int = 10
 
-    # Keys accepted from callers, plain or "sha256:<hex>", optionally scoped: "sha256:<hex>@user:<id>".
+    # Keys accepted from callers, plain or "sha256:<hex>", each with a role ("@role:admin|edge|worker",
+    # none for the platform) or scoped to one user ("@user:<id>"); what each role may call: mesh/roles.py.
     api_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
-    # The key this process presents to the other services.
+    # The key this process presents to the other services, of its own role: the edge's an edge key, the
+    # signal service's and the capture workers' a worker key.
     service_api_key: SecretStr | None = None
 
     edge_host: str = "127.0.0.1"

@@ -14,6 +14,7 @@ from mesh.auth import current_principal, ensure_unscoped
 from mesh.errors import InvalidArgumentError, to_rpc_status
 from mesh.grpc import caller_error
 from mesh.logging import request_id_var
+from mesh.roles import ensure_edge_fields_from_edge
 from signal_service.captures.service import CaptureCoordinator
 from signal_service.events.service import EventFeed, StoredEvent, format_cursor
 from signal_service.ids import require_uuid
@@ -117,12 +118,14 @@ class SignalServicer(signal_service_pb2_grpc.SignalServiceServicer):
         self, request: signal_service_pb2.IngestWebhookRequest, context: grpc.aio.ServicerContext
     ) -> signal_service_pb2.IngestWebhookResponse:
         ensure_unscoped()
+        ensure_edge_fields_from_edge([request])
         return await self._ingest(request)
 
     async def BatchIngestWebhooks(
         self, request: signal_service_pb2.BatchIngestWebhooksRequest, context: grpc.aio.ServicerContext
     ) -> signal_service_pb2.BatchIngestWebhooksResponse:
         ensure_unscoped()
+        ensure_edge_fields_from_edge(request.requests)
         if len(request.requests) > MAX_INGEST_BATCH:
             raise InvalidArgumentError(
                 f"at most {MAX_INGEST_BATCH} webhooks per call", reason="BATCH_TOO_LARGE"

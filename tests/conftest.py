@@ -18,9 +18,10 @@ import asyncpg
 import pytest
 
 from alerts.embedded import EmbeddedInfrastructure, start_postgres, start_redis
-from mesh.auth import generate_key
+from tests.keys import ACCEPTED_ENTRIES, SYSTEM_KEYS
 
-SERVICE_KEY = generate_key()
+# The operator's (admin) key: the platform's powers, for tests that act as the platform.
+SERVICE_KEY = SYSTEM_KEYS.operator
 SCOPED_USER_KEYS: dict[str, str] = {}
 
 
@@ -94,8 +95,9 @@ def service_env(database_url: str, redis_url: str, redis_namespace: str, data_di
         "ALERTS_DATABASE_URL": database_url,
         "ALERTS_REDIS_URL": redis_url,
         "ALERTS_REDIS_NAMESPACE": redis_namespace,
-        "ALERTS_API_KEYS": SERVICE_KEY,
-        "ALERTS_SERVICE_API_KEY": SERVICE_KEY,
+        "ALERTS_API_KEYS": ",".join(ACCEPTED_ENTRIES),
+        # What the signal service (toward storage) and capture workers present; edges get the edge key.
+        "ALERTS_SERVICE_API_KEY": SYSTEM_KEYS.worker,
         "ALERTS_DATA_DIR": str(data_dir),
         "ALERTS_LOG_LEVEL": "INFO",
     }

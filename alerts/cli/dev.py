@@ -56,7 +56,7 @@ def run_dev(options: argparse.Namespace) -> int:
             f"  viewer:       {stack.edge_url}/ui  (a user id and a key scoped to it, see ALERTS_API_KEYS)\n"
             f"  gRPC signal:  {stack.signal_addr}   storage: {stack.storage_addr}\n"
             f"  chart stub:   {stack.tradingview_url or '(real TradingView)'}\n"
-            f"  API key:      {stack.api_key}\n"
+            f"  admin key:    {stack.api_key}\n"
             f"  logs:         {stack.log_dir}/\n"
             "Press Ctrl-C to stop.",
             flush=True,

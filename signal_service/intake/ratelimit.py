@@ -1,14 +1,12 @@
 """Per-key rate limits in Redis with GCRA, atomic in one Lua script so every replica shares one budget.
 
-Intake uses it for tokens that match no user, per source (source_key: IPv6 by /64), before any statement
-runs. A known
+Intake uses it for tokens that match no user, per source address, before any statement runs. A known
 user's rate limit is checked in PostgreSQL, inside the statement that stores the webhook (migration
 0004_ingest_rate_limit), so an accepted webhook costs no Redis round trip.
 """
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -43,26 +41,6 @@ local new_tat = tat + interval
 redis.call('SET', key, new_tat, 'PX', math.ceil(new_tat - now + interval))
 return {1, 0}
 """
-
-
-# An IPv6 host usually gets a whole /64 and may pick any address in it: limits count the network.
-_IPV6_SOURCE_PREFIX = 64
-# Bounds the Redis key and audit text made from a source that is not an address.
-_MAX_SOURCE_CHARS = 64
-
-
-def source_key(address: str) -> str:
-    """The source a per-source limit counts: an IPv4 address (IPv4-mapped IPv6 included) or an IPv6
-    address's /64; text that is no address counts as itself."""
-    try:
-        parsed = ipaddress.ip_address(address)
-    except ValueError:
-        return address[:_MAX_SOURCE_CHARS]
-    if isinstance(parsed, ipaddress.IPv6Address):
-        if parsed.ipv4_mapped is not None:
-            return str(parsed.ipv4_mapped)
-        return str(ipaddress.IPv6Network((parsed, _IPV6_SOURCE_PREFIX), strict=False))
-    return str(parsed)
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+from mesh.addresses import source_network
 from mesh.coalescer import Coalescer
 from mesh.errors import (
     AlertsError,
@@ -34,7 +35,7 @@ from signal_service.clock import next_month_start, utcnow
 from signal_service.database import Database, database_unreachable
 from signal_service.ids import uuid7
 from signal_service.intake.group_commit import GroupCommit
-from signal_service.intake.ratelimit import RateLimiter, source_key
+from signal_service.intake.ratelimit import RateLimiter
 from signal_service.intake.repository import WebhookIngest, WebhookRepository, WebhookUserRow
 from signal_service.models import AuditLog, ScreenshotStatus
 from signal_service.parsing import IndicatorCatalog, ParsedAlert, parse_alert
@@ -145,7 +146,9 @@ _STALE_ATTEMPTS = 3
 
 
 # Refusals the edge decides on its own and reports for the audit log (IngestWebhookRequest.edge_refusal).
-EDGE_REFUSALS = frozenset({"BODY_TIMEOUT", "HEADERS_TOO_LARGE", "INCOMPLETE_BODY"})
+EDGE_REFUSALS = frozenset(
+    {"BODY_TIMEOUT", "HEADERS_TOO_LARGE", "INCOMPLETE_BODY", "MALFORMED_TOKEN", "INVALID_CHART"}
+)
 
 # Rate and quota refusals come in floods by nature; like every refusal of a caller that showed no user's
 # token, they are audited summarised: no body, and repeats merged per minute (audit/service.py).
@@ -259,10 +262,10 @@ class WebhookIngestor:
         return read
 
     async def _limit_unknown_source(self, command: IngestCommand) -> None:
-        if _is_replay(command):
-            return
+        # Replays keep this limit: a spool filled with junk tokens must not buy them unlimited lookups.
+        # An IPv6 source is its /64, which one client rotates through freely.
         decision = await self._rate_limiter.acquire(
-            f"unknown:{source_key(command.source_ip)}",
+            f"unknown:{source_network(command.source_ip)}",
             rate_per_second=self._settings.unknown_token_rate_per_second,
             burst=self._settings.unknown_token_burst,
         )
@@ -405,7 +408,7 @@ class WebhookIngestor:
             return summarised_refusal(
                 created_at=command.received_at,
                 user_id=user_id,
-                source=source_key(command.source_ip) if command.source_ip else None,
+                source=source_network(command.source_ip) if command.source_ip else None,
                 reason=reason,
                 request_id=request_id_var.get() or None,
                 user_agent=command.user_agent[:512] or None,

@@ -37,7 +37,8 @@ def read_json(text: str, declared_json: bool, catalog: IndicatorCatalog, draft: 
         return _read_lenient_json(text, catalog, draft)
     try:
         document = json.loads(text, parse_float=Decimal, parse_constant=str)
-    except (ValueError, RecursionError):
+    # ArithmeticError: a number whose exponent Decimal cannot hold (1.2e-99999...) is no JSON we can read.
+    except (ValueError, RecursionError, ArithmeticError):
         # "[APIDEVS] ..." titles and "{{ticker}} ..." placeholders start like JSON without being JSON.
         looks_like_object = text[0] == "{" and not text.startswith("{{")
         if declared_json or looks_like_object or _LENIENT_JSON_PAIR.search(text):

@@ -86,7 +86,9 @@ class RetentionJob:
                 UserRepository(session),
                 EventRepository(session),
             )
-            for item in deleted:
+            # Users' rows are locked in user-id order, as group commit locks them, so a retention batch
+            # and an ingest batch never deadlock.
+            for item in sorted(deleted, key=lambda item: item.user_id.bytes):
                 await captures.update_screenshot(item.signal_id, status=ScreenshotStatus.EXPIRED)
                 await signals.update_signal(item.signal_id, screenshot_status=ScreenshotStatus.EXPIRED)
                 seq = await users.next_event_seq(item.user_id)

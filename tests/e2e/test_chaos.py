@@ -31,6 +31,7 @@ from edge.spool import WebhookSpool
 from mesh.grpc import open_channel
 from tests.e2e.chaos_stack import ChaosStack, chaos_stack, run_quietly
 from tests.e2e.stacks import fresh_database
+from tests.keys import SYSTEM_KEYS
 
 pytestmark = pytest.mark.e2e
 
@@ -228,9 +229,11 @@ def test_every_accepted_webhook_is_stored_once_and_captured_or_failed(
             "SELECT s.id, s.raw_body, s.screenshot_status, c.status, c.error, c.completed_at "
             "FROM signals s LEFT JOIN screenshots c ON c.signal_id = s.id",
         )
-        failed_listing = run_quietly(alerts_argv("captures", "failed"), stack.env)
+        # The operator's shell: its key is the admin's.
+        operator_env = stack.env | {"ALERTS_SERVICE_API_KEY": SYSTEM_KEYS.operator}
+        failed_listing = run_quietly(alerts_argv("captures", "failed"), operator_env)
         retried = next(row for row in rows if row["status"] == "failed")
-        retry = run_quietly(alerts_argv("captures", "retry", str(retried["id"])), stack.env)
+        retry = run_quietly(alerts_argv("captures", "retry", str(retried["id"])), operator_env)
         assert (retry.returncode, retry.stdout.strip()) == (0, "captures re-queued: 1"), retry.stderr
 
         def retried_capture_ended() -> bool:
@@ -287,7 +290,7 @@ def test_the_edge_answers_in_flight_webhooks_after_sigterm(
     env = {key: value for key, value in os.environ.items() if not key.startswith("ALERTS_")}
     env |= {
         "ALERTS_API_KEYS": service_env["ALERTS_API_KEYS"],
-        "ALERTS_SERVICE_API_KEY": service_env["ALERTS_SERVICE_API_KEY"],
+        "ALERTS_SERVICE_API_KEY": SYSTEM_KEYS.edge,
         "ALERTS_DATA_DIR": str(tmp_path / "data"),
         "ALERTS_EDGE_PORT": str(port),
         # Nothing listens there: the webhook is spooled, which proves it was handled to the end.
@@ -307,7 +310,10 @@ def test_the_edge_answers_in_flight_webhooks_after_sigterm(
         body = alert(0, "BINANCE:BTCUSDT")
         with socket.create_connection(("127.0.0.1", port), timeout=10) as client:
             client.sendall(
-                b"POST /webhook/u/token HTTP/1.1\r\nHost: edge\r\nContent-Type: text/plain\r\n"
+                b"POST /webhook/u/whk_"
+                + b"T" * 43
+                + b" HTTP/1.1\r\n"
+                + b"Host: edge\r\nContent-Type: text/plain\r\n"
                 + f"Content-Length: {len(body)}\r\n\r\n".encode()
                 + body[:10]
             )

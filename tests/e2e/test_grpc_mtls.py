@@ -23,6 +23,7 @@ from alerts.processes import ManagedProcess, alerts_argv, free_port, http_ok
 from apidevs.alerts.v1 import user_service_pb2_grpc
 from mesh.grpc import GrpcTls, open_channel
 from tests.e2e.stacks import START_TIMEOUT_SECONDS, child_env
+from tests.keys import with_service_key
 from tests.support import SAMPLE, create_user
 
 pytestmark = pytest.mark.e2e
@@ -145,11 +146,12 @@ def mtls_stack(service_env: dict[str, str], tmp_path_factory: pytest.TempPathFac
         ("signal", lambda: tls_serving(signal_addr, issued["platform"])),
         ("edge", lambda: http_ok(f"{edge_url}/health/ready")),
     ):
-        env = base | {
+        tls_files = {
             "ALERTS_GRPC_TLS_CERT": str(issued[name].cert),
             "ALERTS_GRPC_TLS_KEY": str(issued[name].key),
             "ALERTS_GRPC_TLS_CA": str(issued[name].ca),
         }
+        env = with_service_key(base | tls_files, name)
         log_path = log_dir / f"{name}.log"
         process = ManagedProcess(name, alerts_argv("serve", name), env, ready=ready, log_path=log_path)
         processes.append(process)

@@ -198,8 +198,8 @@ def system(database_url: str, redis_url: str, service_key: str, tmp_path: Path) 
             edge_port=free_port(),
             signal_addr=f"127.0.0.1:{free_port()}",
             storage_addr=f"127.0.0.1:{free_port()}",
+            # The operator's key: alerts dev accepts it as admin, next to its own edge and worker keys.
             service_api_key=service_key,
-            api_keys=[service_key],
         )
         stack = DevStack(settings, capture_workers=1, extra_env=extra_env, serve_metrics=True)
         stack.start()

@@ -34,10 +34,10 @@ from apidevs.alerts.v1 import (
     user_service_pb2_grpc,
 )
 from capture_service.chart_stub import create_chart_stub_app
-from mesh.grpc import open_channel
 from mesh.queues import capture_workers_key
 from mesh.settings import CommonSettings
 from tests.e2e.stacks import START_TIMEOUT_SECONDS, child_env, fresh_database
+from tests.keys import SYSTEM_KEYS, open_system_channel, with_service_key
 from tests.support import asgi_app_in_thread
 
 pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="session")]
@@ -153,7 +153,7 @@ def stack(
             edge_url=f"http://127.0.0.1:{edge_port}",
             chart_url=chart_url,
             tradingview=tradingview,
-            key=service_env["ALERTS_SERVICE_API_KEY"],
+            key=SYSTEM_KEYS.operator,
             log_dir=log_dir,
         )
         specs: dict[str, tuple[list[str], dict[str, str], Callable[[], bool]]] = {
@@ -187,8 +187,9 @@ def stack(
             )
         try:
             for name, (argv, overrides, ready) in specs.items():
+                process_env = with_service_key({**env, **overrides}, name)
                 process = ManagedProcess(
-                    name, argv, {**env, **overrides}, ready=ready, log_path=log_dir / f"{name}.log"
+                    name, argv, process_env, ready=ready, log_path=log_dir / f"{name}.log"
                 )
                 stack.processes[name] = process
                 process.start()
@@ -210,8 +211,8 @@ def stack(
 @pytest.fixture(scope="module")
 async def channels(stack: Stack) -> AsyncIterator[tuple[grpc.aio.Channel, grpc.aio.Channel]]:
     async with (
-        open_channel(stack.signal_a, stack.key) as on_a,
-        open_channel(stack.signal_b, stack.key) as on_b,
+        open_system_channel(stack.signal_a) as on_a,
+        open_system_channel(stack.signal_b) as on_b,
     ):
         yield on_a, on_b
 

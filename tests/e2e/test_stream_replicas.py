@@ -32,6 +32,7 @@ from mesh.auth import generate_key, hash_key
 from mesh.errors import from_rpc_error
 from mesh.grpc import open_channel
 from tests.e2e.stacks import START_TIMEOUT_SECONDS, child_env
+from tests.keys import SYSTEM_KEYS, open_system_channel
 from tests.support import ingest_request
 
 pytestmark = pytest.mark.e2e
@@ -87,7 +88,8 @@ def replicas(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Replicas]:
     logs = tmp_path_factory.mktemp("stream-replicas")
-    keys = f"{service_key},sha256:{hash_key(accounts.scoped_key)}@user:{accounts.scoped.user.user_id}"
+    scoped_entry = f"sha256:{hash_key(accounts.scoped_key)}@user:{accounts.scoped.user.user_id}"
+    keys = ",".join([*SYSTEM_KEYS.entries(), scoped_entry])
     a, b = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
     edge_port = free_port()
     unused_storage = f"127.0.0.1:{free_port()}"
@@ -113,6 +115,7 @@ def replicas(
             alerts_argv("serve", "edge"),
             child_env(
                 service_env,
+                ALERTS_SERVICE_API_KEY=SYSTEM_KEYS.edge,
                 ALERTS_SIGNAL_ADDR=b,
                 ALERTS_STORAGE_ADDR=unused_storage,
                 ALERTS_EDGE_HOST="127.0.0.1",
@@ -137,10 +140,8 @@ def replicas(
 
 
 @pytest.fixture(scope="module")
-async def stubs(
-    replicas: Replicas, service_key: str
-) -> AsyncIterator[dict[str, signal_service_pb2_grpc.SignalServiceStub]]:
-    async with open_channel(replicas.a, service_key) as on_a, open_channel(replicas.b, service_key) as on_b:
+async def stubs(replicas: Replicas) -> AsyncIterator[dict[str, signal_service_pb2_grpc.SignalServiceStub]]:
+    async with open_system_channel(replicas.a) as on_a, open_system_channel(replicas.b) as on_b:
         yield {
             "a": signal_service_pb2_grpc.SignalServiceStub(on_a),
             "b": signal_service_pb2_grpc.SignalServiceStub(on_b),

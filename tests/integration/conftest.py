@@ -6,12 +6,12 @@ import grpc
 import pytest
 
 from apidevs.alerts.v1 import signal_service_pb2_grpc, user_service_pb2_grpc
-from mesh.grpc import open_channel
+from tests.keys import open_system_channel
 
 
 @pytest.fixture(scope="session")
-async def signal_channel(signal_server: str, service_key: str) -> AsyncIterator[grpc.aio.Channel]:
-    channel = open_channel(signal_server, service_key)
+async def signal_channel(signal_server: str) -> AsyncIterator[grpc.aio.Channel]:
+    channel = open_system_channel(signal_server)
     yield channel
     await channel.close()
 

@@ -45,7 +45,7 @@ from capture_service.browser import BrowserPool
 from capture_service.capture import TradingViewSession, capture_chart, chart_url
 from capture_service.chart_stub import LEFT_TOOLBAR_PX, OVERLAY_RGB, TOP_TOOLBAR_PX
 from mesh.crypto import generate_key_entry
-from mesh.grpc import create_server, open_channel, start
+from mesh.grpc import create_server, start
 from mesh.queues import capture_workers_key, dramatiq_namespace
 from mesh.settings import CommonSettings
 from signal_service.captures.service import capture_job
@@ -68,6 +68,7 @@ from tests.integration.capture_service.conftest import (
     eventually,
     picture,
 )
+from tests.keys import SYSTEM_KEYS, open_system_channel
 from tests.support import now_timestamp
 
 COOKIE_KEY = generate_key_entry("capture-test")
@@ -111,9 +112,11 @@ def capture_database_url(database_url: str) -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
-async def storage_addr(service_key: str, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[str]:
+async def storage_addr(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[str]:
     """The storage service (local-disk backend) as a real gRPC server in this process."""
-    settings = StorageSettings(api_keys=[service_key], storage_local_dir=tmp_path_factory.mktemp("objects"))
+    settings = StorageSettings(
+        api_keys=SYSTEM_KEYS.entries(), storage_local_dir=tmp_path_factory.mktemp("objects")
+    )
     storage: StorageService = build_service(settings)
     server = create_server(settings)
     storage_service_pb2_grpc.add_StorageServiceServicer_to_server(StorageServicer(storage), server)
@@ -136,6 +139,7 @@ class CaptureSystem:
 
     signal_addr: str
     storage_addr: str
+    # The workers' key, which the worker processes present.
     service_key: str
     redis_url: str
     namespace: str
@@ -339,7 +343,6 @@ class CaptureSystem:
 async def system(
     capture_database_url: str,
     redis_url: str,
-    service_key: str,
     storage_addr: str,
     chart_stub: ChartStub,
     tmp_path: Path,
@@ -351,8 +354,8 @@ async def system(
         database_url=capture_database_url,
         redis_url=redis_url,
         redis_namespace=namespace,
-        api_keys=[service_key],
-        service_api_key=service_key,
+        api_keys=SYSTEM_KEYS.entries(),
+        service_api_key=SYSTEM_KEYS.worker,
         cookie_keys=[COOKIE_KEY],
         storage_addr=storage_addr,
         signal_addr="127.0.0.1:0",
@@ -364,12 +367,12 @@ async def system(
         register(server, app)
         app.start_background()
         port, _ = await start(server, address="127.0.0.1:0", service_names=SERVICE_NAMES)
-        signal_channel = open_channel(f"127.0.0.1:{port}", service_key)
-        storage_channel = open_channel(storage_addr, service_key)
+        signal_channel = open_system_channel(f"127.0.0.1:{port}")
+        storage_channel = open_system_channel(storage_addr)
         harness = CaptureSystem(
             signal_addr=f"127.0.0.1:{port}",
             storage_addr=storage_addr,
-            service_key=service_key,
+            service_key=SYSTEM_KEYS.worker,
             redis_url=redis_url,
             namespace=namespace,
             chart_stub=chart_stub,

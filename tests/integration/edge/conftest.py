@@ -18,22 +18,31 @@ import pytest
 import uvicorn
 
 from edge.app import create_app
+from edge.http_protocol import BoundedHttpToolsProtocol, HeadLimits
 from edge.settings import EdgeSettings
+from tests.keys import SYSTEM_KEYS
 
 LOOPBACK_PROXY = "127.0.0.0/8"
 
 
 @contextlib.asynccontextmanager
 async def running_edge(settings: EdgeSettings) -> AsyncIterator[str]:
+    # The production protocol, its limits from these settings rather than the environment's.
+    protocol = type(
+        "EdgeUnderTestProtocol",
+        (BoundedHttpToolsProtocol,),
+        {"head_limits": HeadLimits.from_settings(settings)},
+    )
     config = uvicorn.Config(
         create_app(settings),
         host="127.0.0.1",
         port=0,
-        http="httptools",
+        http=protocol,
         lifespan="on",
         log_config=None,
         access_log=False,
-        timeout_keep_alive=5,
+        timeout_keep_alive=settings.keep_alive_timeout_seconds,
+        limit_concurrency=settings.max_connections,
         proxy_headers=False,
     )
     server = uvicorn.Server(config)
@@ -61,7 +70,8 @@ def edge_settings(service_env: dict[str, str], signal_server: str, **overrides: 
     values: dict[str, object] = {
         key.removeprefix("ALERTS_").lower(): value for key, value in service_env.items()
     }
-    return EdgeSettings(**values | {"signal_addr": signal_server, **overrides})
+    own = {"signal_addr": signal_server, "service_api_key": SYSTEM_KEYS.edge}
+    return EdgeSettings(**values | own | overrides)
 
 
 @pytest.fixture(scope="session")

@@ -22,6 +22,7 @@ from apidevs.alerts.v1 import resources_pb2, signal_service_pb2, user_service_pb
 from edge.app import create_app
 from edge.settings import EdgeSettings
 from tests.conftest import settings_from
+from tests.keys import SYSTEM_KEYS
 
 GUARD_SECONDS = 30  # a broken stream fails the test instead of hanging it
 
@@ -52,7 +53,10 @@ async def create_user(users) -> user_service_pb2.CreateUserResponse:
 @pytest.fixture(scope="module")
 async def edge_url(signal_server: str, service_env: dict[str, str]) -> AsyncIterator[str]:
     """The edge app under a real uvicorn server in this event loop, with a short SSE heartbeat."""
-    app = create_app(settings_from(service_env, EdgeSettings, signal_addr=signal_server))
+    settings = settings_from(
+        service_env, EdgeSettings, signal_addr=signal_server, service_api_key=SYSTEM_KEYS.edge
+    )
+    app = create_app(settings)
     app.state.sse_heartbeat_seconds = 0.2
     config = uvicorn.Config(app, host="127.0.0.1", port=0, lifespan="on", log_config=None, access_log=False)
     server = uvicorn.Server(config)

@@ -85,6 +85,23 @@ async def until_drained(data_dir: Path) -> None:
     raise AssertionError(f"{await spool_pending(data_dir)} requests still spooled after the deadline")
 
 
+def files_holding(directory: Path, secret: bytes) -> list[str]:
+    return [path.name for path in directory.iterdir() if path.is_file() and secret in path.read_bytes()]
+
+
+async def until_on_disk_nowhere(directory: Path, secret: bytes) -> None:
+    """Waits for the drained spool's WAL checkpoint (it follows the last delete on the edge's spool thread);
+    fails naming the files that still hold `secret`."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + DRAIN_DEADLINE_SECONDS
+    while True:
+        holding = await asyncio.to_thread(files_holding, directory, secret)
+        if not holding or loop.time() > deadline:
+            break
+        await asyncio.sleep(0.1)
+    assert holding == [], f"the drained spool still holds a webhook token in {holding}"
+
+
 def alert(index: int) -> bytes:
     return SAMPLE.replace(b"67,890.50", f"{67_000 + index}.25".encode())
 
@@ -117,7 +134,7 @@ async def test_webhooks_spooled_while_the_signal_service_is_down_are_stored_once
         answers = [
             await http.post(f"/webhook/u/{token}?chart=abc", content=alert(index)) for index in range(count)
         ]
-        unknown = await http.post(f"/webhook/u/{'x' * len(token)}", content=SAMPLE)
+        unknown = await http.post(f"/webhook/u/whk_{'x' * 43}", content=SAMPLE)
         for answer in [*answers, unknown]:
             assert answer.status_code == 202, answer.text
             assert answer.json() == {
@@ -134,6 +151,11 @@ async def test_webhooks_spooled_while_the_signal_service_is_down_are_stored_once
 
         async with signal_service_at(address, service_env):
             await until_drained(tmp_path)
+            await until_on_disk_nowhere(tmp_path / "spool", token.encode())
+        spool_files = [path for path in (tmp_path / "spool").iterdir() if path.is_file()]
+        assert {path.name for path in spool_files} >= {"webhooks.sqlite3", "webhooks.sqlite3-wal"}
+        assert {oct(path.stat().st_mode & 0o777) for path in spool_files} == {"0o600"}
+        assert oct((tmp_path / "spool").stat().st_mode & 0o777) == "0o700"
 
     rows = await db.fetch(
         "SELECT raw_body, chart_id, idempotency_key FROM signals WHERE user_id = $1 ORDER BY created_at",

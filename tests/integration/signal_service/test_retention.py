@@ -33,6 +33,7 @@ from storage_service.servicer import StorageServicer
 from storage_service.settings import StorageSettings
 from tests.conftest import settings_from
 from tests.e2e.stacks import fresh_database
+from tests.keys import SYSTEM_KEYS, open_system_channel
 from tests.support import create_user, ingest_request
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -144,8 +145,9 @@ async def stack(
     own_database_url: str, service_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[Stack]:
     """Storage (local disk) and a signal server without background tasks, on a database of their own."""
-    key = service_env["ALERTS_SERVICE_API_KEY"]
-    storage_settings = StorageSettings(api_keys=[key], storage_local_dir=tmp_path_factory.mktemp("objects"))
+    storage_settings = StorageSettings(
+        api_keys=SYSTEM_KEYS.entries(), storage_local_dir=tmp_path_factory.mktemp("objects")
+    )
     storage_service = build_service(storage_settings)
     storage_server = mesh_grpc.create_server(storage_settings)
     storage_service_pb2_grpc.add_StorageServiceServicer_to_server(
@@ -167,8 +169,8 @@ async def stack(
         server = mesh_grpc.create_server(settings)
         register(server, app)
         port, _ = await mesh_grpc.start(server, address="127.0.0.1:0", service_names=SERVICE_NAMES)
-        channel = mesh_grpc.open_channel(f"127.0.0.1:{port}", key)
-        storage_channel = mesh_grpc.open_channel(f"127.0.0.1:{storage_port}", key)
+        channel = open_system_channel(f"127.0.0.1:{port}")
+        storage_channel = open_system_channel(f"127.0.0.1:{storage_port}")
         yield Stack(
             app=app,
             users=user_service_pb2_grpc.UserServiceStub(channel),

@@ -33,6 +33,7 @@ from signal_service.sessions.service import SessionCheckScheduler
 from signal_service.settings import SignalSettings
 from tests.conftest import settings_from
 from tests.e2e.stacks import fresh_database
+from tests.keys import open_system_channel
 from tests.support import create_user, ingest_request
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -325,7 +326,7 @@ async def own_signal(
         server = mesh_grpc.create_server(settings)
         register(server, app)
         port, _ = await mesh_grpc.start(server, address="127.0.0.1:0", service_names=SERVICE_NAMES)
-        channel = mesh_grpc.open_channel(f"127.0.0.1:{port}", service_env["ALERTS_SERVICE_API_KEY"])
+        channel = open_system_channel(f"127.0.0.1:{port}")
         yield (
             app,
             user_service_pb2_grpc.UserServiceStub(channel),

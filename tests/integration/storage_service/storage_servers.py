@@ -25,12 +25,12 @@ from prometheus_client import REGISTRY
 
 from apidevs.alerts.v1 import storage_service_pb2, storage_service_pb2_grpc
 from edge.media import get_media
-from mesh.grpc import create_server, open_channel, start
+from mesh.grpc import create_server, start
 from storage_service.service import StorageService
 from storage_service.servicer import SERVICE_NAME, StorageServicer
 from storage_service.settings import StorageSettings
+from tests.keys import SYSTEM_KEYS, open_system_channel
 
-API_KEY = "storage-test-key"
 GCS_BUCKET = "alerts-test"
 S3_BUCKET = "alerts-test"
 CHUNK_BYTES = 1024 * 1024
@@ -128,7 +128,7 @@ async def serve_storage(service: StorageService, settings: StorageSettings) -> A
     storage_service_pb2_grpc.add_StorageServiceServicer_to_server(StorageServicer(service), server)
     port, _ = await start(server, address="127.0.0.1:0", service_names=[SERVICE_NAME])
     address = f"127.0.0.1:{port}"
-    channel = open_channel(address, API_KEY)
+    channel = open_system_channel(address)
     try:
         yield StorageServer(
             address=address,
@@ -206,4 +206,4 @@ async def read_object(stub: storage_service_pb2_grpc.StorageServiceStub, key: st
 
 
 def settings_for(tmp_path: Path, **overrides: Any) -> StorageSettings:
-    return StorageSettings(api_keys=API_KEY, data_dir=tmp_path, **overrides)
+    return StorageSettings(api_keys=SYSTEM_KEYS.entries(), data_dir=tmp_path, **overrides)

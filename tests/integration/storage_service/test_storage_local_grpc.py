@@ -22,7 +22,6 @@ from mesh.grpc import open_channel
 from mesh.signing import media_signature, media_signing_secret
 from storage_service.service import build_service
 from tests.integration.storage_service.storage_servers import (
-    API_KEY,
     StorageServer,
     cancelled_puts,
     free_port,
@@ -35,6 +34,7 @@ from tests.integration.storage_service.storage_servers import (
     wait_until,
     wait_until_async,
 )
+from tests.keys import SYSTEM_KEYS, open_system_channel
 
 FIVE_MIB = 5 * 1024 * 1024
 
@@ -150,7 +150,7 @@ async def test_non_images_download_as_attachments_in_a_sandbox(local: StorageSer
 
 async def test_edge_answers_503_while_storage_is_unreachable(tmp_path: Path) -> None:
     secret = media_signing_secret(settings_for(tmp_path))
-    channel = open_channel(f"127.0.0.1:{free_port()}", API_KEY)
+    channel = open_system_channel(f"127.0.0.1:{free_port()}")
     try:
         async with serve_edge_media(storage_service_pb2_grpc.StorageServiceStub(channel), secret) as edge_url:
             expires = int(time.time()) + 60
@@ -264,7 +264,7 @@ def test_run_serves_until_sigterm_and_exits_cleanly(tmp_path: Path) -> None:
     env = {
         **os.environ,
         "ALERTS_STORAGE_ADDR": f"127.0.0.1:{port}",
-        "ALERTS_API_KEYS": API_KEY,
+        "ALERTS_API_KEYS": ",".join(SYSTEM_KEYS.entries()),
         "ALERTS_DATA_DIR": str(tmp_path),
     }
     process = subprocess.Popen(

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from alerts.stack import Stack, build_stack
+from mesh.auth import Role, role_entry
 
 
 def wiring(tmp_path: Path, **options) -> Stack:
@@ -19,17 +20,27 @@ def wiring(tmp_path: Path, **options) -> Stack:
     )
 
 
-def test_the_services_key_is_accepted_beside_the_configured_ones(tmp_path: Path) -> None:
+def test_the_operators_key_is_admin_beside_the_configured_ones(tmp_path: Path) -> None:
     # `alerts dev` with ALERTS_API_KEYS set used to leave its own key out: every service call was refused.
     stack = wiring(tmp_path, service_key="sk-services", accepted_keys=["sk-platform", "sha256:ab@user:7"])
     assert stack.api_key == "sk-services"
-    assert stack.env["ALERTS_API_KEYS"].split(",") == ["sk-services", "sk-platform", "sha256:ab@user:7"]
+    assert stack.env["ALERTS_API_KEYS"].split(",") == [
+        "sk-platform",
+        "sha256:ab@user:7",
+        role_entry("sk-services", Role.ADMIN),
+        role_entry(stack.keys.edge, Role.EDGE),
+        role_entry(stack.keys.worker, Role.WORKER),
+    ]
 
 
-def test_a_key_is_generated_and_accepted_when_none_is_given(tmp_path: Path) -> None:
+def test_each_process_presents_the_key_of_its_own_role(tmp_path: Path) -> None:
     stack = wiring(tmp_path)
-    assert stack.api_key
-    assert stack.env["ALERTS_API_KEYS"] == stack.api_key
+    presented = {
+        name: stack.process(name).env["ALERTS_SERVICE_API_KEY"] for name in ("edge", "signal", "capture-0")
+    }
+    assert presented == {"edge": stack.keys.edge, "signal": stack.keys.worker, "capture-0": stack.keys.worker}
+    assert stack.process("storage").env["ALERTS_SERVICE_API_KEY"] == stack.api_key
+    assert len({stack.api_key, stack.keys.edge, stack.keys.worker}) == 3
 
 
 def test_ports_left_out_are_distinct_free_loopback_ones(tmp_path: Path) -> None:

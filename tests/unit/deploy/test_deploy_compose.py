@@ -159,13 +159,21 @@ def test_edge_trusts_forwarded_headers_only_from_envoy() -> None:
 def test_secrets_come_from_the_environment() -> None:
     for name, service in app_services().items():
         environment = service["environment"]
-        for variable in (
-            "ALERTS_API_KEYS",
-            "ALERTS_SERVICE_API_KEY",
-            "ALERTS_COOKIE_KEYS",
-            "ALERTS_MEDIA_SIGNING_KEY",
-        ):
+        for variable in ("ALERTS_API_KEYS", "ALERTS_COOKIE_KEYS", "ALERTS_MEDIA_SIGNING_KEY"):
             assert environment[variable].startswith(f"${{{variable}:?"), f"{name}: {variable} is not required"
+
+
+def test_the_edge_and_the_workers_present_keys_of_their_own_role() -> None:
+    presented = {
+        name: service["environment"].get("ALERTS_SERVICE_API_KEY") for name, service in app_services().items()
+    }
+    assert presented["edge"].startswith("${EDGE_SERVICE_API_KEY:?")
+    assert presented["capture"].startswith("${WORKER_SERVICE_API_KEY:?")
+    assert presented["signal"].startswith("${WORKER_SERVICE_API_KEY:?")
+    callers = {"edge", "capture", "signal"}
+    assert all(presented[name] is None for name in presented.keys() - callers), (
+        "a key for a process calling no one"
+    )
 
 
 def test_env_example_names_every_required_variable() -> None:

@@ -36,6 +36,8 @@ SECRET_PLACEHOLDERS = {
     "ALERTS_REDIS_URL": "redis://:placeholder@redis.internal:6379/0",
     "ALERTS_API_KEYS": "sha256:" + "ab" * 32 + "@role:platform",
     "ALERTS_SERVICE_API_KEY": "placeholder-service-key",
+    "EDGE_SERVICE_API_KEY": "placeholder-edge-key",
+    "WORKER_SERVICE_API_KEY": "placeholder-worker-key",
     "ALERTS_COOKIE_KEYS": "k1:" + "A" * 43 + "=",
     "ALERTS_MEDIA_SIGNING_KEY": "placeholder-media-signing-key",
     "POSTGRES_PASSWORD": "placeholder",

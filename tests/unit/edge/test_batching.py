@@ -55,7 +55,7 @@ def _result(request: signal_service_pb2.IngestWebhookRequest) -> signal_service_
 
 
 async def _serve(servicer: _Recording) -> tuple[grpc.aio.Server, str]:
-    settings = CommonSettings(api_keys="k1")
+    settings = CommonSettings(api_keys="k1@role:edge")
     server = mesh_grpc.create_server(settings)
     signal_service_pb2_grpc.add_SignalServiceServicer_to_server(servicer, server)
     port, _ = await mesh_grpc.start(server, address="127.0.0.1:0", service_names=["x"])

@@ -152,6 +152,64 @@ async def test_a_full_spool_refuses_until_replays_make_room(tmp_path: Path) -> N
         await spool.close()
 
 
+async def test_one_source_holds_at_most_its_share_however_its_appends_are_batched(tmp_path: Path) -> None:
+    request = webhook("tok")
+    one = len(request.SerializeToString()) + 38
+    spool = WebhookSpool(tmp_path, max_bytes=one * 10, max_bytes_per_source=one * 2)
+    await spool.open()
+    try:
+        together = await asyncio.gather(
+            *(spool.append(request, request_id="a", source="198.51.100.7") for _ in range(4)),
+            return_exceptions=True,
+        )
+        assert [isinstance(outcome, SpoolFullError) for outcome in together] == [False, False, True, True]
+        with pytest.raises(SpoolFullError, match="from this source"):
+            await spool.append(request, request_id="a", source="198.51.100.7")
+        await spool.append(request, request_id="b", source="2001:db8::/64")
+        await spool.append(request, request_id="c", source="198.51.100.8")
+        assert (await spool.totals()).pending == 4
+
+        await spool.remove((await spool.oldest(1))[0].id)
+        await spool.append(request, request_id="a", source="198.51.100.7")
+        assert (await spool.totals()).pending == 4
+    finally:
+        await spool.close()
+
+
+async def test_the_spool_files_are_private_and_take_an_older_spool_in(tmp_path: Path) -> None:
+    """A spool written before per-source limits (no source column, files 0644) opens, is restricted to
+    its owner, and its records count as no one's."""
+    import sqlite3
+
+    directory = tmp_path / "spool"
+    directory.mkdir(mode=0o755)
+    older = sqlite3.connect(directory / "webhooks.sqlite3")
+    older.executescript(
+        "PRAGMA journal_mode = WAL;"
+        "CREATE TABLE spooled_requests (id INTEGER PRIMARY KEY AUTOINCREMENT, request_id TEXT NOT NULL,"
+        " size INTEGER NOT NULL, request BLOB NOT NULL);"
+    )
+    older.execute(
+        "INSERT INTO spooled_requests (request_id, size, request) VALUES ('old', 3, ?)",
+        (webhook("old").SerializeToString(),),
+    )
+    older.commit()
+    older.close()
+    (directory / "webhooks.sqlite3").chmod(0o644)
+
+    spool = WebhookSpool(directory, max_bytes=1 << 20, max_bytes_per_source=1 << 10)
+    await spool.open()
+    try:
+        [old] = await spool.oldest(5)
+        assert old.request.webhook_token == "old"
+        await spool.append(webhook("new"), request_id="new", source="198.51.100.7")
+        modes = {path.name: path.stat().st_mode & 0o777 for path in directory.iterdir() if path.is_file()}
+        assert set(modes.values()) == {0o600}, modes
+        assert directory.stat().st_mode & 0o777 == 0o700
+    finally:
+        await spool.close()
+
+
 async def test_concurrent_appends_share_a_transaction_and_only_what_fits_is_kept(tmp_path: Path) -> None:
     request = webhook("tok")
     one = len(request.SerializeToString()) + 38
@@ -255,7 +313,7 @@ async def scripted() -> AsyncIterator[
     tuple[_ScriptedSignalService, signal_service_pb2_grpc.SignalServiceStub]
 ]:
     service = _ScriptedSignalService()
-    server = mesh_grpc.create_server(CommonSettings(api_keys="key"))
+    server = mesh_grpc.create_server(CommonSettings(api_keys="key@role:edge"))
     signal_service_pb2_grpc.add_SignalServiceServicer_to_server(service, server)
     port, _ = await mesh_grpc.start(server, address="127.0.0.1:0", service_names=["x"])
     channel = mesh_grpc.open_channel(f"127.0.0.1:{port}", "key")
@@ -278,10 +336,13 @@ async def _refusal(stub: signal_service_pb2_grpc.SignalServiceStub, service, err
         (PermissionDeniedError("no", reason="IP_NOT_ALLOWED"), True),
         (InvalidArgumentError("too big", reason="BODY_TOO_LARGE"), True),
         (ResourceExhaustedError("quota", reason="QUOTA_EXCEEDED"), True),
-        (ResourceExhaustedError("slow down", reason="RATE_LIMITED", retry_after_seconds=1), False),
+        # A replay skips the user's limits: only its source's unknown-token limit answers this.
+        (ResourceExhaustedError("slow down", reason="RATE_LIMITED", retry_after_seconds=1), True),
         (UnavailableError("database unavailable", reason="DATABASE_UNAVAILABLE"), False),
         (InternalError("boom"), False),
         (UnauthenticatedError("bad key"), False),
+        (PermissionDeniedError("the platform role may not call IngestWebhook", reason="ROLE"), False),
+        (PermissionDeniedError("only the edge may set source_ip", reason="EDGE_ONLY_FIELD"), False),
     ],
 )
 async def test_only_refusals_that_would_repeat_settle_a_replay(scripted, error, settled) -> None:

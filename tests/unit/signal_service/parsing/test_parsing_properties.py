@@ -487,3 +487,11 @@ def test_standard_format_time_and_time_now_are_kept_apart(
     assert result.alert_time == (fired_at if fired_first else bar_time)
     assert result.extra == {}
     assert result.status is ParseStatus.COMPLETE
+
+
+def test_a_json_number_beyond_decimals_range_is_invalid_json_not_a_crash() -> None:
+    body = b"1.2e-59999999999999999999999999999999999999999"
+    result = parse_alert(body, content_type="application/json", query=None, received_at=datetime.now(UTC))
+
+    assert "json_invalid" in result.problems
+    check_invariants(result, body)

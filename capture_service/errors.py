@@ -28,12 +28,36 @@ class BrowserUnavailableError(CaptureError):
     reason = "browser_error"
 
 
-class StorageUnavailableError(CaptureError):
+class DependencyUnavailableError(CaptureError):
+    """A service the job needs did not answer (it is down, restarting, or its database is): the chart is
+    not at fault, so the job waits for it without using up a retry (see capture_service/tasks.py)."""
+
+
+class StorageUnavailableError(DependencyUnavailableError):
     reason = "storage_unavailable"
 
 
-class SignalServiceUnavailableError(CaptureError):
+class SignalServiceUnavailableError(DependencyUnavailableError):
     reason = "signal_unavailable"
+
+
+class StorageRefusedError(CaptureError):
+    """The storage service answered, with an error other than "unavailable"."""
+
+    reason = "storage_error"
+
+
+class SignalServiceRefusedError(CaptureError):
+    """The signal service answered, with an error other than "unavailable"."""
+
+    reason = "signal_error"
+
+
+class InfrastructureUnavailableError(CaptureError):
+    """A dependency stayed unavailable past ALERTS_CAPTURE_INFRASTRUCTURE_DEADLINE_SECONDS."""
+
+    reason = "infrastructure_unavailable"
+    retryable = False
 
 
 class SessionInvalidError(CaptureError):

@@ -31,6 +31,12 @@ class CaptureSettings(CommonSettings):
     # by max_backoff: 2-4 s, 4-8 s, 8-16 s by default.
     capture_min_backoff_ms: int = Field(default=2_000, ge=1)
     capture_max_backoff_ms: int = Field(default=16_000, ge=1)
+    # An attempt that could not reach the signal or storage service (or their database) waits and tries
+    # again without using up a retry, backing off from min to max; after this long it is FAILED with
+    # reason infrastructure_unavailable.
+    capture_infrastructure_deadline_seconds: float = Field(default=600.0, gt=0)
+    capture_infrastructure_min_backoff_ms: int = Field(default=1_000, ge=1)
+    capture_infrastructure_max_backoff_ms: int = Field(default=30_000, ge=1)
     # A worker silent for this long is dead: its unacknowledged jobs go back on their queues.
     dramatiq_heartbeat_timeout_ms: int = Field(default=30_000, ge=1_000)
     # Out of a million broker commands, how many also run that dead-worker sweep (Dramatiq's default is

@@ -32,11 +32,25 @@ signal's owner and id and accepts no other in the report), so a repeated job ove
 and reports the same key. A logged-out TradingView page, a missing or unreadable session are
 reported FAILED at once and not retried; any other failure is retried with backoff (see broker.py) and,
 after the last retry, reported FAILED with its reason by :class:`CaptureWorkerMiddleware`.
+
+Infrastructure faults
+---------------------
+An attempt that could not reach the signal service (or, through it, the database) or the storage
+service is not the chart's failure and does not use up a retry: the job goes back on its queue with a
+delay of its own, doubling from ``capture_infrastructure_min_backoff_ms`` to ``..._max_backoff_ms``, and the
+time it started waiting travels in the message. Past ``capture_infrastructure_deadline_seconds`` it is
+reported FAILED with reason ``infrastructure_unavailable``.
+
+An outcome the worker holds (a capture uploaded, a failure decided) is reported until the signal service
+records it: a few seconds of retries in process, then the report itself is put on the job's queue as a
+message of its own (delayed, backing off the same way) and sent again from there, by whichever worker
+takes it. It lives in Redis from then on, so neither a restart nor a graceful shutdown drops it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import logging
 import os
@@ -65,14 +79,18 @@ from capture_service.browser import BrowserPool
 from capture_service.capture import TradingViewSession, capture_chart, chart_url
 from capture_service.errors import (
     CaptureError,
+    DependencyUnavailableError,
+    InfrastructureUnavailableError,
     SessionMissingError,
     SessionUndecryptableError,
+    SignalServiceRefusedError,
     SignalServiceUnavailableError,
+    StorageRefusedError,
     StorageUnavailableError,
 )
 from capture_service.settings import CaptureSettings
 from mesh.crypto import CookieCipher, CookieCipherError
-from mesh.errors import FailedPreconditionError, NotFoundError, from_rpc_error
+from mesh.errors import AlertsError, FailedPreconditionError, NotFoundError, from_rpc_error
 from mesh.grpc import GrpcTls, open_channel
 from mesh.queues import PLANS_BY_PRIORITY, capture_actor, capture_queue, capture_workers_key
 
@@ -82,11 +100,25 @@ UPLOAD_CHUNK_BYTES = 1024 * 1024
 _RPC_TIMEOUT_SECONDS = 10.0
 _UPLOAD_TIMEOUT_SECONDS = 20.0
 _HEARTBEAT_SECONDS = 5.0
+# Answers meaning the peer, or what it depends on, is away, rather than that it refused the call.
+_PEER_AWAY_CODES = frozenset(
+    {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED}
+)
+# How long an outcome is reported in process before it is handed to Redis as a message of its own: short,
+# as the attempt's time limit still runs.
+_REPORT_IN_PROCESS_SECONDS = 4.0
+_REPORT_FIRST_RETRY_SECONDS = 0.25
+# Message options carrying a job's state across the re-enqueues above.
+WAITING_SINCE_OPTION = "infrastructure_waiting_since_ms"
+WAITS_OPTION = "infrastructure_waits"
+HELD_REPORT_OPTION = "held_report"
 
 CAPTURES = Counter(
     "alerts_captures_total",
     "Capture attempts by outcome: success, failed (for good), retried (the attempt failed; retried unless "
-    "it was the last), skipped (nothing to do); reason says why one did not succeed",
+    "it was the last), waiting (a dependency was unavailable; tried again without using up a retry), "
+    "held (its outcome could not be reported yet; sent again from the queue), skipped (nothing to do); "
+    "reason says why one did not succeed",
     ["outcome", "reason"],
 )
 CAPTURE_DURATION = Histogram(
@@ -102,6 +134,32 @@ def capture_priority(plan: str) -> int:
 
 
 CAPTURE_ACTOR_NAMES = frozenset(capture_actor(plan) for plan in PLANS_BY_PRIORITY)
+
+
+class DependencyWait(Exception):
+    """The attempt could not reach a dependency: the actor puts the job back on its queue, delayed."""
+
+    def __init__(self, cause: DependencyUnavailableError, *, waiting_since_ms: int) -> None:
+        super().__init__(str(cause))
+        self.reason = cause.reason
+        self.waiting_since_ms = waiting_since_ms
+
+
+class OutcomeHeld(Exception):
+    """An outcome the signal service has not recorded yet: the actor puts it on the queue to send again."""
+
+    def __init__(self, request: signal_service_pb2.ReportCaptureRequest, cause: CaptureError) -> None:
+        super().__init__(str(cause))
+        self.request = request
+
+
+def encode_report(request: signal_service_pb2.ReportCaptureRequest) -> str:
+    """A report as a message option (options are JSON)."""
+    return base64.b64encode(request.SerializeToString()).decode()
+
+
+def decode_report(option: str) -> signal_service_pb2.ReportCaptureRequest:
+    return signal_service_pb2.ReportCaptureRequest.FromString(base64.b64decode(option))
 
 
 def failure_reason(exception: BaseException) -> str:
@@ -176,9 +234,15 @@ class CaptureWorker:
                 log.warning("worker heartbeat failed", extra={"error": str(exc)})
             await asyncio.sleep(_HEARTBEAT_SECONDS)
 
-    async def run(self, signal_id: str, *, attempt: int) -> None:
-        """One attempt at one capture; raises a retryable CaptureError when it should be tried again."""
-        claim = await self._claim(signal_id, attempt)
+    async def run(self, signal_id: str, *, attempt: int, waiting_since_ms: int | None = None) -> None:
+        """One attempt at one capture; raises a retryable CaptureError when it should be tried again,
+        DependencyWait when a dependency was unavailable, OutcomeHeld when its outcome is not recorded yet.
+        `waiting_since_ms` is when this job first found a dependency unavailable, if it did."""
+        try:
+            claim = await self._claim(signal_id, attempt)
+        except DependencyUnavailableError as exc:
+            await self._wait_or_give_up(signal_id, exc, attempt=attempt, waiting_since_ms=waiting_since_ms)
+            return
         if claim is None or not claim.proceed:
             CAPTURES.labels("skipped", "").inc()
             log.info("capture skipped", extra={"signal_id": signal_id, "attempt": attempt})
@@ -216,7 +280,12 @@ class CaptureWorker:
             CAPTURES.labels("failed", exc.reason).inc()
             return
         key = claim.object_key
-        await self._upload(key, shot.png)
+        try:
+            await self._upload(key, shot.png)
+        except DependencyUnavailableError as exc:
+            # The claim went through, so this is a new wait, not the one the job may have had before it.
+            await self._wait_or_give_up(signal_id, exc, attempt=attempt, waiting_since_ms=None)
+            return
         duration = time.monotonic() - started
         await self._report(
             signal_service_pb2.ReportCaptureRequest(
@@ -243,8 +312,34 @@ class CaptureWorker:
             },
         )
 
+    async def _wait_or_give_up(
+        self,
+        signal_id: str,
+        cause: DependencyUnavailableError,
+        *,
+        attempt: int,
+        waiting_since_ms: int | None,
+    ) -> None:
+        """Raises DependencyWait while the job is within its infrastructure deadline; past it, reports the
+        capture FAILED with reason infrastructure_unavailable."""
+        now_ms = int(time.time() * 1000)
+        since_ms = waiting_since_ms or now_ms
+        if now_ms - since_ms < self.settings.capture_infrastructure_deadline_seconds * 1000:
+            raise DependencyWait(cause, waiting_since_ms=since_ms) from cause
+        reason = InfrastructureUnavailableError.reason
+        log.error(
+            "capture failed",
+            extra={
+                "signal_id": signal_id,
+                "reason": reason,
+                "error": str(cause),
+                "waited_seconds": round((now_ms - since_ms) / 1000),
+            },
+        )
+        await self.report_failure(signal_id, reason=reason, attempt=attempt)
+
     async def report_failure(self, signal_id: str, *, reason: str, attempt: int) -> None:
-        """Records a capture that ran out of retries."""
+        """Records a capture that failed for good (ran out of retries, or of time to wait)."""
         CAPTURES.labels("failed", reason).inc()
         await self._report(
             signal_service_pb2.ReportCaptureRequest(
@@ -280,9 +375,29 @@ class CaptureWorker:
             if isinstance(error, NotFoundError):
                 log.warning("capture for an unknown signal dropped", extra={"signal_id": signal_id})
                 return None
-            raise SignalServiceUnavailableError(f"ClaimCapture failed: {error.code.name} {error}") from exc
+            raise _signal_service_error("ClaimCapture", error) from exc
 
     async def _report(self, request: signal_service_pb2.ReportCaptureRequest) -> None:
+        """Records an outcome, trying again for a few seconds; raises OutcomeHeld if it is not recorded by
+        then, for the actor to send it again from the queue."""
+        deadline = time.monotonic() + _REPORT_IN_PROCESS_SECONDS
+        delay = _REPORT_FIRST_RETRY_SECONDS
+        while True:
+            try:
+                await self._send_report(request)
+                return
+            except CaptureError as exc:
+                if time.monotonic() + delay > deadline:
+                    raise OutcomeHeld(request, exc) from exc
+                await asyncio.sleep(delay)
+                delay *= 2
+
+    async def deliver_held_report(self, request: signal_service_pb2.ReportCaptureRequest) -> None:
+        """Sends an outcome an earlier attempt could not; raises OutcomeHeld while it still cannot."""
+        await self._report(request)
+        log.info("held capture report recorded", extra={"signal_id": request.signal_id})
+
+    async def _send_report(self, request: signal_service_pb2.ReportCaptureRequest) -> None:
         assert self._signals is not None
         try:
             await self._signals.ReportCapture(request, timeout=_RPC_TIMEOUT_SECONDS)
@@ -295,7 +410,7 @@ class CaptureWorker:
                     extra={"signal_id": request.signal_id, "reason": error.reason, "error": str(error)},
                 )
                 return
-            raise SignalServiceUnavailableError(f"ReportCapture failed: {error.code.name} {error}") from exc
+            raise _signal_service_error("ReportCapture", error) from exc
 
     def decrypt_session(self, ciphertext: bytes) -> TradingViewSession:
         if not ciphertext:
@@ -319,7 +434,17 @@ class CaptureWorker:
             await self._storage.PutObject(parts(), timeout=_UPLOAD_TIMEOUT_SECONDS)
         except grpc.aio.AioRpcError as exc:
             error = from_rpc_error(exc)
-            raise StorageUnavailableError(f"PutObject failed: {error.code.name} {error}") from exc
+            message = f"PutObject failed: {error.code.name} {error}"
+            if error.code in _PEER_AWAY_CODES:
+                raise StorageUnavailableError(message) from exc
+            raise StorageRefusedError(message) from exc
+
+
+def _signal_service_error(method: str, error: AlertsError) -> CaptureError:
+    message = f"{method} failed: {error.code.name} {error}"
+    if error.code in _PEER_AWAY_CODES:
+        return SignalServiceUnavailableError(message)
+    return SignalServiceRefusedError(message)
 
 
 class CaptureWorkerMiddleware(AsyncIO):
@@ -353,6 +478,10 @@ class CaptureWorkerMiddleware(AsyncIO):
     ) -> None:
         if exception is None or not message.failed or message.actor_name not in CAPTURE_ACTOR_NAMES:
             return
+        if HELD_REPORT_OPTION in message.options:
+            # Only re-enqueueing a held report can fail this way (Redis away): the message stays
+            # unacknowledged and is redelivered, report included; it must not be replaced by a failure.
+            return
         signal_id = str(message.args[0])
         reason = failure_reason(exception)
         # Retries has already counted this attempt.
@@ -360,9 +489,8 @@ class CaptureWorkerMiddleware(AsyncIO):
         log.error("capture failed after its last retry", extra={"signal_id": signal_id, "reason": reason})
         try:
             _event_loop().run_coroutine(self.worker.report_failure(signal_id, reason=reason, attempt=attempt))
-        except CaptureError as exc:
-            # The message is dead-lettered either way; signal_service's sweeper re-queues stale captures.
-            log.error("could not report a failed capture", extra={"signal_id": signal_id, "error": str(exc)})
+        except OutcomeHeld as held:
+            hold_report(broker, message, held, settings=self.worker.settings)
 
 
 def _event_loop() -> Any:
@@ -372,17 +500,72 @@ def _event_loop() -> Any:
     return loop_thread
 
 
+def infrastructure_backoff_ms(settings: CaptureSettings, waits: int) -> int:
+    """The delay before a job's next try after `waits` earlier ones found a dependency unavailable."""
+    first = settings.capture_infrastructure_min_backoff_ms
+    return min(settings.capture_infrastructure_max_backoff_ms, first * 2 ** min(waits, 30))
+
+
+def _requeue(
+    broker: Broker, message: MessageProxy, options: dict[str, Any], settings: CaptureSettings
+) -> int:
+    """Puts a copy of `message` back on its queue, delayed, with `options` added; returns the delay."""
+    waits = int(message.options.get(WAITS_OPTION, 0))
+    delay_ms = infrastructure_backoff_ms(settings, waits)
+    broker.enqueue(message.copy(options={**options, WAITS_OPTION: waits + 1}), delay=delay_ms)
+    return delay_ms
+
+
+def hold_report(
+    broker: Broker, message: MessageProxy, held: OutcomeHeld, *, settings: CaptureSettings
+) -> None:
+    """Puts an outcome the signal service has not recorded yet on the queue, to send again later."""
+    delay_ms = _requeue(broker, message, {HELD_REPORT_OPTION: encode_report(held.request)}, settings)
+    CAPTURES.labels("held", "").inc()
+    log.warning(
+        "capture report held",
+        extra={"signal_id": held.request.signal_id, "error": str(held), "retry_in_ms": delay_ms},
+    )
+
+
 def declare_capture_actors(broker: Broker, worker: CaptureWorker) -> list[dramatiq.Actor[..., Any]]:
     """Declares one actor per plan queue on `broker`, all running `worker`'s job."""
 
     async def capture_screenshot(signal_id: str) -> None:
         message = CurrentMessage.get_current_message()
-        options = message.options if message is not None else {}
+        assert message is not None, "capture actors run under Dramatiq's CurrentMessage middleware"
+        options = message.options
         attempt = int(options.get("retries", 0))
         try:
             with JOBS_IN_PROGRESS.track_inprogress():
-                await worker.run(signal_id, attempt=attempt)
+                if HELD_REPORT_OPTION in options:
+                    await worker.deliver_held_report(decode_report(options[HELD_REPORT_OPTION]))
+                else:
+                    waiting_since = options.get(WAITING_SINCE_OPTION)
+                    await worker.run(
+                        signal_id,
+                        attempt=attempt,
+                        waiting_since_ms=int(waiting_since) if waiting_since is not None else None,
+                    )
+        except DependencyWait as wait:
+            waited = {WAITING_SINCE_OPTION: wait.waiting_since_ms}
+            delay_ms = _requeue(broker, message, waited, worker.settings)
+            CAPTURES.labels("waiting", wait.reason).inc()
+            log.warning(
+                "capture waiting for a dependency",
+                extra={
+                    "signal_id": signal_id,
+                    "reason": wait.reason,
+                    "error": str(wait),
+                    "retry_in_ms": delay_ms,
+                },
+            )
+        except OutcomeHeld as held:
+            hold_report(broker, message, held, settings=worker.settings)
         except CaptureError as exc:
+            # A failure of the attempt itself: a later infrastructure wait starts its own clock.
+            options.pop(WAITING_SINCE_OPTION, None)
+            options.pop(WAITS_OPTION, None)
             CAPTURES.labels("retried", exc.reason).inc()
             log.warning(
                 "capture finished",

@@ -337,12 +337,20 @@ class SpoolReplayer:
         self._max_backoff = max_backoff_seconds
         self._batch_size = batch_size
         self._wake = asyncio.Event()
+        self._resume = asyncio.Event()
+        self._backing_off = False
         self._task: asyncio.Task[None] | None = None
         self._lock_file: IO[bytes] | None = None
 
     def kick(self) -> None:
         """Called after an append: the leader looks at the spool now rather than at its next poll."""
         self._wake.set()
+
+    def signal_service_answered(self) -> None:
+        """Called when a webhook got through: a leader backing off after failed replays replays now, so
+        the spool drains as soon as the signal service is back rather than at the end of its backoff."""
+        if self._backing_off:
+            self._resume.set()
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="spool-replayer")
@@ -413,8 +421,15 @@ class SpoolReplayer:
                 log.exception("spool replay pass failed")
             self._wake.clear()
             if failures:
-                # Backing off: appends do not cut the wait short, or an outage would spin the loop.
-                await asyncio.sleep(delay)
+                # Backing off: appends do not cut the wait short, or an outage would spin the loop; a
+                # webhook that got through does (signal_service_answered).
+                self._resume.clear()
+                self._backing_off = True
+                try:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._resume.wait(), timeout=delay)
+                finally:
+                    self._backing_off = False
             else:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), timeout=delay)

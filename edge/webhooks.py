@@ -266,6 +266,7 @@ async def _answer(request: Request, token: str, chart: str | None, request_id: s
         if error.code in SPOOL_WORTHY_CODES:
             return await _spool(request, ingest, request_id)
         return error_response(error), http_status_for(error)[1]
+    request.app.state.spool_replayer.signal_service_answered()
     response = Response(
         {
             "success": True,

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import signal
 import time
@@ -47,6 +48,15 @@ _KEEPALIVE_OPTIONS = [
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.http2.max_pings_without_data", 0),
 ]
+# A peer that comes back is reached within a second: gRPC's defaults back off up to two minutes between
+# attempts (1 s first, x1.6, +-20% jitter) and give an attempt at least 20 s, during which calls on the
+# channel fail fast and the edge keeps spooling. An attempt at a peer that is down costs one refused
+# connect, so retrying twice a second is cheap; 1 s is ample for a TCP and HTTP/2 handshake in a cluster.
+_RECONNECT_OPTIONS = [
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 500),
+    ("grpc.min_reconnect_backoff_ms", 1_000),
+]
 _SERVER_OPTIONS = [
     *_KEEPALIVE_OPTIONS,
     ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
@@ -59,9 +69,24 @@ def new_request_id() -> str:
     return uuid.uuid4().hex
 
 
+ErrorTranslator = Callable[[BaseException], AlertsError | None]
+
+
+def _no_translation(exc: BaseException) -> AlertsError | None:
+    return None
+
+
+# The serving server's translator of failures that are not domain errors (a dependency down, say), set per
+# call by its interceptor so that every path to `caller_error` uses it, batch items included.
+_translate_error: contextvars.ContextVar[ErrorTranslator] = contextvars.ContextVar(
+    "translate_error", default=_no_translation
+)
+
+
 class _ServerInterceptor(grpc.aio.ServerInterceptor):
-    def __init__(self, keys: ApiKeyRing) -> None:
+    def __init__(self, keys: ApiKeyRing, translate_error: ErrorTranslator) -> None:
         self._keys = keys
+        self._translate_error = translate_error
 
     async def intercept_service(
         self,
@@ -74,6 +99,7 @@ class _ServerInterceptor(grpc.aio.ServerInterceptor):
             return handler
         metadata = {key: value for key, value in handler_call_details.invocation_metadata or ()}
         request_id_var.set(str(metadata.get("x-request-id") or new_request_id()))
+        _translate_error.set(self._translate_error)
         rejection: AlertsError | None = None
         try:
             principal = self._keys.authenticate(metadata.get("authorization"))
@@ -85,10 +111,20 @@ class _ServerInterceptor(grpc.aio.ServerInterceptor):
 
 
 def caller_error(exc: Exception, method: str) -> AlertsError:
-    """What a caller is told of a handler's failure: a domain error as it is; anything unexpected is logged
-    here and becomes a bare INTERNAL, since its message may carry what no caller should see."""
+    """What a caller is told of a handler's failure: a domain error as it is; a failure the server's
+    translator knows (a dependency unreachable: UNAVAILABLE, so callers retry or spool) as it says; anything
+    unexpected is logged here, once, and becomes a bare INTERNAL, since its message may carry what no
+    caller should see. Log records carry the call's request id (mesh.logging)."""
     if isinstance(exc, AlertsError):
         return exc
+    translated = _translate_error.get()(exc)
+    if translated is not None:
+        # Expected while a dependency restarts: the type is enough, no traceback per call.
+        log.warning(
+            "dependency unavailable",
+            extra={"method": method, "reason": translated.reason, "error_type": type(exc).__name__},
+        )
+        return translated
     log.error("unhandled error", extra={"method": method}, exc_info=exc)
     return InternalError("internal error")
 
@@ -106,8 +142,7 @@ def _code_name(context: grpc.aio.ServicerContext) -> str:
 async def _call_outcome(
     context: grpc.aio.ServicerContext, method: str, *, timed: bool
 ) -> AsyncIterator[None]:
-    """Turns what a handler raised into its status (domain errors with their details, anything unexpected
-    into a bare INTERNAL) and counts the call by outcome."""
+    """Turns what a handler raised into its status (see caller_error) and counts the call by outcome."""
     started = time.perf_counter()
     code = "OK"
     GRPC_IN_FLIGHT.inc()
@@ -123,8 +158,9 @@ async def _call_outcome(
         code = "CANCELLED"
         raise
     except Exception as exc:
-        code = "INTERNAL"
-        await _abort(context, caller_error(exc, method))
+        error = caller_error(exc, method)
+        code = error.code.name
+        await _abort(context, error)
     finally:
         GRPC_IN_FLIGHT.dec()
         GRPC_HANDLED.labels(method, code).inc()
@@ -197,11 +233,15 @@ class GrpcTls:
         )
 
 
-def create_server(settings: CommonSettings) -> grpc.aio.Server:
+def create_server(
+    settings: CommonSettings, *, translate_error: ErrorTranslator = _no_translation
+) -> grpc.aio.Server:
+    """A server with the shared interceptor; `translate_error` maps failures that are not domain errors
+    to the error callers get (None leaves them INTERNAL), e.g. signal_service.database.database_error."""
     keys = ApiKeyRing(settings.api_keys)
     if not keys:
         raise RuntimeError("no API keys configured (ALERTS_API_KEYS): every call would be refused")
-    return grpc.aio.server(interceptors=[_ServerInterceptor(keys)], options=_SERVER_OPTIONS)
+    return grpc.aio.server(interceptors=[_ServerInterceptor(keys, translate_error)], options=_SERVER_OPTIONS)
 
 
 async def start(
@@ -316,8 +356,7 @@ def open_channel(
     options = [
         *_KEEPALIVE_OPTIONS,
         ("grpc.max_receive_message_length", 8 * 1024 * 1024),
-        # After an outage, reconnect within seconds rather than gRPC's default of up to two minutes.
-        ("grpc.max_reconnect_backoff_ms", 5_000),
+        *_RECONNECT_OPTIONS,
     ]
     interceptors = None if per_call_metadata else [kind(api_key) for kind in _METADATA_INTERCEPTORS]
     if tls is None:

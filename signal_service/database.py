@@ -11,10 +11,11 @@ import asyncpg
 from asyncpg.connection import LoggedQuery
 from prometheus_client import Histogram
 from sqlalchemy import event
+from sqlalchemy import exc as sqlalchemy_exc
 from sqlalchemy.engine import Connection
-from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
+from mesh.errors import UnavailableError
 from mesh.metrics import LATENCY_BUCKETS
 
 DB_QUERY_LATENCY = Histogram(
@@ -22,15 +23,23 @@ DB_QUERY_LATENCY = Histogram(
 )
 _QUERY_STARTED = "alerts_query_started"
 
+# Raised when the connection broke or the server is away, whatever the statement was: refused, reset or
+# timed-out sockets, a protocol closed under a running query ("cannot switch to state ...; another
+# operation is in progress" is asyncpg's InternalClientError after a connection died mid-statement), and
+# SQLAlchemy's pool running out of connections while PostgreSQL is slow to answer.
 _UNREACHABLE = (
     OSError,
     TimeoutError,
     asyncpg.PostgresConnectionError,
     asyncpg.InterfaceError,
-    asyncpg.AdminShutdownError,
-    asyncpg.CrashShutdownError,
-    asyncpg.CannotConnectNowError,
+    asyncpg.InternalClientError,
+    sqlalchemy_exc.TimeoutError,
 )
+# SQLSTATEs a server sends while it goes away or is not ready: class 08 (connection exception), 57P01-57P03
+# (admin shutdown, crash shutdown, cannot connect now, e.g. while starting or recovering) and 53300 (too
+# many connections: the same for a caller, try again shortly).
+_UNREACHABLE_SQLSTATE_CLASSES = ("08",)
+_UNREACHABLE_SQLSTATES = frozenset({"57P01", "57P02", "57P03", "53300"})
 
 
 def create_engine(database_url: str, *, pool_size: int = 10) -> AsyncEngine:
@@ -126,17 +135,40 @@ class Database:
 def database_unreachable(exc: BaseException) -> bool:
     """Whether `exc` means PostgreSQL could not be reached or went away (down, restarting, network), as
     opposed to a statement that failed: the first is worth retrying later, the second is not.
+
+    Looks through SQLAlchemy's wrapping (``orig``) and every cause and context, since the driver's error
+    may surface under a later one (a rollback failing on the dead connection, say).
     """
+    seen: set[int] = set()
+    pending: list[BaseException] = [exc]
+    while pending:
+        current = pending.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        if _unreachable_itself(current):
+            return True
+        linked = [current.__cause__, current.__context__]
+        if isinstance(current, sqlalchemy_exc.DBAPIError):
+            linked.append(current.orig)
+        pending.extend(item for item in linked if isinstance(item, BaseException))
+    return False
+
+
+def _unreachable_itself(exc: BaseException) -> bool:
     if isinstance(exc, _UNREACHABLE):
         return True
-    if not isinstance(exc, DBAPIError):
-        return False
-    if exc.connection_invalidated:
+    if isinstance(exc, sqlalchemy_exc.DBAPIError) and exc.connection_invalidated:
         return True
-    # SQLAlchemy wraps the driver's exception, which wraps asyncpg's own.
-    cause: BaseException | None = exc.orig if isinstance(exc.orig, BaseException) else None
-    while cause is not None:
-        if isinstance(cause, _UNREACHABLE):
-            return True
-        cause = cause.__cause__
-    return False
+    sqlstate = getattr(exc, "sqlstate", None)
+    return isinstance(sqlstate, str) and (
+        sqlstate in _UNREACHABLE_SQLSTATES or sqlstate.startswith(_UNREACHABLE_SQLSTATE_CLASSES)
+    )
+
+
+def database_error(exc: BaseException) -> UnavailableError | None:
+    """What a caller is told when a handler failed because PostgreSQL is unreachable; None for any other
+    failure. The gRPC server applies it to every call (mesh.grpc.create_server's `translate_error`)."""
+    if not database_unreachable(exc):
+        return None
+    return UnavailableError("database unavailable", reason="DATABASE_UNAVAILABLE")

@@ -25,7 +25,7 @@ from mesh.metrics import start_metrics_server
 from mesh.queues import capture_workers_key, dramatiq_namespace
 from signal_service.audit.service import AuditWriter
 from signal_service.captures.service import CaptureCoordinator
-from signal_service.database import Database, create_engine
+from signal_service.database import Database, create_engine, database_error
 from signal_service.events.service import EventFeed, EventHub, listener_dsn
 from signal_service.intake.ratelimit import RateLimiter
 from signal_service.intake.service import QueueBacklog, WebhookIngestor
@@ -191,7 +191,7 @@ def register(server: object, app: SignalApp) -> None:
 
 async def serve(settings: SignalSettings) -> None:
     async with signal_app(settings) as app:
-        server = mesh_grpc.create_server(settings)
+        server = mesh_grpc.create_server(settings, translate_error=database_error)
         register(server, app)
         app.start_background()
         await mesh_grpc.serve(

@@ -125,12 +125,13 @@ def settings_from(env: dict[str, str], cls: type, **overrides: object) -> object
 async def signal_server(service_env: dict[str, str]) -> AsyncIterator[str]:
     """The signal service as a real gRPC server on a loopback port (in this process); yields its address."""
     from mesh import grpc as mesh_grpc
+    from signal_service.database import database_error
     from signal_service.main import SERVICE_NAMES, register, signal_app
     from signal_service.settings import SignalSettings
 
     settings = settings_from(service_env, SignalSettings, signal_addr="127.0.0.1:0")
     async with signal_app(settings) as app:
-        server = mesh_grpc.create_server(settings)
+        server = mesh_grpc.create_server(settings, translate_error=database_error)
         register(server, app)
         app.start_background()
         port, _ = await mesh_grpc.start(server, address="127.0.0.1:0", service_names=SERVICE_NAMES)

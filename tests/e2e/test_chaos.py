@@ -32,6 +32,7 @@ from mesh.grpc import open_channel
 from tests.e2e.chaos_stack import ChaosStack, chaos_stack, run_quietly
 from tests.e2e.stacks import fresh_database
 from tests.keys import SYSTEM_KEYS
+from tests.own_postgres import OwnPostgres, own_postgres
 
 pytestmark = pytest.mark.e2e
 
@@ -66,6 +67,8 @@ class Sent:
     status: int | None = None
     answer: dict[str, object] = field(default_factory=dict)
     error: str = ""
+    # time.monotonic() when the request went out
+    sent_at: float = 0.0
 
 
 def alert(index: int, ticker: str | None) -> bytes:
@@ -86,6 +89,7 @@ def send_stream(edge_url: str, tokens: list[str], sent: list[Sent]) -> None:
             delay = started + index * interval - time.monotonic()
             if delay > 0:
                 time.sleep(delay)
+            item.sent_at = time.monotonic()
             try:
                 answer = http.post(
                     f"/webhook/u/{tokens[index % len(tokens)]}?chart=chaos",
@@ -343,3 +347,205 @@ def _accepts(port: int) -> bool:
             return True
     except OSError:
         return False
+
+
+# --- Infrastructure faults (issue 20): PostgreSQL of the stack's own killed mid-burst, the signal service
+# SIGKILLed with captures in flight, a worker SIGKILLed mid-capture. ---------------------------------------
+
+# After a fault ends, how soon the edge must answer 200 again (and /health turn 200).
+BACK_WITHIN_SECONDS = 1.0
+# Every capture must have ended this long after the last fault.
+CAPTURES_END_WITHIN_SECONDS = 180.0
+INFRASTRUCTURE_SETTINGS = {
+    # Jobs that find a dependency down try again soon, so captures end soon after the faults do.
+    "ALERTS_CAPTURE_INFRASTRUCTURE_MIN_BACKOFF_MS": "500",
+    "ALERTS_CAPTURE_INFRASTRUCTURE_MAX_BACKOFF_MS": "4000",
+}
+
+
+def seconds_until(condition: Callable[[], bool], limit_seconds: float) -> float:
+    """How long `condition` took to hold, polled every 20 ms; inf if not within `limit_seconds`."""
+    started = time.monotonic()
+    while time.monotonic() - started < limit_seconds:
+        if condition():
+            return time.monotonic() - started
+        time.sleep(0.02)
+    return float("inf")
+
+
+def capture_starts(stack: ChaosStack, worker: str) -> int:
+    return stack.logs(worker).count('"msg": "capture started"')
+
+
+@dataclass
+class Recovery:
+    """When the signal service was serving again, and how long /health took to turn 200 after that."""
+
+    ready_at: float
+    health_seconds: float
+    until: float = float("inf")
+
+
+def infrastructure_chaos(
+    stack: ChaosStack, postgres: OwnPostgres, events: list[str], recoveries: list[Recovery]
+) -> float:
+    """The faults, spread over the stream; returns when the last one ended (time.monotonic())."""
+    began = time.monotonic()
+
+    def note(event: str) -> None:
+        events.append(f"{time.monotonic() - began:5.1f}s {event}")
+
+    def fault(what: str) -> None:
+        if recoveries:
+            recoveries[-1].until = time.monotonic()
+        note(what)
+
+    def back(what: str) -> None:
+        recovery = Recovery(
+            ready_at=time.monotonic(),
+            health_seconds=seconds_until(lambda: http_ok(f"{stack.edge_url}/health"), 30),
+        )
+        recoveries.append(recovery)
+        note(f"{what}; /health 200 after {recovery.health_seconds:.2f} s")
+
+    time.sleep(6)
+    fault("PostgreSQL SIGKILLed (every process)")
+    postgres.crash("kill")
+    time.sleep(6)
+    postgres.start()
+    back("PostgreSQL restarted")
+    time.sleep(6)
+    [worker] = stack.worker_names()
+    starts = capture_starts(stack, worker)
+    wait_until("a capture in flight", lambda: capture_starts(stack, worker) > starts, 30)
+    fault("signal service SIGKILLed with a capture in flight")
+    stack.kill("signal")
+    time.sleep(5)
+    stack.start("signal")
+    back("signal service serving again")
+    time.sleep(6)
+    starts = capture_starts(stack, worker)
+    wait_until("a capture in flight", lambda: capture_starts(stack, worker) > starts, 30)
+    fault(f"{worker} SIGKILLed mid-capture")
+    stack.kill(worker)
+    replacement = stack.start_worker()
+    note(f"{replacement} started")
+    time.sleep(4)
+    fault("PostgreSQL shut down (fast)")
+    postgres.crash("fast")
+    time.sleep(5)
+    postgres.start()
+    back("PostgreSQL restarted")
+    # The stream goes on after the last fault; the recovery's window runs to its end.
+    return time.monotonic()
+
+
+def migrated_database(postgres: OwnPostgres) -> str:
+    from signal_service.migrate import upgrade
+
+    async def create() -> None:
+        connection = await asyncpg.connect(postgres.url.replace("+asyncpg", ""))
+        try:
+            await connection.execute("CREATE DATABASE alerts")
+        finally:
+            await connection.close()
+
+    asyncio.run(create())
+    url = postgres.database_url("alerts")
+    upgrade(url)
+    return url
+
+
+def test_infrastructure_faults_strand_no_capture_and_the_edge_is_back_within_a_second(
+    service_env: dict[str, str], service_key: str, tmp_path: Path
+) -> None:
+    base_env = {
+        key: value for key, value in service_env.items() if key not in ("ALERTS_DATA_DIR", "ALERTS_REDIS_URL")
+    }
+    base_env["ALERTS_REDIS_NAMESPACE"] = f"chaos-{uuid.uuid4().hex[:8]}"
+    with own_postgres() as postgres:
+        database_url = migrated_database(postgres)
+        dsn = database_url.replace("+asyncpg", "")
+        with chaos_stack(
+            base_env | STACK_SETTINGS | INFRASTRUCTURE_SETTINGS, database_url, tmp_path
+        ) as stack:
+            tokens = create_users(stack.signal_addr, service_key)
+            tickers = ("BINANCE:BTCUSDT", "BINANCE:ETHUSDT", "NASDAQ:AAPL")
+            sent = [
+                Sent(alert(index, tickers[index % len(tickers)] if index % CAPTURE_EVERY == 0 else None))
+                for index in range(WEBHOOKS)
+            ]
+            events: list[str] = []
+            recoveries: list[Recovery] = []
+            sender = threading.Thread(target=send_stream, args=(stack.edge_url, tokens, sent), daemon=True)
+            sender.start()
+            last_fault = infrastructure_chaos(stack, postgres, events, recoveries)
+            sender.join(timeout=STREAM_SECONDS + 60)
+            assert not sender.is_alive(), "the webhook stream did not finish"
+            print("\ninfrastructure chaos timeline:\n  " + "\n  ".join(events))
+
+            def settled() -> bool:
+                if stack.metric("alerts_spool_pending") != 0.0:
+                    return False
+                rows = fetch(
+                    dsn, "SELECT count(*) AS open FROM screenshots WHERE status IN ('pending', 'processing')"
+                )
+                return rows[0]["open"] == 0
+
+            remaining = CAPTURES_END_WITHIN_SECONDS - (time.monotonic() - last_fault)
+            try:
+                wait_until("spool drained and every capture finished", settled, max(remaining, 1.0))
+            except AssertionError as exc:
+                captures = fetch(dsn, "SELECT status, error, count(*) FROM screenshots GROUP BY 1, 2")
+                raise AssertionError(
+                    f"{exc}; spooled: {stack.metric('alerts_spool_pending')}; "
+                    f"captures: {[tuple(row) for row in captures]}; logs in {tmp_path}"
+                ) from None
+            rows = fetch(
+                dsn,
+                "SELECT s.raw_body, s.screenshot_status, c.status, c.error "
+                "FROM signals s LEFT JOIN screenshots c ON c.signal_id = s.id",
+            )
+
+    by_status: dict[object, int] = {}
+    for item in sent:
+        by_status[item.status or item.error] = by_status.get(item.status or item.error, 0) + 1
+    accepted = [item for item in sent if item.status in (200, 202)]
+    stored: dict[bytes, int] = {}
+    for row in rows:
+        stored[row["raw_body"]] = stored.get(row["raw_body"], 0) + 1
+    outcomes: dict[str, int] = {}
+    for row in rows:
+        key = f"{row['status'] or row['screenshot_status']}:{row['error'] or ''}"
+        outcomes[key] = outcomes.get(key, 0) + 1
+    # Webhooks sent after a recovery's grace second and before the next fault: all must be 200.
+    late_spooled = [
+        (index, round(item.sent_at - recovery.ready_at, 2), item.status, item.error)
+        for index, recovery in enumerate(recoveries)
+        for item in sent
+        if recovery.ready_at + BACK_WITHIN_SECONDS <= item.sent_at < recovery.until and item.status != 200
+    ]
+    print(
+        f"webhooks sent: {len(sent)}; answers: {by_status}; accepted (200/202): {len(accepted)}; "
+        f"signals stored: {len(rows)}; captures: {outcomes}; "
+        f"/health back after: {[round(recovery.health_seconds, 2) for recovery in recoveries]} s; "
+        f"not 200 after a recovery: {len(late_spooled)}"
+    )
+
+    assert by_status.keys() <= {200, 202}, f"the edge answered 5xx or dropped webhooks: {by_status}"
+    assert any(item.status == 202 for item in sent), "the outages never made the edge spool"
+    assert {item.body for item in accepted} == set(stored), "accepted webhooks missing, or unknown signals"
+    assert [body for body, count in stored.items() if count > 1] == [], "a webhook was stored twice"
+    captured = {item.body for index, item in enumerate(sent) if index % CAPTURE_EVERY == 0}
+    for row in rows:
+        if row["raw_body"] not in captured:
+            assert (row["screenshot_status"], row["status"]) == ("skipped", None), row
+            continue
+        assert row["status"] in ("completed", "failed"), row
+        if row["status"] == "failed":
+            assert row["error"], f"a capture FAILED without a reason: {row}"
+    assert outcomes.get("completed:", 0) > 0
+    assert [
+        recovery.health_seconds for recovery in recoveries if recovery.health_seconds > BACK_WITHIN_SECONDS
+    ] == []
+    assert late_spooled == [], "(recovery, seconds after it, answer): the edge kept spooling after a recovery"

@@ -31,7 +31,7 @@ import redis
 from dramatiq.brokers.redis import RedisBroker
 from sqlalchemy.engine import make_url
 
-from alerts.processes import ManagedProcess, alerts_argv
+from alerts.processes import ManagedProcess, alerts_argv, free_port
 from apidevs.alerts.v1 import (
     resources_pb2,
     signal_service_pb2,
@@ -148,6 +148,9 @@ class CaptureSystem:
     signals: signal_service_pb2_grpc.SignalServiceStub
     users: user_service_pb2_grpc.UserServiceStub
     storage: storage_service_pb2_grpc.StorageServiceStub
+    # Starts one more gRPC server for the same signal service at an address; returns it, for the test
+    # to stop (a signal service that workers could not reach until then).
+    serve_also: Callable[[str], Awaitable[Any]]
     processes: list[ManagedProcess] = field(default_factory=list)
     _prices: Iterator[int] = field(default_factory=lambda: itertools.count(100))
 
@@ -369,6 +372,15 @@ async def system(
         port, _ = await start(server, address="127.0.0.1:0", service_names=SERVICE_NAMES)
         signal_channel = open_system_channel(f"127.0.0.1:{port}")
         storage_channel = open_system_channel(storage_addr)
+        extra_servers: list[Any] = []
+
+        async def serve_also(address: str) -> Any:
+            extra = create_server(settings)
+            register(extra, app)
+            await start(extra, address=address, service_names=SERVICE_NAMES)
+            extra_servers.append(extra)
+            return extra
+
         harness = CaptureSystem(
             signal_addr=f"127.0.0.1:{port}",
             storage_addr=storage_addr,
@@ -380,11 +392,14 @@ async def system(
             signals=signal_service_pb2_grpc.SignalServiceStub(signal_channel),
             users=user_service_pb2_grpc.UserServiceStub(signal_channel),
             storage=storage_service_pb2_grpc.StorageServiceStub(storage_channel),
+            serve_also=serve_also,
         )
         try:
             yield harness
         finally:
             await asyncio.gather(*(asyncio.to_thread(process.stop) for process in harness.processes))
+            for extra in extra_servers:
+                await extra.stop(1)
             await signal_channel.close()
             await storage_channel.close()
             await server.stop(1)
@@ -533,6 +548,104 @@ async def test_a_hanging_chart_is_retried_three_times_then_failed_and_dead_lette
     received = await chart_stub.requests()
     assert [entry["query"]["symbol"] for entry in received] == ["BINANCE:BTCUSDT"] * 4, "1 try + 3 retries"
     await eventually(lambda: system.dead_letters("capture.basic") == 1, what="the dead letter", within=30)
+
+
+# The worker reaches the signal service only at an address where nothing listens until the test says so.
+UNREACHABLE_FOR_NOW = {
+    "capture_max_retries": "0",
+    "capture_infrastructure_min_backoff_ms": "200",
+    "capture_infrastructure_max_backoff_ms": "500",
+}
+
+
+async def test_a_job_that_cannot_reach_the_signal_service_waits_without_using_a_retry(
+    system: CaptureSystem, chart_stub: ChartStub
+) -> None:
+    later_addr = f"127.0.0.1:{free_port()}"
+    # No retries at all: before, the first unreachable claim would have failed the capture for good.
+    await system.start_worker("worker-a", signal_addr=later_addr, **UNREACHABLE_FOR_NOW)
+    trader = await system.add_trader("pro", ("session-1", "sign-1"))
+    signal_id = await system.alert(trader, "BINANCE:BTCUSDT")
+
+    def waits() -> list[dict[str, Any]]:
+        return [
+            entry
+            for entry in system.log_entries("capture waiting for a dependency")
+            if entry["signal_id"] == signal_id
+        ]
+
+    await eventually(lambda: len(waits()) >= 3, what="the job to wait for the signal service", within=60)
+    assert {entry["reason"] for entry in waits()} == {"signal_unavailable"}
+    await system.serve_also(later_addr)
+    captured = await system.finished(signal_id, within=60)
+
+    assert (captured.screenshot_status, captured.screenshot_error) == (COMPLETED, "")
+    assert system.dead_letters("capture.pro") == 0
+
+
+async def test_an_upload_that_finds_storage_unavailable_waits_without_using_a_retry(
+    system: CaptureSystem, chart_stub: ChartStub, service_key: str, tmp_path: Path
+) -> None:
+    later_addr = f"127.0.0.1:{free_port()}"
+    await system.start_worker("worker-a", storage_addr=later_addr, **UNREACHABLE_FOR_NOW)
+    trader = await system.add_trader("premium", ("session-1", "sign-1"))
+    signal_id = await system.alert(trader, "NASDAQ:AAPL")
+
+    def waits() -> list[dict[str, Any]]:
+        return [
+            entry
+            for entry in system.log_entries("capture waiting for a dependency")
+            if entry["signal_id"] == signal_id
+        ]
+
+    await eventually(lambda: len(waits()) >= 2, what="the job to wait for the storage service", within=60)
+    assert {entry["reason"] for entry in waits()} == {"storage_unavailable"}
+    settings = StorageSettings(api_keys=SYSTEM_KEYS.entries(), storage_local_dir=tmp_path / "later-objects")
+    storage: StorageService = build_service(settings)
+    server = create_server(settings)
+    storage_service_pb2_grpc.add_StorageServiceServicer_to_server(StorageServicer(storage), server)
+    await start(server, address=later_addr, service_names=[STORAGE_SERVICE_NAME])
+    try:
+        captured = await system.finished(signal_id, within=60)
+    finally:
+        await server.stop(1)
+        await storage.close()
+
+    assert (captured.screenshot_status, captured.screenshot_error) == (COMPLETED, "")
+    stored = [path for path in (tmp_path / "later-objects").rglob("*") if path.is_file()]
+    assert stored, "the screenshot went to the storage service that came up late"
+    assert system.dead_letters("capture.premium") == 0
+
+
+async def test_a_job_past_its_infrastructure_deadline_fails_and_its_report_is_held_until_recorded(
+    system: CaptureSystem, chart_stub: ChartStub
+) -> None:
+    later_addr = f"127.0.0.1:{free_port()}"
+    await system.start_worker(
+        "worker-a",
+        signal_addr=later_addr,
+        capture_infrastructure_deadline_seconds="2",
+        **UNREACHABLE_FOR_NOW,
+    )
+    trader = await system.add_trader("basic", ("session-1", "sign-1"))
+    signal_id = await system.alert(trader, "BINANCE:BTCUSDT")
+
+    def held() -> list[dict[str, Any]]:
+        return [
+            entry for entry in system.log_entries("capture report held") if entry["signal_id"] == signal_id
+        ]
+
+    # Past the deadline the worker decides FAILED, but cannot tell the signal service: it keeps the report.
+    await eventually(lambda: len(held()) >= 2, what="the FAILED report to be held", within=60)
+    assert (await system.signal(signal_id)).screenshot_status not in (COMPLETED, FAILED)
+    await system.serve_also(later_addr)
+    failed = await system.finished(signal_id, within=60)
+
+    assert (failed.screenshot_status, failed.screenshot_error) == (FAILED, "infrastructure_unavailable")
+    started = [entry for entry in system.log_entries("capture started") if entry["signal_id"] == signal_id]
+    assert started == [], "the browser was never used"
+    await eventually(lambda: system.unacknowledged("capture.basic") == 0, what="the last ack", within=30)
+    assert system.dead_letters("capture.basic") == 0
 
 
 async def test_an_attempt_over_the_time_limit_is_interrupted_and_reported(

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from PIL import Image
 from pydantic import ValidationError
 
+from apidevs.alerts.v1 import resources_pb2, signal_service_pb2
 from capture_service import browser
 from capture_service.browser import Cookie, find_chromium
 from capture_service.capture import TradingViewSession, chart_url, png_dimensions
@@ -30,7 +31,10 @@ from capture_service.settings import CaptureSettings
 from capture_service.tasks import (
     CAPTURE_ACTOR_NAMES,
     capture_priority,
+    decode_report,
+    encode_report,
     failure_reason,
+    infrastructure_backoff_ms,
 )
 from mesh.queues import PLANS_BY_PRIORITY, capture_actor
 
@@ -170,6 +174,44 @@ def test_failure_reason_looks_through_retry_and_wrappers() -> None:
         == "storage_unavailable"
     )
     assert failure_reason(raised(RuntimeError("coroutine stuck"), TimeLimitExceeded())) == "timeout"
+
+
+def test_infrastructure_waits_double_from_the_minimum_up_to_the_maximum() -> None:
+    settings = CaptureSettings(
+        capture_infrastructure_min_backoff_ms=500, capture_infrastructure_max_backoff_ms=4000
+    )
+
+    assert [infrastructure_backoff_ms(settings, waits) for waits in range(6)] == [
+        500,
+        1000,
+        2000,
+        4000,
+        4000,
+        4000,
+    ]
+    assert infrastructure_backoff_ms(settings, 10_000) == 4000
+
+
+@given(
+    signal_id=st.uuids().map(str),
+    object_key=st.text(max_size=200),
+    error=st.text(max_size=100),
+    attempt=st.integers(min_value=0, max_value=1_000),
+)
+def test_a_held_report_survives_its_trip_through_a_message_option(
+    signal_id: str, object_key: str, error: str, attempt: int
+) -> None:
+    report = signal_service_pb2.ReportCaptureRequest(
+        signal_id=signal_id,
+        status=resources_pb2.SCREENSHOT_STATUS_COMPLETED,
+        object_key=object_key,
+        error=error,
+        attempt=attempt,
+    )
+    option = encode_report(report)
+
+    assert json.loads(json.dumps({"held_report": option}))["held_report"] == option
+    assert decode_report(option) == report
 
 
 def test_each_plan_has_its_own_actor_and_premium_comes_first() -> None:

@@ -415,3 +415,30 @@ async def test_one_process_replays_at_a_time(tmp_path: Path, scripted) -> None:
             await replayer.stop()
         for spool in spools:
             await spool.close()
+
+
+async def test_a_webhook_getting_through_ends_the_replayers_backoff(spool: WebhookSpool, scripted) -> None:
+    """Back from an outage, the spool drains at once, not at the end of a backoff."""
+    service, stub = scripted
+    service.errors = {"a": [UnavailableError("down")]}
+    for token in ("a", "b"):
+        await spool.append(webhook(token), request_id=token)
+    replayer = SpoolReplayer(
+        spool,
+        lambda request: stub.IngestWebhook(request, timeout=5),
+        min_backoff_seconds=600,
+        max_backoff_seconds=600,
+        poll_seconds=0.05,
+    )
+    replayer.start()
+    try:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 20
+        # What the webhook handler calls for every webhook the signal service took.
+        while (await spool.totals()).pending and loop.time() < deadline:
+            replayer.signal_service_answered()
+            await asyncio.sleep(0.02)
+    finally:
+        await replayer.stop()
+    assert (await spool.totals()).pending == 0, "still backing off"
+    assert [request.webhook_token for request in service.received] == ["a", "a", "b"]

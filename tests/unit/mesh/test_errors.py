@@ -1,11 +1,20 @@
 from __future__ import annotations
 
+import logging
+
 import grpc
 import pytest
 
 from apidevs.alerts.v1 import signal_service_pb2, signal_service_pb2_grpc
 from mesh import grpc as mesh_grpc
-from mesh.errors import NotFoundError, ResourceExhaustedError, from_rpc_error
+from mesh.errors import (
+    InternalError,
+    NotFoundError,
+    ResourceExhaustedError,
+    UnavailableError,
+    from_rpc_error,
+)
+from mesh.logging import request_id_var
 from mesh.settings import CommonSettings
 
 
@@ -64,3 +73,55 @@ async def test_health_is_open_without_a_key(address) -> None:
     async with mesh_grpc.open_channel(address, None) as channel:
         answer = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())
     assert answer.status == health_pb2.HealthCheckResponse.SERVING
+
+
+class _Failing(signal_service_pb2_grpc.SignalServiceServicer):
+    async def GetSignal(self, request, context):
+        if request.signal_id == "gone":
+            raise ConnectionResetError("peer reset the connection")
+        raise RuntimeError("boom")
+
+
+class _Recorder(logging.Handler):
+    """What mesh.grpc logs, with the request id current when it logged."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[tuple[str, str]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.seen.append((record.getMessage(), request_id_var.get()))
+
+
+def _connection_lost(exc: BaseException) -> UnavailableError | None:
+    if isinstance(exc, ConnectionResetError):
+        return UnavailableError("database unavailable", reason="DATABASE_UNAVAILABLE")
+    return None
+
+
+async def test_the_servers_translation_makes_an_outage_unavailable_and_the_rest_stay_internal() -> None:
+    server = mesh_grpc.create_server(CommonSettings(api_keys="k1"), translate_error=_connection_lost)
+    signal_service_pb2_grpc.add_SignalServiceServicer_to_server(_Failing(), server)
+    port, _ = await mesh_grpc.start(server, address="127.0.0.1:0", service_names=["x"])
+    recorder = _Recorder()
+    logging.getLogger("mesh.grpc").addHandler(recorder)
+    try:
+        async with mesh_grpc.open_channel(f"127.0.0.1:{port}", "k1") as channel:
+            stub = signal_service_pb2_grpc.SignalServiceStub(channel)
+            answers = []
+            for signal_id in ("gone", "crash"):
+                with pytest.raises(grpc.aio.AioRpcError) as caught:
+                    await stub.GetSignal(
+                        signal_service_pb2.GetSignalRequest(signal_id=signal_id),
+                        metadata=(("x-request-id", f"req-{signal_id}"),),
+                    )
+                answers.append(from_rpc_error(caught.value))
+    finally:
+        logging.getLogger("mesh.grpc").removeHandler(recorder)
+        await server.stop(0)
+
+    assert [(type(error), error.reason) for error in answers] == [
+        (UnavailableError, "DATABASE_UNAVAILABLE"),
+        (InternalError, ""),
+    ]
+    assert recorder.seen == [("dependency unavailable", "req-gone"), ("unhandled error", "req-crash")]

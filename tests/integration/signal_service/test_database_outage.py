@@ -28,6 +28,7 @@ from mesh import grpc as mesh_grpc
 from mesh.errors import UnavailableError, from_rpc_error, from_rpc_status
 from signal_service.database import Database, create_engine, database_error
 from tests.conftest import settings_from
+from tests.keys import open_system_channel
 from tests.own_postgres import OwnPostgres, own_postgres
 from tests.support import create_user, ingest_request
 
@@ -158,7 +159,7 @@ async def _code_of(call: Awaitable[object]) -> list[grpc.StatusCode]:
 
 @pytest.mark.parametrize("how", ["kill", "fast"])
 async def test_every_rpc_answers_unavailable_while_postgresql_goes_away_mid_burst(
-    service_env: dict[str, str], service_key: str, how: str
+    service_env: dict[str, str], how: str
 ) -> None:
     from signal_service.main import SERVICE_NAMES, register, signal_app
     from signal_service.settings import SignalSettings
@@ -174,7 +175,8 @@ async def test_every_rpc_answers_unavailable_while_postgresql_goes_away_mid_burs
             grpc_server = mesh_grpc.create_server(settings, translate_error=database_error)
             register(grpc_server, app)
             port, _ = await mesh_grpc.start(grpc_server, address="127.0.0.1:0", service_names=SERVICE_NAMES)
-            channel = mesh_grpc.open_channel(f"127.0.0.1:{port}", service_key)
+            # Each call carries a key of a role the table accepts for it (IngestWebhook is the edge's).
+            channel = open_system_channel(f"127.0.0.1:{port}")
             signals = signal_service_pb2_grpc.SignalServiceStub(channel)
             users = user_service_pb2_grpc.UserServiceStub(channel)
             try:

@@ -203,8 +203,27 @@ class Screenshot(SQLModel, table=True):
 
 
 class AuditLog(SQLModel, table=True):
+    """One webhook call, or (repeat_window set) every repeat of one summarised refusal within a minute.
+
+    Summarised refusals (audit/service.py) keep the body's size and SHA-256 but not the body, and their
+    source_ip is the source as rate limits count it (an IPv6 address's /64).
+    """
+
     __tablename__ = "audit_logs"
-    __table_args__ = (sa.Index("ix_audit_logs_user_created", "user_id", "created_at"),)
+    __table_args__ = (
+        sa.Index("ix_audit_logs_user_created", "user_id", "created_at"),
+        sa.Index(
+            "ux_audit_logs_repeats",
+            "repeat_window",
+            "user_id",
+            "source_ip",
+            "outcome",
+            "reason",
+            unique=True,
+            postgresql_where=sa.text("repeat_window IS NOT NULL"),
+            postgresql_nulls_not_distinct=True,
+        ),
+    )
 
     id: int | None = Field(default=None, sa_column=sa.Column(sa.BigInteger, sa.Identity(), primary_key=True))
     created_at: datetime = Field(sa_column=_utc_column(index=True))
@@ -221,6 +240,10 @@ class AuditLog(SQLModel, table=True):
     body: bytes | None = Field(default=None, sa_column=sa.Column(sa.LargeBinary))
     body_size: int | None = Field(default=None, sa_column=sa.Column(sa.BigInteger))
     content_type: str | None = Field(default=None, sa_column=sa.Column(sa.Text))
+    # The minute whose repeats this row counts; NULL for a row that never merges.
+    repeat_window: datetime | None = Field(default=None, sa_column=_utc_column(nullable=True))
+    # Calls this row stands for: 1, or more for a summarised refusal repeated within its minute.
+    repeat_count: int = Field(default=1, sa_column=sa.Column(sa.Integer, nullable=False, server_default="1"))
 
 
 class OutboxMessage(SQLModel, table=True):

@@ -69,6 +69,15 @@ class SignalSettings(DatabaseJobSettings):
     # Captures running at once across all workers, for the same estimate.
     capture_parallelism: int = 3
     screenshot_url_ttl_seconds: int = 3600
+    # Open SubscribeSignals streams (the edge's SSE streams among them) of one user in one process,
+    # whichever keys opened them. One more is RESOURCE_EXHAUSTED (REST 429).
+    stream_max_per_user: int = Field(default=5, ge=1)
+    # Open streams of one API key in one process. The platform's key carries every user's streams, hence
+    # the larger figure; a user-scoped key is held to the per-user limit anyway.
+    stream_max_per_key: int = Field(default=1000, ge=1)
+    # ListSignals and ListFailedCaptures pages end early (with a next_page_token) rather than grow past
+    # this many bytes: under the 8 MiB message limit of gRPC clients, with room for the rest.
+    list_page_max_bytes: int = Field(default=4 * 1024 * 1024, ge=64 * 1024)
     # Group commit (intake/group_commit.py): transactions storing webhooks at once, and webhooks
     # per transaction. More transactions at once help only while PostgreSQL has idle cores.
     ingest_group_commit_max_inflight: int = Field(default=2, ge=1)

@@ -54,8 +54,13 @@ class SignalRepository:
     def __init__(self, session: AsyncSession) -> None:
         self.session = session
 
-    async def get(self, signal_id: uuid.UUID, *, for_update: bool = False) -> SignalRow | None:
+    async def get(
+        self, signal_id: uuid.UUID, *, for_update: bool = False, owner: uuid.UUID | None = None
+    ) -> SignalRow | None:
+        """The signal, if it exists (and, with `owner`, is that user's)."""
         statement = with_screenshot().where(Signal.id == signal_id)
+        if owner is not None:
+            statement = statement.where(Signal.user_id == owner)
         if for_update:
             statement = statement.with_for_update(of=Signal)
         row = (await self.session.execute(statement)).one_or_none()

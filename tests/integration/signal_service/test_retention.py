@@ -62,8 +62,8 @@ class Stack:
             ingest_request(token, f"Ticker: BINANCE:ETHUSDT\nPrice: 2\nid: {uuid.uuid4()}".encode())
         )
         signal_id = answer.signal_id
-        await self.signals.ClaimCapture(signal_service_pb2.ClaimCaptureRequest(signal_id=signal_id))
-        key = f"screenshots/{user_id}/{signal_id}.png"
+        claim = await self.signals.ClaimCapture(signal_service_pb2.ClaimCaptureRequest(signal_id=signal_id))
+        key = claim.object_key
         if size:
             await self.put(key, b"p" * size)
         await self.signals.ReportCapture(

@@ -7,9 +7,47 @@ from dataclasses import dataclass
 from datetime import datetime
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql as pg
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from signal_service.models import Screenshot, ScreenshotStatus, Signal, User
+from signal_service.events.repository import EVENTS_CHANNEL
+from signal_service.models import EventType, Screenshot, ScreenshotStatus, Signal, User
+
+_UUIDS = pg.ARRAY(pg.UUID(as_uuid=True))
+
+# One statement each for a whole batch, whatever its size. Users first, in user-id order (as group commit
+# locks them), so that a retention batch and an ingest batch never deadlock; each user's sequence moves
+# once, by the number of its expired screenshots, and its events take the numbers in between.
+_LOCK_USERS = sa.text("SELECT id FROM users WHERE id = ANY(:user_ids) ORDER BY id FOR UPDATE").bindparams(
+    sa.bindparam("user_ids", type_=_UUIDS)
+)
+_BUMP_EVENT_SEQ = sa.text(
+    """
+    UPDATE users u SET event_seq = u.event_seq + due.events
+    FROM (SELECT user_id, count(*) AS events FROM unnest(:user_ids) AS e(user_id) GROUP BY user_id) due
+    WHERE u.id = due.user_id
+    """
+).bindparams(sa.bindparam("user_ids", type_=_UUIDS))
+_EXPIRE_SCREENSHOTS = sa.text(
+    "UPDATE screenshots SET status = :expired, updated_at = now() WHERE signal_id = ANY(:signal_ids)"
+).bindparams(sa.bindparam("signal_ids", type_=_UUIDS))
+_EXPIRE_SIGNALS = sa.text(
+    "UPDATE signals SET screenshot_status = :expired, updated_at = now() WHERE id = ANY(:signal_ids)"
+).bindparams(sa.bindparam("signal_ids", type_=_UUIDS))
+_ADD_EVENTS = sa.text(
+    """
+    INSERT INTO signal_events (user_id, seq, type, signal_id)
+    SELECT e.user_id,
+           u.event_seq - count(*) OVER (PARTITION BY e.user_id)
+               + row_number() OVER (PARTITION BY e.user_id ORDER BY e.signal_id),
+           :event_type, e.signal_id
+    FROM unnest(:user_ids, :signal_ids) AS e(user_id, signal_id) JOIN users u ON u.id = e.user_id
+    """
+).bindparams(sa.bindparam("user_ids", type_=_UUIDS), sa.bindparam("signal_ids", type_=_UUIDS))
+# One notification per user, carrying its newest seq: a stream reads everything up to it.
+_NOTIFY = sa.text(
+    "SELECT pg_notify(:channel, id::text || ':' || event_seq) FROM users WHERE id = ANY(:user_ids)"
+).bindparams(sa.bindparam("user_ids", type_=_UUIDS))
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +93,31 @@ class RetentionRepository:
             ExpiringScreenshot(signal_id=row[0], user_id=row[1], object_key=row[2] or "")
             for row in await self.session.execute(statement)
         ]
+
+    async def mark_expired(self, expired: list[ExpiringScreenshot]) -> None:
+        """Marks the screenshots EXPIRED, on their signals too, with one SCREENSHOT_UPDATED event each."""
+        if not expired:
+            return
+        user_ids = [item.user_id for item in expired]
+        signal_ids = [item.signal_id for item in expired]
+        distinct_users = list(set(user_ids))
+        await self.session.execute(_LOCK_USERS, {"user_ids": distinct_users})
+        await self.session.execute(_BUMP_EVENT_SEQ, {"user_ids": user_ids})
+        await self.session.execute(
+            _EXPIRE_SCREENSHOTS, {"signal_ids": signal_ids, "expired": ScreenshotStatus.EXPIRED.value}
+        )
+        await self.session.execute(
+            _EXPIRE_SIGNALS, {"signal_ids": signal_ids, "expired": ScreenshotStatus.EXPIRED.value}
+        )
+        await self.session.execute(
+            _ADD_EVENTS,
+            {
+                "user_ids": user_ids,
+                "signal_ids": signal_ids,
+                "event_type": EventType.SCREENSHOT_UPDATED.value,
+            },
+        )
+        await self.session.execute(_NOTIFY, {"user_ids": distinct_users, "channel": EVENTS_CHANNEL})
 
     async def usage_by_plan(self) -> dict[str, PlanStorage]:
         statement = (

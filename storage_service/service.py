@@ -27,6 +27,7 @@ BYTES_WRITTEN = Counter("alerts_storage_bytes_written_total", "Bytes of objects 
 MAX_CHUNK_BYTES = 1024 * 1024
 DEFAULT_URL_LIFETIME_SECONDS = 3600
 MAX_URL_LIFETIME_SECONDS = 7 * 24 * 3600
+MAX_KEYS_PER_URL_BATCH = 1000
 DEFAULT_CONTENT_TYPE = "application/octet-stream"
 # Every backend stores the SHA-256 under this metadata name.
 RESERVED_METADATA_KEYS = frozenset({"sha256"})
@@ -139,6 +140,16 @@ class StorageService:
         # Taken before signing, so the URL never expires before the time reported.
         expires_at = datetime.fromtimestamp(int(time.time()) + lifetime, UTC)
         return ObjectUrl(url=await self._backend.signed_url(key, lifetime), expires_at=expires_at)
+
+    async def get_object_urls(self, keys: list[str], expires_in_seconds: int = 0) -> list[ObjectUrl]:
+        """URLs for ``keys``, in their order; every key is validated before any URL is made."""
+        if len(keys) > MAX_KEYS_PER_URL_BATCH:
+            raise InvalidArgumentError(
+                f"at most {MAX_KEYS_PER_URL_BATCH} keys per call", reason="TOO_MANY_KEYS"
+            )
+        for key in keys:
+            validate_key(key)
+        return [await self.get_object_url(key, expires_in_seconds) for key in keys]
 
     async def stat_object(self, key: str) -> ObjectInfo:
         return await self._backend.stat(validate_key(key))

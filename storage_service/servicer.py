@@ -58,6 +58,20 @@ class StorageServicer(storage_service_pb2_grpc.StorageServiceServicer):
             response.expires_at.FromDatetime(object_url.expires_at)
         return response
 
+    async def GetObjectUrls(
+        self, request: storage_service_pb2.GetObjectUrlsRequest, context: grpc.aio.ServicerContext
+    ) -> storage_service_pb2.GetObjectUrlsResponse:
+        ensure_unscoped()
+        keys = list(request.keys)
+        response = storage_service_pb2.GetObjectUrlsResponse()
+        for key, object_url in zip(
+            keys, await self._service.get_object_urls(keys, request.expires_in_seconds), strict=True
+        ):
+            message = response.urls.add(key=key, url=object_url.url)
+            if object_url.expires_at is not None:
+                message.expires_at.FromDatetime(object_url.expires_at)
+        return response
+
     async def GetObject(
         self, request: storage_service_pb2.GetObjectRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[storage_service_pb2.GetObjectResponse]:

@@ -45,6 +45,11 @@ class StorageServiceStub:
                 request_serializer=apidevs_dot_alerts_dot_v1_dot_storage__service__pb2.GetObjectUrlRequest.SerializeToString,
                 response_deserializer=apidevs_dot_alerts_dot_v1_dot_storage__service__pb2.GetObjectUrlResponse.FromString,
                 _registered_method=True)
+        self.GetObjectUrls = channel.unary_unary(
+                '/apidevs.alerts.v1.StorageService/GetObjectUrls',
+                request_serializer=apidevs_dot_alerts_dot_v1_dot_storage__service__pb2.GetObjectUrlsRequest.SerializeToString,
+                response_deserializer=apidevs_dot_alerts_dot_v1_dot_storage__service__pb2.GetObjectUrlsResponse.FromString,
+                _registered_method=True)
         self.GetObject = channel.unary_stream(
                 '/apidevs.alerts.v1.StorageService/GetObject',
                 request_serializer=apidevs_dot_alerts_dot_v1_dot_storage__service__pb2.GetObjectRequest.SerializeToString,
@@ -76,6 +81,14 @@ class StorageServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetObjectUrls(self, request, context):
+        """URLs for many objects in one call (a page of signals, a batch of replayed events), in the order of
+        the keys; at most 1000 keys. One invalid key refuses the call (INVALID_ARGUMENT).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetObject(self, request, context):
         """Streams an object: first its info, then chunks. Used by the edge to serve local-disk objects.
         """
@@ -102,6 +115,11 @@ def add_StorageServiceServicer_to_server(servicer, server):
                     servicer.GetObjectUrl,
                     request_deserializer=apidevs_dot_alerts_dot_v1_dot_storage__service__pb2.GetObjectUrlRequest.FromString,
                     response_serializer=apidevs_dot_alerts_dot_v1_dot_storage__service__pb2.GetObjectUrlResponse.SerializeToString,
+            ),
+            'GetObjectUrls': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetObjectUrls,
+                    request_deserializer=apidevs_dot_alerts_dot_v1_dot_storage__service__pb2.GetObjectUrlsRequest.FromString,
+                    response_serializer=apidevs_dot_alerts_dot_v1_dot_storage__service__pb2.GetObjectUrlsResponse.SerializeToString,
             ),
             'GetObject': grpc.unary_stream_rpc_method_handler(
                     servicer.GetObject,
@@ -169,6 +187,33 @@ class StorageService:
             '/apidevs.alerts.v1.StorageService/GetObjectUrl',
             apidevs_dot_alerts_dot_v1_dot_storage__service__pb2.GetObjectUrlRequest.SerializeToString,
             apidevs_dot_alerts_dot_v1_dot_storage__service__pb2.GetObjectUrlResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetObjectUrls(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/apidevs.alerts.v1.StorageService/GetObjectUrls',
+            apidevs_dot_alerts_dot_v1_dot_storage__service__pb2.GetObjectUrlsRequest.SerializeToString,
+            apidevs_dot_alerts_dot_v1_dot_storage__service__pb2.GetObjectUrlsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -212,8 +212,12 @@ class Screenshot(SQLModel, table=True):
             "claimed_at",
             postgresql_where=sa.text("status = 'processing'"),
         ),
+        # Retention: each user's completed screenshots by age (retention/repository.py).
         sa.Index(
-            "ix_screenshots_completed_at", "completed_at", postgresql_where=sa.text("status = 'completed'")
+            "ix_screenshots_user_completed",
+            "user_id",
+            "completed_at",
+            postgresql_where=sa.text("status = 'completed'"),
         ),
     )
 

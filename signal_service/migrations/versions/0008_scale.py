@@ -14,7 +14,11 @@ Lock order: a counter row is only written under its user's row lock, taken in us
 counters add no lock the writers did not already take in the same order (ingest and retention lock the
 user first; captures and outcomes lock the signal, then the user, as before).
 
-The indexes serve ListSignals' equality filters, newest first, so a page reads its 20 rows instead of
+Retention walks each user's completed screenshots by age (ix_screenshots_user_completed, replacing
+ix_screenshots_completed_at): walking all of them by age re-read, every batch, the premium screenshots
+not yet due, millions of rows at 10 M signals.
+
+The signals indexes serve ListSignals' equality filters, newest first, so a page reads its 20 rows instead of
 walking the user's whole history for a rare ticker, indicator or result (EXPLAIN in
 docs/perf/scale-plans.md).
 """
@@ -169,9 +173,23 @@ def upgrade() -> None:
                 op.execute(statement)
     for name, column in _LIST_INDEXES.items():
         op.create_index(name, "signals", ["user_id", column, sa.text("created_at DESC"), sa.text("id DESC")])
+    op.create_index(
+        "ix_screenshots_user_completed",
+        "screenshots",
+        ["user_id", "completed_at"],
+        postgresql_where=sa.text("status = 'completed'"),
+    )
+    op.drop_index("ix_screenshots_completed_at", table_name="screenshots")
 
 
 def downgrade() -> None:
+    op.create_index(
+        "ix_screenshots_completed_at",
+        "screenshots",
+        ["completed_at"],
+        postgresql_where=sa.text("status = 'completed'"),
+    )
+    op.drop_index("ix_screenshots_user_completed", table_name="screenshots")
     for name in _LIST_INDEXES:
         op.drop_index(name, table_name="signals")
     for table in _COUNTED:

@@ -338,13 +338,15 @@ async def seed(dsn: str, size: dict[str, int], heavy_ids: list[str], light_ids: 
             WHERE u.id = e.user_id
             """
         )
+        # As ingest_webhook_v2.sql writes them: an accepted call's audit row keeps the body too.
         await connection.execute(
             """
             INSERT INTO audit_logs (created_at, user_id, signal_id, request_id, source_ip, user_agent,
-                                    outcome, latency_ms, body_sha256, body_size, content_type)
-            SELECT created_at, user_id, id, md5(id::text), '203.0.113.7', 'Go-http-client/1.1', 'accepted',
-                   4.2, encode(sha256(id::text::bytea), 'hex'), 180, 'text/plain'
-            FROM seed_signals
+                                    outcome, latency_ms, body_sha256, body, body_size, content_type)
+            SELECT s.created_at, s.user_id, s.id, md5(s.id::text), '203.0.113.7', 'Go-http-client/1.1',
+                   'accepted', 4.2, encode(stored.body_sha256, 'hex'), stored.raw_body,
+                   octet_length(stored.raw_body), 'text/plain'
+            FROM seed_signals s JOIN signals stored ON stored.id = s.id
             """
         )
         # Outbox history: the relay deletes what it sent, so a year leaves only the recent failures behind.

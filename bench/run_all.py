@@ -45,6 +45,8 @@ BENCHMARKS: dict[str, tuple[str, list[str], float]] = {
     "stream": ("bench_stream.py", ["--subscribers", "100", "--writes", "300", "--idle", "1000"], 150),
     "parser": ("bench_parser.py", ["--rounds", "3", "--messages", "5000"], 60),
     "storage": ("bench_storage.py", ["--rounds", "50"], 60),
+    # 200 k signals; the full 10 M by hand: bench/bench_scale.py --size full (docs/PERFORMANCE.md, "Scale").
+    "scale": ("bench_scale.py", ["--size", "small"], 600),
 }
 
 # Benchmarks that write their own result file; run_all keeps only the run's envelope beside it.

@@ -8,7 +8,9 @@ GetUserStats counted a user's signals and screenshots on every call: for a trade
 that is 200 k heap rows per call (docs/perf/scale-plans.md). user_signal_counts holds the counts by
 user and calendar month (UTC), kept by statement-level triggers on signals and screenshots, so stats
 read a dozen rows instead. The triggers see every write, whoever makes it (ingest_webhook(), captures,
-outcomes, retention, a hand-written UPDATE), and add one upsert per statement, not per row.
+outcomes, retention, a hand-written UPDATE): a row trigger on INSERT (one signal per ingest statement),
+statement triggers with transition tables on UPDATE and DELETE (one upsert per user and month for a
+whole retention batch).
 
 Lock order: a counter row is only written under its user's row lock, taken in user-id order, so the
 counters add no lock the writers did not already take in the same order (ingest and retention lock the
@@ -85,12 +87,17 @@ _COUNTED = {
     ),
 }
 
-# The statement's rows, each with its sign: +1 for a new row, -1 for an old one.
+# The changed rows, each with its sign: +1 for a new row, -1 for an old one. An INSERT is counted row by
+# row: ingest inserts one signal per statement, and a row trigger costs it far less than a statement
+# trigger's transition table (docs/perf/scale-plans.md); UPDATE and DELETE statements (a retention batch)
+# are counted once per statement.
 _CHANGED_ROWS = {
-    "insert": ["new_rows", None],
+    "insert": ["(SELECT NEW.*) AS inserted", None],
     "update": ["new_rows", "old_rows"],
     "delete": [None, "old_rows"],
 }
+# Inserted rows that count for nothing are not looked at: a new screenshot row is PENDING.
+_INSERT_WHEN = {"signals": "", "screenshots": " WHEN (NEW.status = 'completed')"}
 
 
 def _trigger_sql(table: str, event: str) -> tuple[str, str]:
@@ -106,11 +113,15 @@ def _trigger_sql(table: str, event: str) -> tuple[str, str]:
     sums = ", ".join(f"sum(sign * c{index}) AS c{index}" for index in range(len(_COUNTED[table])))
     moved = " OR ".join(f"c{index} <> 0" for index in range(len(_COUNTED[table])))
     fields = ", ".join(f"c{index}" for index in range(len(_COUNTED[table])))
-    referencing = " ".join(
-        clause
-        for clause, used in (("NEW TABLE AS new_rows", new_rows), ("OLD TABLE AS old_rows", old_rows))
-        if used
-    )
+    if event == "insert":
+        timing = f"FOR EACH ROW{_INSERT_WHEN[table]}"
+    else:
+        referencing = " ".join(
+            clause
+            for clause, used in (("NEW TABLE AS new_rows", new_rows), ("OLD TABLE AS old_rows", old_rows))
+            if used
+        )
+        timing = f"REFERENCING {referencing} FOR EACH STATEMENT"
     function = f"""
 CREATE FUNCTION {name}() RETURNS trigger LANGUAGE plpgsql AS $$
 DECLARE
@@ -126,10 +137,7 @@ BEGIN
 END
 $$
 """  # noqa: S608 (built from this module's constants)
-    trigger = (
-        f"CREATE TRIGGER {name} AFTER {event.upper()} ON {table} "
-        f"REFERENCING {referencing} FOR EACH STATEMENT EXECUTE FUNCTION {name}()"
-    )
+    trigger = f"CREATE TRIGGER {name} AFTER {event.upper()} ON {table} {timing} EXECUTE FUNCTION {name}()"
     return function, trigger
 
 

@@ -45,7 +45,15 @@ _LIST_INDEXES = {
 
 _COUNT_COLUMNS = "signals, wins, losses, screenshots_pending, storage_bytes, storage_objects"
 
-_ADD_COUNTS = """
+_ADD_ON_CONFLICT = """ON CONFLICT (user_id, month) DO UPDATE
+    SET signals = c.signals + EXCLUDED.signals,
+        wins = c.wins + EXCLUDED.wins,
+        losses = c.losses + EXCLUDED.losses,
+        screenshots_pending = c.screenshots_pending + EXCLUDED.screenshots_pending,
+        storage_bytes = c.storage_bytes + EXCLUDED.storage_bytes,
+        storage_objects = c.storage_objects + EXCLUDED.storage_objects"""
+
+_ADD_COUNTS = f"""
 CREATE FUNCTION add_user_signal_counts(deltas user_signal_counts[]) RETURNS void
 LANGUAGE plpgsql AS $$
 BEGIN
@@ -56,16 +64,10 @@ BEGIN
     -- A user deleted by this statement (its signals cascading) has no counters left to keep.
     INSERT INTO user_signal_counts AS c
     SELECT d.* FROM unnest(deltas) d WHERE EXISTS (SELECT 1 FROM users u WHERE u.id = d.user_id)
-    ON CONFLICT (user_id, month) DO UPDATE
-    SET signals = c.signals + EXCLUDED.signals,
-        wins = c.wins + EXCLUDED.wins,
-        losses = c.losses + EXCLUDED.losses,
-        screenshots_pending = c.screenshots_pending + EXCLUDED.screenshots_pending,
-        storage_bytes = c.storage_bytes + EXCLUDED.storage_bytes,
-        storage_objects = c.storage_objects + EXCLUDED.storage_objects;
+    {_ADD_ON_CONFLICT};
 END
 $$
-"""
+"""  # noqa: S608 (built from this module's constants)
 
 # What a row counts for, by table: (expression per counter column, in _COUNT_COLUMNS order).
 _COUNTED = {
@@ -87,12 +89,9 @@ _COUNTED = {
     ),
 }
 
-# The changed rows, each with its sign: +1 for a new row, -1 for an old one. An INSERT is counted row by
-# row: ingest inserts one signal per statement, and a row trigger costs it far less than a statement
-# trigger's transition table (docs/perf/scale-plans.md); UPDATE and DELETE statements (a retention batch)
-# are counted once per statement.
+# The statement's rows, each with its sign: +1 for a new row, -1 for an old one (UPDATE and DELETE: a
+# retention batch is counted once per statement).
 _CHANGED_ROWS = {
-    "insert": ["(SELECT NEW.*) AS inserted", None],
     "update": ["new_rows", "old_rows"],
     "delete": [None, "old_rows"],
 }
@@ -113,15 +112,11 @@ def _trigger_sql(table: str, event: str) -> tuple[str, str]:
     sums = ", ".join(f"sum(sign * c{index}) AS c{index}" for index in range(len(_COUNTED[table])))
     moved = " OR ".join(f"c{index} <> 0" for index in range(len(_COUNTED[table])))
     fields = ", ".join(f"c{index}" for index in range(len(_COUNTED[table])))
-    if event == "insert":
-        timing = f"FOR EACH ROW{_INSERT_WHEN[table]}"
-    else:
-        referencing = " ".join(
-            clause
-            for clause, used in (("NEW TABLE AS new_rows", new_rows), ("OLD TABLE AS old_rows", old_rows))
-            if used
-        )
-        timing = f"REFERENCING {referencing} FOR EACH STATEMENT"
+    referencing = " ".join(
+        clause
+        for clause, used in (("NEW TABLE AS new_rows", new_rows), ("OLD TABLE AS old_rows", old_rows))
+        if used
+    )
     function = f"""
 CREATE FUNCTION {name}() RETURNS trigger LANGUAGE plpgsql AS $$
 DECLARE
@@ -137,7 +132,33 @@ BEGIN
 END
 $$
 """  # noqa: S608 (built from this module's constants)
-    trigger = f"CREATE TRIGGER {name} AFTER {event.upper()} ON {table} {timing} EXECUTE FUNCTION {name}()"
+    trigger = (
+        f"CREATE TRIGGER {name} AFTER {event.upper()} ON {table} "
+        f"REFERENCING {referencing} FOR EACH STATEMENT EXECUTE FUNCTION {name}()"
+    )
+    return function, trigger
+
+
+def _insert_trigger_sql(table: str) -> tuple[str, str]:
+    """A row trigger: ingest inserts one signal per statement, and a lean row trigger costs it less than a
+    statement trigger's transition table and aggregation (docs/perf/scale-plans.md)."""
+    name = f"count_{table}_insert"
+    counted = ", ".join(_COUNTED[table])
+    function = f"""
+CREATE FUNCTION {name}() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM 1 FROM users WHERE id = NEW.user_id FOR UPDATE;
+    INSERT INTO user_signal_counts AS c
+    SELECT user_id, date_trunc('month', created_at, 'UTC')::date, {counted} FROM (SELECT NEW.*) inserted
+    {_ADD_ON_CONFLICT};
+    RETURN NULL;
+END
+$$
+"""  # noqa: S608 (built from this module's constants)
+    trigger = (
+        f"CREATE TRIGGER {name} AFTER INSERT ON {table} FOR EACH ROW{_INSERT_WHEN[table]} "
+        f"EXECUTE FUNCTION {name}()"
+    )
     return function, trigger
 
 
@@ -176,6 +197,8 @@ def upgrade() -> None:
     op.execute(_BACKFILL_SCREENSHOTS)
     op.execute(_ADD_COUNTS)
     for table in _COUNTED:
+        for statement in _insert_trigger_sql(table):
+            op.execute(statement)
         for event in _CHANGED_ROWS:
             for statement in _trigger_sql(table, event):
                 op.execute(statement)
@@ -201,7 +224,7 @@ def downgrade() -> None:
     for name in _LIST_INDEXES:
         op.drop_index(name, table_name="signals")
     for table in _COUNTED:
-        for event in _CHANGED_ROWS:
+        for event in ("insert", *_CHANGED_ROWS):
             op.execute(f"DROP TRIGGER count_{table}_{event} ON {table}")
             op.execute(f"DROP FUNCTION count_{table}_{event}()")
     op.execute("DROP FUNCTION add_user_signal_counts(user_signal_counts[])")

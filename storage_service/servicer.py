@@ -90,6 +90,13 @@ class StorageServicer(storage_service_pb2_grpc.StorageServiceServicer):
         await self._service.delete_object(request.key)
         return storage_service_pb2.DeleteObjectResponse()
 
+    async def DeleteObjects(
+        self, request: storage_service_pb2.DeleteObjectsRequest, context: grpc.aio.ServicerContext
+    ) -> storage_service_pb2.DeleteObjectsResponse:
+        ensure_unscoped()
+        failed = await self._service.delete_objects(list(request.keys))
+        return storage_service_pb2.DeleteObjectsResponse(failed_keys=failed)
+
 
 async def _chunks(
     request_iterator: AsyncIterator[storage_service_pb2.PutObjectRequest],

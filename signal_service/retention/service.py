@@ -26,9 +26,9 @@ log = logging.getLogger(__name__)
 
 # pg_try_advisory_xact_lock key of the retention job: "retain" in ASCII.
 RETENTION_LOCK_KEY = 0x72657461696E
-_DELETE_CONCURRENCY = 8
+_MAX_KEYS_PER_CALL = 1000  # StorageService.DeleteObjects' limit
 _PAUSE_RATIO = 1.0
-_DELETE_TIMEOUT_SECONDS = 10.0
+_DELETE_TIMEOUT_SECONDS = 30.0
 
 STORAGE_BYTES = Gauge("alerts_storage_bytes", "Bytes of stored screenshots, by plan", ["plan"])
 STORAGE_OBJECTS = Gauge("alerts_storage_objects", "Stored screenshots, by plan", ["plan"])
@@ -111,31 +111,26 @@ class RetentionJob:
         return _Batch(expired=len(deleted), failed=len(due) - len(deleted), more_due=len(due) == limit)
 
     async def _delete_objects(self, due: list[ExpiringScreenshot]) -> list[ExpiringScreenshot]:
-        """The screenshots whose objects are gone now, whether deleted here or missing already."""
-        gate = asyncio.Semaphore(_DELETE_CONCURRENCY)
-
-        async def delete(item: ExpiringScreenshot) -> bool:
-            if not item.object_key:
-                return True
-            async with gate:
-                try:
-                    await self._storage.DeleteObject(
-                        storage_service_pb2.DeleteObjectRequest(key=item.object_key),
-                        timeout=_DELETE_TIMEOUT_SECONDS,
-                    )
-                except grpc.aio.AioRpcError as exc:
-                    if exc.code() == grpc.StatusCode.NOT_FOUND:
-                        return True
-                    RETENTION_DELETE_FAILURES.inc()
-                    log.warning(
-                        "deleting an expired screenshot failed",
-                        extra={"key": item.object_key, "code": exc.code().name},
-                    )
-                    return False
-            return True
-
-        outcomes = await asyncio.gather(*(delete(item) for item in due))
-        return [item for item, gone in zip(due, outcomes, strict=True) if gone]
+        """The screenshots whose objects are gone now, whether deleted here or missing already: one
+        DeleteObjects call per batch, not one call per object."""
+        keys = [item.object_key for item in due if item.object_key]
+        failed: set[str] = set()
+        for start in range(0, len(keys), _MAX_KEYS_PER_CALL):
+            chunk = keys[start : start + _MAX_KEYS_PER_CALL]
+            try:
+                response = await self._storage.DeleteObjects(
+                    storage_service_pb2.DeleteObjectsRequest(keys=chunk), timeout=_DELETE_TIMEOUT_SECONDS
+                )
+            except grpc.aio.AioRpcError as exc:
+                log.warning(
+                    "deleting expired screenshots failed", extra={"keys": len(chunk), "code": exc.code().name}
+                )
+                failed.update(chunk)
+                continue
+            failed.update(response.failed_keys)
+        if failed:
+            RETENTION_DELETE_FAILURES.inc(len(failed))
+        return [item for item in due if not item.object_key or item.object_key not in failed]
 
     async def refresh_usage(self) -> None:
         async with self._database.session() as session:

@@ -268,19 +268,19 @@ async def test_nothing_is_expired_while_storage_is_down_or_another_replica_runs_
 
 
 class StorageAwayOnce:
-    """The storage service, refusing the first deletion as an unreachable one would."""
+    """The storage service, refusing the first deletion call as an unreachable one would."""
 
     def __init__(self, storage: storage_service_pb2_grpc.StorageServiceStub) -> None:
         self._storage = storage
         self.refused = 0
 
-    async def DeleteObject(
-        self, request: storage_service_pb2.DeleteObjectRequest, **kwargs: object
+    async def DeleteObjects(
+        self, request: storage_service_pb2.DeleteObjectsRequest, **kwargs: object
     ) -> object:
         if not self.refused:
             self.refused += 1
             raise grpc.aio.AioRpcError(grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), grpc.aio.Metadata())
-        return await self._storage.DeleteObject(request, **kwargs)
+        return await self._storage.DeleteObjects(request, **kwargs)
 
 
 async def test_a_failed_pass_is_retried_after_the_retry_delay_not_the_interval(stack: Stack) -> None:

@@ -120,3 +120,15 @@ class DeleteObjectRequest(_message.Message):
 class DeleteObjectResponse(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
+
+class DeleteObjectsRequest(_message.Message):
+    __slots__ = ("keys",)
+    KEYS_FIELD_NUMBER: _ClassVar[int]
+    keys: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, keys: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class DeleteObjectsResponse(_message.Message):
+    __slots__ = ("failed_keys",)
+    FAILED_KEYS_FIELD_NUMBER: _ClassVar[int]
+    failed_keys: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, failed_keys: _Optional[_Iterable[str]] = ...) -> None: ...

@@ -60,6 +60,11 @@ class StorageServiceStub:
                 request_serializer=apidevs_dot_alerts_dot_v1_dot_storage__service__pb2.DeleteObjectRequest.SerializeToString,
                 response_deserializer=apidevs_dot_alerts_dot_v1_dot_storage__service__pb2.DeleteObjectResponse.FromString,
                 _registered_method=True)
+        self.DeleteObjects = channel.unary_unary(
+                '/apidevs.alerts.v1.StorageService/DeleteObjects',
+                request_serializer=apidevs_dot_alerts_dot_v1_dot_storage__service__pb2.DeleteObjectsRequest.SerializeToString,
+                response_deserializer=apidevs_dot_alerts_dot_v1_dot_storage__service__pb2.DeleteObjectsResponse.FromString,
+                _registered_method=True)
 
 
 class StorageServiceServicer:
@@ -103,6 +108,14 @@ class StorageServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DeleteObjects(self, request, context):
+        """Deletes many objects in one call (a retention batch); at most 1000 keys. A missing object counts as
+        deleted; the keys whose deletion failed are listed. One invalid key refuses the call (INVALID_ARGUMENT).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_StorageServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -130,6 +143,11 @@ def add_StorageServiceServicer_to_server(servicer, server):
                     servicer.DeleteObject,
                     request_deserializer=apidevs_dot_alerts_dot_v1_dot_storage__service__pb2.DeleteObjectRequest.FromString,
                     response_serializer=apidevs_dot_alerts_dot_v1_dot_storage__service__pb2.DeleteObjectResponse.SerializeToString,
+            ),
+            'DeleteObjects': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteObjects,
+                    request_deserializer=apidevs_dot_alerts_dot_v1_dot_storage__service__pb2.DeleteObjectsRequest.FromString,
+                    response_serializer=apidevs_dot_alerts_dot_v1_dot_storage__service__pb2.DeleteObjectsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -268,6 +286,33 @@ class StorageService:
             '/apidevs.alerts.v1.StorageService/DeleteObject',
             apidevs_dot_alerts_dot_v1_dot_storage__service__pb2.DeleteObjectRequest.SerializeToString,
             apidevs_dot_alerts_dot_v1_dot_storage__service__pb2.DeleteObjectResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteObjects(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/apidevs.alerts.v1.StorageService/DeleteObjects',
+            apidevs_dot_alerts_dot_v1_dot_storage__service__pb2.DeleteObjectsRequest.SerializeToString,
+            apidevs_dot_alerts_dot_v1_dot_storage__service__pb2.DeleteObjectsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
+from datetime import date, datetime
 from decimal import Decimal
 from enum import StrEnum
 from typing import Any
@@ -114,6 +114,22 @@ class Signal(SQLModel, table=True):
     __table_args__ = (
         sa.Index("ix_signals_user_created", "user_id", sa.text("created_at DESC"), sa.text("id DESC")),
         sa.Index("ix_signals_user_body", "user_id", "body_sha256", "created_at"),
+        # ListSignals' equality filters, newest first (docs/perf/scale-plans.md).
+        *(
+            sa.Index(
+                f"ix_signals_user_{name}_created",
+                "user_id",
+                column,
+                sa.text("created_at DESC"),
+                sa.text("id DESC"),
+            )
+            for name, column in (
+                ("ticker", "ticker"),
+                ("indicator", "indicator"),
+                ("type", "signal_type"),
+                ("result", "result"),
+            )
+        ),
         sa.Index(
             "ix_signals_screenshot_open",
             "screenshot_status",
@@ -168,6 +184,37 @@ class Signal(SQLModel, table=True):
     updated_at: datetime = Field(sa_column=_now_column())
 
 
+class UserSignalCounts(SQLModel, table=True):
+    """One user's signal and screenshot counts for one calendar month (UTC), what GetUserStats reads.
+
+    Kept by statement-level triggers on signals and screenshots (migration 0008_scale), never written
+    by the service: every write to those tables is counted, whoever makes it.
+    """
+
+    __tablename__ = "user_signal_counts"
+
+    user_id: uuid.UUID = Field(
+        sa_column=sa.Column(
+            pg.UUID(as_uuid=True), sa.ForeignKey("users.id", ondelete="CASCADE"), primary_key=True
+        )
+    )
+    month: date = Field(sa_column=sa.Column(sa.Date, primary_key=True))
+    signals: int = Field(default=0, sa_column=sa.Column(sa.BigInteger, nullable=False, server_default="0"))
+    wins: int = Field(default=0, sa_column=sa.Column(sa.BigInteger, nullable=False, server_default="0"))
+    losses: int = Field(default=0, sa_column=sa.Column(sa.BigInteger, nullable=False, server_default="0"))
+    # Signals whose screenshot is PENDING or PROCESSING.
+    screenshots_pending: int = Field(
+        default=0, sa_column=sa.Column(sa.BigInteger, nullable=False, server_default="0")
+    )
+    # COMPLETED screenshots, by the month their row was created.
+    storage_bytes: int = Field(
+        default=0, sa_column=sa.Column(sa.BigInteger, nullable=False, server_default="0")
+    )
+    storage_objects: int = Field(
+        default=0, sa_column=sa.Column(sa.BigInteger, nullable=False, server_default="0")
+    )
+
+
 class Screenshot(SQLModel, table=True):
     __tablename__ = "screenshots"
     __table_args__ = (
@@ -176,8 +223,12 @@ class Screenshot(SQLModel, table=True):
             "claimed_at",
             postgresql_where=sa.text("status = 'processing'"),
         ),
+        # Retention: each user's completed screenshots by age (retention/repository.py).
         sa.Index(
-            "ix_screenshots_completed_at", "completed_at", postgresql_where=sa.text("status = 'completed'")
+            "ix_screenshots_user_completed",
+            "user_id",
+            "completed_at",
+            postgresql_where=sa.text("status = 'completed'"),
         ),
     )
 

@@ -114,6 +114,9 @@ class SignalSettings(DatabaseJobSettings):
     # ALERTS_SCREENSHOT_RETENTION_DAYS='{"free": 14}'; plans left out keep their defaults.
     screenshot_retention_days: dict[str, float] = Field(default_factory=_default_retention_days)
     retention_interval_seconds: float = Field(default=3_600.0, gt=0)
+    # After a pass that failed (a deletion refused, the database away): the next try, instead of a whole
+    # retention_interval_seconds later.
+    retention_retry_seconds: float = Field(default=60.0, gt=0)
     retention_batch_size: int = Field(default=100, ge=1)
     storage_usage_refresh_seconds: float = Field(default=300.0, gt=0)
 

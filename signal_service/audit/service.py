@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 import uuid
 from datetime import UTC, datetime, timedelta
 
@@ -146,16 +147,22 @@ class AuditWriter:
             await AuditRepository(session).add_many(batch)
 
 
-async def prune_audit_log(database: Database, *, retention_days: int, batch_size: int = 10_000) -> int:
+async def prune_audit_log(
+    database: Database, *, retention_days: int, batch_size: int = 2_000, pause_ratio: float = 1.0
+) -> int:
     """Deletes audit rows older than the retention period, a batch per transaction; returns how many.
 
-    Batches keep each transaction short, so pruning a large backlog never holds locks for long.
+    Batches keep each transaction short, so pruning a large backlog never holds locks for long; after
+    each full batch it rests `pause_ratio` times as long as the batch took, so a year's backlog is pruned
+    at a pace that leaves the disk to ingest (docs/PERFORMANCE.md, "Scale").
     """
     cutoff = datetime.now(UTC) - timedelta(days=retention_days)
     deleted = 0
     while True:
+        started = time.perf_counter()
         async with database.transaction() as session:
             batch = await AuditRepository(session).delete_older_than(cutoff, limit=batch_size)
         deleted += batch
         if batch < batch_size:
             return deleted
+        await asyncio.sleep((time.perf_counter() - started) * pause_ratio)

@@ -166,6 +166,83 @@ async def test_stats_on_a_known_data_set(signals, users) -> None:
     assert (stats.storage_bytes, stats.storage_objects) == (3345, 2)
 
 
+_RECOUNT = """
+SELECT (SELECT count(*) FROM signals WHERE user_id = $1) AS total_signals,
+       (SELECT count(*) FROM signals WHERE user_id = $1
+        AND created_at >= date_trunc('month', now(), 'UTC')) AS this_month,
+       (SELECT count(*) FROM signals WHERE user_id = $1
+        AND screenshot_status IN ('pending', 'processing')) AS screenshots_pending,
+       (SELECT count(*) FROM signals WHERE user_id = $1 AND result = 'win') AS wins,
+       (SELECT count(*) FROM signals WHERE user_id = $1 AND result = 'loss') AS losses,
+       (SELECT coalesce(sum(size_bytes), 0) FROM screenshots WHERE user_id = $1
+        AND status = 'completed') AS storage_bytes,
+       (SELECT count(*) FROM screenshots WHERE user_id = $1 AND status = 'completed') AS storage_objects
+"""
+
+
+async def test_stats_counters_follow_every_write_even_by_hand(signals, users, database_url: str) -> None:
+    """GetUserStats reads counters kept by triggers; after service writes and hand-written multi-row
+    statements alike they equal a count of the rows themselves."""
+    created = await create_user(users)
+    token, user_id = created.webhook_token, created.user.user_id
+    month_start = datetime.now(UTC).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    old = [
+        await ingest(signals, token, alert(index), received_at=month_start - timedelta(days=40 + index))
+        for index in range(3)
+    ]
+    current = [await ingest(signals, token, alert(index)) for index in range(3, 9)]
+    for signal_id, size in ((old[0], 500), (current[0], 700), (current[1], 900)):
+        claim = await signals.ClaimCapture(
+            signal_service_pb2.ClaimCaptureRequest(signal_id=signal_id, worker_id="w")
+        )
+        await signals.ReportCapture(
+            signal_service_pb2.ReportCaptureRequest(
+                signal_id=signal_id,
+                status=resources_pb2.SCREENSHOT_STATUS_COMPLETED,
+                object_key=claim.object_key,
+                size_bytes=size,
+            )
+        )
+    await set_outcome(signals, old[1], resources_pb2.SIGNAL_RESULT_LOSS)
+    await set_outcome(signals, current[2], resources_pb2.SIGNAL_RESULT_WIN)
+    await set_outcome(signals, current[2], resources_pb2.SIGNAL_RESULT_LOSS)
+
+    owner = uuid.UUID(user_id)
+    connection = await asyncpg.connect(listener_dsn(database_url))
+    try:
+        await connection.execute(
+            "UPDATE signals SET result = 'win' WHERE user_id = $1 AND id = ANY($2::uuid[])",
+            owner,
+            [uuid.UUID(value) for value in (current[3], current[4], old[2])],
+        )
+        await connection.execute(
+            "UPDATE screenshots SET size_bytes = size_bytes * 2 WHERE user_id = $1 AND status = 'completed'",
+            owner,
+        )
+        # A signal moved to another month, and one deleted with its screenshot.
+        await connection.execute(
+            "UPDATE signals SET created_at = created_at - interval '60 days' WHERE id = $1",
+            uuid.UUID(current[5]),
+        )
+        await connection.execute("DELETE FROM signals WHERE id = $1", uuid.UUID(current[0]))
+        expected = dict(await connection.fetchrow(_RECOUNT, owner))
+    finally:
+        await connection.close()
+
+    stats = await signals.GetUserStats(signal_service_pb2.GetUserStatsRequest(user_id=user_id))
+    counted = {name: getattr(stats, name) for name in expected}
+    assert counted == expected
+    assert expected == {
+        "total_signals": 8,
+        "this_month": 4,
+        "screenshots_pending": 6,
+        "wins": 3,
+        "losses": 2,
+        "storage_bytes": 2 * (500 + 900),
+        "storage_objects": 2,
+    }
+
+
 async def test_stats_of_a_user_without_resolved_signals(signals, users) -> None:
     created = await create_user(users)
     empty = await signals.GetUserStats(signal_service_pb2.GetUserStatsRequest(user_id=created.user.user_id))

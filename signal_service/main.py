@@ -29,6 +29,7 @@ from signal_service.database import Database, create_engine
 from signal_service.events.service import EventFeed, EventHub, listener_dsn
 from signal_service.intake.ratelimit import RateLimiter
 from signal_service.intake.service import QueueBacklog, WebhookIngestor
+from signal_service.notifications.service import NotificationLedger
 from signal_service.outbox.service import OutboxRelay, PipelinedRedisBroker
 from signal_service.parsing import load_indicator_catalog
 from signal_service.retention.service import RetentionJob
@@ -159,6 +160,7 @@ async def signal_app(settings: SignalSettings) -> AsyncIterator[SignalApp]:
             outcomes=SignalOutcomes(database),
             feed=EventFeed(database=database, hub=events),
             sessions=sessions,
+            notifications=NotificationLedger(database, on_commit=relay.kick),
         ),
         user_servicer=UserServicer(
             UserManager(

@@ -54,6 +54,10 @@ class UserRepository:
             .values(**values, updated_at=sa.func.now())
         )
 
+    async def notification_secrets_ciphertext(self, user_id: uuid.UUID) -> bytes | None:
+        statement = sa.select(UserConfig.notification_secrets_ciphertext).where(UserConfig.user_id == user_id)
+        return (await self.session.execute(statement)).scalar_one_or_none()
+
     async def plans(self, user_ids: set[uuid.UUID]) -> dict[uuid.UUID, str]:
         if not user_ids:
             return {}

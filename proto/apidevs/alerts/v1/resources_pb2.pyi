@@ -51,6 +51,30 @@ class SignalEventType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     SIGNAL_EVENT_TYPE_SCREENSHOT_UPDATED: _ClassVar[SignalEventType]
     SIGNAL_EVENT_TYPE_OUTCOME_UPDATED: _ClassVar[SignalEventType]
     SIGNAL_EVENT_TYPE_TRADINGVIEW_SESSION_UPDATED: _ClassVar[SignalEventType]
+
+class NotificationChannel(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    NOTIFICATION_CHANNEL_UNSPECIFIED: _ClassVar[NotificationChannel]
+    NOTIFICATION_CHANNEL_TELEGRAM: _ClassVar[NotificationChannel]
+    NOTIFICATION_CHANNEL_DISCORD: _ClassVar[NotificationChannel]
+    NOTIFICATION_CHANNEL_WEBHOOK: _ClassVar[NotificationChannel]
+
+class NotificationKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    NOTIFICATION_KIND_UNSPECIFIED: _ClassVar[NotificationKind]
+    NOTIFICATION_KIND_ALERT: _ClassVar[NotificationKind]
+    NOTIFICATION_KIND_PHOTO: _ClassVar[NotificationKind]
+    NOTIFICATION_KIND_OUTCOME: _ClassVar[NotificationKind]
+
+class DeliveryStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    DELIVERY_STATUS_UNSPECIFIED: _ClassVar[DeliveryStatus]
+    DELIVERY_STATUS_PENDING: _ClassVar[DeliveryStatus]
+    DELIVERY_STATUS_SENDING: _ClassVar[DeliveryStatus]
+    DELIVERY_STATUS_DELIVERED: _ClassVar[DeliveryStatus]
+    DELIVERY_STATUS_SKIPPED: _ClassVar[DeliveryStatus]
+    DELIVERY_STATUS_FAILED: _ClassVar[DeliveryStatus]
+    DELIVERY_STATUS_DEAD: _ClassVar[DeliveryStatus]
 PLAN_UNSPECIFIED: Plan
 PLAN_FREE: Plan
 PLAN_BASIC: Plan
@@ -77,9 +101,50 @@ SIGNAL_EVENT_TYPE_CREATED: SignalEventType
 SIGNAL_EVENT_TYPE_SCREENSHOT_UPDATED: SignalEventType
 SIGNAL_EVENT_TYPE_OUTCOME_UPDATED: SignalEventType
 SIGNAL_EVENT_TYPE_TRADINGVIEW_SESSION_UPDATED: SignalEventType
+NOTIFICATION_CHANNEL_UNSPECIFIED: NotificationChannel
+NOTIFICATION_CHANNEL_TELEGRAM: NotificationChannel
+NOTIFICATION_CHANNEL_DISCORD: NotificationChannel
+NOTIFICATION_CHANNEL_WEBHOOK: NotificationChannel
+NOTIFICATION_KIND_UNSPECIFIED: NotificationKind
+NOTIFICATION_KIND_ALERT: NotificationKind
+NOTIFICATION_KIND_PHOTO: NotificationKind
+NOTIFICATION_KIND_OUTCOME: NotificationKind
+DELIVERY_STATUS_UNSPECIFIED: DeliveryStatus
+DELIVERY_STATUS_PENDING: DeliveryStatus
+DELIVERY_STATUS_SENDING: DeliveryStatus
+DELIVERY_STATUS_DELIVERED: DeliveryStatus
+DELIVERY_STATUS_SKIPPED: DeliveryStatus
+DELIVERY_STATUS_FAILED: DeliveryStatus
+DELIVERY_STATUS_DEAD: DeliveryStatus
+
+class NotificationDelivery(_message.Message):
+    __slots__ = ("channel", "kind", "status", "attempts", "last_error", "provider_message_id", "with_photo", "created_at", "updated_at", "delivered_at", "signal_id")
+    CHANNEL_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
+    LAST_ERROR_FIELD_NUMBER: _ClassVar[int]
+    PROVIDER_MESSAGE_ID_FIELD_NUMBER: _ClassVar[int]
+    WITH_PHOTO_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    UPDATED_AT_FIELD_NUMBER: _ClassVar[int]
+    DELIVERED_AT_FIELD_NUMBER: _ClassVar[int]
+    SIGNAL_ID_FIELD_NUMBER: _ClassVar[int]
+    channel: NotificationChannel
+    kind: NotificationKind
+    status: DeliveryStatus
+    attempts: int
+    last_error: str
+    provider_message_id: str
+    with_photo: bool
+    created_at: _timestamp_pb2.Timestamp
+    updated_at: _timestamp_pb2.Timestamp
+    delivered_at: _timestamp_pb2.Timestamp
+    signal_id: str
+    def __init__(self, channel: _Optional[_Union[NotificationChannel, str]] = ..., kind: _Optional[_Union[NotificationKind, str]] = ..., status: _Optional[_Union[DeliveryStatus, str]] = ..., attempts: _Optional[int] = ..., last_error: _Optional[str] = ..., provider_message_id: _Optional[str] = ..., with_photo: _Optional[bool] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., delivered_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., signal_id: _Optional[str] = ...) -> None: ...
 
 class Signal(_message.Message):
-    __slots__ = ("signal_id", "user_id", "chart_id", "indicator", "ticker", "exchange", "symbol", "price", "signal_type", "interval", "alert_time", "parse_status", "parse_problems", "extra", "raw_text", "content_type", "screenshot_status", "screenshot_object_key", "screenshot_url", "screenshot_error", "result", "profit_loss", "notes", "created_at", "updated_at", "screenshot_completed_at")
+    __slots__ = ("signal_id", "user_id", "chart_id", "indicator", "ticker", "exchange", "symbol", "price", "signal_type", "interval", "alert_time", "parse_status", "parse_problems", "extra", "raw_text", "content_type", "screenshot_status", "screenshot_object_key", "screenshot_url", "screenshot_error", "result", "profit_loss", "notes", "created_at", "updated_at", "screenshot_completed_at", "deliveries")
     SIGNAL_ID_FIELD_NUMBER: _ClassVar[int]
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     CHART_ID_FIELD_NUMBER: _ClassVar[int]
@@ -106,6 +171,7 @@ class Signal(_message.Message):
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
     UPDATED_AT_FIELD_NUMBER: _ClassVar[int]
     SCREENSHOT_COMPLETED_AT_FIELD_NUMBER: _ClassVar[int]
+    DELIVERIES_FIELD_NUMBER: _ClassVar[int]
     signal_id: str
     user_id: str
     chart_id: str
@@ -132,7 +198,8 @@ class Signal(_message.Message):
     created_at: _timestamp_pb2.Timestamp
     updated_at: _timestamp_pb2.Timestamp
     screenshot_completed_at: _timestamp_pb2.Timestamp
-    def __init__(self, signal_id: _Optional[str] = ..., user_id: _Optional[str] = ..., chart_id: _Optional[str] = ..., indicator: _Optional[str] = ..., ticker: _Optional[str] = ..., exchange: _Optional[str] = ..., symbol: _Optional[str] = ..., price: _Optional[str] = ..., signal_type: _Optional[str] = ..., interval: _Optional[str] = ..., alert_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., parse_status: _Optional[_Union[ParseStatus, str]] = ..., parse_problems: _Optional[_Iterable[str]] = ..., extra: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., raw_text: _Optional[str] = ..., content_type: _Optional[str] = ..., screenshot_status: _Optional[_Union[ScreenshotStatus, str]] = ..., screenshot_object_key: _Optional[str] = ..., screenshot_url: _Optional[str] = ..., screenshot_error: _Optional[str] = ..., result: _Optional[_Union[SignalResult, str]] = ..., profit_loss: _Optional[str] = ..., notes: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., screenshot_completed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    deliveries: _containers.RepeatedCompositeFieldContainer[NotificationDelivery]
+    def __init__(self, signal_id: _Optional[str] = ..., user_id: _Optional[str] = ..., chart_id: _Optional[str] = ..., indicator: _Optional[str] = ..., ticker: _Optional[str] = ..., exchange: _Optional[str] = ..., symbol: _Optional[str] = ..., price: _Optional[str] = ..., signal_type: _Optional[str] = ..., interval: _Optional[str] = ..., alert_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., parse_status: _Optional[_Union[ParseStatus, str]] = ..., parse_problems: _Optional[_Iterable[str]] = ..., extra: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., raw_text: _Optional[str] = ..., content_type: _Optional[str] = ..., screenshot_status: _Optional[_Union[ScreenshotStatus, str]] = ..., screenshot_object_key: _Optional[str] = ..., screenshot_url: _Optional[str] = ..., screenshot_error: _Optional[str] = ..., result: _Optional[_Union[SignalResult, str]] = ..., profit_loss: _Optional[str] = ..., notes: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., screenshot_completed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., deliveries: _Optional[_Iterable[_Union[NotificationDelivery, _Mapping]]] = ...) -> None: ...
 
 class TradingViewSession(_message.Message):
     __slots__ = ("configured", "valid", "checked_at", "changed_at", "checked")

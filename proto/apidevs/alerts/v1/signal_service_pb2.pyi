@@ -3,12 +3,28 @@ import datetime
 from apidevs.alerts.v1 import resources_pb2 as _resources_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class DeliveryReportOutcome(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    DELIVERY_REPORT_OUTCOME_UNSPECIFIED: _ClassVar[DeliveryReportOutcome]
+    DELIVERY_REPORT_OUTCOME_DELIVERED: _ClassVar[DeliveryReportOutcome]
+    DELIVERY_REPORT_OUTCOME_RETRY: _ClassVar[DeliveryReportOutcome]
+    DELIVERY_REPORT_OUTCOME_FAILED: _ClassVar[DeliveryReportOutcome]
+    DELIVERY_REPORT_OUTCOME_DEAD: _ClassVar[DeliveryReportOutcome]
+    DELIVERY_REPORT_OUTCOME_RELEASED: _ClassVar[DeliveryReportOutcome]
+DELIVERY_REPORT_OUTCOME_UNSPECIFIED: DeliveryReportOutcome
+DELIVERY_REPORT_OUTCOME_DELIVERED: DeliveryReportOutcome
+DELIVERY_REPORT_OUTCOME_RETRY: DeliveryReportOutcome
+DELIVERY_REPORT_OUTCOME_FAILED: DeliveryReportOutcome
+DELIVERY_REPORT_OUTCOME_DEAD: DeliveryReportOutcome
+DELIVERY_REPORT_OUTCOME_RELEASED: DeliveryReportOutcome
 
 class IngestWebhookRequest(_message.Message):
     __slots__ = ("webhook_token", "chart_id", "body", "content_type", "source_ip", "received_at", "user_agent", "query", "idempotency_key", "body_size", "edge_refusal", "request_id")
@@ -285,3 +301,111 @@ class ReportSessionCheckRequest(_message.Message):
     reason: str
     worker_id: str
     def __init__(self, user_id: _Optional[str] = ..., session_version: _Optional[str] = ..., valid: _Optional[bool] = ..., reason: _Optional[str] = ..., worker_id: _Optional[str] = ...) -> None: ...
+
+class ClaimNotificationRequest(_message.Message):
+    __slots__ = ("signal_id", "worker_id", "claim_id", "screenshot_wait_seconds", "lease_seconds")
+    SIGNAL_ID_FIELD_NUMBER: _ClassVar[int]
+    WORKER_ID_FIELD_NUMBER: _ClassVar[int]
+    CLAIM_ID_FIELD_NUMBER: _ClassVar[int]
+    SCREENSHOT_WAIT_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    LEASE_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    signal_id: str
+    worker_id: str
+    claim_id: str
+    screenshot_wait_seconds: int
+    lease_seconds: int
+    def __init__(self, signal_id: _Optional[str] = ..., worker_id: _Optional[str] = ..., claim_id: _Optional[str] = ..., screenshot_wait_seconds: _Optional[int] = ..., lease_seconds: _Optional[int] = ...) -> None: ...
+
+class ClaimNotificationResponse(_message.Message):
+    __slots__ = ("tasks", "signal", "retry_after_seconds", "secrets_ciphertext", "waiting_for_signal_id")
+    TASKS_FIELD_NUMBER: _ClassVar[int]
+    SIGNAL_FIELD_NUMBER: _ClassVar[int]
+    RETRY_AFTER_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    SECRETS_CIPHERTEXT_FIELD_NUMBER: _ClassVar[int]
+    WAITING_FOR_SIGNAL_ID_FIELD_NUMBER: _ClassVar[int]
+    tasks: _containers.RepeatedCompositeFieldContainer[NotificationTask]
+    signal: _resources_pb2.Signal
+    retry_after_seconds: float
+    secrets_ciphertext: bytes
+    waiting_for_signal_id: str
+    def __init__(self, tasks: _Optional[_Iterable[_Union[NotificationTask, _Mapping]]] = ..., signal: _Optional[_Union[_resources_pb2.Signal, _Mapping]] = ..., retry_after_seconds: _Optional[float] = ..., secrets_ciphertext: _Optional[bytes] = ..., waiting_for_signal_id: _Optional[str] = ...) -> None: ...
+
+class NotificationTask(_message.Message):
+    __slots__ = ("delivery_id", "channel", "kind", "target", "attempts", "with_photo", "screenshot_object_key", "alert_message_id", "alert_with_photo", "created_at")
+    DELIVERY_ID_FIELD_NUMBER: _ClassVar[int]
+    CHANNEL_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
+    WITH_PHOTO_FIELD_NUMBER: _ClassVar[int]
+    SCREENSHOT_OBJECT_KEY_FIELD_NUMBER: _ClassVar[int]
+    ALERT_MESSAGE_ID_FIELD_NUMBER: _ClassVar[int]
+    ALERT_WITH_PHOTO_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    delivery_id: int
+    channel: _resources_pb2.NotificationChannel
+    kind: _resources_pb2.NotificationKind
+    target: str
+    attempts: int
+    with_photo: bool
+    screenshot_object_key: str
+    alert_message_id: str
+    alert_with_photo: bool
+    created_at: _timestamp_pb2.Timestamp
+    def __init__(self, delivery_id: _Optional[int] = ..., channel: _Optional[_Union[_resources_pb2.NotificationChannel, str]] = ..., kind: _Optional[_Union[_resources_pb2.NotificationKind, str]] = ..., target: _Optional[str] = ..., attempts: _Optional[int] = ..., with_photo: _Optional[bool] = ..., screenshot_object_key: _Optional[str] = ..., alert_message_id: _Optional[str] = ..., alert_with_photo: _Optional[bool] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class ReportNotificationRequest(_message.Message):
+    __slots__ = ("delivery_id", "claim_id", "outcome", "provider_message_id", "error", "with_photo")
+    DELIVERY_ID_FIELD_NUMBER: _ClassVar[int]
+    CLAIM_ID_FIELD_NUMBER: _ClassVar[int]
+    OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    PROVIDER_MESSAGE_ID_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    WITH_PHOTO_FIELD_NUMBER: _ClassVar[int]
+    delivery_id: int
+    claim_id: str
+    outcome: DeliveryReportOutcome
+    provider_message_id: str
+    error: str
+    with_photo: bool
+    def __init__(self, delivery_id: _Optional[int] = ..., claim_id: _Optional[str] = ..., outcome: _Optional[_Union[DeliveryReportOutcome, str]] = ..., provider_message_id: _Optional[str] = ..., error: _Optional[str] = ..., with_photo: _Optional[bool] = ...) -> None: ...
+
+class ReportNotificationResponse(_message.Message):
+    __slots__ = ("recorded", "delivery")
+    RECORDED_FIELD_NUMBER: _ClassVar[int]
+    DELIVERY_FIELD_NUMBER: _ClassVar[int]
+    recorded: bool
+    delivery: _resources_pb2.NotificationDelivery
+    def __init__(self, recorded: _Optional[bool] = ..., delivery: _Optional[_Union[_resources_pb2.NotificationDelivery, _Mapping]] = ...) -> None: ...
+
+class ListFailedNotificationsRequest(_message.Message):
+    __slots__ = ("user_id", "page_size", "page_token")
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    page_size: int
+    page_token: str
+    def __init__(self, user_id: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+
+class ListFailedNotificationsResponse(_message.Message):
+    __slots__ = ("deliveries", "next_page_token")
+    DELIVERIES_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    deliveries: _containers.RepeatedCompositeFieldContainer[_resources_pb2.NotificationDelivery]
+    next_page_token: str
+    def __init__(self, deliveries: _Optional[_Iterable[_Union[_resources_pb2.NotificationDelivery, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class RetryNotificationsRequest(_message.Message):
+    __slots__ = ("signal_ids", "all_failed")
+    SIGNAL_IDS_FIELD_NUMBER: _ClassVar[int]
+    ALL_FAILED_FIELD_NUMBER: _ClassVar[int]
+    signal_ids: _containers.RepeatedScalarFieldContainer[str]
+    all_failed: bool
+    def __init__(self, signal_ids: _Optional[_Iterable[str]] = ..., all_failed: _Optional[bool] = ...) -> None: ...
+
+class RetryNotificationsResponse(_message.Message):
+    __slots__ = ("requeued_count",)
+    REQUEUED_COUNT_FIELD_NUMBER: _ClassVar[int]
+    requeued_count: int
+    def __init__(self, requeued_count: _Optional[int] = ...) -> None: ...

@@ -27,7 +27,7 @@ from mesh.auth import generate_key
 START_TIMEOUT_SECONDS = 60.0
 MIGRATE_TIMEOUT_SECONDS = 120.0
 # Edge first (stop taking webhooks), then workers, then the services they call; other processes last.
-_STOP_ORDER = ("edge", "capture-", "signal", "storage", "chart-stub")
+_STOP_ORDER = ("edge", "capture-", "notify-", "signal", "storage", "chart-stub", "telegram-stub")
 
 
 def loopback_address() -> str:
@@ -41,7 +41,8 @@ def inherited_environment() -> dict[str, str]:
 
 @dataclass
 class Stack:
-    """Every process of one system, by name: "chart-stub", "storage", "signal", "edge", "capture-<n>"."""
+    """Every process of one system, by name: "chart-stub", "telegram-stub", "storage", "signal", "edge",
+    "capture-<n>", "notify-<n>"."""
 
     env: dict[str, str]
     log_dir: Path
@@ -68,6 +69,10 @@ class Stack:
         return self.env.get("ALERTS_TRADINGVIEW_URL", "")
 
     @property
+    def telegram_api_url(self) -> str:
+        return self.env.get("ALERTS_TELEGRAM_API_URL", "")
+
+    @property
     def api_key(self) -> str:
         """The key the services present to each other, accepted by every one of them."""
         return self.env["ALERTS_SERVICE_API_KEY"]
@@ -82,7 +87,7 @@ class Stack:
         """The process `name` would run, not yet started."""
         argv, ready = self._command(name)
         env = self.env
-        if self.serve_metrics and name not in ("edge", "chart-stub"):
+        if self.serve_metrics and name not in ("edge", "chart-stub", "telegram-stub"):
             # A restarted process keeps its port, so scrapers need no telling.
             env = {**env, "ALERTS_METRICS_PORT": str(self.metrics_ports.setdefault(name, free_port()))}
         return ManagedProcess(name, argv, env, ready=ready, log_path=self.log_dir / f"{name}.log")
@@ -94,6 +99,12 @@ class Stack:
                 alerts_argv("serve", "chart-stub", "--port", url.rsplit(":", 1)[1]),
                 lambda: http_ok(f"{url}/_stub/requests"),
             )
+        if name == "telegram-stub":
+            url = self.telegram_api_url
+            return (
+                alerts_argv("serve", "telegram-stub", "--port", url.rsplit(":", 1)[1]),
+                lambda: http_ok(f"{url}/_stub/requests"),
+            )
         if name == "storage":
             return alerts_argv("serve", "storage"), lambda: grpc_serving(self.storage_addr)
         if name == "signal":
@@ -102,6 +113,8 @@ class Stack:
             return alerts_argv("serve", "edge"), lambda: http_ok(f"{self.edge_url}/health/live")
         if name.startswith("capture-"):
             return alerts_argv("serve", "capture"), None
+        if name.startswith("notify-"):
+            return alerts_argv("serve", "notify"), None
         raise ValueError(f"no process named {name!r} in a stack")
 
     def start(self, *names: str, timeout: float = START_TIMEOUT_SECONDS) -> None:
@@ -172,6 +185,7 @@ def build_stack(
     storage_addr: str | None = None,
     tradingview_url: str | None = None,
     chart_stub: bool = False,
+    telegram_stub: bool = False,
     objects_dir: Path | None = None,
     inherited: Mapping[str, str] | None = None,
     serve_metrics: bool = False,
@@ -180,7 +194,9 @@ def build_stack(
     """One stack's wiring. Ports and addresses left out are free loopback ones; `service_key` left out is
     generated, and the services accept it plus `accepted_keys`. With `chart_stub` (and no
     `tradingview_url`) the chart stub serves on a free port. Local objects go to `objects_dir`, else where
-    the inherited environment or the storage service's default says. `inherited` is the environment the
+    the inherited environment or the storage service's default says. With `telegram_stub` the Telegram
+    stub serves on a free port as the Bot API, with a generated bot token, and user-supplied notification
+    URLs may reach loopback (where test receivers listen). `inherited` is the environment the
     children start from (by default this process's without ALERTS_*); `settings` are further ALERTS_*
     variables, e.g. ALERTS_PLAN_LIMITS, applied last.
     """
@@ -207,5 +223,9 @@ def build_stack(
         env["ALERTS_TRADINGVIEW_URL"] = tradingview_url
     elif chart_stub:
         env["ALERTS_TRADINGVIEW_URL"] = f"http://{loopback_address()}"
+    if telegram_stub:
+        env["ALERTS_TELEGRAM_API_URL"] = f"http://{loopback_address()}"
+        env["ALERTS_TELEGRAM_BOT_TOKEN"] = f"{free_port()}:dev-{generate_key()[3:23]}"
+        env["ALERTS_NOTIFY_ALLOW_LOOPBACK"] = "true"
     env |= settings
     return Stack(env=env, log_dir=log_dir, serve_metrics=serve_metrics)

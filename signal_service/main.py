@@ -63,6 +63,7 @@ class SignalApp:
     captures: CaptureCoordinator
     session_scheduler: SessionCheckScheduler
     retention: RetentionJob
+    notifications: NotificationLedger
     signal_servicer: SignalServicer
     user_servicer: UserServicer
 
@@ -77,6 +78,9 @@ class SignalApp:
             asyncio.create_task(self.session_scheduler.run_forever(), name="session-check-scheduler")
         )
         self.background.append(asyncio.create_task(self.retention.run_forever(), name="screenshot-retention"))
+        self.background.append(
+            asyncio.create_task(self.notifications.refresh_metrics_forever(), name="notification-metrics")
+        )
 
     async def _sweep_forever(self) -> None:
         while True:
@@ -139,8 +143,10 @@ async def signal_app(settings: SignalSettings) -> AsyncIterator[SignalApp]:
     sessions = SessionChecks(
         database=database, settings=settings, redis=redis, workers_key=capture_workers_key(settings)
     )
+    notifications = NotificationLedger(database, on_commit=relay.kick)
     app = SignalApp(
         captures=captures,
+        notifications=notifications,
         session_scheduler=SessionCheckScheduler(database=database, settings=settings, on_commit=relay.kick),
         retention=RetentionJob(database=database, settings=settings, storage=storage),
         settings=settings,
@@ -160,7 +166,7 @@ async def signal_app(settings: SignalSettings) -> AsyncIterator[SignalApp]:
             outcomes=SignalOutcomes(database),
             feed=EventFeed(database=database, hub=events),
             sessions=sessions,
-            notifications=NotificationLedger(database, on_commit=relay.kick),
+            notifications=notifications,
         ),
         user_servicer=UserServicer(
             UserManager(

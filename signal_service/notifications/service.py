@@ -18,12 +18,16 @@ and a report counts once, for the claim that holds the delivery.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
+
+from prometheus_client import Gauge
 
 from mesh import notification_preferences
 from mesh.errors import InvalidArgumentError, NotFoundError
@@ -35,6 +39,18 @@ from signal_service.models import DeliveryStatus, NotificationDelivery, OutboxMe
 from signal_service.notifications.repository import OPEN_STATUSES, NotificationRepository
 from signal_service.signals.repository import SignalRepository, SignalRow
 from signal_service.signals.service import page_size
+
+log = logging.getLogger(__name__)
+
+# Database-wide figures: every signal replica exports the same value, so aggregate with max, never sum.
+OLDEST_UNDELIVERED = Gauge(
+    "alerts_notifications_oldest_undelivered_seconds",
+    "Age of the oldest notification delivery still pending or being sent",
+)
+DELIVERIES_BY_STATUS = Gauge(
+    "alerts_notification_deliveries", "Notification deliveries in the ledger, by status", ["status"]
+)
+_METRICS_INTERVAL_SECONDS = 15.0
 
 MAX_SCREENSHOT_WAIT_SECONDS = 300
 MAX_LEASE_SECONDS = 300
@@ -266,6 +282,20 @@ class NotificationLedger:
         if current is None:
             raise NotFoundError("no such delivery", reason="DELIVERY_NOT_FOUND")
         return False, current
+
+    async def refresh_metrics_forever(self) -> None:
+        """Keeps the ledger's figures fresh for the alert rules (deploy/prometheus/alerts.yml)."""
+        while True:
+            try:
+                async with self._database.session() as session:
+                    ledger = NotificationRepository(session)
+                    OLDEST_UNDELIVERED.set(await ledger.oldest_open_age_seconds())
+                    counts = await ledger.count_by_status()
+                for status in DeliveryStatus:
+                    DELIVERIES_BY_STATUS.labels(status.value).set(counts.get(status.value, 0))
+            except Exception as exc:
+                log.warning("notification metrics refresh failed", extra={"error": str(exc)})
+            await asyncio.sleep(_METRICS_INTERVAL_SECONDS)
 
     async def deliveries(
         self, signal_ids: Sequence[uuid.UUID]

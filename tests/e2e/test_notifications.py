@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
+import subprocess
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -20,6 +22,7 @@ import httpx
 import pytest
 from google.protobuf import struct_pb2, timestamp_pb2
 
+from alerts.processes import alerts_argv
 from alerts.stack import Stack, build_stack
 from apidevs.alerts.v1 import (
     resources_pb2,
@@ -285,3 +288,36 @@ async def test_a_private_url_is_refused_and_the_reason_recorded(client: Client) 
     assert "forbidden destination" in delivery.last_error
     assert "link-local" in delivery.last_error
     assert delivery.attempts == 1
+
+
+def run_alerts(stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:
+    env = child_env(
+        {
+            "ALERTS_DATA_DIR": stack.env["ALERTS_DATA_DIR"],
+            "ALERTS_LOG_LEVEL": "WARNING",
+            "ALERTS_SIGNAL_ADDR": stack.signal_addr,
+            "ALERTS_SERVICE_API_KEY": stack.api_key,
+        }
+    )
+    return subprocess.run(
+        alerts_argv(*args), env=env, capture_output=True, text=True, timeout=120, check=False
+    )
+
+
+async def test_alerts_notifications_failed_and_retry(client: Client, stack: Stack) -> None:
+    token = await client.user({"webhook": {"url": "http://10.1.2.3/hook", "secret": SECRET}})
+    signal_id = await client.ingest(token, b"a webhook for a private address")
+
+    async def failed() -> list[dict[str, Any]]:
+        answer = await asyncio.to_thread(run_alerts, stack, "notifications", "failed", "--json")
+        assert answer.returncode == 0, answer.stderr
+        rows = [json.loads(line) for line in answer.stdout.splitlines()]
+        return [row for row in rows if row["signal_id"] == signal_id]
+
+    [row] = await client.until("the failed delivery to be listed", failed)
+    assert (row["channel"], row["kind"], row["status"]) == ("webhook", "alert", "failed")
+    assert "private" in row["last_error"]
+
+    answer = await asyncio.to_thread(run_alerts, stack, "notifications", "retry", signal_id)
+    assert answer.returncode == 0, answer.stderr
+    assert answer.stdout.strip() == "signals queued for delivery again: 1"

@@ -38,7 +38,7 @@ def host_port(address: str) -> tuple[str, int]:
 
 def test_app_services_run_real_alerts_commands() -> None:
     commands = {name: tuple(service["command"]) for name, service in app_services().items()}
-    assert set(commands) == {"migrate", "storage", "signal", "edge", "capture", "audit-prune"}
+    assert set(commands) == {"migrate", "storage", "signal", "edge", "capture", "notify", "audit-prune"}
     unknown = {name: command for name, command in commands.items() if command not in ALERTS_COMMANDS}
     assert unknown == {}
 

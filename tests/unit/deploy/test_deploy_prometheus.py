@@ -25,12 +25,16 @@ COUNTERS_AND_GAUGES = {
     "alerts_spool_pending",
     "alerts_storage_bytes_written_total",
     "alerts_stream_subscribers",
+    "alerts_notifications_total",
+    "alerts_notifications_oldest_undelivered_seconds",
+    "alerts_notification_deliveries",
 }
 HISTOGRAMS = {
     "alerts_webhook_latency_seconds",
     "alerts_grpc_server_latency_seconds",
     "alerts_capture_duration_seconds",
     "alerts_db_query_latency_seconds",
+    "alerts_notification_latency_seconds",
 }
 EXPORTED_SERIES = COUNTERS_AND_GAUGES | {
     f"{name}{suffix}" for name in HISTOGRAMS for suffix in ("_bucket", "_sum", "_count")
@@ -42,6 +46,8 @@ REQUIRED_ALERTS = {
     "AlertsDatabaseSlow",
     "AlertsSpoolNotDraining",
     "AlertsOutboxBacklogGrowing",
+    "AlertsNotificationsBehind",
+    "AlertsNotificationFailures",
 }
 _QUOTED = re.compile(r'"(?:[^"\\]|\\.)*"')
 

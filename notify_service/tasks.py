@@ -9,8 +9,10 @@ again by re-enqueueing the job with a delay, never by sleeping on a worker threa
 Failures: a 4xx other than 429 (or a destination the guard refuses) fails the delivery at once with its
 reason; anything else is retried with exponential backoff and jitter (a 429's retry_after when given)
 until `notify_delivery_deadline_seconds` after the delivery became due, then it is DEAD. Telegram's
-limits are shared by every worker (notify_service/ratelimit.py): a send the limits do not allow yet is
-handed back uncounted and retried when they do.
+limits are shared by every worker (notify_service/ratelimit.py) as bookings: a send books the next slot
+every limit allows; a slot within `_SLOT_HORIZON_SECONDS` is waited for on the spot, a later one is kept
+in the re-enqueued job's options and used when the job comes back, so workers line up at the bot's pace
+instead of polling. An alert delivered queues the same chat's next alert at once (next_signal_ids).
 """
 
 from __future__ import annotations
@@ -65,6 +67,10 @@ _MAX_ROUNDS = 4
 _MIN_DELAY_SECONDS = 0.2
 # A blocked alert nudges the older signal it waits for at most this often.
 _NUDGE_SECONDS = 5
+# A booked Telegram slot this close is waited for in the job; a later one comes back with the job.
+_SLOT_HORIZON_SECONDS = 1.0
+# A slot the job comes back to later than this after its time is booked afresh.
+_SLOT_GRACE_SECONDS = 5.0
 
 DELIVERIES = Counter(
     "alerts_notifications_total",
@@ -101,9 +107,39 @@ class SignalServiceUnavailableError(Exception):
 
 
 class _Throttled(Exception):
-    def __init__(self, wait_seconds: float) -> None:
-        super().__init__(f"rate limited for {wait_seconds:.2f}s")
-        self.wait_seconds = wait_seconds
+    """A Telegram slot is booked too far ahead to wait for in the job: come back for it."""
+
+    def __init__(self, slot: TelegramSlot) -> None:
+        super().__init__(f"Telegram slot booked at {slot.at:.3f}")
+        self.slot = slot
+
+
+@dataclass(frozen=True, slots=True)
+class TelegramSlot:
+    """A booked send to a chat (notify_service.ratelimit): Unix time when the limits allow it."""
+
+    chat_id: str
+    at: float
+
+    def as_option(self) -> dict[str, Any]:
+        return {"chat_id": self.chat_id, "at": self.at}
+
+    @classmethod
+    def from_option(cls, value: Any) -> TelegramSlot | None:
+        if not isinstance(value, dict):
+            return None
+        try:
+            return cls(str(value["chat_id"]), float(value["at"]))
+        except (KeyError, TypeError, ValueError):
+            return None
+
+
+@dataclass(frozen=True, slots=True)
+class LookAgain:
+    """When to run the job again (0: not needed), with the Telegram slot it booked, if any."""
+
+    delay_seconds: float = 0.0
+    slot: TelegramSlot | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,13 +220,14 @@ class NotifyWorker:
             await channel.close()
         log.info("notify worker stopped", extra={"worker_id": self.worker_id})
 
-    async def run(self, signal_id: str, *, job_id: str) -> float:
-        """Sends what is due for the signal; returns the seconds after which to look again (0: never)."""
+    async def run(self, signal_id: str, *, job_id: str, slot: TelegramSlot | None = None) -> LookAgain:
+        """Sends what is due for the signal; says when to look again, if at all."""
         look_again = 0.0
+        booked: TelegramSlot | None = None
         for round_number in range(_MAX_ROUNDS):
             claim = await self._claim(signal_id, f"{job_id}:{round_number}")
             if claim is None:
-                return 0.0
+                return LookAgain()
             if claim.waiting_for_signal_id:
                 await self._nudge(claim.waiting_for_signal_id)
             look_again = claim.retry_after_seconds
@@ -199,14 +236,22 @@ class NotifyWorker:
             secrets = self._secrets(claim.secrets_ciphertext)
             notice = notice_of(claim.signal)
             claim_id = f"{job_id}:{round_number}"
-            delays = await asyncio.gather(
-                *(self._deliver(task, claim.signal, notice, secrets, claim_id) for task in claim.tasks)
+            outcomes = await asyncio.gather(
+                *(self._deliver(task, claim.signal, notice, secrets, claim_id, slot) for task in claim.tasks)
             )
-            retry_delays = [delay for delay in delays if delay > 0]
+            slot = None
+            if any(delay == 0.0 and slot_ is None for delay, slot_ in outcomes):
+                for next_signal_id in claim.next_signal_ids:
+                    if self.requeue is not None:
+                        await self.requeue(next_signal_id, LookAgain())
+            retry_delays = [delay for delay, _ in outcomes if delay > 0]
+            booked = next((slot_ for _, slot_ in outcomes if slot_ is not None), None)
             if retry_delays:
                 look_again = min([*retry_delays, *([look_again] if look_again > 0 else [])])
                 break
-        return max(look_again, _MIN_DELAY_SECONDS) if look_again > 0 else 0.0
+        if look_again <= 0:
+            return LookAgain()
+        return LookAgain(max(look_again, _MIN_DELAY_SECONDS), booked)
 
     async def _deliver(
         self,
@@ -215,12 +260,14 @@ class NotifyWorker:
         notice: render.Notice,
         secrets: dict[str, str],
         claim_id: str,
-    ) -> float:
-        """Sends one claimed delivery and reports it; returns the retry delay, 0 when it is settled."""
+        slot: TelegramSlot | None,
+    ) -> tuple[float, TelegramSlot | None]:
+        """Sends one claimed delivery and reports it; returns the retry delay (0 when it is settled) and
+        the Telegram slot booked for the retry."""
         channel, kind = _CHANNELS.get(task.channel, "unknown"), _KINDS.get(task.kind, "unknown")
         try:
             if channel == "telegram":
-                sent = await self._send_telegram(task, kind, notice)
+                sent = await self._send_telegram(task, kind, notice, slot)
             elif channel == "discord":
                 sent = await self._send_discord(task, kind, notice, secrets)
             else:
@@ -228,9 +275,9 @@ class NotifyWorker:
         except _Throttled as throttled:
             DELIVERIES.labels(channel, kind, "throttled").inc()
             await self._report(task, claim_id, signal_service_pb2.DELIVERY_REPORT_OUTCOME_RELEASED)
-            return throttled.wait_seconds
+            return max(throttled.slot.at - time.time(), _MIN_DELAY_SECONDS), throttled.slot
         except DeliveryError as exc:
-            return await self._failed(task, channel, kind, claim_id, exc)
+            return await self._failed(task, channel, kind, claim_id, exc), None
         await self._report(
             task,
             claim_id,
@@ -245,7 +292,7 @@ class NotifyWorker:
             "notification delivered",
             extra={"signal_id": signal.signal_id, "channel": channel, "kind": kind, "photo": sent.with_photo},
         )
-        return 0.0
+        return 0.0, None
 
     async def _failed(
         self,
@@ -290,14 +337,15 @@ class NotifyWorker:
         )
 
     async def _send_telegram(
-        self, task: signal_service_pb2.NotificationTask, kind: str, notice: render.Notice
+        self,
+        task: signal_service_pb2.NotificationTask,
+        kind: str,
+        notice: render.Notice,
+        slot: TelegramSlot | None,
     ) -> Sent:
         if self._telegram is None:
             raise DeliveryError("ALERTS_TELEGRAM_BOT_TOKEN is not configured", permanent=False)
-        assert self._limiter is not None
-        wait = await self._limiter.try_send(task.target)
-        if wait > 0:
-            raise _Throttled(wait)
+        await self._wait_for_slot(task.target, slot)
         chat = task.target
         if kind == "outcome":
             limit = render.TELEGRAM_CAPTION_LIMIT if task.alert_with_photo else render.TELEGRAM_TEXT_LIMIT
@@ -361,6 +409,18 @@ class NotifyWorker:
         event = render.webhook_event(notice, _WEBHOOK_EVENTS[kind], screenshot_url)
         await self._webhook.send(task.target, secret, message_id, event)
         return Sent(message_id)
+
+    async def _wait_for_slot(self, chat_id: str, slot: TelegramSlot | None) -> None:
+        """Waits for a send to `chat_id` to be allowed: the slot the job booked before, or a new one."""
+        assert self._limiter is not None
+        now = time.time()
+        if slot is None or slot.chat_id != chat_id or not now - _SLOT_GRACE_SECONDS <= slot.at:
+            slot = TelegramSlot(chat_id, now + await self._limiter.reserve(chat_id))
+        wait = slot.at - time.time()
+        if wait > _SLOT_HORIZON_SECONDS:
+            raise _Throttled(slot)
+        if wait > 0:
+            await asyncio.sleep(wait)
 
     def _secrets(self, ciphertext: bytes) -> dict[str, str]:
         if not ciphertext:
@@ -448,7 +508,7 @@ class NotifyWorker:
         key = f"{self.settings.redis_namespace}:notify:nudged:{signal_id}"
         with contextlib.suppress(redis_async.RedisError):
             if await self._redis.set(key, 1, nx=True, ex=_NUDGE_SECONDS) and self.requeue is not None:
-                await self.requeue(signal_id, 0.0)
+                await self.requeue(signal_id, LookAgain())
 
 
 class NotifyWorkerMiddleware(AsyncIO):
@@ -472,6 +532,10 @@ def _event_loop() -> Any:
     if loop_thread is None:
         raise RuntimeError("the AsyncIO event loop thread is not running")
     return loop_thread
+
+
+# The message option carrying a job's booked Telegram slot back to it.
+_SLOT_OPTION = "telegram_slot"
 
 
 def declare_notify_actor(broker: Broker, worker: NotifyWorker) -> dramatiq.Actor[..., Any]:

@@ -372,6 +372,7 @@ class SignalServicer(signal_service_pb2_grpc.SignalServiceServicer):
             retry_after_seconds=claim.retry_after_seconds,
             secrets_ciphertext=claim.secrets_ciphertext,
             waiting_for_signal_id=claim.waiting_for_signal_id,
+            next_signal_ids=list(dict.fromkeys(claim.next_signal_ids)),
         )
         for task in claim.tasks:
             delivery = task.delivery

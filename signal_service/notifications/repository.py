@@ -56,6 +56,22 @@ class NotificationRepository:
         )
         return {row.channel: (row.id, row.signal_id) for row in await self.session.execute(statement)}
 
+    async def next_open_alert(self, user_id: uuid.UUID, channel: str, after_id: int) -> uuid.UUID | None:
+        """The signal of the user's next open alert on `channel` after delivery `after_id`."""
+        statement = (
+            sa.select(NotificationDelivery.signal_id)
+            .where(
+                NotificationDelivery.user_id == user_id,
+                NotificationDelivery.channel == channel,
+                NotificationDelivery.kind == "alert",
+                NotificationDelivery.status.in_(OPEN_STATUSES),
+                NotificationDelivery.id > after_id,
+            )
+            .order_by(NotificationDelivery.id)
+            .limit(1)
+        )
+        return (await self.session.execute(statement)).scalar_one_or_none()
+
     async def preferences(self, user_id: uuid.UUID) -> tuple[dict[str, Any], bytes | None]:
         statement = sa.select(
             UserConfig.notification_preferences, UserConfig.notification_secrets_ciphertext

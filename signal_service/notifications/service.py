@@ -55,8 +55,11 @@ _METRICS_INTERVAL_SECONDS = 15.0
 MAX_SCREENSHOT_WAIT_SECONDS = 300
 MAX_LEASE_SECONDS = 300
 DEFAULT_LEASE_SECONDS = 60
-# How soon to look again at a delivery waiting for another one (its alert, or an older alert).
+# How soon to look again at a delivery waiting for its own alert (usually sent by the same job).
 _WAITING_RECHECK_SECONDS = 0.5
+# How soon an alert waiting behind an older one looks again; the older one's job queues it when it is
+# delivered (next_signal_ids), so this only covers a lost job.
+_BEHIND_RECHECK_SECONDS = 5.0
 _SCREENSHOT_RUNNING = (ScreenshotStatus.PENDING, ScreenshotStatus.PROCESSING)
 _MAX_ERROR_LENGTH = 500
 
@@ -87,6 +90,8 @@ class NotificationClaim:
     retry_after_seconds: float = 0.0
     # An older signal whose alert this one waits behind; the worker nudges it along.
     waiting_for_signal_id: str = ""
+    # Signals whose alerts wait behind the alerts claimed here.
+    next_signal_ids: list[str] = field(default_factory=list)
 
     def wait(self, seconds: float) -> None:
         seconds = max(seconds, 0.0)
@@ -184,6 +189,12 @@ class NotificationLedger:
                 for name, value in claim_values.items():
                     setattr(delivery, name, value)
                 claim.tasks.append(task)
+                if delivery.kind == "alert":
+                    following = await ledger.next_open_alert(
+                        row.signal.user_id, delivery.channel, delivery.id
+                    )
+                    if following is not None:
+                        claim.next_signal_ids.append(str(following))
         return claim
 
     async def _due(
@@ -209,7 +220,7 @@ class NotificationLedger:
         if delivery.kind == "alert":
             first_id, first_signal = oldest.get(delivery.channel, (delivery.id, delivery.signal_id))
             if first_id < delivery.id:
-                claim.wait(_WAITING_RECHECK_SECONDS)
+                claim.wait(_BEHIND_RECHECK_SECONDS)
                 claim.waiting_for_signal_id = str(first_signal)
                 return None
             wants_photo = wants_photo_with_alert(preferences, delivery.channel)

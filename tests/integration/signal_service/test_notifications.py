@@ -278,7 +278,9 @@ async def test_a_chat_receives_alerts_in_arrival_order(users, signals) -> None:
     assert not blocked.tasks
     assert blocked.waiting_for_signal_id == first
     assert blocked.retry_after_seconds > 0
-    [task] = (await claim(signals, first, "f1")).tasks
+    claimed_first = await claim(signals, first, "f1")
+    assert list(claimed_first.next_signal_ids) == [second]
+    [task] = claimed_first.tasks
     await report(signals, task, "f1", DELIVERED, provider_message_id="1")
     assert len((await claim(signals, second, "s2")).tasks) == 1
 

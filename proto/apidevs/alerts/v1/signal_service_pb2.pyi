@@ -317,18 +317,20 @@ class ClaimNotificationRequest(_message.Message):
     def __init__(self, signal_id: _Optional[str] = ..., worker_id: _Optional[str] = ..., claim_id: _Optional[str] = ..., screenshot_wait_seconds: _Optional[int] = ..., lease_seconds: _Optional[int] = ...) -> None: ...
 
 class ClaimNotificationResponse(_message.Message):
-    __slots__ = ("tasks", "signal", "retry_after_seconds", "secrets_ciphertext", "waiting_for_signal_id")
+    __slots__ = ("tasks", "signal", "retry_after_seconds", "secrets_ciphertext", "waiting_for_signal_id", "next_signal_ids")
     TASKS_FIELD_NUMBER: _ClassVar[int]
     SIGNAL_FIELD_NUMBER: _ClassVar[int]
     RETRY_AFTER_SECONDS_FIELD_NUMBER: _ClassVar[int]
     SECRETS_CIPHERTEXT_FIELD_NUMBER: _ClassVar[int]
     WAITING_FOR_SIGNAL_ID_FIELD_NUMBER: _ClassVar[int]
+    NEXT_SIGNAL_IDS_FIELD_NUMBER: _ClassVar[int]
     tasks: _containers.RepeatedCompositeFieldContainer[NotificationTask]
     signal: _resources_pb2.Signal
     retry_after_seconds: float
     secrets_ciphertext: bytes
     waiting_for_signal_id: str
-    def __init__(self, tasks: _Optional[_Iterable[_Union[NotificationTask, _Mapping]]] = ..., signal: _Optional[_Union[_resources_pb2.Signal, _Mapping]] = ..., retry_after_seconds: _Optional[float] = ..., secrets_ciphertext: _Optional[bytes] = ..., waiting_for_signal_id: _Optional[str] = ...) -> None: ...
+    next_signal_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, tasks: _Optional[_Iterable[_Union[NotificationTask, _Mapping]]] = ..., signal: _Optional[_Union[_resources_pb2.Signal, _Mapping]] = ..., retry_after_seconds: _Optional[float] = ..., secrets_ciphertext: _Optional[bytes] = ..., waiting_for_signal_id: _Optional[str] = ..., next_signal_ids: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class NotificationTask(_message.Message):
     __slots__ = ("delivery_id", "channel", "kind", "target", "attempts", "with_photo", "screenshot_object_key", "alert_message_id", "alert_with_photo", "created_at")

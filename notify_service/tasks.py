@@ -541,20 +541,24 @@ _SLOT_OPTION = "telegram_slot"
 def declare_notify_actor(broker: Broker, worker: NotifyWorker) -> dramatiq.Actor[..., Any]:
     async def deliver_notifications(signal_id: str) -> None:
         message = CurrentMessage.get_current_message()
-        job_id = (
-            f"{message.message_id}:{message.options.get('retries', 0)}" if message else os.urandom(8).hex()
-        )
+        options = message.options if message is not None else {}
+        job_id = f"{message.message_id}:{options.get('retries', 0)}" if message else os.urandom(8).hex()
+        slot = TelegramSlot.from_option(options.get(_SLOT_OPTION))
         try:
-            delay = await worker.run(signal_id, job_id=job_id)
+            look_again = await worker.run(signal_id, job_id=job_id, slot=slot)
         except SignalServiceUnavailableError as exc:
             raise dramatiq.Retry(str(exc)) from exc
-        if delay > 0:
-            await requeue(signal_id, delay)
+        if look_again.delay_seconds > 0:
+            await requeue(signal_id, look_again)
 
-    async def requeue(signal_id: str, delay_seconds: float) -> None:
+    async def requeue(signal_id: str, look_again: LookAgain) -> None:
+        options = {_SLOT_OPTION: look_again.slot.as_option()} if look_again.slot is not None else {}
         # A blocking Redis round trip: off the event loop.
         await asyncio.to_thread(
-            actor.send_with_options, args=(signal_id,), delay=int(delay_seconds * 1000) or None
+            actor.send_with_options,
+            args=(signal_id,),
+            delay=int(look_again.delay_seconds * 1000) or None,
+            **options,
         )
 
     actor: dramatiq.Actor[..., Any] = dramatiq.Actor(

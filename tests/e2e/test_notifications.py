@@ -321,3 +321,8 @@ async def test_alerts_notifications_failed_and_retry(client: Client, stack: Stac
     answer = await asyncio.to_thread(run_alerts, stack, "notifications", "retry", signal_id)
     assert answer.returncode == 0, answer.stderr
     assert answer.stdout.strip() == "signals queued for delivery again: 1"
+
+
+async def test_no_notify_job_failed_unexpectedly(stack: Stack) -> None:
+    """Provider failures are handled in the job; an exception escaping it is a bug (runs last)."""
+    assert "unhandled exception" not in stack.logs()

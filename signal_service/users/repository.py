@@ -75,9 +75,20 @@ class UserRepository:
 
     async def sessions_after(self, after: uuid.UUID | None, limit: int) -> list[tuple[uuid.UUID, bytes]]:
         """Stored TradingView session ciphertexts in user id order after `after`, locked until commit."""
+        return await self._ciphertexts_after(UserConfig.tv_session_ciphertext, after, limit)
+
+    async def notification_secrets_after(
+        self, after: uuid.UUID | None, limit: int
+    ) -> list[tuple[uuid.UUID, bytes]]:
+        """Stored notification secret ciphertexts in user id order after `after`, locked until commit."""
+        return await self._ciphertexts_after(UserConfig.notification_secrets_ciphertext, after, limit)
+
+    async def _ciphertexts_after(
+        self, column: Any, after: uuid.UUID | None, limit: int
+    ) -> list[tuple[uuid.UUID, bytes]]:
         statement = (
-            sa.select(UserConfig.user_id, UserConfig.tv_session_ciphertext)
-            .where(UserConfig.tv_session_ciphertext.is_not(None))
+            sa.select(UserConfig.user_id, column)
+            .where(column.is_not(None))
             .order_by(UserConfig.user_id)
             .limit(limit)
             .with_for_update()

@@ -9,10 +9,12 @@ again by re-enqueueing the job with a delay, never by sleeping on a worker threa
 Failures: a 4xx other than 429 (or a destination the guard refuses) fails the delivery at once with its
 reason; anything else is retried with exponential backoff and jitter (a 429's retry_after when given)
 until `notify_delivery_deadline_seconds` after the delivery became due, then it is DEAD. Telegram's
-limits are shared by every worker (notify_service/ratelimit.py) as bookings: a send books the next slot
-every limit allows; a slot within `_SLOT_HORIZON_SECONDS` is waited for on the spot, a later one is kept
-in the re-enqueued job's options and used when the job comes back, so workers line up at the bot's pace
-instead of polling. An alert delivered queues the same chat's next alert at once (next_signal_ids).
+limits are shared by every worker (notify_service/ratelimit.py) as bookings: a delivery books the next
+slot every limit allows, once (the booking is kept in Redis under the delivery's id, so whichever job
+claims the delivery next uses it rather than booking again); a slot within `_SLOT_HORIZON_SECONDS` is
+waited for on the spot, for a later one the job hands the delivery back and comes back at its time.
+Workers therefore line up at the bot's pace instead of polling. An alert delivered queues the same
+chat's next alert at once (next_signal_ids).
 """
 
 from __future__ import annotations
@@ -69,8 +71,9 @@ _MIN_DELAY_SECONDS = 0.2
 _NUDGE_SECONDS = 5
 # A booked Telegram slot this close is waited for in the job; a later one comes back with the job.
 _SLOT_HORIZON_SECONDS = 1.0
-# A slot the job comes back to later than this after its time is booked afresh.
-_SLOT_GRACE_SECONDS = 5.0
+# A booked slot not used within this long after its time is booked afresh (its job came back late): a
+# late send would crowd the next slots and draw a 429.
+_SLOT_GRACE_SECONDS = 0.25
 
 DELIVERIES = Counter(
     "alerts_notifications_total",
@@ -107,39 +110,18 @@ class SignalServiceUnavailableError(Exception):
 
 
 class _Throttled(Exception):
-    """A Telegram slot is booked too far ahead to wait for in the job: come back for it."""
+    """The delivery's Telegram slot is too far ahead to wait for in the job: come back at its time."""
 
-    def __init__(self, slot: TelegramSlot) -> None:
-        super().__init__(f"Telegram slot booked at {slot.at:.3f}")
-        self.slot = slot
-
-
-@dataclass(frozen=True, slots=True)
-class TelegramSlot:
-    """A booked send to a chat (notify_service.ratelimit): Unix time when the limits allow it."""
-
-    chat_id: str
-    at: float
-
-    def as_option(self) -> dict[str, Any]:
-        return {"chat_id": self.chat_id, "at": self.at}
-
-    @classmethod
-    def from_option(cls, value: Any) -> TelegramSlot | None:
-        if not isinstance(value, dict):
-            return None
-        try:
-            return cls(str(value["chat_id"]), float(value["at"]))
-        except (KeyError, TypeError, ValueError):
-            return None
+    def __init__(self, wait_seconds: float) -> None:
+        super().__init__(f"Telegram slot in {wait_seconds:.2f}s")
+        self.wait_seconds = wait_seconds
 
 
 @dataclass(frozen=True, slots=True)
 class LookAgain:
-    """When to run the job again (0: not needed), with the Telegram slot it booked, if any."""
+    """When to run the job again; 0: not needed."""
 
     delay_seconds: float = 0.0
-    slot: TelegramSlot | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,10 +202,9 @@ class NotifyWorker:
             await channel.close()
         log.info("notify worker stopped", extra={"worker_id": self.worker_id})
 
-    async def run(self, signal_id: str, *, job_id: str, slot: TelegramSlot | None = None) -> LookAgain:
+    async def run(self, signal_id: str, *, job_id: str) -> LookAgain:
         """Sends what is due for the signal; says when to look again, if at all."""
         look_again = 0.0
-        booked: TelegramSlot | None = None
         for round_number in range(_MAX_ROUNDS):
             claim = await self._claim(signal_id, f"{job_id}:{round_number}")
             if claim is None:
@@ -236,22 +217,19 @@ class NotifyWorker:
             secrets = self._secrets(claim.secrets_ciphertext)
             notice = notice_of(claim.signal)
             claim_id = f"{job_id}:{round_number}"
-            outcomes = await asyncio.gather(
-                *(self._deliver(task, claim.signal, notice, secrets, claim_id, slot) for task in claim.tasks)
+            delays = await asyncio.gather(
+                *(self._deliver(task, claim.signal, notice, secrets, claim_id) for task in claim.tasks)
             )
-            slot = None
-            if any(delay == 0.0 and slot_ is None for delay, slot_ in outcomes):
+            if any(delay == 0.0 for delay in delays) and self.requeue is not None:
                 for next_signal_id in claim.next_signal_ids:
-                    if self.requeue is not None:
-                        await self.requeue(next_signal_id, LookAgain())
-            retry_delays = [delay for delay, _ in outcomes if delay > 0]
-            booked = next((slot_ for _, slot_ in outcomes if slot_ is not None), None)
+                    await self.requeue(next_signal_id, LookAgain())
+            retry_delays = [delay for delay in delays if delay > 0]
             if retry_delays:
                 look_again = min([*retry_delays, *([look_again] if look_again > 0 else [])])
                 break
         if look_again <= 0:
             return LookAgain()
-        return LookAgain(max(look_again, _MIN_DELAY_SECONDS), booked)
+        return LookAgain(max(look_again, _MIN_DELAY_SECONDS))
 
     async def _deliver(
         self,
@@ -260,14 +238,12 @@ class NotifyWorker:
         notice: render.Notice,
         secrets: dict[str, str],
         claim_id: str,
-        slot: TelegramSlot | None,
-    ) -> tuple[float, TelegramSlot | None]:
-        """Sends one claimed delivery and reports it; returns the retry delay (0 when it is settled) and
-        the Telegram slot booked for the retry."""
+    ) -> float:
+        """Sends one claimed delivery and reports it; returns the retry delay, 0 when it is settled."""
         channel, kind = _CHANNELS.get(task.channel, "unknown"), _KINDS.get(task.kind, "unknown")
         try:
             if channel == "telegram":
-                sent = await self._send_telegram(task, kind, notice, slot)
+                sent = await self._send_telegram(task, kind, notice)
             elif channel == "discord":
                 sent = await self._send_discord(task, kind, notice, secrets)
             else:
@@ -275,9 +251,9 @@ class NotifyWorker:
         except _Throttled as throttled:
             DELIVERIES.labels(channel, kind, "throttled").inc()
             await self._report(task, claim_id, signal_service_pb2.DELIVERY_REPORT_OUTCOME_RELEASED)
-            return max(throttled.slot.at - time.time(), _MIN_DELAY_SECONDS), throttled.slot
+            return max(throttled.wait_seconds, _MIN_DELAY_SECONDS)
         except DeliveryError as exc:
-            return await self._failed(task, channel, kind, claim_id, exc), None
+            return await self._failed(task, channel, kind, claim_id, exc)
         await self._report(
             task,
             claim_id,
@@ -292,7 +268,7 @@ class NotifyWorker:
             "notification delivered",
             extra={"signal_id": signal.signal_id, "channel": channel, "kind": kind, "photo": sent.with_photo},
         )
-        return 0.0, None
+        return 0.0
 
     async def _failed(
         self,
@@ -341,11 +317,10 @@ class NotifyWorker:
         task: signal_service_pb2.NotificationTask,
         kind: str,
         notice: render.Notice,
-        slot: TelegramSlot | None,
     ) -> Sent:
         if self._telegram is None:
             raise DeliveryError("ALERTS_TELEGRAM_BOT_TOKEN is not configured", permanent=False)
-        await self._wait_for_slot(task.target, slot)
+        await self._wait_for_slot(task)
         chat = task.target
         if kind == "outcome":
             limit = render.TELEGRAM_CAPTION_LIMIT if task.alert_with_photo else render.TELEGRAM_TEXT_LIMIT
@@ -410,15 +385,23 @@ class NotifyWorker:
         await self._webhook.send(task.target, secret, message_id, event)
         return Sent(message_id)
 
-    async def _wait_for_slot(self, chat_id: str, slot: TelegramSlot | None) -> None:
-        """Waits for a send to `chat_id` to be allowed: the slot the job booked before, or a new one."""
+    async def _wait_for_slot(self, task: signal_service_pb2.NotificationTask) -> None:
+        """Waits for the delivery's booked Telegram slot (booking one if it has none), or raises _Throttled
+        when it is too far ahead. The booking is used by one send attempt, then dropped."""
         assert self._limiter is not None
+        assert self._redis is not None
+        key = f"{self.settings.redis_namespace}:notify:slot:{task.delivery_id}"
         now = time.time()
-        if slot is None or slot.chat_id != chat_id or not now - _SLOT_GRACE_SECONDS <= slot.at:
-            slot = TelegramSlot(chat_id, now + await self._limiter.reserve(chat_id))
-        wait = slot.at - time.time()
+        booked = await self._redis.get(key)
+        at = float(booked) if booked is not None else 0.0
+        if at < now - _SLOT_GRACE_SECONDS:
+            at = now + await self._limiter.reserve(task.target)
+            await self._redis.set(key, repr(at), ex=int(at - now) + 3_600)
+        wait = at - time.time()
         if wait > _SLOT_HORIZON_SECONDS:
-            raise _Throttled(slot)
+            # Back a little early (a delayed job's start is not exact), to wait out the rest here.
+            raise _Throttled(wait - _SLOT_HORIZON_SECONDS / 2)
+        await self._redis.delete(key)
         if wait > 0:
             await asyncio.sleep(wait)
 
@@ -534,31 +517,23 @@ def _event_loop() -> Any:
     return loop_thread
 
 
-# The message option carrying a job's booked Telegram slot back to it.
-_SLOT_OPTION = "telegram_slot"
-
-
 def declare_notify_actor(broker: Broker, worker: NotifyWorker) -> dramatiq.Actor[..., Any]:
     async def deliver_notifications(signal_id: str) -> None:
         message = CurrentMessage.get_current_message()
-        options = message.options if message is not None else {}
-        job_id = f"{message.message_id}:{options.get('retries', 0)}" if message else os.urandom(8).hex()
-        slot = TelegramSlot.from_option(options.get(_SLOT_OPTION))
+        job_id = (
+            f"{message.message_id}:{message.options.get('retries', 0)}" if message else os.urandom(8).hex()
+        )
         try:
-            look_again = await worker.run(signal_id, job_id=job_id, slot=slot)
+            look_again = await worker.run(signal_id, job_id=job_id)
         except SignalServiceUnavailableError as exc:
             raise dramatiq.Retry(str(exc)) from exc
         if look_again.delay_seconds > 0:
             await requeue(signal_id, look_again)
 
     async def requeue(signal_id: str, look_again: LookAgain) -> None:
-        options = {_SLOT_OPTION: look_again.slot.as_option()} if look_again.slot is not None else {}
         # A blocking Redis round trip: off the event loop.
         await asyncio.to_thread(
-            actor.send_with_options,
-            args=(signal_id,),
-            delay=int(look_again.delay_seconds * 1000) or None,
-            **options,
+            actor.send_with_options, args=(signal_id,), delay=int(look_again.delay_seconds * 1000) or None
         )
 
     actor: dramatiq.Actor[..., Any] = dramatiq.Actor(

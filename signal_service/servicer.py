@@ -79,10 +79,17 @@ class SignalServicer(signal_service_pb2_grpc.SignalServiceServicer):
             for row in rows
             if row.screenshot is not None and row.screenshot.status == ScreenshotStatus.COMPLETED
         )
-        return [
-            signal_to_proto(row, urls.get(row.screenshot.object_key or "", "") if row.screenshot else "")
-            for row in rows
-        ]
+        deliveries = await self._notifications.deliveries([row.signal.id for row in rows]) if rows else {}
+        messages = []
+        for row in rows:
+            message = signal_to_proto(
+                row, urls.get(row.screenshot.object_key or "", "") if row.screenshot else ""
+            )
+            message.deliveries.extend(
+                delivery_to_proto(delivery) for delivery in deliveries.get(row.signal.id, [])
+            )
+            messages.append(message)
+        return messages
 
     async def _events_to_proto(self, batch: list[StoredEvent]) -> list[resources_pb2.SignalEvent]:
         signals = await self._signals_to_proto([stored.row for stored in batch if stored.row is not None])
@@ -173,12 +180,7 @@ class SignalServicer(signal_service_pb2_grpc.SignalServiceServicer):
     ) -> resources_pb2.Signal:
         row = await self._reader.get(request.signal_id)
         ensure_can_access_user(str(row.signal.user_id))
-        message = (await self._signals_to_proto([row]))[0]
-        deliveries = await self._notifications.deliveries([row.signal.id])
-        message.deliveries.extend(
-            delivery_to_proto(delivery) for delivery in deliveries.get(row.signal.id, [])
-        )
-        return message
+        return (await self._signals_to_proto([row]))[0]
 
     async def ListSignals(
         self, request: signal_service_pb2.ListSignalsRequest, context: grpc.aio.ServicerContext

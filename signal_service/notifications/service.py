@@ -58,8 +58,8 @@ DEFAULT_LEASE_SECONDS = 60
 # How soon to look again at a delivery waiting for its own alert (usually sent by the same job).
 _WAITING_RECHECK_SECONDS = 0.5
 # How soon an alert waiting behind an older one looks again; the older one's job queues it when it is
-# delivered (next_signal_ids), so this only covers a lost job.
-_BEHIND_RECHECK_SECONDS = 5.0
+# settled (next_signal_ids), and the waiting one nudges the older one, so this only covers lost jobs.
+_BEHIND_RECHECK_SECONDS = 60.0
 _SCREENSHOT_RUNNING = (ScreenshotStatus.PENDING, ScreenshotStatus.PROCESSING)
 _MAX_ERROR_LENGTH = 500
 

@@ -1,0 +1,34 @@
+"""The notify job's pure parts: the retry backoff and the notice."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from apidevs.alerts.v1 import resources_pb2
+from notify_service.tasks import backoff_seconds, notice_of
+
+
+@given(st.integers(min_value=0, max_value=60))
+def test_backoff_doubles_with_jitter_and_stays_under_the_cap(attempts: int) -> None:
+    wait = backoff_seconds(attempts, min_ms=1_000, max_ms=60_000)
+    base = 2 ** max(0, attempts - 1)
+    assert min(base, 60.0) <= wait <= min(2 * base, 60.0)
+
+
+def test_the_notice_carries_the_outcome() -> None:
+    signal = resources_pb2.Signal(
+        signal_id="s1",
+        indicator="ADX DEF",
+        ticker="BINANCE:BTCUSDT",
+        price="67890.50",
+        result=resources_pb2.SIGNAL_RESULT_WIN,
+        profit_loss="12.50",
+    )
+    signal.alert_time.FromDatetime(datetime(2026, 11, 27, 14, 30, tzinfo=UTC))
+    notice = notice_of(signal)
+    assert (notice.result, notice.profit_loss, notice.price) == ("win", "12.50", "67890.50")
+    assert notice.alert_time == datetime(2026, 11, 27, 14, 30, tzinfo=UTC)
+    assert notice_of(resources_pb2.Signal(signal_id="s2")).result == ""

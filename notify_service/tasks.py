@@ -71,9 +71,11 @@ _MIN_DELAY_SECONDS = 0.2
 _NUDGE_SECONDS = 5
 # A booked Telegram slot this close is waited for in the job; a later one comes back with the job.
 _SLOT_HORIZON_SECONDS = 1.0
-# A booked slot not used within this long after its time is booked afresh (its job came back late): a
-# late send would crowd the next slots and draw a 429.
-_SLOT_GRACE_SECONDS = 0.25
+# A booked slot not used within this long after its time is booked afresh (its job came back late).
+# Sending late crowds the slots after it a little, which the pacing's margin under Telegram's limits
+# absorbs; booking afresh wastes the slot, and on a loaded machine, where many jobs come back late,
+# that wasted most of the bot's capacity.
+_SLOT_GRACE_SECONDS = 2.0
 
 DELIVERIES = Counter(
     "alerts_notifications_total",

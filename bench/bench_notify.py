@@ -199,7 +199,7 @@ async def main() -> None:
     parser.add_argument("--steady-rate", type=float, action="append", default=None)
     parser.add_argument("--steady-seconds", type=float, default=20.0)
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--concurrency", type=int, default=48)
     parser.add_argument("--out", type=Path, default=None)
     options = parser.parse_args()
     rates = options.steady_rate or [50.0]

@@ -69,13 +69,12 @@ _MAX_ROUNDS = 4
 _MIN_DELAY_SECONDS = 0.2
 # A blocked alert nudges the older signal it waits for at most this often.
 _NUDGE_SECONDS = 5
-# A booked Telegram slot this close is waited for in the job; a later one comes back with the job.
-_SLOT_HORIZON_SECONDS = 1.0
-# A booked slot not used within this long after its time is booked afresh (its job came back late).
-# Sending late crowds the slots after it a little, which the pacing's margin under Telegram's limits
-# absorbs; booking afresh wastes the slot, and on a loaded machine, where many jobs come back late,
-# that wasted most of the bot's capacity.
-_SLOT_GRACE_SECONDS = 2.0
+# A booked Telegram slot this close is waited for in the job; for a later one the job comes back this
+# long before it (a delayed job's start is late on a loaded machine), to wait out the rest here.
+_SLOT_HORIZON_SECONDS = 3.0
+# A booked slot not used within this long after its time is booked afresh (its job came back very
+# late): sending late crowds the slots after it, and many late sends together draw 429s.
+_SLOT_GRACE_SECONDS = 0.5
 
 DELIVERIES = Counter(
     "alerts_notifications_total",
@@ -401,8 +400,7 @@ class NotifyWorker:
             await self._redis.set(key, repr(at), ex=int(at - now) + 3_600)
         wait = at - time.time()
         if wait > _SLOT_HORIZON_SECONDS:
-            # Back a little early (a delayed job's start is not exact), to wait out the rest here.
-            raise _Throttled(wait - _SLOT_HORIZON_SECONDS / 2)
+            raise _Throttled(wait - _SLOT_HORIZON_SECONDS)
         await self._redis.delete(key)
         if wait > 0:
             await asyncio.sleep(wait)

@@ -34,7 +34,9 @@ from apidevs.alerts.v1 import (
     user_service_pb2_grpc,
 )
 from mesh.grpc import open_channel
+from notify_service.signing import verify
 from tests.e2e.stacks import child_env, fresh_database
+from tests.support import asgi_app_in_thread
 
 pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="session")]
 
@@ -321,6 +323,47 @@ async def test_alerts_notifications_failed_and_retry(client: Client, stack: Stac
     answer = await asyncio.to_thread(run_alerts, stack, "notifications", "retry", signal_id)
     assert answer.returncode == 0, answer.stderr
     assert answer.stdout.strip() == "signals queued for delivery again: 1"
+
+
+class WebhookReceiver:
+    """A trader's webhook endpoint: records every request's headers and body."""
+
+    def __init__(self) -> None:
+        self.received: list[tuple[dict[str, str], bytes]] = []
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        headers = {name.decode().lower(): value.decode() for name, value in scope["headers"]}
+        self.received.append((headers, body))
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+
+async def test_a_signed_webhook_reaches_a_receiver_that_can_verify_it(client: Client) -> None:
+    receiver = WebhookReceiver()
+    with asgi_app_in_thread(receiver) as url:
+        token = await client.user({"webhook": {"url": f"{url}/hooks/alerts", "secret": SECRET}})
+        signal_id = await client.ingest(token, b"a webhook for the trader's own receiver")
+
+        async def received() -> list[tuple[dict[str, str], bytes]]:
+            return list(receiver.received)
+
+        [(headers, body)] = await client.until("the signed webhook", received)
+    assert verify(SECRET, headers, body, now=int(time.time()))
+    assert not verify("whsec_" + base64.b64encode(b"x" * 32).decode(), headers, body, now=int(time.time()))
+    event = json.loads(body)
+    assert event["type"] == "signal.created"
+    assert event["data"]["signal_id"] == signal_id
+    [delivery] = await client.deliveries(signal_id)
+    assert delivery.status == resources_pb2.DELIVERY_STATUS_DELIVERED
+    assert delivery.provider_message_id == headers["webhook-id"]
 
 
 async def test_no_notify_job_failed_unexpectedly(stack: Stack) -> None:

@@ -308,3 +308,20 @@ async def test_failed_deliveries_are_listed_and_retried(users, signals) -> None:
     assert retried.requeued_count == 1
     [again] = (await claim(signals, signal_id, "x2")).tasks
     assert again.attempts == 1
+
+
+async def test_a_later_outcome_change_edits_the_message_again(users, signals) -> None:
+    created = await create(users, TELEGRAM)
+    signal_id = await ingest(signals, created.webhook_token, UNPARSABLE + b" o")
+    [task] = (await claim(signals, signal_id, "r1")).tasks
+    await report(signals, task, "r1", DELIVERED, provider_message_id="5")
+    await set_outcome(signals, signal_id, resources_pb2.SIGNAL_RESULT_WIN)
+    [first_edit] = (await claim(signals, signal_id, "r2")).tasks
+    await report(signals, first_edit, "r2", DELIVERED, provider_message_id="5")
+    assert not (await claim(signals, signal_id, "r3")).tasks
+
+    await set_outcome(signals, signal_id, resources_pb2.SIGNAL_RESULT_LOSS)
+    [second_edit] = (await claim(signals, signal_id, "r4")).tasks
+    assert second_edit.delivery_id == first_edit.delivery_id
+    assert second_edit.kind == resources_pb2.NOTIFICATION_KIND_OUTCOME
+    assert second_edit.alert_message_id == "5"

@@ -4,8 +4,10 @@ It starts everything `alerts dev` starts (embedded PostgreSQL and Redis when no 
 service as its own process, the local chart stub), creates a premium and a free user through UserService
 with TradingView session cookies the stub accepts, fires a realistic mix of alerts at the real HTTP edge,
 follows both users' SubscribeSignals streams while the captures complete, saves each screenshot as a PNG
-and prints what became of every alert. The exit status is 0 only when every valid alert was stored and
-captured and every malformed one was stored with its screenshot skipped.
+and prints what became of every alert, including its Telegram delivery (the premium user has Telegram on;
+the local Telegram stub plays the Bot API). The exit status is 0 only when every valid alert was stored and
+captured, every malformed one was stored with its screenshot skipped, and every premium alert reached
+Telegram.
 
 The viewer (`/ui`) needs a key scoped to one user, and scoping names a user id, which exists only once
 UserService has created the user. So the demo creates the users first, then restarts just the two
@@ -31,6 +33,7 @@ from typing import TextIO
 
 import grpc
 import httpx
+from google.protobuf import struct_pb2
 
 from alerts.dev import DevStack
 from alerts.processes import free_port
@@ -49,6 +52,8 @@ DEFAULT_TIMEOUT_SECONDS = 120.0
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 _STATUS = resources_pb2.ScreenshotStatus
+# The premium demo user's Telegram chat (a group id, as a trader's channel would have).
+DEMO_TELEGRAM_CHAT = "-1001234567890"
 _FINISHED = frozenset((_STATUS.SCREENSHOT_STATUS_COMPLETED, _STATUS.SCREENSHOT_STATUS_FAILED))
 
 
@@ -251,11 +256,16 @@ async def _create_users(stack: DevStack, console: Console) -> list[DemoUser]:
     async with open_channel(stack.signal_addr, stack.api_key) as channel:
         stub = user_service_pb2_grpc.UserServiceStub(channel)
         for plan in ("premium", "free"):
+            # The premium user gets their alerts in Telegram (the stub plays the Bot API), chart included.
+            preferences = struct_pb2.Struct()
+            if plan == "premium":
+                preferences.update({"telegram": {"chat_id": DEMO_TELEGRAM_CHAT, "with_screenshot": True}})
             created = await stub.CreateUser(
                 user_service_pb2.CreateUserRequest(
                     external_id=f"demo-{plan}-{run_id}",
                     plan=resources_pb2.Plan.Value(f"PLAN_{plan.upper()}"),
                     default_chart_id=f"demo{plan.capitalize()}",
+                    notification_preferences=preferences,
                 ),
                 timeout=10,
             )
@@ -269,7 +279,10 @@ async def _create_users(stack: DevStack, console: Console) -> list[DemoUser]:
                 timeout=10,
             )
             users.append(DemoUser(plan, created.user.user_id, created.webhook_url, generate_key()))
-            console.step(f"created {plan} user {created.user.user_id} with TradingView session cookies")
+            telegram = f" and Telegram chat {DEMO_TELEGRAM_CHAT}" if plan == "premium" else ""
+            console.step(
+                f"created {plan} user {created.user.user_id} with TradingView session cookies{telegram}"
+            )
     return users
 
 
@@ -317,6 +330,8 @@ async def _exercise(
             for follower in followers:
                 await follower.stop()
 
+            # Capture failures can use up the screenshot wait; Telegram still gets its own short one.
+            await _wait_for_telegram(stack, deliveries, console, max(deadline, time.monotonic() + 45))
             await _collect(stack, deliveries, client)
     return deliveries
 
@@ -440,6 +455,61 @@ async def _collect(stack: DevStack, deliveries: list[Delivery], client: httpx.As
                     delivery.problems.append(f"screenshot download answered {answer.status_code}, not a PNG")
 
 
+def _telegram_alert(signal_row: resources_pb2.Signal | None) -> resources_pb2.NotificationDelivery | None:
+    deliveries = signal_row.deliveries if signal_row is not None else ()
+    return next(
+        (
+            d
+            for d in deliveries
+            if d.channel == resources_pb2.NOTIFICATION_CHANNEL_TELEGRAM
+            and d.kind == resources_pb2.NOTIFICATION_KIND_ALERT
+        ),
+        None,
+    )
+
+
+async def _wait_for_telegram(
+    stack: DevStack, deliveries: list[Delivery], console: Console, deadline: float
+) -> None:
+    """Waits (until `deadline`) for the Telegram alert of every signal of a user with Telegram on."""
+    expected = [d.signal_id for d in deliveries if d.alert.plan == "premium" and d.signal_id]
+    console.step(f"waiting for {len(expected)} Telegram deliveries (the Telegram stub plays the Bot API)")
+    settled = (
+        resources_pb2.DELIVERY_STATUS_DELIVERED,
+        resources_pb2.DELIVERY_STATUS_FAILED,
+        resources_pb2.DELIVERY_STATUS_DEAD,
+    )
+    async with open_channel(stack.signal_addr, stack.api_key) as channel:
+        stub = signal_service_pb2_grpc.SignalServiceStub(channel)
+        while time.monotonic() < deadline:
+            rows = [
+                await stub.GetSignal(signal_service_pb2.GetSignalRequest(signal_id=signal_id), timeout=10)
+                for signal_id in expected
+            ]
+            alerts = [_telegram_alert(row) for row in rows]
+            if all(alert is not None and alert.status in settled for alert in alerts):
+                return
+            await asyncio.sleep(0.5)
+    console.step("gave up waiting; some Telegram deliveries did not finish")
+
+
+def _telegram_cell(signal_row: resources_pb2.Signal | None) -> str:
+    alert = _telegram_alert(signal_row)
+    if alert is None:
+        return "-"
+    if alert.status != resources_pb2.DELIVERY_STATUS_DELIVERED:
+        return resources_pb2.DeliveryStatus.Name(alert.status).removeprefix("DELIVERY_STATUS_").lower()
+    if alert.with_photo:
+        return "photo+caption"
+    assert signal_row is not None
+    photo_sent = any(
+        d.kind == resources_pb2.NOTIFICATION_KIND_PHOTO
+        and d.status == resources_pb2.DELIVERY_STATUS_DELIVERED
+        for d in signal_row.deliveries
+    )
+    return "text, photo reply" if photo_sent else "text"
+
+
 def _save_screenshots(deliveries: list[Delivery], shots_dir: Path) -> None:
     """Each screenshot as a plain PNG file (stored objects carry storage's own trailer)."""
     for delivery in deliveries:
@@ -464,6 +534,8 @@ def _verdict(delivery: Delivery) -> list[str]:
             problems.append("screenshot not downloadable")
     elif signal_row.screenshot_status != _STATUS.SCREENSHOT_STATUS_SKIPPED:
         problems.append(f"malformed alert was not skipped but {delivery.status_name}")
+    if delivery.alert.plan == "premium" and _telegram_cell(signal_row) in ("-", "pending", "sending"):
+        problems.append("no Telegram delivery")
     return problems
 
 
@@ -492,7 +564,7 @@ def format_table(headers: list[str], rows: list[list[str]]) -> str:
 def _report(stack: DevStack, users: list[DemoUser], deliveries: list[Delivery], console: Console) -> bool:
     headers = [
         "#", "signal", "user", "plan", "indicator", "ticker", "price", "type", "screenshot", "webhook",
-        "to screenshot", "screenshot file (or URL)",
+        "to screenshot", "telegram", "screenshot file (or URL)",
     ]  # fmt: skip
     rows = []
     for delivery in deliveries:
@@ -510,6 +582,7 @@ def _report(stack: DevStack, users: list[DemoUser], deliveries: list[Delivery], 
                 delivery.status_name,
                 f"{delivery.answer_ms:.0f} ms" if delivery.http_status else "-",
                 _seconds_to_screenshot(row),
+                _telegram_cell(row),
                 _display_path(delivery.screenshot_file, (row.screenshot_url if row else "") or "-"),
             ]
         )

@@ -31,6 +31,8 @@ class DevStack:
     settings: CommonSettings
     capture_workers: int = 1
     with_chart_stub: bool = True
+    # The Telegram stub as the Bot API, and a notify worker delivering to it.
+    with_telegram_stub: bool = True
     extra_env: Mapping[str, str] = field(default_factory=dict)
     infra: EmbeddedInfrastructure = field(default_factory=EmbeddedInfrastructure)
     # Told each start-up step as it finishes ("migrations applied", "edge ready"), for visible progress.
@@ -93,6 +95,7 @@ class DevStack:
             self._progress(f"embedded PostgreSQL/Redis running under {data_dir}")
         service_key = self.settings.service_api_key
         chart_stub = self.with_chart_stub and "ALERTS_TRADINGVIEW_URL" not in os.environ
+        telegram_stub = self.with_telegram_stub and "ALERTS_TELEGRAM_API_URL" not in os.environ
         self.stack = build_stack(
             self.log_dir,
             database_url=self.settings.database_url or self.infra.database_url,
@@ -105,6 +108,7 @@ class DevStack:
             signal_addr=self.settings.signal_addr,
             storage_addr=self.settings.storage_addr,
             chart_stub=chart_stub,
+            telegram_stub=telegram_stub,
             inherited=os.environ,
             serve_metrics=self.serve_metrics,
             **{"ALERTS_ENV": self.settings.env, **self.extra_env},
@@ -113,10 +117,13 @@ class DevStack:
             self.stack.migrate()
             self._progress("migrations applied")
             names = ["chart-stub"] if chart_stub else []
+            names += ["telegram-stub"] if telegram_stub else []
             names += ["storage", "signal", "edge", *(f"capture-{n}" for n in range(self.capture_workers))]
+            names += ["notify-0"]
             for name in names:
                 self.stack.start(name)
-                self._progress(f"{name} started" if name.startswith("capture-") else f"{name} ready")
+                worker = name.startswith(("capture-", "notify-"))
+                self._progress(f"{name} started" if worker else f"{name} ready")
             self._write_state()
         except BaseException:
             self.stop()

@@ -22,12 +22,12 @@ from alerts.processes import (
     http_ok,
     last_line,
 )
-from mesh.auth import SystemKeys
+from mesh.auth import SystemKeys, generate_key
 
 START_TIMEOUT_SECONDS = 60.0
 MIGRATE_TIMEOUT_SECONDS = 120.0
 # Edge first (stop taking webhooks), then workers, then the services they call; other processes last.
-_STOP_ORDER = ("edge", "capture-", "signal", "storage", "chart-stub")
+_STOP_ORDER = ("edge", "capture-", "notify-", "signal", "storage", "chart-stub", "telegram-stub")
 
 
 def loopback_address() -> str:
@@ -41,7 +41,8 @@ def inherited_environment() -> dict[str, str]:
 
 @dataclass
 class Stack:
-    """Every process of one system, by name: "chart-stub", "storage", "signal", "edge", "capture-<n>"."""
+    """Every process of one system, by name: "chart-stub", "telegram-stub", "storage", "signal", "edge",
+    "capture-<n>", "notify-<n>"."""
 
     env: dict[str, str]
     log_dir: Path
@@ -70,6 +71,10 @@ class Stack:
         return self.env.get("ALERTS_TRADINGVIEW_URL", "")
 
     @property
+    def telegram_api_url(self) -> str:
+        return self.env.get("ALERTS_TELEGRAM_API_URL", "")
+
+    @property
     def api_key(self) -> str:
         """The operator's key (admin): what CLI commands and tests acting as the platform present."""
         return self.keys.operator
@@ -87,7 +92,7 @@ class Stack:
         own_key = self.keys.for_process(name)
         if own_key:
             env = {**env, "ALERTS_SERVICE_API_KEY": own_key}
-        if self.serve_metrics and name not in ("edge", "chart-stub"):
+        if self.serve_metrics and name not in ("edge", "chart-stub", "telegram-stub"):
             # A restarted process keeps its port, so scrapers need no telling.
             env = {**env, "ALERTS_METRICS_PORT": str(self.metrics_ports.setdefault(name, free_port()))}
         return ManagedProcess(name, argv, env, ready=ready, log_path=self.log_dir / f"{name}.log")
@@ -99,6 +104,12 @@ class Stack:
                 alerts_argv("serve", "chart-stub", "--port", url.rsplit(":", 1)[1]),
                 lambda: http_ok(f"{url}/_stub/requests"),
             )
+        if name == "telegram-stub":
+            url = self.telegram_api_url
+            return (
+                alerts_argv("serve", "telegram-stub", "--port", url.rsplit(":", 1)[1]),
+                lambda: http_ok(f"{url}/_stub/requests"),
+            )
         if name == "storage":
             return alerts_argv("serve", "storage"), lambda: grpc_serving(self.storage_addr)
         if name == "signal":
@@ -107,6 +118,8 @@ class Stack:
             return alerts_argv("serve", "edge"), lambda: http_ok(f"{self.edge_url}/health/live")
         if name.startswith("capture-"):
             return alerts_argv("serve", "capture"), None
+        if name.startswith("notify-"):
+            return alerts_argv("serve", "notify"), None
         raise ValueError(f"no process named {name!r} in a stack")
 
     def start(self, *names: str, timeout: float = START_TIMEOUT_SECONDS) -> None:
@@ -178,6 +191,7 @@ def build_stack(
     storage_addr: str | None = None,
     tradingview_url: str | None = None,
     chart_stub: bool = False,
+    telegram_stub: bool = False,
     objects_dir: Path | None = None,
     inherited: Mapping[str, str] | None = None,
     serve_metrics: bool = False,
@@ -187,7 +201,9 @@ def build_stack(
     out, with `service_key` as the operator's) give the operator an admin key and the edge and the workers
     keys of their own roles; the services accept those plus `accepted_keys`. With `chart_stub` (and no
     `tradingview_url`) the chart stub serves on a free port. Local objects go to `objects_dir`, else where
-    the inherited environment or the storage service's default says. `inherited` is the environment the
+    the inherited environment or the storage service's default says. With `telegram_stub` the Telegram
+    stub serves on a free port as the Bot API, with a generated bot token, and user-supplied notification
+    URLs may reach loopback (where test receivers listen). `inherited` is the environment the
     children start from (by default this process's without ALERTS_*); `settings` are further ALERTS_*
     variables, e.g. ALERTS_PLAN_LIMITS, applied last.
     """
@@ -215,5 +231,9 @@ def build_stack(
         env["ALERTS_TRADINGVIEW_URL"] = tradingview_url
     elif chart_stub:
         env["ALERTS_TRADINGVIEW_URL"] = f"http://{loopback_address()}"
+    if telegram_stub:
+        env["ALERTS_TELEGRAM_API_URL"] = f"http://{loopback_address()}"
+        env["ALERTS_TELEGRAM_BOT_TOKEN"] = f"{free_port()}:dev-{generate_key()[3:23]}"
+        env["ALERTS_NOTIFY_ALLOW_LOOPBACK"] = "true"
     env |= settings
     return Stack(env=env, log_dir=log_dir, keys=keys, serve_metrics=serve_metrics)

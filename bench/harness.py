@@ -42,6 +42,7 @@ class Stack:
         *,
         with_storage: bool = True,
         capture_workers: int = 0,
+        notify_workers: int = 0,
         edge_workers: int = 1,
         extra_env: dict[str, str] | None = None,
         embedded: bool = False,
@@ -49,6 +50,8 @@ class Stack:
         self.workdir = workdir
         self.with_storage = with_storage
         self.capture_workers = capture_workers
+        # Notify workers come with the Telegram stub as their Bot API.
+        self.notify_workers = notify_workers
         self.edge_workers = edge_workers
         self.extra_env = extra_env or {}
         self.embedded = embedded
@@ -73,6 +76,11 @@ class Stack:
     def signal_addr(self) -> str:
         assert self.services is not None
         return self.services.signal_addr
+
+    @property
+    def telegram_api_url(self) -> str:
+        assert self.services is not None
+        return self.services.telegram_api_url
 
     def __enter__(self) -> Stack:
         try:
@@ -103,16 +111,23 @@ class Stack:
             redis_url=redis_url,
             data_dir=self.workdir / "data",
             service_key=self.key,
+            telegram_stub=self.notify_workers > 0,
             inherited=os.environ,
             ALERTS_REDIS_NAMESPACE=f"bench-{uuid.uuid4().hex[:8]}",
-            ALERTS_LOG_LEVEL="WARNING",
             ALERTS_EDGE_WORKERS=str(self.edge_workers),
-            **self.extra_env,
+            **{"ALERTS_LOG_LEVEL": "WARNING", **self.extra_env},
         )
         self.env = self.services.env
         self.services.migrate()
         names = ["storage"] if self.with_storage else []
-        self.services.start(*names, "signal", "edge", *(f"capture-{n}" for n in range(self.capture_workers)))
+        names += ["telegram-stub"] if self.notify_workers else []
+        self.services.start(
+            *names,
+            "signal",
+            "edge",
+            *(f"capture-{n}" for n in range(self.capture_workers)),
+            *(f"notify-{n}" for n in range(self.notify_workers)),
+        )
 
     def __exit__(self, *exc: object) -> None:
         if self.services is not None:

@@ -75,6 +75,19 @@ def _time(message: timestamp_pb2.Timestamp, present: bool) -> datetime | None:
 
 
 @dataclass
+class DeliveryOut:
+    """One notification delivery of the signal: its channel, what it sent (alert, photo, outcome), how."""
+
+    channel: str
+    kind: str
+    status: str
+    attempts: int
+    last_error: str | None
+    with_photo: bool
+    delivered_at: datetime | None
+
+
+@dataclass
 class SignalOut:
     signal_id: str
     user_id: str
@@ -109,6 +122,7 @@ class SignalOut:
     notes: str
     created_at: datetime | None
     updated_at: datetime | None
+    deliveries: list[DeliveryOut]
 
 
 @dataclass
@@ -206,6 +220,19 @@ def signal_out(signal: resources_pb2.Signal) -> SignalOut:
         notes=signal.notes,
         created_at=_time(signal.created_at, signal.HasField("created_at")),
         updated_at=_time(signal.updated_at, signal.HasField("updated_at")),
+        deliveries=[delivery_out(delivery) for delivery in signal.deliveries],
+    )
+
+
+def delivery_out(delivery: resources_pb2.NotificationDelivery) -> DeliveryOut:
+    return DeliveryOut(
+        channel=_enum_name(resources_pb2.NotificationChannel, delivery.channel, "NOTIFICATION_CHANNEL_"),
+        kind=_enum_name(resources_pb2.NotificationKind, delivery.kind, "NOTIFICATION_KIND_"),
+        status=_enum_name(resources_pb2.DeliveryStatus, delivery.status, "DELIVERY_STATUS_"),
+        attempts=delivery.attempts,
+        last_error=delivery.last_error or None,
+        with_photo=delivery.with_photo,
+        delivered_at=_time(delivery.delivered_at, delivery.HasField("delivered_at")),
     )
 
 

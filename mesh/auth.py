@@ -108,10 +108,12 @@ class SystemKeys:
         return [*operator, role_entry(self.edge, Role.EDGE), role_entry(self.worker, Role.WORKER)]
 
     def for_process(self, name: str) -> str | None:
-        """The key process `name` (edge, signal, capture-<n>, ...) presents: the signal service calls
-        storage as a worker; storage and the chart stub call nobody."""
+        """The key process `name` (edge, signal, capture-<n>, notify-<n>, ...) presents: the signal
+        service calls storage as a worker; storage and the stubs call nobody."""
         kind = name.split("-", 1)[0]
-        return {"edge": self.edge, "signal": self.worker, "capture": self.worker}.get(kind)
+        return {"edge": self.edge, "signal": self.worker, "capture": self.worker, "notify": self.worker}.get(
+            kind
+        )
 
 
 class ApiKeyRing:

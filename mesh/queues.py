@@ -42,3 +42,8 @@ def capture_workers_key(settings: CommonSettings) -> str:
 
 
 WORKER_HEARTBEAT_TIMEOUT_MS = 30_000
+
+# Notifications: the notify_feed() trigger (signal_service/notifications/sql/) queues a signal under these
+# names; notify_service's actor claims its due deliveries.
+NOTIFY_QUEUE = "notify"
+NOTIFY_ACTOR = "deliver_notifications"

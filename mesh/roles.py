@@ -48,6 +48,10 @@ ROLES_BY_METHOD: Mapping[str, frozenset[Role]] = {
     _SIGNAL + "ReportSessionCheck": _WORKER,
     _SIGNAL + "ListFailedCaptures": _READERS,
     _SIGNAL + "RetryCaptures": frozenset({Role.ADMIN}),
+    _SIGNAL + "ClaimNotification": _WORKER,
+    _SIGNAL + "ReportNotification": _WORKER,
+    _SIGNAL + "ListFailedNotifications": _READERS,
+    _SIGNAL + "RetryNotifications": frozenset({Role.ADMIN}),
     # The edge's readiness check asks it too.
     _SIGNAL + "GetServiceStatus": _PLATFORM | _EDGE,
     _USER + "CreateUser": _PLATFORM,

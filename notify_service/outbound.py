@@ -58,7 +58,7 @@ class _GuardedBackend(httpcore.AsyncNetworkBackend):
         infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
         addresses = list(dict.fromkeys(ipaddress.ip_address(info[4][0]) for info in infos))
         if not addresses:
-            raise ForbiddenDestinationError(f"{host} does not resolve")
+            raise httpcore.ConnectError(f"{host} does not resolve")
         for address in addresses:
             reason = forbidden_reason(address, allow_loopback=self._allow_loopback)
             if reason:

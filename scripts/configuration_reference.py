@@ -26,6 +26,7 @@ sys.path.insert(0, str(ROOT))
 from capture_service.settings import CaptureSettings  # noqa: E402
 from edge.settings import EdgeSettings  # noqa: E402
 from mesh.settings import ENV_PREFIX, CommonSettings  # noqa: E402
+from notify_service.settings import NotifySettings  # noqa: E402
 from signal_service.settings import DatabaseJobSettings, SignalSettings  # noqa: E402
 from storage_service.settings import StorageSettings  # noqa: E402
 
@@ -36,6 +37,7 @@ PROCESSES: tuple[tuple[str, type[CommonSettings]], ...] = (
     ("signal", SignalSettings),
     ("storage", StorageSettings),
     ("capture", CaptureSettings),
+    ("notify", NotifySettings),
     ("migrate, audit prune", DatabaseJobSettings),
     ("cli", CommonSettings),
 )

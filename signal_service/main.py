@@ -29,6 +29,7 @@ from signal_service.database import Database, create_engine, database_error
 from signal_service.events.service import EventFeed, EventHub, listener_dsn
 from signal_service.intake.ratelimit import RateLimiter
 from signal_service.intake.service import QueueBacklog, WebhookIngestor
+from signal_service.notifications.service import NotificationLedger
 from signal_service.outbox.service import OutboxRelay, PipelinedRedisBroker
 from signal_service.parsing import load_indicator_catalog
 from signal_service.retention.service import RetentionJob
@@ -62,6 +63,7 @@ class SignalApp:
     captures: CaptureCoordinator
     session_scheduler: SessionCheckScheduler
     retention: RetentionJob
+    notifications: NotificationLedger
     signal_servicer: SignalServicer
     user_servicer: UserServicer
 
@@ -76,6 +78,9 @@ class SignalApp:
             asyncio.create_task(self.session_scheduler.run_forever(), name="session-check-scheduler")
         )
         self.background.append(asyncio.create_task(self.retention.run_forever(), name="screenshot-retention"))
+        self.background.append(
+            asyncio.create_task(self.notifications.refresh_metrics_forever(), name="notification-metrics")
+        )
 
     async def _sweep_forever(self) -> None:
         while True:
@@ -143,8 +148,10 @@ async def signal_app(settings: SignalSettings) -> AsyncIterator[SignalApp]:
     sessions = SessionChecks(
         database=database, settings=settings, redis=redis, workers_key=capture_workers_key(settings)
     )
+    notifications = NotificationLedger(database, on_commit=relay.kick)
     app = SignalApp(
         captures=captures,
+        notifications=notifications,
         session_scheduler=SessionCheckScheduler(database=database, settings=settings, on_commit=relay.kick),
         retention=RetentionJob(database=database, settings=settings, storage=storage),
         settings=settings,
@@ -165,6 +172,7 @@ async def signal_app(settings: SignalSettings) -> AsyncIterator[SignalApp]:
             feed=EventFeed(database=database, hub=events),
             sessions=sessions,
             page_max_bytes=settings.list_page_max_bytes,
+            notifications=notifications,
         ),
         user_servicer=UserServicer(
             UserManager(

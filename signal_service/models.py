@@ -94,6 +94,9 @@ class UserConfig(SQLModel, table=True):
     notification_preferences: dict[str, Any] = Field(
         default_factory=dict, sa_column=sa.Column(pg.JSONB, nullable=False, server_default="{}")
     )
+    # AES-GCM ciphertext of the preferences' secrets ({"webhook_secret", "discord_webhook_url"}); the
+    # preferences document itself holds none (mesh.notification_preferences).
+    notification_secrets_ciphertext: bytes | None = Field(default=None, sa_column=sa.Column(sa.LargeBinary))
     # AES-GCM ciphertext of {"sessionid", "sessionid_sign"}; see mesh.crypto.
     tv_session_ciphertext: bytes | None = Field(default=None, sa_column=sa.Column(sa.LargeBinary))
     tv_cookies_valid: bool | None = Field(default=None, sa_column=sa.Column(sa.Boolean))
@@ -312,6 +315,70 @@ class OutboxMessage(SQLModel, table=True):
     last_error: str | None = Field(default=None, sa_column=sa.Column(sa.Text))
     available_at: datetime = Field(sa_column=_now_column())
     created_at: datetime = Field(sa_column=_now_column())
+
+
+class DeliveryStatus(StrEnum):
+    PENDING = "pending"
+    SENDING = "sending"
+    DELIVERED = "delivered"
+    # Not needed after all, e.g. a photo follow-up when the alert itself carried the photo.
+    SKIPPED = "skipped"
+    # The provider refused it for good (a 4xx other than 429); last_error says why.
+    FAILED = "failed"
+    # Still failing when the delivery deadline passed.
+    DEAD = "dead"
+
+
+class NotificationDelivery(SQLModel, table=True):
+    """The delivery ledger: one row per (signal, channel, kind), written by the notify_feed() trigger."""
+
+    __tablename__ = "notification_deliveries"
+    __table_args__ = (
+        sa.UniqueConstraint("signal_id", "channel", "kind", name="uq_notification_deliveries_signal"),
+        sa.Index(
+            "ix_notification_deliveries_open",
+            "user_id",
+            "channel",
+            "id",
+            postgresql_where=sa.text("status IN ('pending', 'sending')"),
+        ),
+        sa.Index(
+            "ix_notification_deliveries_failed",
+            "updated_at",
+            postgresql_where=sa.text("status IN ('failed', 'dead')"),
+        ),
+    )
+
+    id: int | None = Field(default=None, sa_column=sa.Column(sa.BigInteger, sa.Identity(), primary_key=True))
+    signal_id: uuid.UUID = Field(
+        sa_column=sa.Column(
+            pg.UUID(as_uuid=True), sa.ForeignKey("signals.id", ondelete="CASCADE"), nullable=False
+        )
+    )
+    user_id: uuid.UUID = Field(sa_column=sa.Column(pg.UUID(as_uuid=True), nullable=False))
+    channel: str = Field(sa_column=sa.Column(sa.Text, nullable=False))
+    # "alert", "photo" (the chart as a reply to a text alert) or "outcome" (an edit of the alert).
+    kind: str = Field(sa_column=sa.Column(sa.Text, nullable=False))
+    status: str = Field(
+        default=DeliveryStatus.PENDING, sa_column=sa.Column(sa.Text, nullable=False, server_default="pending")
+    )
+    attempts: int = Field(default=0, sa_column=sa.Column(sa.Integer, nullable=False, server_default="0"))
+    # Bumped when a later outcome change re-arms an outcome delivery.
+    revision: int = Field(default=0, sa_column=sa.Column(sa.Integer, nullable=False, server_default="0"))
+    last_error: str | None = Field(default=None, sa_column=sa.Column(sa.Text))
+    provider_message_id: str | None = Field(default=None, sa_column=sa.Column(sa.Text))
+    with_photo: bool = Field(
+        default=False, sa_column=sa.Column(sa.Boolean, nullable=False, server_default=sa.false())
+    )
+    claimed_by: str | None = Field(default=None, sa_column=sa.Column(sa.Text))
+    # Names the attempt holding the lease; its report is accepted once, a stale one ignored.
+    claim_id: str | None = Field(default=None, sa_column=sa.Column(sa.Text))
+    lease_until: datetime | None = Field(default=None, sa_column=_utc_column(nullable=True))
+    # When it became due: creation, or an operator's retry. The delivery deadline counts from here.
+    due_since: datetime = Field(sa_column=_now_column())
+    delivered_at: datetime | None = Field(default=None, sa_column=_utc_column(nullable=True))
+    created_at: datetime = Field(sa_column=_now_column())
+    updated_at: datetime = Field(sa_column=_now_column())
 
 
 class SignalEvent(SQLModel, table=True):

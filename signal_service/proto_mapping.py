@@ -7,7 +7,13 @@ from datetime import UTC, datetime
 from google.protobuf import json_format, struct_pb2, timestamp_pb2
 
 from apidevs.alerts.v1 import resources_pb2
-from signal_service.models import EventType, ScreenshotStatus, SignalResult
+from signal_service.models import (
+    DeliveryStatus,
+    EventType,
+    NotificationDelivery,
+    ScreenshotStatus,
+    SignalResult,
+)
 from signal_service.signals.repository import SignalRow
 from signal_service.users.service import UserView
 
@@ -153,3 +159,41 @@ def session_state_to_proto(state: dict) -> resources_pb2.TradingViewSession:
 
 def plan_from_proto(plan: int) -> str:
     return PLAN_FROM_PROTO.get(plan, "")
+
+
+CHANNEL_TO_PROTO = {
+    "telegram": resources_pb2.NOTIFICATION_CHANNEL_TELEGRAM,
+    "discord": resources_pb2.NOTIFICATION_CHANNEL_DISCORD,
+    "webhook": resources_pb2.NOTIFICATION_CHANNEL_WEBHOOK,
+}
+KIND_TO_PROTO = {
+    "alert": resources_pb2.NOTIFICATION_KIND_ALERT,
+    "photo": resources_pb2.NOTIFICATION_KIND_PHOTO,
+    "outcome": resources_pb2.NOTIFICATION_KIND_OUTCOME,
+}
+DELIVERY_STATUS_TO_PROTO = {
+    DeliveryStatus.PENDING: resources_pb2.DELIVERY_STATUS_PENDING,
+    DeliveryStatus.SENDING: resources_pb2.DELIVERY_STATUS_SENDING,
+    DeliveryStatus.DELIVERED: resources_pb2.DELIVERY_STATUS_DELIVERED,
+    DeliveryStatus.SKIPPED: resources_pb2.DELIVERY_STATUS_SKIPPED,
+    DeliveryStatus.FAILED: resources_pb2.DELIVERY_STATUS_FAILED,
+    DeliveryStatus.DEAD: resources_pb2.DELIVERY_STATUS_DEAD,
+}
+
+
+def delivery_to_proto(delivery: NotificationDelivery) -> resources_pb2.NotificationDelivery:
+    return resources_pb2.NotificationDelivery(
+        signal_id=str(delivery.signal_id),
+        channel=CHANNEL_TO_PROTO.get(delivery.channel, resources_pb2.NOTIFICATION_CHANNEL_UNSPECIFIED),
+        kind=KIND_TO_PROTO.get(delivery.kind, resources_pb2.NOTIFICATION_KIND_UNSPECIFIED),
+        status=DELIVERY_STATUS_TO_PROTO.get(
+            DeliveryStatus(delivery.status), resources_pb2.DELIVERY_STATUS_UNSPECIFIED
+        ),
+        attempts=delivery.attempts,
+        last_error=delivery.last_error or "",
+        provider_message_id=delivery.provider_message_id or "",
+        with_photo=delivery.with_photo,
+        created_at=timestamp(delivery.created_at),
+        updated_at=timestamp(delivery.updated_at),
+        delivered_at=timestamp(delivery.delivered_at),
+    )

@@ -20,12 +20,16 @@ from signal_service.events.service import EventFeed, StoredEvent, format_cursor
 from signal_service.ids import require_uuid
 from signal_service.intake.service import IngestCommand, WebhookIngestor
 from signal_service.models import EventType, ScreenshotStatus
+from signal_service.notifications.service import NotificationLedger, ReportOutcome
 from signal_service.proto_mapping import (
+    CHANNEL_TO_PROTO,
     EVENT_TYPE_TO_PROTO,
+    KIND_TO_PROTO,
     PLAN_TO_PROTO,
     RESULT_FROM_PROTO,
     SCREENSHOT_FROM_PROTO,
     SCREENSHOT_TO_PROTO,
+    delivery_to_proto,
     from_timestamp,
     session_state_to_proto,
     signal_to_proto,
@@ -62,8 +66,10 @@ class SignalServicer(signal_service_pb2_grpc.SignalServiceServicer):
         feed: EventFeed,
         sessions: SessionChecks,
         page_max_bytes: int,
+        notifications: NotificationLedger,
     ) -> None:
         self._page_max_bytes = page_max_bytes
+        self._notifications = notifications
         self._sessions = sessions
         self._outcomes = outcomes
         self._feed = feed
@@ -79,10 +85,17 @@ class SignalServicer(signal_service_pb2_grpc.SignalServiceServicer):
             for row in rows
             if row.screenshot is not None and row.screenshot.status == ScreenshotStatus.COMPLETED
         )
-        return [
-            signal_to_proto(row, urls.get(row.screenshot.object_key or "", "") if row.screenshot else "")
-            for row in rows
-        ]
+        deliveries = await self._notifications.deliveries([row.signal.id for row in rows]) if rows else {}
+        messages = []
+        for row in rows:
+            message = signal_to_proto(
+                row, urls.get(row.screenshot.object_key or "", "") if row.screenshot else ""
+            )
+            message.deliveries.extend(
+                delivery_to_proto(delivery) for delivery in deliveries.get(row.signal.id, [])
+            )
+            messages.append(message)
+        return messages
 
     async def _page_to_proto(self, page: SignalPage) -> tuple[list[resources_pb2.Signal], str]:
         """The page's signals and its next_page_token, ended early when the next signal would take the
@@ -362,3 +375,95 @@ class SignalServicer(signal_service_pb2_grpc.SignalServiceServicer):
             request.user_id, version=request.session_version, valid=request.valid
         )
         return user_to_proto(UserView(user, config))
+
+    async def ClaimNotification(
+        self, request: signal_service_pb2.ClaimNotificationRequest, context: grpc.aio.ServicerContext
+    ) -> signal_service_pb2.ClaimNotificationResponse:
+        ensure_unscoped()
+        claim = await self._notifications.claim(
+            request.signal_id,
+            worker_id=request.worker_id,
+            claim_id=request.claim_id,
+            screenshot_wait_seconds=request.screenshot_wait_seconds,
+            lease_seconds=request.lease_seconds,
+        )
+        response = signal_service_pb2.ClaimNotificationResponse(
+            signal=signal_to_proto(claim.row),
+            retry_after_seconds=claim.retry_after_seconds,
+            secrets_ciphertext=claim.secrets_ciphertext,
+            waiting_for_signal_id=claim.waiting_for_signal_id,
+            next_signal_ids=list(dict.fromkeys(claim.next_signal_ids)),
+        )
+        for task in claim.tasks:
+            delivery = task.delivery
+            response.tasks.append(
+                signal_service_pb2.NotificationTask(
+                    delivery_id=delivery.id,
+                    channel=CHANNEL_TO_PROTO[delivery.channel],
+                    kind=KIND_TO_PROTO[delivery.kind],
+                    target=task.target,
+                    attempts=delivery.attempts,
+                    with_photo=task.with_photo,
+                    screenshot_object_key=task.screenshot_object_key,
+                    alert_message_id=task.alert_message_id,
+                    alert_with_photo=task.alert_with_photo,
+                    created_at=timestamp(delivery.due_since),
+                )
+            )
+        return response
+
+    async def ReportNotification(
+        self, request: signal_service_pb2.ReportNotificationRequest, context: grpc.aio.ServicerContext
+    ) -> signal_service_pb2.ReportNotificationResponse:
+        ensure_unscoped()
+        recorded, delivery = await self._notifications.report(
+            request.delivery_id,
+            claim_id=request.claim_id,
+            outcome=_REPORT_OUTCOMES.get(request.outcome, ""),
+            provider_message_id=request.provider_message_id,
+            error=request.error,
+            with_photo=request.with_photo,
+        )
+        log.info(
+            "notification reported",
+            extra={
+                "delivery_id": request.delivery_id,
+                "outcome": _REPORT_OUTCOMES.get(request.outcome, ""),
+                "recorded": recorded,
+                "error": request.error[:200],
+            },
+        )
+        return signal_service_pb2.ReportNotificationResponse(
+            recorded=recorded, delivery=delivery_to_proto(delivery)
+        )
+
+    async def ListFailedNotifications(
+        self, request: signal_service_pb2.ListFailedNotificationsRequest, context: grpc.aio.ServicerContext
+    ) -> signal_service_pb2.ListFailedNotificationsResponse:
+        if request.user_id:
+            ensure_user_visible(require_uuid(request.user_id, "user_id"))
+        else:
+            ensure_unscoped()
+        page = await self._notifications.failed(
+            user_id=request.user_id, size=request.page_size, page_token=request.page_token
+        )
+        return signal_service_pb2.ListFailedNotificationsResponse(
+            deliveries=[delivery_to_proto(delivery) for delivery in page.deliveries],
+            next_page_token=page.next_page_token,
+        )
+
+    async def RetryNotifications(
+        self, request: signal_service_pb2.RetryNotificationsRequest, context: grpc.aio.ServicerContext
+    ) -> signal_service_pb2.RetryNotificationsResponse:
+        ensure_unscoped()
+        count = await self._notifications.retry(list(request.signal_ids), all_failed=request.all_failed)
+        return signal_service_pb2.RetryNotificationsResponse(requeued_count=count)
+
+
+_REPORT_OUTCOMES = {
+    signal_service_pb2.DELIVERY_REPORT_OUTCOME_DELIVERED: ReportOutcome.DELIVERED,
+    signal_service_pb2.DELIVERY_REPORT_OUTCOME_RETRY: ReportOutcome.RETRY,
+    signal_service_pb2.DELIVERY_REPORT_OUTCOME_FAILED: ReportOutcome.FAILED,
+    signal_service_pb2.DELIVERY_REPORT_OUTCOME_DEAD: ReportOutcome.DEAD,
+    signal_service_pb2.DELIVERY_REPORT_OUTCOME_RELEASED: ReportOutcome.RELEASED,
+}

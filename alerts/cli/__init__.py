@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 
 from pydantic import ValidationError
 
-from alerts.cli import audit, captures, dev, keys, migrate, serve, user
+from alerts.cli import audit, captures, dev, keys, migrate, notifications, serve, user
 from alerts.cli.clients import CommandError, settings_error
 from mesh.errors import ConfigurationError
 
@@ -19,6 +19,7 @@ PRODUCTION_COMMANDS = (
     ("serve", "signal"),
     ("serve", "storage"),
     ("serve", "capture"),
+    ("serve", "notify"),
     # Scheduled (a daily CronJob); takes an optional --retention-days.
     ("audit", "prune"),
 )
@@ -27,7 +28,7 @@ PRODUCTION_COMMANDS = (
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="alerts", description="TradingView alerts microservice")
     commands = parser.add_subparsers(dest="command", required=True)
-    for group in (migrate, serve, dev, user, keys, audit, captures):
+    for group in (migrate, serve, dev, user, keys, audit, captures, notifications):
         group.register(commands)
     return parser
 

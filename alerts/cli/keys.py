@@ -43,14 +43,23 @@ def rotate_keys(options: argparse.Namespace) -> int:
 
     report = run_database_coroutine(database_url, rotate)
     print(f"sessions examined: {report.examined}; re-encrypted to {report.key_id!r}: {report.reencrypted}")
-    if report.unreadable:
-        print(
-            f"{len(report.unreadable)} sessions open with no configured key and were left as they are: "
-            + ", ".join(str(user_id) for user_id in report.unreadable),
-            file=sys.stderr,
-        )
-        return 1
-    return 0
+    print(
+        f"notification secrets examined: {report.secrets_examined}; "
+        f"re-encrypted to {report.key_id!r}: {report.secrets_reencrypted}"
+    )
+    failed = 0
+    for what, unreadable in (
+        ("sessions", report.unreadable),
+        ("notification secrets", report.secrets_unreadable),
+    ):
+        if unreadable:
+            print(
+                f"{len(unreadable)} {what} open with no configured key and were left as they are: "
+                + ", ".join(str(user_id) for user_id in unreadable),
+                file=sys.stderr,
+            )
+            failed = 1
+    return failed
 
 
 def generate_key(options: argparse.Namespace) -> int:

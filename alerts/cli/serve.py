@@ -5,14 +5,14 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-TARGETS = ("edge", "signal", "storage", "capture", "chart-stub")
+TARGETS = ("edge", "signal", "storage", "capture", "notify", "chart-stub", "telegram-stub")
 
 
 def register(commands: Any) -> None:
     serve = commands.add_parser("serve", help="run one service in the foreground")
     serve.add_argument("target", choices=TARGETS)
-    serve.add_argument("--host", default="127.0.0.1", help="chart-stub only")
-    serve.add_argument("--port", type=int, default=8090, help="chart-stub only")
+    serve.add_argument("--host", default="127.0.0.1", help="stubs only")
+    serve.add_argument("--port", type=int, default=None, help="stubs only (chart 8090, telegram 8091)")
     serve.set_defaults(handler=serve_target)
 
 
@@ -36,5 +36,13 @@ def serve_target(options: argparse.Namespace) -> int:
     elif options.target == "chart-stub":
         from capture_service.main import run_chart_stub
 
-        run_chart_stub(options.host, options.port)
+        run_chart_stub(options.host, options.port or 8090)
+    elif options.target == "notify":
+        from notify_service.main import run_worker as run_notify
+
+        run_notify()
+    elif options.target == "telegram-stub":
+        from notify_service.main import run_telegram_stub
+
+        run_telegram_stub(options.host, options.port or 8091)
     return 0

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from notify_service.outbound import ForbiddenDestinationError
+
 
 class DeliveryError(Exception):
     """`permanent`: the same send will fail again (a 4xx other than 429); `retry_after`: the provider
@@ -15,7 +17,13 @@ class DeliveryError(Exception):
 
 
 def transport_failure(exc: Exception) -> DeliveryError:
-    """Network trouble, told without the URL (a bot token or a webhook token lives in it)."""
+    """Network trouble, told without the URL (a bot token or a webhook token lives in it).
+
+    A destination the guard refuses (notify_service.outbound) fails for good: it will resolve the same
+    way next time, and trying again would only probe the address.
+    """
+    if isinstance(exc, ForbiddenDestinationError):
+        return DeliveryError(f"forbidden destination: {exc}", permanent=True)
     return DeliveryError(f"unreachable: {type(exc).__name__}", permanent=False)
 
 

@@ -59,6 +59,10 @@ class UserRepository:
             .values(**values, updated_at=sa.func.now())
         )
 
+    async def notification_secrets_ciphertext(self, user_id: uuid.UUID) -> bytes | None:
+        statement = sa.select(UserConfig.notification_secrets_ciphertext).where(UserConfig.user_id == user_id)
+        return (await self.session.execute(statement)).scalar_one_or_none()
+
     async def plans(self, user_ids: set[uuid.UUID]) -> dict[uuid.UUID, str]:
         if not user_ids:
             return {}
@@ -76,9 +80,20 @@ class UserRepository:
 
     async def sessions_after(self, after: uuid.UUID | None, limit: int) -> list[tuple[uuid.UUID, bytes]]:
         """Stored TradingView session ciphertexts in user id order after `after`, locked until commit."""
+        return await self._ciphertexts_after(UserConfig.tv_session_ciphertext, after, limit)
+
+    async def notification_secrets_after(
+        self, after: uuid.UUID | None, limit: int
+    ) -> list[tuple[uuid.UUID, bytes]]:
+        """Stored notification secret ciphertexts in user id order after `after`, locked until commit."""
+        return await self._ciphertexts_after(UserConfig.notification_secrets_ciphertext, after, limit)
+
+    async def _ciphertexts_after(
+        self, column: Any, after: uuid.UUID | None, limit: int
+    ) -> list[tuple[uuid.UUID, bytes]]:
         statement = (
-            sa.select(UserConfig.user_id, UserConfig.tv_session_ciphertext)
-            .where(UserConfig.tv_session_ciphertext.is_not(None))
+            sa.select(UserConfig.user_id, column)
+            .where(column.is_not(None))
             .order_by(UserConfig.user_id)
             .limit(limit)
             .with_for_update()

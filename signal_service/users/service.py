@@ -11,6 +11,7 @@ from typing import Any
 
 from sqlalchemy.exc import IntegrityError
 
+from mesh import notification_preferences
 from mesh.crypto import CookieCipher
 from mesh.errors import AlreadyExistsError, InvalidArgumentError
 from signal_service.captures.service import CaptureCoordinator
@@ -89,6 +90,7 @@ class UserManager:
             raise InvalidArgumentError(f"unknown plan {plan!r}", reason="INVALID_PLAN")
         if signals_quota < 0:
             raise InvalidArgumentError("signals_quota must not be negative", reason="INVALID_QUOTA")
+        preferences, secrets_ciphertext = self._preferences(notification_preferences, None)
         token = tokens.generate_token()
         now = utcnow()
         user = User(
@@ -106,7 +108,8 @@ class UserManager:
             user_id=user.id,
             default_chart_id=default_chart_id or None,
             ip_allowlist=allowlist.normalise(ip_allowlist),
-            notification_preferences=notification_preferences,
+            notification_preferences=preferences,
+            notification_secrets_ciphertext=secrets_ciphertext,
         )
         try:
             async with self._database.transaction() as session:
@@ -165,16 +168,31 @@ class UserManager:
         if "ip_allowlist" in values:
             config_values["ip_allowlist"] = allowlist.normalise(values["ip_allowlist"])
         if "notification_preferences" in values:
-            config_values["notification_preferences"] = values["notification_preferences"]
+            # Checked before any lock; checked again with the stored secrets under it.
+            notification_preferences.parse(values["notification_preferences"])
         async with self._database.transaction() as session:
             repository = UserRepository(session)
             if await repository.lock(parsed_id) is None:
                 raise no_such_user()
+            if "notification_preferences" in values:
+                stored = await repository.notification_secrets_ciphertext(parsed_id)
+                document, ciphertext = self._preferences(values["notification_preferences"], stored)
+                config_values["notification_preferences"] = document
+                config_values["notification_secrets_ciphertext"] = ciphertext
             if user_values:
                 await repository.update_user(parsed_id, **user_values)
             if config_values:
                 await repository.update_config(parsed_id, **config_values)
         return await self.get(user_id=user_id)
+
+    def _preferences(
+        self, document: dict[str, Any], stored_ciphertext: bytes | None
+    ) -> tuple[dict[str, Any], bytes | None]:
+        """The preferences to store (secrets redacted) and the ciphertext of their secrets."""
+        parsed = notification_preferences.parse(document)
+        stored = json.loads(self._cipher.decrypt(stored_ciphertext)) if stored_ciphertext else {}
+        public, secrets = notification_preferences.split(parsed, stored)
+        return public, self._cipher.encrypt(json.dumps(secrets).encode()) if secrets else None
 
     async def rotate_token(self, user_id: str, grace_period_seconds: int) -> IssuedToken:
         if grace_period_seconds < 0 or grace_period_seconds > 7 * 24 * 3600:

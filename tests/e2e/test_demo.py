@@ -110,6 +110,10 @@ def check_demo_output(output: str, workdir: Path) -> None:
         else:
             assert row["screenshot"] == "skipped", row
         assert row["webhook"].endswith(" ms")
+        if alert.plan == "premium":
+            assert row["telegram"] in ("photo+caption", "text, photo reply", "text"), row
+        else:
+            assert row["telegram"] == "-", row
         assert row["signal"].startswith("…")
     by_ticker = {row["ticker"]: row for row in rows}
     spanish = by_ticker["BINANCE:BTCUSDT"]

@@ -4,6 +4,7 @@ on every row, so they must not share the session's)."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import uuid
 from collections.abc import Iterator
@@ -137,3 +138,35 @@ async def test_audit_prune_deletes_rows_past_the_retention(service_env, own_data
         assert {row["reason"] for row in await connection.fetch("SELECT reason FROM audit_logs")} == {"fresh"}
     finally:
         await connection.close()
+
+
+async def test_keys_rotate_reencrypts_notification_secrets_too(service_env, own_database) -> None:
+    key_a, key_b = generate_key_entry("a"), generate_key_entry("b")
+    secret = "whsec_" + base64.b64encode(uuid.uuid4().bytes * 2).decode()
+    database = Database(create_engine(own_database, pool_size=2))
+    manager = UserManager(database=database, settings=SignalSettings(_env_file=None), cipher=cipher_of(key_a))
+    try:
+        issued = await manager.create(
+            external_id="",
+            plan="free",
+            default_chart_id="",
+            signals_quota=0,
+            ip_allowlist=[],
+            notification_preferences={"webhook": {"url": "https://example.com/hook", "secret": secret}},
+        )
+    finally:
+        await database.dispose()
+    env = child_env(service_env, ALERTS_DATABASE_URL=own_database, ALERTS_COOKIE_KEYS=f"{key_b},{key_a}")
+
+    code, out, err = await alerts(env, "keys", "rotate")
+    assert code == 0, (out, err)
+    assert "notification secrets examined: 1; re-encrypted to 'b': 1" in out
+    assert secret not in out + err
+    connection = await asyncpg.connect(own_database.replace("+asyncpg", ""))
+    try:
+        sealed = await connection.fetchval(
+            "SELECT notification_secrets_ciphertext FROM user_config WHERE user_id = $1", issued.view.user.id
+        )
+    finally:
+        await connection.close()
+    assert json.loads(cipher_of(key_b).decrypt(sealed)) == {"webhook_secret": secret}

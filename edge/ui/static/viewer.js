@@ -64,7 +64,36 @@
       url: pick(raw, "screenshot_url", "screenshotUrl"),
       createdAt: pick(raw, "created_at", "createdAt"),
       updatedAt: pick(raw, "updated_at", "updatedAt"),
+      deliveries: (pick(raw, "deliveries") || []).map((delivery) => ({
+        channel: enumName(pick(delivery, "channel"), "NOTIFICATION_CHANNEL_"),
+        kind: enumName(pick(delivery, "kind"), "NOTIFICATION_KIND_"),
+        status: enumName(pick(delivery, "status"), "DELIVERY_STATUS_"),
+        withPhoto: Boolean(pick(delivery, "with_photo", "withPhoto")),
+        error: pick(delivery, "last_error", "lastError"),
+      })),
     };
+  }
+
+  // One line per channel: how the alert went, and what followed it (the chart, the outcome edit).
+  function describeDeliveries(deliveries) {
+    const channels = new Map();
+    for (const delivery of deliveries) {
+      if (!channels.has(delivery.channel)) channels.set(delivery.channel, []);
+      channels.get(delivery.channel).push(delivery);
+    }
+    const lines = [];
+    for (const [channel, items] of channels) {
+      const alert = items.find((item) => item.kind === "alert");
+      if (!alert) continue;
+      let line = `${channel}: ${alert.status}`;
+      if (alert.status === "delivered") line += alert.withPhoto ? " with chart" : "";
+      else if (alert.error) line += ` (${alert.error})`;
+      for (const item of items) {
+        if (item.kind !== "alert" && item.status === "delivered") line += item.kind === "photo" ? ", chart sent" : ", outcome edited";
+      }
+      lines.push(line);
+    }
+    return lines.join("; ");
   }
 
   // ---- credentials: from the URL fragment once (then removed from the address bar), else sessionStorage.
@@ -313,6 +342,9 @@
     const result = element.querySelector(".result");
     result.textContent = signal.result;
     result.dataset.result = signal.result;
+    const notified = describeDeliveries(signal.deliveries || []);
+    element.querySelector(".notified").hidden = !notified;
+    text(".deliveries", notified);
     const when = element.querySelector(".when");
     when.dateTime = signal.createdAt;
     when.textContent = signal.createdAt ? TIME_FORMAT.format(new Date(signal.createdAt)) : "";

@@ -38,7 +38,7 @@ def host_port(address: str) -> tuple[str, int]:
 
 def test_app_services_run_real_alerts_commands() -> None:
     commands = {name: tuple(service["command"]) for name, service in app_services().items()}
-    assert set(commands) == {"migrate", "storage", "signal", "edge", "capture", "audit-prune"}
+    assert set(commands) == {"migrate", "storage", "signal", "edge", "capture", "notify", "audit-prune"}
     unknown = {name: command for name, command in commands.items() if command not in ALERTS_COMMANDS}
     assert unknown == {}
 
@@ -128,6 +128,12 @@ def test_app_healthchecks_probe_what_the_service_listens_on() -> None:
                 "http",
                 f"http://127.0.0.1:{environment['ALERTS_EDGE_PORT']}/health/ready",
             )
+        elif name == "notify":
+            # Notify workers serve only their metrics; the notification alerts watch their progress.
+            assert (mode, target) == (
+                "http",
+                f"http://127.0.0.1:{environment['ALERTS_METRICS_PORT']}/metrics",
+            )
         else:
             assert (mode, target) == (
                 "capture-alive",
@@ -184,7 +190,8 @@ def test_the_edge_and_the_workers_present_keys_of_their_own_role() -> None:
     assert presented["edge"].startswith("${EDGE_SERVICE_API_KEY:?")
     assert presented["capture"].startswith("${WORKER_SERVICE_API_KEY:?")
     assert presented["signal"].startswith("${WORKER_SERVICE_API_KEY:?")
-    callers = {"edge", "capture", "signal"}
+    assert presented["notify"].startswith("${WORKER_SERVICE_API_KEY:?")
+    callers = {"edge", "capture", "signal", "notify"}
     assert all(presented[name] is None for name in presented.keys() - callers), (
         "a key for a process calling no one"
     )

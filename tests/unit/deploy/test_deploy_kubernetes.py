@@ -507,6 +507,7 @@ EXPECTED_EGRESS = {
     "edge": {("pod", "envoy", 50051), ("pod", "storage", 50052)},
     "signal": {("private", 5432), ("private", 6379), ("pod", "storage", 50052)},
     "capture": {("public", 443), ("private", 6379), ("pod", "envoy", 50051), ("pod", "storage", 50052)},
+    "notify": {("public", 443), ("private", 6379), ("pod", "envoy", 50051), ("pod", "storage", 50052)},
     "storage": {("public", 443), ("metadata", 80), ("metadata", 988)},
     "migrate": {("private", 5432)},
     "audit-prune": {("private", 5432)},

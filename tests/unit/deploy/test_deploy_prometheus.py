@@ -55,6 +55,8 @@ REQUIRED_ALERTS = {
     "AlertsDatabaseSlow",
     "AlertsSpoolNotDraining",
     "AlertsOutboxBacklogGrowing",
+    "AlertsNotificationsBehind",
+    "AlertsNotificationFailures",
 }
 _QUOTED = re.compile(r'"(?:[^"\\]|\\.)*"')
 

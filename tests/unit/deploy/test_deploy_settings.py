@@ -16,6 +16,7 @@ import yaml
 from capture_service.settings import CaptureSettings
 from edge.settings import EdgeSettings
 from mesh.settings import CommonSettings
+from notify_service.settings import NotifySettings
 from signal_service.settings import DatabaseJobSettings, SignalSettings
 from storage_service.settings import StorageSettings
 
@@ -27,6 +28,7 @@ SETTINGS_BY_COMMAND: dict[tuple[str, ...], type[CommonSettings]] = {
     ("serve", "signal"): SignalSettings,
     ("serve", "storage"): StorageSettings,
     ("serve", "capture"): CaptureSettings,
+    ("serve", "notify"): NotifySettings,
     ("migrate",): DatabaseJobSettings,
     ("audit", "prune"): DatabaseJobSettings,
 }
@@ -40,6 +42,7 @@ SECRET_PLACEHOLDERS = {
     "WORKER_SERVICE_API_KEY": "placeholder-worker-key",
     "ALERTS_COOKIE_KEYS": "k1:" + "A" * 43 + "=",
     "ALERTS_MEDIA_SIGNING_KEY": "placeholder-media-signing-key",
+    "ALERTS_TELEGRAM_BOT_TOKEN": "123456:placeholder-telegram-bot-token",
     "POSTGRES_PASSWORD": "placeholder",
 }
 # What each deployment must say, by where it runs.
@@ -201,7 +204,7 @@ def test_container_settings_build_in_production_and_wire_the_deployment(
         assert settings.storage_addr == "0.0.0.0:50052"
         assert settings.storage_backend == "gcs"
         assert settings.storage_gcs_bucket == expected["bucket"]
-    elif command == ("serve", "capture"):
+    elif command in (("serve", "capture"), ("serve", "notify")):
         assert settings.signal_addr == expected["signal_addr"]
         assert settings.storage_addr == expected["storage_addr"]
     secrets_given = set(environment) & set(SECRET_PLACEHOLDERS)

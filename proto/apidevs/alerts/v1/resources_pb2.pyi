@@ -136,6 +136,141 @@ SIGNAL_EVENT_TYPE_TRADINGVIEW_SESSION_UPDATED: SignalEventType.ValueType  # 4
 """The user's TradingView session changed state (became invalid, or was renewed)."""
 Global___SignalEventType: _TypeAlias = SignalEventType  # noqa: Y015
 
+class _NotificationChannel:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _NotificationChannelEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_NotificationChannel.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    NOTIFICATION_CHANNEL_UNSPECIFIED: _NotificationChannel.ValueType  # 0
+    NOTIFICATION_CHANNEL_TELEGRAM: _NotificationChannel.ValueType  # 1
+    NOTIFICATION_CHANNEL_DISCORD: _NotificationChannel.ValueType  # 2
+    NOTIFICATION_CHANNEL_WEBHOOK: _NotificationChannel.ValueType  # 3
+    """The user's own URL, signed per the Standard Webhooks spec."""
+
+class NotificationChannel(_NotificationChannel, metaclass=_NotificationChannelEnumTypeWrapper): ...
+
+NOTIFICATION_CHANNEL_UNSPECIFIED: NotificationChannel.ValueType  # 0
+NOTIFICATION_CHANNEL_TELEGRAM: NotificationChannel.ValueType  # 1
+NOTIFICATION_CHANNEL_DISCORD: NotificationChannel.ValueType  # 2
+NOTIFICATION_CHANNEL_WEBHOOK: NotificationChannel.ValueType  # 3
+"""The user's own URL, signed per the Standard Webhooks spec."""
+Global___NotificationChannel: _TypeAlias = NotificationChannel  # noqa: Y015
+
+class _NotificationKind:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _NotificationKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_NotificationKind.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    NOTIFICATION_KIND_UNSPECIFIED: _NotificationKind.ValueType  # 0
+    NOTIFICATION_KIND_ALERT: _NotificationKind.ValueType  # 1
+    """The alert itself (with the chart when it was ready in time)."""
+    NOTIFICATION_KIND_PHOTO: _NotificationKind.ValueType  # 2
+    """The chart, sent after a text alert as a reply to it."""
+    NOTIFICATION_KIND_OUTCOME: _NotificationKind.ValueType  # 3
+    """The outcome, as an edit of the alert."""
+
+class NotificationKind(_NotificationKind, metaclass=_NotificationKindEnumTypeWrapper): ...
+
+NOTIFICATION_KIND_UNSPECIFIED: NotificationKind.ValueType  # 0
+NOTIFICATION_KIND_ALERT: NotificationKind.ValueType  # 1
+"""The alert itself (with the chart when it was ready in time)."""
+NOTIFICATION_KIND_PHOTO: NotificationKind.ValueType  # 2
+"""The chart, sent after a text alert as a reply to it."""
+NOTIFICATION_KIND_OUTCOME: NotificationKind.ValueType  # 3
+"""The outcome, as an edit of the alert."""
+Global___NotificationKind: _TypeAlias = NotificationKind  # noqa: Y015
+
+class _DeliveryStatus:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _DeliveryStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_DeliveryStatus.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    DELIVERY_STATUS_UNSPECIFIED: _DeliveryStatus.ValueType  # 0
+    DELIVERY_STATUS_PENDING: _DeliveryStatus.ValueType  # 1
+    DELIVERY_STATUS_SENDING: _DeliveryStatus.ValueType  # 2
+    """A worker holds it (under a lease)."""
+    DELIVERY_STATUS_DELIVERED: _DeliveryStatus.ValueType  # 3
+    DELIVERY_STATUS_SKIPPED: _DeliveryStatus.ValueType  # 4
+    """Not needed after all, e.g. the chart follow-up of an alert that already carried the chart."""
+    DELIVERY_STATUS_FAILED: _DeliveryStatus.ValueType  # 5
+    """Refused for good by the provider (a 4xx other than 429); last_error says why."""
+    DELIVERY_STATUS_DEAD: _DeliveryStatus.ValueType  # 6
+    """Still failing when the delivery deadline passed."""
+
+class DeliveryStatus(_DeliveryStatus, metaclass=_DeliveryStatusEnumTypeWrapper): ...
+
+DELIVERY_STATUS_UNSPECIFIED: DeliveryStatus.ValueType  # 0
+DELIVERY_STATUS_PENDING: DeliveryStatus.ValueType  # 1
+DELIVERY_STATUS_SENDING: DeliveryStatus.ValueType  # 2
+"""A worker holds it (under a lease)."""
+DELIVERY_STATUS_DELIVERED: DeliveryStatus.ValueType  # 3
+DELIVERY_STATUS_SKIPPED: DeliveryStatus.ValueType  # 4
+"""Not needed after all, e.g. the chart follow-up of an alert that already carried the chart."""
+DELIVERY_STATUS_FAILED: DeliveryStatus.ValueType  # 5
+"""Refused for good by the provider (a 4xx other than 429); last_error says why."""
+DELIVERY_STATUS_DEAD: DeliveryStatus.ValueType  # 6
+"""Still failing when the delivery deadline passed."""
+Global___DeliveryStatus: _TypeAlias = DeliveryStatus  # noqa: Y015
+
+@_typing.final
+class NotificationDelivery(_message.Message):
+    """One entry of the delivery ledger: a signal's delivery of one kind on one channel."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHANNEL_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    ATTEMPTS_FIELD_NUMBER: _builtins.int
+    LAST_ERROR_FIELD_NUMBER: _builtins.int
+    PROVIDER_MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    WITH_PHOTO_FIELD_NUMBER: _builtins.int
+    CREATED_AT_FIELD_NUMBER: _builtins.int
+    UPDATED_AT_FIELD_NUMBER: _builtins.int
+    DELIVERED_AT_FIELD_NUMBER: _builtins.int
+    SIGNAL_ID_FIELD_NUMBER: _builtins.int
+    channel: Global___NotificationChannel.ValueType
+    kind: Global___NotificationKind.ValueType
+    status: Global___DeliveryStatus.ValueType
+    attempts: _builtins.int
+    last_error: _builtins.str
+    provider_message_id: _builtins.str
+    """The provider's id of the message sent (e.g. Telegram's message_id); empty until delivered."""
+    with_photo: _builtins.bool
+    """True when the alert went out with the chart attached."""
+    signal_id: _builtins.str
+    @_builtins.property
+    def created_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def updated_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def delivered_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        channel: Global___NotificationChannel.ValueType = ...,
+        kind: Global___NotificationKind.ValueType = ...,
+        status: Global___DeliveryStatus.ValueType = ...,
+        attempts: _builtins.int = ...,
+        last_error: _builtins.str = ...,
+        provider_message_id: _builtins.str = ...,
+        with_photo: _builtins.bool = ...,
+        created_at: _timestamp_pb2.Timestamp | None = ...,
+        updated_at: _timestamp_pb2.Timestamp | None = ...,
+        delivered_at: _timestamp_pb2.Timestamp | None = ...,
+        signal_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "delivered_at", b"delivered_at", "updated_at", b"updated_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "channel", b"channel", "created_at", b"created_at", "delivered_at", b"delivered_at", "kind", b"kind", "last_error", b"last_error", "provider_message_id", b"provider_message_id", "signal_id", b"signal_id", "status", b"status", "updated_at", b"updated_at", "with_photo", b"with_photo"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___NotificationDelivery: _TypeAlias = NotificationDelivery  # noqa: Y015
+
 @_typing.final
 class Signal(_message.Message):
     """One alert received from TradingView, as stored."""
@@ -172,6 +307,7 @@ class Signal(_message.Message):
     BAR_TIME_FIELD_NUMBER: _builtins.int
     FIRED_AT_FIELD_NUMBER: _builtins.int
     DELAYED_FEED_FIELD_NUMBER: _builtins.int
+    DELIVERIES_FIELD_NUMBER: _builtins.int
     signal_id: _builtins.str
     user_id: _builtins.str
     chart_id: _builtins.str
@@ -234,6 +370,10 @@ class Signal(_message.Message):
     def fired_at(self) -> _timestamp_pb2.Timestamp:
         """TradingView's {{timenow}}: when the alert fired. Unset unless the message says which time it is."""
 
+    @_builtins.property
+    def deliveries(self) -> _containers.RepeatedCompositeFieldContainer[Global___NotificationDelivery]:
+        """The signal's notification deliveries (the delivery ledger), oldest first."""
+
     def __init__(
         self,
         *,
@@ -267,10 +407,11 @@ class Signal(_message.Message):
         bar_time: _timestamp_pb2.Timestamp | None = ...,
         fired_at: _timestamp_pb2.Timestamp | None = ...,
         delayed_feed: _builtins.bool = ...,
+        deliveries: _abc.Iterable[Global___NotificationDelivery] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["alert_time", b"alert_time", "bar_time", b"bar_time", "created_at", b"created_at", "extra", b"extra", "fired_at", b"fired_at", "screenshot_completed_at", b"screenshot_completed_at", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["alert_time", b"alert_time", "bar_time", b"bar_time", "chart_id", b"chart_id", "content_type", b"content_type", "created_at", b"created_at", "delayed_feed", b"delayed_feed", "exchange", b"exchange", "extra", b"extra", "fired_at", b"fired_at", "indicator", b"indicator", "indicator_key", b"indicator_key", "interval", b"interval", "notes", b"notes", "parse_problems", b"parse_problems", "parse_status", b"parse_status", "price", b"price", "profit_loss", b"profit_loss", "raw_text", b"raw_text", "result", b"result", "screenshot_completed_at", b"screenshot_completed_at", "screenshot_error", b"screenshot_error", "screenshot_object_key", b"screenshot_object_key", "screenshot_status", b"screenshot_status", "screenshot_url", b"screenshot_url", "signal_id", b"signal_id", "signal_type", b"signal_type", "symbol", b"symbol", "ticker", b"ticker", "updated_at", b"updated_at", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alert_time", b"alert_time", "bar_time", b"bar_time", "chart_id", b"chart_id", "content_type", b"content_type", "created_at", b"created_at", "delayed_feed", b"delayed_feed", "deliveries", b"deliveries", "exchange", b"exchange", "extra", b"extra", "fired_at", b"fired_at", "indicator", b"indicator", "indicator_key", b"indicator_key", "interval", b"interval", "notes", b"notes", "parse_problems", b"parse_problems", "parse_status", b"parse_status", "price", b"price", "profit_loss", b"profit_loss", "raw_text", b"raw_text", "result", b"result", "screenshot_completed_at", b"screenshot_completed_at", "screenshot_error", b"screenshot_error", "screenshot_object_key", b"screenshot_object_key", "screenshot_status", b"screenshot_status", "screenshot_url", b"screenshot_url", "signal_id", b"signal_id", "signal_type", b"signal_type", "symbol", b"symbol", "ticker", b"ticker", "updated_at", b"updated_at", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -9,6 +9,7 @@ from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -19,6 +20,37 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _DeliveryReportOutcome:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _DeliveryReportOutcomeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_DeliveryReportOutcome.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    DELIVERY_REPORT_OUTCOME_UNSPECIFIED: _DeliveryReportOutcome.ValueType  # 0
+    DELIVERY_REPORT_OUTCOME_DELIVERED: _DeliveryReportOutcome.ValueType  # 1
+    DELIVERY_REPORT_OUTCOME_RETRY: _DeliveryReportOutcome.ValueType  # 2
+    """Failed for now (or throttled): back to PENDING, to be claimed again."""
+    DELIVERY_REPORT_OUTCOME_FAILED: _DeliveryReportOutcome.ValueType  # 3
+    """Refused for good; error says why."""
+    DELIVERY_REPORT_OUTCOME_DEAD: _DeliveryReportOutcome.ValueType  # 4
+    """Still failing at the delivery deadline."""
+    DELIVERY_REPORT_OUTCOME_RELEASED: _DeliveryReportOutcome.ValueType  # 5
+    """Not attempted (e.g. the chat's rate limit said wait): back to PENDING, the attempt not counted."""
+
+class DeliveryReportOutcome(_DeliveryReportOutcome, metaclass=_DeliveryReportOutcomeEnumTypeWrapper): ...
+
+DELIVERY_REPORT_OUTCOME_UNSPECIFIED: DeliveryReportOutcome.ValueType  # 0
+DELIVERY_REPORT_OUTCOME_DELIVERED: DeliveryReportOutcome.ValueType  # 1
+DELIVERY_REPORT_OUTCOME_RETRY: DeliveryReportOutcome.ValueType  # 2
+"""Failed for now (or throttled): back to PENDING, to be claimed again."""
+DELIVERY_REPORT_OUTCOME_FAILED: DeliveryReportOutcome.ValueType  # 3
+"""Refused for good; error says why."""
+DELIVERY_REPORT_OUTCOME_DEAD: DeliveryReportOutcome.ValueType  # 4
+"""Still failing at the delivery deadline."""
+DELIVERY_REPORT_OUTCOME_RELEASED: DeliveryReportOutcome.ValueType  # 5
+"""Not attempted (e.g. the chat's rate limit said wait): back to PENDING, the attempt not counted."""
+Global___DeliveryReportOutcome: _TypeAlias = DeliveryReportOutcome  # noqa: Y015
 
 @_typing.final
 class IngestWebhookRequest(_message.Message):
@@ -766,3 +798,293 @@ class ReportSessionCheckRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ReportSessionCheckRequest: _TypeAlias = ReportSessionCheckRequest  # noqa: Y015
+
+@_typing.final
+class ClaimNotificationRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SIGNAL_ID_FIELD_NUMBER: _builtins.int
+    WORKER_ID_FIELD_NUMBER: _builtins.int
+    CLAIM_ID_FIELD_NUMBER: _builtins.int
+    SCREENSHOT_WAIT_SECONDS_FIELD_NUMBER: _builtins.int
+    LEASE_SECONDS_FIELD_NUMBER: _builtins.int
+    signal_id: _builtins.str
+    worker_id: _builtins.str
+    claim_id: _builtins.str
+    """Names this attempt (e.g. the broker message id and its retry count); ReportNotification repeats it."""
+    screenshot_wait_seconds: _builtins.int
+    """How long the worker waits for the chart before sending an alert as text; at most 300."""
+    lease_seconds: _builtins.int
+    """How long the claim holds; after it another worker may claim the delivery. 1 to 300, 0 means 60."""
+    def __init__(
+        self,
+        *,
+        signal_id: _builtins.str = ...,
+        worker_id: _builtins.str = ...,
+        claim_id: _builtins.str = ...,
+        screenshot_wait_seconds: _builtins.int = ...,
+        lease_seconds: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["claim_id", b"claim_id", "lease_seconds", b"lease_seconds", "screenshot_wait_seconds", b"screenshot_wait_seconds", "signal_id", b"signal_id", "worker_id", b"worker_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ClaimNotificationRequest: _TypeAlias = ClaimNotificationRequest  # noqa: Y015
+
+@_typing.final
+class ClaimNotificationResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TASKS_FIELD_NUMBER: _builtins.int
+    SIGNAL_FIELD_NUMBER: _builtins.int
+    RETRY_AFTER_SECONDS_FIELD_NUMBER: _builtins.int
+    SECRETS_CIPHERTEXT_FIELD_NUMBER: _builtins.int
+    WAITING_FOR_SIGNAL_ID_FIELD_NUMBER: _builtins.int
+    NEXT_SIGNAL_IDS_FIELD_NUMBER: _builtins.int
+    retry_after_seconds: _builtins.float
+    """Seconds after which the signal has deliveries due again; 0 when none is left waiting."""
+    secrets_ciphertext: _builtins.bytes
+    """The user's notification secrets (webhook secret, Discord webhook URL) as JSON, AES-GCM encrypted with
+    the shared cookie keys; workers decrypt. Empty when the user has none.
+    """
+    waiting_for_signal_id: _builtins.str
+    """Set when an alert waits behind an older signal's alert to the same chat: the worker queues that
+    signal too, so that a lost message cannot hold the chat.
+    """
+    @_builtins.property
+    def tasks(self) -> _containers.RepeatedCompositeFieldContainer[Global___NotificationTask]:
+        """The deliveries this claim holds; empty when none is due now."""
+
+    @_builtins.property
+    def signal(self) -> _resources_pb2.Signal: ...
+    @_builtins.property
+    def next_signal_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The signals whose alerts wait behind the alerts claimed here (the same user's next alert on each
+        channel): once these are delivered, the worker queues them rather than letting them poll.
+        """
+
+    def __init__(
+        self,
+        *,
+        tasks: _abc.Iterable[Global___NotificationTask] | None = ...,
+        signal: _resources_pb2.Signal | None = ...,
+        retry_after_seconds: _builtins.float = ...,
+        secrets_ciphertext: _builtins.bytes = ...,
+        waiting_for_signal_id: _builtins.str = ...,
+        next_signal_ids: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["signal", b"signal"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_signal_ids", b"next_signal_ids", "retry_after_seconds", b"retry_after_seconds", "secrets_ciphertext", b"secrets_ciphertext", "signal", b"signal", "tasks", b"tasks", "waiting_for_signal_id", b"waiting_for_signal_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ClaimNotificationResponse: _TypeAlias = ClaimNotificationResponse  # noqa: Y015
+
+@_typing.final
+class NotificationTask(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DELIVERY_ID_FIELD_NUMBER: _builtins.int
+    CHANNEL_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    TARGET_FIELD_NUMBER: _builtins.int
+    ATTEMPTS_FIELD_NUMBER: _builtins.int
+    WITH_PHOTO_FIELD_NUMBER: _builtins.int
+    SCREENSHOT_OBJECT_KEY_FIELD_NUMBER: _builtins.int
+    ALERT_MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    ALERT_WITH_PHOTO_FIELD_NUMBER: _builtins.int
+    CREATED_AT_FIELD_NUMBER: _builtins.int
+    delivery_id: _builtins.int
+    channel: _resources_pb2.NotificationChannel.ValueType
+    kind: _resources_pb2.NotificationKind.ValueType
+    target: _builtins.str
+    """Telegram: the chat id; webhook: the URL; Discord: empty (the URL is a secret, in secrets_ciphertext)."""
+    attempts: _builtins.int
+    """Attempts so far, this one included."""
+    with_photo: _builtins.bool
+    """Send the chart with the alert: it is ready, and the channel wants it."""
+    screenshot_object_key: _builtins.str
+    """The chart's storage key when it is ready; empty otherwise."""
+    alert_message_id: _builtins.str
+    """For PHOTO and OUTCOME: the alert's provider message id (the reply target, or the message to edit)."""
+    alert_with_photo: _builtins.bool
+    """For OUTCOME: whether the alert carried the chart (its text is then a caption)."""
+    @_builtins.property
+    def created_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        delivery_id: _builtins.int = ...,
+        channel: _resources_pb2.NotificationChannel.ValueType = ...,
+        kind: _resources_pb2.NotificationKind.ValueType = ...,
+        target: _builtins.str = ...,
+        attempts: _builtins.int = ...,
+        with_photo: _builtins.bool = ...,
+        screenshot_object_key: _builtins.str = ...,
+        alert_message_id: _builtins.str = ...,
+        alert_with_photo: _builtins.bool = ...,
+        created_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alert_message_id", b"alert_message_id", "alert_with_photo", b"alert_with_photo", "attempts", b"attempts", "channel", b"channel", "created_at", b"created_at", "delivery_id", b"delivery_id", "kind", b"kind", "screenshot_object_key", b"screenshot_object_key", "target", b"target", "with_photo", b"with_photo"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___NotificationTask: _TypeAlias = NotificationTask  # noqa: Y015
+
+@_typing.final
+class ReportNotificationRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DELIVERY_ID_FIELD_NUMBER: _builtins.int
+    CLAIM_ID_FIELD_NUMBER: _builtins.int
+    OUTCOME_FIELD_NUMBER: _builtins.int
+    PROVIDER_MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    WITH_PHOTO_FIELD_NUMBER: _builtins.int
+    delivery_id: _builtins.int
+    claim_id: _builtins.str
+    outcome: Global___DeliveryReportOutcome.ValueType
+    provider_message_id: _builtins.str
+    error: _builtins.str
+    """Why it failed; never a URL or a token."""
+    with_photo: _builtins.bool
+    """For an ALERT delivered: whether it carried the chart."""
+    def __init__(
+        self,
+        *,
+        delivery_id: _builtins.int = ...,
+        claim_id: _builtins.str = ...,
+        outcome: Global___DeliveryReportOutcome.ValueType = ...,
+        provider_message_id: _builtins.str = ...,
+        error: _builtins.str = ...,
+        with_photo: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["claim_id", b"claim_id", "delivery_id", b"delivery_id", "error", b"error", "outcome", b"outcome", "provider_message_id", b"provider_message_id", "with_photo", b"with_photo"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReportNotificationRequest: _TypeAlias = ReportNotificationRequest  # noqa: Y015
+
+@_typing.final
+class ReportNotificationResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RECORDED_FIELD_NUMBER: _builtins.int
+    DELIVERY_FIELD_NUMBER: _builtins.int
+    recorded: _builtins.bool
+    """False when this claim was already reported, or the lease was lost to another worker."""
+    @_builtins.property
+    def delivery(self) -> _resources_pb2.NotificationDelivery: ...
+    def __init__(
+        self,
+        *,
+        recorded: _builtins.bool = ...,
+        delivery: _resources_pb2.NotificationDelivery | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["delivery", b"delivery"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["delivery", b"delivery", "recorded", b"recorded"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReportNotificationResponse: _TypeAlias = ReportNotificationResponse  # noqa: Y015
+
+@_typing.final
+class ListFailedNotificationsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_ID_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    user_id: _builtins.str
+    """Empty: every user's."""
+    page_size: _builtins.int
+    """At most 100; 0 means 20."""
+    page_token: _builtins.str
+    def __init__(
+        self,
+        *,
+        user_id: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListFailedNotificationsRequest: _TypeAlias = ListFailedNotificationsRequest  # noqa: Y015
+
+@_typing.final
+class ListFailedNotificationsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DELIVERIES_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    @_builtins.property
+    def deliveries(self) -> _containers.RepeatedCompositeFieldContainer[_resources_pb2.NotificationDelivery]: ...
+    def __init__(
+        self,
+        *,
+        deliveries: _abc.Iterable[_resources_pb2.NotificationDelivery] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deliveries", b"deliveries", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListFailedNotificationsResponse: _TypeAlias = ListFailedNotificationsResponse  # noqa: Y015
+
+@_typing.final
+class RetryNotificationsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SIGNAL_IDS_FIELD_NUMBER: _builtins.int
+    ALL_FAILED_FIELD_NUMBER: _builtins.int
+    all_failed: _builtins.bool
+    """Retry every FAILED and DEAD delivery (signal_ids must be empty)."""
+    @_builtins.property
+    def signal_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        signal_ids: _abc.Iterable[_builtins.str] | None = ...,
+        all_failed: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["all_failed", b"all_failed", "signal_ids", b"signal_ids"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RetryNotificationsRequest: _TypeAlias = RetryNotificationsRequest  # noqa: Y015
+
+@_typing.final
+class RetryNotificationsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEUED_COUNT_FIELD_NUMBER: _builtins.int
+    requeued_count: _builtins.int
+    def __init__(
+        self,
+        *,
+        requeued_count: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["requeued_count", b"requeued_count"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RetryNotificationsResponse: _TypeAlias = RetryNotificationsResponse  # noqa: Y015

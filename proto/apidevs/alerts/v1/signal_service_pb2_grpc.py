@@ -108,6 +108,26 @@ class SignalServiceStub:
                 request_serializer=apidevs_dot_alerts_dot_v1_dot_signal__service__pb2.ReportSessionCheckRequest.SerializeToString,
                 response_deserializer=apidevs_dot_alerts_dot_v1_dot_resources__pb2.User.FromString,
                 _registered_method=True)
+        self.ClaimNotification = channel.unary_unary(
+                '/apidevs.alerts.v1.SignalService/ClaimNotification',
+                request_serializer=apidevs_dot_alerts_dot_v1_dot_signal__service__pb2.ClaimNotificationRequest.SerializeToString,
+                response_deserializer=apidevs_dot_alerts_dot_v1_dot_signal__service__pb2.ClaimNotificationResponse.FromString,
+                _registered_method=True)
+        self.ReportNotification = channel.unary_unary(
+                '/apidevs.alerts.v1.SignalService/ReportNotification',
+                request_serializer=apidevs_dot_alerts_dot_v1_dot_signal__service__pb2.ReportNotificationRequest.SerializeToString,
+                response_deserializer=apidevs_dot_alerts_dot_v1_dot_signal__service__pb2.ReportNotificationResponse.FromString,
+                _registered_method=True)
+        self.ListFailedNotifications = channel.unary_unary(
+                '/apidevs.alerts.v1.SignalService/ListFailedNotifications',
+                request_serializer=apidevs_dot_alerts_dot_v1_dot_signal__service__pb2.ListFailedNotificationsRequest.SerializeToString,
+                response_deserializer=apidevs_dot_alerts_dot_v1_dot_signal__service__pb2.ListFailedNotificationsResponse.FromString,
+                _registered_method=True)
+        self.RetryNotifications = channel.unary_unary(
+                '/apidevs.alerts.v1.SignalService/RetryNotifications',
+                request_serializer=apidevs_dot_alerts_dot_v1_dot_signal__service__pb2.RetryNotificationsRequest.SerializeToString,
+                response_deserializer=apidevs_dot_alerts_dot_v1_dot_signal__service__pb2.RetryNotificationsResponse.FromString,
+                _registered_method=True)
 
 
 class SignalServiceServicer:
@@ -223,6 +243,37 @@ class SignalServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ClaimNotification(self, request, context):
+        """Used by notify workers: claims, under a lease, the signal's deliveries that are due now, with what
+        sending them needs. Deliveries not due yet (waiting for the chart, or for an earlier alert to the same
+        chat) are left pending and counted in retry_after_seconds.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReportNotification(self, request, context):
+        """Used by notify workers when a claimed delivery was sent, failed, or was handed back. Idempotent: a
+        report for a claim already reported or taken over is acknowledged and changes nothing.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListFailedNotifications(self, request, context):
+        """Deliveries that ended FAILED or DEAD, newest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RetryNotifications(self, request, context):
+        """Puts FAILED and DEAD deliveries back to PENDING and queues their signals for the notify workers.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SignalServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -295,6 +346,26 @@ def add_SignalServiceServicer_to_server(servicer, server):
                     servicer.ReportSessionCheck,
                     request_deserializer=apidevs_dot_alerts_dot_v1_dot_signal__service__pb2.ReportSessionCheckRequest.FromString,
                     response_serializer=apidevs_dot_alerts_dot_v1_dot_resources__pb2.User.SerializeToString,
+            ),
+            'ClaimNotification': grpc.unary_unary_rpc_method_handler(
+                    servicer.ClaimNotification,
+                    request_deserializer=apidevs_dot_alerts_dot_v1_dot_signal__service__pb2.ClaimNotificationRequest.FromString,
+                    response_serializer=apidevs_dot_alerts_dot_v1_dot_signal__service__pb2.ClaimNotificationResponse.SerializeToString,
+            ),
+            'ReportNotification': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReportNotification,
+                    request_deserializer=apidevs_dot_alerts_dot_v1_dot_signal__service__pb2.ReportNotificationRequest.FromString,
+                    response_serializer=apidevs_dot_alerts_dot_v1_dot_signal__service__pb2.ReportNotificationResponse.SerializeToString,
+            ),
+            'ListFailedNotifications': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListFailedNotifications,
+                    request_deserializer=apidevs_dot_alerts_dot_v1_dot_signal__service__pb2.ListFailedNotificationsRequest.FromString,
+                    response_serializer=apidevs_dot_alerts_dot_v1_dot_signal__service__pb2.ListFailedNotificationsResponse.SerializeToString,
+            ),
+            'RetryNotifications': grpc.unary_unary_rpc_method_handler(
+                    servicer.RetryNotifications,
+                    request_deserializer=apidevs_dot_alerts_dot_v1_dot_signal__service__pb2.RetryNotificationsRequest.FromString,
+                    response_serializer=apidevs_dot_alerts_dot_v1_dot_signal__service__pb2.RetryNotificationsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -678,6 +749,114 @@ class SignalService:
             '/apidevs.alerts.v1.SignalService/ReportSessionCheck',
             apidevs_dot_alerts_dot_v1_dot_signal__service__pb2.ReportSessionCheckRequest.SerializeToString,
             apidevs_dot_alerts_dot_v1_dot_resources__pb2.User.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ClaimNotification(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/apidevs.alerts.v1.SignalService/ClaimNotification',
+            apidevs_dot_alerts_dot_v1_dot_signal__service__pb2.ClaimNotificationRequest.SerializeToString,
+            apidevs_dot_alerts_dot_v1_dot_signal__service__pb2.ClaimNotificationResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReportNotification(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/apidevs.alerts.v1.SignalService/ReportNotification',
+            apidevs_dot_alerts_dot_v1_dot_signal__service__pb2.ReportNotificationRequest.SerializeToString,
+            apidevs_dot_alerts_dot_v1_dot_signal__service__pb2.ReportNotificationResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListFailedNotifications(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/apidevs.alerts.v1.SignalService/ListFailedNotifications',
+            apidevs_dot_alerts_dot_v1_dot_signal__service__pb2.ListFailedNotificationsRequest.SerializeToString,
+            apidevs_dot_alerts_dot_v1_dot_signal__service__pb2.ListFailedNotificationsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RetryNotifications(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/apidevs.alerts.v1.SignalService/RetryNotifications',
+            apidevs_dot_alerts_dot_v1_dot_signal__service__pb2.RetryNotificationsRequest.SerializeToString,
+            apidevs_dot_alerts_dot_v1_dot_signal__service__pb2.RetryNotificationsResponse.FromString,
             options,
             channel_credentials,
             insecure,

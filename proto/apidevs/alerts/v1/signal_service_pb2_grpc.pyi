@@ -80,6 +80,19 @@ class SignalServiceStub:
     valid, with a SIGNAL_EVENT_TYPE_TRADINGVIEW_SESSION_UPDATED event when that changed. Returns the
     user as now recorded.
     """
+    ClaimNotification: _grpc.UnaryUnaryMultiCallable[_signal_service_pb2.ClaimNotificationRequest, _signal_service_pb2.ClaimNotificationResponse]
+    """Used by notify workers: claims, under a lease, the signal's deliveries that are due now, with what
+    sending them needs. Deliveries not due yet (waiting for the chart, or for an earlier alert to the same
+    chat) are left pending and counted in retry_after_seconds.
+    """
+    ReportNotification: _grpc.UnaryUnaryMultiCallable[_signal_service_pb2.ReportNotificationRequest, _signal_service_pb2.ReportNotificationResponse]
+    """Used by notify workers when a claimed delivery was sent, failed, or was handed back. Idempotent: a
+    report for a claim already reported or taken over is acknowledged and changes nothing.
+    """
+    ListFailedNotifications: _grpc.UnaryUnaryMultiCallable[_signal_service_pb2.ListFailedNotificationsRequest, _signal_service_pb2.ListFailedNotificationsResponse]
+    """Deliveries that ended FAILED or DEAD, newest first."""
+    RetryNotifications: _grpc.UnaryUnaryMultiCallable[_signal_service_pb2.RetryNotificationsRequest, _signal_service_pb2.RetryNotificationsResponse]
+    """Puts FAILED and DEAD deliveries back to PENDING and queues their signals for the notify workers."""
 
 @_typing.type_check_only
 class SignalServiceAsyncStub(SignalServiceStub):
@@ -132,6 +145,19 @@ class SignalServiceAsyncStub(SignalServiceStub):
     valid, with a SIGNAL_EVENT_TYPE_TRADINGVIEW_SESSION_UPDATED event when that changed. Returns the
     user as now recorded.
     """
+    ClaimNotification: _aio.UnaryUnaryMultiCallable[_signal_service_pb2.ClaimNotificationRequest, _signal_service_pb2.ClaimNotificationResponse]  # type: ignore[assignment]
+    """Used by notify workers: claims, under a lease, the signal's deliveries that are due now, with what
+    sending them needs. Deliveries not due yet (waiting for the chart, or for an earlier alert to the same
+    chat) are left pending and counted in retry_after_seconds.
+    """
+    ReportNotification: _aio.UnaryUnaryMultiCallable[_signal_service_pb2.ReportNotificationRequest, _signal_service_pb2.ReportNotificationResponse]  # type: ignore[assignment]
+    """Used by notify workers when a claimed delivery was sent, failed, or was handed back. Idempotent: a
+    report for a claim already reported or taken over is acknowledged and changes nothing.
+    """
+    ListFailedNotifications: _aio.UnaryUnaryMultiCallable[_signal_service_pb2.ListFailedNotificationsRequest, _signal_service_pb2.ListFailedNotificationsResponse]  # type: ignore[assignment]
+    """Deliveries that ended FAILED or DEAD, newest first."""
+    RetryNotifications: _aio.UnaryUnaryMultiCallable[_signal_service_pb2.RetryNotificationsRequest, _signal_service_pb2.RetryNotificationsResponse]  # type: ignore[assignment]
+    """Puts FAILED and DEAD deliveries back to PENDING and queues their signals for the notify workers."""
 
 class SignalServiceServicer(metaclass=_abc_1.ABCMeta):
     """Signals: intake from the edge, reads and live updates for the platform, capture reports from workers.
@@ -265,5 +291,42 @@ class SignalServiceServicer(metaclass=_abc_1.ABCMeta):
         valid, with a SIGNAL_EVENT_TYPE_TRADINGVIEW_SESSION_UPDATED event when that changed. Returns the
         user as now recorded.
         """
+
+    @_abc_1.abstractmethod
+    def ClaimNotification(
+        self,
+        request: _signal_service_pb2.ClaimNotificationRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_signal_service_pb2.ClaimNotificationResponse, _abc.Awaitable[_signal_service_pb2.ClaimNotificationResponse]]:
+        """Used by notify workers: claims, under a lease, the signal's deliveries that are due now, with what
+        sending them needs. Deliveries not due yet (waiting for the chart, or for an earlier alert to the same
+        chat) are left pending and counted in retry_after_seconds.
+        """
+
+    @_abc_1.abstractmethod
+    def ReportNotification(
+        self,
+        request: _signal_service_pb2.ReportNotificationRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_signal_service_pb2.ReportNotificationResponse, _abc.Awaitable[_signal_service_pb2.ReportNotificationResponse]]:
+        """Used by notify workers when a claimed delivery was sent, failed, or was handed back. Idempotent: a
+        report for a claim already reported or taken over is acknowledged and changes nothing.
+        """
+
+    @_abc_1.abstractmethod
+    def ListFailedNotifications(
+        self,
+        request: _signal_service_pb2.ListFailedNotificationsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_signal_service_pb2.ListFailedNotificationsResponse, _abc.Awaitable[_signal_service_pb2.ListFailedNotificationsResponse]]:
+        """Deliveries that ended FAILED or DEAD, newest first."""
+
+    @_abc_1.abstractmethod
+    def RetryNotifications(
+        self,
+        request: _signal_service_pb2.RetryNotificationsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_signal_service_pb2.RetryNotificationsResponse, _abc.Awaitable[_signal_service_pb2.RetryNotificationsResponse]]:
+        """Puts FAILED and DEAD deliveries back to PENDING and queues their signals for the notify workers."""
 
 def add_SignalServiceServicer_to_server(servicer: SignalServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

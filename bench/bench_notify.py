@@ -1,0 +1,230 @@
+"""Telegram notifications under the candle-close burst and at a steady rate, through real processes.
+
+Run: .venv/bin/python bench/bench_notify.py [--users 1000] [--burst 3000] [--steady-rate 50]
+     [--steady-seconds 20] [--workers 2] [--out bench/results/notify.json]
+
+Storage, signal, edge, the Telegram stub (as the Bot API, enforcing Telegram's limits with 429s) and
+`--workers` notify workers run as child processes. Every user has Telegram on, text only (no chart wait).
+
+Burst: `--burst` alerts from `--users` users stored within about a second (BatchIngestWebhooks, in rounds
+of one alert per user, so each chat's alerts arrive in sequence order). Reports
+how many reached the stub, how many 429s the stub answered, whether every chat got its alerts in the
+order they arrived, and the drain time (first alert stored to last one delivered). One bot may send 30
+messages a second, so the floor is burst / 30 seconds.
+
+Steady: `--steady-rate` alerts a second for `--steady-seconds`, users in turn; reports signal-to-delivery
+p50/p99 (stored, by this process's clock, to received by the stub, same machine). Above 30/s the bot's
+limit is the bottleneck and the latency grows with the run's length; the report says so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import re
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import httpx
+from google.protobuf import struct_pb2, timestamp_pb2
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from apidevs.alerts.v1 import (
+    resources_pb2,
+    signal_service_pb2,
+    signal_service_pb2_grpc,
+    user_service_pb2,
+    user_service_pb2_grpc,
+)
+from bench.harness import Stack, print_json, unlimited_plans_env
+from mesh.grpc import open_channel
+
+# Telegram allows about 30 a second per bot; the workers pace at 25 (notify_service/ratelimit.py).
+BOT_MESSAGES_PER_SECOND = 25
+_PRICE = re.compile(r"💰 (\d+)")
+_GUARD_SECONDS = 1800
+
+
+def chat_of(user: int) -> str:
+    return str(5_000_000 + user)
+
+
+def body(sequence: int) -> bytes:
+    # The price carries the alert's sequence number, so the stub's record shows each chat's order.
+    return f"Ticker: BINANCE:BTCUSDT\nPrice: {sequence}\nSignal: buy\nnonce: {uuid.uuid4().hex}".encode()
+
+
+def request(token: str, sequence: int) -> signal_service_pb2.IngestWebhookRequest:
+    received_at = timestamp_pb2.Timestamp()
+    received_at.GetCurrentTime()
+    return signal_service_pb2.IngestWebhookRequest(
+        webhook_token=token, body=body(sequence), content_type="text/plain", received_at=received_at
+    )
+
+
+async def create_users(users: user_service_pb2_grpc.UserServiceStub, count: int) -> list[str]:
+    async def one(index: int) -> str:
+        document = struct_pb2.Struct()
+        document.update({"telegram": {"chat_id": chat_of(index), "with_screenshot": False}})
+        created = await users.CreateUser(
+            user_service_pb2.CreateUserRequest(
+                plan=resources_pb2.PLAN_PREMIUM, notification_preferences=document
+            )
+        )
+        return created.webhook_token
+
+    tokens: list[str] = []
+    for start in range(0, count, 50):
+        tokens += await asyncio.gather(*(one(index) for index in range(start, min(count, start + 50))))
+    return tokens
+
+
+async def delivered(stub: httpx.AsyncClient, expected: int) -> list[dict[str, Any]]:
+    deadline = time.monotonic() + _GUARD_SECONDS
+    while True:
+        calls = (await stub.get("/_stub/requests")).json()
+        sent = [call for call in calls if call["method"] == "sendMessage" and call["status"] == 200]
+        if len(sent) >= expected or time.monotonic() > deadline:
+            return calls
+        await asyncio.sleep(1.0)
+
+
+def sequence_of(call: dict[str, Any]) -> int:
+    found = _PRICE.search(call["params"].get("text", ""))
+    return int(found.group(1)) if found else -1
+
+
+def order_report(calls: list[dict[str, Any]]) -> dict[str, int]:
+    by_chat: dict[str, list[int]] = {}
+    for call in calls:
+        if call["method"] == "sendMessage" and call["status"] == 200:
+            by_chat.setdefault(str(call["params"]["chat_id"]), []).append(sequence_of(call))
+    out_of_order = sum(1 for seqs in by_chat.values() if seqs != sorted(seqs))
+    duplicates = sum(len(seqs) - len(set(seqs)) for seqs in by_chat.values())
+    return {"chats": len(by_chat), "chats_out_of_order": out_of_order, "duplicates": duplicates}
+
+
+async def burst(
+    stack: Stack, signals: signal_service_pb2_grpc.SignalServiceStub, tokens: list[str], count: int
+) -> dict[str, Any]:
+    requests = [request(tokens[sequence % len(tokens)], sequence) for sequence in range(count)]
+    # One round per alert of a user: a round's alerts are stored concurrently, in no particular order.
+    rounds = [requests[start : start + len(tokens)] for start in range(0, count, len(tokens))]
+    async with httpx.AsyncClient(base_url=stack.telegram_api_url, timeout=60) as stub:
+        await stub.delete("/_stub/requests")
+        started = time.time()
+        answers = []
+        for round_requests in rounds:
+            batches = [round_requests[start : start + 500] for start in range(0, len(round_requests), 500)]
+            answers += await asyncio.gather(
+                *(
+                    signals.BatchIngestWebhooks(signal_service_pb2.BatchIngestWebhooksRequest(requests=batch))
+                    for batch in batches
+                )
+            )
+        stored_in = time.time() - started
+        refused = sum(
+            1 for answer in answers for result in answer.results if result.WhichOneof("result") != "response"
+        )
+        calls = await delivered(stub, count - refused)
+    sent = [call for call in calls if call["method"] == "sendMessage" and call["status"] == 200]
+    last = max((call["received_at"] for call in sent), default=started)
+    return {
+        "alerts": count,
+        "users": len(tokens),
+        "stored_in_seconds": round(stored_in, 2),
+        "refused_at_ingest": refused,
+        "delivered": len(sent),
+        "answered_429": sum(1 for call in calls if call["status"] == 429),
+        **order_report(calls),
+        "drain_seconds": round(last - started, 1),
+        "floor_seconds": round(count / BOT_MESSAGES_PER_SECOND, 1),
+    }
+
+
+async def steady(
+    stack: Stack,
+    signals: signal_service_pb2_grpc.SignalServiceStub,
+    tokens: list[str],
+    rate: float,
+    seconds: float,
+) -> dict[str, Any]:
+    total = int(rate * seconds)
+    sent_at: dict[int, float] = {}
+    async with httpx.AsyncClient(base_url=stack.telegram_api_url, timeout=60) as stub:
+        await stub.delete("/_stub/requests")
+        started = time.monotonic()
+        pending = []
+        for sequence in range(total):
+            await asyncio.sleep(max(0.0, started + sequence / rate - time.monotonic()))
+            sent_at[sequence] = time.time()
+            pending.append(
+                asyncio.ensure_future(
+                    signals.IngestWebhook(request(tokens[sequence % len(tokens)], sequence))
+                )
+            )
+        await asyncio.gather(*pending)
+        offered_for = time.monotonic() - started
+        calls = await delivered(stub, total)
+    latencies = sorted(
+        call["received_at"] - sent_at[sequence_of(call)]
+        for call in calls
+        if call["method"] == "sendMessage" and call["status"] == 200 and sequence_of(call) in sent_at
+    )
+    quantiles = statistics.quantiles(latencies, n=100) if len(latencies) >= 2 else [0.0] * 99
+    return {
+        "rate_per_second": rate,
+        "offered_alerts": total,
+        "offered_for_seconds": round(offered_for, 1),
+        "delivered": len(latencies),
+        "answered_429": sum(1 for call in calls if call["status"] == 429),
+        "signal_to_delivery_p50_seconds": round(quantiles[49], 2),
+        "signal_to_delivery_p99_seconds": round(quantiles[98], 2),
+        "signal_to_delivery_max_seconds": round(latencies[-1], 2) if latencies else 0.0,
+        "above_bot_limit": rate > BOT_MESSAGES_PER_SECOND,
+        **order_report(calls),
+    }
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--users", type=int, default=1000)
+    parser.add_argument("--burst", type=int, default=3000)
+    parser.add_argument("--steady-rate", type=float, action="append", default=None)
+    parser.add_argument("--steady-seconds", type=float, default=20.0)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--concurrency", type=int, default=48)
+    parser.add_argument("--out", type=Path, default=None)
+    options = parser.parse_args()
+    rates = options.steady_rate or [50.0]
+    env = unlimited_plans_env() | {"ALERTS_NOTIFY_CONCURRENCY": str(options.concurrency)}
+    with (
+        tempfile.TemporaryDirectory(prefix="bench-notify-") as workdir,
+        Stack(Path(workdir), notify_workers=options.workers, extra_env=env) as stack,
+    ):
+        async with open_channel(stack.signal_addr, stack.key) as channel:
+            users = user_service_pb2_grpc.UserServiceStub(channel)
+            signals = signal_service_pb2_grpc.SignalServiceStub(channel)
+            tokens = await create_users(users, options.users)
+            result: dict[str, Any] = {
+                "workers": options.workers,
+                "concurrency_per_worker": options.concurrency,
+                "burst": await burst(stack, signals, tokens, options.burst),
+            }
+            print(json.dumps({"burst": result["burst"]}), file=sys.stderr)
+            result["steady"] = [
+                await steady(stack, signals, tokens, rate, options.steady_seconds) for rate in rates
+            ]
+    print_json(result)
+    if options.out is not None:
+        options.out.write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

@@ -1,0 +1,161 @@
+"""SQL of the notification delivery ledger (the rows themselves are written by the notify_feed() trigger)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import distinct_on
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from signal_service.models import DeliveryStatus, NotificationDelivery, OutboxMessage, UserConfig
+
+OPEN_STATUSES = (DeliveryStatus.PENDING, DeliveryStatus.SENDING)
+FAILED_STATUSES = (DeliveryStatus.FAILED, DeliveryStatus.DEAD)
+
+
+class NotificationRepository:
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    async def lock_for_signal(self, signal_id: uuid.UUID) -> list[NotificationDelivery]:
+        """The signal's deliveries, locked until commit: claims and reports of one signal take turns."""
+        statement = (
+            sa.select(NotificationDelivery)
+            .where(NotificationDelivery.signal_id == signal_id)
+            .order_by(NotificationDelivery.id)
+            .with_for_update()
+        )
+        return list((await self.session.execute(statement)).scalars())
+
+    async def for_signals(self, signal_ids: Sequence[uuid.UUID]) -> list[NotificationDelivery]:
+        statement = (
+            sa.select(NotificationDelivery)
+            .where(NotificationDelivery.signal_id.in_(signal_ids))
+            .order_by(NotificationDelivery.id)
+        )
+        return list((await self.session.execute(statement)).scalars())
+
+    async def oldest_open_alerts(
+        self, user_id: uuid.UUID, channels: Sequence[str]
+    ) -> dict[str, tuple[int, uuid.UUID]]:
+        """Per channel, the user's oldest alert delivery still open: (delivery id, signal id)."""
+        statement = (
+            sa.select(NotificationDelivery.channel, NotificationDelivery.id, NotificationDelivery.signal_id)
+            .where(
+                NotificationDelivery.user_id == user_id,
+                NotificationDelivery.channel.in_(channels),
+                NotificationDelivery.kind == "alert",
+                NotificationDelivery.status.in_(OPEN_STATUSES),
+            )
+            .order_by(NotificationDelivery.channel, NotificationDelivery.id)
+            .ext(distinct_on(NotificationDelivery.channel))
+        )
+        return {row.channel: (row.id, row.signal_id) for row in await self.session.execute(statement)}
+
+    async def next_open_alert(self, user_id: uuid.UUID, channel: str, after_id: int) -> uuid.UUID | None:
+        """The signal of the user's next open alert on `channel` after delivery `after_id`."""
+        statement = (
+            sa.select(NotificationDelivery.signal_id)
+            .where(
+                NotificationDelivery.user_id == user_id,
+                NotificationDelivery.channel == channel,
+                NotificationDelivery.kind == "alert",
+                NotificationDelivery.status.in_(OPEN_STATUSES),
+                NotificationDelivery.id > after_id,
+            )
+            .order_by(NotificationDelivery.id)
+            .limit(1)
+        )
+        return (await self.session.execute(statement)).scalar_one_or_none()
+
+    async def preferences(self, user_id: uuid.UUID) -> tuple[dict[str, Any], bytes | None]:
+        statement = sa.select(
+            UserConfig.notification_preferences, UserConfig.notification_secrets_ciphertext
+        ).where(UserConfig.user_id == user_id)
+        row = (await self.session.execute(statement)).one_or_none()
+        return (row[0] or {}, row[1]) if row else ({}, None)
+
+    async def update(self, delivery_id: int, **values: Any) -> None:
+        await self.session.execute(
+            sa.update(NotificationDelivery)
+            .where(NotificationDelivery.id == delivery_id)
+            .values(**values, updated_at=sa.func.now())
+        )
+
+    async def report(self, delivery_id: int, claim_id: str, **values: Any) -> NotificationDelivery | None:
+        """Records a claim's result once: None when the claim was already reported or lost its lease."""
+        statement = (
+            sa.update(NotificationDelivery)
+            .where(
+                NotificationDelivery.id == delivery_id,
+                NotificationDelivery.claim_id == claim_id,
+                NotificationDelivery.status == DeliveryStatus.SENDING,
+            )
+            .values(**values, lease_until=None, updated_at=sa.func.now())
+            .returning(NotificationDelivery)
+        )
+        return (await self.session.execute(statement)).scalar_one_or_none()
+
+    async def get(self, delivery_id: int) -> NotificationDelivery | None:
+        return await self.session.get(NotificationDelivery, delivery_id)
+
+    async def failed(
+        self, user_id: uuid.UUID | None, after: tuple[datetime, int] | None, limit: int
+    ) -> list[NotificationDelivery]:
+        statement = sa.select(NotificationDelivery).where(NotificationDelivery.status.in_(FAILED_STATUSES))
+        if user_id is not None:
+            statement = statement.where(NotificationDelivery.user_id == user_id)
+        if after is not None:
+            statement = statement.where(
+                sa.tuple_(NotificationDelivery.updated_at, NotificationDelivery.id) < sa.tuple_(*after)
+            )
+        statement = statement.order_by(
+            NotificationDelivery.updated_at.desc(), NotificationDelivery.id.desc()
+        ).limit(limit)
+        return list((await self.session.execute(statement)).scalars())
+
+    async def rearm_failed(self, signal_ids: Sequence[uuid.UUID] | None) -> list[uuid.UUID]:
+        """FAILED and DEAD deliveries back to PENDING; returns their signals, each once."""
+        statement = (
+            sa.update(NotificationDelivery)
+            .where(NotificationDelivery.status.in_(FAILED_STATUSES))
+            .values(
+                status=DeliveryStatus.PENDING,
+                attempts=0,
+                last_error=None,
+                due_since=sa.func.now(),
+                updated_at=sa.func.now(),
+            )
+            .returning(NotificationDelivery.signal_id)
+        )
+        if signal_ids is not None:
+            statement = statement.where(NotificationDelivery.signal_id.in_(signal_ids))
+        return list(dict.fromkeys((await self.session.execute(statement)).scalars()))
+
+    async def add_job(self, message: OutboxMessage) -> None:
+        await self.session.execute(
+            sa.insert(OutboxMessage).values(
+                queue_name=message.queue_name,
+                actor_name=message.actor_name,
+                args=message.args,
+                options=message.options,
+            )
+        )
+
+    async def oldest_open_age_seconds(self) -> float:
+        statement = sa.select(
+            sa.func.coalesce(
+                sa.func.extract("epoch", sa.func.now() - sa.func.min(NotificationDelivery.due_since)), 0
+            )
+        ).where(NotificationDelivery.status.in_(OPEN_STATUSES))
+        return float((await self.session.execute(statement)).scalar_one())
+
+    async def count_by_status(self) -> dict[str, int]:
+        statement = sa.select(NotificationDelivery.status, sa.func.count()).group_by(
+            NotificationDelivery.status
+        )
+        return {row[0]: row[1] for row in await self.session.execute(statement)}

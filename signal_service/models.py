@@ -91,6 +91,11 @@ class UserConfig(SQLModel, table=True):
     ip_allowlist: list[str] = Field(
         default_factory=list, sa_column=sa.Column(pg.ARRAY(sa.Text), nullable=False, server_default="{}")
     )
+    # Webhooks are admitted only when the edge vouches that Envoy verified TradingView's client
+    # certificate on the connection (IngestWebhookRequest.tradingview_client_certificate_verified).
+    require_tradingview_client_certificate: bool = Field(
+        default=False, sa_column=sa.Column(sa.Boolean, nullable=False, server_default=sa.false())
+    )
     notification_preferences: dict[str, Any] = Field(
         default_factory=dict, sa_column=sa.Column(pg.JSONB, nullable=False, server_default="{}")
     )

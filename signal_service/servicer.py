@@ -148,6 +148,7 @@ class SignalServicer(signal_service_pb2_grpc.SignalServiceServicer):
                 idempotency_key=request.idempotency_key,
                 body_size=request.body_size,
                 edge_refusal=request.edge_refusal,
+                tradingview_client_certificate_verified=request.tradingview_client_certificate_verified,
             )
         )
         log.info(

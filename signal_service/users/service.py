@@ -45,6 +45,7 @@ USER_UPDATABLE_FIELDS = frozenset(
         "webhook_enabled",
         "default_chart_id",
         "ip_allowlist",
+        "require_tradingview_client_certificate",
         "notification_preferences",
     }
 )
@@ -82,6 +83,7 @@ class UserManager:
         signals_quota: int,
         ip_allowlist: Sequence[str],
         notification_preferences: dict[str, Any],
+        require_tradingview_client_certificate: bool = False,
     ) -> IssuedToken:
         if plan not in self._settings.plan_limits:
             raise InvalidArgumentError(f"unknown plan {plan!r}", reason="INVALID_PLAN")
@@ -104,6 +106,7 @@ class UserManager:
             user_id=user.id,
             default_chart_id=default_chart_id or None,
             ip_allowlist=allowlist.normalise(ip_allowlist),
+            require_tradingview_client_certificate=require_tradingview_client_certificate,
             notification_preferences=notification_preferences,
         )
         try:
@@ -156,6 +159,10 @@ class UserManager:
             config_values["default_chart_id"] = values["default_chart_id"] or None
         if "ip_allowlist" in values:
             config_values["ip_allowlist"] = allowlist.normalise(values["ip_allowlist"])
+        if "require_tradingview_client_certificate" in values:
+            config_values["require_tradingview_client_certificate"] = bool(
+                values["require_tradingview_client_certificate"]
+            )
         if "notification_preferences" in values:
             config_values["notification_preferences"] = values["notification_preferences"]
         async with self._database.transaction() as session:

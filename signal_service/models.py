@@ -199,6 +199,9 @@ class Screenshot(SQLModel, table=True):
     height: int | None = Field(default=None, sa_column=sa.Column(sa.Integer))
     duration_ms: int | None = Field(default=None, sa_column=sa.Column(sa.Integer))
     attempts: int = Field(default=0, sa_column=sa.Column(sa.Integer, nullable=False, server_default="0"))
+    # Numbers every ClaimCapture that proceeds; reports name the claim they come from, so that a report
+    # from a claim superseded since (a redelivery, a sweep) cannot overwrite the current one's outcome.
+    claim: int = Field(default=0, sa_column=sa.Column(sa.BigInteger, nullable=False, server_default="0"))
     error: str | None = Field(default=None, sa_column=sa.Column(sa.Text))
     worker_id: str | None = Field(default=None, sa_column=sa.Column(sa.Text))
     claimed_at: datetime | None = Field(default=None, sa_column=_utc_column(nullable=True))

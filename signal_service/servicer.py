@@ -245,7 +245,10 @@ class SignalServicer(signal_service_pb2_grpc.SignalServiceServicer):
     ) -> signal_service_pb2.ClaimCaptureResponse:
         ensure_unscoped()
         claim = await self._captures.claim(
-            request.signal_id, attempt=request.attempt, worker_id=request.worker_id
+            request.signal_id,
+            attempt=request.attempt,
+            worker_id=request.worker_id,
+            resumes_claim=request.resumes_claim,
         )
         log.info(
             "capture claimed",
@@ -254,6 +257,7 @@ class SignalServicer(signal_service_pb2_grpc.SignalServiceServicer):
                 "attempt": request.attempt,
                 "worker_id": request.worker_id,
                 "proceed": claim.proceed,
+                "claim": claim.claim,
             },
         )
         return signal_service_pb2.ClaimCaptureResponse(
@@ -262,6 +266,7 @@ class SignalServicer(signal_service_pb2_grpc.SignalServiceServicer):
             chart_id=claim.chart_id,
             tradingview_session_ciphertext=claim.session_ciphertext,
             plan=PLAN_TO_PROTO[claim.plan],
+            claim=claim.claim,
         )
 
     async def ReportCapture(
@@ -278,6 +283,7 @@ class SignalServicer(signal_service_pb2_grpc.SignalServiceServicer):
             width=request.width,
             height=request.height,
             duration_ms=request.duration_ms,
+            claim=request.claim,
         )
         log.info(
             "capture reported",
@@ -285,6 +291,7 @@ class SignalServicer(signal_service_pb2_grpc.SignalServiceServicer):
                 "signal_id": request.signal_id,
                 "status": status.value,
                 "error": request.error,
+                "claim": request.claim,
             },
         )
         return (await self._signals_to_proto([row]))[0]

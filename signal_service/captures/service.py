@@ -17,7 +17,7 @@ from signal_service.clock import utcnow
 from signal_service.database import Database
 from signal_service.events.repository import EventRepository
 from signal_service.ids import require_uuid
-from signal_service.models import EventType, OutboxMessage, ScreenshotStatus, SignalEvent
+from signal_service.models import EventType, OutboxMessage, Screenshot, ScreenshotStatus, SignalEvent
 from signal_service.outbox.repository import OutboxEntry, OutboxRepository
 from signal_service.sessions.repository import TradingViewSessionRepository
 from signal_service.sessions.service import SESSION_INVALID_REASON, record_capture_result
@@ -58,6 +58,8 @@ class CaptureClaim:
     chart_id: str
     session_ciphertext: bytes
     plan: str
+    # The claim's number (screenshots.claim); 0 when it does not proceed.
+    claim: int = 0
 
 
 _RETRY_BATCH_LIMIT = 10_000
@@ -70,7 +72,14 @@ class CaptureCoordinator:
         self._settings = settings
         self._on_commit = on_commit or (lambda: None)
 
-    async def claim(self, signal_id: str, *, attempt: int, worker_id: str) -> CaptureClaim:
+    async def claim(
+        self, signal_id: str, *, attempt: int, worker_id: str, resumes_claim: int = 0
+    ) -> CaptureClaim:
+        """Marks the capture PROCESSING under a new claim number.
+
+        `attempts` counts attempts at the chart: a delivery resuming the latest claim (its job put back on
+        the queue because a dependency was unavailable, nobody having claimed since) continues that attempt.
+        """
         parsed = require_uuid(signal_id, "signal_id")
         async with self._database.transaction() as session:
             signals, captures, users = (
@@ -88,10 +97,13 @@ class CaptureCoordinator:
             if ScreenshotStatus(row.screenshot.status) in _TERMINAL:
                 return CaptureClaim(False, row, chart_id, b"", user.plan)
             now = utcnow()
+            resumed = resumes_claim != 0 and resumes_claim == row.screenshot.claim
+            claim_number = row.screenshot.claim + 1
             await captures.update_screenshot(
                 parsed,
                 status=ScreenshotStatus.PROCESSING,
-                attempts=row.screenshot.attempts + 1,
+                attempts=row.screenshot.attempts + (0 if resumed else 1),
+                claim=claim_number,
                 worker_id=worker_id[:200] or None,
                 claimed_at=now,
                 error=None,
@@ -102,7 +114,7 @@ class CaptureCoordinator:
             row = await signals.get(parsed)
             assert row is not None
         self._on_commit()
-        return CaptureClaim(True, row, chart_id, config.tv_session_ciphertext or b"", user.plan)
+        return CaptureClaim(True, row, chart_id, config.tv_session_ciphertext or b"", user.plan, claim_number)
 
     async def report(
         self,
@@ -115,7 +127,9 @@ class CaptureCoordinator:
         width: int,
         height: int,
         duration_ms: int,
+        claim: int = 0,
     ) -> SignalRow:
+        """Records a claim's outcome; idempotent per claim (see ReportCaptureRequest.claim)."""
         if status not in (ScreenshotStatus.PROCESSING, ScreenshotStatus.COMPLETED, ScreenshotStatus.FAILED):
             raise InvalidArgumentError(
                 "status must be PROCESSING, COMPLETED or FAILED", reason="INVALID_CAPTURE_STATUS"
@@ -135,6 +149,15 @@ class CaptureCoordinator:
                 if status == ScreenshotStatus.COMPLETED and object_key == row.screenshot.object_key:
                     return row
                 raise FailedPreconditionError("capture already completed", reason="CAPTURE_COMPLETED")
+            latest = row.screenshot.claim
+            if status != ScreenshotStatus.COMPLETED and claim:
+                if claim < latest:
+                    raise FailedPreconditionError(
+                        f"claim {claim} was superseded by claim {latest}", reason="STALE_CLAIM"
+                    )
+                if status == current == ScreenshotStatus.FAILED:
+                    # The same claim's failure again (a held report sent twice): already recorded.
+                    return row
             values: dict[str, Any] = {"status": status}
             if status == ScreenshotStatus.COMPLETED:
                 values |= {
@@ -263,8 +286,14 @@ class CaptureCoordinator:
 
     async def _requeue(self, session: Any, row: SignalRow, plan: str) -> None:
         signals, captures = SignalRepository(session), CaptureRepository(session)
+        # A new claim generation: a late report from a claim before the re-queue is refused as stale.
         await captures.update_screenshot(
-            row.signal.id, status=ScreenshotStatus.PENDING, error=None, claimed_at=None, completed_at=None
+            row.signal.id,
+            status=ScreenshotStatus.PENDING,
+            error=None,
+            claimed_at=None,
+            completed_at=None,
+            claim=Screenshot.claim + 1,
         )
         await signals.update_signal(row.signal.id, screenshot_status=ScreenshotStatus.PENDING)
         await OutboxRepository(session).add(capture_message(row.signal.id, plan))

@@ -12,6 +12,7 @@ from typing import Any
 from mesh.errors import FailedPreconditionError, InvalidArgumentError, NotFoundError
 from mesh.logging import request_id_var
 from mesh.queues import capture_actor, capture_queue
+from signal_service.captures.queued import CaptureMessages
 from signal_service.captures.repository import CaptureRepository
 from signal_service.clock import utcnow
 from signal_service.database import Database
@@ -67,9 +68,17 @@ _TERMINAL = {ScreenshotStatus.COMPLETED, ScreenshotStatus.SKIPPED, ScreenshotSta
 
 
 class CaptureCoordinator:
-    def __init__(self, *, database: Database, settings: SignalSettings, on_commit: Any = None) -> None:
+    def __init__(
+        self,
+        *,
+        database: Database,
+        settings: SignalSettings,
+        messages: CaptureMessages,
+        on_commit: Any = None,
+    ) -> None:
         self._database = database
         self._settings = settings
+        self._messages = messages
         self._on_commit = on_commit or (lambda: None)
 
     async def claim(
@@ -251,9 +260,13 @@ class CaptureCoordinator:
         return requeued
 
     async def sweep_stale(self) -> int:
-        """Captures whose worker died (left PROCESSING) or whose queue message was lost (left PENDING with
-        no outbox row) go back to their queue; a capture that already had every attempt fails for good.
-        Re-sending is safe: the capture actor does nothing for a capture that already finished."""
+        """Captures left with no job go back to their queue: PROCESSING past its claim's staleness (the
+        worker died and its message is gone) or PENDING past its own (the queue message was lost, e.g.
+        Redis restarted empty), in either case with no outbox row and no message in the broker. A message
+        waiting in the queue, fetched by a worker, or delayed (a job waiting for storage or the signal
+        service, an outcome held until recorded, a retry's backoff) means a job still owns the capture.
+        A capture that already had every attempt fails for good. Re-sending is safe anyway: the capture
+        actor does nothing for a capture that already finished, and reports are idempotent per claim."""
         now = utcnow()
         processing_cutoff = now - timedelta(seconds=self._settings.capture_stale_after_seconds)
         pending_cutoff = now - timedelta(seconds=self._settings.capture_pending_stale_after_seconds)
@@ -261,6 +274,12 @@ class CaptureCoordinator:
             signals, captures = SignalRepository(session), CaptureRepository(session)
             processing = await captures.stale_processing(processing_cutoff, limit=_RETRY_BATCH_LIMIT)
             pending = await captures.stale_pending(pending_cutoff, limit=_RETRY_BATCH_LIMIT)
+            if processing or pending:
+                # Read after the rows: the outbox relay enqueues before it deletes a row, and a worker
+                # enqueues a job's delayed copy before it acknowledges the job, so one of the two is seen.
+                queued = await self._messages.queued()
+                processing = [row for row in processing if row.signal.id not in queued.signal_ids]
+                pending = [row for row in pending if row.signal.id not in queued.signal_ids]
             plans = await UserRepository(session).plans({row.signal.user_id for row in processing + pending})
             for row in processing:
                 assert row.screenshot is not None

@@ -233,8 +233,9 @@ class MemorySampler:
 
 
 @contextlib.contextmanager
-def chart_stub(render_delay_ms: int) -> Iterator[tuple[str, int]]:
-    """The stub as a child process (not measured): its base URL and pid."""
+def chart_stub(render_delay_ms: int, page: str = "light") -> Iterator[tuple[str, int]]:
+    """The stub as a child process (not measured), serving its light or heavy chart page: its base URL
+    and pid."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
@@ -254,6 +255,13 @@ def chart_stub(render_delay_ms: int) -> Iterator[tuple[str, int]]:
                 if time.monotonic() > deadline or process.poll() is not None:
                     raise RuntimeError("chart stub did not start") from None
                 time.sleep(0.1)
+        setting = urllib.request.Request(  # noqa: S310 (loopback)
+            f"{base_url}/_stub/mode",
+            data=json.dumps({"page": page}).encode(),
+            headers={"content-type": "application/json"},
+        )
+        with urllib.request.urlopen(setting, timeout=5):  # noqa: S310 (loopback)
+            pass
         yield base_url, process.pid
     finally:
         process.terminate()
@@ -477,6 +485,12 @@ def main() -> None:
     # The premium wait starts the whole stack (about two minutes on two loaded cores), so it is asked for.
     parser.add_argument("--parts", nargs="+", choices=("pool", "premium-wait"), default=["pool"])
     parser.add_argument("--captures", type=int, default=60)
+    parser.add_argument(
+        "--page",
+        choices=("light", "heavy"),
+        default="light",
+        help="the chart stub's page: light, or heavy (MB of script, a streamed feed, a late pane)",
+    )
     parser.add_argument("--concurrency", type=int, default=3)
     parser.add_argument(
         "--render-delay-ms", type=int, default=300, help="the stub's simulated chart load time"
@@ -503,7 +517,7 @@ def main() -> None:
     viewport = (options.width, options.height)
     if "pool" in options.parts:
         adopt_orphaned_descendants()
-        with chart_stub(options.render_delay_ms) as (base_url, stub_pid):
+        with chart_stub(options.render_delay_ms, options.page) as (base_url, stub_pid):
             asyncio.run(
                 pool_throughput(
                     base_url, stub_pid, options.captures, options.concurrency, viewport, options.chromium_arg

@@ -232,6 +232,9 @@ async def seed(dsn: str, size: dict[str, int], heavy_ids: list[str], light_ids: 
     started = time.perf_counter()
     try:
         await connection.execute("SET synchronous_commit = off")
+        # Triggers off while seeding (foreign-key checks, and the per-user counters, recounted at the end as
+        # migration 0008_scale does): one counter upsert per seeded row would dominate the seed's time.
+        await connection.execute("SET session_replication_role = replica")
         # The plan: which user gets how many signals. Two created users join it: the heaviest, a light one.
         await connection.execute("CREATE TEMP TABLE seed_plan (user_id uuid, signals int, plan text)")
         other_heavy = heavy_count - 1
@@ -338,13 +341,15 @@ async def seed(dsn: str, size: dict[str, int], heavy_ids: list[str], light_ids: 
             WHERE u.id = e.user_id
             """
         )
+        # As ingest_webhook_v2.sql writes them: an accepted call's audit row keeps the body too.
         await connection.execute(
             """
             INSERT INTO audit_logs (created_at, user_id, signal_id, request_id, source_ip, user_agent,
-                                    outcome, latency_ms, body_sha256, body_size, content_type)
-            SELECT created_at, user_id, id, md5(id::text), '203.0.113.7', 'Go-http-client/1.1', 'accepted',
-                   4.2, encode(sha256(id::text::bytea), 'hex'), 180, 'text/plain'
-            FROM seed_signals
+                                    outcome, latency_ms, body_sha256, body, body_size, content_type)
+            SELECT s.created_at, s.user_id, s.id, md5(s.id::text), '203.0.113.7', 'Go-http-client/1.1',
+                   'accepted', 4.2, encode(stored.body_sha256, 'hex'), stored.raw_body,
+                   octet_length(stored.raw_body), 'text/plain'
+            FROM seed_signals s JOIN signals stored ON stored.id = s.id
             """
         )
         # Outbox history: the relay deletes what it sent, so a year leaves only the recent failures behind.
@@ -358,6 +363,27 @@ async def seed(dsn: str, size: dict[str, int], heavy_ids: list[str], light_ids: 
             """
         )
         await connection.execute("DROP TABLE seed_signals")
+        await connection.execute("DELETE FROM user_signal_counts")
+        await connection.execute(
+            """
+            INSERT INTO user_signal_counts (user_id, month, signals, wins, losses, screenshots_pending)
+            SELECT user_id, date_trunc('month', created_at, 'UTC')::date, count(*),
+                   count(*) FILTER (WHERE result = 'win'), count(*) FILTER (WHERE result = 'loss'),
+                   count(*) FILTER (WHERE screenshot_status IN ('pending', 'processing'))
+            FROM signals GROUP BY 1, 2
+            """
+        )
+        await connection.execute(
+            """
+            INSERT INTO user_signal_counts AS c (user_id, month, storage_bytes, storage_objects)
+            SELECT user_id, date_trunc('month', created_at, 'UTC')::date, coalesce(sum(size_bytes), 0),
+                   count(*)
+            FROM screenshots WHERE status = 'completed' GROUP BY 1, 2
+            ON CONFLICT (user_id, month) DO UPDATE
+            SET storage_bytes = EXCLUDED.storage_bytes, storage_objects = EXCLUDED.storage_objects
+            """
+        )
+        await connection.execute("SET session_replication_role = origin")
         await connection.execute("VACUUM ANALYZE")
         expiring = await connection.fetchval(
             """

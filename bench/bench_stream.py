@@ -181,7 +181,11 @@ async def measure_idle_memory(stack: Stack, idle: int) -> dict:
 
 
 async def run(subscribers: int, writes: int, idle: int) -> dict:
-    extra = unlimited_plans_env() | {"ALERTS_DATABASE_POOL_SIZE": "20"}
+    # Every user's stream is opened with the one key the stack has: its stream limit must hold them all.
+    extra = unlimited_plans_env() | {
+        "ALERTS_DATABASE_POOL_SIZE": "20",
+        "ALERTS_STREAM_MAX_PER_KEY": str(subscribers + idle),
+    }
     with tempfile.TemporaryDirectory() as tmp, Stack(Path(tmp), with_storage=False, extra_env=extra) as stack:
         async with (
             open_channel(stack.signal_addr, stack.keys.edge) as edge_channel,

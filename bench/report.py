@@ -227,6 +227,115 @@ def _other_section(name: str, title: str, envelope: dict[str, Any] | None, targe
     return [*lines, "```", body, "```", ""]
 
 
+SCALE_TARGETS = {
+    "ingest_ratio": 1.2,
+    "list_p99_ms": 20.0,
+    "stats_p99_ms": 50.0,
+    "replay_events_per_s": 20_000,
+}
+
+
+def _scale_section(envelope: dict[str, Any] | None, docs: Path) -> list[str]:
+    """Empty database against seeded, every figure beside its target; docs/perf/scale.md's analysis after."""
+    lines = ["## Scale: a year of alerts in the database (bench/bench_scale.py)", ""]
+    lines.append(
+        f"Targets: ingest p99 seeded (and while retention or audit pruning runs) within"
+        f" {SCALE_TARGETS['ingest_ratio']}x of empty; ListSignals p99 < {SCALE_TARGETS['list_p99_ms']:g} ms"
+        f" for every filter and page {100}; GetUserStats p99 < {SCALE_TARGETS['stats_p99_ms']:g} ms for the"
+        f" heaviest user; replay >= {SCALE_TARGETS['replay_events_per_s']:,} events/s; bytes per signal"
+        " reported. EXPLAIN (ANALYZE, BUFFERS) of the paths that matter:"
+        " [perf/scale-plans.md](perf/scale-plans.md)."
+    )
+    lines.append("")
+    result = envelope.get("result") if envelope else None
+    measured = envelope is not None and envelope["status"] == "ok"
+    if not measured or not isinstance(result, dict) or "seeded" not in result:
+        state = envelope["status"] if envelope else "absent"
+        lines += [f"Not measured in this run (bench/results/scale.json: {state}).", ""]
+    else:
+        assert envelope is not None
+        lines += _scale_table(envelope, result)
+    notes = docs / "perf" / "scale.md"
+    if notes.exists():
+        lines += [notes.read_text().rstrip(), ""]
+    return lines
+
+
+def _scale_table(envelope: dict[str, Any], result: dict[str, Any]) -> list[str]:
+    empty, seeded, seed = result["empty"], result["seeded"], result["seed"]
+    ratio = SCALE_TARGETS["ingest_ratio"]
+    base = empty["ingest"]["p99_ms"]
+    lines = [
+        f"Command: `{envelope['command']}` · commit `{envelope['git']['commit'][:10]}` · load average"
+        f" {envelope['load_average_at_start']} -> {envelope.get('load_average_at_end')} · seeded"
+        f" {seed['signals']:,} signals, {seed['events']:,} events for {seed['users']} users (heaviest"
+        f" {seed['heavy_signals']:,}) in {seed['seconds']} s",
+        "",
+        "| figure | empty | seeded | target | result |",
+        "|---|---|---|---|---|",
+    ]
+
+    def ingest_row(title: str, figures: dict[str, Any]) -> str:
+        p99 = figures["p99_ms"]
+        return (
+            f"| {title} p50 / p99 | {_ms(empty['ingest']['p50_ms'])} / {_ms(base)} |"
+            f" {_ms(figures['p50_ms'])} / {_ms(p99)} | p99 <= {ratio}x empty ({_ms(base * ratio)}) |"
+            f" {_mark(p99 <= base * ratio)} ({p99 / base:.2f}x) |"
+        )
+
+    lines.append(ingest_row("ingest 300/s", seeded["ingest"]))
+    for who in ("heavy", "light"):
+        for name, figures in seeded[f"list_{who}"].items():
+            before = empty[f"list_{who}"].get(name)
+            shown = f"{_ms(before['p50_ms'])} / {_ms(before['p99_ms'])}" if before else "-"
+            p99 = figures["p99_ms"]
+            lines.append(
+                f"| ListSignals {who} user, {name} p50 / p99 | {shown} |"
+                f" {_ms(figures['p50_ms'])} / {_ms(p99)} | p99 < {_ms(SCALE_TARGETS['list_p99_ms'])} |"
+                f" {_mark(p99 < SCALE_TARGETS['list_p99_ms'])} |"
+            )
+    stats_before, stats = empty["stats_heavy"], seeded["stats_heavy"]
+    lines.append(
+        f"| GetUserStats heaviest user p50 / p99 | {_ms(stats_before['p50_ms'])} /"
+        f" {_ms(stats_before['p99_ms'])} | {_ms(stats['p50_ms'])} / {_ms(stats['p99_ms'])} |"
+        f" p99 < {_ms(SCALE_TARGETS['stats_p99_ms'])} |"
+        f" {_mark(stats['p99_ms'] < SCALE_TARGETS['stats_p99_ms'])} |"
+    )
+    replay = seeded["replay_heavy"]
+    if replay.get("events"):
+        lines.append(
+            f"| SubscribeSignals replay of {replay['events']:,} events | - | {replay['events_per_s']:,}/s |"
+            f" >= {SCALE_TARGETS['replay_events_per_s']:,}/s |"
+            f" {_mark(replay['events_per_s'] >= SCALE_TARGETS['replay_events_per_s'])} |"
+        )
+    for name, title in (("audit_prune", "audit prune"), ("retention", "retention")):
+        job = result.get(name)
+        if not job:
+            continue
+        done = ""
+        if "screenshots" in job:
+            done = f", {job['screenshots']:,} screenshots ({job['per_second']:,}/s)"
+        title_with_duration = f"ingest during {title} ({job['duration_s']} s{done})"
+        lines.append(ingest_row(title_with_duration, job["ingest_meanwhile"]))
+    size = result["bytes"]
+    tables = ", ".join(
+        f"{table} {figures['table_bytes_per_signal']:g} + {figures['index_bytes_per_signal']:g}"
+        for table, figures in size["tables"].items()
+        if figures["table_bytes_per_signal"] + figures["index_bytes_per_signal"] >= 1
+    )
+    lines += [
+        "",
+        f"Bytes per signal: {size['bytes_per_signal']:g} (table + indexes: {tables}).",
+    ]
+    backup = result.get("backup")
+    if backup:
+        lines.append(
+            f"pg_dump (custom format) {backup['dump_s']} s, {backup['dump_bytes'] / 2**20:.0f} MiB;"
+            f" pg_restore (2 jobs) {backup['restore_s']} s."
+        )
+    return [*lines, ""]
+
+
 def _profile_section(profile: dict[str, Any] | None) -> list[str]:
     lines = ["## Where the time goes (bench/profile_ingest.py)", ""]
     if profile is None:
@@ -293,6 +402,7 @@ def write_report(results: Path, docs: Path) -> Path:
         _load(results / "stream.json"),
         "commit-to-subscriber p99 < 50 ms with 100 subscribers; < 64 KiB per idle subscriber at 1,000",
     )
+    lines += _scale_section(_load(results / "scale.json"), docs)
     for name, title in (
         ("parser", "Parser (bench/bench_parser.py)"),
         ("storage", "Storage (bench/bench_storage.py)"),

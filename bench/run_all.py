@@ -2,9 +2,9 @@
 
 Each benchmark runs as its own process with a time limit. bench_ingest.py writes its own JSON; the others
 print theirs (or text), which is kept with the commit, machine, load and command around it. Benchmarks
-that are absent are skipped and the report says so. The whole run takes about 6 minutes on 2 cores; a
-limit stops a benchmark that hangs. bench_webhook.py (sequential posts) is left out: the ingest
-benchmark's steady load covers it.
+that are absent are skipped and the report says so. The whole run takes about 8 minutes on 2 cores (the
+scale benchmark about 2); a limit stops a benchmark that hangs. bench_webhook.py (sequential posts) is
+left out: the ingest benchmark's steady load covers it.
 
     .venv/bin/python bench/run_all.py            # everything
     .venv/bin/python bench/run_all.py --only ingest parser
@@ -48,6 +48,8 @@ BENCHMARKS: dict[str, tuple[str, list[str], float]] = {
     "stream": ("bench_stream.py", ["--subscribers", "100", "--writes", "300", "--idle", "1000"], 150),
     "parser": ("bench_parser.py", ["--rounds", "3", "--messages", "5000"], 60),
     "storage": ("bench_storage.py", ["--rounds", "50"], 60),
+    # 200 k signals; the full 10 M by hand: bench/bench_scale.py --size full (docs/PERFORMANCE.md, "Scale").
+    "scale": ("bench_scale.py", ["--size", "small"], 600),
 }
 
 # Benchmarks that write their own result file; run_all keeps only the run's envelope beside it.

@@ -19,9 +19,11 @@ reached which capture; ``DELETE /_stub/requests`` clears the list.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import html
 import json
+import random
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -31,13 +33,21 @@ from typing import Any, Literal
 from urllib.parse import urlencode
 
 import uvicorn
-from litestar import Litestar, MediaType, Request, Response, delete, get, post
+from litestar import Litestar, MediaType, Request, Response, WebSocket, delete, get, post, websocket
 from litestar.datastructures import State
 from litestar.exceptions import ValidationException
 from litestar.params import FromPath, JSONBody
 from litestar.response import Redirect
 
 StubMode = Literal["ok", "hang", "500", "crash", "captcha"]
+StubPage = Literal["light", "heavy"]
+STUB_PAGES: tuple[StubPage, ...] = ("light", "heavy")
+# The heavy page: script to parse and run, bars streamed over a WebSocket, then an indicator pane.
+HEAVY_SCRIPT_BYTES = 4 * 1024 * 1024
+HEAVY_BARS = 5000
+HEAVY_FEED_SECONDS = 1.5
+HEAVY_FEED_CHUNKS = 30
+HEAVY_LATE_PANE_MS = 600
 STUB_MODES: tuple[StubMode, ...] = ("ok", "hang", "500", "crash", "captcha")
 
 # The chart container fills the viewport except TradingView's top and left toolbars, so a capture of it
@@ -53,6 +63,7 @@ _MAX_RECORDED_REQUESTS = 10_000
 @dataclass
 class StubState:
     mode: StubMode = "ok"
+    page: StubPage = "light"
     render_delay_ms: int = 300
     requests: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=_MAX_RECORDED_REQUESTS))
     # layout id -> the sessionid of the only visitor who may open it
@@ -154,6 +165,8 @@ def _chart_page(request: Request[Any, Any, State], layout: str) -> Response[str]
         "user": _user_of(cookies),
         "renderDelayMs": int(delay) if delay and delay.isdigit() else stub.render_delay_ms,
         "mode": mode,
+        "page": _page(request),
+        "latePaneMs": HEAVY_LATE_PANE_MS,
         "topToolbarPx": TOP_TOOLBAR_PX,
         "leftToolbarPx": LEFT_TOOLBAR_PX,
     }
@@ -166,6 +179,75 @@ def _chart_page(request: Request[Any, Any, State], layout: str) -> Response[str]
         .replace("__CONFIG__", config_json)
     )
     return Response(page, media_type=MediaType.HTML)
+
+
+def _page(request: Request[Any, Any, State]) -> str:
+    page = request.query_params.get("stub_page") or _state(request).page
+    if page not in STUB_PAGES:
+        raise ValidationException(f"stub_page must be one of {', '.join(STUB_PAGES)}")
+    return page
+
+
+@cache
+def heavy_script() -> str:
+    """Several MB of JavaScript that the page must parse and partly run, as TradingView's bundles are:
+    thousands of small functions (compiled lazily, parsed all the same) and a large data literal it reads."""
+    functions = []
+    index = 0
+    size = 0
+    while size < HEAVY_SCRIPT_BYTES // 2:
+        body = f"const c=a*{index % 97}+b;return c>{index}?c-{index}:c+{index % 13};"
+        text = f"function tv_{index}(a,b){{{body}}}\n"
+        functions.append(text)
+        size += len(text)
+        index += 1
+    rows = []
+    size = 0
+    row = 0
+    while size < HEAVY_SCRIPT_BYTES // 2:
+        text = f'[{row},{row * 7 % 1000},{row * 13 % 997},"s{row % 50}"],'
+        rows.append(text)
+        size += len(text)
+        row += 1
+    return (
+        "".join(functions)
+        + "window.__tvData=["
+        + "".join(rows)
+        + "];window.__tvSum=window.__tvData.reduce((t,r)=>t+tv_7(r[1],r[2]),0);\n"
+    )
+
+
+@get("/_stub/heavy.js", media_type="application/javascript", sync_to_thread=False)
+def heavy_js() -> str:
+    return heavy_script()
+
+
+def feed_bars(symbol: str, interval: str, count: int) -> list[list[float]]:
+    """The bars the heavy page's data feed sends: the same for the same symbol and interval."""
+    generator = random.Random(f"{symbol}|{interval}")
+    close = 50 + generator.random() * 950
+    bars = []
+    for _ in range(count):
+        open_ = close
+        close = max(1.0, open_ * (1 + (generator.random() - 0.5) * 0.02))
+        high = max(open_, close) * (1 + generator.random() * 0.01)
+        low = min(open_, close) * (1 - generator.random() * 0.01)
+        bars.append([round(open_, 4), round(high, 4), round(low, 4), round(close, 4)])
+    return bars
+
+
+@websocket("/_stub/feed")
+async def data_feed(socket: WebSocket[Any, Any, Any]) -> None:
+    """Streams the heavy page's bars in chunks over HEAVY_FEED_SECONDS, as a market data feed arrives."""
+    await socket.accept()
+    params = socket.query_params
+    bars = feed_bars(params.get("symbol") or "NASDAQ:AAPL", params.get("interval") or "1D", HEAVY_BARS)
+    size = len(bars) // HEAVY_FEED_CHUNKS + 1
+    for start in range(0, len(bars), size):
+        await socket.send_json({"bars": bars[start : start + size]})
+        await asyncio.sleep(HEAVY_FEED_SECONDS / HEAVY_FEED_CHUNKS)
+    await socket.send_json({"done": True})
+    await socket.close()
 
 
 def _failure_page(mode: str) -> Response[str]:
@@ -197,7 +279,7 @@ def clear_requests(request: Request[Any, Any, State]) -> None:
 @get("/_stub/mode", sync_to_thread=False)
 def get_mode(request: Request[Any, Any, State]) -> dict[str, Any]:
     stub = _state(request)
-    return {"mode": stub.mode, "render_delay_ms": stub.render_delay_ms}
+    return {"mode": stub.mode, "page": stub.page, "render_delay_ms": stub.render_delay_ms}
 
 
 @post("/_stub/mode", status_code=200, sync_to_thread=False)
@@ -207,18 +289,24 @@ def set_mode(request: Request[Any, Any, State], data: JSONBody[dict[str, Any]]) 
         if data["mode"] not in STUB_MODES:
             raise ValidationException(f"mode must be one of {', '.join(STUB_MODES)}")
         stub.mode = data["mode"]
+    if "page" in data:
+        if data["page"] not in STUB_PAGES:
+            raise ValidationException(f"page must be one of {', '.join(STUB_PAGES)}")
+        stub.page = data["page"]
     if "render_delay_ms" in data:
         delay = data["render_delay_ms"]
         if not isinstance(delay, int) or isinstance(delay, bool) or delay < 0:
             raise ValidationException("render_delay_ms must be a non-negative integer")
         stub.render_delay_ms = delay
-    return {"mode": stub.mode, "render_delay_ms": stub.render_delay_ms}
+    return {"mode": stub.mode, "page": stub.page, "render_delay_ms": stub.render_delay_ms}
 
 
 def create_chart_stub_app(*, render_delay_ms: int = 300, mode: StubMode = "ok") -> Litestar:
     return Litestar(
         route_handlers=[
             home_page,
+            heavy_js,
+            data_feed,
             layout_page,
             default_layout_page,
             add_private_layout,

@@ -27,8 +27,9 @@ The job
 -------
 Actors take the signal id only; everything else comes from ``SignalService.ClaimCapture``, which also
 tells a redelivered or duplicated job to stop when the capture is already finished (delivery is at least
-once). The screenshot is uploaded under a key derived from the signal, so a repeated job overwrites the
-same object and reports the same key. A logged-out TradingView page, a missing or unreadable session are
+once). The screenshot is uploaded under the key the claim names (the signal service derives it from the
+signal's owner and id and accepts no other in the report), so a repeated job overwrites the same object
+and reports the same key. A logged-out TradingView page, a missing or unreadable session are
 reported FAILED at once and not retried; any other failure is retried with backoff (see broker.py) and,
 after the last retry, reported FAILED with its reason by :class:`CaptureWorkerMiddleware`.
 
@@ -60,7 +61,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import datetime as dt
 import logging
 import os
 import socket
@@ -150,10 +150,6 @@ def capture_priority(plan: str) -> int:
 
 
 CAPTURE_ACTOR_NAMES = frozenset(capture_actor(plan) for plan in PLANS_BY_PRIORITY)
-
-
-def screenshot_key(user_id: str, created_at: dt.datetime, signal_id: str) -> str:
-    return f"screenshots/{user_id}/{created_at:%Y}/{created_at:%m}/{signal_id}.png"
 
 
 class DependencyWait(Exception):
@@ -317,10 +313,7 @@ class CaptureWorker:
             )
             CAPTURES.labels("failed", exc.reason).inc()
             return
-        created_at = (
-            signal.created_at.ToDatetime(dt.UTC) if signal.HasField("created_at") else dt.datetime.now(dt.UTC)
-        )
-        key = screenshot_key(signal.user_id, created_at, signal_id)
+        key = claim.object_key
         try:
             await self._upload(key, shot.png)
         except DependencyUnavailableError as exc:

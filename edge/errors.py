@@ -31,6 +31,7 @@ _HTTP_BY_ERROR: dict[tuple[str, str], tuple[int, str]] = {
     ("PERMISSION_DENIED", ""): (403, "forbidden"),
     ("RESOURCE_EXHAUSTED", "QUOTA_EXCEEDED"): (429, "quota_exceeded"),
     ("RESOURCE_EXHAUSTED", "RATE_LIMITED"): (429, "rate_limited"),
+    ("RESOURCE_EXHAUSTED", "TOO_MANY_STREAMS"): (429, "too_many_streams"),
     # gRPC's own message size limit: the answer could not be carried, which no retry by the caller fixes.
     ("RESOURCE_EXHAUSTED", "MESSAGE_TOO_LARGE"): (502, "response_too_large"),
     ("RESOURCE_EXHAUSTED", ""): (429, "rate_limited"),

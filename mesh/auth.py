@@ -49,10 +49,6 @@ class Principal:
     role: Role = Role.PLATFORM
     user_scope: str | None = None
 
-    def ensure_can_access(self, user_id: str) -> None:
-        if self.user_scope is not None and self.user_scope != user_id:
-            raise PermissionDeniedError("this API key is limited to another user", reason="USER_SCOPE")
-
 
 principal_var: contextvars.ContextVar[Principal | None] = contextvars.ContextVar("principal", default=None)
 
@@ -144,10 +140,6 @@ def current_principal() -> Principal:
     if principal is None:
         raise UnauthenticatedError("no authenticated caller")
     return principal
-
-
-def ensure_can_access_user(user_id: str) -> None:
-    current_principal().ensure_can_access(user_id)
 
 
 def ensure_unscoped() -> None:

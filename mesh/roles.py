@@ -59,7 +59,9 @@ ROLES_BY_METHOD: Mapping[str, frozenset[Role]] = {
     # expired objects (it holds the database and cookie keys already: a worker key grants it nothing new).
     _STORAGE + "PutObject": _WORKER,
     _STORAGE + "GetObjectUrl": _WORKER,
+    _STORAGE + "GetObjectUrls": _WORKER,
     _STORAGE + "DeleteObject": _WORKER,
+    _STORAGE + "DeleteObjects": _WORKER,
     # The edge serves /media (signed links it checked) from it.
     _STORAGE + "GetObject": _EDGE,
 }

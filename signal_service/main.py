@@ -114,7 +114,11 @@ async def signal_app(settings: SignalSettings) -> AsyncIterator[SignalApp]:
     )
     backlog = QueueBacklog()
     audit = AuditWriter(database)
-    events = EventHub(listener_dsn(settings.database_url))
+    events = EventHub(
+        listener_dsn(settings.database_url),
+        max_streams_per_user=settings.stream_max_per_user,
+        max_streams_per_key=settings.stream_max_per_key,
+    )
     relay = OutboxRelay(
         database=database,
         broker=broker,
@@ -166,6 +170,7 @@ async def signal_app(settings: SignalSettings) -> AsyncIterator[SignalApp]:
             outcomes=SignalOutcomes(database),
             feed=EventFeed(database=database, hub=events),
             sessions=sessions,
+            page_max_bytes=settings.list_page_max_bytes,
         ),
         user_servicer=UserServicer(
             UserManager(

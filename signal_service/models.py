@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
+from datetime import date, datetime
 from decimal import Decimal
 from enum import StrEnum
 from typing import Any
@@ -119,6 +119,22 @@ class Signal(SQLModel, table=True):
     __table_args__ = (
         sa.Index("ix_signals_user_created", "user_id", sa.text("created_at DESC"), sa.text("id DESC")),
         sa.Index("ix_signals_user_body", "user_id", "body_sha256", "created_at"),
+        # ListSignals' equality filters, newest first (docs/perf/scale-plans.md).
+        *(
+            sa.Index(
+                f"ix_signals_user_{name}_created",
+                "user_id",
+                column,
+                sa.text("created_at DESC"),
+                sa.text("id DESC"),
+            )
+            for name, column in (
+                ("ticker", "ticker"),
+                ("indicator", "indicator"),
+                ("type", "signal_type"),
+                ("result", "result"),
+            )
+        ),
         sa.Index(
             "ix_signals_screenshot_open",
             "screenshot_status",
@@ -173,6 +189,37 @@ class Signal(SQLModel, table=True):
     updated_at: datetime = Field(sa_column=_now_column())
 
 
+class UserSignalCounts(SQLModel, table=True):
+    """One user's signal and screenshot counts for one calendar month (UTC), what GetUserStats reads.
+
+    Kept by statement-level triggers on signals and screenshots (migration 0008_scale), never written
+    by the service: every write to those tables is counted, whoever makes it.
+    """
+
+    __tablename__ = "user_signal_counts"
+
+    user_id: uuid.UUID = Field(
+        sa_column=sa.Column(
+            pg.UUID(as_uuid=True), sa.ForeignKey("users.id", ondelete="CASCADE"), primary_key=True
+        )
+    )
+    month: date = Field(sa_column=sa.Column(sa.Date, primary_key=True))
+    signals: int = Field(default=0, sa_column=sa.Column(sa.BigInteger, nullable=False, server_default="0"))
+    wins: int = Field(default=0, sa_column=sa.Column(sa.BigInteger, nullable=False, server_default="0"))
+    losses: int = Field(default=0, sa_column=sa.Column(sa.BigInteger, nullable=False, server_default="0"))
+    # Signals whose screenshot is PENDING or PROCESSING.
+    screenshots_pending: int = Field(
+        default=0, sa_column=sa.Column(sa.BigInteger, nullable=False, server_default="0")
+    )
+    # COMPLETED screenshots, by the month their row was created.
+    storage_bytes: int = Field(
+        default=0, sa_column=sa.Column(sa.BigInteger, nullable=False, server_default="0")
+    )
+    storage_objects: int = Field(
+        default=0, sa_column=sa.Column(sa.BigInteger, nullable=False, server_default="0")
+    )
+
+
 class Screenshot(SQLModel, table=True):
     __tablename__ = "screenshots"
     __table_args__ = (
@@ -181,8 +228,12 @@ class Screenshot(SQLModel, table=True):
             "claimed_at",
             postgresql_where=sa.text("status = 'processing'"),
         ),
+        # Retention: each user's completed screenshots by age (retention/repository.py).
         sa.Index(
-            "ix_screenshots_completed_at", "completed_at", postgresql_where=sa.text("status = 'completed'")
+            "ix_screenshots_user_completed",
+            "user_id",
+            "completed_at",
+            postgresql_where=sa.text("status = 'completed'"),
         ),
     )
 
@@ -211,8 +262,27 @@ class Screenshot(SQLModel, table=True):
 
 
 class AuditLog(SQLModel, table=True):
+    """One webhook call, or (repeat_window set) every repeat of one summarised refusal within a minute.
+
+    Summarised refusals (audit/service.py) keep the body's size and SHA-256 but not the body, and their
+    source_ip is the source as rate limits count it (an IPv6 address's /64).
+    """
+
     __tablename__ = "audit_logs"
-    __table_args__ = (sa.Index("ix_audit_logs_user_created", "user_id", "created_at"),)
+    __table_args__ = (
+        sa.Index("ix_audit_logs_user_created", "user_id", "created_at"),
+        sa.Index(
+            "ux_audit_logs_repeats",
+            "repeat_window",
+            "user_id",
+            "source_ip",
+            "outcome",
+            "reason",
+            unique=True,
+            postgresql_where=sa.text("repeat_window IS NOT NULL"),
+            postgresql_nulls_not_distinct=True,
+        ),
+    )
 
     id: int | None = Field(default=None, sa_column=sa.Column(sa.BigInteger, sa.Identity(), primary_key=True))
     created_at: datetime = Field(sa_column=_utc_column(index=True))
@@ -229,6 +299,10 @@ class AuditLog(SQLModel, table=True):
     body: bytes | None = Field(default=None, sa_column=sa.Column(sa.LargeBinary))
     body_size: int | None = Field(default=None, sa_column=sa.Column(sa.BigInteger))
     content_type: str | None = Field(default=None, sa_column=sa.Column(sa.Text))
+    # The minute whose repeats this row counts; NULL for a row that never merges.
+    repeat_window: datetime | None = Field(default=None, sa_column=_utc_column(nullable=True))
+    # Calls this row stands for: 1, or more for a summarised refusal repeated within its minute.
+    repeat_count: int = Field(default=1, sa_column=sa.Column(sa.Integer, nullable=False, server_default="1"))
 
 
 class OutboxMessage(SQLModel, table=True):

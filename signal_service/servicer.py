@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 import grpc
 
 from apidevs.alerts.v1 import resources_pb2, signal_service_pb2, signal_service_pb2_grpc
-from mesh.auth import ensure_can_access_user, ensure_unscoped
+from mesh.auth import current_principal, ensure_unscoped
 from mesh.errors import InvalidArgumentError, to_rpc_status
 from mesh.grpc import caller_error
 from mesh.logging import request_id_var
@@ -34,16 +34,19 @@ from signal_service.proto_mapping import (
 )
 from signal_service.sessions.service import SessionChecks
 from signal_service.signals.repository import SignalFilter, SignalRow
-from signal_service.signals.service import SignalOutcomes, SignalReader
+from signal_service.signals.service import SignalOutcomes, SignalPage, SignalReader, encode_page_token
 from signal_service.status import StatusReporter
 from signal_service.storage_links import ScreenshotLinks
 from signal_service.users.service import UserView
+from signal_service.visibility import ensure_user_visible, visible_owner
 
 log = logging.getLogger(__name__)
 
 
 # Bounds one BatchIngestWebhooks call's memory and its share of the event loop.
 MAX_INGEST_BATCH = 1000
+# A repeated message field's entry costs its tag and length prefix on top of the message.
+_REPEATED_ENTRY_OVERHEAD = 6
 
 
 class SignalServicer(signal_service_pb2_grpc.SignalServiceServicer):
@@ -58,7 +61,9 @@ class SignalServicer(signal_service_pb2_grpc.SignalServiceServicer):
         outcomes: SignalOutcomes,
         feed: EventFeed,
         sessions: SessionChecks,
+        page_max_bytes: int,
     ) -> None:
+        self._page_max_bytes = page_max_bytes
         self._sessions = sessions
         self._outcomes = outcomes
         self._feed = feed
@@ -78,6 +83,17 @@ class SignalServicer(signal_service_pb2_grpc.SignalServiceServicer):
             signal_to_proto(row, urls.get(row.screenshot.object_key or "", "") if row.screenshot else "")
             for row in rows
         ]
+
+    async def _page_to_proto(self, page: SignalPage) -> tuple[list[resources_pb2.Signal], str]:
+        """The page's signals and its next_page_token, ended early when the next signal would take the
+        response past ``page_max_bytes`` (a page keeps its first signal whatever its size)."""
+        messages = await self._signals_to_proto(page.rows)
+        used = 0
+        for index, message in enumerate(messages):
+            used += message.ByteSize() + _REPEATED_ENTRY_OVERHEAD
+            if used > self._page_max_bytes and index > 0:
+                return messages[:index], encode_page_token(page.rows[index - 1])
+        return messages, page.next_page_token
 
     async def _events_to_proto(self, batch: list[StoredEvent]) -> list[resources_pb2.SignalEvent]:
         signals = await self._signals_to_proto([stored.row for stored in batch if stored.row is not None])
@@ -169,15 +185,14 @@ class SignalServicer(signal_service_pb2_grpc.SignalServiceServicer):
     async def GetSignal(
         self, request: signal_service_pb2.GetSignalRequest, context: grpc.aio.ServicerContext
     ) -> resources_pb2.Signal:
-        row = await self._reader.get(request.signal_id)
-        ensure_can_access_user(str(row.signal.user_id))
+        row = await self._reader.get(request.signal_id, owner=visible_owner())
         return (await self._signals_to_proto([row]))[0]
 
     async def ListSignals(
         self, request: signal_service_pb2.ListSignalsRequest, context: grpc.aio.ServicerContext
     ) -> signal_service_pb2.ListSignalsResponse:
         user_id = require_uuid(request.user_id, "user_id")
-        ensure_can_access_user(str(user_id))
+        ensure_user_visible(user_id)
         where = SignalFilter(
             user_id=user_id,
             ticker=request.ticker or None,
@@ -189,9 +204,8 @@ class SignalServicer(signal_service_pb2_grpc.SignalServiceServicer):
             created_before=from_timestamp(request.created_before, request.HasField("created_before")),
         )
         page = await self._reader.list(where, size=request.page_size, page_token=request.page_token)
-        return signal_service_pb2.ListSignalsResponse(
-            signals=await self._signals_to_proto(page.rows), next_page_token=page.next_page_token
-        )
+        signals, next_page_token = await self._page_to_proto(page)
+        return signal_service_pb2.ListSignalsResponse(signals=signals, next_page_token=next_page_token)
 
     async def UpdateSignalOutcome(
         self, request: signal_service_pb2.UpdateSignalOutcomeRequest, context: grpc.aio.ServicerContext
@@ -201,7 +215,7 @@ class SignalServicer(signal_service_pb2_grpc.SignalServiceServicer):
             result=RESULT_FROM_PROTO.get(request.result),
             profit_loss=request.profit_loss,
             notes=request.notes,
-            ensure_access=ensure_can_access_user,
+            owner=visible_owner(),
         )
         return (await self._signals_to_proto([row]))[0]
 
@@ -209,7 +223,7 @@ class SignalServicer(signal_service_pb2_grpc.SignalServiceServicer):
         self, request: signal_service_pb2.GetUserStatsRequest, context: grpc.aio.ServicerContext
     ) -> resources_pb2.UserStats:
         user_id = require_uuid(request.user_id, "user_id")
-        ensure_can_access_user(str(user_id))
+        ensure_user_visible(user_id)
         stats = await self._reader.stats(str(user_id))
         counts = stats.counts
         return resources_pb2.UserStats(
@@ -233,8 +247,9 @@ class SignalServicer(signal_service_pb2_grpc.SignalServiceServicer):
         caller can tell "accepted, nothing new yet" from a refusal without waiting for an event.
         """
         user_id = require_uuid(request.user_id, "user_id")
-        ensure_can_access_user(str(user_id))
-        async with self._feed.subscribe(user_id, request.after_cursor) as subscription:
+        ensure_user_visible(user_id)
+        key = current_principal().key_fingerprint
+        async with self._feed.subscribe(user_id, request.after_cursor, key=key) as subscription:
             await context.send_initial_metadata((("x-start-cursor", subscription.start_cursor),))
             async for batch in subscription.batches():
                 for message in await self._events_to_proto(batch):
@@ -266,6 +281,7 @@ class SignalServicer(signal_service_pb2_grpc.SignalServiceServicer):
             chart_id=claim.chart_id,
             tradingview_session_ciphertext=claim.session_ciphertext,
             plan=PLAN_TO_PROTO[claim.plan],
+            object_key=claim.object_key,
             claim=claim.claim,
         )
 
@@ -300,15 +316,14 @@ class SignalServicer(signal_service_pb2_grpc.SignalServiceServicer):
         self, request: signal_service_pb2.ListFailedCapturesRequest, context: grpc.aio.ServicerContext
     ) -> signal_service_pb2.ListFailedCapturesResponse:
         if request.user_id:
-            ensure_can_access_user(request.user_id)
+            ensure_user_visible(require_uuid(request.user_id, "user_id"))
         else:
             ensure_unscoped()
         page = await self._captures.failed(
             user_id=request.user_id, size=request.page_size, page_token=request.page_token
         )
-        return signal_service_pb2.ListFailedCapturesResponse(
-            signals=await self._signals_to_proto(page.rows), next_page_token=page.next_page_token
-        )
+        signals, next_page_token = await self._page_to_proto(page)
+        return signal_service_pb2.ListFailedCapturesResponse(signals=signals, next_page_token=next_page_token)
 
     async def RetryCaptures(
         self, request: signal_service_pb2.RetryCapturesRequest, context: grpc.aio.ServicerContext

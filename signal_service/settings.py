@@ -69,6 +69,15 @@ class SignalSettings(DatabaseJobSettings):
     # Captures running at once across all workers, for the same estimate.
     capture_parallelism: int = 3
     screenshot_url_ttl_seconds: int = 3600
+    # Open SubscribeSignals streams (the edge's SSE streams among them) of one user in one process,
+    # whichever keys opened them. One more is RESOURCE_EXHAUSTED (REST 429).
+    stream_max_per_user: int = Field(default=5, ge=1)
+    # Open streams of one API key in one process. The platform's key carries every user's streams, hence
+    # the larger figure; a user-scoped key is held to the per-user limit anyway.
+    stream_max_per_key: int = Field(default=1000, ge=1)
+    # ListSignals and ListFailedCaptures pages end early (with a next_page_token) rather than grow past
+    # this many bytes: under the 8 MiB message limit of gRPC clients, with room for the rest.
+    list_page_max_bytes: int = Field(default=4 * 1024 * 1024, ge=64 * 1024)
     # Group commit (intake/group_commit.py): transactions storing webhooks at once, and webhooks
     # per transaction. More transactions at once help only while PostgreSQL has idle cores.
     ingest_group_commit_max_inflight: int = Field(default=2, ge=1)
@@ -106,6 +115,9 @@ class SignalSettings(DatabaseJobSettings):
     # ALERTS_SCREENSHOT_RETENTION_DAYS='{"free": 14}'; plans left out keep their defaults.
     screenshot_retention_days: dict[str, float] = Field(default_factory=_default_retention_days)
     retention_interval_seconds: float = Field(default=3_600.0, gt=0)
+    # After a pass that failed (a deletion refused, the database away): the next try, instead of a whole
+    # retention_interval_seconds later.
+    retention_retry_seconds: float = Field(default=60.0, gt=0)
     retention_batch_size: int = Field(default=100, ge=1)
     storage_usage_refresh_seconds: float = Field(default=300.0, gt=0)
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Iterable
 
@@ -19,20 +18,17 @@ class ScreenshotLinks:
         self._ttl_seconds = ttl_seconds
 
     async def urls(self, keys: Iterable[str]) -> dict[str, str]:
-        """URL per key; a key whose URL cannot be made now is left out rather than failing the read."""
+        """URL per key, in one call however many keys; when the URLs cannot be made now they are left
+        out rather than failing the read."""
         unique = sorted({key for key in keys if key})
         if not unique:
             return {}
-        answers = await asyncio.gather(*(self._url(key) for key in unique))
-        return {key: url for key, url in zip(unique, answers, strict=True) if url}
-
-    async def _url(self, key: str) -> str:
         try:
-            response = await self._stub.GetObjectUrl(
-                storage_service_pb2.GetObjectUrlRequest(key=key, expires_in_seconds=self._ttl_seconds),
+            response = await self._stub.GetObjectUrls(
+                storage_service_pb2.GetObjectUrlsRequest(keys=unique, expires_in_seconds=self._ttl_seconds),
                 timeout=2.0,
             )
         except grpc.aio.AioRpcError as exc:
-            log.warning("screenshot URL unavailable", extra={"key": key, "code": exc.code().name})
-            return ""
-        return response.url
+            log.warning("screenshot URLs unavailable", extra={"keys": len(unique), "code": exc.code().name})
+            return {}
+        return {item.key: item.url for item in response.urls}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import re
@@ -13,7 +14,7 @@ from urllib.parse import quote
 
 from prometheus_client import Counter
 
-from mesh.errors import InvalidArgumentError
+from mesh.errors import InvalidArgumentError, NotFoundError
 from mesh.signing import media_signing_secret
 from storage_service.backends.base import StorageBackend
 from storage_service.keys import validate_key, validate_prefix
@@ -27,6 +28,10 @@ BYTES_WRITTEN = Counter("alerts_storage_bytes_written_total", "Bytes of objects 
 MAX_CHUNK_BYTES = 1024 * 1024
 DEFAULT_URL_LIFETIME_SECONDS = 3600
 MAX_URL_LIFETIME_SECONDS = 7 * 24 * 3600
+MAX_KEYS_PER_BATCH = 1000
+# Deletions in flight at once for one DeleteObjects call: a cloud backend's calls overlap, local disk's
+# are quick anyway.
+_DELETE_CONCURRENCY = 16
 DEFAULT_CONTENT_TYPE = "application/octet-stream"
 # Every backend stores the SHA-256 under this metadata name.
 RESERVED_METADATA_KEYS = frozenset({"sha256"})
@@ -140,6 +145,14 @@ class StorageService:
         expires_at = datetime.fromtimestamp(int(time.time()) + lifetime, UTC)
         return ObjectUrl(url=await self._backend.signed_url(key, lifetime), expires_at=expires_at)
 
+    async def get_object_urls(self, keys: list[str], expires_in_seconds: int = 0) -> list[ObjectUrl]:
+        """URLs for ``keys``, in their order; every key is validated before any URL is made."""
+        if len(keys) > MAX_KEYS_PER_BATCH:
+            raise InvalidArgumentError(f"at most {MAX_KEYS_PER_BATCH} keys per call", reason="TOO_MANY_KEYS")
+        for key in keys:
+            validate_key(key)
+        return [await self.get_object_url(key, expires_in_seconds) for key in keys]
+
     async def stat_object(self, key: str) -> ObjectInfo:
         return await self._backend.stat(validate_key(key))
 
@@ -149,6 +162,28 @@ class StorageService:
 
     async def delete_object(self, key: str) -> None:
         await self._backend.delete(validate_key(key))
+
+    async def delete_objects(self, keys: list[str]) -> list[str]:
+        """Deletes ``keys`` (a missing object counts as deleted); returns the keys whose deletion failed."""
+        if len(keys) > MAX_KEYS_PER_BATCH:
+            raise InvalidArgumentError(f"at most {MAX_KEYS_PER_BATCH} keys per call", reason="TOO_MANY_KEYS")
+        for key in keys:
+            validate_key(key)
+        gate = asyncio.Semaphore(_DELETE_CONCURRENCY)
+
+        async def delete(key: str) -> bool:
+            async with gate:
+                try:
+                    await self._backend.delete(key)
+                except NotFoundError:
+                    return True
+                except Exception:
+                    log.exception("deleting an object failed", extra={"key": key})
+                    return False
+            return True
+
+        outcomes = await asyncio.gather(*(delete(key) for key in keys))
+        return [key for key, deleted in zip(keys, outcomes, strict=True) if not deleted]
 
     def list_objects(self, prefix: str = "") -> AsyncIterator[ObjectSummary]:
         """Objects whose key starts with ``prefix``, in key order (for retention and usage jobs)."""

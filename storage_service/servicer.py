@@ -59,6 +59,20 @@ class StorageServicer(storage_service_pb2_grpc.StorageServiceServicer):
             response.expires_at.FromDatetime(object_url.expires_at)
         return response
 
+    async def GetObjectUrls(
+        self, request: storage_service_pb2.GetObjectUrlsRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> storage_service_pb2.GetObjectUrlsResponse:
+        ensure_unscoped()
+        keys = list(request.keys)
+        response = storage_service_pb2.GetObjectUrlsResponse()
+        for key, object_url in zip(
+            keys, await self._service.get_object_urls(keys, request.expires_in_seconds), strict=True
+        ):
+            message = response.urls.add(key=key, url=object_url.url)
+            if object_url.expires_at is not None:
+                message.expires_at.FromDatetime(object_url.expires_at)
+        return response
+
     async def GetObject(
         self, request: storage_service_pb2.GetObjectRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[storage_service_pb2.GetObjectResponse]:
@@ -76,6 +90,13 @@ class StorageServicer(storage_service_pb2_grpc.StorageServiceServicer):
         ensure_unscoped()
         await self._service.delete_object(request.key)
         return storage_service_pb2.DeleteObjectResponse()
+
+    async def DeleteObjects(
+        self, request: storage_service_pb2.DeleteObjectsRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> storage_service_pb2.DeleteObjectsResponse:
+        ensure_unscoped()
+        failed = await self._service.delete_objects(list(request.keys))
+        return storage_service_pb2.DeleteObjectsResponse(failed_keys=failed)
 
 
 async def _chunks(

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from datetime import datetime
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql as pg
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from signal_service.models import AuditLog
@@ -20,8 +21,16 @@ class AuditRepository:
         await self.session.execute(sa.insert(AuditLog).values(column_values(entry)))
 
     async def add_many(self, entries: Sequence[AuditLog]) -> None:
-        if entries:
-            await self.session.execute(sa.insert(AuditLog), [column_values(entry) for entry in entries])
+        """Inserts the rows; a summarised refusal whose minute already has a row adds its count to it."""
+        if not entries:
+            return
+        statement = pg.insert(AuditLog)
+        statement = statement.on_conflict_do_update(
+            index_elements=["repeat_window", "user_id", "source_ip", "outcome", "reason"],
+            index_where=sa.text("repeat_window IS NOT NULL"),
+            set_={"repeat_count": AuditLog.__table__.c.repeat_count + statement.excluded.repeat_count},
+        )
+        await self.session.execute(statement, [column_values(entry) for entry in entries])
 
     async def delete_older_than(self, cutoff: datetime, *, limit: int | None = None) -> int:
         """Deletes rows created before `cutoff`, at most `limit` of them (oldest first) when given."""

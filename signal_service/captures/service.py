@@ -6,7 +6,7 @@ import logging
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from mesh.errors import FailedPreconditionError, InvalidArgumentError, NotFoundError
@@ -18,7 +18,7 @@ from signal_service.clock import utcnow
 from signal_service.database import Database
 from signal_service.events.repository import EventRepository
 from signal_service.ids import require_uuid
-from signal_service.models import EventType, OutboxMessage, Screenshot, ScreenshotStatus, SignalEvent
+from signal_service.models import EventType, OutboxMessage, Screenshot, ScreenshotStatus, Signal, SignalEvent
 from signal_service.outbox.repository import OutboxEntry, OutboxRepository
 from signal_service.sessions.repository import TradingViewSessionRepository
 from signal_service.sessions.service import SESSION_INVALID_REASON, record_capture_result
@@ -52,6 +52,16 @@ def capture_message(signal_id: uuid.UUID, plan: str) -> OutboxMessage:
     )
 
 
+def assigned_object_key(signal: Signal) -> str:
+    """The one storage key a signal's screenshot may have: under its owner's prefix, named by its id.
+
+    Derived here rather than by the worker, so that a report can name no other user's object (which
+    the signal's viewer would then show and its retention delete).
+    """
+    created_at = signal.created_at.astimezone(UTC)
+    return f"screenshots/{signal.user_id}/{created_at:%Y}/{created_at:%m}/{signal.id}.png"
+
+
 @dataclass(frozen=True, slots=True)
 class CaptureClaim:
     proceed: bool
@@ -61,6 +71,10 @@ class CaptureClaim:
     plan: str
     # The claim's number (screenshots.claim); 0 when it does not proceed.
     claim: int = 0
+
+    @property
+    def object_key(self) -> str:
+        return assigned_object_key(self.row.signal)
 
 
 _RETRY_BATCH_LIMIT = 10_000
@@ -138,7 +152,8 @@ class CaptureCoordinator:
         duration_ms: int,
         claim: int = 0,
     ) -> SignalRow:
-        """Records a claim's outcome; idempotent per claim (see ReportCaptureRequest.claim)."""
+        """Records a claim's outcome; idempotent per claim (see ReportCaptureRequest.claim). COMPLETED is
+        taken from any claim, with the assigned key only."""
         if status not in (ScreenshotStatus.PROCESSING, ScreenshotStatus.COMPLETED, ScreenshotStatus.FAILED):
             raise InvalidArgumentError(
                 "status must be PROCESSING, COMPLETED or FAILED", reason="INVALID_CAPTURE_STATUS"
@@ -152,6 +167,11 @@ class CaptureCoordinator:
             row = await signals.get(parsed, for_update=True)
             if row is None or row.screenshot is None:
                 raise NotFoundError("no capture for this signal", reason="CAPTURE_NOT_FOUND")
+            if object_key and object_key != assigned_object_key(row.signal):
+                raise InvalidArgumentError(
+                    "object_key is not the key assigned to this signal (ClaimCaptureResponse.object_key)",
+                    reason="OBJECT_KEY_NOT_ASSIGNED",
+                )
             current = ScreenshotStatus(row.screenshot.status)
             if current == ScreenshotStatus.COMPLETED:
                 # At-least-once delivery: a late duplicate report never undoes a finished capture.

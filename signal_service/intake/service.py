@@ -29,7 +29,7 @@ from mesh.errors import (
 )
 from mesh.logging import request_id_var
 from mesh.queues import PLANS_BY_PRIORITY, capture_queue
-from signal_service.audit.service import AuditWriter
+from signal_service.audit.service import AuditWriter, summarised_refusal
 from signal_service.captures.service import capture_job
 from signal_service.clock import next_month_start, utcnow
 from signal_service.database import Database, database_unreachable
@@ -153,6 +153,10 @@ _STALE_ATTEMPTS = 3
 EDGE_REFUSALS = frozenset(
     {"BODY_TIMEOUT", "HEADERS_TOO_LARGE", "INCOMPLETE_BODY", "MALFORMED_TOKEN", "INVALID_CHART"}
 )
+
+# Rate and quota refusals come in floods by nature; like every refusal of a caller that showed no user's
+# token, they are audited summarised: no body, and repeats merged per minute (audit/service.py).
+_SUMMARISED_REASONS = frozenset({"RATE_LIMITED", "QUOTA_EXCEEDED"})
 
 
 class WebhookIngestor:
@@ -417,6 +421,19 @@ class WebhookIngestor:
         outcome: str,
         reason: str,
     ) -> AuditLog:
+        if user_id is None or reason in _SUMMARISED_REASONS:
+            return summarised_refusal(
+                created_at=command.received_at,
+                user_id=user_id,
+                source=source_network(command.source_ip) if command.source_ip else None,
+                reason=reason,
+                request_id=request_id_var.get() or None,
+                user_agent=command.user_agent[:512] or None,
+                latency_ms=(time.perf_counter() - started) * 1000,
+                body_sha256=body_sha256.hex(),
+                body_size=max(command.body_size, len(command.body)),
+                content_type=command.content_type or None,
+            )
         return AuditLog(
             created_at=command.received_at,
             user_id=user_id,

@@ -9,29 +9,26 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import grpc
 from prometheus_client import Counter, Gauge
 
 from apidevs.alerts.v1 import storage_service_pb2, storage_service_pb2_grpc
-from signal_service.captures.repository import CaptureRepository
 from signal_service.database import Database
-from signal_service.events.repository import EventRepository
-from signal_service.models import EventType, ScreenshotStatus, SignalEvent
 from signal_service.retention.repository import ExpiringScreenshot, RetentionRepository
 from signal_service.sessions.repository import TradingViewSessionRepository
 from signal_service.settings import SignalSettings
-from signal_service.signals.repository import SignalRepository
-from signal_service.users.repository import UserRepository
 
 log = logging.getLogger(__name__)
 
 # pg_try_advisory_xact_lock key of the retention job: "retain" in ASCII.
 RETENTION_LOCK_KEY = 0x72657461696E
-_MAX_BATCHES_PER_PASS = 50
-_DELETE_CONCURRENCY = 8
-_DELETE_TIMEOUT_SECONDS = 10.0
+_MAX_KEYS_PER_CALL = 1000  # StorageService.DeleteObjects' limit
+_PAUSE_RATIO = 1.0
+_DELETE_TIMEOUT_SECONDS = 30.0
 
 STORAGE_BYTES = Gauge("alerts_storage_bytes", "Bytes of stored screenshots, by plan", ["plan"])
 STORAGE_OBJECTS = Gauge("alerts_storage_objects", "Stored screenshots, by plan", ["plan"])
@@ -39,6 +36,21 @@ SCREENSHOTS_EXPIRED = Counter("alerts_screenshots_expired_total", "Screenshots d
 RETENTION_DELETE_FAILURES = Counter(
     "alerts_retention_delete_failures_total", "Screenshot deletions that failed and wait for the next pass"
 )
+
+
+@dataclass(frozen=True, slots=True)
+class RetentionPass:
+    expired: int
+    # Objects storage failed to delete: their rows stay COMPLETED, and the pass is retried soon.
+    failed_deletions: int
+
+
+@dataclass(frozen=True, slots=True)
+class _Batch:
+    expired: int
+    failed: int
+    # The batch was full: more may be due.
+    more_due: bool
 
 
 class RetentionJob:
@@ -61,74 +73,64 @@ class RetentionJob:
 
     async def expire_due(self, now: datetime | None = None) -> int:
         """One pass; returns how many screenshots expired (0 when another replica runs the job)."""
+        return (await self.run_pass(now)).expired
+
+    async def run_pass(self, now: datetime | None = None) -> RetentionPass:
+        """Expires batch after batch until one is not full or a deletion fails.
+
+        No cap on the batches: each is its own short transaction, and the pass rests as long as each
+        batch took, so a backlog (a plan's retention shortened, say) is worked off in one pass instead of
+        a slice per interval, at a pace ingest does not feel.
+        """
         cutoffs = self.cutoffs(now or datetime.now(UTC))
-        expired = 0
-        for _ in range(_MAX_BATCHES_PER_PASS):
-            done, complete = await self._expire_batch(cutoffs)
-            expired += done
-            if not complete:
+        expired = failed = 0
+        while True:
+            started = time.perf_counter()
+            batch = await self._expire_batch(cutoffs)
+            expired += batch.expired
+            failed += batch.failed
+            if not batch.more_due or batch.failed:
                 break
+            # Half duty: the storage deletions and the batch's statements share this process's event loop
+            # and the machine with ingest; a backlog is worked off at half speed rather than at its expense.
+            await asyncio.sleep((time.perf_counter() - started) * _PAUSE_RATIO)
         if expired:
             log.info("screenshots expired", extra={"count": expired})
-        return expired
+        return RetentionPass(expired=expired, failed_deletions=failed)
 
-    async def _expire_batch(self, cutoffs: dict[str, datetime]) -> tuple[int, bool]:
-        """Expires one batch; also says whether the pass should go on (a full batch, all deleted)."""
+    async def _expire_batch(self, cutoffs: dict[str, datetime]) -> _Batch:
         limit = self._settings.retention_batch_size
         async with self._database.transaction() as session:
             if not await TradingViewSessionRepository(session).try_lock(RETENTION_LOCK_KEY):
-                return 0, False
-            due = await RetentionRepository(session).expired(cutoffs, limit)
+                return _Batch(expired=0, failed=0, more_due=False)
+            retention = RetentionRepository(session)
+            due = await retention.expired(cutoffs, limit)
             deleted = await self._delete_objects(due)
-            signals, captures, users, events = (
-                SignalRepository(session),
-                CaptureRepository(session),
-                UserRepository(session),
-                EventRepository(session),
-            )
-            # Users' rows are locked in user-id order, as group commit locks them, so a retention batch
-            # and an ingest batch never deadlock.
-            for item in sorted(deleted, key=lambda item: item.user_id.bytes):
-                await captures.update_screenshot(item.signal_id, status=ScreenshotStatus.EXPIRED)
-                await signals.update_signal(item.signal_id, screenshot_status=ScreenshotStatus.EXPIRED)
-                seq = await users.next_event_seq(item.user_id)
-                await events.add(
-                    SignalEvent(
-                        user_id=item.user_id,
-                        seq=seq,
-                        type=EventType.SCREENSHOT_UPDATED,
-                        signal_id=item.signal_id,
-                    )
-                )
+            await retention.mark_expired(deleted)
         SCREENSHOTS_EXPIRED.inc(len(deleted))
-        return len(deleted), len(due) == limit and len(deleted) == len(due)
+        return _Batch(expired=len(deleted), failed=len(due) - len(deleted), more_due=len(due) == limit)
 
     async def _delete_objects(self, due: list[ExpiringScreenshot]) -> list[ExpiringScreenshot]:
-        """The screenshots whose objects are gone now, whether deleted here or missing already."""
-        gate = asyncio.Semaphore(_DELETE_CONCURRENCY)
-
-        async def delete(item: ExpiringScreenshot) -> bool:
-            if not item.object_key:
-                return True
-            async with gate:
-                try:
-                    await self._storage.DeleteObject(
-                        storage_service_pb2.DeleteObjectRequest(key=item.object_key),
-                        timeout=_DELETE_TIMEOUT_SECONDS,
-                    )
-                except grpc.aio.AioRpcError as exc:
-                    if exc.code() == grpc.StatusCode.NOT_FOUND:
-                        return True
-                    RETENTION_DELETE_FAILURES.inc()
-                    log.warning(
-                        "deleting an expired screenshot failed",
-                        extra={"key": item.object_key, "code": exc.code().name},
-                    )
-                    return False
-            return True
-
-        outcomes = await asyncio.gather(*(delete(item) for item in due))
-        return [item for item, gone in zip(due, outcomes, strict=True) if gone]
+        """The screenshots whose objects are gone now, whether deleted here or missing already: one
+        DeleteObjects call per batch, not one call per object."""
+        keys = [item.object_key for item in due if item.object_key]
+        failed: set[str] = set()
+        for start in range(0, len(keys), _MAX_KEYS_PER_CALL):
+            chunk = keys[start : start + _MAX_KEYS_PER_CALL]
+            try:
+                response = await self._storage.DeleteObjects(
+                    storage_service_pb2.DeleteObjectsRequest(keys=chunk), timeout=_DELETE_TIMEOUT_SECONDS
+                )
+            except grpc.aio.AioRpcError as exc:
+                log.warning(
+                    "deleting expired screenshots failed", extra={"keys": len(chunk), "code": exc.code().name}
+                )
+                failed.update(chunk)
+                continue
+            failed.update(response.failed_keys)
+        if failed:
+            RETENTION_DELETE_FAILURES.inc(len(failed))
+        return [item for item in due if not item.object_key or item.object_key not in failed]
 
     async def refresh_usage(self) -> None:
         async with self._database.session() as session:
@@ -140,7 +142,8 @@ class RetentionJob:
 
     async def run_forever(self) -> None:
         """Refreshes the usage figures every `storage_usage_refresh_seconds` and expires screenshots every
-        `retention_interval_seconds`, both first at start."""
+        `retention_interval_seconds`, both first at start. A pass that failed (storage or the database
+        away) is tried again after `retention_retry_seconds`, not a whole interval later."""
         loop = asyncio.get_running_loop()
         next_usage = next_expiry = loop.time()
         while True:
@@ -153,10 +156,13 @@ class RetentionJob:
             if loop.time() >= next_expiry:
                 next_expiry = loop.time() + self._settings.retention_interval_seconds
                 try:
-                    await self.expire_due()
+                    failed = (await self.run_pass()).failed_deletions > 0
                 except Exception:
                     log.exception("screenshot retention pass failed")
+                    failed = True
+                if failed:
+                    next_expiry = min(next_expiry, loop.time() + self._settings.retention_retry_seconds)
             await asyncio.sleep(max(0.0, min(next_usage, next_expiry) - loop.time()))
 
 
-__all__ = ["RETENTION_LOCK_KEY", "RetentionJob"]
+__all__ = ["RETENTION_LOCK_KEY", "RetentionJob", "RetentionPass"]

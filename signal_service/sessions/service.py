@@ -21,7 +21,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from mesh.errors import FailedPreconditionError, InvalidArgumentError, NotFoundError
+from mesh.errors import FailedPreconditionError, InvalidArgumentError
 from mesh.logging import request_id_var
 from mesh.queues import SESSION_CHECK_ACTOR, SESSION_CHECK_QUEUE, WORKER_HEARTBEAT_TIMEOUT_MS
 from signal_service.database import Database
@@ -32,6 +32,7 @@ from signal_service.outbox.repository import OutboxRepository
 from signal_service.sessions.repository import CheckTarget, TradingViewSessionRepository
 from signal_service.settings import SignalSettings
 from signal_service.users.repository import UserRepository
+from signal_service.visibility import no_such_user
 
 log = logging.getLogger(__name__)
 
@@ -216,7 +217,7 @@ class SessionChecks:
         async with self._database.transaction() as session:
             users, repository = UserRepository(session), TradingViewSessionRepository(session)
             if await users.lock(parsed) is None:
-                raise NotFoundError("no such user", reason="USER_NOT_FOUND")
+                raise no_such_user()
             config = await repository.config(parsed)
             assert config is not None
             ciphertext = config.tv_session_ciphertext
@@ -235,7 +236,7 @@ class SessionChecks:
         async with self._database.transaction() as session:
             users = UserRepository(session)
             if await users.lock(parsed) is None:
-                raise NotFoundError("no such user", reason="USER_NOT_FOUND")
+                raise no_such_user()
             config = await TradingViewSessionRepository(session).config(parsed)
             assert config is not None
             ciphertext = config.tv_session_ciphertext

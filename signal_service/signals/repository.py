@@ -11,7 +11,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from signal_service.models import Screenshot, ScreenshotStatus, Signal, SignalResult, User
+from signal_service.models import Screenshot, Signal, User, UserSignalCounts
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,8 +54,13 @@ class SignalRepository:
     def __init__(self, session: AsyncSession) -> None:
         self.session = session
 
-    async def get(self, signal_id: uuid.UUID, *, for_update: bool = False) -> SignalRow | None:
+    async def get(
+        self, signal_id: uuid.UUID, *, for_update: bool = False, owner: uuid.UUID | None = None
+    ) -> SignalRow | None:
+        """The signal, if it exists (and, with `owner`, is that user's)."""
         statement = with_screenshot().where(Signal.id == signal_id)
+        if owner is not None:
+            statement = statement.where(Signal.user_id == owner)
         if for_update:
             statement = statement.with_for_update(of=Signal)
         row = (await self.session.execute(statement)).one_or_none()
@@ -90,36 +95,34 @@ class SignalRepository:
         return [SignalRow(row[0], row[1]) for row in await self.session.execute(statement)]
 
     async def stats(self, user_id: uuid.UUID, month_start: datetime) -> UserStatsRow | None:
-        """One user's counters in one statement; None when the user does not exist."""
-        signal_totals = (
-            sa.select(
-                sa.func.count().label("total_signals"),
-                sa.func.count().filter(Signal.created_at >= month_start).label("this_month"),
-                sa.func.count()
-                .filter(Signal.screenshot_status.in_([ScreenshotStatus.PENDING, ScreenshotStatus.PROCESSING]))
-                .label("screenshots_pending"),
-                sa.func.count().filter(Signal.result == SignalResult.WIN).label("wins"),
-                sa.func.count().filter(Signal.result == SignalResult.LOSS).label("losses"),
-            )
-            .where(Signal.user_id == user_id)
-            .subquery()
-        )
-        storage = (
-            sa.select(
-                sa.cast(sa.func.coalesce(sa.func.sum(Screenshot.size_bytes), 0), sa.BigInteger).label(
-                    "storage_bytes"
-                ),
-                sa.func.count().label("storage_objects"),
-            )
-            .where(Screenshot.user_id == user_id, Screenshot.status == ScreenshotStatus.COMPLETED)
-            .subquery()
-        )
+        """One user's counters: the sum of their monthly rows (a dozen a year), kept on write by triggers
+        (migration 0008_scale), not a count of their signals; None when the user does not exist."""
+
+        def total(column: sa.ColumnElement[int], label: str) -> sa.Label[int]:
+            return sa.cast(sa.func.coalesce(sa.func.sum(column), 0), sa.BigInteger).label(label)
+
         statement = (
-            sa.select(signal_totals, storage)
+            sa.select(
+                total(UserSignalCounts.signals, "total_signals"),
+                sa.cast(
+                    sa.func.coalesce(
+                        sa.func.sum(UserSignalCounts.signals).filter(
+                            UserSignalCounts.month == month_start.date()
+                        ),
+                        0,
+                    ),
+                    sa.BigInteger,
+                ).label("this_month"),
+                total(UserSignalCounts.screenshots_pending, "screenshots_pending"),
+                total(UserSignalCounts.wins, "wins"),
+                total(UserSignalCounts.losses, "losses"),
+                total(UserSignalCounts.storage_bytes, "storage_bytes"),
+                total(UserSignalCounts.storage_objects, "storage_objects"),
+            )
             .select_from(User)
-            .join(signal_totals, sa.true())
-            .join(storage, sa.true())
+            .outerjoin(UserSignalCounts, UserSignalCounts.user_id == User.id)
             .where(User.id == user_id)
+            .group_by(User.id)
         )
         row = (await self.session.execute(statement)).one_or_none()
         return UserStatsRow(**row._asdict()) if row else None

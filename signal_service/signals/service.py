@@ -5,12 +5,11 @@ from __future__ import annotations
 import base64
 import json
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
 
-from mesh.errors import InvalidArgumentError, NotFoundError
+from mesh.errors import InvalidArgumentError
 from signal_service.clock import utcnow
 from signal_service.database import Database
 from signal_service.events.repository import EventRepository
@@ -19,6 +18,7 @@ from signal_service.models import EventType, SignalEvent, SignalResult
 from signal_service.parsing import IndicatorCatalog
 from signal_service.signals.repository import SignalFilter, SignalRepository, SignalRow, UserStatsRow
 from signal_service.users.repository import UserRepository
+from signal_service.visibility import no_such_signal, no_such_user
 
 MAX_PAGE_SIZE = 100
 DEFAULT_PAGE_SIZE = 20
@@ -55,12 +55,13 @@ class SignalReader:
         self._database = database
         self._catalog = catalog
 
-    async def get(self, signal_id: str) -> SignalRow:
+    async def get(self, signal_id: str, *, owner: uuid.UUID | None = None) -> SignalRow:
+        """The signal; with `owner`, only if it is that user's (any other is "no such signal")."""
         parsed = require_uuid(signal_id, "signal_id")
         async with self._database.session() as session:
-            row = await SignalRepository(session).get(parsed)
+            row = await SignalRepository(session).get(parsed, owner=owner)
         if row is None:
-            raise NotFoundError("no such signal", reason="SIGNAL_NOT_FOUND")
+            raise no_such_signal()
         return row
 
     async def list(self, where: SignalFilter, *, size: int, page_token: str) -> SignalPage:
@@ -90,7 +91,7 @@ class SignalReader:
         async with self._database.session() as session:
             row = await SignalRepository(session).stats(parsed, month_start)
         if row is None:
-            raise NotFoundError("no such user", reason="USER_NOT_FOUND")
+            raise no_such_user()
         resolved = row.wins + row.losses
         return UserStats(
             user_id=str(parsed), counts=row, win_rate=row.wins / resolved * 100 if resolved else 0.0
@@ -137,9 +138,9 @@ class SignalOutcomes:
         result: SignalResult | None,
         profit_loss: str,
         notes: str,
-        ensure_access: Callable[[str], None],
+        owner: uuid.UUID | None = None,
     ) -> SignalRow:
-        """Replaces result, profit_loss and notes. `ensure_access(owner_id)` raises for a foreign signal."""
+        """Replaces result, profit_loss and notes; with `owner`, only of that user's signals."""
         parsed = require_uuid(signal_id, "signal_id")
         if result is None:
             raise InvalidArgumentError("result is required", reason="INVALID_RESULT")
@@ -150,11 +151,10 @@ class SignalOutcomes:
             )
         async with self._database.transaction() as session:
             signals = SignalRepository(session)
-            row = await signals.get(parsed, for_update=True)
+            row = await signals.get(parsed, for_update=True, owner=owner)
             if row is None:
-                raise NotFoundError("no such signal", reason="SIGNAL_NOT_FOUND")
+                raise no_such_signal()
             owner = row.signal.user_id
-            ensure_access(str(owner))
             await signals.update_signal(parsed, result=result, profit_loss=amount, notes=notes or None)
             # Signal row, then user row: the same lock order as captures, so the two never deadlock.
             seq = await UserRepository(session).next_event_seq(owner)

@@ -28,12 +28,17 @@ class UserRepository:
         row = (await self.session.execute(statement)).one_or_none()
         return (row[0], row[1]) if row else None
 
-    async def get_by_external_id(self, external_id: str) -> tuple[User, UserConfig] | None:
+    async def get_by_external_id(
+        self, external_id: str, *, owner: uuid.UUID | None = None
+    ) -> tuple[User, UserConfig] | None:
+        """The user with this external id (and, with `owner`, that id)."""
         statement = (
             sa.select(User, UserConfig)
             .join(UserConfig, UserConfig.user_id == User.id)
             .where(User.external_id == external_id)
         )
+        if owner is not None:
+            statement = statement.where(User.id == owner)
         row = (await self.session.execute(statement)).one_or_none()
         return (row[0], row[1]) if row else None
 

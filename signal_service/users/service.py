@@ -12,7 +12,7 @@ from typing import Any
 from sqlalchemy.exc import IntegrityError
 
 from mesh.crypto import CookieCipher
-from mesh.errors import AlreadyExistsError, InvalidArgumentError, NotFoundError
+from mesh.errors import AlreadyExistsError, InvalidArgumentError
 from signal_service.captures.service import CaptureCoordinator
 from signal_service.clock import next_month_start, utcnow
 from signal_service.database import Database
@@ -21,7 +21,9 @@ from signal_service.models import User, UserConfig
 from signal_service.sessions.service import SessionChecks, record_renewal
 from signal_service.settings import SignalSettings
 from signal_service.users import allowlist, tokens
+from signal_service.users.cookies import require_cookie_value
 from signal_service.users.repository import UserRepository
+from signal_service.visibility import no_such_user
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,17 +121,23 @@ class UserManager:
         view = await self.get(user_id=str(user.id))
         return IssuedToken(view=view, webhook_token=token, webhook_url=webhook_url(self._settings, token))
 
-    async def get(self, *, user_id: str = "", external_id: str = "") -> UserView:
+    async def get(
+        self, *, user_id: str = "", external_id: str = "", owner: uuid.UUID | None = None
+    ) -> UserView:
+        """By id or external id; with `owner`, only that user (any other is "no such user")."""
+        parsed = require_uuid(user_id, "user_id") if user_id else None
+        if owner is not None and parsed is not None and parsed != owner:
+            raise no_such_user()
         async with self._database.session() as session:
             repository = UserRepository(session)
-            if user_id:
-                found = await repository.get(require_uuid(user_id, "user_id"))
+            if parsed is not None:
+                found = await repository.get(parsed)
             elif external_id:
-                found = await repository.get_by_external_id(external_id)
+                found = await repository.get_by_external_id(external_id, owner=owner)
             else:
                 raise InvalidArgumentError("user_id or external_id is required", reason="MISSING_USER")
         if found is None:
-            raise NotFoundError("no such user", reason="USER_NOT_FOUND")
+            raise no_such_user()
         return UserView(*found)
 
     async def update(self, user_id: str, values: dict[str, Any]) -> UserView:
@@ -168,7 +176,7 @@ class UserManager:
         async with self._database.transaction() as session:
             repository = UserRepository(session)
             if await repository.lock(parsed_id) is None:
-                raise NotFoundError("no such user", reason="USER_NOT_FOUND")
+                raise no_such_user()
             if user_values:
                 await repository.update_user(parsed_id, **user_values)
             if config_values:
@@ -187,7 +195,7 @@ class UserManager:
             repository = UserRepository(session)
             current = await repository.lock(parsed_id)
             if current is None:
-                raise NotFoundError("no such user", reason="USER_NOT_FOUND")
+                raise no_such_user()
             await repository.update_user(
                 parsed_id,
                 webhook_token_hash=tokens.hash_token(token),
@@ -202,12 +210,8 @@ class UserManager:
         )
 
     async def set_tradingview_session(self, user_id: str, sessionid: str, sessionid_sign: str) -> UserView:
-        if not sessionid or not sessionid_sign:
-            raise InvalidArgumentError(
-                "sessionid and sessionid_sign are both required", reason="INVALID_TRADINGVIEW_SESSION"
-            )
-        if len(sessionid) > 4096 or len(sessionid_sign) > 4096:
-            raise InvalidArgumentError("cookie values are too long", reason="INVALID_TRADINGVIEW_SESSION")
+        require_cookie_value("sessionid", sessionid)
+        require_cookie_value("sessionid_sign", sessionid_sign)
         parsed_id = require_uuid(user_id, "user_id")
         plaintext = json.dumps({"sessionid": sessionid, "sessionid_sign": sessionid_sign}).encode()
         ciphertext = self._cipher.encrypt(plaintext)
@@ -216,7 +220,7 @@ class UserManager:
             repository = UserRepository(session)
             user = await repository.lock(parsed_id)
             if user is None:
-                raise NotFoundError("no such user", reason="USER_NOT_FOUND")
+                raise no_such_user()
             await repository.update_config(
                 parsed_id,
                 tv_session_ciphertext=ciphertext,

@@ -6,9 +6,10 @@ import grpc
 from google.protobuf import json_format
 
 from apidevs.alerts.v1 import resources_pb2, user_service_pb2, user_service_pb2_grpc
-from mesh.auth import current_principal, ensure_unscoped
+from mesh.auth import ensure_unscoped
 from signal_service.proto_mapping import plan_from_proto, timestamp, user_to_proto
 from signal_service.users.service import UserManager
+from signal_service.visibility import visible_owner
 
 
 class UserServicer(user_service_pb2_grpc.UserServiceServicer):
@@ -37,8 +38,9 @@ class UserServicer(user_service_pb2_grpc.UserServiceServicer):
     async def GetUser(
         self, request: user_service_pb2.GetUserRequest, context: grpc.aio.ServicerContext
     ) -> resources_pb2.User:
-        view = await self._users.get(user_id=request.user_id, external_id=request.external_id)
-        current_principal().ensure_can_access(str(view.user.id))
+        view = await self._users.get(
+            user_id=request.user_id, external_id=request.external_id, owner=visible_owner()
+        )
         return user_to_proto(view)
 
     async def UpdateUser(

@@ -7,6 +7,7 @@ Both processes accept, next to the platform key, a key scoped to one user and co
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import random
 import sys
@@ -37,6 +38,7 @@ from tests.support import ingest_request
 pytestmark = pytest.mark.e2e
 
 GUARD_SECONDS = 60  # a broken stream fails the test instead of hanging it
+STREAMS_PER_USER = 3
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "platform_client.py"
 CREATED = resources_pb2.SIGNAL_EVENT_TYPE_CREATED
 OUTCOME = resources_pb2.SIGNAL_EVENT_TYPE_OUTCOME_UPDATED
@@ -100,6 +102,7 @@ def replicas(
                 ALERTS_SIGNAL_ADDR=address,
                 ALERTS_API_KEYS=keys,
                 ALERTS_STORAGE_ADDR=unused_storage,
+                ALERTS_STREAM_MAX_PER_USER=str(STREAMS_PER_USER),
             ),
             ready=lambda address=address: grpc_serving(address),
             log_path=logs / f"signal-{name}.log",
@@ -255,12 +258,12 @@ async def test_scoped_key_sees_only_its_user_on_every_replica(
             )
             with pytest.raises(grpc.aio.AioRpcError) as caught:
                 await foreign.read()
-            assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
+            assert caught.value.code() == grpc.StatusCode.NOT_FOUND
             with pytest.raises(grpc.aio.AioRpcError) as caught:
                 await scoped.GetUserStats(
                     signal_service_pb2.GetUserStatsRequest(user_id=accounts.other.user.user_id)
                 )
-            assert from_rpc_error(caught.value).code == grpc.StatusCode.PERMISSION_DENIED
+            assert from_rpc_error(caught.value).code == grpc.StatusCode.NOT_FOUND
 
 
 async def sse_events(lines: AsyncIterator[str], count: int) -> list[dict]:
@@ -294,8 +297,12 @@ async def test_rest_and_sse_through_the_real_edge_with_a_scoped_key(
 
         stats = await http.get(f"{base}/{own_id}/stats")
         assert (stats.status_code, stats.json()["total_signals"]) == (200, head + 2)
-        assert (await http.get(f"{base}/{other_id}/stats")).status_code == 403
-        assert (await http.get(f"{base}/{other_id}/signals")).status_code == 403
+        # Another user's answers are a random id's: 404, the same body.
+        for path in ("stats", "signals"):
+            foreign = await http.get(f"{base}/{other_id}/{path}")
+            unknown = await http.get(f"{base}/{uuid.uuid4()}/{path}")
+            assert (foreign.status_code, foreign.json()) == (unknown.status_code, unknown.json())
+            assert foreign.status_code == 404
         listed = (await http.get(f"{base}/{own_id}/signals", params={"page_size": 2})).json()
         assert listed["signals"][1]["signal_id"] == first
 
@@ -318,7 +325,38 @@ async def test_rest_and_sse_through_the_real_edge_with_a_scoped_key(
         async with http.stream("GET", f"{base}/{own_id}/events", headers=resume) as stream:
             replayed = await sse_events(stream.aiter_lines(), 2)
         assert [event["data"]["signal"]["signal_id"] for event in replayed] == [third, missed]
-        assert (await http.get(f"{base}/{other_id}/events")).status_code == 403
+        assert (await http.get(f"{base}/{other_id}/events")).status_code == 404
+
+
+async def test_open_streams_are_capped_per_user_over_sse_and_grpc(
+    replicas: Replicas, accounts: Accounts, service_key: str
+) -> None:
+    own_id = accounts.scoped.user.user_id
+    url = f"{replicas.edge_url}/api/users/{own_id}/events"
+    scoped = {"Authorization": f"Bearer {accounts.scoped_key}"}
+    async with contextlib.AsyncExitStack() as streams, httpx.AsyncClient(timeout=GUARD_SECONDS) as http:
+        for _ in range(STREAMS_PER_USER):
+            opened = await streams.enter_async_context(http.stream("GET", url, headers=scoped))
+            assert opened.status_code == 200
+        over = await http.get(url, headers=scoped)
+        assert (over.status_code, over.json()["error"]) == (429, "too_many_streams")
+        # The limit is the user's, whichever key asks: the platform's key is refused too.
+        async with open_channel(replicas.b, service_key) as channel:
+            call = signal_service_pb2_grpc.SignalServiceStub(channel).SubscribeSignals(
+                signal_service_pb2.SubscribeSignalsRequest(user_id=own_id)
+            )
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await call.read()
+        error = from_rpc_error(caught.value)
+        assert (error.code, error.reason) == (grpc.StatusCode.RESOURCE_EXHAUSTED, "TOO_MANY_STREAMS")
+    # Closed streams give their places back (the edge cancels its call once the browser is gone).
+    async with httpx.AsyncClient(timeout=GUARD_SECONDS) as http, asyncio.timeout(GUARD_SECONDS):
+        while True:
+            async with http.stream("GET", url, headers=scoped) as again:
+                if again.status_code == 200:
+                    break
+                assert again.status_code == 429
+            await asyncio.sleep(0.2)
 
 
 async def run_example(*args: str) -> list[str]:

@@ -117,8 +117,10 @@
       headers: { ...(init.headers || {}), Authorization: `Bearer ${credentials.key}` },
       cache: "no-store",
     });
-    if (response.status === 401 || response.status === 403) {
-      throw new AuthError(response.status === 401 ? "This API key is not accepted." : "This API key may not read this user.");
+    if (response.status === 401) throw new AuthError("This API key is not accepted.");
+    // Every call here names the user: a user this key may not read answers 404, like one that does not exist.
+    if (response.status === 403 || response.status === 404) {
+      throw new AuthError("This API key may not read this user.");
     }
     return response;
   }

@@ -1,7 +1,7 @@
 """client certificate requirement: a user may accept only webhooks that carry TradingView's certificate
 
 Revision ID: 0009_client_certificate
-Revises: 0005_signal_parse_fields
+Revises: 0008_scale
 Create Date: 2026-12-07 09:30:00
 
 user_config.require_tradingview_client_certificate (default false, so nothing changes for existing users):
@@ -19,7 +19,7 @@ from alembic import op
 from signal_service.intake.ingest_function import ingest_function_sql
 
 revision = "0009_client_certificate"
-down_revision = "0005_signal_parse_fields"
+down_revision = "0008_scale"
 branch_labels = None
 depends_on = None
 

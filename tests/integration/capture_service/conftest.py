@@ -72,10 +72,10 @@ def chart_stub_server() -> Iterator[str]:
 @pytest.fixture
 async def chart_stub(chart_stub_server: str) -> AsyncIterator[ChartStub]:
     stub = ChartStub(chart_stub_server)
-    await stub.configure(mode="ok", render_delay_ms=300)
+    await stub.configure(mode="ok", page="light", render_delay_ms=300)
     await stub.clear()
     yield stub
-    await stub.configure(mode="ok", render_delay_ms=300)
+    await stub.configure(mode="ok", page="light", render_delay_ms=300)
 
 
 @pytest.fixture(scope="session")

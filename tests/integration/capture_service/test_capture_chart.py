@@ -314,3 +314,21 @@ async def test_a_private_layout_is_captured_for_its_owner_only(
     paths = [entry["path"] for entry in await chart_stub.requests()]
     # The other user's visit fell back to the default chart, signed in: the old check would have kept it.
     assert paths == ["/chart/privLayout1/", "/chart/privLayout1/", "/chart/"]
+
+
+INDICATOR_LINE = (0x7E, 0x57, 0xC2)
+
+
+async def test_the_heavy_page_is_captured_only_once_its_feed_and_late_pane_have_drawn(
+    chart_stub: ChartStub, shared_pool: BrowserPool
+) -> None:
+    await chart_stub.configure(page="heavy")
+    url = chart_url(chart_stub.base_url, "layoutH", "BINANCE:BTCUSDT", "15")
+
+    shot = await capture_chart(shared_pool, url, GOOD, timeout_seconds=25)
+
+    image = pixels(shot)
+    # The indicator pane loads after the bars: its line in the picture proves the capture waited for it.
+    assert count(image, INDICATOR_LINE) > 300
+    # Thousands of sub-pixel bars blend their colours; the wicks keep theirs.
+    assert count(image, CANDLE_UP) + count(image, CANDLE_DOWN) > 300

@@ -142,11 +142,15 @@ async def db(database_url: str) -> AsyncIterator[asyncpg.Pool]:
     await pool.close()
 
 
-async def audit_rows(db: asyncpg.Pool, where: str, *args: object, at_least: int = 1) -> list[asyncpg.Record]:
-    """Audit rows matching `where`, waiting for refusals, which the audit writer inserts in batches."""
+async def audit_rows(
+    db: asyncpg.Pool, where: str, *args: object, at_least: int = 1, counted: int = 0
+) -> list[asyncpg.Record]:
+    """Audit rows matching `where`, waiting for refusals, which the audit writer inserts in batches:
+    until there are `at_least` rows, and until they stand for `counted` calls (merged repeats count)."""
     deadline = asyncio.get_running_loop().time() + 10
     while True:
         rows = await db.fetch(f"SELECT * FROM audit_logs WHERE {where} ORDER BY id", *args)  # noqa: S608
-        if len(rows) >= at_least or asyncio.get_running_loop().time() > deadline:
+        calls = sum(row["repeat_count"] for row in rows)
+        if (len(rows) >= at_least and calls >= counted) or asyncio.get_running_loop().time() > deadline:
             return rows
         await asyncio.sleep(0.05)

@@ -17,6 +17,7 @@ import pytest
 from alerts.processes import free_port
 from edge.spool import WebhookSpool
 from tests.integration.edge.conftest import LOOPBACK_PROXY, audit_rows, edge_settings, running_edge
+from tests.integration.edge.test_webhook_security import fresh_address
 from tests.support import SAMPLE, create_user
 
 # Long enough that nothing in a test waits on it by accident; the deadline tests set their own.
@@ -132,7 +133,9 @@ async def test_malformed_tokens_and_charts_are_audited_under_their_own_reasons(
         (f"/webhook/u/{created.webhook_token}", {"chart": "a b"}),
     ):
         agent = f"hardening-probe-{uuid.uuid4()}"
-        await http.post(path, params=params, content=SAMPLE, headers={"user-agent": agent})
+        # A source of its own: refusals of callers the service cannot place merge per source and minute.
+        headers = {"user-agent": agent, "x-forwarded-for": fresh_address()}
+        await http.post(path, params=params, content=SAMPLE, headers=headers)
         [row] = await audit_rows(db, "user_agent = $1", agent)
         reasons.append(row["reason"])
     assert reasons == ["MALFORMED_TOKEN", "INVALID_CHART"]

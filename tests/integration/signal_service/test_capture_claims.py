@@ -72,7 +72,7 @@ async def test_completed_is_taken_from_any_claim(signals, users) -> None:
     first = await _claim(signals, signal_id)
     await _claim(signals, signal_id)
     report = signal_service_pb2.ReportCaptureRequest(
-        signal_id=signal_id, status=COMPLETED, object_key=f"screenshots/u/{signal_id}.png", claim=first.claim
+        signal_id=signal_id, status=COMPLETED, object_key=first.object_key, claim=first.claim
     )
     assert (await signals.ReportCapture(report)).screenshot_status == COMPLETED
 

@@ -46,11 +46,11 @@ async def test_claim_hands_over_the_encrypted_session_and_marks_processing(
 
 async def test_completed_capture_is_final_and_duplicate_reports_are_harmless(signals, users) -> None:
     _, signal_id = await _new_capture(signals, users)
-    await signals.ClaimCapture(signal_service_pb2.ClaimCaptureRequest(signal_id=signal_id))
+    claim = await signals.ClaimCapture(signal_service_pb2.ClaimCaptureRequest(signal_id=signal_id))
     report = signal_service_pb2.ReportCaptureRequest(
         signal_id=signal_id,
         status=resources_pb2.SCREENSHOT_STATUS_COMPLETED,
-        object_key=f"screenshots/x/{signal_id}.png",
+        object_key=claim.object_key,
         size_bytes=1234,
         width=1280,
         height=720,
@@ -108,3 +108,48 @@ async def test_retry_needs_exactly_one_selection(signals) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await signals.RetryCaptures(signal_service_pb2.RetryCapturesRequest())
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_claim_assigns_the_object_key_under_the_owner_and_signal(signals, users) -> None:
+    user_id, signal_id = await _new_capture(signals, users)
+    claim = await signals.ClaimCapture(signal_service_pb2.ClaimCaptureRequest(signal_id=signal_id))
+    created = claim.signal.created_at.ToDatetime()
+    assert claim.object_key == f"screenshots/{user_id}/{created:%Y}/{created:%m}/{signal_id}.png"
+
+
+@pytest.mark.parametrize(
+    "status", [resources_pb2.SCREENSHOT_STATUS_COMPLETED, resources_pb2.SCREENSHOT_STATUS_FAILED]
+)
+async def test_a_report_naming_any_other_key_is_refused_and_changes_nothing(signals, users, status) -> None:
+    _, victim_signal = await _new_capture(signals, users)
+    _, attacker_signal = await _new_capture(signals, users)
+    victim_claim = await signals.ClaimCapture(signal_service_pb2.ClaimCaptureRequest(signal_id=victim_signal))
+    attacker_claim = await signals.ClaimCapture(
+        signal_service_pb2.ClaimCaptureRequest(signal_id=attacker_signal)
+    )
+    for key in (
+        victim_claim.object_key,
+        victim_claim.object_key.replace(".png", ".jpg"),
+        f"screenshots/{attacker_signal}.png",
+        "../" + attacker_claim.object_key,
+    ):
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await signals.ReportCapture(
+                signal_service_pb2.ReportCaptureRequest(
+                    signal_id=attacker_signal, status=status, object_key=key, error="x"
+                )
+            )
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert key not in (caught.value.details() or "")
+    unchanged = await signals.GetSignal(signal_service_pb2.GetSignalRequest(signal_id=attacker_signal))
+    assert unchanged.screenshot_status == resources_pb2.SCREENSHOT_STATUS_PROCESSING
+    assert unchanged.screenshot_object_key == ""
+
+    done = await signals.ReportCapture(
+        signal_service_pb2.ReportCaptureRequest(
+            signal_id=attacker_signal,
+            status=resources_pb2.SCREENSHOT_STATUS_COMPLETED,
+            object_key=attacker_claim.object_key,
+        )
+    )
+    assert done.screenshot_object_key == attacker_claim.object_key

@@ -175,6 +175,7 @@ async def test_every_rpc_answers_unavailable_while_postgresql_goes_away_mid_burs
             grpc_server = mesh_grpc.create_server(settings, translate_error=database_error)
             register(grpc_server, app)
             port, _ = await mesh_grpc.start(grpc_server, address="127.0.0.1:0", service_names=SERVICE_NAMES)
+            # Each call carries a key of a role the table accepts for it (IngestWebhook is the edge's).
             channel = open_system_channel(f"127.0.0.1:{port}")
             signals = signal_service_pb2_grpc.SignalServiceStub(channel)
             users = user_service_pb2_grpc.UserServiceStub(channel)

@@ -166,7 +166,7 @@ def test_the_client_certificate_migration_goes_down_and_up_again(database_url: s
     with fresh_database(database_url) as url:
         command.upgrade(alembic_config(url), "0009_client_certificate")
         assert _client_certificate_state(url) == (46, True)
-        command.downgrade(alembic_config(url), "0005_signal_parse_fields")
+        command.downgrade(alembic_config(url), "0008_scale")
         assert _client_certificate_state(url) == (45, False)
         command.upgrade(alembic_config(url), "0009_client_certificate")
         assert _client_certificate_state(url) == (46, True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -11,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 import asyncpg
 import grpc
 import pytest
+import sqlalchemy as sa
 from google.protobuf import timestamp_pb2
 
 from apidevs.alerts.v1 import (
@@ -96,6 +98,25 @@ async def start_cursor(call: grpc.aio.UnaryStreamCall) -> str:
     return dict(await call.initial_metadata())["x-start-cursor"]
 
 
+@contextlib.asynccontextmanager
+async def signal_server_with(service_env: dict[str, str], **overrides: object) -> AsyncIterator[str]:
+    """Another real signal server on the same database, with settings overridden; yields its address."""
+    from mesh import grpc as mesh_grpc
+    from signal_service.main import SERVICE_NAMES, register, signal_app
+    from signal_service.settings import SignalSettings
+
+    settings = settings_from(service_env, SignalSettings, signal_addr="127.0.0.1:0", **overrides)
+    async with signal_app(settings) as app:
+        server = mesh_grpc.create_server(settings)
+        register(server, app)
+        app.start_background()
+        port, _ = await mesh_grpc.start(server, address="127.0.0.1:0", service_names=SERVICE_NAMES)
+        try:
+            yield f"127.0.0.1:{port}"
+        finally:
+            await server.stop(1)
+
+
 # --- stats and outcomes ------------------------------------------------------------------------------
 
 
@@ -108,14 +129,14 @@ async def test_stats_on_a_known_data_set(signals, users) -> None:
     unparsed = await ingest(signals, token, b"nothing a parser can use")  # SKIPPED: no capture
     await signals.ClaimCapture(signal_service_pb2.ClaimCaptureRequest(signal_id=current[0], worker_id="w1"))
     for signal_id, size in ((current[1], 1000), (current[2], 2345)):
-        await signals.ClaimCapture(
+        claim = await signals.ClaimCapture(
             signal_service_pb2.ClaimCaptureRequest(signal_id=signal_id, worker_id="w1")
         )
         await signals.ReportCapture(
             signal_service_pb2.ReportCaptureRequest(
                 signal_id=signal_id,
                 status=resources_pb2.SCREENSHOT_STATUS_COMPLETED,
-                object_key=f"screenshots/{signal_id}.png",
+                object_key=claim.object_key,
                 size_bytes=size,
             )
         )
@@ -143,6 +164,83 @@ async def test_stats_on_a_known_data_set(signals, users) -> None:
     assert (stats.wins, stats.losses) == (3, 1)
     assert stats.win_rate == pytest.approx(75.0)
     assert (stats.storage_bytes, stats.storage_objects) == (3345, 2)
+
+
+_RECOUNT = """
+SELECT (SELECT count(*) FROM signals WHERE user_id = $1) AS total_signals,
+       (SELECT count(*) FROM signals WHERE user_id = $1
+        AND created_at >= date_trunc('month', now(), 'UTC')) AS this_month,
+       (SELECT count(*) FROM signals WHERE user_id = $1
+        AND screenshot_status IN ('pending', 'processing')) AS screenshots_pending,
+       (SELECT count(*) FROM signals WHERE user_id = $1 AND result = 'win') AS wins,
+       (SELECT count(*) FROM signals WHERE user_id = $1 AND result = 'loss') AS losses,
+       (SELECT coalesce(sum(size_bytes), 0) FROM screenshots WHERE user_id = $1
+        AND status = 'completed') AS storage_bytes,
+       (SELECT count(*) FROM screenshots WHERE user_id = $1 AND status = 'completed') AS storage_objects
+"""
+
+
+async def test_stats_counters_follow_every_write_even_by_hand(signals, users, database_url: str) -> None:
+    """GetUserStats reads counters kept by triggers; after service writes and hand-written multi-row
+    statements alike they equal a count of the rows themselves."""
+    created = await create_user(users)
+    token, user_id = created.webhook_token, created.user.user_id
+    month_start = datetime.now(UTC).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    old = [
+        await ingest(signals, token, alert(index), received_at=month_start - timedelta(days=40 + index))
+        for index in range(3)
+    ]
+    current = [await ingest(signals, token, alert(index)) for index in range(3, 9)]
+    for signal_id, size in ((old[0], 500), (current[0], 700), (current[1], 900)):
+        claim = await signals.ClaimCapture(
+            signal_service_pb2.ClaimCaptureRequest(signal_id=signal_id, worker_id="w")
+        )
+        await signals.ReportCapture(
+            signal_service_pb2.ReportCaptureRequest(
+                signal_id=signal_id,
+                status=resources_pb2.SCREENSHOT_STATUS_COMPLETED,
+                object_key=claim.object_key,
+                size_bytes=size,
+            )
+        )
+    await set_outcome(signals, old[1], resources_pb2.SIGNAL_RESULT_LOSS)
+    await set_outcome(signals, current[2], resources_pb2.SIGNAL_RESULT_WIN)
+    await set_outcome(signals, current[2], resources_pb2.SIGNAL_RESULT_LOSS)
+
+    owner = uuid.UUID(user_id)
+    connection = await asyncpg.connect(listener_dsn(database_url))
+    try:
+        await connection.execute(
+            "UPDATE signals SET result = 'win' WHERE user_id = $1 AND id = ANY($2::uuid[])",
+            owner,
+            [uuid.UUID(value) for value in (current[3], current[4], old[2])],
+        )
+        await connection.execute(
+            "UPDATE screenshots SET size_bytes = size_bytes * 2 WHERE user_id = $1 AND status = 'completed'",
+            owner,
+        )
+        # A signal moved to another month, and one deleted with its screenshot.
+        await connection.execute(
+            "UPDATE signals SET created_at = created_at - interval '60 days' WHERE id = $1",
+            uuid.UUID(current[5]),
+        )
+        await connection.execute("DELETE FROM signals WHERE id = $1", uuid.UUID(current[0]))
+        expected = dict(await connection.fetchrow(_RECOUNT, owner))
+    finally:
+        await connection.close()
+
+    stats = await signals.GetUserStats(signal_service_pb2.GetUserStatsRequest(user_id=user_id))
+    counted = {name: getattr(stats, name) for name in expected}
+    assert counted == expected
+    assert expected == {
+        "total_signals": 8,
+        "this_month": 4,
+        "screenshots_pending": 6,
+        "wins": 3,
+        "losses": 2,
+        "storage_bytes": 2 * (500 + 900),
+        "storage_objects": 2,
+    }
 
 
 async def test_stats_of_a_user_without_resolved_signals(signals, users) -> None:
@@ -232,6 +330,7 @@ async def test_outcome_of_unknown_signal_is_not_found(signals) -> None:
 @dataclass(frozen=True)
 class ScopedSetup:
     stub: signal_service_pb2_grpc.SignalServiceStub
+    users: user_service_pb2_grpc.UserServiceStub
     own: user_service_pb2.CreateUserResponse
     other: user_service_pb2.CreateUserResponse
 
@@ -243,7 +342,10 @@ async def scoped(users, service_env: dict[str, str], service_key: str) -> AsyncI
     from signal_service.main import SERVICE_NAMES, register, signal_app
     from signal_service.settings import SignalSettings
 
-    own, other = await create_user(users), await create_user(users)
+    own = await create_user(users)
+    other = await users.CreateUser(
+        user_service_pb2.CreateUserRequest(plan=resources_pb2.PLAN_PRO, external_id=f"ext-{uuid.uuid4()}")
+    )
     scoped_key = generate_key()
     env = service_env | {
         "ALERTS_API_KEYS": f"{service_key},sha256:{hash_key(scoped_key)}@user:{own.user.user_id}"
@@ -255,7 +357,12 @@ async def scoped(users, service_env: dict[str, str], service_key: str) -> AsyncI
         app.start_background()
         port, _ = await mesh_grpc.start(server, address="127.0.0.1:0", service_names=SERVICE_NAMES)
         async with open_channel(f"127.0.0.1:{port}", scoped_key) as channel:
-            yield ScopedSetup(signal_service_pb2_grpc.SignalServiceStub(channel), own, other)
+            yield ScopedSetup(
+                signal_service_pb2_grpc.SignalServiceStub(channel),
+                user_service_pb2_grpc.UserServiceStub(channel),
+                own,
+                other,
+            )
         await server.stop(1)
 
 
@@ -270,23 +377,51 @@ async def test_scoped_key_reads_and_writes_its_own_user(signals, scoped: ScopedS
     assert fetched.user_id == own_id
     updated = await set_outcome(scoped.stub, signal_id, resources_pb2.SIGNAL_RESULT_WIN, "5")
     assert updated.profit_loss == "5"
+    user = await scoped.users.GetUser(user_service_pb2.GetUserRequest(user_id=own_id))
+    assert user.user_id == own_id
 
 
-async def test_scoped_key_is_denied_every_other_user(signals, scoped: ScopedSetup) -> None:
-    other_id = scoped.other.user.user_id
-    foreign = await ingest(signals, scoped.other.webhook_token, alert(2))
-    calls = [
-        scoped.stub.GetUserStats(signal_service_pb2.GetUserStatsRequest(user_id=other_id)),
-        scoped.stub.ListSignals(signal_service_pb2.ListSignalsRequest(user_id=other_id)),
-        scoped.stub.GetSignal(signal_service_pb2.GetSignalRequest(signal_id=foreign)),
-        set_outcome(scoped.stub, foreign, resources_pb2.SIGNAL_RESULT_LOSS, "-3"),
-        read_events(
-            scoped.stub.SubscribeSignals(signal_service_pb2.SubscribeSignalsRequest(user_id=other_id)), 1
+async def _refusal(call: object) -> tuple[grpc.StatusCode, str, tuple[tuple[str, object], ...]]:
+    """Everything a caller learns from a refused call: code, message and the status details."""
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await call  # type: ignore[misc]
+    details = tuple(
+        (key, value)
+        for key, value in caught.value.trailing_metadata() or ()
+        if key == "grpc-status-details-bin"
+    )
+    return caught.value.code(), caught.value.details() or "", details
+
+
+def _scoped_calls(scoped: ScopedSetup, user_id: str, signal_id: str, external_id: str) -> dict[str, object]:
+    """Every read and write a scoped key may make, aimed at `user_id`, `signal_id` and `external_id`."""
+    stub, users = scoped.stub, scoped.users
+    return {
+        "GetUserStats": stub.GetUserStats(signal_service_pb2.GetUserStatsRequest(user_id=user_id)),
+        "ListSignals": stub.ListSignals(signal_service_pb2.ListSignalsRequest(user_id=user_id)),
+        "ListFailedCaptures": stub.ListFailedCaptures(
+            signal_service_pb2.ListFailedCapturesRequest(user_id=user_id)
         ),
-    ]
-    for call in calls:
-        error = await refused(call)
-        assert error.code == grpc.StatusCode.PERMISSION_DENIED
+        "GetSignal": stub.GetSignal(signal_service_pb2.GetSignalRequest(signal_id=signal_id)),
+        "UpdateSignalOutcome": set_outcome(stub, signal_id, resources_pb2.SIGNAL_RESULT_LOSS, "-3"),
+        "SubscribeSignals": read_events(
+            stub.SubscribeSignals(signal_service_pb2.SubscribeSignalsRequest(user_id=user_id)), 1
+        ),
+        "GetUser": users.GetUser(user_service_pb2.GetUserRequest(user_id=user_id)),
+        "GetUser(external_id)": users.GetUser(user_service_pb2.GetUserRequest(external_id=external_id)),
+    }
+
+
+async def test_another_users_objects_answer_exactly_like_ids_that_do_not_exist(
+    signals, scoped: ScopedSetup
+) -> None:
+    foreign = await ingest(signals, scoped.other.webhook_token, alert(2))
+    other_calls = _scoped_calls(scoped, scoped.other.user.user_id, foreign, scoped.other.user.external_id)
+    random_calls = _scoped_calls(scoped, str(uuid.uuid4()), str(uuid.uuid4()), f"ext-{uuid.uuid4()}")
+    for name, call in other_calls.items():
+        other = await _refusal(call)
+        assert other[0] == grpc.StatusCode.NOT_FOUND, name
+        assert other == await _refusal(random_calls[name]), name
     untouched = await signals.GetSignal(signal_service_pb2.GetSignalRequest(signal_id=foreign))
     assert (untouched.result, untouched.profit_loss) == (resources_pb2.SIGNAL_RESULT_PENDING, "")
 
@@ -434,14 +569,14 @@ async def test_a_stream_too_far_behind_ends_with_its_cursor(signals, users, data
     try:
         await asyncio.wait_for(hub.wait_listening(), STREAM_GUARD_SECONDS)
         feed = EventFeed(database=database, hub=hub, page_size=1, max_pending=3)
-        async with feed.subscribe(user_id, "") as subscription:
+        async with feed.subscribe(user_id, "", key="test") as subscription:
             batches = subscription.batches()
             await ingest(signals, created.webhook_token, alert(0))
             first = await asyncio.wait_for(anext(batches), STREAM_GUARD_SECONDS)
             assert [stored.event.seq for stored in first] == [1]
             for index in range(1, 5):
                 await ingest(signals, created.webhook_token, alert(index))
-            watcher = hub.register(user_id)
+            watcher = hub.register(user_id, "watcher")
             async with asyncio.timeout(STREAM_GUARD_SECONDS):
                 while hub.head(user_id) < 5:
                     await watcher.woken.wait()
@@ -457,3 +592,134 @@ async def test_a_stream_too_far_behind_ends_with_its_cursor(signals, users, data
     assert (error.code, error.reason) == (grpc.StatusCode.RESOURCE_EXHAUSTED, "SUBSCRIBER_TOO_SLOW")
     assert error.metadata["cursor"] == "1"
     assert hub.head(user_id) == 0  # the stream unregistered: nothing is kept for a user without streams
+
+
+# --- page size in bytes ------------------------------------------------------------------------------
+
+
+async def test_list_pages_stop_under_the_byte_budget_and_lose_nothing(
+    signals, users, service_env: dict[str, str], service_key: str
+) -> None:
+    budget = 64 * 1024
+    created = await create_user(users)
+    user_id = created.user.user_id
+    big = [
+        await ingest(signals, created.webhook_token, alert(index) + b"\nnote: " + b"x" * 25_000)
+        for index in range(7)
+    ]
+    async with (
+        signal_server_with(service_env, list_page_max_bytes=budget) as address,
+        open_channel(address, service_key) as channel,
+    ):
+        stub = signal_service_pb2_grpc.SignalServiceStub(channel)
+        seen: list[str] = []
+        sizes: list[int] = []
+        token = ""
+        while True:
+            page = await stub.ListSignals(
+                signal_service_pb2.ListSignalsRequest(user_id=user_id, page_size=100, page_token=token)
+            )
+            sizes.append(page.ByteSize())
+            seen += [signal.signal_id for signal in page.signals]
+            token = page.next_page_token
+            if not token:
+                break
+    assert seen == list(reversed(big))
+    assert len(sizes) > 1
+    assert max(sizes) <= budget
+
+
+# --- streams: limits, and one read per wake for all of a user's streams ------------------------------
+
+
+@contextlib.asynccontextmanager
+async def listening_hub(database_url: str, **limits: int) -> AsyncIterator[EventHub]:
+    hub = EventHub(listener_dsn(database_url), **limits)
+    hub.start()
+    try:
+        await asyncio.wait_for(hub.wait_listening(), STREAM_GUARD_SECONDS)
+        yield hub
+    finally:
+        await hub.stop()
+
+
+async def test_streams_of_one_user_share_one_table_read_per_wake(signals, users, database_url: str) -> None:
+    created = await create_user(users)
+    user_id = uuid.UUID(created.user.user_id)
+    database = Database(create_engine(database_url, pool_size=4))
+    event_reads: list[str] = []
+
+    def count(conn, cursor, statement: str, *rest) -> None:
+        if "FROM signal_events" in statement:
+            event_reads.append(statement)
+
+    sa.event.listen(database.engine.sync_engine, "before_cursor_execute", count)
+    received: list[list[int]] = [[] for _ in range(5)]
+    progress = asyncio.Event()
+
+    async def follow(subscription, seen: list[int]) -> None:
+        async for page in subscription.batches():
+            seen.extend(stored.event.seq for stored in page)
+            progress.set()
+
+    async def all_received(seq: int) -> None:
+        async with asyncio.timeout(STREAM_GUARD_SECONDS):
+            while True:
+                progress.clear()
+                if all(seq in seen for seen in received):
+                    return
+                await progress.wait()
+
+    try:
+        async with listening_hub(database_url) as hub, contextlib.AsyncExitStack() as streams:
+            feed = EventFeed(database=database, hub=hub)
+            followers = []
+            for seen in received:
+                subscription = await streams.enter_async_context(feed.subscribe(user_id, "", key="k"))
+                followers.append(asyncio.create_task(follow(subscription, seen)))
+            try:
+                # Every stream has looked once by now; one that has not would find that look just done.
+                await asyncio.sleep(0.3)
+                for index in range(3):
+                    before = len(event_reads)
+                    await ingest(signals, created.webhook_token, alert(index))
+                    await all_received(index + 1)
+                    assert len(event_reads) - before == 1, f"wake {index}: {len(event_reads) - before} reads"
+            finally:
+                for follower in followers:
+                    follower.cancel()
+                await asyncio.gather(*followers, return_exceptions=True)
+    finally:
+        await database.dispose()
+    assert received == [[1, 2, 3]] * 5
+
+
+async def test_streams_are_limited_per_user_and_per_key(users, database_url: str) -> None:
+    first, second, third = [uuid.UUID((await create_user(users)).user.user_id) for _ in range(3)]
+    database = Database(create_engine(database_url, pool_size=2))
+    try:
+        async with (
+            listening_hub(database_url, max_streams_per_user=2, max_streams_per_key=3) as hub,
+            contextlib.AsyncExitStack() as streams,
+        ):
+            feed = EventFeed(database=database, hub=hub)
+            for _ in range(2):
+                await streams.enter_async_context(feed.subscribe(first, "", key="platform"))
+            with pytest.raises(AlertsError) as per_user:
+                await streams.enter_async_context(feed.subscribe(first, "", key="another"))
+            await streams.enter_async_context(feed.subscribe(second, "", key="platform"))
+            with pytest.raises(AlertsError) as per_key:
+                await streams.enter_async_context(feed.subscribe(third, "", key="platform"))
+            async with feed.subscribe(third, "", key="another"):
+                pass
+        async with listening_hub(database_url, max_streams_per_user=1) as hub:
+            feed = EventFeed(database=database, hub=hub)
+            # A closed stream gives its place back.
+            for _ in range(3):
+                async with feed.subscribe(first, "", key="platform"):
+                    pass
+    finally:
+        await database.dispose()
+    for error, limit in ((per_user.value, "user"), (per_key.value, "key")):
+        assert (error.code, error.reason) == (grpc.StatusCode.RESOURCE_EXHAUSTED, "TOO_MANY_STREAMS")
+        assert error.metadata["limit"] == limit

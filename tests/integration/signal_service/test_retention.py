@@ -4,6 +4,8 @@ one replica at a time; and the stored-bytes figures by plan and per user."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -25,7 +27,7 @@ from apidevs.alerts.v1 import (
 from mesh import grpc as mesh_grpc
 from signal_service.events.service import listener_dsn
 from signal_service.main import SERVICE_NAMES, SignalApp, register, signal_app
-from signal_service.retention.service import RETENTION_LOCK_KEY, RetentionJob
+from signal_service.retention.service import RETENTION_LOCK_KEY, RetentionJob, RetentionPass
 from signal_service.settings import SignalSettings
 from storage_service.service import build_service
 from storage_service.servicer import SERVICE_NAME as STORAGE_SERVICE_NAME
@@ -62,8 +64,8 @@ class Stack:
             ingest_request(token, f"Ticker: BINANCE:ETHUSDT\nPrice: 2\nid: {uuid.uuid4()}".encode())
         )
         signal_id = answer.signal_id
-        await self.signals.ClaimCapture(signal_service_pb2.ClaimCaptureRequest(signal_id=signal_id))
-        key = f"screenshots/{user_id}/{signal_id}.png"
+        claim = await self.signals.ClaimCapture(signal_service_pb2.ClaimCaptureRequest(signal_id=signal_id))
+        key = claim.object_key
         if size:
             await self.put(key, b"p" * size)
         await self.signals.ReportCapture(
@@ -209,6 +211,7 @@ async def test_retention_deletes_and_expires_only_what_its_plan_has_outlived(sta
     assert (before.storage_objects, before.storage_bytes) == (4, 1000 + 1500 + 100 + 2000)
 
     premium_cursor = await stack.head_cursor(p_id)
+    free_cursor = await stack.head_cursor(f_id)
     # Batches of 2: the pass goes on until nothing is due.
     assert await stack.job().expire_due() == 4
 
@@ -230,6 +233,12 @@ async def test_retention_deletes_and_expires_only_what_its_plan_has_outlived(sta
     assert [(event.type, event.signal.signal_id) for event in expiry_events] == [
         (resources_pb2.SIGNAL_EVENT_TYPE_SCREENSHOT_UPDATED, premium_old)
     ]
+    # A user with several expiries in one batch gets consecutive sequence numbers, one event each.
+    free_events = await stack.events_since(f_id, free_cursor)
+    assert {event.signal.signal_id for event in free_events} == {free_old, free_older, free_gone}
+    assert {event.type for event in free_events} == {resources_pb2.SIGNAL_EVENT_TYPE_SCREENSHOT_UPDATED}
+    assert [int(event.cursor) for event in free_events] == [int(free_cursor) + n for n in (1, 2, 3)]
+    assert all(event.signal.screenshot_status == EXPIRED for event in free_events)
 
     await stack.job().refresh_usage()
     assert REGISTRY.get_sample_value("alerts_storage_bytes", {"plan": "free"}) == 2000
@@ -243,7 +252,7 @@ async def test_nothing_is_expired_while_storage_is_down_or_another_replica_runs_
 
     async with mesh_grpc.open_channel(f"127.0.0.1:{free_port()}", "unused") as dead_channel:
         down = stack.job(storage_service_pb2_grpc.StorageServiceStub(dead_channel))
-        assert await down.expire_due() == 0
+        assert await down.run_pass() == RetentionPass(expired=0, failed_deletions=1)
     assert await stack.status(due) == COMPLETED
     assert await stack.stored(due)
 
@@ -256,5 +265,49 @@ async def test_nothing_is_expired_while_storage_is_down_or_another_replica_runs_
     finally:
         await connection.close()
     assert await stack.job().expire_due() == 1
+    assert await stack.status(due) == EXPIRED
+    assert not await stack.stored(due)
+
+
+class StorageAwayOnce:
+    """The storage service, refusing the first deletion call as an unreachable one would."""
+
+    def __init__(self, storage: storage_service_pb2_grpc.StorageServiceStub) -> None:
+        self._storage = storage
+        self.refused = 0
+
+    async def DeleteObjects(
+        self, request: storage_service_pb2.DeleteObjectsRequest, **kwargs: object
+    ) -> object:
+        if not self.refused:
+            self.refused += 1
+            raise grpc.aio.AioRpcError(grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), grpc.aio.Metadata())
+        return await self._storage.DeleteObjects(request, **kwargs)
+
+
+async def test_a_failed_pass_is_retried_after_the_retry_delay_not_the_interval(stack: Stack) -> None:
+    user = await create_user(stack.users, plan=resources_pb2.PLAN_BASIC)
+    due = await stack.screenshot(user.webhook_token, user.user.user_id, age_days=91, size=10)
+    storage = StorageAwayOnce(stack.storage)
+    settings = stack.app.settings.model_copy(
+        update={"retention_interval_seconds": 3600.0, "retention_retry_seconds": 0.1}
+    )
+    job = RetentionJob(database=stack.app.database, settings=settings, storage=storage)  # type: ignore[arg-type]
+    expiries = stack.signals.SubscribeSignals(
+        signal_service_pb2.SubscribeSignalsRequest(
+            user_id=user.user.user_id, after_cursor=await stack.head_cursor(user.user.user_id)
+        )
+    )
+    task = asyncio.create_task(job.run_forever())
+    try:
+        async with asyncio.timeout(30):
+            event = await expiries.read()
+    finally:
+        expiries.cancel()
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    assert (event.type, event.signal.signal_id) == (resources_pb2.SIGNAL_EVENT_TYPE_SCREENSHOT_UPDATED, due)
+    assert storage.refused == 1
     assert await stack.status(due) == EXPIRED
     assert not await stack.stored(due)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import uuid
 from collections.abc import AsyncIterator
@@ -19,7 +20,7 @@ from asyncpg.connection import LoggedQuery
 from redis.asyncio import Redis
 
 from apidevs.alerts.v1 import user_service_pb2
-from mesh.errors import NotFoundError, UnavailableError
+from mesh.errors import NotFoundError, ResourceExhaustedError, UnavailableError
 from signal_service.audit.service import AuditWriter
 from signal_service.database import Database, create_engine
 from signal_service.intake.ratelimit import RateLimiter
@@ -266,3 +267,113 @@ async def test_audit_writer_stop_writes_what_it_holds(service_env, database_url)
     finally:
         await connection.close()
     assert count == 50
+
+
+# --- refusals anyone can repeat: summarised, merged per minute, limited per source (IPv6 by /64) -------
+
+
+def unknown_command(source_ip: str, agent: str, body: bytes = SAMPLE) -> IngestCommand:
+    return IngestCommand(
+        webhook_token="whk_" + uuid.uuid4().hex + "Q" * 11,
+        body=body,
+        received_at=datetime.now(UTC),
+        source_ip=source_ip,
+        user_agent=agent,
+    )
+
+
+async def audit_of(database_url: str, where: str, *args: object) -> list[asyncpg.Record]:
+    connection = await asyncpg.connect(database_url.replace("+asyncpg", ""))
+    try:
+        return await connection.fetch(f"SELECT * FROM audit_logs WHERE {where} ORDER BY id", *args)  # noqa: S608
+    finally:
+        await connection.close()
+
+
+async def test_unknown_token_refusals_keep_the_body_hash_and_merge_per_source_and_minute(
+    service_env, redis, database_url
+) -> None:
+    settings = settings_for(service_env, unknown_token_burst=1000)
+    database = Database(create_engine(settings.database_url, pool_size=2))
+    ingestor = ingestor_on(database, settings, redis)
+    writer = ingestor._audit
+    first_source, second_source = "198.51.100.7", "198.51.100.8"
+    body = b"junk " * 10_000
+    try:
+        # Two batches: repeats merge in the queue, and the second batch into the stored row.
+        for batch in range(2):
+            for _ in range(20):
+                for source in (first_source, second_source):
+                    with pytest.raises(NotFoundError):
+                        await ingestor.ingest(unknown_command(source, f"agent-{batch}", body))
+            await writer.flush()
+    finally:
+        await database.dispose()
+    rows = await audit_of(
+        database_url,
+        "source_ip = ANY($1::text[]) AND reason = 'UNKNOWN_TOKEN'",
+        [first_source, second_source],
+    )
+    by_source = {}
+    for row in rows:
+        by_source.setdefault(row["source_ip"], []).append(row)
+    # One row per source and minute (two when the minute turned during the test).
+    assert set(by_source) == {first_source, second_source}
+    for source_rows in by_source.values():
+        assert len(source_rows) <= 2
+        assert sum(row["repeat_count"] for row in source_rows) == 40
+    for row in rows:
+        assert row["body"] is None
+        assert row["body_size"] == len(body)
+        assert row["body_sha256"] == hashlib.sha256(body).hexdigest()
+        assert row["repeat_window"] == row["created_at"].replace(second=0, microsecond=0)
+
+
+async def test_unknown_tokens_from_one_ipv6_64_share_one_budget_and_one_audit_row(
+    service_env, redis, database_url
+) -> None:
+    settings = settings_for(service_env, unknown_token_burst=3, unknown_token_rate_per_second=0.001)
+    database = Database(create_engine(settings.database_url, pool_size=2))
+    ingestor = ingestor_on(database, settings, redis)
+    prefix = f"2001:db8:{uuid.uuid4().int % 0xFFFF:x}:1"
+    rotating = [f"{prefix}:{index:x}::{index + 1:x}" for index in range(4)]
+    try:
+        for address in rotating[:3]:
+            with pytest.raises(NotFoundError):
+                await ingestor.ingest(unknown_command(address, "rotating"))
+        with pytest.raises(ResourceExhaustedError) as limited:
+            await ingestor.ingest(unknown_command(rotating[3], "rotating"))
+        assert limited.value.reason == "RATE_LIMITED"
+        # The next /64 has a budget of its own.
+        with pytest.raises(NotFoundError):
+            await ingestor.ingest(unknown_command(f"{prefix[:-1]}2::1", "rotating"))
+        await ingestor._audit.flush()
+    finally:
+        await database.dispose()
+    network = f"{prefix}::/64"
+    rows = await audit_of(database_url, "source_ip = $1", network)
+    assert sum(row["repeat_count"] for row in rows if row["reason"] == "UNKNOWN_TOKEN") == 3
+    assert sum(row["repeat_count"] for row in rows if row["reason"] == "RATE_LIMITED") == 1
+    assert not await audit_of(database_url, "source_ip = ANY($1::text[])", rotating)
+
+
+async def test_refusals_of_a_known_user_that_anyone_could_not_repeat_keep_their_body(
+    signals, users, database_url
+) -> None:
+    created = await create_user(users, ip_allowlist=["192.0.2.0/24"])
+    body = SAMPLE + b"\nnote: kept"
+    with pytest.raises(grpc.aio.AioRpcError):
+        await signals.IngestWebhook(ingest_request(created.webhook_token, body, source_ip="203.0.113.9"))
+    rows: list[asyncpg.Record] = []
+    for _ in range(200):
+        rows = await audit_of(database_url, "user_id = $1", uuid.UUID(created.user.user_id))
+        if rows:
+            break
+        await asyncio.sleep(0.05)
+    [row] = rows
+    assert (row["reason"], row["body"], row["repeat_window"], row["repeat_count"]) == (
+        "IP_NOT_ALLOWED",
+        body,
+        None,
+        1,
+    )

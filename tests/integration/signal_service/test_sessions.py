@@ -216,12 +216,12 @@ async def test_captures_record_the_session_state(signals, users) -> None:
     await set_session(users, user_id, "sess-cap")
 
     answer = await signals.IngestWebhook(ingest_request(created.webhook_token, alert()))
-    await signals.ClaimCapture(signal_service_pb2.ClaimCaptureRequest(signal_id=answer.signal_id))
+    claim = await signals.ClaimCapture(signal_service_pb2.ClaimCaptureRequest(signal_id=answer.signal_id))
     await signals.ReportCapture(
         signal_service_pb2.ReportCaptureRequest(
             signal_id=answer.signal_id,
             status=resources_pb2.SCREENSHOT_STATUS_COMPLETED,
-            object_key=f"screenshots/{user_id}/{answer.signal_id}.png",
+            object_key=claim.object_key,
         )
     )
     valid = (await users.GetUser(user_service_pb2.GetUserRequest(user_id=user_id))).tradingview_session
@@ -421,3 +421,31 @@ async def test_the_scheduler_queues_due_users_once_even_with_schedulers_racing(o
     before = len(await outbox_checks(app))
     assert await app.session_scheduler.schedule_due(checked_at + interval + timedelta(seconds=1)) == len(due)
     assert sorted((await outbox_checks(app))[before:]) == sorted(due)
+
+
+@pytest.mark.parametrize(
+    ("sessionid", "sign", "field"),
+    [
+        ("abc;def", "sign", "sessionid"),
+        ("abc\tdef", "sign", "sessionid"),
+        ("abc", "si gn", "sessionid_sign"),
+        ("abc", 'si"gn', "sessionid_sign"),
+        ("abc", "", "sessionid_sign"),
+        ("a" * 4097, "sign", "sessionid"),
+    ],
+)
+async def test_cookie_values_chromium_would_refuse_are_invalid_at_once(
+    signals, users, sessionid: str, sign: str, field: str
+) -> None:
+    created = await create_user(users)
+    user_id = created.user.user_id
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await set_session(users, user_id, sessionid, sign)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    details = caught.value.details() or ""
+    assert field in details
+    refused_value = sessionid if field == "sessionid" else sign
+    assert not refused_value or refused_value not in details
+    user = await users.GetUser(user_service_pb2.GetUserRequest(user_id=user_id))
+    assert not user.tradingview_session.configured
+    assert await session_events(signals, user_id) == []

@@ -18,6 +18,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from apidevs.alerts.v1 import storage_service_pb2, storage_service_pb2_grpc
+from mesh.errors import from_rpc_error
 from mesh.grpc import open_channel
 from mesh.signing import media_signature, media_signing_secret
 from storage_service.service import build_service
@@ -291,3 +292,55 @@ def test_run_serves_until_sigterm_and_exits_cleanly(tmp_path: Path) -> None:
             process.kill()
             process.wait()
     assert b'"msg": "stopped"' in (process.stderr.read() if process.stderr else b"")
+
+
+async def test_many_urls_in_one_call_in_key_order(local: StorageServer, edge_url: str) -> None:
+    contents = {f"shots/many-{index}.png": f"bytes {index}".encode() for index in range(3)}
+    for key, data in contents.items():
+        await local.stub.PutObject(put_requests(key, data))
+    keys = list(reversed(contents))
+    single = await local.stub.GetObjectUrl(storage_service_pb2.GetObjectUrlRequest(key=keys[0]))
+    issued = await local.stub.GetObjectUrls(storage_service_pb2.GetObjectUrlsRequest(keys=keys))
+    assert [item.key for item in issued.urls] == keys
+    # Same lifetime as one URL at a time (the default hour), and each URL serves its own object.
+    assert abs(issued.urls[0].expires_at.seconds - single.expires_at.seconds) <= 2
+    async with httpx.AsyncClient(base_url=edge_url) as http:
+        for item in issued.urls:
+            assert (await http.get(_on_edge(item.url, edge_url))).content == contents[item.key]
+
+    empty = await local.stub.GetObjectUrls(storage_service_pb2.GetObjectUrlsRequest())
+    assert list(empty.urls) == []
+    for keys, reason in (
+        (["shots/a.png", "/absolute.png"], "INVALID_OBJECT_KEY"),
+        ([f"shots/{index}.png" for index in range(1001)], "TOO_MANY_KEYS"),
+    ):
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await local.stub.GetObjectUrls(storage_service_pb2.GetObjectUrlsRequest(keys=keys))
+        error = from_rpc_error(refused.value)
+        assert (error.code, error.reason) == (grpc.StatusCode.INVALID_ARGUMENT, reason)
+
+
+async def test_many_deletions_in_one_call_a_missing_object_counting_as_deleted(local: StorageServer) -> None:
+    await local.stub.PutObject(put_requests("shots/del-a.png", b"a"))
+    await local.stub.PutObject(put_requests("shots/del-b.png", b"b"))
+    await local.stub.PutObject(put_requests("shots/kept.png", b"k"))
+    doomed = ["shots/del-a.png", "shots/never.png", "shots/del-b.png"]
+    answer = await local.stub.DeleteObjects(storage_service_pb2.DeleteObjectsRequest(keys=doomed))
+    assert list(answer.failed_keys) == []
+    for key in ("shots/del-a.png", "shots/del-b.png"):
+        with pytest.raises(grpc.aio.AioRpcError) as missing:
+            async for _ in local.stub.GetObject(storage_service_pb2.GetObjectRequest(key=key)):
+                pass
+        assert missing.value.code() == grpc.StatusCode.NOT_FOUND
+    kept_request = storage_service_pb2.GetObjectRequest(key="shots/kept.png")
+    kept = [part async for part in local.stub.GetObject(kept_request)]
+    assert kept[-1].chunk == b"k"
+
+    for keys, reason in (
+        (["shots/kept.png", "/absolute.png"], "INVALID_OBJECT_KEY"),
+        ([f"shots/{index}.png" for index in range(1001)], "TOO_MANY_KEYS"),
+    ):
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await local.stub.DeleteObjects(storage_service_pb2.DeleteObjectsRequest(keys=keys))
+        error = from_rpc_error(refused.value)
+        assert (error.code, error.reason) == (grpc.StatusCode.INVALID_ARGUMENT, reason)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import io
 import json
 import stat
@@ -36,7 +35,6 @@ from capture_service.tasks import (
     encode_report,
     failure_reason,
     infrastructure_backoff_ms,
-    screenshot_key,
 )
 from mesh.queues import PLANS_BY_PRIORITY, capture_actor
 
@@ -147,12 +145,6 @@ def test_png_dimensions_reads_the_header(width: int, height: int) -> None:
 def test_png_dimensions_rejects_anything_else(data: bytes) -> None:
     with pytest.raises(ValueError, match="not a PNG"):
         png_dimensions(data)
-
-
-def test_screenshot_key_is_per_user_and_month_of_the_signal() -> None:
-    received = dt.datetime(2026, 3, 9, 23, 59, tzinfo=dt.UTC)
-
-    assert screenshot_key("u-1", received, "s-1") == "screenshots/u-1/2026/03/s-1.png"
 
 
 @pytest.mark.parametrize(

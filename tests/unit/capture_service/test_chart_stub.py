@@ -67,6 +67,7 @@ def test_failure_modes_per_request_and_global(client: TestClient) -> None:
 
     assert client.post("/_stub/mode", json={"mode": "crash", "render_delay_ms": 50}).json() == {
         "mode": "crash",
+        "page": "light",
         "render_delay_ms": 50,
     }
     config = page_config(client.get("/chart/a/").text)
@@ -76,11 +77,17 @@ def test_failure_modes_per_request_and_global(client: TestClient) -> None:
 
 @pytest.mark.parametrize(
     "body",
-    [{"mode": "explode"}, {"render_delay_ms": -1}, {"render_delay_ms": "5"}, {"render_delay_ms": True}],
+    [
+        {"mode": "explode"},
+        {"page": "huge"},
+        {"render_delay_ms": -1},
+        {"render_delay_ms": "5"},
+        {"render_delay_ms": True},
+    ],
 )
 def test_invalid_stub_settings_are_refused(client: TestClient, body: dict[str, object]) -> None:
     assert client.post("/_stub/mode", json=body).status_code == 400
-    assert client.get("/_stub/mode").json() == {"mode": "ok", "render_delay_ms": 300}
+    assert client.get("/_stub/mode").json() == {"mode": "ok", "page": "light", "render_delay_ms": 300}
 
 
 def test_an_unknown_mode_in_the_query_is_refused(client: TestClient) -> None:
@@ -143,3 +150,19 @@ def test_a_private_layout_falls_back_to_the_default_chart_for_other_visitors(cli
     assert visitor.headers["location"] == "/chart/?symbol=X&interval=15"
     assert owner.status_code == 200
     assert page_config(owner.text)["layout"] == "mine"
+
+
+def test_the_heavy_page_loads_megabytes_of_script_and_streams_its_bars(client: TestClient) -> None:
+    client.post("/_stub/mode", json={"page": "heavy"})
+
+    page = page_config(client.get("/chart/x/", params={"symbol": "BINANCE:BTCUSDT", "interval": "15"}).text)
+    script = client.get("/_stub/heavy.js")
+    with client.websocket_connect("/_stub/feed?symbol=BINANCE:BTCUSDT&interval=15") as feed:
+        chunks = []
+        while not (chunk := feed.receive_json()).get("done"):
+            chunks.append(chunk["bars"])
+
+    assert page["page"] == "heavy"
+    assert len(script.content) >= 4 * 1024 * 1024
+    assert sum(len(bars) for bars in chunks) == 5000
+    assert len(chunks) > 10

@@ -427,6 +427,7 @@ class ClaimCaptureResponse(_message.Message):
     CHART_ID_FIELD_NUMBER: _builtins.int
     TRADINGVIEW_SESSION_CIPHERTEXT_FIELD_NUMBER: _builtins.int
     PLAN_FIELD_NUMBER: _builtins.int
+    OBJECT_KEY_FIELD_NUMBER: _builtins.int
     CLAIM_FIELD_NUMBER: _builtins.int
     proceed: _builtins.bool
     """False when the capture is already finished (COMPLETED, or FAILED for good) or not wanted:
@@ -437,6 +438,10 @@ class ClaimCaptureResponse(_message.Message):
     tradingview_session_ciphertext: _builtins.bytes
     """The user's TradingView session, AES-GCM encrypted with the shared cookie keys; workers decrypt."""
     plan: _resources_pb2.Plan.ValueType
+    object_key: _builtins.str
+    """Where the worker uploads the screenshot: the signal service derives it from the signal's owner and
+    id, and ReportCapture accepts no other key for this signal.
+    """
     claim: _builtins.int
     """This claim's number, to send back in ReportCaptureRequest.claim (and ClaimCaptureRequest.resumes_claim)."""
     @_builtins.property
@@ -449,11 +454,12 @@ class ClaimCaptureResponse(_message.Message):
         chart_id: _builtins.str = ...,
         tradingview_session_ciphertext: _builtins.bytes = ...,
         plan: _resources_pb2.Plan.ValueType = ...,
+        object_key: _builtins.str = ...,
         claim: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["signal", b"signal"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["chart_id", b"chart_id", "claim", b"claim", "plan", b"plan", "proceed", b"proceed", "signal", b"signal", "tradingview_session_ciphertext", b"tradingview_session_ciphertext"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chart_id", b"chart_id", "claim", b"claim", "object_key", b"object_key", "plan", b"plan", "proceed", b"proceed", "signal", b"signal", "tradingview_session_ciphertext", b"tradingview_session_ciphertext"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -476,6 +482,9 @@ class ReportCaptureRequest(_message.Message):
     signal_id: _builtins.str
     status: _resources_pb2.ScreenshotStatus.ValueType
     object_key: _builtins.str
+    """ClaimCaptureResponse.object_key, with COMPLETED; any other key is INVALID_ARGUMENT and changes
+    nothing.
+    """
     error: _builtins.str
     """Machine-readable reason for FAILED, e.g. "tradingview_session_invalid", "timeout"."""
     size_bytes: _builtins.int

@@ -28,6 +28,8 @@ if _version_not_supported:
 
 class SignalServiceStub:
     """Signals: intake from the edge, reads and live updates for the platform, capture reports from workers.
+    A caller scoped to one user gets NOT_FOUND for any other user's user id or signal, exactly as for an
+    id that does not exist.
     """
 
     def __init__(self, channel):
@@ -110,6 +112,8 @@ class SignalServiceStub:
 
 class SignalServiceServicer:
     """Signals: intake from the edge, reads and live updates for the platform, capture reports from workers.
+    A caller scoped to one user gets NOT_FOUND for any other user's user id or signal, exactly as for an
+    id that does not exist.
     """
 
     def IngestWebhook(self, request, context):
@@ -137,7 +141,8 @@ class SignalServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListSignals(self, request, context):
-        """Newest first.
+        """Newest first. A page ends early, with a next_page_token, rather than grow past the service's byte
+        budget (ALERTS_LIST_PAGE_MAX_BYTES).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -158,7 +163,9 @@ class SignalServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def SubscribeSignals(self, request, context):
-        """Replays every event after the cursor, then streams new ones as they commit.
+        """Replays every event after the cursor, then streams new ones as they commit. A replica holds a
+        limited number of open streams per user and per API key; one more is RESOURCE_EXHAUSTED with
+        reason TOO_MANY_STREAMS.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -299,6 +306,8 @@ def add_SignalServiceServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class SignalService:
     """Signals: intake from the edge, reads and live updates for the platform, capture reports from workers.
+    A caller scoped to one user gets NOT_FOUND for any other user's user id or signal, exactly as for an
+    id that does not exist.
     """
 
     @staticmethod

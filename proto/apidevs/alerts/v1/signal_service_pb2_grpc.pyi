@@ -28,7 +28,10 @@ GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
 class SignalServiceStub:
-    """Signals: intake from the edge, reads and live updates for the platform, capture reports from workers."""
+    """Signals: intake from the edge, reads and live updates for the platform, capture reports from workers.
+    A caller scoped to one user gets NOT_FOUND for any other user's user id or signal, exactly as for an
+    id that does not exist.
+    """
 
     @_typing.overload
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
@@ -46,13 +49,18 @@ class SignalServiceStub:
     signal when the caller is scoped to one user, exactly as for an id that does not exist.
     """
     ListSignals: _grpc.UnaryUnaryMultiCallable[_signal_service_pb2.ListSignalsRequest, _signal_service_pb2.ListSignalsResponse]
-    """Newest first."""
+    """Newest first. A page ends early, with a next_page_token, rather than grow past the service's byte
+    budget (ALERTS_LIST_PAGE_MAX_BYTES).
+    """
     UpdateSignalOutcome: _grpc.UnaryUnaryMultiCallable[_signal_service_pb2.UpdateSignalOutcomeRequest, _resources_pb2.Signal]
     """Marks how the trade went (result, profit/loss as a decimal string, notes); returns the signal as stored."""
     GetUserStats: _grpc.UnaryUnaryMultiCallable[_signal_service_pb2.GetUserStatsRequest, _resources_pb2.UserStats]
     """Totals for one user: all signals, this month's, screenshots pending, and the win rate."""
     SubscribeSignals: _grpc.UnaryStreamMultiCallable[_signal_service_pb2.SubscribeSignalsRequest, _resources_pb2.SignalEvent]
-    """Replays every event after the cursor, then streams new ones as they commit."""
+    """Replays every event after the cursor, then streams new ones as they commit. A replica holds a
+    limited number of open streams per user and per API key; one more is RESOURCE_EXHAUSTED with
+    reason TOO_MANY_STREAMS.
+    """
     ClaimCapture: _grpc.UnaryUnaryMultiCallable[_signal_service_pb2.ClaimCaptureRequest, _signal_service_pb2.ClaimCaptureResponse]
     """Used by capture workers when a job starts: marks it PROCESSING and returns what the capture needs."""
     ReportCapture: _grpc.UnaryUnaryMultiCallable[_signal_service_pb2.ReportCaptureRequest, _resources_pb2.Signal]
@@ -75,7 +83,10 @@ class SignalServiceStub:
 
 @_typing.type_check_only
 class SignalServiceAsyncStub(SignalServiceStub):
-    """Signals: intake from the edge, reads and live updates for the platform, capture reports from workers."""
+    """Signals: intake from the edge, reads and live updates for the platform, capture reports from workers.
+    A caller scoped to one user gets NOT_FOUND for any other user's user id or signal, exactly as for an
+    id that does not exist.
+    """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     IngestWebhook: _aio.UnaryUnaryMultiCallable[_signal_service_pb2.IngestWebhookRequest, _signal_service_pb2.IngestWebhookResponse]  # type: ignore[assignment]
@@ -90,13 +101,18 @@ class SignalServiceAsyncStub(SignalServiceStub):
     signal when the caller is scoped to one user, exactly as for an id that does not exist.
     """
     ListSignals: _aio.UnaryUnaryMultiCallable[_signal_service_pb2.ListSignalsRequest, _signal_service_pb2.ListSignalsResponse]  # type: ignore[assignment]
-    """Newest first."""
+    """Newest first. A page ends early, with a next_page_token, rather than grow past the service's byte
+    budget (ALERTS_LIST_PAGE_MAX_BYTES).
+    """
     UpdateSignalOutcome: _aio.UnaryUnaryMultiCallable[_signal_service_pb2.UpdateSignalOutcomeRequest, _resources_pb2.Signal]  # type: ignore[assignment]
     """Marks how the trade went (result, profit/loss as a decimal string, notes); returns the signal as stored."""
     GetUserStats: _aio.UnaryUnaryMultiCallable[_signal_service_pb2.GetUserStatsRequest, _resources_pb2.UserStats]  # type: ignore[assignment]
     """Totals for one user: all signals, this month's, screenshots pending, and the win rate."""
     SubscribeSignals: _aio.UnaryStreamMultiCallable[_signal_service_pb2.SubscribeSignalsRequest, _resources_pb2.SignalEvent]  # type: ignore[assignment]
-    """Replays every event after the cursor, then streams new ones as they commit."""
+    """Replays every event after the cursor, then streams new ones as they commit. A replica holds a
+    limited number of open streams per user and per API key; one more is RESOURCE_EXHAUSTED with
+    reason TOO_MANY_STREAMS.
+    """
     ClaimCapture: _aio.UnaryUnaryMultiCallable[_signal_service_pb2.ClaimCaptureRequest, _signal_service_pb2.ClaimCaptureResponse]  # type: ignore[assignment]
     """Used by capture workers when a job starts: marks it PROCESSING and returns what the capture needs."""
     ReportCapture: _aio.UnaryUnaryMultiCallable[_signal_service_pb2.ReportCaptureRequest, _resources_pb2.Signal]  # type: ignore[assignment]
@@ -118,7 +134,10 @@ class SignalServiceAsyncStub(SignalServiceStub):
     """
 
 class SignalServiceServicer(metaclass=_abc_1.ABCMeta):
-    """Signals: intake from the edge, reads and live updates for the platform, capture reports from workers."""
+    """Signals: intake from the edge, reads and live updates for the platform, capture reports from workers.
+    A caller scoped to one user gets NOT_FOUND for any other user's user id or signal, exactly as for an
+    id that does not exist.
+    """
 
     @_abc_1.abstractmethod
     def IngestWebhook(
@@ -155,7 +174,9 @@ class SignalServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _signal_service_pb2.ListSignalsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_signal_service_pb2.ListSignalsResponse, _abc.Awaitable[_signal_service_pb2.ListSignalsResponse]]:
-        """Newest first."""
+        """Newest first. A page ends early, with a next_page_token, rather than grow past the service's byte
+        budget (ALERTS_LIST_PAGE_MAX_BYTES).
+        """
 
     @_abc_1.abstractmethod
     def UpdateSignalOutcome(
@@ -179,7 +200,10 @@ class SignalServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _signal_service_pb2.SubscribeSignalsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_resources_pb2.SignalEvent], _abc.AsyncIterator[_resources_pb2.SignalEvent]]:
-        """Replays every event after the cursor, then streams new ones as they commit."""
+        """Replays every event after the cursor, then streams new ones as they commit. A replica holds a
+        limited number of open streams per user and per API key; one more is RESOURCE_EXHAUSTED with
+        reason TOO_MANY_STREAMS.
+        """
 
     @_abc_1.abstractmethod
     def ClaimCapture(

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\'apidevs/alerts/v1/storage_service.proto\x12\x11\x61pidevs.alerts.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa9\x01\n\x0fPutObjectHeader\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x14\n\x0c\x63ontent_type\x18\x02 \x01(\t\x12\x42\n\x08metadata\x18\x03 \x03(\x0b\x32\x30.apidevs.alerts.v1.PutObjectHeader.MetadataEntry\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"a\n\x10PutObjectRequest\x12\x34\n\x06header\x18\x01 \x01(\x0b\x32\".apidevs.alerts.v1.PutObjectHeaderH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"\xf3\x01\n\nObjectInfo\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x14\n\x0c\x63ontent_type\x18\x02 \x01(\t\x12\x12\n\nsize_bytes\x18\x03 \x01(\x03\x12\x0e\n\x06sha256\x18\x04 \x01(\t\x12.\n\ncreated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12=\n\x08metadata\x18\x06 \x03(\x0b\x32+.apidevs.alerts.v1.ObjectInfo.MetadataEntry\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\">\n\x13GetObjectUrlRequest\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x1a\n\x12\x65xpires_in_seconds\x18\x02 \x01(\x05\"S\n\x14GetObjectUrlResponse\x12\x0b\n\x03url\x18\x01 \x01(\t\x12.\n\nexpires_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x1f\n\x10GetObjectRequest\x12\x0b\n\x03key\x18\x01 \x01(\t\"[\n\x11GetObjectResponse\x12-\n\x04info\x18\x01 \x01(\x0b\x32\x1d.apidevs.alerts.v1.ObjectInfoH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"\"\n\x13\x44\x65leteObjectRequest\x12\x0b\n\x03key\x18\x01 \x01(\t\"\x16\n\x14\x44\x65leteObjectResponse2\xff\x02\n\x0eStorageService\x12Q\n\tPutObject\x12#.apidevs.alerts.v1.PutObjectRequest\x1a\x1d.apidevs.alerts.v1.ObjectInfo(\x01\x12_\n\x0cGetObjectUrl\x12&.apidevs.alerts.v1.GetObjectUrlRequest\x1a\'.apidevs.alerts.v1.GetObjectUrlResponse\x12X\n\tGetObject\x12#.apidevs.alerts.v1.GetObjectRequest\x1a$.apidevs.alerts.v1.GetObjectResponse0\x01\x12_\n\x0c\x44\x65leteObject\x12&.apidevs.alerts.v1.DeleteObjectRequest\x1a\'.apidevs.alerts.v1.DeleteObjectResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\'apidevs/alerts/v1/storage_service.proto\x12\x11\x61pidevs.alerts.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa9\x01\n\x0fPutObjectHeader\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x14\n\x0c\x63ontent_type\x18\x02 \x01(\t\x12\x42\n\x08metadata\x18\x03 \x03(\x0b\x32\x30.apidevs.alerts.v1.PutObjectHeader.MetadataEntry\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"a\n\x10PutObjectRequest\x12\x34\n\x06header\x18\x01 \x01(\x0b\x32\".apidevs.alerts.v1.PutObjectHeaderH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"\xf3\x01\n\nObjectInfo\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x14\n\x0c\x63ontent_type\x18\x02 \x01(\t\x12\x12\n\nsize_bytes\x18\x03 \x01(\x03\x12\x0e\n\x06sha256\x18\x04 \x01(\t\x12.\n\ncreated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12=\n\x08metadata\x18\x06 \x03(\x0b\x32+.apidevs.alerts.v1.ObjectInfo.MetadataEntry\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\">\n\x13GetObjectUrlRequest\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x1a\n\x12\x65xpires_in_seconds\x18\x02 \x01(\x05\"S\n\x14GetObjectUrlResponse\x12\x0b\n\x03url\x18\x01 \x01(\t\x12.\n\nexpires_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"@\n\x14GetObjectUrlsRequest\x12\x0c\n\x04keys\x18\x01 \x03(\t\x12\x1a\n\x12\x65xpires_in_seconds\x18\x02 \x01(\x05\"U\n\tObjectUrl\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x0b\n\x03url\x18\x02 \x01(\t\x12.\n\nexpires_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"C\n\x15GetObjectUrlsResponse\x12*\n\x04urls\x18\x01 \x03(\x0b\x32\x1c.apidevs.alerts.v1.ObjectUrl\"\x1f\n\x10GetObjectRequest\x12\x0b\n\x03key\x18\x01 \x01(\t\"[\n\x11GetObjectResponse\x12-\n\x04info\x18\x01 \x01(\x0b\x32\x1d.apidevs.alerts.v1.ObjectInfoH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"\"\n\x13\x44\x65leteObjectRequest\x12\x0b\n\x03key\x18\x01 \x01(\t\"\x16\n\x14\x44\x65leteObjectResponse\"$\n\x14\x44\x65leteObjectsRequest\x12\x0c\n\x04keys\x18\x01 \x03(\t\",\n\x15\x44\x65leteObjectsResponse\x12\x13\n\x0b\x66\x61iled_keys\x18\x01 \x03(\t2\xc7\x04\n\x0eStorageService\x12Q\n\tPutObject\x12#.apidevs.alerts.v1.PutObjectRequest\x1a\x1d.apidevs.alerts.v1.ObjectInfo(\x01\x12_\n\x0cGetObjectUrl\x12&.apidevs.alerts.v1.GetObjectUrlRequest\x1a\'.apidevs.alerts.v1.GetObjectUrlResponse\x12\x62\n\rGetObjectUrls\x12\'.apidevs.alerts.v1.GetObjectUrlsRequest\x1a(.apidevs.alerts.v1.GetObjectUrlsResponse\x12X\n\tGetObject\x12#.apidevs.alerts.v1.GetObjectRequest\x1a$.apidevs.alerts.v1.GetObjectResponse0\x01\x12_\n\x0c\x44\x65leteObject\x12&.apidevs.alerts.v1.DeleteObjectRequest\x1a\'.apidevs.alerts.v1.DeleteObjectResponse\x12\x62\n\rDeleteObjects\x12\'.apidevs.alerts.v1.DeleteObjectsRequest\x1a(.apidevs.alerts.v1.DeleteObjectsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -50,14 +50,24 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETOBJECTURLREQUEST']._serialized_end=674
   _globals['_GETOBJECTURLRESPONSE']._serialized_start=676
   _globals['_GETOBJECTURLRESPONSE']._serialized_end=759
-  _globals['_GETOBJECTREQUEST']._serialized_start=761
-  _globals['_GETOBJECTREQUEST']._serialized_end=792
-  _globals['_GETOBJECTRESPONSE']._serialized_start=794
-  _globals['_GETOBJECTRESPONSE']._serialized_end=885
-  _globals['_DELETEOBJECTREQUEST']._serialized_start=887
-  _globals['_DELETEOBJECTREQUEST']._serialized_end=921
-  _globals['_DELETEOBJECTRESPONSE']._serialized_start=923
-  _globals['_DELETEOBJECTRESPONSE']._serialized_end=945
-  _globals['_STORAGESERVICE']._serialized_start=948
-  _globals['_STORAGESERVICE']._serialized_end=1331
+  _globals['_GETOBJECTURLSREQUEST']._serialized_start=761
+  _globals['_GETOBJECTURLSREQUEST']._serialized_end=825
+  _globals['_OBJECTURL']._serialized_start=827
+  _globals['_OBJECTURL']._serialized_end=912
+  _globals['_GETOBJECTURLSRESPONSE']._serialized_start=914
+  _globals['_GETOBJECTURLSRESPONSE']._serialized_end=981
+  _globals['_GETOBJECTREQUEST']._serialized_start=983
+  _globals['_GETOBJECTREQUEST']._serialized_end=1014
+  _globals['_GETOBJECTRESPONSE']._serialized_start=1016
+  _globals['_GETOBJECTRESPONSE']._serialized_end=1107
+  _globals['_DELETEOBJECTREQUEST']._serialized_start=1109
+  _globals['_DELETEOBJECTREQUEST']._serialized_end=1143
+  _globals['_DELETEOBJECTRESPONSE']._serialized_start=1145
+  _globals['_DELETEOBJECTRESPONSE']._serialized_end=1167
+  _globals['_DELETEOBJECTSREQUEST']._serialized_start=1169
+  _globals['_DELETEOBJECTSREQUEST']._serialized_end=1205
+  _globals['_DELETEOBJECTSRESPONSE']._serialized_start=1207
+  _globals['_DELETEOBJECTSRESPONSE']._serialized_end=1251
+  _globals['_STORAGESERVICE']._serialized_start=1254
+  _globals['_STORAGESERVICE']._serialized_end=1837
 # @@protoc_insertion_point(module_scope)

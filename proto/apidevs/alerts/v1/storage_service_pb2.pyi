@@ -194,6 +194,78 @@ class GetObjectUrlResponse(_message.Message):
 Global___GetObjectUrlResponse: _TypeAlias = GetObjectUrlResponse  # noqa: Y015
 
 @_typing.final
+class GetObjectUrlsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEYS_FIELD_NUMBER: _builtins.int
+    EXPIRES_IN_SECONDS_FIELD_NUMBER: _builtins.int
+    expires_in_seconds: _builtins.int
+    """As in GetObjectUrlRequest: 0 means one hour; at most seven days."""
+    @_builtins.property
+    def keys(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        keys: _abc.Iterable[_builtins.str] | None = ...,
+        expires_in_seconds: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["expires_in_seconds", b"expires_in_seconds", "keys", b"keys"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetObjectUrlsRequest: _TypeAlias = GetObjectUrlsRequest  # noqa: Y015
+
+@_typing.final
+class ObjectUrl(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_FIELD_NUMBER: _builtins.int
+    URL_FIELD_NUMBER: _builtins.int
+    EXPIRES_AT_FIELD_NUMBER: _builtins.int
+    key: _builtins.str
+    url: _builtins.str
+    @_builtins.property
+    def expires_at(self) -> _timestamp_pb2.Timestamp:
+        """Unset for public URLs, which do not expire."""
+
+    def __init__(
+        self,
+        *,
+        key: _builtins.str = ...,
+        url: _builtins.str = ...,
+        expires_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["expires_at", b"expires_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["expires_at", b"expires_at", "key", b"key", "url", b"url"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ObjectUrl: _TypeAlias = ObjectUrl  # noqa: Y015
+
+@_typing.final
+class GetObjectUrlsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    URLS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def urls(self) -> _containers.RepeatedCompositeFieldContainer[Global___ObjectUrl]: ...
+    def __init__(
+        self,
+        *,
+        urls: _abc.Iterable[Global___ObjectUrl] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["urls", b"urls"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetObjectUrlsResponse: _TypeAlias = GetObjectUrlsResponse  # noqa: Y015
+
+@_typing.final
 class GetObjectRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -270,3 +342,45 @@ class DeleteObjectResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DeleteObjectResponse: _TypeAlias = DeleteObjectResponse  # noqa: Y015
+
+@_typing.final
+class DeleteObjectsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEYS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def keys(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        keys: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["keys", b"keys"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteObjectsRequest: _TypeAlias = DeleteObjectsRequest  # noqa: Y015
+
+@_typing.final
+class DeleteObjectsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FAILED_KEYS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def failed_keys(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The keys still stored: their deletion failed and may be tried again."""
+
+    def __init__(
+        self,
+        *,
+        failed_keys: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["failed_keys", b"failed_keys"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteObjectsResponse: _TypeAlias = DeleteObjectsResponse  # noqa: Y015

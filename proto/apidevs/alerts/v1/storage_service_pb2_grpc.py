@@ -45,6 +45,11 @@ class StorageServiceStub:
                 request_serializer=apidevs_dot_alerts_dot_v1_dot_storage__service__pb2.GetObjectUrlRequest.SerializeToString,
                 response_deserializer=apidevs_dot_alerts_dot_v1_dot_storage__service__pb2.GetObjectUrlResponse.FromString,
                 _registered_method=True)
+        self.GetObjectUrls = channel.unary_unary(
+                '/apidevs.alerts.v1.StorageService/GetObjectUrls',
+                request_serializer=apidevs_dot_alerts_dot_v1_dot_storage__service__pb2.GetObjectUrlsRequest.SerializeToString,
+                response_deserializer=apidevs_dot_alerts_dot_v1_dot_storage__service__pb2.GetObjectUrlsResponse.FromString,
+                _registered_method=True)
         self.GetObject = channel.unary_stream(
                 '/apidevs.alerts.v1.StorageService/GetObject',
                 request_serializer=apidevs_dot_alerts_dot_v1_dot_storage__service__pb2.GetObjectRequest.SerializeToString,
@@ -54,6 +59,11 @@ class StorageServiceStub:
                 '/apidevs.alerts.v1.StorageService/DeleteObject',
                 request_serializer=apidevs_dot_alerts_dot_v1_dot_storage__service__pb2.DeleteObjectRequest.SerializeToString,
                 response_deserializer=apidevs_dot_alerts_dot_v1_dot_storage__service__pb2.DeleteObjectResponse.FromString,
+                _registered_method=True)
+        self.DeleteObjects = channel.unary_unary(
+                '/apidevs.alerts.v1.StorageService/DeleteObjects',
+                request_serializer=apidevs_dot_alerts_dot_v1_dot_storage__service__pb2.DeleteObjectsRequest.SerializeToString,
+                response_deserializer=apidevs_dot_alerts_dot_v1_dot_storage__service__pb2.DeleteObjectsResponse.FromString,
                 _registered_method=True)
 
 
@@ -76,6 +86,14 @@ class StorageServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetObjectUrls(self, request, context):
+        """URLs for many objects in one call (a page of signals, a batch of replayed events), in the order of
+        the keys; at most 1000 keys. One invalid key refuses the call (INVALID_ARGUMENT).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetObject(self, request, context):
         """Streams an object: first its info, then chunks. Used by the edge to serve local-disk objects.
         """
@@ -85,6 +103,14 @@ class StorageServiceServicer:
 
     def DeleteObject(self, request, context):
         """NOT_FOUND (reason OBJECT_NOT_FOUND) when there is no such object.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteObjects(self, request, context):
+        """Deletes many objects in one call (a retention batch); at most 1000 keys. A missing object counts as
+        deleted; the keys whose deletion failed are listed. One invalid key refuses the call (INVALID_ARGUMENT).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -103,6 +129,11 @@ def add_StorageServiceServicer_to_server(servicer, server):
                     request_deserializer=apidevs_dot_alerts_dot_v1_dot_storage__service__pb2.GetObjectUrlRequest.FromString,
                     response_serializer=apidevs_dot_alerts_dot_v1_dot_storage__service__pb2.GetObjectUrlResponse.SerializeToString,
             ),
+            'GetObjectUrls': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetObjectUrls,
+                    request_deserializer=apidevs_dot_alerts_dot_v1_dot_storage__service__pb2.GetObjectUrlsRequest.FromString,
+                    response_serializer=apidevs_dot_alerts_dot_v1_dot_storage__service__pb2.GetObjectUrlsResponse.SerializeToString,
+            ),
             'GetObject': grpc.unary_stream_rpc_method_handler(
                     servicer.GetObject,
                     request_deserializer=apidevs_dot_alerts_dot_v1_dot_storage__service__pb2.GetObjectRequest.FromString,
@@ -112,6 +143,11 @@ def add_StorageServiceServicer_to_server(servicer, server):
                     servicer.DeleteObject,
                     request_deserializer=apidevs_dot_alerts_dot_v1_dot_storage__service__pb2.DeleteObjectRequest.FromString,
                     response_serializer=apidevs_dot_alerts_dot_v1_dot_storage__service__pb2.DeleteObjectResponse.SerializeToString,
+            ),
+            'DeleteObjects': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteObjects,
+                    request_deserializer=apidevs_dot_alerts_dot_v1_dot_storage__service__pb2.DeleteObjectsRequest.FromString,
+                    response_serializer=apidevs_dot_alerts_dot_v1_dot_storage__service__pb2.DeleteObjectsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -180,6 +216,33 @@ class StorageService:
             _registered_method=True)
 
     @staticmethod
+    def GetObjectUrls(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/apidevs.alerts.v1.StorageService/GetObjectUrls',
+            apidevs_dot_alerts_dot_v1_dot_storage__service__pb2.GetObjectUrlsRequest.SerializeToString,
+            apidevs_dot_alerts_dot_v1_dot_storage__service__pb2.GetObjectUrlsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
     def GetObject(request,
             target,
             options=(),
@@ -223,6 +286,33 @@ class StorageService:
             '/apidevs.alerts.v1.StorageService/DeleteObject',
             apidevs_dot_alerts_dot_v1_dot_storage__service__pb2.DeleteObjectRequest.SerializeToString,
             apidevs_dot_alerts_dot_v1_dot_storage__service__pb2.DeleteObjectResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteObjects(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/apidevs.alerts.v1.StorageService/DeleteObjects',
+            apidevs_dot_alerts_dot_v1_dot_storage__service__pb2.DeleteObjectsRequest.SerializeToString,
+            apidevs_dot_alerts_dot_v1_dot_storage__service__pb2.DeleteObjectsResponse.FromString,
             options,
             channel_credentials,
             insecure,

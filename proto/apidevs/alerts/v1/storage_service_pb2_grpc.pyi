@@ -39,10 +39,18 @@ class StorageServiceStub:
     """
     GetObjectUrl: _grpc.UnaryUnaryMultiCallable[_storage_service_pb2.GetObjectUrlRequest, _storage_service_pb2.GetObjectUrlResponse]
     """A URL that serves the object until it expires."""
+    GetObjectUrls: _grpc.UnaryUnaryMultiCallable[_storage_service_pb2.GetObjectUrlsRequest, _storage_service_pb2.GetObjectUrlsResponse]
+    """URLs for many objects in one call (a page of signals, a batch of replayed events), in the order of
+    the keys; at most 1000 keys. One invalid key refuses the call (INVALID_ARGUMENT).
+    """
     GetObject: _grpc.UnaryStreamMultiCallable[_storage_service_pb2.GetObjectRequest, _storage_service_pb2.GetObjectResponse]
     """Streams an object: first its info, then chunks. Used by the edge to serve local-disk objects."""
     DeleteObject: _grpc.UnaryUnaryMultiCallable[_storage_service_pb2.DeleteObjectRequest, _storage_service_pb2.DeleteObjectResponse]
     """NOT_FOUND (reason OBJECT_NOT_FOUND) when there is no such object."""
+    DeleteObjects: _grpc.UnaryUnaryMultiCallable[_storage_service_pb2.DeleteObjectsRequest, _storage_service_pb2.DeleteObjectsResponse]
+    """Deletes many objects in one call (a retention batch); at most 1000 keys. A missing object counts as
+    deleted; the keys whose deletion failed are listed. One invalid key refuses the call (INVALID_ARGUMENT).
+    """
 
 @_typing.type_check_only
 class StorageServiceAsyncStub(StorageServiceStub):
@@ -55,10 +63,18 @@ class StorageServiceAsyncStub(StorageServiceStub):
     """
     GetObjectUrl: _aio.UnaryUnaryMultiCallable[_storage_service_pb2.GetObjectUrlRequest, _storage_service_pb2.GetObjectUrlResponse]  # type: ignore[assignment]
     """A URL that serves the object until it expires."""
+    GetObjectUrls: _aio.UnaryUnaryMultiCallable[_storage_service_pb2.GetObjectUrlsRequest, _storage_service_pb2.GetObjectUrlsResponse]  # type: ignore[assignment]
+    """URLs for many objects in one call (a page of signals, a batch of replayed events), in the order of
+    the keys; at most 1000 keys. One invalid key refuses the call (INVALID_ARGUMENT).
+    """
     GetObject: _aio.UnaryStreamMultiCallable[_storage_service_pb2.GetObjectRequest, _storage_service_pb2.GetObjectResponse]  # type: ignore[assignment]
     """Streams an object: first its info, then chunks. Used by the edge to serve local-disk objects."""
     DeleteObject: _aio.UnaryUnaryMultiCallable[_storage_service_pb2.DeleteObjectRequest, _storage_service_pb2.DeleteObjectResponse]  # type: ignore[assignment]
     """NOT_FOUND (reason OBJECT_NOT_FOUND) when there is no such object."""
+    DeleteObjects: _aio.UnaryUnaryMultiCallable[_storage_service_pb2.DeleteObjectsRequest, _storage_service_pb2.DeleteObjectsResponse]  # type: ignore[assignment]
+    """Deletes many objects in one call (a retention batch); at most 1000 keys. A missing object counts as
+    deleted; the keys whose deletion failed are listed. One invalid key refuses the call (INVALID_ARGUMENT).
+    """
 
 class StorageServiceServicer(metaclass=_abc_1.ABCMeta):
     """Object storage for screenshots, over local disk, Google Cloud Storage or S3."""
@@ -82,6 +98,16 @@ class StorageServiceServicer(metaclass=_abc_1.ABCMeta):
         """A URL that serves the object until it expires."""
 
     @_abc_1.abstractmethod
+    def GetObjectUrls(
+        self,
+        request: _storage_service_pb2.GetObjectUrlsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_storage_service_pb2.GetObjectUrlsResponse, _abc.Awaitable[_storage_service_pb2.GetObjectUrlsResponse]]:
+        """URLs for many objects in one call (a page of signals, a batch of replayed events), in the order of
+        the keys; at most 1000 keys. One invalid key refuses the call (INVALID_ARGUMENT).
+        """
+
+    @_abc_1.abstractmethod
     def GetObject(
         self,
         request: _storage_service_pb2.GetObjectRequest,
@@ -96,5 +122,15 @@ class StorageServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_storage_service_pb2.DeleteObjectResponse, _abc.Awaitable[_storage_service_pb2.DeleteObjectResponse]]:
         """NOT_FOUND (reason OBJECT_NOT_FOUND) when there is no such object."""
+
+    @_abc_1.abstractmethod
+    def DeleteObjects(
+        self,
+        request: _storage_service_pb2.DeleteObjectsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_storage_service_pb2.DeleteObjectsResponse, _abc.Awaitable[_storage_service_pb2.DeleteObjectsResponse]]:
+        """Deletes many objects in one call (a retention batch); at most 1000 keys. A missing object counts as
+        deleted; the keys whose deletion failed are listed. One invalid key refuses the call (INVALID_ARGUMENT).
+        """
 
 def add_StorageServiceServicer_to_server(servicer: StorageServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

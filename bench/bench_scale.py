@@ -233,7 +233,7 @@ async def seed(dsn: str, size: dict[str, int], heavy_ids: list[str], light_ids: 
     try:
         await connection.execute("SET synchronous_commit = off")
         # Triggers off while seeding (foreign-key checks, and the per-user counters, recounted at the end as
-        # migration 0008_scale does): one counter upsert per seeded row would dominate the seed's time.
+        # migration 0007_scale does): one counter upsert per seeded row would dominate the seed's time.
         await connection.execute("SET session_replication_role = replica")
         # The plan: which user gets how many signals. Two created users join it: the heaviest, a light one.
         await connection.execute("CREATE TEMP TABLE seed_plan (user_id uuid, signals int, plan text)")

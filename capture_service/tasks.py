@@ -41,6 +41,15 @@ delay of its own, doubling from ``capture_infrastructure_min_backoff_ms`` to ``.
 time it started waiting travels in the message. Past ``capture_infrastructure_deadline_seconds`` it is
 reported FAILED with reason ``infrastructure_unavailable``.
 
+Claims and attempts
+-------------------
+Every ClaimCapture that proceeds gets a number (``ClaimCaptureResponse.claim``); the job's reports name
+it, so the signal service refuses a report from a claim superseded since (a redelivery, a sweep) and
+takes a repeated one once. ``screenshots.attempts`` and Dramatiq's retry count agree: both count attempts
+at the chart. A delivery re-queued because a dependency was unavailable after its claim (the upload
+could not reach storage) resumes that claim (``ClaimCaptureRequest.resumes_claim``) and is not a new
+attempt; one re-queued before any claim had none to resume.
+
 An outcome the worker holds (a capture uploaded, a failure decided) is reported until the signal service
 records it: a few seconds of retries in process, then the report itself is put on the job's queue as a
 message of its own (delayed, backing off the same way) and sent again from there, by whichever worker
@@ -114,6 +123,10 @@ _REPORT_FIRST_RETRY_SECONDS = 0.25
 # Message options carrying a job's state across the re-enqueues above.
 WAITING_SINCE_OPTION = "infrastructure_waiting_since_ms"
 WAITS_OPTION = "infrastructure_waits"
+# The job's latest claim, for the reports sent on its behalf (the last retry's failure).
+CLAIM_OPTION = "capture_claim"
+# The claim a delivery re-queued by a dependency wait resumes.
+RESUMES_CLAIM_OPTION = "resumes_claim"
 HELD_REPORT_OPTION = "held_report"
 
 CAPTURES = Counter(
@@ -142,10 +155,12 @@ CAPTURE_ACTOR_NAMES = frozenset(capture_actor(plan) for plan in PLANS_BY_PRIORIT
 class DependencyWait(Exception):
     """The attempt could not reach a dependency: the actor puts the job back on its queue, delayed."""
 
-    def __init__(self, cause: DependencyUnavailableError, *, waiting_since_ms: int) -> None:
+    def __init__(self, cause: DependencyUnavailableError, *, waiting_since_ms: int, claim: int = 0) -> None:
         super().__init__(str(cause))
         self.reason = cause.reason
         self.waiting_since_ms = waiting_since_ms
+        # The claim the wait interrupted, 0 when it came before any claim.
+        self.claim = claim
 
 
 class OutcomeHeld(Exception):
@@ -239,19 +254,32 @@ class CaptureWorker:
         liveness.beat()
         await self._redis.zadd(capture_workers_key(self.settings), {self.worker_id: int(time.time() * 1000)})
 
-    async def run(self, signal_id: str, *, attempt: int, waiting_since_ms: int | None = None) -> None:
+    async def run(
+        self,
+        signal_id: str,
+        *,
+        attempt: int,
+        waiting_since_ms: int | None = None,
+        job_options: dict[str, Any] | None = None,
+    ) -> None:
         """One attempt at one capture; raises a retryable CaptureError when it should be tried again,
         DependencyWait when a dependency was unavailable, OutcomeHeld when its outcome is not recorded yet.
-        `waiting_since_ms` is when this job first found a dependency unavailable, if it did."""
+        `waiting_since_ms` is when this job first found a dependency unavailable, if it did; `job_options`,
+        the message's options, carry the claim this delivery resumes and receive the one it makes."""
+        options: dict[str, Any] = job_options if job_options is not None else {}
+        resumes_claim = int(options.get(RESUMES_CLAIM_OPTION, 0))
         try:
-            claim = await self._claim(signal_id, attempt)
+            claim = await self._claim(signal_id, attempt, resumes_claim)
         except DependencyUnavailableError as exc:
-            await self._wait_or_give_up(signal_id, exc, attempt=attempt, waiting_since_ms=waiting_since_ms)
+            await self._wait_or_give_up(
+                signal_id, exc, attempt=attempt, waiting_since_ms=waiting_since_ms, claim=resumes_claim
+            )
             return
         if claim is None or not claim.proceed:
             CAPTURES.labels("skipped", "").inc()
             log.info("capture skipped", extra={"signal_id": signal_id, "attempt": attempt})
             return
+        options[CLAIM_OPTION] = claim.claim
         started = time.monotonic()
         signal = claim.signal
         log.info("capture started", extra={"signal_id": signal_id, "attempt": attempt})
@@ -280,6 +308,7 @@ class CaptureWorker:
                     status=resources_pb2.SCREENSHOT_STATUS_FAILED,
                     error=exc.reason,
                     attempt=attempt,
+                    claim=claim.claim,
                 )
             )
             CAPTURES.labels("failed", exc.reason).inc()
@@ -289,7 +318,9 @@ class CaptureWorker:
             await self._upload(key, shot.png)
         except DependencyUnavailableError as exc:
             # The claim went through, so this is a new wait, not the one the job may have had before it.
-            await self._wait_or_give_up(signal_id, exc, attempt=attempt, waiting_since_ms=None)
+            await self._wait_or_give_up(
+                signal_id, exc, attempt=attempt, waiting_since_ms=None, claim=claim.claim
+            )
             return
         duration = time.monotonic() - started
         await self._report(
@@ -302,6 +333,7 @@ class CaptureWorker:
                 height=shot.height,
                 duration_ms=int(duration * 1000),
                 attempt=attempt,
+                claim=claim.claim,
             )
         )
         CAPTURES.labels("success", "").inc()
@@ -324,13 +356,14 @@ class CaptureWorker:
         *,
         attempt: int,
         waiting_since_ms: int | None,
+        claim: int,
     ) -> None:
         """Raises DependencyWait while the job is within its infrastructure deadline; past it, reports the
-        capture FAILED with reason infrastructure_unavailable."""
+        capture FAILED with reason infrastructure_unavailable. `claim` is the claim the wait interrupts."""
         now_ms = int(time.time() * 1000)
         since_ms = waiting_since_ms or now_ms
         if now_ms - since_ms < self.settings.capture_infrastructure_deadline_seconds * 1000:
-            raise DependencyWait(cause, waiting_since_ms=since_ms) from cause
+            raise DependencyWait(cause, waiting_since_ms=since_ms, claim=claim) from cause
         reason = InfrastructureUnavailableError.reason
         log.error(
             "capture failed",
@@ -341,10 +374,11 @@ class CaptureWorker:
                 "waited_seconds": round((now_ms - since_ms) / 1000),
             },
         )
-        await self.report_failure(signal_id, reason=reason, attempt=attempt)
+        await self.report_failure(signal_id, reason=reason, attempt=attempt, claim=claim)
 
-    async def report_failure(self, signal_id: str, *, reason: str, attempt: int) -> None:
-        """Records a capture that failed for good (ran out of retries, or of time to wait)."""
+    async def report_failure(self, signal_id: str, *, reason: str, attempt: int, claim: int = 0) -> None:
+        """Records a capture that failed for good (ran out of retries, or of time to wait); `claim` is the
+        job's latest claim, 0 when it made none."""
         CAPTURES.labels("failed", reason).inc()
         await self._report(
             signal_service_pb2.ReportCaptureRequest(
@@ -352,6 +386,7 @@ class CaptureWorker:
                 status=resources_pb2.SCREENSHOT_STATUS_FAILED,
                 error=reason,
                 attempt=attempt,
+                claim=claim,
             )
         )
 
@@ -368,10 +403,12 @@ class CaptureWorker:
             raise RuntimeError("CaptureWorker.start() has not run")
         return self._http
 
-    async def _claim(self, signal_id: str, attempt: int) -> signal_service_pb2.ClaimCaptureResponse | None:
+    async def _claim(
+        self, signal_id: str, attempt: int, resumes_claim: int
+    ) -> signal_service_pb2.ClaimCaptureResponse | None:
         assert self._signals is not None
         request = signal_service_pb2.ClaimCaptureRequest(
-            signal_id=signal_id, attempt=attempt, worker_id=self.worker_id
+            signal_id=signal_id, attempt=attempt, worker_id=self.worker_id, resumes_claim=resumes_claim
         )
         try:
             return await self._signals.ClaimCapture(request, timeout=_RPC_TIMEOUT_SECONDS)
@@ -491,9 +528,12 @@ class CaptureWorkerMiddleware(AsyncIO):
         reason = failure_reason(exception)
         # Retries has already counted this attempt.
         attempt = max(0, int(message.options.get("retries", 1)) - 1)
+        claim = int(message.options.get(CLAIM_OPTION, 0))
         log.error("capture failed after its last retry", extra={"signal_id": signal_id, "reason": reason})
         try:
-            _event_loop().run_coroutine(self.worker.report_failure(signal_id, reason=reason, attempt=attempt))
+            _event_loop().run_coroutine(
+                self.worker.report_failure(signal_id, reason=reason, attempt=attempt, claim=claim)
+            )
         except OutcomeHeld as held:
             hold_report(broker, message, held, settings=self.worker.settings)
 
@@ -551,9 +591,12 @@ def declare_capture_actors(broker: Broker, worker: CaptureWorker) -> list[dramat
                         signal_id,
                         attempt=attempt,
                         waiting_since_ms=int(waiting_since) if waiting_since is not None else None,
+                        job_options=options,
                     )
         except DependencyWait as wait:
             waited = {WAITING_SINCE_OPTION: wait.waiting_since_ms}
+            if wait.claim:
+                waited[RESUMES_CLAIM_OPTION] = wait.claim
             delay_ms = _requeue(broker, message, waited, worker.settings)
             CAPTURES.labels("waiting", wait.reason).inc()
             log.warning(
@@ -571,6 +614,7 @@ def declare_capture_actors(broker: Broker, worker: CaptureWorker) -> list[dramat
             # A failure of the attempt itself: a later infrastructure wait starts its own clock.
             options.pop(WAITING_SINCE_OPTION, None)
             options.pop(WAITS_OPTION, None)
+            options.pop(RESUMES_CLAIM_OPTION, None)
             CAPTURES.labels("retried", exc.reason).inc()
             log.warning(
                 "capture finished",

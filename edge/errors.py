@@ -25,6 +25,7 @@ _HTTP_BY_ERROR: dict[tuple[str, str], tuple[int, str]] = {
     ("NOT_FOUND", ""): (404, "not_found"),
     ("PERMISSION_DENIED", "IP_NOT_ALLOWED"): (403, "ip_not_allowed"),
     ("PERMISSION_DENIED", "WEBHOOK_DISABLED"): (403, "webhook_disabled"),
+    ("PERMISSION_DENIED", "CLIENT_CERTIFICATE_REQUIRED"): (403, "client_certificate_required"),
     ("PERMISSION_DENIED", "MEDIA_LINK_EXPIRED"): (403, "link_expired"),
     ("PERMISSION_DENIED", "MEDIA_LINK_INVALID"): (403, "link_invalid"),
     ("PERMISSION_DENIED", ""): (403, "forbidden"),

@@ -24,6 +24,7 @@ from mesh.logging import configure_logging
 from mesh.metrics import start_metrics_server
 from mesh.queues import capture_workers_key, dramatiq_namespace
 from signal_service.audit.service import AuditWriter
+from signal_service.captures.queued import CaptureMessages
 from signal_service.captures.service import CaptureCoordinator
 from signal_service.database import Database, create_engine, database_error
 from signal_service.events.service import EventFeed, EventHub, listener_dsn
@@ -143,7 +144,12 @@ async def signal_app(settings: SignalSettings) -> AsyncIterator[SignalApp]:
         backlog=backlog,
         on_commit=relay.kick,
     )
-    captures = CaptureCoordinator(database=database, settings=settings, on_commit=relay.kick)
+    captures = CaptureCoordinator(
+        database=database,
+        settings=settings,
+        messages=CaptureMessages(redis, dramatiq_namespace(settings)),
+        on_commit=relay.kick,
+    )
     storage = storage_service_pb2_grpc.StorageServiceStub(storage_channel)
     sessions = SessionChecks(
         database=database, settings=settings, redis=redis, workers_key=capture_workers_key(settings)

@@ -91,6 +91,11 @@ class UserConfig(SQLModel, table=True):
     ip_allowlist: list[str] = Field(
         default_factory=list, sa_column=sa.Column(pg.ARRAY(sa.Text), nullable=False, server_default="{}")
     )
+    # Webhooks are admitted only when the edge vouches that Envoy verified TradingView's client
+    # certificate on the connection (IngestWebhookRequest.tradingview_client_certificate_verified).
+    require_tradingview_client_certificate: bool = Field(
+        default=False, sa_column=sa.Column(sa.Boolean, nullable=False, server_default=sa.false())
+    )
     notification_preferences: dict[str, Any] = Field(
         default_factory=dict, sa_column=sa.Column(pg.JSONB, nullable=False, server_default="{}")
     )
@@ -190,7 +195,7 @@ class Signal(SQLModel, table=True):
 class UserSignalCounts(SQLModel, table=True):
     """One user's signal and screenshot counts for one calendar month (UTC), what GetUserStats reads.
 
-    Kept by statement-level triggers on signals and screenshots (migration 0008_scale), never written
+    Kept by statement-level triggers on signals and screenshots (migration 0007_scale), never written
     by the service: every write to those tables is counted, whoever makes it.
     """
 
@@ -248,6 +253,9 @@ class Screenshot(SQLModel, table=True):
     height: int | None = Field(default=None, sa_column=sa.Column(sa.Integer))
     duration_ms: int | None = Field(default=None, sa_column=sa.Column(sa.Integer))
     attempts: int = Field(default=0, sa_column=sa.Column(sa.Integer, nullable=False, server_default="0"))
+    # Numbers every ClaimCapture that proceeds; reports name the claim they come from, so that a report
+    # from a claim superseded since (a redelivery, a sweep) cannot overwrite the current one's outcome.
+    claim: int = Field(default=0, sa_column=sa.Column(sa.BigInteger, nullable=False, server_default="0"))
     error: str | None = Field(default=None, sa_column=sa.Column(sa.Text))
     worker_id: str | None = Field(default=None, sa_column=sa.Column(sa.Text))
     claimed_at: datetime | None = Field(default=None, sa_column=_utc_column(nullable=True))

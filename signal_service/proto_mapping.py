@@ -128,6 +128,7 @@ def user_to_proto(view: UserView) -> resources_pb2.User:
         webhook_enabled=user.webhook_enabled,
         default_chart_id=config.default_chart_id or "",
         ip_allowlist=list(config.ip_allowlist or ()),
+        require_tradingview_client_certificate=config.require_tradingview_client_certificate,
         notification_preferences=struct(config.notification_preferences or {}),
         signals_quota=user.signals_quota,
         signals_used=user.signals_used,

@@ -177,6 +177,7 @@ class SignalServicer(signal_service_pb2_grpc.SignalServiceServicer):
                 idempotency_key=request.idempotency_key,
                 body_size=request.body_size,
                 edge_refusal=request.edge_refusal,
+                tradingview_client_certificate_verified=request.tradingview_client_certificate_verified,
             )
         )
         log.info(
@@ -272,7 +273,10 @@ class SignalServicer(signal_service_pb2_grpc.SignalServiceServicer):
     ) -> signal_service_pb2.ClaimCaptureResponse:
         ensure_unscoped()
         claim = await self._captures.claim(
-            request.signal_id, attempt=request.attempt, worker_id=request.worker_id
+            request.signal_id,
+            attempt=request.attempt,
+            worker_id=request.worker_id,
+            resumes_claim=request.resumes_claim,
         )
         log.info(
             "capture claimed",
@@ -281,6 +285,7 @@ class SignalServicer(signal_service_pb2_grpc.SignalServiceServicer):
                 "attempt": request.attempt,
                 "worker_id": request.worker_id,
                 "proceed": claim.proceed,
+                "claim": claim.claim,
             },
         )
         return signal_service_pb2.ClaimCaptureResponse(
@@ -290,6 +295,7 @@ class SignalServicer(signal_service_pb2_grpc.SignalServiceServicer):
             tradingview_session_ciphertext=claim.session_ciphertext,
             plan=PLAN_TO_PROTO[claim.plan],
             object_key=claim.object_key,
+            claim=claim.claim,
         )
 
     async def ReportCapture(
@@ -306,6 +312,7 @@ class SignalServicer(signal_service_pb2_grpc.SignalServiceServicer):
             width=request.width,
             height=request.height,
             duration_ms=request.duration_ms,
+            claim=request.claim,
         )
         log.info(
             "capture reported",
@@ -313,6 +320,7 @@ class SignalServicer(signal_service_pb2_grpc.SignalServiceServicer):
                 "signal_id": request.signal_id,
                 "status": status.value,
                 "error": request.error,
+                "claim": request.claim,
             },
         )
         return (await self._signals_to_proto([row]))[0]

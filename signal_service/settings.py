@@ -91,8 +91,9 @@ class SignalSettings(DatabaseJobSettings):
     # Deliveries of one capture (Dramatiq's first try and its 3 retries) before a lost worker means FAILED.
     capture_max_attempts: int = 4
     sweep_interval_seconds: float = 30.0
-    # A PENDING capture with no outbox row this old lost its queue message (e.g. Redis restarted empty).
-    capture_pending_stale_after_seconds: int = 1800
+    # A PENDING capture untouched this long with no outbox row and no message in the broker (queued,
+    # fetched or delayed; signal_service/captures/queued.py) lost its queue message: the sweeper re-queues it.
+    capture_pending_stale_after_seconds: int = 180
     # TradingView session checks (sessions/service.py). A user with stored cookies and a signal in
     # the last `session_check_active_days` is checked once per interval; a check that was queued but gave
     # no result is queued again after the spacing at the earliest, so no user is checked more often than

@@ -9,6 +9,33 @@ from typing import Any
 
 from alerts.cli.clients import call_signal_service, signal_service_client
 
+# What each failure reason asks of an operator (docs/operations.md has the full table).
+FAILURE_ACTIONS = {
+    "infrastructure_unavailable": (
+        "a dependency (signal service, database, storage, Redis) stayed down past "
+        "ALERTS_CAPTURE_INFRASTRUCTURE_DEADLINE_SECONDS: fix it, then `alerts captures retry --all`"
+    ),
+    "storage_unavailable": "storage was down through every retry: fix it, then retry",
+    "signal_unavailable": "the signal service was down through every retry: fix it, then retry",
+    "tradingview_session_invalid": "the user renews their TradingView session; captures re-queue then",
+    "tradingview_session_missing": "the user stores a TradingView session",
+    "tradingview_session_undecryptable": "a cookie key was removed too early: put it back",
+    "layout_unavailable": "the user fixes default_chart_id or the alert's ?chart=",
+    "WORKER_LOST": "workers died on every attempt: look at their memory and logs, then retry",
+}
+
+
+def failure_summary(reasons: list[str]) -> list[str]:
+    """One line per reason, most frequent first, with what to do about the known ones."""
+    counts: dict[str, int] = {}
+    for reason in reasons:
+        counts[reason or "no reason recorded"] = counts.get(reason or "no reason recorded", 0) + 1
+    lines = []
+    for reason, count in sorted(counts.items(), key=lambda item: (-item[1], item[0])):
+        action = FAILURE_ACTIONS.get(reason)
+        lines.append(f"  {count:>6}  {reason}" + (f": {action}" if action else ""))
+    return lines
+
 
 def register(commands: Any) -> None:
     captures = commands.add_parser("captures", help="screenshot captures that failed")
@@ -65,6 +92,8 @@ def list_failed(options: argparse.Namespace) -> int:
             f"{failed.screenshot_error or 'no reason recorded'}"
         )
     print(f"{len(signals)} failed capture(s)", file=sys.stderr)
+    for line in failure_summary([failed.screenshot_error for failed in signals]):
+        print(line, file=sys.stderr)
     return 0
 
 

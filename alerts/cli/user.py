@@ -17,6 +17,11 @@ def register(commands: Any) -> None:
     create.add_argument("--chart", help="default TradingView chart layout id")
     create.add_argument("--sessionid", help="TradingView sessionid cookie")
     create.add_argument("--sessionid-sign", help="TradingView sessionid_sign cookie")
+    create.add_argument(
+        "--require-tradingview-client-certificate",
+        action="store_true",
+        help="accept only webhooks whose connection presented TradingView's verified client certificate",
+    )
     create.add_argument("--json", action="store_true", help="print the new user as one JSON object")
     create.set_defaults(handler=create_user)
 
@@ -33,7 +38,10 @@ def create_user(options: argparse.Namespace) -> int:
             stub = user_service_pb2_grpc.UserServiceStub(channel)
             created = await stub.CreateUser(
                 user_service_pb2.CreateUserRequest(
-                    external_id=options.external_id or "", plan=plan, default_chart_id=options.chart or ""
+                    external_id=options.external_id or "",
+                    plan=plan,
+                    default_chart_id=options.chart or "",
+                    require_tradingview_client_certificate=options.require_tradingview_client_certificate,
                 )
             )
             if options.sessionid and options.sessionid_sign:
@@ -48,11 +56,18 @@ def create_user(options: argparse.Namespace) -> int:
 
     created = call_signal_service(address, create)
     if options.json:
-        user = {"user_id": created.user.user_id, "plan": options.plan, "webhook_url": created.webhook_url}
+        user = {
+            "user_id": created.user.user_id,
+            "plan": options.plan,
+            "webhook_url": created.webhook_url,
+            "require_tradingview_client_certificate": created.user.require_tradingview_client_certificate,
+        }
         print(json.dumps(user))
         return 0
     print(f"user_id:     {created.user.user_id}")
     print(f"plan:        {options.plan}")
     print(f"webhook URL: {created.webhook_url}")
+    if created.user.require_tradingview_client_certificate:
+        print("webhooks:    only with TradingView's verified client certificate")
     print("The webhook URL is shown only once; keep it secret.")
     return 0

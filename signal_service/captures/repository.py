@@ -26,9 +26,11 @@ class CaptureRepository:
         )
 
     async def stale_processing(self, claimed_before: datetime, limit: int) -> list[SignalRow]:
+        """PROCESSING captures claimed long ago with no outbox row (a re-queue not sent yet)."""
         statement = (
             with_screenshot()
             .where(Screenshot.status == ScreenshotStatus.PROCESSING, Screenshot.claimed_at < claimed_before)
+            .where(~_in_outbox())
             .order_by(Screenshot.claimed_at)
             .limit(limit)
             .with_for_update(of=Signal, skip_locked=True)
@@ -36,16 +38,11 @@ class CaptureRepository:
         return [SignalRow(row[0], row[1]) for row in await self.session.execute(statement)]
 
     async def stale_pending(self, updated_before: datetime, limit: int) -> list[SignalRow]:
-        """PENDING captures untouched for long with no outbox row left: their queue message was lost."""
-        in_outbox = (
-            sa.select(OutboxMessage.id)
-            .where(OutboxMessage.args.contains(sa.func.jsonb_build_array(sa.cast(Signal.id, sa.Text))))
-            .exists()
-        )
+        """PENDING captures untouched for long with no outbox row left."""
         statement = (
             with_screenshot()
             .where(Screenshot.status == ScreenshotStatus.PENDING, Screenshot.updated_at < updated_before)
-            .where(~in_outbox)
+            .where(~_in_outbox())
             .order_by(Screenshot.updated_at)
             .limit(limit)
             .with_for_update(of=Signal, skip_locked=True)
@@ -71,3 +68,12 @@ class CaptureRepository:
             statement = statement.where(sa.tuple_(Signal.created_at, Signal.id) < sa.tuple_(*after))
         statement = statement.order_by(Signal.created_at.desc(), Signal.id.desc()).limit(limit)
         return [SignalRow(row[0], row[1]) for row in await self.session.execute(statement)]
+
+
+def _in_outbox() -> sa.Exists:
+    """The capture's signal has a message in the outbox: the relay has not sent it yet."""
+    return (
+        sa.select(OutboxMessage.id)
+        .where(OutboxMessage.args.contains(sa.func.jsonb_build_array(sa.cast(Signal.id, sa.Text))))
+        .exists()
+    )

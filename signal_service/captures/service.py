@@ -12,12 +12,13 @@ from typing import Any
 from mesh.errors import FailedPreconditionError, InvalidArgumentError, NotFoundError
 from mesh.logging import request_id_var
 from mesh.queues import capture_actor, capture_queue
+from signal_service.captures.queued import CaptureMessages
 from signal_service.captures.repository import CaptureRepository
 from signal_service.clock import utcnow
 from signal_service.database import Database
 from signal_service.events.repository import EventRepository
 from signal_service.ids import require_uuid
-from signal_service.models import EventType, OutboxMessage, ScreenshotStatus, Signal, SignalEvent
+from signal_service.models import EventType, OutboxMessage, Screenshot, ScreenshotStatus, Signal, SignalEvent
 from signal_service.outbox.repository import OutboxEntry, OutboxRepository
 from signal_service.sessions.repository import TradingViewSessionRepository
 from signal_service.sessions.service import SESSION_INVALID_REASON, record_capture_result
@@ -68,6 +69,8 @@ class CaptureClaim:
     chart_id: str
     session_ciphertext: bytes
     plan: str
+    # The claim's number (screenshots.claim); 0 when it does not proceed.
+    claim: int = 0
 
     @property
     def object_key(self) -> str:
@@ -79,12 +82,27 @@ _TERMINAL = {ScreenshotStatus.COMPLETED, ScreenshotStatus.SKIPPED, ScreenshotSta
 
 
 class CaptureCoordinator:
-    def __init__(self, *, database: Database, settings: SignalSettings, on_commit: Any = None) -> None:
+    def __init__(
+        self,
+        *,
+        database: Database,
+        settings: SignalSettings,
+        messages: CaptureMessages,
+        on_commit: Any = None,
+    ) -> None:
         self._database = database
         self._settings = settings
+        self._messages = messages
         self._on_commit = on_commit or (lambda: None)
 
-    async def claim(self, signal_id: str, *, attempt: int, worker_id: str) -> CaptureClaim:
+    async def claim(
+        self, signal_id: str, *, attempt: int, worker_id: str, resumes_claim: int = 0
+    ) -> CaptureClaim:
+        """Marks the capture PROCESSING under a new claim number.
+
+        `attempts` counts attempts at the chart: a delivery resuming the latest claim (its job put back on
+        the queue because a dependency was unavailable, nobody having claimed since) continues that attempt.
+        """
         parsed = require_uuid(signal_id, "signal_id")
         async with self._database.transaction() as session:
             signals, captures, users = (
@@ -102,10 +120,13 @@ class CaptureCoordinator:
             if ScreenshotStatus(row.screenshot.status) in _TERMINAL:
                 return CaptureClaim(False, row, chart_id, b"", user.plan)
             now = utcnow()
+            resumed = resumes_claim != 0 and resumes_claim == row.screenshot.claim
+            claim_number = row.screenshot.claim + 1
             await captures.update_screenshot(
                 parsed,
                 status=ScreenshotStatus.PROCESSING,
-                attempts=row.screenshot.attempts + 1,
+                attempts=row.screenshot.attempts + (0 if resumed else 1),
+                claim=claim_number,
                 worker_id=worker_id[:200] or None,
                 claimed_at=now,
                 error=None,
@@ -116,7 +137,7 @@ class CaptureCoordinator:
             row = await signals.get(parsed)
             assert row is not None
         self._on_commit()
-        return CaptureClaim(True, row, chart_id, config.tv_session_ciphertext or b"", user.plan)
+        return CaptureClaim(True, row, chart_id, config.tv_session_ciphertext or b"", user.plan, claim_number)
 
     async def report(
         self,
@@ -129,7 +150,10 @@ class CaptureCoordinator:
         width: int,
         height: int,
         duration_ms: int,
+        claim: int = 0,
     ) -> SignalRow:
+        """Records a claim's outcome; idempotent per claim (see ReportCaptureRequest.claim). COMPLETED is
+        taken from any claim, with the assigned key only."""
         if status not in (ScreenshotStatus.PROCESSING, ScreenshotStatus.COMPLETED, ScreenshotStatus.FAILED):
             raise InvalidArgumentError(
                 "status must be PROCESSING, COMPLETED or FAILED", reason="INVALID_CAPTURE_STATUS"
@@ -154,6 +178,15 @@ class CaptureCoordinator:
                 if status == ScreenshotStatus.COMPLETED and object_key == row.screenshot.object_key:
                     return row
                 raise FailedPreconditionError("capture already completed", reason="CAPTURE_COMPLETED")
+            latest = row.screenshot.claim
+            if status != ScreenshotStatus.COMPLETED and claim:
+                if claim < latest:
+                    raise FailedPreconditionError(
+                        f"claim {claim} was superseded by claim {latest}", reason="STALE_CLAIM"
+                    )
+                if status == current == ScreenshotStatus.FAILED:
+                    # The same claim's failure again (a held report sent twice): already recorded.
+                    return row
             values: dict[str, Any] = {"status": status}
             if status == ScreenshotStatus.COMPLETED:
                 values |= {
@@ -247,9 +280,13 @@ class CaptureCoordinator:
         return requeued
 
     async def sweep_stale(self) -> int:
-        """Captures whose worker died (left PROCESSING) or whose queue message was lost (left PENDING with
-        no outbox row) go back to their queue; a capture that already had every attempt fails for good.
-        Re-sending is safe: the capture actor does nothing for a capture that already finished."""
+        """Captures left with no job go back to their queue: PROCESSING past its claim's staleness (the
+        worker died and its message is gone) or PENDING past its own (the queue message was lost, e.g.
+        Redis restarted empty), in either case with no outbox row and no message in the broker. A message
+        waiting in the queue, fetched by a worker, or delayed (a job waiting for storage or the signal
+        service, an outcome held until recorded, a retry's backoff) means a job still owns the capture.
+        A capture that already had every attempt fails for good. Re-sending is safe anyway: the capture
+        actor does nothing for a capture that already finished, and reports are idempotent per claim."""
         now = utcnow()
         processing_cutoff = now - timedelta(seconds=self._settings.capture_stale_after_seconds)
         pending_cutoff = now - timedelta(seconds=self._settings.capture_pending_stale_after_seconds)
@@ -257,6 +294,12 @@ class CaptureCoordinator:
             signals, captures = SignalRepository(session), CaptureRepository(session)
             processing = await captures.stale_processing(processing_cutoff, limit=_RETRY_BATCH_LIMIT)
             pending = await captures.stale_pending(pending_cutoff, limit=_RETRY_BATCH_LIMIT)
+            if processing or pending:
+                # Read after the rows: the outbox relay enqueues before it deletes a row, and a worker
+                # enqueues a job's delayed copy before it acknowledges the job, so one of the two is seen.
+                queued = await self._messages.queued()
+                processing = [row for row in processing if row.signal.id not in queued.signal_ids]
+                pending = [row for row in pending if row.signal.id not in queued.signal_ids]
             plans = await UserRepository(session).plans({row.signal.user_id for row in processing + pending})
             for row in processing:
                 assert row.screenshot is not None
@@ -282,8 +325,14 @@ class CaptureCoordinator:
 
     async def _requeue(self, session: Any, row: SignalRow, plan: str) -> None:
         signals, captures = SignalRepository(session), CaptureRepository(session)
+        # A new claim generation: a late report from a claim before the re-queue is refused as stale.
         await captures.update_screenshot(
-            row.signal.id, status=ScreenshotStatus.PENDING, error=None, claimed_at=None, completed_at=None
+            row.signal.id,
+            status=ScreenshotStatus.PENDING,
+            error=None,
+            claimed_at=None,
+            completed_at=None,
+            claim=Screenshot.claim + 1,
         )
         await signals.update_signal(row.signal.id, screenshot_status=ScreenshotStatus.PENDING)
         await OutboxRepository(session).add(capture_message(row.signal.id, plan))

@@ -23,6 +23,7 @@ class WebhookUserRow:
     plan: str
     webhook_enabled: bool
     ip_allowlist: list[str]
+    require_tradingview_client_certificate: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +35,7 @@ class WebhookIngest:
     token_hash: str
     plan: str
     ip_allowlist: Sequence[str]
+    require_tradingview_client_certificate: bool
     now: datetime
     next_quota_reset: datetime
     idempotency_key: str | None
@@ -75,7 +77,7 @@ class WebhookIngest:
 
 @dataclass(frozen=True, slots=True)
 class WebhookOutcome:
-    # "accepted", "duplicate", "quota_exceeded", "rate_limited" or "stale" (intake/sql/ingest_webhook_v3.sql).
+    # "accepted", "duplicate", "quota_exceeded", "rate_limited" or "stale" (intake/sql/ingest_webhook_v4.sql).
     outcome: str
     signal_id: uuid.UUID | None
     screenshot_status: str | None
@@ -84,7 +86,7 @@ class WebhookOutcome:
     retry_after_seconds: float | None
 
 
-# The input parameters of ingest_webhook as the latest version (intake/sql/ingest_webhook_v3.sql)
+# The input parameters of ingest_webhook as the latest version (intake/sql/ingest_webhook_v4.sql)
 # declares them; tests/integration/signal_service/test_ingest_function.py compares them with the
 # migrated database's function and with ingest_arguments.
 INGEST_PARAMETERS = (
@@ -92,6 +94,7 @@ INGEST_PARAMETERS = (
     "p_token_hash",
     "p_plan",
     "p_ip_allowlist",
+    "p_require_client_certificate",
     "p_now",
     "p_next_quota_reset",
     "p_idempotency_key",
@@ -148,7 +151,7 @@ _INGEST_WEBHOOK = _ingest_statement(INGEST_PARAMETERS)
 
 # Users by token hash: the current token, or the previous one within its grace period.
 _WEBHOOK_USERS_QUERY = """
-SELECT t.token_hash, u.id, u.plan, u.webhook_enabled, c.ip_allowlist
+SELECT t.token_hash, u.id, u.plan, u.webhook_enabled, c.ip_allowlist, c.require_tradingview_client_certificate
 FROM unnest($1::text[]) AS t(token_hash)
 JOIN users u ON u.webhook_token_hash = t.token_hash
              OR (u.previous_token_hash = t.token_hash AND u.previous_token_expires_at > $2)
@@ -192,6 +195,7 @@ def ingest_arguments(row: WebhookIngest) -> dict[str, Any]:
         "p_token_hash": row.token_hash,
         "p_plan": row.plan,
         "p_ip_allowlist": list(row.ip_allowlist),
+        "p_require_client_certificate": row.require_tradingview_client_certificate,
         "p_now": row.now,
         "p_next_quota_reset": row.next_quota_reset,
         "p_idempotency_key": row.idempotency_key,

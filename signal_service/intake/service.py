@@ -61,6 +61,8 @@ class IngestCommand:
     body_size: int = 0
     # Set when the edge already refused the call itself and only reports it for the audit log.
     edge_refusal: str = ""
+    # The edge's word that Envoy verified TradingView's client certificate on this request's connection.
+    tradingview_client_certificate_verified: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,13 +107,15 @@ class WebhookUser:
     plan: str
     webhook_enabled: bool
     ip_allowlist: tuple[str, ...]
+    require_tradingview_client_certificate: bool
 
 
 class WebhookUserCache:
     """Recent token -> user lookups, so that a burst of one user's alerts reads the user once.
 
     Only users found are kept, keyed by the token's hash, and a hit is never trusted to write: the
-    intake statement re-checks token, plan, enabled flag and allowlist under the user's row lock and
+    intake statement re-checks token, plan, enabled flag, allowlist and client certificate requirement
+    under the user's row lock and
     answers "stale" when any changed, so a rotated token or a disabled webhook takes effect at once.
     Nor is a hit trusted to refuse: a refusal is decided on a fresh read.
     """
@@ -219,7 +223,7 @@ class WebhookIngestor:
                 result = await self._store(command, token_hash, user, parsed, body_sha256, started)
                 if result is not None:
                     return result
-                # The user changed since it was read (token rotated, plan, allowlist, webhook disabled).
+                # The user changed since it was read (token, plan, allowlist, certificate rule, disabled).
                 self._users.forget(token_hash)
                 user = await self._read_user(token_hash, command)
                 self._check_admission(user, command)
@@ -257,6 +261,7 @@ class WebhookIngestor:
             plan=found.plan,
             webhook_enabled=found.webhook_enabled,
             ip_allowlist=tuple(found.ip_allowlist),
+            require_tradingview_client_certificate=found.require_tradingview_client_certificate,
         )
         self._users.put(token_hash, read)
         return read
@@ -286,6 +291,13 @@ class WebhookIngestor:
             raise PermissionDeniedError("webhook disabled", reason="WEBHOOK_DISABLED")
         if not allowlist.allows(user.ip_allowlist, command.source_ip):
             raise PermissionDeniedError("source address not allowed", reason="IP_NOT_ALLOWED")
+        if (
+            user.require_tradingview_client_certificate
+            and not command.tradingview_client_certificate_verified
+        ):
+            raise PermissionDeniedError(
+                "TradingView's client certificate is required", reason="CLIENT_CERTIFICATE_REQUIRED"
+            )
         if max(command.body_size, len(command.body)) > self._settings.max_body_bytes:
             raise InvalidArgumentError(
                 f"body larger than {self._settings.max_body_bytes} bytes", reason="BODY_TOO_LARGE"
@@ -312,6 +324,7 @@ class WebhookIngestor:
             token_hash=token_hash,
             plan=user.plan,
             ip_allowlist=user.ip_allowlist,
+            require_tradingview_client_certificate=user.require_tradingview_client_certificate,
             now=now,
             next_quota_reset=next_month_start(now),
             idempotency_key=command.idempotency_key or None,

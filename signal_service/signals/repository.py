@@ -96,7 +96,7 @@ class SignalRepository:
 
     async def stats(self, user_id: uuid.UUID, month_start: datetime) -> UserStatsRow | None:
         """One user's counters: the sum of their monthly rows (a dozen a year), kept on write by triggers
-        (migration 0008_scale), not a count of their signals; None when the user does not exist."""
+        (migration 0007_scale), not a count of their signals; None when the user does not exist."""
 
         def total(column: sa.ColumnElement[int], label: str) -> sa.Label[int]:
             return sa.cast(sa.func.coalesce(sa.func.sum(column), 0), sa.BigInteger).label(label)

@@ -48,6 +48,7 @@ USER_UPDATABLE_FIELDS = frozenset(
         "webhook_enabled",
         "default_chart_id",
         "ip_allowlist",
+        "require_tradingview_client_certificate",
         "notification_preferences",
     }
 )
@@ -85,6 +86,7 @@ class UserManager:
         signals_quota: int,
         ip_allowlist: Sequence[str],
         notification_preferences: dict[str, Any],
+        require_tradingview_client_certificate: bool = False,
     ) -> IssuedToken:
         if plan not in self._settings.plan_limits:
             raise InvalidArgumentError(f"unknown plan {plan!r}", reason="INVALID_PLAN")
@@ -108,6 +110,7 @@ class UserManager:
             user_id=user.id,
             default_chart_id=default_chart_id or None,
             ip_allowlist=allowlist.normalise(ip_allowlist),
+            require_tradingview_client_certificate=require_tradingview_client_certificate,
             notification_preferences=preferences,
             notification_secrets_ciphertext=secrets_ciphertext,
         )
@@ -167,6 +170,10 @@ class UserManager:
             config_values["default_chart_id"] = values["default_chart_id"] or None
         if "ip_allowlist" in values:
             config_values["ip_allowlist"] = allowlist.normalise(values["ip_allowlist"])
+        if "require_tradingview_client_certificate" in values:
+            config_values["require_tradingview_client_certificate"] = bool(
+                values["require_tradingview_client_certificate"]
+            )
         if "notification_preferences" in values:
             # Checked before any lock; checked again with the stored secrets under it.
             notification_preferences.parse(values["notification_preferences"])

@@ -27,6 +27,7 @@ class UserServicer(user_service_pb2_grpc.UserServiceServicer):
             signals_quota=request.signals_quota,
             ip_allowlist=list(request.ip_allowlist),
             notification_preferences=json_format.MessageToDict(request.notification_preferences),
+            require_tradingview_client_certificate=request.require_tradingview_client_certificate,
         )
         return user_service_pb2.CreateUserResponse(
             user=user_to_proto(issued.view),
@@ -53,6 +54,7 @@ class UserServicer(user_service_pb2_grpc.UserServiceServicer):
             "webhook_enabled": lambda: source.webhook_enabled,
             "default_chart_id": lambda: source.default_chart_id,
             "ip_allowlist": lambda: list(source.ip_allowlist),
+            "require_tradingview_client_certificate": lambda: source.require_tradingview_client_certificate,
             "notification_preferences": lambda: json_format.MessageToDict(source.notification_preferences),
         }
         values = {path: readers[path]() if path in readers else None for path in request.update_mask.paths}

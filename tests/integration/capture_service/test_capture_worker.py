@@ -584,7 +584,7 @@ async def test_a_job_that_cannot_reach_the_signal_service_waits_without_using_a_
 
 
 async def test_an_upload_that_finds_storage_unavailable_waits_without_using_a_retry(
-    system: CaptureSystem, chart_stub: ChartStub, service_key: str, tmp_path: Path
+    system: CaptureSystem, chart_stub: ChartStub, service_key: str, tmp_path: Path, capture_database_url: str
 ) -> None:
     later_addr = f"127.0.0.1:{free_port()}"
     await system.start_worker("worker-a", storage_addr=later_addr, **UNREACHABLE_FOR_NOW)
@@ -615,6 +615,16 @@ async def test_an_upload_that_finds_storage_unavailable_waits_without_using_a_re
     stored = [path for path in (tmp_path / "later-objects").rglob("*") if path.is_file()]
     assert stored, "the screenshot went to the storage service that came up late"
     assert system.dead_letters("capture.premium") == 0
+    # Every delivery after a wait claimed again, resuming the claim the wait interrupted: one attempt.
+    connection = await asyncpg.connect(admin_dsn(capture_database_url))
+    try:
+        attempts, claims = await connection.fetchrow(
+            "SELECT attempts, claim FROM screenshots WHERE signal_id = $1", uuid.UUID(signal_id)
+        )
+    finally:
+        await connection.close()
+    assert attempts == 1
+    assert claims >= 3
 
 
 async def test_a_job_past_its_infrastructure_deadline_fails_and_its_report_is_held_until_recorded(

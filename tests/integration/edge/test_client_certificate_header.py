@@ -1,8 +1,8 @@
 """The edge passes "TradingView client certificate verified" to the signal service only when it is told to
 believe its proxy's X-Forwarded-Client-Cert, only from that proxy, and only for TradingView's subject.
 
-A recording SignalService stands in for the signal server: the signal service does not act on the flag yet,
-so the request the edge sends is what there is to check."""
+A recording SignalService stands in for the signal server, so that the request the edge sends is what is
+checked; test_client_certificate_requirement.py goes through the real signal service."""
 
 from __future__ import annotations
 

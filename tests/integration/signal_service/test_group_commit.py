@@ -86,6 +86,7 @@ def _row(user_id: uuid.UUID, token: str, body: bytes) -> WebhookIngest:
         token_hash=hash_token(token),
         plan="premium",
         ip_allowlist=(),
+        require_tradingview_client_certificate=False,
         now=now,
         next_quota_reset=next_month_start(now),
         idempotency_key=None,

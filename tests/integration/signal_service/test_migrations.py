@@ -124,11 +124,12 @@ def _signal_parse_state(url: str) -> tuple[int, list[str], dict[str, tuple[str |
 
 def test_the_parse_fields_migration_goes_down_and_up_again_keying_catalog_names(database_url: str) -> None:
     with fresh_database(database_url) as url:
+        command.downgrade(alembic_config(url), "0005_signal_parse_fields")
         assert _signal_parse_state(url) == (45, list(_SIGNAL_PARSE_COLUMNS), {})
         command.downgrade(alembic_config(url), "0004_ingest_rate_limit")
         assert _signal_parse_state(url) == (41, [], {})
         written = _signals_before_parse_fields(url)
-        command.upgrade(alembic_config(url), "head")
+        command.upgrade(alembic_config(url), "0005_signal_parse_fields")
         arguments, columns, stored = _signal_parse_state(url)
         assert (arguments, columns) == (45, list(_SIGNAL_PARSE_COLUMNS))
         keys = {
@@ -139,3 +140,33 @@ def test_the_parse_fields_migration_goes_down_and_up_again_keying_catalog_names(
             None: None,
         }
         assert stored == {signal_id: (keys[indicator], False) for signal_id, indicator in written.items()}
+
+
+def _client_certificate_state(database_url: str) -> tuple[int, bool]:
+    """How many arguments ingest_webhook() takes, and whether user_config has the certificate rule."""
+
+    async def read() -> tuple[int, bool]:
+        connection = await asyncpg.connect(database_url.replace("+asyncpg", ""))
+        try:
+            arguments = await connection.fetchval(
+                "SELECT pronargs FROM pg_proc WHERE proname = 'ingest_webhook'"
+            )
+            has_column = await connection.fetchval(
+                "SELECT EXISTS (SELECT 1 FROM information_schema.columns WHERE table_name = 'user_config'"
+                " AND column_name = 'require_tradingview_client_certificate')"
+            )
+        finally:
+            await connection.close()
+        return arguments, has_column
+
+    return asyncio.run(read())
+
+
+def test_the_client_certificate_migration_goes_down_and_up_again(database_url: str) -> None:
+    with fresh_database(database_url) as url:
+        command.upgrade(alembic_config(url), "0009_client_certificate")
+        assert _client_certificate_state(url) == (46, True)
+        command.downgrade(alembic_config(url), "0007_scale")
+        assert _client_certificate_state(url) == (45, False)
+        command.upgrade(alembic_config(url), "0009_client_certificate")
+        assert _client_certificate_state(url) == (46, True)

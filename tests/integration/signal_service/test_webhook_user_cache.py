@@ -72,3 +72,21 @@ async def test_a_plan_change_reaches_the_next_alert_of_a_cached_user(signals, us
     assert refused == (grpc.StatusCode.RESOURCE_EXHAUSTED, "QUOTA_EXCEEDED")
     listed = await signals.ListSignals(signal_service_pb2.ListSignalsRequest(user_id=user_id))
     assert len(listed.signals) == 1
+
+
+async def test_requiring_the_client_certificate_applies_at_once_to_a_cached_user(signals, users) -> None:
+    created = await create_user(users)
+    user_id = created.user.user_id
+    assert (await signals.IngestWebhook(ingest_request(created.webhook_token, b"certificate 1"))).signal_id
+    await _update(
+        users,
+        user_id,
+        ["require_tradingview_client_certificate"],
+        require_tradingview_client_certificate=True,
+    )
+    refused = await _refusal(signals.IngestWebhook(ingest_request(created.webhook_token, b"certificate 2")))
+    assert refused == (grpc.StatusCode.PERMISSION_DENIED, "CLIENT_CERTIFICATE_REQUIRED")
+    verified = ingest_request(
+        created.webhook_token, b"certificate 3", tradingview_client_certificate_verified=True
+    )
+    assert (await signals.IngestWebhook(verified)).signal_id

@@ -6,6 +6,7 @@ import pytest
 from pydantic import SecretStr, ValidationError
 
 from alerts.cli import PRODUCTION_COMMANDS, build_parser
+from alerts.cli.captures import failure_summary
 from alerts.cli.clients import settings_error
 from signal_service.settings import SignalSettings
 
@@ -49,3 +50,10 @@ def test_a_missing_production_secret_is_named() -> None:
     assert message.startswith("configuration: production requires ")
     assert "ALERTS_COOKIE_KEYS" in message
     assert "db/alerts" not in message
+
+
+def test_failed_captures_are_summed_up_by_reason_with_what_to_do() -> None:
+    lines = failure_summary(["timeout", "infrastructure_unavailable", "infrastructure_unavailable", ""])
+    assert lines[0].split(":")[0].split() == ["2", "infrastructure_unavailable"]
+    assert "alerts captures retry --all" in lines[0]
+    assert [line.split() for line in lines[1:]] == [["1", "no", "reason", "recorded"], ["1", "timeout"]]

@@ -480,6 +480,7 @@ class User(_message.Message):
     TRADINGVIEW_SESSION_FIELD_NUMBER: _builtins.int
     CREATED_AT_FIELD_NUMBER: _builtins.int
     UPDATED_AT_FIELD_NUMBER: _builtins.int
+    REQUIRE_TRADINGVIEW_CLIENT_CERTIFICATE_FIELD_NUMBER: _builtins.int
     user_id: _builtins.str
     external_id: _builtins.str
     """The platform's own id for this user; unique when set."""
@@ -488,6 +489,11 @@ class User(_message.Message):
     default_chart_id: _builtins.str
     signals_quota: _builtins.int
     signals_used: _builtins.int
+    require_tradingview_client_certificate: _builtins.bool
+    """Accept only webhooks whose connection presented TradingView's client certificate, verified by the TLS
+    proxy (IngestWebhookRequest.tradingview_client_certificate_verified); others are refused with reason
+    CLIENT_CERTIFICATE_REQUIRED. Combines with ip_allowlist: when both are set, both must pass.
+    """
     @_builtins.property
     def ip_allowlist(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """CIDRs or presets (e.g. "tradingview"); empty accepts any source address."""
@@ -518,10 +524,11 @@ class User(_message.Message):
         tradingview_session: Global___TradingViewSession | None = ...,
         created_at: _timestamp_pb2.Timestamp | None = ...,
         updated_at: _timestamp_pb2.Timestamp | None = ...,
+        require_tradingview_client_certificate: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "notification_preferences", b"notification_preferences", "quota_reset_at", b"quota_reset_at", "tradingview_session", b"tradingview_session", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "default_chart_id", b"default_chart_id", "external_id", b"external_id", "ip_allowlist", b"ip_allowlist", "notification_preferences", b"notification_preferences", "plan", b"plan", "quota_reset_at", b"quota_reset_at", "signals_quota", b"signals_quota", "signals_used", b"signals_used", "tradingview_session", b"tradingview_session", "updated_at", b"updated_at", "user_id", b"user_id", "webhook_enabled", b"webhook_enabled"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "default_chart_id", b"default_chart_id", "external_id", b"external_id", "ip_allowlist", b"ip_allowlist", "notification_preferences", b"notification_preferences", "plan", b"plan", "quota_reset_at", b"quota_reset_at", "require_tradingview_client_certificate", b"require_tradingview_client_certificate", "signals_quota", b"signals_quota", "signals_used", b"signals_used", "tradingview_session", b"tradingview_session", "updated_at", b"updated_at", "user_id", b"user_id", "webhook_enabled", b"webhook_enabled"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

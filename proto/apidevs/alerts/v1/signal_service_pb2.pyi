@@ -423,20 +423,28 @@ class ClaimCaptureRequest(_message.Message):
     SIGNAL_ID_FIELD_NUMBER: _builtins.int
     ATTEMPT_FIELD_NUMBER: _builtins.int
     WORKER_ID_FIELD_NUMBER: _builtins.int
+    RESUMES_CLAIM_FIELD_NUMBER: _builtins.int
     signal_id: _builtins.str
     attempt: _builtins.int
     """Dramatiq's retry count for this delivery (0 on the first)."""
     worker_id: _builtins.str
+    resumes_claim: _builtins.int
+    """The claim (ClaimCaptureResponse.claim) this delivery resumes: set when an earlier delivery of the same
+    job claimed the capture, then found a dependency unavailable and put the job back on its queue. That
+    claim's attempt continues rather than a new one starting, so `attempts` counts attempts at the chart,
+    not deliveries that waited. 0 for a fresh delivery.
+    """
     def __init__(
         self,
         *,
         signal_id: _builtins.str = ...,
         attempt: _builtins.int = ...,
         worker_id: _builtins.str = ...,
+        resumes_claim: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "signal_id", b"signal_id", "worker_id", b"worker_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "resumes_claim", b"resumes_claim", "signal_id", b"signal_id", "worker_id", b"worker_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -452,6 +460,7 @@ class ClaimCaptureResponse(_message.Message):
     TRADINGVIEW_SESSION_CIPHERTEXT_FIELD_NUMBER: _builtins.int
     PLAN_FIELD_NUMBER: _builtins.int
     OBJECT_KEY_FIELD_NUMBER: _builtins.int
+    CLAIM_FIELD_NUMBER: _builtins.int
     proceed: _builtins.bool
     """False when the capture is already finished (COMPLETED, or FAILED for good) or not wanted:
     the worker acknowledges the message and does nothing.
@@ -465,6 +474,8 @@ class ClaimCaptureResponse(_message.Message):
     """Where the worker uploads the screenshot: the signal service derives it from the signal's owner and
     id, and ReportCapture accepts no other key for this signal.
     """
+    claim: _builtins.int
+    """This claim's number, to send back in ReportCaptureRequest.claim (and ClaimCaptureRequest.resumes_claim)."""
     @_builtins.property
     def signal(self) -> _resources_pb2.Signal: ...
     def __init__(
@@ -476,10 +487,11 @@ class ClaimCaptureResponse(_message.Message):
         tradingview_session_ciphertext: _builtins.bytes = ...,
         plan: _resources_pb2.Plan.ValueType = ...,
         object_key: _builtins.str = ...,
+        claim: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["signal", b"signal"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["chart_id", b"chart_id", "object_key", b"object_key", "plan", b"plan", "proceed", b"proceed", "signal", b"signal", "tradingview_session_ciphertext", b"tradingview_session_ciphertext"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chart_id", b"chart_id", "claim", b"claim", "object_key", b"object_key", "plan", b"plan", "proceed", b"proceed", "signal", b"signal", "tradingview_session_ciphertext", b"tradingview_session_ciphertext"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -498,6 +510,7 @@ class ReportCaptureRequest(_message.Message):
     HEIGHT_FIELD_NUMBER: _builtins.int
     DURATION_MS_FIELD_NUMBER: _builtins.int
     ATTEMPT_FIELD_NUMBER: _builtins.int
+    CLAIM_FIELD_NUMBER: _builtins.int
     signal_id: _builtins.str
     status: _resources_pb2.ScreenshotStatus.ValueType
     object_key: _builtins.str
@@ -511,6 +524,12 @@ class ReportCaptureRequest(_message.Message):
     height: _builtins.int
     duration_ms: _builtins.int
     attempt: _builtins.int
+    claim: _builtins.int
+    """The claim (ClaimCaptureResponse.claim) whose outcome this is. A FAILED or PROCESSING report from a
+    claim older than the capture's latest is refused with FAILED_PRECONDITION (reason STALE_CLAIM): the
+    worker treats that as "not applied". COMPLETED is taken from any claim. 0 means not known and is
+    taken as from the latest claim.
+    """
     def __init__(
         self,
         *,
@@ -523,10 +542,11 @@ class ReportCaptureRequest(_message.Message):
         height: _builtins.int = ...,
         duration_ms: _builtins.int = ...,
         attempt: _builtins.int = ...,
+        claim: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "duration_ms", b"duration_ms", "error", b"error", "height", b"height", "object_key", b"object_key", "signal_id", b"signal_id", "size_bytes", b"size_bytes", "status", b"status", "width", b"width"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "claim", b"claim", "duration_ms", b"duration_ms", "error", b"error", "height", b"height", "object_key", b"object_key", "signal_id", b"signal_id", "size_bytes", b"size_bytes", "status", b"status", "width", b"width"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -28,7 +28,7 @@ from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$apidevs/alerts/v1/user_service.proto\x12\x11\x61pidevs.alerts.v1\x1a!apidevs/alerts/v1/resources.proto\x1a google/protobuf/field_mask.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xd1\x01\n\x11\x43reateUserRequest\x12\x13\n\x0b\x65xternal_id\x18\x01 \x01(\t\x12%\n\x04plan\x18\x02 \x01(\x0e\x32\x17.apidevs.alerts.v1.Plan\x12\x18\n\x10\x64\x65\x66\x61ult_chart_id\x18\x03 \x01(\t\x12\x15\n\rsignals_quota\x18\x04 \x01(\x03\x12\x14\n\x0cip_allowlist\x18\x05 \x03(\t\x12\x39\n\x18notification_preferences\x18\x06 \x01(\x0b\x32\x17.google.protobuf.Struct\"g\n\x12\x43reateUserResponse\x12%\n\x04user\x18\x01 \x01(\x0b\x32\x17.apidevs.alerts.v1.User\x12\x15\n\rwebhook_token\x18\x02 \x01(\t\x12\x13\n\x0bwebhook_url\x18\x03 \x01(\t\"D\n\x0eGetUserRequest\x12\x11\n\x07user_id\x18\x01 \x01(\tH\x00\x12\x15\n\x0b\x65xternal_id\x18\x02 \x01(\tH\x00\x42\x08\n\x06lookup\"k\n\x11UpdateUserRequest\x12%\n\x04user\x18\x01 \x01(\x0b\x32\x17.apidevs.alerts.v1.User\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"J\n\x19RotateWebhookTokenRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x1c\n\x14grace_period_seconds\x18\x02 \x01(\x05\"\x87\x01\n\x1aRotateWebhookTokenResponse\x12\x15\n\rwebhook_token\x18\x01 \x01(\t\x12\x13\n\x0bwebhook_url\x18\x02 \x01(\t\x12=\n\x19previous_token_expires_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"Z\n\x1cSetTradingViewSessionRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x11\n\tsessionid\x18\x02 \x01(\t\x12\x16\n\x0esessionid_sign\x18\x03 \x01(\t2\xd2\x03\n\x0bUserService\x12Y\n\nCreateUser\x12$.apidevs.alerts.v1.CreateUserRequest\x1a%.apidevs.alerts.v1.CreateUserResponse\x12\x45\n\x07GetUser\x12!.apidevs.alerts.v1.GetUserRequest\x1a\x17.apidevs.alerts.v1.User\x12K\n\nUpdateUser\x12$.apidevs.alerts.v1.UpdateUserRequest\x1a\x17.apidevs.alerts.v1.User\x12q\n\x12RotateWebhookToken\x12,.apidevs.alerts.v1.RotateWebhookTokenRequest\x1a-.apidevs.alerts.v1.RotateWebhookTokenResponse\x12\x61\n\x15SetTradingViewSession\x12/.apidevs.alerts.v1.SetTradingViewSessionRequest\x1a\x17.apidevs.alerts.v1.Userb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$apidevs/alerts/v1/user_service.proto\x12\x11\x61pidevs.alerts.v1\x1a!apidevs/alerts/v1/resources.proto\x1a google/protobuf/field_mask.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x81\x02\n\x11\x43reateUserRequest\x12\x13\n\x0b\x65xternal_id\x18\x01 \x01(\t\x12%\n\x04plan\x18\x02 \x01(\x0e\x32\x17.apidevs.alerts.v1.Plan\x12\x18\n\x10\x64\x65\x66\x61ult_chart_id\x18\x03 \x01(\t\x12\x15\n\rsignals_quota\x18\x04 \x01(\x03\x12\x14\n\x0cip_allowlist\x18\x05 \x03(\t\x12\x39\n\x18notification_preferences\x18\x06 \x01(\x0b\x32\x17.google.protobuf.Struct\x12.\n&require_tradingview_client_certificate\x18\x07 \x01(\x08\"g\n\x12\x43reateUserResponse\x12%\n\x04user\x18\x01 \x01(\x0b\x32\x17.apidevs.alerts.v1.User\x12\x15\n\rwebhook_token\x18\x02 \x01(\t\x12\x13\n\x0bwebhook_url\x18\x03 \x01(\t\"D\n\x0eGetUserRequest\x12\x11\n\x07user_id\x18\x01 \x01(\tH\x00\x12\x15\n\x0b\x65xternal_id\x18\x02 \x01(\tH\x00\x42\x08\n\x06lookup\"k\n\x11UpdateUserRequest\x12%\n\x04user\x18\x01 \x01(\x0b\x32\x17.apidevs.alerts.v1.User\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"J\n\x19RotateWebhookTokenRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x1c\n\x14grace_period_seconds\x18\x02 \x01(\x05\"\x87\x01\n\x1aRotateWebhookTokenResponse\x12\x15\n\rwebhook_token\x18\x01 \x01(\t\x12\x13\n\x0bwebhook_url\x18\x02 \x01(\t\x12=\n\x19previous_token_expires_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"Z\n\x1cSetTradingViewSessionRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x11\n\tsessionid\x18\x02 \x01(\t\x12\x16\n\x0esessionid_sign\x18\x03 \x01(\t2\xd2\x03\n\x0bUserService\x12Y\n\nCreateUser\x12$.apidevs.alerts.v1.CreateUserRequest\x1a%.apidevs.alerts.v1.CreateUserResponse\x12\x45\n\x07GetUser\x12!.apidevs.alerts.v1.GetUserRequest\x1a\x17.apidevs.alerts.v1.User\x12K\n\nUpdateUser\x12$.apidevs.alerts.v1.UpdateUserRequest\x1a\x17.apidevs.alerts.v1.User\x12q\n\x12RotateWebhookToken\x12,.apidevs.alerts.v1.RotateWebhookTokenRequest\x1a-.apidevs.alerts.v1.RotateWebhookTokenResponse\x12\x61\n\x15SetTradingViewSession\x12/.apidevs.alerts.v1.SetTradingViewSessionRequest\x1a\x17.apidevs.alerts.v1.Userb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,19 +36,19 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'apidevs.alerts.v1.user_serv
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_CREATEUSERREQUEST']._serialized_start=192
-  _globals['_CREATEUSERREQUEST']._serialized_end=401
-  _globals['_CREATEUSERRESPONSE']._serialized_start=403
-  _globals['_CREATEUSERRESPONSE']._serialized_end=506
-  _globals['_GETUSERREQUEST']._serialized_start=508
-  _globals['_GETUSERREQUEST']._serialized_end=576
-  _globals['_UPDATEUSERREQUEST']._serialized_start=578
-  _globals['_UPDATEUSERREQUEST']._serialized_end=685
-  _globals['_ROTATEWEBHOOKTOKENREQUEST']._serialized_start=687
-  _globals['_ROTATEWEBHOOKTOKENREQUEST']._serialized_end=761
-  _globals['_ROTATEWEBHOOKTOKENRESPONSE']._serialized_start=764
-  _globals['_ROTATEWEBHOOKTOKENRESPONSE']._serialized_end=899
-  _globals['_SETTRADINGVIEWSESSIONREQUEST']._serialized_start=901
-  _globals['_SETTRADINGVIEWSESSIONREQUEST']._serialized_end=991
-  _globals['_USERSERVICE']._serialized_start=994
-  _globals['_USERSERVICE']._serialized_end=1460
+  _globals['_CREATEUSERREQUEST']._serialized_end=449
+  _globals['_CREATEUSERRESPONSE']._serialized_start=451
+  _globals['_CREATEUSERRESPONSE']._serialized_end=554
+  _globals['_GETUSERREQUEST']._serialized_start=556
+  _globals['_GETUSERREQUEST']._serialized_end=624
+  _globals['_UPDATEUSERREQUEST']._serialized_start=626
+  _globals['_UPDATEUSERREQUEST']._serialized_end=733
+  _globals['_ROTATEWEBHOOKTOKENREQUEST']._serialized_start=735
+  _globals['_ROTATEWEBHOOKTOKENREQUEST']._serialized_end=809
+  _globals['_ROTATEWEBHOOKTOKENRESPONSE']._serialized_start=812
+  _globals['_ROTATEWEBHOOKTOKENRESPONSE']._serialized_end=947
+  _globals['_SETTRADINGVIEWSESSIONREQUEST']._serialized_start=949
+  _globals['_SETTRADINGVIEWSESSIONREQUEST']._serialized_end=1039
+  _globals['_USERSERVICE']._serialized_start=1042
+  _globals['_USERSERVICE']._serialized_end=1508
 # @@protoc_insertion_point(module_scope)

@@ -32,12 +32,15 @@ class CreateUserRequest(_message.Message):
     SIGNALS_QUOTA_FIELD_NUMBER: _builtins.int
     IP_ALLOWLIST_FIELD_NUMBER: _builtins.int
     NOTIFICATION_PREFERENCES_FIELD_NUMBER: _builtins.int
+    REQUIRE_TRADINGVIEW_CLIENT_CERTIFICATE_FIELD_NUMBER: _builtins.int
     external_id: _builtins.str
     """The platform's own user id; unique when set."""
     plan: _resources_pb2.Plan.ValueType
     default_chart_id: _builtins.str
     signals_quota: _builtins.int
     """0 means the plan's default."""
+    require_tradingview_client_certificate: _builtins.bool
+    """See User.require_tradingview_client_certificate."""
     @_builtins.property
     def ip_allowlist(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
@@ -51,10 +54,11 @@ class CreateUserRequest(_message.Message):
         signals_quota: _builtins.int = ...,
         ip_allowlist: _abc.Iterable[_builtins.str] | None = ...,
         notification_preferences: _struct_pb2.Struct | None = ...,
+        require_tradingview_client_certificate: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["notification_preferences", b"notification_preferences"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["default_chart_id", b"default_chart_id", "external_id", b"external_id", "ip_allowlist", b"ip_allowlist", "notification_preferences", b"notification_preferences", "plan", b"plan", "signals_quota", b"signals_quota"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["default_chart_id", b"default_chart_id", "external_id", b"external_id", "ip_allowlist", b"ip_allowlist", "notification_preferences", b"notification_preferences", "plan", b"plan", "require_tradingview_client_certificate", b"require_tradingview_client_certificate", "signals_quota", b"signals_quota"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -123,7 +127,7 @@ class UpdateUserRequest(_message.Message):
     @_builtins.property
     def update_mask(self) -> _field_mask_pb2.FieldMask:
         """Updatable: plan, signals_quota, webhook_enabled, default_chart_id, ip_allowlist,
-        notification_preferences.
+        require_tradingview_client_certificate, notification_preferences.
         """
 
     def __init__(

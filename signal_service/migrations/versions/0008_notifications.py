@@ -1,7 +1,7 @@
 """notifications: the delivery ledger, the feed trigger, encrypted notification secrets
 
-Revision ID: 0009_notifications
-Revises: 0008_scale
+Revision ID: 0008_notifications
+Revises: 0007_scale
 Create Date: 2026-12-07 09:00:00
 
 notification_deliveries is the ledger: one row per (signal, channel, kind), so a delivery is made once
@@ -18,8 +18,8 @@ from sqlalchemy.dialects import postgresql as pg
 
 from signal_service.notifications.feed_function import feed_function_sql
 
-revision = "0009_notifications"
-down_revision = "0008_scale"
+revision = "0008_notifications"
+down_revision = "0007_scale"
 branch_labels = None
 depends_on = None
 

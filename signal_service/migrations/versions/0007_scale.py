@@ -1,6 +1,6 @@
 """scale: per-user signal counters kept on write, list filter indexes
 
-Revision ID: 0008_scale
+Revision ID: 0007_scale
 Revises: 0006_audit_merge
 Create Date: 2026-12-07 09:00:00
 
@@ -31,7 +31,7 @@ import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects import postgresql as pg
 
-revision = "0008_scale"
+revision = "0007_scale"
 down_revision = "0006_audit_merge"
 branch_labels = None
 depends_on = None

@@ -4,6 +4,9 @@ A configured key is ``<key>`` or ``sha256:<hex of the key>``, optionally followe
 ``@user:<user id>``. Without a suffix the key is the platform's. ``@user:`` restricts the caller to that
 user's data, read-only (a browser-facing proxy gets such a key). What each role may call is
 :mod:`mesh.roles`.
+
+A signal service also accepts access tokens (:mod:`mesh.access_tokens`): a browser's bearer for one
+user, read-only (the VIEWER role), checked without a database round trip.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from enum import StrEnum
 
 from pydantic import SecretStr
 
+from mesh.access_tokens import AccessTokens, looks_like_access_token
 from mesh.errors import PermissionDeniedError, UnauthenticatedError
 
 _SCOPE_MARKER = "@user:"
@@ -35,10 +39,13 @@ class Role(StrEnum):
     WORKER = "worker"
     # A key configured with @user:<id>: reads of that one user, and outcomes of its signals.
     USER = "user"
+    # An access token (mesh.access_tokens): reads of that one user, no writes at all.
+    VIEWER = "viewer"
 
 
-# Roles a configured entry may name; USER comes only with @user:<id>, which says whose.
-_NAMEABLE_ROLES = frozenset(Role) - {Role.USER}
+# Roles a configured entry may name; USER comes only with @user:<id>, which says whose; VIEWER only
+# with an access token.
+_NAMEABLE_ROLES = frozenset(Role) - {Role.USER, Role.VIEWER}
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,7 +126,11 @@ class SystemKeys:
 
 
 class ApiKeyRing:
-    def __init__(self, configured: Iterable[SecretStr | str]) -> None:
+    def __init__(
+        self, configured: Iterable[SecretStr | str], *, access_tokens: AccessTokens | None = None
+    ) -> None:
+        # Only the signal service, which issues access tokens, passes them.
+        self._access_tokens = access_tokens
         self._by_hash: dict[str, Principal] = {}
         for entry in configured:
             digest, principal = parse_entry(
@@ -133,7 +144,13 @@ class ApiKeyRing:
     def authenticate(self, authorization: str | None) -> Principal:
         if not authorization or not authorization.lower().startswith("bearer "):
             raise UnauthenticatedError("missing bearer API key")
-        principal = self._by_hash.get(hash_key(authorization[7:].strip()))
+        credential = authorization[7:].strip()
+        if self._access_tokens is not None and looks_like_access_token(credential):
+            token = self._access_tokens.verify(credential)
+            return Principal(
+                key_fingerprint=f"token:{token.token_id[:12]}", role=Role.VIEWER, user_scope=token.user_id
+            )
+        principal = self._by_hash.get(hash_key(credential))
         if principal is None:
             raise UnauthenticatedError("invalid API key")
         return principal

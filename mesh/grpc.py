@@ -26,6 +26,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from mesh.access_tokens import AccessTokens
 from mesh.auth import ApiKeyRing, principal_var
 from mesh.errors import (
     AlertsError,
@@ -244,11 +245,15 @@ class GrpcTls:
 
 
 def create_server(
-    settings: CommonSettings, *, translate_error: ErrorTranslator = _no_translation
+    settings: CommonSettings,
+    *,
+    translate_error: ErrorTranslator = _no_translation,
+    access_tokens: AccessTokens | None = None,
 ) -> grpc.aio.Server:
     """A server with the shared interceptor; `translate_error` maps failures that are not domain errors
-    to the error callers get (None leaves them INTERNAL), e.g. signal_service.database.database_error."""
-    keys = ApiKeyRing(settings.api_keys)
+    to the error callers get (None leaves them INTERNAL), e.g. signal_service.database.database_error;
+    `access_tokens` (the signal service's) accepts browsers' access tokens beside the API keys."""
+    keys = ApiKeyRing(settings.api_keys, access_tokens=access_tokens)
     if not keys:
         raise RuntimeError("no API keys configured (ALERTS_API_KEYS): every call would be refused")
     return grpc.aio.server(interceptors=[_ServerInterceptor(keys, translate_error)], options=_SERVER_OPTIONS)

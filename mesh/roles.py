@@ -27,7 +27,8 @@ PUBLIC_METHODS = frozenset(
     }
 )
 
-_READERS = frozenset({Role.PLATFORM, Role.ADMIN, Role.USER})
+# Access tokens (VIEWER) read one user's data and write nothing.
+_READERS = frozenset({Role.PLATFORM, Role.ADMIN, Role.USER, Role.VIEWER})
 _PLATFORM = frozenset({Role.PLATFORM, Role.ADMIN})
 _EDGE = frozenset({Role.EDGE})
 _WORKER = frozenset({Role.WORKER})
@@ -39,7 +40,7 @@ ROLES_BY_METHOD: Mapping[str, frozenset[Role]] = {
     _SIGNAL + "ListSignals": _READERS,
     # A user-scoped key records outcomes of its own signals, as before roles (the REST API's PATCH);
     # DESIGN.md calls @user read-only: whether it should lose this is the lead's call.
-    _SIGNAL + "UpdateSignalOutcome": _READERS,
+    _SIGNAL + "UpdateSignalOutcome": _READERS - {Role.VIEWER},
     _SIGNAL + "GetUserStats": _READERS,
     _SIGNAL + "SubscribeSignals": _READERS,
     _SIGNAL + "ClaimCapture": _WORKER,
@@ -55,6 +56,8 @@ ROLES_BY_METHOD: Mapping[str, frozenset[Role]] = {
     _USER + "UpdateUser": _PLATFORM,
     _USER + "RotateWebhookToken": _PLATFORM,
     _USER + "SetTradingViewSession": _PLATFORM,
+    _USER + "CreateAccessToken": _PLATFORM,
+    _USER + "RevokeAccessTokens": _PLATFORM,
     # Workers upload screenshots; the signal service, with a worker key, asks for URLs and deletes
     # expired objects (it holds the database and cookie keys already: a worker key grants it nothing new).
     _STORAGE + "PutObject": _WORKER,

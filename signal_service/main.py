@@ -38,6 +38,7 @@ from signal_service.settings import SignalSettings, get_settings
 from signal_service.signals.service import SignalOutcomes, SignalReader
 from signal_service.status import StatusReporter
 from signal_service.storage_links import ScreenshotLinks
+from signal_service.users.access import AccessTokenManager, access_tokens_from_settings
 from signal_service.users.service import UserManager
 from signal_service.users.servicer import UserServicer
 
@@ -64,6 +65,7 @@ class SignalApp:
     retention: RetentionJob
     signal_servicer: SignalServicer
     user_servicer: UserServicer
+    access_tokens: AccessTokenManager
 
     background: list[asyncio.Task[None]] = field(default_factory=list)
 
@@ -71,6 +73,7 @@ class SignalApp:
         self.audit.start()
         self.relay.start()
         self.events.start()
+        self.access_tokens.refresher.start()
         self.background.append(asyncio.create_task(self._sweep_forever(), name="capture-sweeper"))
         self.background.append(
             asyncio.create_task(self.session_scheduler.run_forever(), name="session-check-scheduler")
@@ -87,6 +90,7 @@ class SignalApp:
 
     async def close(self) -> None:
         await self.events.stop()
+        await self.access_tokens.refresher.stop()
         for task in self.background:
             task.cancel()
         await asyncio.gather(*self.background, return_exceptions=True)
@@ -139,7 +143,11 @@ async def signal_app(settings: SignalSettings) -> AsyncIterator[SignalApp]:
     sessions = SessionChecks(
         database=database, settings=settings, redis=redis, workers_key=capture_workers_key(settings)
     )
+    access_tokens = AccessTokenManager(
+        database=database, settings=settings, tokens=access_tokens_from_settings(settings)
+    )
     app = SignalApp(
+        access_tokens=access_tokens,
         captures=captures,
         session_scheduler=SessionCheckScheduler(database=database, settings=settings, on_commit=relay.kick),
         retention=RetentionJob(database=database, settings=settings, storage=storage),
@@ -169,7 +177,8 @@ async def signal_app(settings: SignalSettings) -> AsyncIterator[SignalApp]:
                 captures=captures,
                 sessions=sessions,
                 on_commit=relay.kick,
-            )
+            ),
+            access_tokens,
         ),
     )
     try:
@@ -187,7 +196,9 @@ def register(server: object, app: SignalApp) -> None:
 
 async def serve(settings: SignalSettings) -> None:
     async with signal_app(settings) as app:
-        server = mesh_grpc.create_server(settings, translate_error=database_error)
+        server = mesh_grpc.create_server(
+            settings, translate_error=database_error, access_tokens=app.access_tokens.tokens
+        )
         register(server, app)
         app.start_background()
         await mesh_grpc.serve(

@@ -368,3 +368,77 @@ async def test_example_client_lists_follows_and_resumes_from_its_cursor_file(
     second = await run_example(*common, "--list", "0", "--max-events", "3")
     assert [line.split()[1] for line in second] == ["4", "5", "6"]
     assert cursor_file.read_text() == "6"
+
+
+async def refused_within(check, seconds: float) -> bool:
+    """Whether `check()` answers True (refused) before `seconds` pass; polled, not timed."""
+    deadline = asyncio.get_running_loop().time() + seconds
+    while asyncio.get_running_loop().time() < deadline:
+        if await check():
+            return True
+        await asyncio.sleep(0.1)
+    return False
+
+
+async def test_an_access_token_reads_on_every_replica_writes_nothing_and_is_revoked_everywhere(
+    replicas: Replicas, stubs: dict[str, signal_service_pb2_grpc.SignalServiceStub], users
+) -> None:
+    user = await create_user(users)
+    signal_id = (await stubs["a"].IngestWebhook(ingest_request(user.webhook_token, alert(1)))).signal_id
+    async with open_system_channel(replicas.a) as on_a:
+        accounts_on_a = user_service_pb2_grpc.UserServiceStub(on_a)
+        issued = await accounts_on_a.CreateAccessToken(
+            user_service_pb2.CreateAccessTokenRequest(user_id=user.user.user_id, ttl_seconds=600)
+        )
+        token = issued.access_token
+        list_request = signal_service_pb2.ListSignalsRequest(user_id=user.user.user_id)
+        async with open_channel(replicas.b, token) as as_viewer, httpx.AsyncClient(timeout=10) as client:
+            viewer_on_b = signal_service_pb2_grpc.SignalServiceStub(as_viewer)
+            listed = await viewer_on_b.ListSignals(list_request)
+            assert [row.signal_id for row in listed.signals] == [signal_id]
+            signals_url = f"{replicas.edge_url}/api/users/{user.user.user_id}/signals"
+            bearer = {"Authorization": f"Bearer {token}"}
+            assert (await client.get(signals_url, headers=bearer)).status_code == 200
+
+            with pytest.raises(grpc.aio.AioRpcError) as write:
+                await viewer_on_b.UpdateSignalOutcome(
+                    signal_service_pb2.UpdateSignalOutcomeRequest(
+                        signal_id=signal_id, result=resources_pb2.SIGNAL_RESULT_WIN
+                    )
+                )
+            assert write.value.code() == grpc.StatusCode.PERMISSION_DENIED
+            patched = await client.patch(f"{signals_url}/{signal_id}", json={"result": "win"}, headers=bearer)
+            assert patched.status_code == 403, patched.text
+            with pytest.raises(grpc.aio.AioRpcError) as other_user:
+                await viewer_on_b.ListSignals(
+                    signal_service_pb2.ListSignalsRequest(user_id=str(uuid.uuid4()))
+                )
+            assert other_user.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+            await accounts_on_a.RevokeAccessTokens(
+                user_service_pb2.RevokeAccessTokensRequest(user_id=user.user.user_id)
+            )
+
+            async def refused_on_b() -> bool:
+                try:
+                    await viewer_on_b.ListSignals(list_request)
+                except grpc.aio.AioRpcError as exc:
+                    if exc.code() != grpc.StatusCode.UNAUTHENTICATED:
+                        raise
+                    return True
+                return False
+
+            assert await refused_within(refused_on_b, 5.0)
+            assert (await client.get(signals_url, headers=bearer)).status_code == 401
+            # The replica that revoked refuses from its answer on.
+            async with open_channel(replicas.a, token) as as_viewer_on_a:
+                with pytest.raises(grpc.aio.AioRpcError) as on_a_refused:
+                    await signal_service_pb2_grpc.SignalServiceStub(as_viewer_on_a).ListSignals(list_request)
+                assert on_a_refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+            # A token issued after the revocation works.
+            fresh = await accounts_on_a.CreateAccessToken(
+                user_service_pb2.CreateAccessTokenRequest(user_id=user.user.user_id)
+            )
+            fresh_bearer = {"Authorization": f"Bearer {fresh.access_token}"}
+            assert (await client.get(signals_url, headers=fresh_bearer)).status_code == 200

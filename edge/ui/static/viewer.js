@@ -67,11 +67,32 @@
     };
   }
 
+  // The user an access token is for: its payload's "sub". Only read here, never trusted: the service
+  // verifies the token on every call.
+  function tokenUser(token) {
+    try {
+      const payload = token.split(".")[1].replace(/-/g, "+").replace(/_/g, "/");
+      const sub = JSON.parse(atob(payload.padEnd(Math.ceil(payload.length / 4) * 4, "="))).sub;
+      return typeof sub === "string" ? sub : "";
+    } catch {
+      return "";
+    }
+  }
+
   // ---- credentials: from the URL fragment once (then removed from the address bar), else sessionStorage.
-  function loadCredentials() {
-    const fragment = new URLSearchParams(location.hash.slice(1));
+  // A link carries an access token (#token=...) or a user id with a key scoped to it (#user=...&key=...).
+  function credentialsFromFragment(fragment) {
+    const token = (fragment.get("token") || "").trim();
+    if (token && tokenUser(token)) return { user: tokenUser(token), key: token };
     if (fragment.get("user") && fragment.get("key")) {
-      const found = { user: fragment.get("user").trim(), key: fragment.get("key").trim() };
+      return { user: fragment.get("user").trim(), key: fragment.get("key").trim() };
+    }
+    return null;
+  }
+
+  function loadCredentials() {
+    const found = credentialsFromFragment(new URLSearchParams(location.hash.slice(1)));
+    if (found) {
       sessionStorage.setItem(CREDENTIALS, JSON.stringify(found));
       history.replaceState(null, "", location.pathname + location.search);
       return found;
@@ -118,7 +139,9 @@
       cache: "no-store",
     });
     if (response.status === 401 || response.status === 403) {
-      throw new AuthError(response.status === 401 ? "This API key is not accepted." : "This API key may not read this user.");
+      throw new AuthError(
+        response.status === 401 ? "This key or link is not accepted (expired or revoked?)." : "This key may not read this user.",
+      );
     }
     return response;
   }

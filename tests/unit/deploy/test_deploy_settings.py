@@ -40,6 +40,7 @@ SECRET_PLACEHOLDERS = {
     "WORKER_SERVICE_API_KEY": "placeholder-worker-key",
     "ALERTS_COOKIE_KEYS": "k1:" + "A" * 43 + "=",
     "ALERTS_MEDIA_SIGNING_KEY": "placeholder-media-signing-key",
+    "ALERTS_ACCESS_TOKEN_SIGNING_KEY": "placeholder-access-token-signing-key",
     "POSTGRES_PASSWORD": "placeholder",
 }
 # What each deployment must say, by where it runs.

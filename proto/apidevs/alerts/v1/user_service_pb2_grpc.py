@@ -61,6 +61,16 @@ class UserServiceStub:
                 request_serializer=apidevs_dot_alerts_dot_v1_dot_user__service__pb2.SetTradingViewSessionRequest.SerializeToString,
                 response_deserializer=apidevs_dot_alerts_dot_v1_dot_resources__pb2.User.FromString,
                 _registered_method=True)
+        self.CreateAccessToken = channel.unary_unary(
+                '/apidevs.alerts.v1.UserService/CreateAccessToken',
+                request_serializer=apidevs_dot_alerts_dot_v1_dot_user__service__pb2.CreateAccessTokenRequest.SerializeToString,
+                response_deserializer=apidevs_dot_alerts_dot_v1_dot_user__service__pb2.CreateAccessTokenResponse.FromString,
+                _registered_method=True)
+        self.RevokeAccessTokens = channel.unary_unary(
+                '/apidevs.alerts.v1.UserService/RevokeAccessTokens',
+                request_serializer=apidevs_dot_alerts_dot_v1_dot_user__service__pb2.RevokeAccessTokensRequest.SerializeToString,
+                response_deserializer=apidevs_dot_alerts_dot_v1_dot_user__service__pb2.RevokeAccessTokensResponse.FromString,
+                _registered_method=True)
 
 
 class UserServiceServicer:
@@ -102,6 +112,21 @@ class UserServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateAccessToken(self, request, context):
+        """A signed, short-lived, read-only bearer token for one user's browser: it reads that user's
+        signals, stats, stream and viewer, and writes nothing. Verified without a database round trip.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeAccessTokens(self, request, context):
+        """Refuses every access token of the user issued before this call, on every replica within 5 s.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_UserServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -129,6 +154,16 @@ def add_UserServiceServicer_to_server(servicer, server):
                     servicer.SetTradingViewSession,
                     request_deserializer=apidevs_dot_alerts_dot_v1_dot_user__service__pb2.SetTradingViewSessionRequest.FromString,
                     response_serializer=apidevs_dot_alerts_dot_v1_dot_resources__pb2.User.SerializeToString,
+            ),
+            'CreateAccessToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateAccessToken,
+                    request_deserializer=apidevs_dot_alerts_dot_v1_dot_user__service__pb2.CreateAccessTokenRequest.FromString,
+                    response_serializer=apidevs_dot_alerts_dot_v1_dot_user__service__pb2.CreateAccessTokenResponse.SerializeToString,
+            ),
+            'RevokeAccessTokens': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeAccessTokens,
+                    request_deserializer=apidevs_dot_alerts_dot_v1_dot_user__service__pb2.RevokeAccessTokensRequest.FromString,
+                    response_serializer=apidevs_dot_alerts_dot_v1_dot_user__service__pb2.RevokeAccessTokensResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -267,6 +302,60 @@ class UserService:
             '/apidevs.alerts.v1.UserService/SetTradingViewSession',
             apidevs_dot_alerts_dot_v1_dot_user__service__pb2.SetTradingViewSessionRequest.SerializeToString,
             apidevs_dot_alerts_dot_v1_dot_resources__pb2.User.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateAccessToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/apidevs.alerts.v1.UserService/CreateAccessToken',
+            apidevs_dot_alerts_dot_v1_dot_user__service__pb2.CreateAccessTokenRequest.SerializeToString,
+            apidevs_dot_alerts_dot_v1_dot_user__service__pb2.CreateAccessTokenResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeAccessTokens(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/apidevs.alerts.v1.UserService/RevokeAccessTokens',
+            apidevs_dot_alerts_dot_v1_dot_user__service__pb2.RevokeAccessTokensRequest.SerializeToString,
+            apidevs_dot_alerts_dot_v1_dot_user__service__pb2.RevokeAccessTokensResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -44,6 +44,12 @@ class UserServiceStub:
     """Issues a new token; the old one stops working at once or after the grace period."""
     SetTradingViewSession: _grpc.UnaryUnaryMultiCallable[_user_service_pb2.SetTradingViewSessionRequest, _resources_pb2.User]
     """Stores the cookies encrypted; they are never returned or logged."""
+    CreateAccessToken: _grpc.UnaryUnaryMultiCallable[_user_service_pb2.CreateAccessTokenRequest, _user_service_pb2.CreateAccessTokenResponse]
+    """A signed, short-lived, read-only bearer token for one user's browser: it reads that user's
+    signals, stats, stream and viewer, and writes nothing. Verified without a database round trip.
+    """
+    RevokeAccessTokens: _grpc.UnaryUnaryMultiCallable[_user_service_pb2.RevokeAccessTokensRequest, _user_service_pb2.RevokeAccessTokensResponse]
+    """Refuses every access token of the user issued before this call, on every replica within 5 s."""
 
 @_typing.type_check_only
 class UserServiceAsyncStub(UserServiceStub):
@@ -60,6 +66,12 @@ class UserServiceAsyncStub(UserServiceStub):
     """Issues a new token; the old one stops working at once or after the grace period."""
     SetTradingViewSession: _aio.UnaryUnaryMultiCallable[_user_service_pb2.SetTradingViewSessionRequest, _resources_pb2.User]  # type: ignore[assignment]
     """Stores the cookies encrypted; they are never returned or logged."""
+    CreateAccessToken: _aio.UnaryUnaryMultiCallable[_user_service_pb2.CreateAccessTokenRequest, _user_service_pb2.CreateAccessTokenResponse]  # type: ignore[assignment]
+    """A signed, short-lived, read-only bearer token for one user's browser: it reads that user's
+    signals, stats, stream and viewer, and writes nothing. Verified without a database round trip.
+    """
+    RevokeAccessTokens: _aio.UnaryUnaryMultiCallable[_user_service_pb2.RevokeAccessTokensRequest, _user_service_pb2.RevokeAccessTokensResponse]  # type: ignore[assignment]
+    """Refuses every access token of the user issued before this call, on every replica within 5 s."""
 
 class UserServiceServicer(metaclass=_abc_1.ABCMeta):
     """Users and their webhook credentials. Used by the platform backend and administrators."""
@@ -103,5 +115,23 @@ class UserServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_resources_pb2.User, _abc.Awaitable[_resources_pb2.User]]:
         """Stores the cookies encrypted; they are never returned or logged."""
+
+    @_abc_1.abstractmethod
+    def CreateAccessToken(
+        self,
+        request: _user_service_pb2.CreateAccessTokenRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_user_service_pb2.CreateAccessTokenResponse, _abc.Awaitable[_user_service_pb2.CreateAccessTokenResponse]]:
+        """A signed, short-lived, read-only bearer token for one user's browser: it reads that user's
+        signals, stats, stream and viewer, and writes nothing. Verified without a database round trip.
+        """
+
+    @_abc_1.abstractmethod
+    def RevokeAccessTokens(
+        self,
+        request: _user_service_pb2.RevokeAccessTokensRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_user_service_pb2.RevokeAccessTokensResponse, _abc.Awaitable[_user_service_pb2.RevokeAccessTokensResponse]]:
+        """Refuses every access token of the user issued before this call, on every replica within 5 s."""
 
 def add_UserServiceServicer_to_server(servicer: UserServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

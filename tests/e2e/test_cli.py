@@ -7,6 +7,7 @@ import json
 import subprocess
 from pathlib import Path
 
+import httpx
 import pytest
 
 from alerts.processes import alerts_argv, free_port
@@ -19,7 +20,14 @@ pytestmark = pytest.mark.e2e
 
 SECRET = "sk-not-to-be-printed-4f1c"
 DATABASE_COMMANDS = (("migrate",), ("keys", "rotate"), ("audit", "prune"))
-SERVICE_COMMANDS = (("user", "create"), ("captures", "failed"), ("captures", "retry", "--all"))
+SOME_USER = "0193a6f0-0000-7000-8000-000000000001"
+SERVICE_COMMANDS = (
+    ("user", "create"),
+    ("captures", "failed"),
+    ("captures", "retry", "--all"),
+    ("token", "create", SOME_USER),
+    ("token", "revoke", SOME_USER),
+)
 
 
 def run_alerts(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
@@ -120,6 +128,36 @@ def test_user_create_answers_json(cli_env: dict[str, str], edge_stack: Stack, se
     assert created["plan"] == "pro"
     assert created["user_id"]
     assert created["webhook_url"].startswith(edge_stack.env["ALERTS_PUBLIC_URL"] + "/webhook/u/")
+
+
+async def test_token_create_gives_a_read_only_viewer_link_and_revoke_ends_it(
+    cli_env: dict[str, str], edge_stack: Stack, service_key: str, edge_stack_users
+) -> None:
+    created = await create_user(edge_stack_users, plan=resources_pb2.PLAN_PRO)
+    user_id = created.user.user_id
+    env = cli_env | {
+        "ALERTS_SIGNAL_ADDR": edge_stack.signal_addr,
+        "ALERTS_SERVICE_API_KEY": service_key,
+        "ALERTS_PUBLIC_URL": edge_stack.edge_url,
+    }
+    answer = run_alerts(env, "token", "create", user_id, "--ttl", "300", "--json")
+    assert answer.returncode == 0, answer.stderr
+    issued = json.loads(answer.stdout)
+    assert issued["viewer"] == f"{edge_stack.edge_url}/ui#token={issued['access_token']}"
+    bearer = {"Authorization": f"Bearer {issued['access_token']}"}
+    signals_url = f"{edge_stack.edge_url}/api/users/{user_id}/signals"
+    async with httpx.AsyncClient(timeout=10) as client:
+        assert (await client.get(signals_url, headers=bearer)).status_code == 200
+
+        revoked = run_alerts(env, "token", "revoke", user_id, "--json")
+        assert revoked.returncode == 0, revoked.stderr
+        assert json.loads(revoked.stdout)["user_id"] == user_id
+        assert (await client.get(signals_url, headers=bearer)).status_code == 401
+
+    too_long = run_alerts(env, "token", "create", user_id, "--ttl", str(10**7))
+    assert_one_line_failure(too_long, "INVALID_TTL")
+    unknown = run_alerts(env, "token", "create", SOME_USER)
+    assert_one_line_failure(unknown, "USER_NOT_FOUND")
 
 
 async def test_captures_failed_answers_json(

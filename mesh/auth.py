@@ -17,6 +17,7 @@ import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Protocol
 
 from pydantic import SecretStr
 
@@ -125,12 +126,23 @@ class SystemKeys:
         return {"edge": self.edge, "signal": self.worker, "capture": self.worker}.get(kind)
 
 
+class RuntimeKeys(Protocol):
+    """API keys created while the services run (the signal service's ApiKeyService), looked up in memory."""
+
+    def principal_for(self, digest: str) -> Principal | None: ...
+
+
 class ApiKeyRing:
     def __init__(
-        self, configured: Iterable[SecretStr | str], *, access_tokens: AccessTokens | None = None
+        self,
+        configured: Iterable[SecretStr | str],
+        *,
+        access_tokens: AccessTokens | None = None,
+        runtime_keys: RuntimeKeys | None = None,
     ) -> None:
-        # Only the signal service, which issues access tokens, passes them.
+        # Only the signal service, which issues access tokens and runtime keys, passes these.
         self._access_tokens = access_tokens
+        self._runtime_keys = runtime_keys
         self._by_hash: dict[str, Principal] = {}
         for entry in configured:
             digest, principal = parse_entry(
@@ -150,7 +162,10 @@ class ApiKeyRing:
             return Principal(
                 key_fingerprint=f"token:{token.token_id[:12]}", role=Role.VIEWER, user_scope=token.user_id
             )
-        principal = self._by_hash.get(hash_key(credential))
+        digest = hash_key(credential)
+        principal = self._by_hash.get(digest)
+        if principal is None and self._runtime_keys is not None:
+            principal = self._runtime_keys.principal_for(digest)
         if principal is None:
             raise UnauthenticatedError("invalid API key")
         return principal

@@ -27,7 +27,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from mesh.access_tokens import AccessTokens
-from mesh.auth import ApiKeyRing, principal_var
+from mesh.auth import ApiKeyRing, RuntimeKeys, principal_var
 from mesh.errors import (
     AlertsError,
     InternalError,
@@ -249,11 +249,13 @@ def create_server(
     *,
     translate_error: ErrorTranslator = _no_translation,
     access_tokens: AccessTokens | None = None,
+    runtime_keys: RuntimeKeys | None = None,
 ) -> grpc.aio.Server:
     """A server with the shared interceptor; `translate_error` maps failures that are not domain errors
     to the error callers get (None leaves them INTERNAL), e.g. signal_service.database.database_error;
-    `access_tokens` (the signal service's) accepts browsers' access tokens beside the API keys."""
-    keys = ApiKeyRing(settings.api_keys, access_tokens=access_tokens)
+    `access_tokens` and `runtime_keys` (the signal service's) accept browsers' access tokens and keys
+    created at runtime beside the configured (bootstrap) keys."""
+    keys = ApiKeyRing(settings.api_keys, access_tokens=access_tokens, runtime_keys=runtime_keys)
     if not keys:
         raise RuntimeError("no API keys configured (ALERTS_API_KEYS): every call would be refused")
     return grpc.aio.server(interceptors=[_ServerInterceptor(keys, translate_error)], options=_SERVER_OPTIONS)

@@ -17,6 +17,7 @@ from mesh.errors import PermissionDeniedError
 _SIGNAL = "/apidevs.alerts.v1.SignalService/"
 _USER = "/apidevs.alerts.v1.UserService/"
 _STORAGE = "/apidevs.alerts.v1.StorageService/"
+_API_KEY = "/apidevs.alerts.v1.ApiKeyService/"
 
 PUBLIC_METHODS = frozenset(
     {
@@ -58,6 +59,10 @@ ROLES_BY_METHOD: Mapping[str, frozenset[Role]] = {
     _USER + "SetTradingViewSession": _PLATFORM,
     _USER + "CreateAccessToken": _PLATFORM,
     _USER + "RevokeAccessTokens": _PLATFORM,
+    # Keys grant roles, admin among them: only an admin manages them.
+    _API_KEY + "CreateApiKey": frozenset({Role.ADMIN}),
+    _API_KEY + "ListApiKeys": frozenset({Role.ADMIN}),
+    _API_KEY + "RevokeApiKey": frozenset({Role.ADMIN}),
     # Workers upload screenshots; the signal service, with a worker key, asks for URLs and deletes
     # expired objects (it holds the database and cookie keys already: a worker key grants it nothing new).
     _STORAGE + "PutObject": _WORKER,

@@ -12,6 +12,8 @@ import uvloop
 from redis.asyncio import Redis
 
 from apidevs.alerts.v1 import (
+    api_key_service_pb2,
+    api_key_service_pb2_grpc,
     signal_service_pb2,
     signal_service_pb2_grpc,
     storage_service_pb2_grpc,
@@ -23,6 +25,8 @@ from mesh.crypto import CookieCipher
 from mesh.logging import configure_logging
 from mesh.metrics import start_metrics_server
 from mesh.queues import capture_workers_key, dramatiq_namespace
+from signal_service.api_keys.service import ApiKeyManager
+from signal_service.api_keys.servicer import ApiKeyServicer
 from signal_service.audit.service import AuditWriter
 from signal_service.captures.service import CaptureCoordinator
 from signal_service.database import Database, create_engine, database_error
@@ -47,6 +51,7 @@ log = logging.getLogger(__name__)
 SERVICE_NAMES = (
     signal_service_pb2.DESCRIPTOR.services_by_name["SignalService"].full_name,
     user_service_pb2.DESCRIPTOR.services_by_name["UserService"].full_name,
+    api_key_service_pb2.DESCRIPTOR.services_by_name["ApiKeyService"].full_name,
 )
 
 
@@ -66,6 +71,8 @@ class SignalApp:
     signal_servicer: SignalServicer
     user_servicer: UserServicer
     access_tokens: AccessTokenManager
+    api_keys: ApiKeyManager
+    api_key_servicer: ApiKeyServicer
 
     background: list[asyncio.Task[None]] = field(default_factory=list)
 
@@ -74,6 +81,7 @@ class SignalApp:
         self.relay.start()
         self.events.start()
         self.access_tokens.refresher.start()
+        self.api_keys.refresher.start()
         self.background.append(asyncio.create_task(self._sweep_forever(), name="capture-sweeper"))
         self.background.append(
             asyncio.create_task(self.session_scheduler.run_forever(), name="session-check-scheduler")
@@ -91,6 +99,7 @@ class SignalApp:
     async def close(self) -> None:
         await self.events.stop()
         await self.access_tokens.refresher.stop()
+        await self.api_keys.refresher.stop()
         for task in self.background:
             task.cancel()
         await asyncio.gather(*self.background, return_exceptions=True)
@@ -146,8 +155,11 @@ async def signal_app(settings: SignalSettings) -> AsyncIterator[SignalApp]:
     access_tokens = AccessTokenManager(
         database=database, settings=settings, tokens=access_tokens_from_settings(settings)
     )
+    api_keys = ApiKeyManager(database=database, refresh_seconds=settings.api_key_refresh_seconds)
     app = SignalApp(
         access_tokens=access_tokens,
+        api_keys=api_keys,
+        api_key_servicer=ApiKeyServicer(api_keys),
         captures=captures,
         session_scheduler=SessionCheckScheduler(database=database, settings=settings, on_commit=relay.kick),
         retention=RetentionJob(database=database, settings=settings, storage=storage),
@@ -192,12 +204,16 @@ async def signal_app(settings: SignalSettings) -> AsyncIterator[SignalApp]:
 def register(server: object, app: SignalApp) -> None:
     signal_service_pb2_grpc.add_SignalServiceServicer_to_server(app.signal_servicer, server)
     user_service_pb2_grpc.add_UserServiceServicer_to_server(app.user_servicer, server)
+    api_key_service_pb2_grpc.add_ApiKeyServiceServicer_to_server(app.api_key_servicer, server)
 
 
 async def serve(settings: SignalSettings) -> None:
     async with signal_app(settings) as app:
         server = mesh_grpc.create_server(
-            settings, translate_error=database_error, access_tokens=app.access_tokens.tokens
+            settings,
+            translate_error=database_error,
+            access_tokens=app.access_tokens.tokens,
+            runtime_keys=app.api_keys.table,
         )
         register(server, app)
         app.start_background()

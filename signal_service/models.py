@@ -259,3 +259,21 @@ class SignalEvent(SQLModel, table=True):
         default_factory=dict, sa_column=sa.Column(pg.JSONB, nullable=False, server_default="{}")
     )
     created_at: datetime = Field(sa_column=_now_column())
+
+
+class ApiKey(SQLModel, table=True):
+    """An API key created at runtime (ApiKeyService); only its SHA-256 is stored."""
+
+    __tablename__ = "api_keys"
+
+    id: uuid.UUID = Field(sa_column=sa.Column(pg.UUID(as_uuid=True), primary_key=True))
+    key_hash: str = Field(sa_column=sa.Column(sa.Text, nullable=False, unique=True))
+    name: str = Field(sa_column=sa.Column(sa.Text, nullable=False))
+    # A mesh.auth.Role value; "user" keys name their user.
+    role: str = Field(sa_column=sa.Column(sa.Text, nullable=False))
+    user_id: uuid.UUID | None = Field(
+        default=None,
+        sa_column=sa.Column(pg.UUID(as_uuid=True), sa.ForeignKey("users.id", ondelete="CASCADE")),
+    )
+    created_at: datetime = Field(sa_column=_now_column())
+    revoked_at: datetime | None = Field(default=None, sa_column=_utc_column(nullable=True))

@@ -60,6 +60,8 @@ class SignalSettings(DatabaseJobSettings):
     access_token_max_ttl_seconds: int = Field(default=86_400, ge=60)
     # How often every replica reads the revocations (RevokeAccessTokens promises 5 s).
     access_token_revocation_poll_seconds: float = Field(default=1.0, gt=0, le=4)
+    # How often every replica reloads the API keys created at runtime (RevokeApiKey promises 5 s).
+    api_key_refresh_seconds: float = Field(default=1.0, gt=0, le=4)
     # An identical body from the same user within this window is a TradingView re-send, not a new alert.
     dedupe_window_seconds: int = Field(default=60, ge=0)
     # JSON, e.g. ALERTS_PLAN_LIMITS='{"free": {"signals_quota": 100, "rate_per_second": 0.5,

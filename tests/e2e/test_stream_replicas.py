@@ -21,6 +21,8 @@ import pytest
 
 from alerts.processes import ManagedProcess, alerts_argv, free_port, grpc_serving, http_ok
 from apidevs.alerts.v1 import (
+    api_key_service_pb2,
+    api_key_service_pb2_grpc,
     resources_pb2,
     signal_service_pb2,
     signal_service_pb2_grpc,
@@ -370,8 +372,8 @@ async def test_example_client_lists_follows_and_resumes_from_its_cursor_file(
     assert cursor_file.read_text() == "6"
 
 
-async def refused_within(check, seconds: float) -> bool:
-    """Whether `check()` answers True (refused) before `seconds` pass; polled, not timed."""
+async def holds_within(check, seconds: float) -> bool:
+    """Whether `check()` answers True before `seconds` pass; polled, not timed."""
     deadline = asyncio.get_running_loop().time() + seconds
     while asyncio.get_running_loop().time() < deadline:
         if await check():
@@ -428,7 +430,7 @@ async def test_an_access_token_reads_on_every_replica_writes_nothing_and_is_revo
                     return True
                 return False
 
-            assert await refused_within(refused_on_b, 5.0)
+            assert await holds_within(refused_on_b, 5.0)
             assert (await client.get(signals_url, headers=bearer)).status_code == 401
             # The replica that revoked refuses from its answer on.
             async with open_channel(replicas.a, token) as as_viewer_on_a:
@@ -442,3 +444,57 @@ async def test_an_access_token_reads_on_every_replica_writes_nothing_and_is_revo
             )
             fresh_bearer = {"Authorization": f"Bearer {fresh.access_token}"}
             assert (await client.get(signals_url, headers=fresh_bearer)).status_code == 200
+
+
+async def test_a_runtime_api_key_works_on_every_replica_until_revoked_everywhere(
+    replicas: Replicas, users
+) -> None:
+    user = await create_user(users)
+    async with open_system_channel(replicas.a) as on_a:
+        keys_on_a = api_key_service_pb2_grpc.ApiKeyServiceStub(on_a)
+        created = await keys_on_a.CreateApiKey(
+            api_key_service_pb2.CreateApiKeyRequest(
+                role=api_key_service_pb2.API_KEY_ROLE_USER, name="trader's proxy", user_id=user.user.user_id
+            )
+        )
+        listed = await keys_on_a.ListApiKeys(api_key_service_pb2.ListApiKeysRequest())
+        assert created.api_key.key_id in {key.key_id for key in listed.api_keys}
+        assert all(created.key not in str(key) for key in listed.api_keys)
+
+        stats_request = signal_service_pb2.GetUserStatsRequest(user_id=user.user.user_id)
+        async with (
+            open_channel(replicas.a, created.key) as key_on_a,
+            open_channel(replicas.b, created.key) as key_on_b,
+        ):
+            on_each = [signal_service_pb2_grpc.SignalServiceStub(channel) for channel in (key_on_a, key_on_b)]
+
+            async def accepted_everywhere() -> bool:
+                try:
+                    for stub in on_each:
+                        await stub.GetUserStats(stats_request)
+                except grpc.aio.AioRpcError as exc:
+                    if exc.code() != grpc.StatusCode.UNAUTHENTICATED:
+                        raise
+                    return False
+                return True
+
+            # Replica b learns of the new key within its refresh interval too.
+            assert await holds_within(accepted_everywhere, 5.0)
+
+            revoked = await keys_on_a.RevokeApiKey(
+                api_key_service_pb2.RevokeApiKeyRequest(key_id=created.api_key.key_id)
+            )
+            assert revoked.HasField("revoked_at")
+
+            async def refused_everywhere() -> bool:
+                for stub in on_each:
+                    try:
+                        await stub.GetUserStats(stats_request)
+                    except grpc.aio.AioRpcError as exc:
+                        if exc.code() != grpc.StatusCode.UNAUTHENTICATED:
+                            raise
+                        continue
+                    return False
+                return True
+
+            assert await holds_within(refused_everywhere, 5.0)

@@ -54,6 +54,7 @@ ROLES_BY_METHOD: Mapping[str, frozenset[Role]] = {
     _SIGNAL + "GetServiceStatus": _PLATFORM | _EDGE,
     _USER + "CreateUser": _PLATFORM,
     _USER + "GetUser": _READERS,
+    _USER + "ListUsers": _PLATFORM,
     _USER + "UpdateUser": _PLATFORM,
     _USER + "RotateWebhookToken": _PLATFORM,
     _USER + "SetTradingViewSession": _PLATFORM,

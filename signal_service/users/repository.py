@@ -29,6 +29,17 @@ class UserRepository:
         row = (await self.session.execute(statement)).one_or_none()
         return (row[0], row[1]) if row else None
 
+    async def page(self, after: uuid.UUID | None, limit: int) -> list[tuple[User, UserConfig]]:
+        statement = (
+            sa.select(User, UserConfig)
+            .join(UserConfig, UserConfig.user_id == User.id)
+            .order_by(User.id)
+            .limit(limit)
+        )
+        if after is not None:
+            statement = statement.where(User.id > after)
+        return [(row[0], row[1]) for row in await self.session.execute(statement)]
+
     async def get_by_external_id(self, external_id: str) -> tuple[User, UserConfig] | None:
         statement = (
             sa.select(User, UserConfig)

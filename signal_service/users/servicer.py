@@ -42,6 +42,15 @@ class UserServicer(user_service_pb2_grpc.UserServiceServicer):
         current_principal().ensure_can_access(str(view.user.id))
         return user_to_proto(view)
 
+    async def ListUsers(
+        self, request: user_service_pb2.ListUsersRequest, context: grpc.aio.ServicerContext
+    ) -> user_service_pb2.ListUsersResponse:
+        ensure_unscoped()
+        views, next_page_token = await self._users.list_page(request.page_size, request.page_token)
+        return user_service_pb2.ListUsersResponse(
+            users=[user_to_proto(view) for view in views], next_page_token=next_page_token
+        )
+
     async def UpdateUser(
         self, request: user_service_pb2.UpdateUserRequest, context: grpc.aio.ServicerContext
     ) -> resources_pb2.User:

@@ -38,6 +38,8 @@ class UserServiceStub:
     """Returns the webhook token once; only its hash is stored."""
     GetUser: _grpc.UnaryUnaryMultiCallable[_user_service_pb2.GetUserRequest, _resources_pb2.User]
     """One user, by user_id or by the platform's external_id."""
+    ListUsers: _grpc.UnaryUnaryMultiCallable[_user_service_pb2.ListUsersRequest, _user_service_pb2.ListUsersResponse]
+    """Users in user_id order, a page at a time."""
     UpdateUser: _grpc.UnaryUnaryMultiCallable[_user_service_pb2.UpdateUserRequest, _resources_pb2.User]
     """Changes only the fields named in update_mask; returns the user as stored."""
     RotateWebhookToken: _grpc.UnaryUnaryMultiCallable[_user_service_pb2.RotateWebhookTokenRequest, _user_service_pb2.RotateWebhookTokenResponse]
@@ -60,6 +62,8 @@ class UserServiceAsyncStub(UserServiceStub):
     """Returns the webhook token once; only its hash is stored."""
     GetUser: _aio.UnaryUnaryMultiCallable[_user_service_pb2.GetUserRequest, _resources_pb2.User]  # type: ignore[assignment]
     """One user, by user_id or by the platform's external_id."""
+    ListUsers: _aio.UnaryUnaryMultiCallable[_user_service_pb2.ListUsersRequest, _user_service_pb2.ListUsersResponse]  # type: ignore[assignment]
+    """Users in user_id order, a page at a time."""
     UpdateUser: _aio.UnaryUnaryMultiCallable[_user_service_pb2.UpdateUserRequest, _resources_pb2.User]  # type: ignore[assignment]
     """Changes only the fields named in update_mask; returns the user as stored."""
     RotateWebhookToken: _aio.UnaryUnaryMultiCallable[_user_service_pb2.RotateWebhookTokenRequest, _user_service_pb2.RotateWebhookTokenResponse]  # type: ignore[assignment]
@@ -91,6 +95,14 @@ class UserServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_resources_pb2.User, _abc.Awaitable[_resources_pb2.User]]:
         """One user, by user_id or by the platform's external_id."""
+
+    @_abc_1.abstractmethod
+    def ListUsers(
+        self,
+        request: _user_service_pb2.ListUsersRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_user_service_pb2.ListUsersResponse, _abc.Awaitable[_user_service_pb2.ListUsersResponse]]:
+        """Users in user_id order, a page at a time."""
 
     @_abc_1.abstractmethod
     def UpdateUser(

@@ -11,6 +11,7 @@ expiry only; revocation is a per-user "not before" the signal service keeps in m
 from __future__ import annotations
 
 import math
+import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ from datetime import UTC, datetime
 
 import jwt
 
-from mesh.errors import UnauthenticatedError
+from mesh.errors import UnauthenticatedError, UnavailableError
 
 _ALGORITHM = "HS256"
 _AUDIENCE = "alerts-read"
@@ -45,15 +46,26 @@ class IssuedAccessToken:
 
 
 class RevocationTable:
-    """Per user, the instant before which every token is refused; replaced whole by its refresher."""
+    """Per user, the instant before which every token is refused; replaced whole by its refresher.
 
-    def __init__(self) -> None:
+    Fails closed: until its first load, and when its last load is older than `max_age_seconds` (the
+    database is away), no token is accepted, since a revocation made meanwhile would go unseen.
+    """
+
+    def __init__(self, *, max_age_seconds: float = 5.0) -> None:
         self._not_before: Mapping[str, float] = {}
+        self._max_age = max_age_seconds
+        self._loaded_at = -math.inf
 
     def replace(self, not_before: Mapping[str, float]) -> None:
         self._not_before = dict(not_before)
+        self._loaded_at = time.monotonic()
 
     def revoked(self, token: VerifiedToken) -> bool:
+        if time.monotonic() - self._loaded_at > self._max_age:
+            raise UnavailableError(
+                "access token revocations are not known yet; retry", reason="TOKEN_REVOCATIONS_UNKNOWN"
+            )
         return token.issued_at < self._not_before.get(token.user_id, -math.inf)
 
 

@@ -33,6 +33,7 @@ from mesh.errors import (
     InternalError,
     PermissionDeniedError,
     UnauthenticatedError,
+    UnavailableError,
     to_grpc_status,
 )
 from mesh.logging import request_id_var
@@ -116,7 +117,8 @@ class _ServerInterceptor(grpc.aio.ServerInterceptor):
             principal = self._keys.authenticate(metadata.get("authorization"))
             ensure_may_call(method, principal.role)
             principal_var.set(principal)
-        except (UnauthenticatedError, PermissionDeniedError) as exc:
+        except (UnauthenticatedError, PermissionDeniedError, UnavailableError) as exc:
+            # Unavailable: the signal service cannot tell yet whether a token or runtime key was revoked.
             rejection = exc
         return _wrap_handler(handler, method.rsplit("/", 1)[-1], rejection)
 

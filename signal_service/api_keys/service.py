@@ -8,13 +8,15 @@ queries the database, and a revocation reaches every replica within that interva
 
 from __future__ import annotations
 
+import math
+import time
 import uuid
 from collections.abc import Mapping, Sequence
 
 from sqlalchemy.exc import IntegrityError
 
 from mesh.auth import Principal, Role, generate_key, hash_key
-from mesh.errors import InvalidArgumentError, NotFoundError
+from mesh.errors import InvalidArgumentError, NotFoundError, UnavailableError
 from mesh.loops import BackgroundLoop
 from signal_service.api_keys.repository import ApiKeyRepository
 from signal_service.database import Database
@@ -28,16 +30,27 @@ CREATABLE_ROLES = frozenset(Role) - {Role.VIEWER}
 
 
 class RuntimeKeyTable:
-    """Key digest -> principal, replaced whole by each reload; implements mesh.auth.RuntimeKeys."""
+    """Key digest -> principal, replaced whole by each reload; implements mesh.auth.RuntimeKeys.
 
-    def __init__(self) -> None:
+    Fails closed: until its first load, and when its last load is older than `max_age_seconds` (the
+    database is away), no runtime key is accepted, since a revocation made meanwhile would go unseen.
+    Bootstrap keys are not affected.
+    """
+
+    def __init__(self, *, max_age_seconds: float = 5.0) -> None:
         self._by_hash: Mapping[str, Principal] = {}
+        self._max_age = max_age_seconds
+        self._loaded_at = -math.inf
 
     def principal_for(self, digest: str) -> Principal | None:
-        return self._by_hash.get(digest)
+        principal = self._by_hash.get(digest)
+        if principal is not None and time.monotonic() - self._loaded_at > self._max_age:
+            raise UnavailableError("runtime API keys are not known yet; retry", reason="API_KEYS_UNKNOWN")
+        return principal
 
     def replace(self, by_hash: Mapping[str, Principal]) -> None:
         self._by_hash = dict(by_hash)
+        self._loaded_at = time.monotonic()
 
 
 def _principal(key_hash: str, role: str, user_id: uuid.UUID | None) -> Principal:

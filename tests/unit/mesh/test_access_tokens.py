@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from mesh.access_tokens import AccessTokens, RevocationTable
 from mesh.auth import ApiKeyRing, Role, role_entry
-from mesh.errors import UnauthenticatedError
+from mesh.errors import UnauthenticatedError, UnavailableError
 from mesh.roles import ROLES_BY_METHOD, may_call
 
 SECRET = b"s" * 32
@@ -27,8 +27,15 @@ READS = {
 }
 
 
+def loaded_tokens(secret: bytes = SECRET) -> AccessTokens:
+    """Tokens whose revocation table has been read (empty)."""
+    tokens = AccessTokens(secret)
+    tokens.revocations.replace({})
+    return tokens
+
+
 def test_a_token_verifies_as_its_user_until_it_expires() -> None:
-    tokens = AccessTokens(SECRET)
+    tokens = loaded_tokens()
     now = datetime.now(UTC)
     issued = tokens.issue(USER, now=now, ttl_seconds=600)
     assert tokens.verify(issued.token).user_id == USER
@@ -51,7 +58,7 @@ def test_another_key_a_tampered_payload_or_no_signature_is_refused() -> None:
         unsigned,
     ):
         with pytest.raises(UnauthenticatedError) as refused:
-            AccessTokens(SECRET).verify(candidate)
+            loaded_tokens().verify(candidate)
         assert refused.value.reason == "TOKEN_INVALID"
         assert candidate not in str(refused.value)
 
@@ -69,13 +76,25 @@ def test_a_revocation_refuses_tokens_issued_before_it_and_not_after() -> None:
     assert tokens.verify(after.token).user_id == USER
 
 
+def test_no_token_is_accepted_while_revocations_are_unknown() -> None:
+    tokens = AccessTokens(SECRET, revocations=RevocationTable(max_age_seconds=0.0))
+    token = tokens.issue(USER, now=datetime.now(UTC), ttl_seconds=600).token
+    with pytest.raises(UnavailableError) as never_loaded:
+        tokens.verify(token)
+    assert never_loaded.value.reason == "TOKEN_REVOCATIONS_UNKNOWN"
+    # A table older than its maximum age (here 0 s: always) is as good as unknown.
+    tokens.revocations.replace({})
+    with pytest.raises(UnavailableError):
+        tokens.verify(token)
+
+
 def test_a_short_signing_key_is_refused() -> None:
     with pytest.raises(ValueError, match="32 bytes"):
         AccessTokens(b"short")
 
 
 def test_the_key_ring_maps_a_token_to_a_read_only_principal_of_its_user() -> None:
-    tokens = AccessTokens(SECRET)
+    tokens = loaded_tokens()
     ring = ApiKeyRing([role_entry("k1", Role.ADMIN)], access_tokens=tokens)
     token = tokens.issue(USER, now=datetime.now(UTC), ttl_seconds=600).token
     principal = ring.authenticate(f"Bearer {token}")
@@ -94,4 +113,4 @@ def test_the_roles_table_lets_a_token_read_and_nothing_else() -> None:
 @given(st.text(max_size=300))
 def test_no_other_text_verifies(candidate: str) -> None:
     with pytest.raises(UnauthenticatedError):
-        AccessTokens(SECRET).verify(candidate)
+        loaded_tokens().verify(candidate)

@@ -19,7 +19,7 @@ from mesh.auth import Principal, Role, generate_key, hash_key
 from mesh.errors import InvalidArgumentError, NotFoundError, UnavailableError
 from mesh.loops import BackgroundLoop
 from signal_service.api_keys.repository import ApiKeyRepository
-from signal_service.database import Database
+from signal_service.database import DATABASE_AWAY, REFRESH_MAX_BACKOFF_SECONDS, Database
 from signal_service.ids import require_uuid
 from signal_service.models import ApiKey
 from signal_service.users.repository import UserRepository
@@ -67,7 +67,8 @@ class ApiKeyManager:
             "runtime-api-keys",
             self.reload,
             interval_seconds=refresh_seconds,
-            max_backoff_seconds=refresh_seconds,
+            max_backoff_seconds=REFRESH_MAX_BACKOFF_SECONDS,
+            expected_errors=DATABASE_AWAY,
         )
 
     async def create(self, *, role: Role, name: str, user_id: str) -> tuple[ApiKey, str]:

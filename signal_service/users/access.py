@@ -15,7 +15,7 @@ from mesh.errors import InvalidArgumentError, NotFoundError
 from mesh.loops import BackgroundLoop
 from mesh.settings import dev_secret
 from signal_service.clock import utcnow
-from signal_service.database import Database
+from signal_service.database import DATABASE_AWAY, REFRESH_MAX_BACKOFF_SECONDS, Database
 from signal_service.ids import require_uuid
 from signal_service.settings import SignalSettings
 from signal_service.users.repository import UserRepository
@@ -37,7 +37,9 @@ class AccessTokenManager:
             "access-token-revocations",
             self.refresh_revocations,
             interval_seconds=settings.access_token_revocation_poll_seconds,
-            max_backoff_seconds=settings.access_token_revocation_poll_seconds,
+            # Within the 5 s a table stays good for, so a database back soon is read again in time.
+            max_backoff_seconds=REFRESH_MAX_BACKOFF_SECONDS,
+            expected_errors=DATABASE_AWAY,
         )
 
     async def issue(self, user_id: str, ttl_seconds: int) -> IssuedAccessToken:

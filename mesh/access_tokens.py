@@ -36,6 +36,7 @@ def looks_like_access_token(credential: str) -> bool:
 class VerifiedToken:
     user_id: str
     issued_at: float
+    expires_at: float
     token_id: str
 
 
@@ -107,8 +108,17 @@ class AccessTokens:
         except jwt.InvalidTokenError as exc:
             raise UnauthenticatedError("invalid access token", reason="TOKEN_INVALID") from exc
         verified = VerifiedToken(
-            user_id=str(claims["sub"]), issued_at=float(claims["iat"]), token_id=str(claims["jti"])
+            user_id=str(claims["sub"]),
+            issued_at=float(claims["iat"]),
+            expires_at=float(claims["exp"]),
+            token_id=str(claims["jti"]),
         )
-        if self.revocations.revoked(verified):
-            raise UnauthenticatedError("access token revoked", reason="TOKEN_REVOKED")
+        self.ensure_still_valid(verified)
         return verified
+
+    def ensure_still_valid(self, token: VerifiedToken) -> None:
+        """For a long call (a stream) made with `token`: refuses it once it has expired or been revoked."""
+        if time.time() >= token.expires_at:
+            raise UnauthenticatedError("access token expired", reason="TOKEN_EXPIRED")
+        if self.revocations.revoked(token):
+            raise UnauthenticatedError("access token revoked", reason="TOKEN_REVOKED")

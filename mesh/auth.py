@@ -12,10 +12,12 @@ user, read-only (the VIEWER role), checked without a database round trip.
 from __future__ import annotations
 
 import contextvars
+import dataclasses
+import functools
 import hashlib
 import secrets
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Protocol
 
@@ -56,10 +58,17 @@ class Principal:
     key_fingerprint: str
     role: Role = Role.PLATFORM
     user_scope: str | None = None
+    # For credentials that can end while a call runs (access tokens, runtime keys): raises once it has.
+    recheck: Callable[[], None] | None = field(default=None, compare=False, repr=False)
 
     def ensure_can_access(self, user_id: str) -> None:
         if self.user_scope is not None and self.user_scope != user_id:
             raise PermissionDeniedError("this API key is limited to another user", reason="USER_SCOPE")
+
+    def ensure_still_valid(self) -> None:
+        """For long calls (streams), before each message: a revoked or expired credential ends them."""
+        if self.recheck is not None:
+            self.recheck()
 
 
 principal_var: contextvars.ContextVar[Principal | None] = contextvars.ContextVar("principal", default=None)
@@ -160,15 +169,26 @@ class ApiKeyRing:
         if self._access_tokens is not None and looks_like_access_token(credential):
             token = self._access_tokens.verify(credential)
             return Principal(
-                key_fingerprint=f"token:{token.token_id[:12]}", role=Role.VIEWER, user_scope=token.user_id
+                key_fingerprint=f"token:{token.token_id[:12]}",
+                role=Role.VIEWER,
+                user_scope=token.user_id,
+                recheck=functools.partial(self._access_tokens.ensure_still_valid, token),
             )
         digest = hash_key(credential)
         principal = self._by_hash.get(digest)
         if principal is None and self._runtime_keys is not None:
             principal = self._runtime_keys.principal_for(digest)
+            if principal is not None:
+                principal = dataclasses.replace(
+                    principal, recheck=functools.partial(self._ensure_runtime_key, digest)
+                )
         if principal is None:
             raise UnauthenticatedError("invalid API key")
         return principal
+
+    def _ensure_runtime_key(self, digest: str) -> None:
+        if self._runtime_keys is None or self._runtime_keys.principal_for(digest) is None:
+            raise UnauthenticatedError("API key revoked", reason="API_KEY_REVOKED")
 
 
 def current_principal() -> Principal:

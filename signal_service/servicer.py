@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 import grpc
 
 from apidevs.alerts.v1 import resources_pb2, signal_service_pb2, signal_service_pb2_grpc
-from mesh.auth import ensure_can_access_user, ensure_unscoped
+from mesh.auth import current_principal, ensure_can_access_user, ensure_unscoped
 from mesh.errors import InvalidArgumentError, to_rpc_status
 from mesh.grpc import caller_error
 from mesh.logging import request_id_var
@@ -236,6 +236,8 @@ class SignalServicer(signal_service_pb2_grpc.SignalServiceServicer):
         async with self._feed.subscribe(user_id, request.after_cursor) as subscription:
             await context.send_initial_metadata((("x-start-cursor", subscription.start_cursor),))
             async for batch in subscription.batches():
+                # A token or runtime key revoked (or expired) since the stream opened delivers no more.
+                current_principal().ensure_still_valid()
                 for message in await self._events_to_proto(batch):
                     yield message
 

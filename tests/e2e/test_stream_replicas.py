@@ -498,3 +498,46 @@ async def test_a_runtime_api_key_works_on_every_replica_until_revoked_everywhere
                 return True
 
             assert await holds_within(refused_everywhere, 5.0)
+
+
+async def test_a_stream_opened_with_a_token_delivers_nothing_once_the_token_is_revoked(
+    replicas: Replicas, stubs: dict[str, signal_service_pb2_grpc.SignalServiceStub], users
+) -> None:
+    user = await create_user(users)
+    async with open_system_channel(replicas.a) as on_a:
+        accounts_on_a = user_service_pb2_grpc.UserServiceStub(on_a)
+        token = (
+            await accounts_on_a.CreateAccessToken(
+                user_service_pb2.CreateAccessTokenRequest(user_id=user.user.user_id)
+            )
+        ).access_token
+        async with open_channel(replicas.b, token) as as_viewer:
+            call = signal_service_pb2_grpc.SignalServiceStub(as_viewer).SubscribeSignals(
+                signal_service_pb2.SubscribeSignalsRequest(user_id=user.user.user_id)
+            )
+            try:
+                await head_cursor(call)
+                first = await stubs["a"].IngestWebhook(ingest_request(user.webhook_token, alert(1)))
+                async with asyncio.timeout(GUARD_SECONDS):
+                    assert (await call.read()).signal.signal_id == first.signal_id
+
+                await accounts_on_a.RevokeAccessTokens(
+                    user_service_pb2.RevokeAccessTokensRequest(user_id=user.user.user_id)
+                )
+
+                async def stream_ended() -> bool:
+                    # Each new event makes replica b look at the token again.
+                    await stubs["a"].IngestWebhook(ingest_request(user.webhook_token, alert(2)))
+                    try:
+                        async with asyncio.timeout(1.0):
+                            await call.read()
+                    except TimeoutError:
+                        return False
+                    except grpc.aio.AioRpcError as exc:
+                        return exc.code() == grpc.StatusCode.UNAUTHENTICATED
+                    # Until replica b has read the revocation, events still arrive.
+                    return False
+
+                assert await holds_within(stream_ended, 5.0)
+            finally:
+                call.cancel()

@@ -6,7 +6,7 @@ import argparse
 import json
 from typing import Any
 
-from alerts.cli.clients import call_signal_service, signal_service_client
+from alerts.cli.clients import call_signal_service, public_url, signal_service_client
 
 
 def register(commands: Any) -> None:
@@ -27,7 +27,6 @@ def register(commands: Any) -> None:
 def create_token(options: argparse.Namespace) -> int:
     from apidevs.alerts.v1 import user_service_pb2, user_service_pb2_grpc
     from mesh.grpc import open_channel
-    from mesh.settings import CommonSettings
 
     address, key = signal_service_client()
 
@@ -40,7 +39,7 @@ def create_token(options: argparse.Namespace) -> int:
 
     issued = call_signal_service(address, create)
     expires_at = issued.expires_at.ToJsonString()
-    viewer_link = f"{CommonSettings().external_url}/ui#token={issued.access_token}"
+    viewer_link = f"{public_url()}/ui#token={issued.access_token}"
     if options.json:
         print(
             json.dumps({"access_token": issued.access_token, "expires_at": expires_at, "viewer": viewer_link})

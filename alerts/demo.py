@@ -9,12 +9,8 @@ the local Telegram stub plays the Bot API). The exit status is 0 only when every
 captured, every malformed one was stored with its screenshot skipped, and every premium alert reached
 Telegram.
 
-The viewer (`/ui`) needs a key scoped to one user, and scoping names a user id, which exists only once
-UserService has created the user. So the demo creates the users first, then restarts just the two
-processes that authenticate outside callers (signal, and the edge in front of it) with the scoped keys
-added, configured as SHA-256 hashes. The restart happens before any alert is sent, costs about a second,
-and keeps one code path: the keys are ordinary `ALERTS_API_KEYS` entries, exactly as production would
-configure a browser-facing key.
+The viewer (`/ui`) links carry an access token per user (UserService.CreateAccessToken): signed,
+read-only, for that one user, accepted by the running services without any restart or configuration.
 """
 
 from __future__ import annotations
@@ -44,7 +40,7 @@ from apidevs.alerts.v1 import (
     user_service_pb2,
     user_service_pb2_grpc,
 )
-from mesh.auth import generate_key, hash_key
+from mesh.auth import generate_key
 from mesh.grpc import open_channel
 from mesh.settings import CommonSettings
 
@@ -115,7 +111,7 @@ class DemoUser:
     plan: str
     user_id: str
     webhook_url: str
-    viewer_key: str
+    viewer_token: str
 
 
 @dataclass
@@ -219,8 +215,6 @@ def run_demo(
             stack.start()
             console.step(f"all services up; logs in {stack.log_dir}/")
             users = asyncio.run(_create_users(stack, console))
-            console.step("restarting signal and edge with the viewer keys scoped to the demo users")
-            stack.add_api_keys([f"sha256:{hash_key(user.viewer_key)}@user:{user.user_id}" for user in users])
             deliveries = asyncio.run(_exercise(stack, users, console, timeout_seconds))
             _save_screenshots(deliveries, settings.data_dir.resolve() / "demo" / _run_id())
             passed = _report(stack, users, deliveries, console)
@@ -278,10 +272,14 @@ async def _create_users(stack: DevStack, console: Console) -> list[DemoUser]:
                 ),
                 timeout=10,
             )
-            users.append(DemoUser(plan, created.user.user_id, created.webhook_url, generate_key()))
-            telegram = f" and Telegram chat {DEMO_TELEGRAM_CHAT}" if plan == "premium" else ""
+            viewer = await stub.CreateAccessToken(
+                user_service_pb2.CreateAccessTokenRequest(user_id=created.user.user_id), timeout=10
+            )
+            users.append(DemoUser(plan, created.user.user_id, created.webhook_url, viewer.access_token))
+            telegram = f", Telegram chat {DEMO_TELEGRAM_CHAT}" if plan == "premium" else ""
             console.step(
-                f"created {plan} user {created.user.user_id} with TradingView session cookies{telegram}"
+                f"created {plan} user {created.user.user_id} with TradingView session cookies{telegram} "
+                f"and a viewer token valid until {viewer.expires_at.ToDatetime(UTC):%H:%M} UTC"
             )
     return users
 
@@ -305,11 +303,11 @@ async def _exercise(
     async with contextlib.AsyncExitStack() as resources:
         followers = []
         for user in users:
-            channel = await resources.enter_async_context(open_channel(stack.signal_addr, user.viewer_key))
+            channel = await resources.enter_async_context(open_channel(stack.signal_addr, user.viewer_token))
             follower = _Follower(signal_service_pb2_grpc.SignalServiceStub(channel), user.user_id, on_event)
             await follower.start()
             followers.append(follower)
-        console.step("following SubscribeSignals for both users (with their scoped keys)")
+        console.step("following SubscribeSignals for both users (with their access tokens)")
 
         async with httpx.AsyncClient(timeout=10) as client:
             console.step(f"firing {len(deliveries)} alerts at {stack.edge_url}")
@@ -608,9 +606,12 @@ def _report(stack: DevStack, users: list[DemoUser], deliveries: list[Delivery], 
     objects = stack.settings.data_dir.resolve() / "objects"
     if objects.is_dir():
         console.say(f"Stored objects:     {_display_path(objects, str(objects))}/  (storage's own layout)")
-    console.say("\nSignal viewer, one link per user (the key is in the # fragment, which no server sees):")
+    console.say(
+        "\nSignal viewer, one link per user (a read-only access token in the # fragment, which no server "
+        "sees; `alerts token revoke <user id>` ends it):"
+    )
     for user in users:
-        console.say(f"  {user.plan:<8} {stack.edge_url}/ui#user={user.user_id}&key={user.viewer_key}")
+        console.say(f"  {user.plan:<8} {stack.edge_url}/ui#token={user.viewer_token}")
     console.say(
         "The viewer works while the services run: `alerts demo --stay` keeps them running after this table."
     )

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -132,17 +132,6 @@ class DevStack:
     def _progress(self, message: str) -> None:
         if self.on_progress is not None:
             self.on_progress(message)
-
-    def add_api_keys(self, entries: Sequence[str]) -> None:
-        """Accepts more caller keys (e.g. user-scoped ones for users created after start-up).
-
-        Keys are read at start-up, so the processes that authenticate outside callers (signal, then the
-        edge in front of it) restart; the other processes are clients of these and reconnect by themselves.
-        """
-        self.env["ALERTS_API_KEYS"] = ",".join([self.env["ALERTS_API_KEYS"], *entries])
-        for name in ("signal", "edge"):
-            self.running.restart(name)
-            self._progress(f"{name} ready")
 
     def _write_state(self) -> None:
         state = {

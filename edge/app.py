@@ -87,7 +87,9 @@ def create_app(settings: EdgeSettings) -> Litestar:
             components=Components(
                 security_schemes={
                     "BearerApiKey": SecurityScheme(
-                        type="http", scheme="bearer", description="A platform or user-scoped API key"
+                        type="http",
+                        scheme="bearer",
+                        description="A platform or user-scoped API key, or a user's read-only access token",
                     )
                 }
             ),

@@ -4,19 +4,26 @@ A configured key is ``<key>`` or ``sha256:<hex of the key>``, optionally followe
 ``@user:<user id>``. Without a suffix the key is the platform's. ``@user:`` restricts the caller to that
 user's data, read-only (a browser-facing proxy gets such a key). What each role may call is
 :mod:`mesh.roles`.
+
+A signal service also accepts access tokens (:mod:`mesh.access_tokens`): a browser's bearer for one
+user, read-only (the VIEWER role), checked without a database round trip.
 """
 
 from __future__ import annotations
 
 import contextvars
+import dataclasses
+import functools
 import hashlib
 import secrets
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Protocol
 
 from pydantic import SecretStr
 
+from mesh.access_tokens import AccessTokens, looks_like_access_token
 from mesh.errors import PermissionDeniedError, UnauthenticatedError
 
 _SCOPE_MARKER = "@user:"
@@ -35,10 +42,13 @@ class Role(StrEnum):
     WORKER = "worker"
     # A key configured with @user:<id>: reads of that one user, and outcomes of its signals.
     USER = "user"
+    # An access token (mesh.access_tokens): reads of that one user, no writes at all.
+    VIEWER = "viewer"
 
 
-# Roles a configured entry may name; USER comes only with @user:<id>, which says whose.
-_NAMEABLE_ROLES = frozenset(Role) - {Role.USER}
+# Roles a configured entry may name; USER comes only with @user:<id>, which says whose; VIEWER only
+# with an access token.
+_NAMEABLE_ROLES = frozenset(Role) - {Role.USER, Role.VIEWER}
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +58,13 @@ class Principal:
     key_fingerprint: str
     role: Role = Role.PLATFORM
     user_scope: str | None = None
+    # For credentials that can end while a call runs (access tokens, runtime keys): raises once it has.
+    recheck: Callable[[], None] | None = field(default=None, compare=False, repr=False)
+
+    def ensure_still_valid(self) -> None:
+        """For long calls (streams), before each message: a revoked or expired credential ends them."""
+        if self.recheck is not None:
+            self.recheck()
 
 
 principal_var: contextvars.ContextVar[Principal | None] = contextvars.ContextVar("principal", default=None)
@@ -116,8 +133,23 @@ class SystemKeys:
         )
 
 
+class RuntimeKeys(Protocol):
+    """API keys created while the services run (the signal service's ApiKeyService), looked up in memory."""
+
+    def principal_for(self, digest: str) -> Principal | None: ...
+
+
 class ApiKeyRing:
-    def __init__(self, configured: Iterable[SecretStr | str]) -> None:
+    def __init__(
+        self,
+        configured: Iterable[SecretStr | str],
+        *,
+        access_tokens: AccessTokens | None = None,
+        runtime_keys: RuntimeKeys | None = None,
+    ) -> None:
+        # Only the signal service, which issues access tokens and runtime keys, passes these.
+        self._access_tokens = access_tokens
+        self._runtime_keys = runtime_keys
         self._by_hash: dict[str, Principal] = {}
         for entry in configured:
             digest, principal = parse_entry(
@@ -131,10 +163,30 @@ class ApiKeyRing:
     def authenticate(self, authorization: str | None) -> Principal:
         if not authorization or not authorization.lower().startswith("bearer "):
             raise UnauthenticatedError("missing bearer API key")
-        principal = self._by_hash.get(hash_key(authorization[7:].strip()))
+        credential = authorization[7:].strip()
+        if self._access_tokens is not None and looks_like_access_token(credential):
+            token = self._access_tokens.verify(credential)
+            return Principal(
+                key_fingerprint=f"token:{token.token_id[:12]}",
+                role=Role.VIEWER,
+                user_scope=token.user_id,
+                recheck=functools.partial(self._access_tokens.ensure_still_valid, token),
+            )
+        digest = hash_key(credential)
+        principal = self._by_hash.get(digest)
+        if principal is None and self._runtime_keys is not None:
+            principal = self._runtime_keys.principal_for(digest)
+            if principal is not None:
+                principal = dataclasses.replace(
+                    principal, recheck=functools.partial(self._ensure_runtime_key, digest)
+                )
         if principal is None:
             raise UnauthenticatedError("invalid API key")
         return principal
+
+    def _ensure_runtime_key(self, digest: str) -> None:
+        if self._runtime_keys is None or self._runtime_keys.principal_for(digest) is None:
+            raise UnauthenticatedError("API key revoked", reason="API_KEY_REVOKED")
 
 
 def current_principal() -> Principal:

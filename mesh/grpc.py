@@ -26,12 +26,14 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from mesh.auth import ApiKeyRing, principal_var
+from mesh.access_tokens import AccessTokens
+from mesh.auth import ApiKeyRing, RuntimeKeys, principal_var
 from mesh.errors import (
     AlertsError,
     InternalError,
     PermissionDeniedError,
     UnauthenticatedError,
+    UnavailableError,
     to_grpc_status,
 )
 from mesh.logging import request_id_var
@@ -115,7 +117,8 @@ class _ServerInterceptor(grpc.aio.ServerInterceptor):
             principal = self._keys.authenticate(metadata.get("authorization"))
             ensure_may_call(method, principal.role)
             principal_var.set(principal)
-        except (UnauthenticatedError, PermissionDeniedError) as exc:
+        except (UnauthenticatedError, PermissionDeniedError, UnavailableError) as exc:
+            # Unavailable: the signal service cannot tell yet whether a token or runtime key was revoked.
             rejection = exc
         return _wrap_handler(handler, method.rsplit("/", 1)[-1], rejection)
 
@@ -244,11 +247,17 @@ class GrpcTls:
 
 
 def create_server(
-    settings: CommonSettings, *, translate_error: ErrorTranslator = _no_translation
+    settings: CommonSettings,
+    *,
+    translate_error: ErrorTranslator = _no_translation,
+    access_tokens: AccessTokens | None = None,
+    runtime_keys: RuntimeKeys | None = None,
 ) -> grpc.aio.Server:
     """A server with the shared interceptor; `translate_error` maps failures that are not domain errors
-    to the error callers get (None leaves them INTERNAL), e.g. signal_service.database.database_error."""
-    keys = ApiKeyRing(settings.api_keys)
+    to the error callers get (None leaves them INTERNAL), e.g. signal_service.database.database_error;
+    `access_tokens` and `runtime_keys` (the signal service's) accept browsers' access tokens and keys
+    created at runtime beside the configured (bootstrap) keys."""
+    keys = ApiKeyRing(settings.api_keys, access_tokens=access_tokens, runtime_keys=runtime_keys)
     if not keys:
         raise RuntimeError("no API keys configured (ALERTS_API_KEYS): every call would be refused")
     return grpc.aio.server(interceptors=[_ServerInterceptor(keys, translate_error)], options=_SERVER_OPTIONS)

@@ -17,6 +17,7 @@ from mesh.errors import PermissionDeniedError
 _SIGNAL = "/apidevs.alerts.v1.SignalService/"
 _USER = "/apidevs.alerts.v1.UserService/"
 _STORAGE = "/apidevs.alerts.v1.StorageService/"
+_API_KEY = "/apidevs.alerts.v1.ApiKeyService/"
 
 PUBLIC_METHODS = frozenset(
     {
@@ -27,7 +28,8 @@ PUBLIC_METHODS = frozenset(
     }
 )
 
-_READERS = frozenset({Role.PLATFORM, Role.ADMIN, Role.USER})
+# Access tokens (VIEWER) read one user's data and write nothing.
+_READERS = frozenset({Role.PLATFORM, Role.ADMIN, Role.USER, Role.VIEWER})
 _PLATFORM = frozenset({Role.PLATFORM, Role.ADMIN})
 _EDGE = frozenset({Role.EDGE})
 _WORKER = frozenset({Role.WORKER})
@@ -39,7 +41,7 @@ ROLES_BY_METHOD: Mapping[str, frozenset[Role]] = {
     _SIGNAL + "ListSignals": _READERS,
     # A user-scoped key records outcomes of its own signals, as before roles (the REST API's PATCH);
     # DESIGN.md calls @user read-only: whether it should lose this is the lead's call.
-    _SIGNAL + "UpdateSignalOutcome": _READERS,
+    _SIGNAL + "UpdateSignalOutcome": _READERS - {Role.VIEWER},
     _SIGNAL + "GetUserStats": _READERS,
     _SIGNAL + "SubscribeSignals": _READERS,
     _SIGNAL + "ClaimCapture": _WORKER,
@@ -56,9 +58,16 @@ ROLES_BY_METHOD: Mapping[str, frozenset[Role]] = {
     _SIGNAL + "GetServiceStatus": _PLATFORM | _EDGE,
     _USER + "CreateUser": _PLATFORM,
     _USER + "GetUser": _READERS,
+    _USER + "ListUsers": _PLATFORM,
     _USER + "UpdateUser": _PLATFORM,
     _USER + "RotateWebhookToken": _PLATFORM,
     _USER + "SetTradingViewSession": _PLATFORM,
+    _USER + "CreateAccessToken": _PLATFORM,
+    _USER + "RevokeAccessTokens": _PLATFORM,
+    # Keys grant roles, admin among them: only an admin manages them.
+    _API_KEY + "CreateApiKey": frozenset({Role.ADMIN}),
+    _API_KEY + "ListApiKeys": frozenset({Role.ADMIN}),
+    _API_KEY + "RevokeApiKey": frozenset({Role.ADMIN}),
     # Workers upload screenshots; the signal service, with a worker key, asks for URLs and deletes
     # expired objects (it holds the database and cookie keys already: a worker key grants it nothing new).
     _STORAGE + "PutObject": _WORKER,

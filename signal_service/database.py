@@ -35,6 +35,11 @@ _UNREACHABLE = (
     asyncpg.InternalClientError,
     sqlalchemy_exc.TimeoutError,
 )
+# What a background refresh meets while PostgreSQL is away: logged on one line, without a traceback.
+DATABASE_AWAY: tuple[type[Exception], ...] = (OSError, TimeoutError, sqlalchemy_exc.DBAPIError)
+# The longest pause between refreshes of the in-memory tables of revocations and runtime keys after
+# failures: they are good for 5 s, and are read again within this once PostgreSQL is back.
+REFRESH_MAX_BACKOFF_SECONDS = 4.0
 # SQLSTATEs a server sends while it goes away or is not ready: class 08 (connection exception), 57P01-57P03
 # (admin shutdown, crash shutdown, cannot connect now, e.g. while starting or recovering) and 53300 (too
 # many connections: the same for a caller, try again shortly).

@@ -12,6 +12,8 @@ import uvloop
 from redis.asyncio import Redis
 
 from apidevs.alerts.v1 import (
+    api_key_service_pb2,
+    api_key_service_pb2_grpc,
     signal_service_pb2,
     signal_service_pb2_grpc,
     storage_service_pb2_grpc,
@@ -23,6 +25,8 @@ from mesh.crypto import CookieCipher
 from mesh.logging import configure_logging
 from mesh.metrics import start_metrics_server
 from mesh.queues import capture_workers_key, dramatiq_namespace
+from signal_service.api_keys.service import ApiKeyManager
+from signal_service.api_keys.servicer import ApiKeyServicer
 from signal_service.audit.service import AuditWriter
 from signal_service.captures.queued import CaptureMessages
 from signal_service.captures.service import CaptureCoordinator
@@ -40,6 +44,7 @@ from signal_service.settings import SignalSettings, get_settings
 from signal_service.signals.service import SignalOutcomes, SignalReader
 from signal_service.status import StatusReporter
 from signal_service.storage_links import ScreenshotLinks
+from signal_service.users.access import AccessTokenManager, access_tokens_from_settings
 from signal_service.users.service import UserManager
 from signal_service.users.servicer import UserServicer
 
@@ -48,6 +53,7 @@ log = logging.getLogger(__name__)
 SERVICE_NAMES = (
     signal_service_pb2.DESCRIPTOR.services_by_name["SignalService"].full_name,
     user_service_pb2.DESCRIPTOR.services_by_name["UserService"].full_name,
+    api_key_service_pb2.DESCRIPTOR.services_by_name["ApiKeyService"].full_name,
 )
 
 
@@ -67,6 +73,9 @@ class SignalApp:
     notifications: NotificationLedger
     signal_servicer: SignalServicer
     user_servicer: UserServicer
+    access_tokens: AccessTokenManager
+    api_keys: ApiKeyManager
+    api_key_servicer: ApiKeyServicer
 
     background: list[asyncio.Task[None]] = field(default_factory=list)
 
@@ -74,6 +83,8 @@ class SignalApp:
         self.audit.start()
         self.relay.start()
         self.events.start()
+        self.access_tokens.refresher.start()
+        self.api_keys.refresher.start()
         self.background.append(asyncio.create_task(self._sweep_forever(), name="capture-sweeper"))
         self.background.append(
             asyncio.create_task(self.session_scheduler.run_forever(), name="session-check-scheduler")
@@ -93,6 +104,8 @@ class SignalApp:
 
     async def close(self) -> None:
         await self.events.stop()
+        await self.access_tokens.refresher.stop()
+        await self.api_keys.refresher.stop()
         for task in self.background:
             task.cancel()
         await asyncio.gather(*self.background, return_exceptions=True)
@@ -155,7 +168,14 @@ async def signal_app(settings: SignalSettings) -> AsyncIterator[SignalApp]:
         database=database, settings=settings, redis=redis, workers_key=capture_workers_key(settings)
     )
     notifications = NotificationLedger(database, on_commit=relay.kick)
+    access_tokens = AccessTokenManager(
+        database=database, settings=settings, tokens=access_tokens_from_settings(settings)
+    )
+    api_keys = ApiKeyManager(database=database, refresh_seconds=settings.api_key_refresh_seconds)
     app = SignalApp(
+        access_tokens=access_tokens,
+        api_keys=api_keys,
+        api_key_servicer=ApiKeyServicer(api_keys),
         captures=captures,
         notifications=notifications,
         session_scheduler=SessionCheckScheduler(database=database, settings=settings, on_commit=relay.kick),
@@ -188,7 +208,8 @@ async def signal_app(settings: SignalSettings) -> AsyncIterator[SignalApp]:
                 captures=captures,
                 sessions=sessions,
                 on_commit=relay.kick,
-            )
+            ),
+            access_tokens,
         ),
     )
     try:
@@ -202,11 +223,17 @@ async def signal_app(settings: SignalSettings) -> AsyncIterator[SignalApp]:
 def register(server: object, app: SignalApp) -> None:
     signal_service_pb2_grpc.add_SignalServiceServicer_to_server(app.signal_servicer, server)
     user_service_pb2_grpc.add_UserServiceServicer_to_server(app.user_servicer, server)
+    api_key_service_pb2_grpc.add_ApiKeyServiceServicer_to_server(app.api_key_servicer, server)
 
 
 async def serve(settings: SignalSettings) -> None:
     async with signal_app(settings) as app:
-        server = mesh_grpc.create_server(settings, translate_error=database_error)
+        server = mesh_grpc.create_server(
+            settings,
+            translate_error=database_error,
+            access_tokens=app.access_tokens.tokens,
+            runtime_keys=app.api_keys.table,
+        )
         register(server, app)
         app.start_background()
         await mesh_grpc.serve(

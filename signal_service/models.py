@@ -53,6 +53,8 @@ def _now_column() -> Any:
 
 class User(SQLModel, table=True):
     __tablename__ = "users"
+    # Every replica reads the recent revocations each second (users/access.py).
+    __table_args__ = (sa.Index("ix_users_access_tokens_revoked_before", "access_tokens_revoked_before"),)
 
     id: uuid.UUID = Field(sa_column=sa.Column(pg.UUID(as_uuid=True), primary_key=True))
     external_id: str | None = Field(default=None, sa_column=sa.Column(sa.Text, unique=True))
@@ -68,6 +70,8 @@ class User(SQLModel, table=True):
     event_seq: int = Field(default=0, sa_column=sa.Column(sa.BigInteger, nullable=False))
     # The per-user rate limit's state (GCRA theoretical arrival time), kept by ingest_webhook().
     rate_tat: datetime | None = Field(default=None, sa_column=_utc_column(nullable=True))
+    # Access tokens issued before this instant are refused (RevokeAccessTokens).
+    access_tokens_revoked_before: datetime | None = Field(default=None, sa_column=_utc_column(nullable=True))
     created_at: datetime = Field(sa_column=_now_column())
     updated_at: datetime = Field(sa_column=_now_column())
 
@@ -404,3 +408,21 @@ class SignalEvent(SQLModel, table=True):
         default_factory=dict, sa_column=sa.Column(pg.JSONB, nullable=False, server_default="{}")
     )
     created_at: datetime = Field(sa_column=_now_column())
+
+
+class ApiKey(SQLModel, table=True):
+    """An API key created at runtime (ApiKeyService); only its SHA-256 is stored."""
+
+    __tablename__ = "api_keys"
+
+    id: uuid.UUID = Field(sa_column=sa.Column(pg.UUID(as_uuid=True), primary_key=True))
+    key_hash: str = Field(sa_column=sa.Column(sa.Text, nullable=False, unique=True))
+    name: str = Field(sa_column=sa.Column(sa.Text, nullable=False))
+    # A mesh.auth.Role value; "user" keys name their user.
+    role: str = Field(sa_column=sa.Column(sa.Text, nullable=False))
+    user_id: uuid.UUID | None = Field(
+        default=None,
+        sa_column=sa.Column(pg.UUID(as_uuid=True), sa.ForeignKey("users.id", ondelete="CASCADE")),
+    )
+    created_at: datetime = Field(sa_column=_now_column())
+    revoked_at: datetime | None = Field(default=None, sa_column=_utc_column(nullable=True))

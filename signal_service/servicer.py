@@ -265,6 +265,8 @@ class SignalServicer(signal_service_pb2_grpc.SignalServiceServicer):
         async with self._feed.subscribe(user_id, request.after_cursor, key=key) as subscription:
             await context.send_initial_metadata((("x-start-cursor", subscription.start_cursor),))
             async for batch in subscription.batches():
+                # A token or runtime key revoked (or expired) since the stream opened delivers no more.
+                current_principal().ensure_still_valid()
                 for message in await self._events_to_proto(batch):
                     yield message
 

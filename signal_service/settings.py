@@ -4,7 +4,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import ClassVar
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator
 
 from mesh.settings import CommonSettings
 
@@ -48,9 +48,20 @@ class SignalSettings(DatabaseJobSettings):
         "api_keys",
         "service_api_key",
         "cookie_keys",
+        "access_token_signing_key",
     )
 
     max_body_bytes: int = 64 * 1024
+    # Signs and verifies access tokens (CreateAccessToken), at least 32 bytes; only the signal service
+    # holds it. In dev, when unset, a random one persisted under the data dir.
+    access_token_signing_key: SecretStr | None = None
+    # The lifetime of an access token asked for with ttl_seconds 0, and the longest one may ask for.
+    access_token_default_ttl_seconds: int = Field(default=3_600, ge=60)
+    access_token_max_ttl_seconds: int = Field(default=86_400, ge=60)
+    # How often every replica reads the revocations (RevokeAccessTokens promises 5 s).
+    access_token_revocation_poll_seconds: float = Field(default=1.0, gt=0, le=4)
+    # How often every replica reloads the API keys created at runtime (RevokeApiKey promises 5 s).
+    api_key_refresh_seconds: float = Field(default=1.0, gt=0, le=4)
     # An identical body from the same user within this window is a TradingView re-send, not a new alert.
     dedupe_window_seconds: int = Field(default=60, ge=0)
     # JSON, e.g. ALERTS_PLAN_LIMITS='{"free": {"signals_quota": 100, "rate_per_second": 0.5,
@@ -120,6 +131,13 @@ class SignalSettings(DatabaseJobSettings):
     retention_retry_seconds: float = Field(default=60.0, gt=0)
     retention_batch_size: int = Field(default=100, ge=1)
     storage_usage_refresh_seconds: float = Field(default=300.0, gt=0)
+
+    @field_validator("access_token_signing_key", mode="after")
+    @classmethod
+    def _signing_key_is_long_enough(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value().encode()) < 32:
+            raise ValueError("the access token signing key needs at least 32 bytes")
+        return value
 
     @field_validator("plan_limits", mode="after")
     @classmethod

@@ -131,7 +131,12 @@ async def signal_server(service_env: dict[str, str]) -> AsyncIterator[str]:
 
     settings = settings_from(service_env, SignalSettings, signal_addr="127.0.0.1:0")
     async with signal_app(settings) as app:
-        server = mesh_grpc.create_server(settings, translate_error=database_error)
+        server = mesh_grpc.create_server(
+            settings,
+            translate_error=database_error,
+            access_tokens=app.access_tokens.tokens,
+            runtime_keys=app.api_keys.table,
+        )
         register(server, app)
         app.start_background()
         port, _ = await mesh_grpc.start(server, address="127.0.0.1:0", service_names=SERVICE_NAMES)

@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 
 from pydantic import ValidationError
 
-from alerts.cli import audit, captures, dev, keys, migrate, notifications, serve, user
+from alerts.cli import api_keys, audit, captures, dev, keys, migrate, notifications, serve, token, user
 from alerts.cli.clients import CommandError, settings_error
 from mesh.errors import ConfigurationError
 
@@ -28,7 +28,7 @@ PRODUCTION_COMMANDS = (
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="alerts", description="TradingView alerts microservice")
     commands = parser.add_subparsers(dest="command", required=True)
-    for group in (migrate, serve, dev, user, keys, audit, captures, notifications):
+    for group in (migrate, serve, dev, user, token, api_keys, keys, audit, captures, notifications):
         group.register(commands)
     return parser
 

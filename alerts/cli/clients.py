@@ -51,6 +51,16 @@ def signal_service_client() -> tuple[str, str]:
     return state.get("signal_addr", settings.signal_addr), state["api_key"]
 
 
+def public_url() -> str:
+    """Where browsers reach the edge: ALERTS_PUBLIC_URL, else a running `alerts dev`'s edge."""
+    from alerts.dev import read_dev_state
+
+    settings = CommonSettings()
+    if settings.public_url:
+        return settings.external_url
+    return read_dev_state(settings.data_dir).get("edge_url") or settings.external_url
+
+
 def call_signal_service(address: str, call: Callable[[], Awaitable[_T]]) -> _T:
     """Runs one client conversation; a refusal reads as the service put it."""
     try:

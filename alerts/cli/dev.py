@@ -53,7 +53,7 @@ def run_dev(options: argparse.Namespace) -> int:
             "                (create a user: alerts user create --plan premium)\n"
             f"  health:       {stack.edge_url}/health\n"
             f"  OpenAPI:      {stack.edge_url}/schema\n"
-            f"  viewer:       {stack.edge_url}/ui  (a user id and a key scoped to it, see ALERTS_API_KEYS)\n"
+            f"  viewer:       {stack.edge_url}/ui  (a link for one user: alerts token create <user id>)\n"
             f"  gRPC signal:  {stack.signal_addr}   storage: {stack.storage_addr}\n"
             f"  chart stub:   {stack.tradingview_url or '(real TradingView)'}\n"
             f"  admin key:    {stack.api_key}\n"

@@ -1,4 +1,5 @@
-"""`alerts keys ...`: the TradingView cookie encryption keys (ALERTS_COOKIE_KEYS)."""
+"""`alerts cookie-keys ...` (also spelled `alerts keys ...`, as before): the TradingView cookie encryption
+keys (ALERTS_COOKIE_KEYS). API keys are `alerts api-keys ...`."""
 
 from __future__ import annotations
 
@@ -11,7 +12,9 @@ from mesh.logging import configure_logging
 
 
 def register(commands: Any) -> None:
-    keys = commands.add_parser("keys", help="TradingView cookie encryption keys (ALERTS_COOKIE_KEYS)")
+    keys = commands.add_parser(
+        "cookie-keys", aliases=["keys"], help="TradingView cookie encryption keys (ALERTS_COOKIE_KEYS)"
+    )
     key_commands = keys.add_subparsers(dest="keys_command", required=True)
     rotate = key_commands.add_parser(
         "rotate", help="re-encrypt every stored TradingView session with the first configured key"

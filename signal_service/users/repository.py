@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
@@ -27,6 +28,17 @@ class UserRepository:
             statement = statement.with_for_update(of=User)
         row = (await self.session.execute(statement)).one_or_none()
         return (row[0], row[1]) if row else None
+
+    async def page(self, after: uuid.UUID | None, limit: int) -> list[tuple[User, UserConfig]]:
+        statement = (
+            sa.select(User, UserConfig)
+            .join(UserConfig, UserConfig.user_id == User.id)
+            .order_by(User.id)
+            .limit(limit)
+        )
+        if after is not None:
+            statement = statement.where(User.id > after)
+        return [(row[0], row[1]) for row in await self.session.execute(statement)]
 
     async def get_by_external_id(
         self, external_id: str, *, owner: uuid.UUID | None = None
@@ -101,3 +113,20 @@ class UserRepository:
         if after is not None:
             statement = statement.where(UserConfig.user_id > after)
         return [(row[0], row[1]) for row in await self.session.execute(statement)]
+
+    async def revoke_access_tokens(self, user_id: uuid.UUID) -> datetime | None:
+        """Sets the user's revocation instant to the database's clock, which every replica compares with."""
+        statement = (
+            sa.update(User)
+            .where(User.id == user_id)
+            .values(access_tokens_revoked_before=sa.func.clock_timestamp(), updated_at=sa.func.now())
+            .returning(User.access_tokens_revoked_before)
+        )
+        return (await self.session.execute(statement)).scalar_one_or_none()
+
+    async def access_token_revocations(self, since: datetime) -> dict[uuid.UUID, datetime]:
+        """Revocation instants after `since`: older ones only refuse tokens that have expired anyway."""
+        statement = sa.select(User.id, User.access_tokens_revoked_before).where(
+            User.access_tokens_revoked_before > since
+        )
+        return {row[0]: row[1] for row in await self.session.execute(statement)}

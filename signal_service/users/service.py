@@ -54,6 +54,10 @@ USER_UPDATABLE_FIELDS = frozenset(
 )
 
 
+DEFAULT_USERS_PAGE = 100
+MAX_USERS_PAGE = 500
+
+
 def webhook_url(settings: SignalSettings, token: str) -> str:
     return f"{settings.external_url}/webhook/u/{token}"
 
@@ -142,6 +146,19 @@ class UserManager:
         if found is None:
             raise no_such_user()
         return UserView(*found)
+
+    async def list_page(self, page_size: int, page_token: str) -> tuple[list[UserView], str]:
+        """A page of users in id order and the token of the next page ("" after the last)."""
+        if page_size < 0 or page_size > MAX_USERS_PAGE:
+            raise InvalidArgumentError(
+                f"page_size must be between 0 and {MAX_USERS_PAGE}", reason="INVALID_PAGE_SIZE"
+            )
+        after = require_uuid(page_token, "page_token") if page_token else None
+        limit = page_size or DEFAULT_USERS_PAGE
+        async with self._database.session() as session:
+            rows = await UserRepository(session).page(after, limit + 1)
+        views = [UserView(*row) for row in rows[:limit]]
+        return views, str(views[-1].user.id) if len(rows) > limit else ""
 
     async def update(self, user_id: str, values: dict[str, Any]) -> UserView:
         unknown = set(values) - USER_UPDATABLE_FIELDS

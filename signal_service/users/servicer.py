@@ -8,13 +8,15 @@ from google.protobuf import json_format
 from apidevs.alerts.v1 import resources_pb2, user_service_pb2, user_service_pb2_grpc
 from mesh.auth import ensure_unscoped
 from signal_service.proto_mapping import plan_from_proto, timestamp, user_to_proto
+from signal_service.users.access import AccessTokenManager
 from signal_service.users.service import UserManager
 from signal_service.visibility import visible_owner
 
 
 class UserServicer(user_service_pb2_grpc.UserServiceServicer):
-    def __init__(self, users: UserManager) -> None:
+    def __init__(self, users: UserManager, access_tokens: AccessTokenManager) -> None:
         self._users = users
+        self._access_tokens = access_tokens
 
     async def CreateUser(
         self, request: user_service_pb2.CreateUserRequest, context: grpc.aio.ServicerContext
@@ -42,6 +44,15 @@ class UserServicer(user_service_pb2_grpc.UserServiceServicer):
             user_id=request.user_id, external_id=request.external_id, owner=visible_owner()
         )
         return user_to_proto(view)
+
+    async def ListUsers(
+        self, request: user_service_pb2.ListUsersRequest, context: grpc.aio.ServicerContext
+    ) -> user_service_pb2.ListUsersResponse:
+        ensure_unscoped()
+        views, next_page_token = await self._users.list_page(request.page_size, request.page_token)
+        return user_service_pb2.ListUsersResponse(
+            users=[user_to_proto(view) for view in views], next_page_token=next_page_token
+        )
 
     async def UpdateUser(
         self, request: user_service_pb2.UpdateUserRequest, context: grpc.aio.ServicerContext
@@ -80,3 +91,19 @@ class UserServicer(user_service_pb2_grpc.UserServiceServicer):
             request.user_id, request.sessionid, request.sessionid_sign
         )
         return user_to_proto(view)
+
+    async def CreateAccessToken(
+        self, request: user_service_pb2.CreateAccessTokenRequest, context: grpc.aio.ServicerContext
+    ) -> user_service_pb2.CreateAccessTokenResponse:
+        ensure_unscoped()
+        issued = await self._access_tokens.issue(request.user_id, request.ttl_seconds)
+        return user_service_pb2.CreateAccessTokenResponse(
+            access_token=issued.token, expires_at=timestamp(issued.expires_at)
+        )
+
+    async def RevokeAccessTokens(
+        self, request: user_service_pb2.RevokeAccessTokensRequest, context: grpc.aio.ServicerContext
+    ) -> user_service_pb2.RevokeAccessTokensResponse:
+        ensure_unscoped()
+        revoked_before = await self._access_tokens.revoke(request.user_id)
+        return user_service_pb2.RevokeAccessTokensResponse(revoked_before=timestamp(revoked_before))

@@ -7,19 +7,33 @@ import json
 import subprocess
 from pathlib import Path
 
+import httpx
 import pytest
 
 from alerts.processes import alerts_argv, free_port
 from alerts.stack import Stack
 from apidevs.alerts.v1 import resources_pb2, signal_service_pb2, user_service_pb2
 from tests.e2e.stacks import child_env
+from tests.keys import PLATFORM_KEY
 from tests.support import SAMPLE, create_user, ingest_request
 
 pytestmark = pytest.mark.e2e
 
 SECRET = "sk-not-to-be-printed-4f1c"
 DATABASE_COMMANDS = (("migrate",), ("keys", "rotate"), ("audit", "prune"))
-SERVICE_COMMANDS = (("user", "create"), ("captures", "failed"), ("captures", "retry", "--all"))
+SOME_USER = "0193a6f0-0000-7000-8000-000000000001"
+SERVICE_COMMANDS = (
+    ("user", "create"),
+    ("captures", "failed"),
+    ("captures", "retry", "--all"),
+    ("token", "create", SOME_USER),
+    ("token", "revoke", SOME_USER),
+    ("user", "list"),
+    ("user", "get", SOME_USER),
+    ("user", "disable", SOME_USER),
+    ("api-keys", "list"),
+    ("api-keys", "create", "--role", "platform", "--name", "x"),
+)
 
 
 def run_alerts(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
@@ -120,6 +134,108 @@ def test_user_create_answers_json(cli_env: dict[str, str], edge_stack: Stack, se
     assert created["plan"] == "pro"
     assert created["user_id"]
     assert created["webhook_url"].startswith(edge_stack.env["ALERTS_PUBLIC_URL"] + "/webhook/u/")
+
+
+async def test_token_create_gives_a_read_only_viewer_link_and_revoke_ends_it(
+    cli_env: dict[str, str], edge_stack: Stack, service_key: str, edge_stack_users
+) -> None:
+    created = await create_user(edge_stack_users, plan=resources_pb2.PLAN_PRO)
+    user_id = created.user.user_id
+    env = cli_env | {
+        "ALERTS_SIGNAL_ADDR": edge_stack.signal_addr,
+        "ALERTS_SERVICE_API_KEY": service_key,
+        "ALERTS_PUBLIC_URL": edge_stack.edge_url,
+    }
+    answer = run_alerts(env, "token", "create", user_id, "--ttl", "300", "--json")
+    assert answer.returncode == 0, answer.stderr
+    issued = json.loads(answer.stdout)
+    assert issued["viewer"] == f"{edge_stack.edge_url}/ui#token={issued['access_token']}"
+    bearer = {"Authorization": f"Bearer {issued['access_token']}"}
+    signals_url = f"{edge_stack.edge_url}/api/users/{user_id}/signals"
+    async with httpx.AsyncClient(timeout=10) as client:
+        assert (await client.get(signals_url, headers=bearer)).status_code == 200
+
+        revoked = run_alerts(env, "token", "revoke", user_id, "--json")
+        assert revoked.returncode == 0, revoked.stderr
+        assert json.loads(revoked.stdout)["user_id"] == user_id
+        assert (await client.get(signals_url, headers=bearer)).status_code == 401
+
+    too_long = run_alerts(env, "token", "create", user_id, "--ttl", str(10**7))
+    assert_one_line_failure(too_long, "INVALID_TTL")
+    unknown = run_alerts(env, "token", "create", SOME_USER)
+    assert_one_line_failure(unknown, "USER_NOT_FOUND")
+
+
+def test_user_commands_read_and_change_users(
+    cli_env: dict[str, str], edge_stack: Stack, service_key: str
+) -> None:
+    env = cli_env | {"ALERTS_SIGNAL_ADDR": edge_stack.signal_addr, "ALERTS_SERVICE_API_KEY": service_key}
+    created = json.loads(run_alerts(env, "user", "create", "--plan", "basic", "--json").stdout)
+    user_id = created["user_id"]
+
+    listed = run_alerts(env, "user", "list", "--json")
+    assert listed.returncode == 0, listed.stderr
+    assert user_id in {json.loads(line)["user_id"] for line in listed.stdout.splitlines()}
+
+    updated = run_alerts(env, "user", "update", user_id, "--plan", "premium", "--chart", "abc", "--json")
+    assert updated.returncode == 0, updated.stderr
+    assert (json.loads(updated.stdout)["plan"], json.loads(updated.stdout)["default_chart_id"]) == (
+        "PLAN_PREMIUM",
+        "abc",
+    )
+    disabled = json.loads(run_alerts(env, "user", "disable", user_id, "--json").stdout)
+    assert disabled.get("webhook_enabled", False) is False
+    enabled = json.loads(run_alerts(env, "user", "enable", user_id, "--json").stdout)
+    assert enabled["webhook_enabled"] is True
+
+    rotated = json.loads(run_alerts(env, "user", "rotate-token", user_id, "--json").stdout)
+    assert rotated["webhook_url"] != created["webhook_url"]
+
+    with_cookies = env | {"TRADINGVIEW_SESSIONID": "sess-cli", "TRADINGVIEW_SESSIONID_SIGN": "sign-cli"}
+    session = run_alerts(with_cookies, "user", "set-session", user_id, "--json")
+    assert session.returncode == 0, session.stderr
+    assert "sess-cli" not in session.stdout + session.stderr
+    assert json.loads(session.stdout)["tradingview_session"]
+    assert_one_line_failure(run_alerts(env, "user", "set-session", user_id), "TRADINGVIEW_SESSIONID")
+
+    shown = run_alerts(env, "user", "get", user_id)
+    assert shown.returncode == 0, shown.stderr
+    assert "plan:             premium" in shown.stdout
+    assert_one_line_failure(run_alerts(env, "user", "get", SOME_USER), "USER_NOT_FOUND")
+
+
+async def test_api_keys_create_list_and_revoke(
+    cli_env: dict[str, str], edge_stack: Stack, service_key: str, edge_stack_users
+) -> None:
+    from tests.keys import SYSTEM_KEYS
+
+    env = cli_env | {
+        "ALERTS_SIGNAL_ADDR": edge_stack.signal_addr,
+        "ALERTS_SERVICE_API_KEY": SYSTEM_KEYS.operator,
+    }
+    user = await create_user(edge_stack_users)
+    created = run_alerts(
+        env, "api-keys", "create", "--role", "user", "--user", user.user.user_id, "--name", "cli", "--json"
+    )
+    assert created.returncode == 0, created.stderr
+    key = json.loads(created.stdout)
+    listed = run_alerts(env, "api-keys", "list", "--json")
+    assert listed.returncode == 0, listed.stderr
+    assert key["key"] not in listed.stdout
+    assert key["key_id"] in {json.loads(line)["key_id"] for line in listed.stdout.splitlines()}
+
+    stats_url = f"{edge_stack.edge_url}/api/users/{user.user.user_id}/stats"
+    async with httpx.AsyncClient(timeout=10) as client:
+        bearer = {"Authorization": f"Bearer {key['key']}"}
+        assert (await client.get(stats_url, headers=bearer)).status_code == 200
+        revoked = run_alerts(env, "api-keys", "revoke", key["key_id"], "--json")
+        assert revoked.returncode == 0, revoked.stderr
+        assert json.loads(revoked.stdout)["revoked_at"]
+        assert (await client.get(stats_url, headers=bearer)).status_code == 401
+
+    # A platform key may not manage keys.
+    platform = env | {"ALERTS_SERVICE_API_KEY": PLATFORM_KEY}
+    assert_one_line_failure(run_alerts(platform, "api-keys", "list"), "PERMISSION_DENIED")
 
 
 async def test_captures_failed_answers_json(

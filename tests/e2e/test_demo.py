@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
+import jwt
 import pytest
 
 from alerts.demo import DEMO_ALERTS, PNG_MAGIC
@@ -127,8 +128,10 @@ def check_demo_output(output: str, workdir: Path) -> None:
     assert by_ticker["OANDA:XAUUSD"]["price"] == "2315.40"
     assert by_ticker["ETHUSDT"]["type"] == "Crossing Up"
     assert "OK: all 6 alerts stored" in output
-    viewer_links = re.findall(r"http://127\.0\.0\.1:\d+/ui#user=[0-9a-f-]{36}&key=ak_\S+", output)
+    viewer_links = re.findall(r"http://127\.0\.0\.1:\d+/ui#token=eyJ\S+", output)
     assert len(viewer_links) == 2
+    # Access tokens need no new keys, so nothing restarts to accept them.
+    assert "restart" not in output
 
 
 @pytest.mark.timeout(DEMO_TIMEOUT_SECONDS + 240)
@@ -222,14 +225,16 @@ def test_demo_stay_keeps_the_viewer_links_working_until_ctrl_c(
     demo = start_demo("--stay")
     demo.wait_for_line("Press Ctrl-C to stop", timeout=DEMO_TIMEOUT_SECONDS + 120)
     links = re.findall(
-        r"^\s+(premium|free)\s+(http://127\.0\.0\.1:\d+)/ui#user=([0-9a-f-]{36})&key=(ak_\S+)$",
+        r"^\s+(premium|free)\s+(http://127\.0\.0\.1:\d+)/ui#token=(eyJ\S+)$",
         "".join(demo.lines),
         flags=re.MULTILINE,
     )
     assert [plan for plan, *_ in links] == ["premium", "free"]
-    for plan, origin, user_id, key in links:
+    for plan, origin, token in links:
         assert httpx.get(f"{origin}/ui").status_code == 200
-        bearer = {"authorization": f"Bearer {key}"}
+        # Which user the token is for; the service, not this test, checks its signature.
+        user_id = jwt.decode(token, options={"verify_signature": False})["sub"]
+        bearer = {"authorization": f"Bearer {token}"}
         listed = httpx.get(f"{origin}/api/users/{user_id}/signals", headers=bearer)
         assert listed.status_code == 200
         assert len(listed.json()["signals"]) == sum(1 for alert in DEMO_ALERTS if alert.plan == plan)

@@ -22,6 +22,8 @@ import pytest
 
 from alerts.processes import ManagedProcess, alerts_argv, free_port, grpc_serving, http_ok
 from apidevs.alerts.v1 import (
+    api_key_service_pb2,
+    api_key_service_pb2_grpc,
     resources_pb2,
     signal_service_pb2,
     signal_service_pb2_grpc,
@@ -406,3 +408,174 @@ async def test_example_client_lists_follows_and_resumes_from_its_cursor_file(
     second = await run_example(*common, "--list", "0", "--max-events", "3")
     assert [line.split()[1] for line in second] == ["4", "5", "6"]
     assert cursor_file.read_text() == "6"
+
+
+async def holds_within(check, seconds: float) -> bool:
+    """Whether `check()` answers True before `seconds` pass; polled, not timed."""
+    deadline = asyncio.get_running_loop().time() + seconds
+    while asyncio.get_running_loop().time() < deadline:
+        if await check():
+            return True
+        await asyncio.sleep(0.1)
+    return False
+
+
+async def test_an_access_token_reads_on_every_replica_writes_nothing_and_is_revoked_everywhere(
+    replicas: Replicas, stubs: dict[str, signal_service_pb2_grpc.SignalServiceStub], users
+) -> None:
+    user = await create_user(users)
+    signal_id = (await stubs["a"].IngestWebhook(ingest_request(user.webhook_token, alert(1)))).signal_id
+    async with open_system_channel(replicas.a) as on_a:
+        accounts_on_a = user_service_pb2_grpc.UserServiceStub(on_a)
+        issued = await accounts_on_a.CreateAccessToken(
+            user_service_pb2.CreateAccessTokenRequest(user_id=user.user.user_id, ttl_seconds=600)
+        )
+        token = issued.access_token
+        list_request = signal_service_pb2.ListSignalsRequest(user_id=user.user.user_id)
+        async with open_channel(replicas.b, token) as as_viewer, httpx.AsyncClient(timeout=10) as client:
+            viewer_on_b = signal_service_pb2_grpc.SignalServiceStub(as_viewer)
+            listed = await viewer_on_b.ListSignals(list_request)
+            assert [row.signal_id for row in listed.signals] == [signal_id]
+            signals_url = f"{replicas.edge_url}/api/users/{user.user.user_id}/signals"
+            bearer = {"Authorization": f"Bearer {token}"}
+            assert (await client.get(signals_url, headers=bearer)).status_code == 200
+
+            with pytest.raises(grpc.aio.AioRpcError) as write:
+                await viewer_on_b.UpdateSignalOutcome(
+                    signal_service_pb2.UpdateSignalOutcomeRequest(
+                        signal_id=signal_id, result=resources_pb2.SIGNAL_RESULT_WIN
+                    )
+                )
+            assert write.value.code() == grpc.StatusCode.PERMISSION_DENIED
+            patched = await client.patch(f"{signals_url}/{signal_id}", json={"result": "win"}, headers=bearer)
+            assert patched.status_code == 403, patched.text
+            with pytest.raises(grpc.aio.AioRpcError) as other_user:
+                await viewer_on_b.ListSignals(
+                    signal_service_pb2.ListSignalsRequest(user_id=str(uuid.uuid4()))
+                )
+            assert other_user.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+            await accounts_on_a.RevokeAccessTokens(
+                user_service_pb2.RevokeAccessTokensRequest(user_id=user.user.user_id)
+            )
+
+            async def refused_on_b() -> bool:
+                try:
+                    await viewer_on_b.ListSignals(list_request)
+                except grpc.aio.AioRpcError as exc:
+                    if exc.code() != grpc.StatusCode.UNAUTHENTICATED:
+                        raise
+                    return True
+                return False
+
+            assert await holds_within(refused_on_b, 5.0)
+            assert (await client.get(signals_url, headers=bearer)).status_code == 401
+            # The replica that revoked refuses from its answer on.
+            async with open_channel(replicas.a, token) as as_viewer_on_a:
+                with pytest.raises(grpc.aio.AioRpcError) as on_a_refused:
+                    await signal_service_pb2_grpc.SignalServiceStub(as_viewer_on_a).ListSignals(list_request)
+                assert on_a_refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+            # A token issued after the revocation works.
+            fresh = await accounts_on_a.CreateAccessToken(
+                user_service_pb2.CreateAccessTokenRequest(user_id=user.user.user_id)
+            )
+            fresh_bearer = {"Authorization": f"Bearer {fresh.access_token}"}
+            assert (await client.get(signals_url, headers=fresh_bearer)).status_code == 200
+
+
+async def test_a_runtime_api_key_works_on_every_replica_until_revoked_everywhere(
+    replicas: Replicas, users
+) -> None:
+    user = await create_user(users)
+    async with open_system_channel(replicas.a) as on_a:
+        keys_on_a = api_key_service_pb2_grpc.ApiKeyServiceStub(on_a)
+        created = await keys_on_a.CreateApiKey(
+            api_key_service_pb2.CreateApiKeyRequest(
+                role=api_key_service_pb2.API_KEY_ROLE_USER, name="trader's proxy", user_id=user.user.user_id
+            )
+        )
+        listed = await keys_on_a.ListApiKeys(api_key_service_pb2.ListApiKeysRequest())
+        assert created.api_key.key_id in {key.key_id for key in listed.api_keys}
+        assert all(created.key not in str(key) for key in listed.api_keys)
+
+        stats_request = signal_service_pb2.GetUserStatsRequest(user_id=user.user.user_id)
+        async with (
+            open_channel(replicas.a, created.key) as key_on_a,
+            open_channel(replicas.b, created.key) as key_on_b,
+        ):
+            on_each = [signal_service_pb2_grpc.SignalServiceStub(channel) for channel in (key_on_a, key_on_b)]
+
+            async def accepted_everywhere() -> bool:
+                try:
+                    for stub in on_each:
+                        await stub.GetUserStats(stats_request)
+                except grpc.aio.AioRpcError as exc:
+                    if exc.code() != grpc.StatusCode.UNAUTHENTICATED:
+                        raise
+                    return False
+                return True
+
+            # Replica b learns of the new key within its refresh interval too.
+            assert await holds_within(accepted_everywhere, 5.0)
+
+            revoked = await keys_on_a.RevokeApiKey(
+                api_key_service_pb2.RevokeApiKeyRequest(key_id=created.api_key.key_id)
+            )
+            assert revoked.HasField("revoked_at")
+
+            async def refused_everywhere() -> bool:
+                for stub in on_each:
+                    try:
+                        await stub.GetUserStats(stats_request)
+                    except grpc.aio.AioRpcError as exc:
+                        if exc.code() != grpc.StatusCode.UNAUTHENTICATED:
+                            raise
+                        continue
+                    return False
+                return True
+
+            assert await holds_within(refused_everywhere, 5.0)
+
+
+async def test_a_stream_opened_with_a_token_delivers_nothing_once_the_token_is_revoked(
+    replicas: Replicas, stubs: dict[str, signal_service_pb2_grpc.SignalServiceStub], users
+) -> None:
+    user = await create_user(users)
+    async with open_system_channel(replicas.a) as on_a:
+        accounts_on_a = user_service_pb2_grpc.UserServiceStub(on_a)
+        token = (
+            await accounts_on_a.CreateAccessToken(
+                user_service_pb2.CreateAccessTokenRequest(user_id=user.user.user_id)
+            )
+        ).access_token
+        async with open_channel(replicas.b, token) as as_viewer:
+            call = signal_service_pb2_grpc.SignalServiceStub(as_viewer).SubscribeSignals(
+                signal_service_pb2.SubscribeSignalsRequest(user_id=user.user.user_id)
+            )
+            try:
+                await head_cursor(call)
+                first = await stubs["a"].IngestWebhook(ingest_request(user.webhook_token, alert(1)))
+                async with asyncio.timeout(GUARD_SECONDS):
+                    assert (await call.read()).signal.signal_id == first.signal_id
+
+                await accounts_on_a.RevokeAccessTokens(
+                    user_service_pb2.RevokeAccessTokensRequest(user_id=user.user.user_id)
+                )
+
+                async def stream_ended() -> bool:
+                    # Each new event makes replica b look at the token again.
+                    await stubs["a"].IngestWebhook(ingest_request(user.webhook_token, alert(2)))
+                    try:
+                        async with asyncio.timeout(1.0):
+                            await call.read()
+                    except TimeoutError:
+                        return False
+                    except grpc.aio.AioRpcError as exc:
+                        return exc.code() == grpc.StatusCode.UNAUTHENTICATED
+                    # Until replica b has read the revocation, events still arrive.
+                    return False
+
+                assert await holds_within(stream_ended, 5.0)
+            finally:
+                call.cancel()

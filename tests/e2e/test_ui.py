@@ -6,7 +6,6 @@ stream), and its chart screenshot, captured by a real capture worker from the ch
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -24,7 +23,7 @@ from alerts.processes import free_port
 from apidevs.alerts.v1 import resources_pb2, user_service_pb2, user_service_pb2_grpc
 from capture_service.browser import find_chromium
 from capture_service.settings import CaptureSettings
-from mesh.auth import generate_key, hash_key
+from mesh.auth import generate_key
 from mesh.grpc import open_channel
 from mesh.settings import CommonSettings
 from tests.e2e.stacks import fresh_database
@@ -79,11 +78,15 @@ def _started_stack(
 class ViewerUser:
     user_id: str
     webhook_url: str
-    key: str
+    token: str
+
+    @property
+    def link(self) -> str:
+        return f"/ui#token={self.token}"
 
 
 async def new_viewer_user(stack: DevStack) -> ViewerUser:
-    """A premium user with a TradingView session and an API key scoped to them."""
+    """A premium user with a TradingView session and a viewer access token of theirs."""
     async with open_channel(stack.settings.signal_addr, stack.api_key) as channel:
         users = user_service_pb2_grpc.UserServiceStub(channel)
         created = await users.CreateUser(
@@ -94,9 +97,17 @@ async def new_viewer_user(stack: DevStack) -> ViewerUser:
                 user_id=created.user.user_id, sessionid="ui-session", sessionid_sign="v1:ui-sign"
             )
         )
-    key = generate_key()
-    await asyncio.to_thread(stack.add_api_keys, [f"sha256:{hash_key(key)}@user:{created.user.user_id}"])
-    return ViewerUser(created.user.user_id, created.webhook_url, key)
+        issued = await users.CreateAccessToken(
+            user_service_pb2.CreateAccessTokenRequest(user_id=created.user.user_id, ttl_seconds=600)
+        )
+    return ViewerUser(created.user.user_id, created.webhook_url, issued.access_token)
+
+
+async def revoke_tokens(stack: DevStack, user_id: str) -> None:
+    async with open_channel(stack.settings.signal_addr, stack.api_key) as channel:
+        await user_service_pb2_grpc.UserServiceStub(channel).RevokeAccessTokens(
+            user_service_pb2.RevokeAccessTokensRequest(user_id=user_id)
+        )
 
 
 @pytest.fixture(scope="module")
@@ -149,11 +160,11 @@ async def test_a_new_signal_appears_live_and_its_screenshot_loads(
         # BTCUSDT, AAPL, XAUUSD and the malformed one before the page opens; ETHUSDT (JSON) while it is open.
         listed = [await post_alert(client, viewer_user.webhook_url, index) for index in (0, 1, 3, 5)]
 
-        await page.goto(f"{stack.edge_url}/ui#user={viewer_user.user_id}&key={viewer_user.key}")
+        await page.goto(stack.edge_url + viewer_user.link)
         await expect(page.locator("#live")).to_have_attribute("data-state", "live")
         for signal_id in listed:
             await expect(page.locator(f'li.signal[data-id="{signal_id}"]')).to_be_visible()
-        assert viewer_user.key not in page.url  # taken out of the address bar at once
+        assert viewer_user.token not in page.url  # taken out of the address bar at once
 
         live_id = await post_alert(client, viewer_user.webhook_url, 2)
         live_card = f'li.signal[data-id="{live_id}"]'
@@ -181,12 +192,18 @@ async def test_a_new_signal_appears_live_and_its_screenshot_loads(
         malformed = f'li.signal[data-id="{listed[3]}"]'
         await expect(page.locator(f"{malformed} .shot-state")).to_contain_text("No chart")
 
-        # Outcomes recorded through the REST API arrive over the stream too.
+        # The viewer's token reads only; outcomes the platform records arrive over the stream.
+        refused = await client.patch(
+            f"{stack.edge_url}/api/users/{viewer_user.user_id}/signals/{live_id}",
+            json={"result": "win", "profit_loss": "1.00"},
+            headers={"authorization": f"Bearer {viewer_user.token}"},
+        )
+        assert refused.status_code == 403, refused.text
         for signal_id, result in ((live_id, "win"), (listed[0], "loss")):
             answer = await client.patch(
                 f"{stack.edge_url}/api/users/{viewer_user.user_id}/signals/{signal_id}",
                 json={"result": result, "profit_loss": "120.50" if result == "win" else "-40.00"},
-                headers={"authorization": f"Bearer {viewer_user.key}"},
+                headers={"authorization": f"Bearer {stack.api_key}"},
             )
             assert answer.status_code == 200, answer.text
             await expect(page.locator(f'li.signal[data-id="{signal_id}"] .result')).to_have_text(result)
@@ -212,7 +229,7 @@ async def test_a_card_says_when_the_price_came_from_a_delayed_feed(stack: DevSta
             assert answer.status_code == 200, answer.text
             ids[ticker] = answer.json()["signal_id"]
 
-    await page.goto(f"{stack.edge_url}/ui#user={trader.user_id}&key={trader.key}")
+    await page.goto(stack.edge_url + trader.link)
     delayed = page.locator(f'li.signal[data-id="{ids["NASDAQ_DLY:AAPL"]}"] .indicator')
     live = page.locator(f'li.signal[data-id="{ids["NASDAQ:AAPL"]}"] .indicator')
     await expect(delayed).to_have_text("ADX DEF [APIDEVS] · delayed feed")
@@ -227,9 +244,24 @@ async def test_a_key_that_is_not_the_users_is_refused(
     await expect(page.locator("#sign-in")).to_be_visible()
     assert await page.evaluate("sessionStorage.length") == 0
 
-    # A real key scoped to this user may not open another user's signals.
-    await page.goto(f"{stack.edge_url}/ui#user={uuid.uuid4()}&key={viewer_user.key}")
+    # A token whose signature does not hold is not accepted either.
+    head, payload, signature = viewer_user.token.split(".")
+    await page.goto(f"{stack.edge_url}/ui#token={head}.{payload}.{signature[::-1]}")
+    await expect(page.locator("#sign-in-error")).to_contain_text("not accepted")
+
+    # A real token of this user may not open another user's signals.
+    await page.goto(f"{stack.edge_url}/ui#user={uuid.uuid4()}&key={viewer_user.token}")
     await expect(page.locator("#sign-in-error")).to_contain_text("may not read this user")
+
+
+async def test_a_revoked_token_link_stops_working(stack: DevStack, page: Page) -> None:
+    trader = await new_viewer_user(stack)
+    await page.goto(stack.edge_url + trader.link)
+    await expect(page.locator("#live")).to_have_attribute("data-state", "live")
+
+    await revoke_tokens(stack, trader.user_id)
+    await page.goto(stack.edge_url + trader.link)
+    await expect(page.locator("#sign-in-error")).to_contain_text("not accepted")
 
 
 async def test_stats_date_range_and_times_in_the_traders_zone(stack: DevStack, browser: Browser) -> None:
@@ -240,14 +272,14 @@ async def test_stats_date_range_and_times_in_the_traders_zone(stack: DevStack, b
             answer = await client.patch(
                 f"{stack.edge_url}/api/users/{trader.user_id}/signals/{signal_id}",
                 json={"result": result},
-                headers={"authorization": f"Bearer {trader.key}"},
+                headers={"authorization": f"Bearer {stack.api_key}"},
             )
             assert answer.status_code == 200, answer.text
     zone = "America/New_York"
     context = await browser.new_context(timezone_id=zone, viewport={"width": 1280, "height": 900})
     page = await context.new_page()
     try:
-        await page.goto(f"{stack.edge_url}/ui#user={trader.user_id}&key={trader.key}")
+        await page.goto(stack.edge_url + trader.link)
         await expect(page.locator("li.signal")).to_have_count(3)
         await expect(page.locator('[data-stat="total"]')).to_have_text("3")
         await expect(page.locator('[data-stat="month"]')).to_have_text("3")

@@ -96,11 +96,32 @@
     return lines.join("; ");
   }
 
+  // The user an access token is for: its payload's "sub". Only read here, never trusted: the service
+  // verifies the token on every call.
+  function tokenUser(token) {
+    try {
+      const payload = token.split(".")[1].replace(/-/g, "+").replace(/_/g, "/");
+      const sub = JSON.parse(atob(payload.padEnd(Math.ceil(payload.length / 4) * 4, "="))).sub;
+      return typeof sub === "string" ? sub : "";
+    } catch {
+      return "";
+    }
+  }
+
   // ---- credentials: from the URL fragment once (then removed from the address bar), else sessionStorage.
-  function loadCredentials() {
-    const fragment = new URLSearchParams(location.hash.slice(1));
+  // A link carries an access token (#token=...) or a user id with a key scoped to it (#user=...&key=...).
+  function credentialsFromFragment(fragment) {
+    const token = (fragment.get("token") || "").trim();
+    if (token && tokenUser(token)) return { user: tokenUser(token), key: token };
     if (fragment.get("user") && fragment.get("key")) {
-      const found = { user: fragment.get("user").trim(), key: fragment.get("key").trim() };
+      return { user: fragment.get("user").trim(), key: fragment.get("key").trim() };
+    }
+    return null;
+  }
+
+  function loadCredentials() {
+    const found = credentialsFromFragment(new URLSearchParams(location.hash.slice(1)));
+    if (found) {
       sessionStorage.setItem(CREDENTIALS, JSON.stringify(found));
       history.replaceState(null, "", location.pathname + location.search);
       return found;
@@ -146,10 +167,10 @@
       headers: { ...(init.headers || {}), Authorization: `Bearer ${credentials.key}` },
       cache: "no-store",
     });
-    if (response.status === 401) throw new AuthError("This API key is not accepted.");
+    if (response.status === 401) throw new AuthError("This key or link is not accepted (expired or revoked?).");
     // Every call here names the user: a user this key may not read answers 404, like one that does not exist.
     if (response.status === 403 || response.status === 404) {
-      throw new AuthError("This API key may not read this user.");
+      throw new AuthError("This key may not read this user.");
     }
     return response;
   }

@@ -43,6 +43,7 @@ SECRET_PLACEHOLDERS = {
     "ALERTS_COOKIE_KEYS": "k1:" + "A" * 43 + "=",
     "ALERTS_MEDIA_SIGNING_KEY": "placeholder-media-signing-key",
     "ALERTS_TELEGRAM_BOT_TOKEN": "123456:placeholder-telegram-bot-token",
+    "ALERTS_ACCESS_TOKEN_SIGNING_KEY": "placeholder-access-token-signing-key",
     "POSTGRES_PASSWORD": "placeholder",
 }
 # What each deployment must say, by where it runs.

@@ -66,11 +66,19 @@ def test_each_process_requires_only_its_own_secrets_in_production() -> None:
         "service_api_key": "k",
         "cookie_keys": f"k1:{base64.b64encode(b'c' * 32).decode()}",
         "media_signing_key": "m",
+        "access_token_signing_key": "a" * 32,
     }
     expected = {
         EdgeSettings: {"service_api_key", "media_signing_key"},
         StorageSettings: {"api_keys", "media_signing_key"},
-        SignalSettings: {"database_url", "redis_url", "api_keys", "service_api_key", "cookie_keys"},
+        SignalSettings: {
+            "database_url",
+            "redis_url",
+            "api_keys",
+            "service_api_key",
+            "cookie_keys",
+            "access_token_signing_key",
+        },
         CaptureSettings: {"redis_url", "service_api_key", "cookie_keys"},
         DatabaseJobSettings: {"database_url"},
     }
@@ -81,3 +89,5 @@ def test_each_process_requires_only_its_own_secrets_in_production() -> None:
             with pytest.raises(ValueError, match=f"ALERTS_{name.upper()}"):
                 cls(env="production", **others)
     assert "cookie_keys" not in EdgeSettings.required_in_production
+    # Only the signal service issues and verifies access tokens: the edge forwards a bearer untouched.
+    assert "access_token_signing_key" not in EdgeSettings.model_fields

@@ -5,7 +5,12 @@ import pytest
 from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha import reflection_pb2
 
-from apidevs.alerts.v1 import signal_service_pb2, storage_service_pb2, user_service_pb2
+from apidevs.alerts.v1 import (
+    api_key_service_pb2,
+    signal_service_pb2,
+    storage_service_pb2,
+    user_service_pb2,
+)
 from mesh.auth import ApiKeyRing, Principal, Role, SystemKeys, parse_entry, principal_var, role_entry
 from mesh.errors import PermissionDeniedError, UnauthenticatedError
 from mesh.roles import (
@@ -17,6 +22,7 @@ from mesh.roles import (
 )
 
 _OUR_SERVICES = [
+    *api_key_service_pb2.DESCRIPTOR.services_by_name.values(),
     *signal_service_pb2.DESCRIPTOR.services_by_name.values(),
     *user_service_pb2.DESCRIPTOR.services_by_name.values(),
     *storage_service_pb2.DESCRIPTOR.services_by_name.values(),

@@ -46,6 +46,11 @@ class UserServiceStub:
                 request_serializer=apidevs_dot_alerts_dot_v1_dot_user__service__pb2.GetUserRequest.SerializeToString,
                 response_deserializer=apidevs_dot_alerts_dot_v1_dot_resources__pb2.User.FromString,
                 _registered_method=True)
+        self.ListUsers = channel.unary_unary(
+                '/apidevs.alerts.v1.UserService/ListUsers',
+                request_serializer=apidevs_dot_alerts_dot_v1_dot_user__service__pb2.ListUsersRequest.SerializeToString,
+                response_deserializer=apidevs_dot_alerts_dot_v1_dot_user__service__pb2.ListUsersResponse.FromString,
+                _registered_method=True)
         self.UpdateUser = channel.unary_unary(
                 '/apidevs.alerts.v1.UserService/UpdateUser',
                 request_serializer=apidevs_dot_alerts_dot_v1_dot_user__service__pb2.UpdateUserRequest.SerializeToString,
@@ -60,6 +65,16 @@ class UserServiceStub:
                 '/apidevs.alerts.v1.UserService/SetTradingViewSession',
                 request_serializer=apidevs_dot_alerts_dot_v1_dot_user__service__pb2.SetTradingViewSessionRequest.SerializeToString,
                 response_deserializer=apidevs_dot_alerts_dot_v1_dot_resources__pb2.User.FromString,
+                _registered_method=True)
+        self.CreateAccessToken = channel.unary_unary(
+                '/apidevs.alerts.v1.UserService/CreateAccessToken',
+                request_serializer=apidevs_dot_alerts_dot_v1_dot_user__service__pb2.CreateAccessTokenRequest.SerializeToString,
+                response_deserializer=apidevs_dot_alerts_dot_v1_dot_user__service__pb2.CreateAccessTokenResponse.FromString,
+                _registered_method=True)
+        self.RevokeAccessTokens = channel.unary_unary(
+                '/apidevs.alerts.v1.UserService/RevokeAccessTokens',
+                request_serializer=apidevs_dot_alerts_dot_v1_dot_user__service__pb2.RevokeAccessTokensRequest.SerializeToString,
+                response_deserializer=apidevs_dot_alerts_dot_v1_dot_user__service__pb2.RevokeAccessTokensResponse.FromString,
                 _registered_method=True)
 
 
@@ -76,6 +91,13 @@ class UserServiceServicer:
 
     def GetUser(self, request, context):
         """One user, by user_id or by the platform's external_id.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListUsers(self, request, context):
+        """Users in user_id order, a page at a time.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -102,6 +124,21 @@ class UserServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateAccessToken(self, request, context):
+        """A signed, short-lived, read-only bearer token for one user's browser: it reads that user's
+        signals, stats, stream and viewer, and writes nothing. Verified without a database round trip.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeAccessTokens(self, request, context):
+        """Refuses every access token of the user issued before this call, on every replica within 5 s.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_UserServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -114,6 +151,11 @@ def add_UserServiceServicer_to_server(servicer, server):
                     servicer.GetUser,
                     request_deserializer=apidevs_dot_alerts_dot_v1_dot_user__service__pb2.GetUserRequest.FromString,
                     response_serializer=apidevs_dot_alerts_dot_v1_dot_resources__pb2.User.SerializeToString,
+            ),
+            'ListUsers': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListUsers,
+                    request_deserializer=apidevs_dot_alerts_dot_v1_dot_user__service__pb2.ListUsersRequest.FromString,
+                    response_serializer=apidevs_dot_alerts_dot_v1_dot_user__service__pb2.ListUsersResponse.SerializeToString,
             ),
             'UpdateUser': grpc.unary_unary_rpc_method_handler(
                     servicer.UpdateUser,
@@ -129,6 +171,16 @@ def add_UserServiceServicer_to_server(servicer, server):
                     servicer.SetTradingViewSession,
                     request_deserializer=apidevs_dot_alerts_dot_v1_dot_user__service__pb2.SetTradingViewSessionRequest.FromString,
                     response_serializer=apidevs_dot_alerts_dot_v1_dot_resources__pb2.User.SerializeToString,
+            ),
+            'CreateAccessToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateAccessToken,
+                    request_deserializer=apidevs_dot_alerts_dot_v1_dot_user__service__pb2.CreateAccessTokenRequest.FromString,
+                    response_serializer=apidevs_dot_alerts_dot_v1_dot_user__service__pb2.CreateAccessTokenResponse.SerializeToString,
+            ),
+            'RevokeAccessTokens': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeAccessTokens,
+                    request_deserializer=apidevs_dot_alerts_dot_v1_dot_user__service__pb2.RevokeAccessTokensRequest.FromString,
+                    response_serializer=apidevs_dot_alerts_dot_v1_dot_user__service__pb2.RevokeAccessTokensResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -186,6 +238,33 @@ class UserService:
             '/apidevs.alerts.v1.UserService/GetUser',
             apidevs_dot_alerts_dot_v1_dot_user__service__pb2.GetUserRequest.SerializeToString,
             apidevs_dot_alerts_dot_v1_dot_resources__pb2.User.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListUsers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/apidevs.alerts.v1.UserService/ListUsers',
+            apidevs_dot_alerts_dot_v1_dot_user__service__pb2.ListUsersRequest.SerializeToString,
+            apidevs_dot_alerts_dot_v1_dot_user__service__pb2.ListUsersResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -267,6 +346,60 @@ class UserService:
             '/apidevs.alerts.v1.UserService/SetTradingViewSession',
             apidevs_dot_alerts_dot_v1_dot_user__service__pb2.SetTradingViewSessionRequest.SerializeToString,
             apidevs_dot_alerts_dot_v1_dot_resources__pb2.User.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateAccessToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/apidevs.alerts.v1.UserService/CreateAccessToken',
+            apidevs_dot_alerts_dot_v1_dot_user__service__pb2.CreateAccessTokenRequest.SerializeToString,
+            apidevs_dot_alerts_dot_v1_dot_user__service__pb2.CreateAccessTokenResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeAccessTokens(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/apidevs.alerts.v1.UserService/RevokeAccessTokens',
+            apidevs_dot_alerts_dot_v1_dot_user__service__pb2.RevokeAccessTokensRequest.SerializeToString,
+            apidevs_dot_alerts_dot_v1_dot_user__service__pb2.RevokeAccessTokensResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -38,12 +38,20 @@ class UserServiceStub:
     """Returns the webhook token once; only its hash is stored."""
     GetUser: _grpc.UnaryUnaryMultiCallable[_user_service_pb2.GetUserRequest, _resources_pb2.User]
     """One user, by user_id or by the platform's external_id."""
+    ListUsers: _grpc.UnaryUnaryMultiCallable[_user_service_pb2.ListUsersRequest, _user_service_pb2.ListUsersResponse]
+    """Users in user_id order, a page at a time."""
     UpdateUser: _grpc.UnaryUnaryMultiCallable[_user_service_pb2.UpdateUserRequest, _resources_pb2.User]
     """Changes only the fields named in update_mask; returns the user as stored."""
     RotateWebhookToken: _grpc.UnaryUnaryMultiCallable[_user_service_pb2.RotateWebhookTokenRequest, _user_service_pb2.RotateWebhookTokenResponse]
     """Issues a new token; the old one stops working at once or after the grace period."""
     SetTradingViewSession: _grpc.UnaryUnaryMultiCallable[_user_service_pb2.SetTradingViewSessionRequest, _resources_pb2.User]
     """Stores the cookies encrypted; they are never returned or logged."""
+    CreateAccessToken: _grpc.UnaryUnaryMultiCallable[_user_service_pb2.CreateAccessTokenRequest, _user_service_pb2.CreateAccessTokenResponse]
+    """A signed, short-lived, read-only bearer token for one user's browser: it reads that user's
+    signals, stats, stream and viewer, and writes nothing. Verified without a database round trip.
+    """
+    RevokeAccessTokens: _grpc.UnaryUnaryMultiCallable[_user_service_pb2.RevokeAccessTokensRequest, _user_service_pb2.RevokeAccessTokensResponse]
+    """Refuses every access token of the user issued before this call, on every replica within 5 s."""
 
 @_typing.type_check_only
 class UserServiceAsyncStub(UserServiceStub):
@@ -54,12 +62,20 @@ class UserServiceAsyncStub(UserServiceStub):
     """Returns the webhook token once; only its hash is stored."""
     GetUser: _aio.UnaryUnaryMultiCallable[_user_service_pb2.GetUserRequest, _resources_pb2.User]  # type: ignore[assignment]
     """One user, by user_id or by the platform's external_id."""
+    ListUsers: _aio.UnaryUnaryMultiCallable[_user_service_pb2.ListUsersRequest, _user_service_pb2.ListUsersResponse]  # type: ignore[assignment]
+    """Users in user_id order, a page at a time."""
     UpdateUser: _aio.UnaryUnaryMultiCallable[_user_service_pb2.UpdateUserRequest, _resources_pb2.User]  # type: ignore[assignment]
     """Changes only the fields named in update_mask; returns the user as stored."""
     RotateWebhookToken: _aio.UnaryUnaryMultiCallable[_user_service_pb2.RotateWebhookTokenRequest, _user_service_pb2.RotateWebhookTokenResponse]  # type: ignore[assignment]
     """Issues a new token; the old one stops working at once or after the grace period."""
     SetTradingViewSession: _aio.UnaryUnaryMultiCallable[_user_service_pb2.SetTradingViewSessionRequest, _resources_pb2.User]  # type: ignore[assignment]
     """Stores the cookies encrypted; they are never returned or logged."""
+    CreateAccessToken: _aio.UnaryUnaryMultiCallable[_user_service_pb2.CreateAccessTokenRequest, _user_service_pb2.CreateAccessTokenResponse]  # type: ignore[assignment]
+    """A signed, short-lived, read-only bearer token for one user's browser: it reads that user's
+    signals, stats, stream and viewer, and writes nothing. Verified without a database round trip.
+    """
+    RevokeAccessTokens: _aio.UnaryUnaryMultiCallable[_user_service_pb2.RevokeAccessTokensRequest, _user_service_pb2.RevokeAccessTokensResponse]  # type: ignore[assignment]
+    """Refuses every access token of the user issued before this call, on every replica within 5 s."""
 
 class UserServiceServicer(metaclass=_abc_1.ABCMeta):
     """Users and their webhook credentials. Used by the platform backend and administrators."""
@@ -79,6 +95,14 @@ class UserServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_resources_pb2.User, _abc.Awaitable[_resources_pb2.User]]:
         """One user, by user_id or by the platform's external_id."""
+
+    @_abc_1.abstractmethod
+    def ListUsers(
+        self,
+        request: _user_service_pb2.ListUsersRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_user_service_pb2.ListUsersResponse, _abc.Awaitable[_user_service_pb2.ListUsersResponse]]:
+        """Users in user_id order, a page at a time."""
 
     @_abc_1.abstractmethod
     def UpdateUser(
@@ -103,5 +127,23 @@ class UserServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_resources_pb2.User, _abc.Awaitable[_resources_pb2.User]]:
         """Stores the cookies encrypted; they are never returned or logged."""
+
+    @_abc_1.abstractmethod
+    def CreateAccessToken(
+        self,
+        request: _user_service_pb2.CreateAccessTokenRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_user_service_pb2.CreateAccessTokenResponse, _abc.Awaitable[_user_service_pb2.CreateAccessTokenResponse]]:
+        """A signed, short-lived, read-only bearer token for one user's browser: it reads that user's
+        signals, stats, stream and viewer, and writes nothing. Verified without a database round trip.
+        """
+
+    @_abc_1.abstractmethod
+    def RevokeAccessTokens(
+        self,
+        request: _user_service_pb2.RevokeAccessTokensRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_user_service_pb2.RevokeAccessTokensResponse, _abc.Awaitable[_user_service_pb2.RevokeAccessTokensResponse]]:
+        """Refuses every access token of the user issued before this call, on every replica within 5 s."""
 
 def add_UserServiceServicer_to_server(servicer: UserServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

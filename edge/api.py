@@ -27,6 +27,7 @@ from litestar.params import FromPath, FromQuery, HeaderParameter, JSONBody, Quer
 from litestar.response import ServerSentEvent, ServerSentEventMessage
 
 from apidevs.alerts.v1 import resources_pb2, signal_service_pb2, signal_service_pb2_grpc
+from edge.errors import error_responses
 from mesh.errors import (
     InvalidArgumentError,
     NotFoundError,
@@ -164,9 +165,28 @@ class EventOut:
 
 
 @dataclass
-class ErrorOut:
-    success: bool
+class StreamErrorOut:
+    """Why the service ended the stream; reconnecting with the last event's id loses nothing."""
+
+    # The gRPC status, lowercase ("resource_exhausted" for a stream that fell too far behind).
     error: str
+    reason: str
+
+
+@dataclass
+class EventMessage:
+    """One Server-Sent Events message: `id: <cursor>` and `data: <EventOut as one line of JSON>`."""
+
+    id: str
+    data: EventOut
+
+
+@dataclass
+class StreamErrorMessage:
+    """The message that ends a stream the service gave up on: `event: stream-error`, `data: <JSON>`."""
+
+    event: Literal["stream-error"]
+    data: StreamErrorOut
 
 
 def signal_out(signal: resources_pb2.Signal) -> SignalOut:
@@ -283,12 +303,12 @@ def _utc(moment: datetime | None) -> timestamp_pb2.Timestamp | None:
     return message
 
 
-_ERRORS = {
-    400: ResponseSpec(ErrorOut, description="Invalid argument"),
-    401: ResponseSpec(ErrorOut, description="Missing or invalid bearer API key"),
-    403: ResponseSpec(ErrorOut, description="The key is scoped to another user"),
-    404: ResponseSpec(ErrorOut, description="No such user or signal"),
-}
+# What every call to the signal service can answer besides 200: a bad parameter, refused keys, another
+# user's or an unknown id, a rate limit, the service away, and an answer too large for gRPC to carry.
+_ERRORS = error_responses(
+    (400, 401, 403, 404, 429, 502, 503),
+    {403: "The key may not read this user (forbidden)", 404: "No such user or signal (not_found)"},
+)
 
 
 # --- routes ------------------------------------------------------------------------------------------
@@ -296,6 +316,7 @@ _ERRORS = {
 
 @get(
     "/users/{user_id:str}/stats",
+    operation_id="getUserStats",
     summary="A user's signal counters and win rate",
     description="win_rate = wins / (wins + losses) * 100, 0 when nothing is resolved; this_month is the "
     "current calendar month in UTC; screenshots_pending counts PENDING and PROCESSING captures.",
@@ -320,6 +341,7 @@ async def get_user_stats(request: Request[Any, Any, Any], user_id: FromPath[str]
 
 @get(
     "/users/{user_id:str}/signals",
+    operation_id="listSignals",
     summary="A user's signals, newest first",
     description="Cursor-paginated: pass next_page_token back as page_token. created_after and "
     "created_before are exclusive bounds (ISO 8601; a time without offset is UTC).",
@@ -364,7 +386,12 @@ async def list_signals(
     )
 
 
-@get("/users/{user_id:str}/signals/{signal_id:str}", summary="One signal", responses=_ERRORS)
+@get(
+    "/users/{user_id:str}/signals/{signal_id:str}",
+    operation_id="getSignal",
+    summary="One signal",
+    responses=_ERRORS,
+)
 async def get_signal(
     request: Request[Any, Any, Any], user_id: FromPath[str], signal_id: FromPath[str]
 ) -> SignalOut:
@@ -373,6 +400,7 @@ async def get_signal(
 
 @patch(
     "/users/{user_id:str}/signals/{signal_id:str}",
+    operation_id="updateSignalOutcome",
     summary="Record a signal's outcome",
     description="Sets result, profit_loss and notes; omitted fields keep their value. Emits an "
     "outcome_updated event.",
@@ -398,13 +426,24 @@ async def update_signal_outcome(
 
 @get(
     "/users/{user_id:str}/events",
+    operation_id="streamUserEvents",
     summary="A user's signal events as Server-Sent Events",
     description="Each event's id is its cursor and its data an EventOut JSON object. Resumes after the "
     "Last-Event-ID header (sent by EventSource on reconnect) or ?after=; with neither, starts from now. "
     "Comment lines keep idle connections open. A stream that falls too far behind ends with a "
     "`stream-error` event; reconnecting with the last id loses nothing.",
     media_type="text/event-stream",
-    responses=_ERRORS,
+    responses={
+        200: ResponseSpec(
+            list[EventMessage | StreamErrorMessage],
+            description="The stream, message by message: each message's fields are `field: value` lines "
+            "(`data` is its object as one line of JSON), messages are separated by a blank line. The first "
+            "line sets the reconnection delay (`retry:`); comment lines (`:`) keep the connection open.",
+            media_type="text/event-stream",
+            generate_examples=False,
+        ),
+        **_ERRORS,
+    },
 )
 async def follow_events(
     request: Request[Any, Any, Any],

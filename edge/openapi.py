@@ -1,0 +1,70 @@
+"""What the edge's OpenAPI document (/schema) says that Litestar cannot infer from a handler's signature:
+the bodies the webhook and /media handlers read and write as raw streams."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from litestar.openapi.spec import (
+    OpenAPIFormat,
+    OpenAPIMediaType,
+    OpenAPIResponse,
+    OpenAPIType,
+    Operation,
+    RequestBody,
+    Schema,
+)
+
+_ALERT_DESCRIPTION = (
+    "The alert message exactly as TradingView sends it, at most 64 KiB: the standard APIDevs lines, a JSON "
+    "object with the same fields, or any other text, under any content type. A message that cannot be "
+    "fully parsed is stored with its raw text and a parse status, never dropped."
+)
+_TEXT = Schema(type=OpenAPIType.STRING)
+# The JSON fields the parser reads; every other key is kept with the signal.
+_ALERT_JSON = Schema(
+    type=OpenAPIType.OBJECT,
+    properties={
+        "ticker": _TEXT,
+        "price": Schema(one_of=[Schema(type=OpenAPIType.NUMBER), _TEXT]),
+        "indicator": _TEXT,
+        "signal": _TEXT,
+        "signal_type": _TEXT,
+        "interval": _TEXT,
+        "time": _TEXT,
+    },
+    additional_properties=True,
+)
+
+
+@dataclass
+class WebhookOperation(Operation):
+    """The webhook reads its body as a stream (to bound and time it), so the body is declared here."""
+
+    def __post_init__(self) -> None:
+        self.request_body = RequestBody(
+            description=_ALERT_DESCRIPTION,
+            content={
+                # Bytes, as TradingView's text may be in any encoding and is stored as received.
+                "text/plain": OpenAPIMediaType(
+                    schema=Schema(type=OpenAPIType.STRING, format=OpenAPIFormat.BINARY)
+                ),
+                "application/json": OpenAPIMediaType(schema=_ALERT_JSON),
+            },
+        )
+
+
+@dataclass
+class MediaOperation(Operation):
+    """/media streams the stored object: a PNG, as screenshots are the only objects the system stores."""
+
+    def __post_init__(self) -> None:
+        if self.responses is not None:
+            self.responses["200"] = OpenAPIResponse(
+                description="The object, streamed; Cache-Control lasts until the link expires",
+                content={
+                    "image/png": OpenAPIMediaType(
+                        schema=Schema(type=OpenAPIType.STRING, format=OpenAPIFormat.BINARY)
+                    )
+                },
+            )

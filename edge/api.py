@@ -166,7 +166,8 @@ class EventOut:
 
 @dataclass
 class StreamErrorOut:
-    """Why the service ended the stream; reconnecting with the last event's id loses nothing."""
+    """Why the service ended the stream, plus the error's details (string values); reconnecting with the
+    last event's id loses nothing."""
 
     # The gRPC status, lowercase ("resource_exhausted" for a stream that fell too far behind).
     error: str

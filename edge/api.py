@@ -16,18 +16,20 @@ import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar, get_args
 
 import grpc
 import msgspec
 from google.protobuf import json_format, timestamp_pb2
 from litestar import Request, Router, get, patch
 from litestar.openapi.datastructures import ResponseSpec
-from litestar.params import FromPath, FromQuery, HeaderParameter, JSONBody, QueryParameter
+from litestar.openapi.spec import OpenAPIFormat, OpenAPIType, Schema
+from litestar.params import FromPath, HeaderParameter, JSONBody, KwargDefinition, QueryParameter
 from litestar.response import ServerSentEvent, ServerSentEventMessage
 
 from apidevs.alerts.v1 import resources_pb2, signal_service_pb2, signal_service_pb2_grpc
 from edge.errors import error_responses
+from edge.openapi import absent_or
 from mesh.errors import (
     InvalidArgumentError,
     NotFoundError,
@@ -132,11 +134,22 @@ class UserStatsOut:
     storage_objects: int
 
 
+# Litestar declares `Literal[...] | None` as one enum holding null, which generated clients misread.
+_NULL_OR_RESULT = {
+    "type": None,
+    "enum": None,
+    "one_of": [
+        Schema(type=OpenAPIType.STRING, enum=list(get_args(ResultName))),
+        Schema(type=OpenAPIType.NULL),
+    ],
+}
+
+
 @dataclass
 class OutcomeIn:
     """Fields left out (or null) keep their value; an empty string clears profit_loss or notes."""
 
-    result: ResultName | None = None
+    result: Annotated[ResultName | None, KwargDefinition(schema_extra=_NULL_OR_RESULT)] = None
     # Exact decimal string, e.g. "-12.50".
     profit_loss: str | None = None
     notes: str | None = None
@@ -312,6 +325,10 @@ _ERRORS = error_responses(
 )
 
 
+_TEXT = absent_or(OpenAPIType.STRING)
+_MOMENT = absent_or(OpenAPIType.STRING, format=OpenAPIFormat.DATE_TIME)
+
+
 # --- routes ------------------------------------------------------------------------------------------
 
 
@@ -351,21 +368,30 @@ async def get_user_stats(request: Request[Any, Any, Any], user_id: FromPath[str]
 async def list_signals(
     request: Request[Any, Any, Any],
     user_id: FromPath[str],
-    ticker: FromQuery[str | None] = None,
+    ticker: Annotated[str | None, QueryParameter(schema_extra=_TEXT)] = None,
     indicator: Annotated[
         str | None,
         QueryParameter(
             description="An indicator the catalog knows, in any of its spellings, matches every signal "
-            "with that indicator_key; any other name matches the indicator exactly as stored"
+            "with that indicator_key; any other name matches the indicator exactly as stored",
+            schema_extra=_TEXT,
         ),
     ] = None,
-    signal_type: FromQuery[str | None] = None,
-    result: FromQuery[ResultName | None] = None,
-    screenshot_status: FromQuery[ScreenshotStatusName | None] = None,
-    created_after: FromQuery[datetime | None] = None,
-    created_before: FromQuery[datetime | None] = None,
+    signal_type: Annotated[str | None, QueryParameter(schema_extra=_TEXT)] = None,
+    result: Annotated[
+        ResultName | None,
+        QueryParameter(schema_extra=absent_or(OpenAPIType.STRING, enum=list(get_args(ResultName)))),
+    ] = None,
+    screenshot_status: Annotated[
+        ScreenshotStatusName | None,
+        QueryParameter(schema_extra=absent_or(OpenAPIType.STRING, enum=list(get_args(ScreenshotStatusName)))),
+    ] = None,
+    created_after: Annotated[datetime | None, QueryParameter(schema_extra=_MOMENT)] = None,
+    created_before: Annotated[datetime | None, QueryParameter(schema_extra=_MOMENT)] = None,
     page_size: Annotated[int, QueryParameter(ge=0, le=100, description="At most 100; 0 means 20")] = 0,
-    page_token: FromQuery[str | None] = None,
+    page_token: Annotated[
+        str | None, QueryParameter(description="A page's next_page_token", schema_extra=_TEXT)
+    ] = None,
 ) -> SignalPageOut:
     query = signal_service_pb2.ListSignalsRequest(
         user_id=user_id,
@@ -449,8 +475,15 @@ async def update_signal_outcome(
 async def follow_events(
     request: Request[Any, Any, Any],
     user_id: FromPath[str],
-    after: Annotated[str | None, QueryParameter(description="Resume after this cursor")] = None,
-    last_event_id: Annotated[str | None, HeaderParameter(name="Last-Event-ID")] = None,
+    after: Annotated[
+        str | None, QueryParameter(description="Resume after this cursor", schema_extra=_TEXT)
+    ] = None,
+    last_event_id: Annotated[
+        str | None,
+        HeaderParameter(
+            name="Last-Event-ID", description="Resume after this cursor (EventSource)", schema_extra=_TEXT
+        ),
+    ] = None,
 ) -> ServerSentEvent:
     cursor = last_event_id or after or ""
     call = _signals(request).SubscribeSignals(

@@ -15,17 +15,18 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import grpc
 from litestar import Request, Response, get
 from litestar.openapi.datastructures import ResponseSpec
-from litestar.params import FromPath, FromQuery
+from litestar.openapi.spec import OpenAPIType
+from litestar.params import FromPath, QueryParameter
 from litestar.response import Stream
 
 from apidevs.alerts.v1 import storage_service_pb2, storage_service_pb2_grpc
 from edge.errors import error_responses
-from edge.openapi import MediaOperation
+from edge.openapi import MediaOperation, absent_or
 from mesh.errors import (
     AlertsError,
     InternalError,
@@ -72,8 +73,8 @@ _SANDBOX_POLICY = "sandbox; default-src 'none'; img-src 'self'; media-src 'self'
 async def get_media(
     request: Request[Any, Any, Any],
     key: FromPath[Path],
-    expires: FromQuery[str | None] = None,
-    sig: FromQuery[str | None] = None,
+    expires: Annotated[str | None, QueryParameter(schema_extra=absent_or(OpenAPIType.STRING))] = None,
+    sig: Annotated[str | None, QueryParameter(schema_extra=absent_or(OpenAPIType.STRING))] = None,
 ) -> Response[Any]:
     object_key = str(key).removeprefix("/")
     try:

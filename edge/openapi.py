@@ -4,6 +4,7 @@ the bodies the webhook and /media handlers read and write as raw streams."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from litestar.openapi.spec import (
     OpenAPIFormat,
@@ -68,3 +69,9 @@ class MediaOperation(Operation):
                     )
                 },
             )
+
+
+def absent_or(schema_type: OpenAPIType, **schema: Any) -> dict[str, Any]:
+    """``schema_extra`` for an optional parameter: absent or a value. Litestar declares ``X | None`` as
+    nullable, which a query string or header cannot carry and which generated clients then offer."""
+    return {"one_of": None, "type": schema_type, **schema}

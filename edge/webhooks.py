@@ -7,14 +7,15 @@ import logging
 import re
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
 import grpc
 from google.protobuf import timestamp_pb2
 from litestar import Request, Response, post
 from litestar.exceptions import InternalServerException
 from litestar.openapi.datastructures import ResponseSpec
-from litestar.params import FromPath, FromQuery
+from litestar.openapi.spec import OpenAPIType
+from litestar.params import FromPath, QueryParameter
 from prometheus_client import Counter, Histogram
 
 from apidevs.alerts.v1 import resources_pb2, signal_service_pb2, signal_service_pb2_grpc
@@ -23,7 +24,7 @@ from edge.client_certificate import tradingview_certificate_verified
 from edge.client_ip import client_ip, is_trusted_proxy
 from edge.errors import error_response, error_responses, http_status_for, refusal_response
 from edge.header_limits import WEBHOOK_AUDITS_HEADERS, headers_too_large
-from edge.openapi import WebhookOperation
+from edge.openapi import WebhookOperation, absent_or
 from edge.settings import EdgeSettings
 from edge.spool import SPOOL_WORTHY_CODES, SpoolFullError, WebhookSpool
 from mesh.addresses import source_network
@@ -191,7 +192,15 @@ async def _spool(
     },
 )
 async def receive_webhook(
-    request: Request[Any, Any, Any], token: FromPath[str], chart: FromQuery[str | None] = None
+    request: Request[Any, Any, Any],
+    token: FromPath[str],
+    chart: Annotated[
+        str | None,
+        QueryParameter(
+            description="The TradingView chart layout to capture; the user's default chart when absent",
+            schema_extra=absent_or(OpenAPIType.STRING),
+        ),
+    ] = None,
 ) -> Response[WebhookAccepted]:
     started = time.perf_counter()
     request_id = new_request_id()

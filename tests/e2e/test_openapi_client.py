@@ -87,6 +87,7 @@ async def test_a_generated_client_drives_the_live_edge(
     ingest_webhook = module("api.webhooks.ingest_webhook")
     get_user_stats = module("api.platform.get_user_stats")
     list_signals = module("api.platform.list_signals")
+    update_signal_outcome = module("api.platform.update_signal_outcome")
     models = module("models")
     types = module("types")
     ticker = f"NASDAQ:E{uuid.uuid4().hex[:6].upper()}"
@@ -135,6 +136,22 @@ async def test_a_generated_client_drives_the_live_edge(
         # Newest first; JSON keys the parser does not know are kept with the signal.
         assert [signal.extra.to_dict()["note"] for signal in listed] == ["103.5", "102.5", "101.5"]
         assert all(signal.user_id == user_id for signal in listed)
+
+        won = listed[1]
+        updated = update_signal_outcome.sync(
+            user_id,
+            won.signal_id,
+            client=platform,
+            body=models.OutcomeIn(result=models.OutcomeInResultType0.WIN, profit_loss="12.50"),
+        )
+        assert isinstance(updated, models.SignalOut)
+        assert (updated.result, updated.profit_loss) == (models.SignalOutResult.WIN, "12.50")
+        wins = list_signals.sync(user_id, client=platform, result=models.ListSignalsResult.WIN)
+        assert [signal.signal_id for signal in wins.signals] == [won.signal_id]
+        since = list_signals.sync(user_id, client=platform, ticker=ticker, created_after=won.created_at)
+        assert [signal.signal_id for signal in since.signals] == [listed[0].signal_id]
+        stats = get_user_stats.sync(user_id, client=platform)
+        assert (stats.wins, stats.losses, stats.win_rate) == (1, 0, 100.0)
 
         unknown = ingest_webhook.sync_detailed(
             "whk_" + "N" * 43, client=webhooks, body=types.File(payload=BytesIO(SAMPLE))

@@ -82,6 +82,23 @@ def test_the_routes_behind_a_service_declare_its_failures(document: dict[str, An
             assert set(operation["responses"]) >= FROM_THE_SIGNAL_SERVICE, path
 
 
+def test_no_parameter_is_declared_nullable(document: dict[str, Any]) -> None:
+    """A query string or header carries a value or nothing; a declared null only misleads clients."""
+    for _, path, operation in operations(document):
+        for parameter in operation.get("parameters", []):
+            assert not admits_null(parameter["schema"]), (path, parameter["name"])
+
+
+def admits_null(schema: dict[str, Any]) -> bool:
+    types = schema.get("type")
+    return (
+        types == "null"
+        or (isinstance(types, list) and "null" in types)
+        or None in schema.get("enum", [])
+        or any(admits_null(branch) for branch in schema.get("oneOf", []) + schema.get("anyOf", []))
+    )
+
+
 def test_every_success_says_what_it_carries(document: dict[str, Any]) -> None:
     for _, path, operation in operations(document):
         for status, response in operation["responses"].items():

@@ -24,7 +24,7 @@ from google.protobuf import json_format, timestamp_pb2
 from litestar import Request, Router, get, patch
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.openapi.spec import OpenAPIFormat, OpenAPIType, Schema
-from litestar.params import FromPath, HeaderParameter, JSONBody, KwargDefinition, QueryParameter
+from litestar.params import HeaderParameter, JSONBody, KwargDefinition, Parameter, QueryParameter
 from litestar.response import ServerSentEvent, ServerSentEventMessage
 
 from apidevs.alerts.v1 import resources_pb2, signal_service_pb2, signal_service_pb2_grpc
@@ -325,6 +325,9 @@ _ERRORS = error_responses(
 )
 
 
+# The signal service refuses any id that is not a UUID (400), and answers 404 for one that names nothing.
+UserId = Annotated[str, Parameter(schema_extra={"format": OpenAPIFormat.UUID})]
+SignalId = Annotated[str, Parameter(schema_extra={"format": OpenAPIFormat.UUID})]
 _TEXT = absent_or(OpenAPIType.STRING)
 _MOMENT = absent_or(OpenAPIType.STRING, format=OpenAPIFormat.DATE_TIME)
 
@@ -340,7 +343,7 @@ _MOMENT = absent_or(OpenAPIType.STRING, format=OpenAPIFormat.DATE_TIME)
     "current calendar month in UTC; screenshots_pending counts PENDING and PROCESSING captures.",
     responses=_ERRORS,
 )
-async def get_user_stats(request: Request[Any, Any, Any], user_id: FromPath[str]) -> UserStatsOut:
+async def get_user_stats(request: Request[Any, Any, Any], user_id: UserId) -> UserStatsOut:
     stats = await _unary(
         request, _signals(request).GetUserStats, signal_service_pb2.GetUserStatsRequest(user_id=user_id)
     )
@@ -367,7 +370,7 @@ async def get_user_stats(request: Request[Any, Any, Any], user_id: FromPath[str]
 )
 async def list_signals(
     request: Request[Any, Any, Any],
-    user_id: FromPath[str],
+    user_id: UserId,
     ticker: Annotated[str | None, QueryParameter(schema_extra=_TEXT)] = None,
     indicator: Annotated[
         str | None,
@@ -419,9 +422,7 @@ async def list_signals(
     summary="One signal",
     responses=_ERRORS,
 )
-async def get_signal(
-    request: Request[Any, Any, Any], user_id: FromPath[str], signal_id: FromPath[str]
-) -> SignalOut:
+async def get_signal(request: Request[Any, Any, Any], user_id: UserId, signal_id: SignalId) -> SignalOut:
     return signal_out(await _owned_signal(request, user_id, signal_id))
 
 
@@ -435,8 +436,8 @@ async def get_signal(
 )
 async def update_signal_outcome(
     request: Request[Any, Any, Any],
-    user_id: FromPath[str],
-    signal_id: FromPath[str],
+    user_id: UserId,
+    signal_id: SignalId,
     data: JSONBody[OutcomeIn],
 ) -> SignalOut:
     current = await _owned_signal(request, user_id, signal_id)
@@ -474,7 +475,7 @@ async def update_signal_outcome(
 )
 async def follow_events(
     request: Request[Any, Any, Any],
-    user_id: FromPath[str],
+    user_id: UserId,
     after: Annotated[
         str | None, QueryParameter(description="Resume after this cursor", schema_extra=_TEXT)
     ] = None,

@@ -29,7 +29,7 @@ from litestar.response import ServerSentEvent, ServerSentEventMessage
 
 from apidevs.alerts.v1 import resources_pb2, signal_service_pb2, signal_service_pb2_grpc
 from edge.errors import error_responses
-from edge.openapi import absent_or
+from edge.openapi import EdgeOperation, absent_or
 from mesh.errors import (
     InvalidArgumentError,
     NotFoundError,
@@ -342,6 +342,7 @@ _MOMENT = absent_or(OpenAPIType.STRING, format=OpenAPIFormat.DATE_TIME)
     description="win_rate = wins / (wins + losses) * 100, 0 when nothing is resolved; this_month is the "
     "current calendar month in UTC; screenshots_pending counts PENDING and PROCESSING captures.",
     responses=_ERRORS,
+    operation_class=EdgeOperation,
 )
 async def get_user_stats(request: Request[Any, Any, Any], user_id: UserId) -> UserStatsOut:
     stats = await _unary(
@@ -367,6 +368,7 @@ async def get_user_stats(request: Request[Any, Any, Any], user_id: UserId) -> Us
     description="Cursor-paginated: pass next_page_token back as page_token. created_after and "
     "created_before are exclusive bounds (ISO 8601; a time without offset is UTC).",
     responses=_ERRORS,
+    operation_class=EdgeOperation,
 )
 async def list_signals(
     request: Request[Any, Any, Any],
@@ -421,6 +423,7 @@ async def list_signals(
     operation_id="getSignal",
     summary="One signal",
     responses=_ERRORS,
+    operation_class=EdgeOperation,
 )
 async def get_signal(request: Request[Any, Any, Any], user_id: UserId, signal_id: SignalId) -> SignalOut:
     return signal_out(await _owned_signal(request, user_id, signal_id))
@@ -433,6 +436,7 @@ async def get_signal(request: Request[Any, Any, Any], user_id: UserId, signal_id
     description="Sets result, profit_loss and notes; omitted fields keep their value. Emits an "
     "outcome_updated event.",
     responses=_ERRORS,
+    operation_class=EdgeOperation,
 )
 async def update_signal_outcome(
     request: Request[Any, Any, Any],
@@ -472,6 +476,7 @@ async def update_signal_outcome(
         ),
         **_ERRORS,
     },
+    operation_class=EdgeOperation,
 )
 async def follow_events(
     request: Request[Any, Any, Any],

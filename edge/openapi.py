@@ -1,5 +1,6 @@
 """What the edge's OpenAPI document (/schema) says that Litestar cannot infer from a handler's signature:
-the bodies the webhook and /media handlers read and write as raw streams."""
+the headers error answers carry, and the bodies the webhook and /media handlers read and write as raw
+streams. Every route but /health's names an operation class from here."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from typing import Any
 
 from litestar.openapi.spec import (
     OpenAPIFormat,
+    OpenAPIHeader,
     OpenAPIMediaType,
     OpenAPIResponse,
     OpenAPIType,
@@ -38,11 +40,34 @@ _ALERT_JSON = Schema(
 )
 
 
+_RETRY_AFTER = OpenAPIHeader(
+    schema=Schema(type=OpenAPIType.INTEGER, minimum=0),
+    description="Seconds to wait before trying again, when the edge knows",
+)
+# edge.errors.refusal_response names the scheme on every 401.
+_WWW_AUTHENTICATE = OpenAPIHeader(schema=Schema(type=OpenAPIType.STRING), required=True)
+
+
 @dataclass
-class WebhookOperation(Operation):
+class EdgeOperation(Operation):
+    """Declares the headers edge.errors puts on error answers (not for /health, whose 503 is its report)."""
+
+    def __post_init__(self) -> None:
+        for status, response in (self.responses or {}).items():
+            if not isinstance(response, OpenAPIResponse):
+                continue
+            if status in ("429", "503"):
+                response.headers = {**(response.headers or {}), "Retry-After": _RETRY_AFTER}
+            if status == "401":
+                response.headers = {**(response.headers or {}), "WWW-Authenticate": _WWW_AUTHENTICATE}
+
+
+@dataclass
+class WebhookOperation(EdgeOperation):
     """The webhook reads its body as a stream (to bound and time it), so the body is declared here."""
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         self.request_body = RequestBody(
             description=_ALERT_DESCRIPTION,
             content={
@@ -56,10 +81,11 @@ class WebhookOperation(Operation):
 
 
 @dataclass
-class MediaOperation(Operation):
+class MediaOperation(EdgeOperation):
     """/media streams the stored object: a PNG, as screenshots are the only objects the system stores."""
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.responses is not None:
             self.responses["200"] = OpenAPIResponse(
                 description="The object, streamed; Cache-Control lasts until the link expires",

@@ -74,6 +74,17 @@ def test_every_error_answer_is_declared_in_the_one_shape(document: dict[str, Any
             )
 
 
+def test_error_answers_declare_the_headers_they_carry(document: dict[str, Any]) -> None:
+    for _, path, operation in operations(document):
+        for status, response in operation["responses"].items():
+            if (path, status) in NOT_ERROR_SHAPED:
+                assert "headers" not in response or not response["headers"], (path, status)
+            elif status in {"429", "503"}:
+                assert set(response["headers"]) == {"Retry-After"}, (path, status)
+            elif status == "401":
+                assert response["headers"]["WWW-Authenticate"]["required"] is True, path
+
+
 def test_the_routes_behind_a_service_declare_its_failures(document: dict[str, Any]) -> None:
     for _, path, operation in operations(document):
         if path.startswith(("/api/", "/webhook/", "/media/")):

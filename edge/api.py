@@ -16,17 +16,20 @@ import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar, get_args
 
 import grpc
 import msgspec
 from google.protobuf import json_format, timestamp_pb2
 from litestar import Request, Router, get, patch
 from litestar.openapi.datastructures import ResponseSpec
-from litestar.params import FromPath, FromQuery, HeaderParameter, JSONBody, QueryParameter
+from litestar.openapi.spec import OpenAPIFormat, OpenAPIType, Schema
+from litestar.params import HeaderParameter, JSONBody, KwargDefinition, Parameter, QueryParameter
 from litestar.response import ServerSentEvent, ServerSentEventMessage
 
 from apidevs.alerts.v1 import resources_pb2, signal_service_pb2, signal_service_pb2_grpc
+from edge.errors import error_responses
+from edge.openapi import EdgeOperation, absent_or
 from mesh.errors import (
     InvalidArgumentError,
     NotFoundError,
@@ -145,11 +148,22 @@ class UserStatsOut:
     storage_objects: int
 
 
+# Litestar declares `Literal[...] | None` as one enum holding null, which generated clients misread.
+_NULL_OR_RESULT = {
+    "type": None,
+    "enum": None,
+    "one_of": [
+        Schema(type=OpenAPIType.STRING, enum=list(get_args(ResultName))),
+        Schema(type=OpenAPIType.NULL),
+    ],
+}
+
+
 @dataclass
 class OutcomeIn:
     """Fields left out (or null) keep their value; an empty string clears profit_loss or notes."""
 
-    result: ResultName | None = None
+    result: Annotated[ResultName | None, KwargDefinition(schema_extra=_NULL_OR_RESULT)] = None
     # Exact decimal string, e.g. "-12.50".
     profit_loss: str | None = None
     notes: str | None = None
@@ -178,9 +192,29 @@ class EventOut:
 
 
 @dataclass
-class ErrorOut:
-    success: bool
+class StreamErrorOut:
+    """Why the service ended the stream, plus the error's details (string values); reconnecting with the
+    last event's id loses nothing."""
+
+    # The gRPC status, lowercase ("resource_exhausted" for a stream that fell too far behind).
     error: str
+    reason: str
+
+
+@dataclass
+class EventMessage:
+    """One Server-Sent Events message: `id: <cursor>` and `data: <EventOut as one line of JSON>`."""
+
+    id: str
+    data: EventOut
+
+
+@dataclass
+class StreamErrorMessage:
+    """The message that ends a stream the service gave up on: `event: stream-error`, `data: <JSON>`."""
+
+    event: Literal["stream-error"]
+    data: StreamErrorOut
 
 
 def signal_out(signal: resources_pb2.Signal) -> SignalOut:
@@ -310,12 +344,19 @@ def _utc(moment: datetime | None) -> timestamp_pb2.Timestamp | None:
     return message
 
 
-_ERRORS = {
-    400: ResponseSpec(ErrorOut, description="Invalid argument"),
-    401: ResponseSpec(ErrorOut, description="Missing or invalid bearer API key"),
-    403: ResponseSpec(ErrorOut, description="The key is scoped to another user"),
-    404: ResponseSpec(ErrorOut, description="No such user or signal"),
-}
+# What every call to the signal service can answer besides 200: a bad parameter, refused keys, another
+# user's or an unknown id, a rate limit, the service away, and an answer too large for gRPC to carry.
+_ERRORS = error_responses(
+    (400, 401, 403, 404, 429, 502, 503),
+    {403: "The key may not read this user (forbidden)", 404: "No such user or signal (not_found)"},
+)
+
+
+# The signal service refuses any id that is not a UUID (400), and answers 404 for one that names nothing.
+UserId = Annotated[str, Parameter(schema_extra={"format": OpenAPIFormat.UUID})]
+SignalId = Annotated[str, Parameter(schema_extra={"format": OpenAPIFormat.UUID})]
+_TEXT = absent_or(OpenAPIType.STRING)
+_MOMENT = absent_or(OpenAPIType.STRING, format=OpenAPIFormat.DATE_TIME)
 
 
 # --- routes ------------------------------------------------------------------------------------------
@@ -323,12 +364,14 @@ _ERRORS = {
 
 @get(
     "/users/{user_id:str}/stats",
+    operation_id="getUserStats",
     summary="A user's signal counters and win rate",
     description="win_rate = wins / (wins + losses) * 100, 0 when nothing is resolved; this_month is the "
     "current calendar month in UTC; screenshots_pending counts PENDING and PROCESSING captures.",
     responses=_ERRORS,
+    operation_class=EdgeOperation,
 )
-async def get_user_stats(request: Request[Any, Any, Any], user_id: FromPath[str]) -> UserStatsOut:
+async def get_user_stats(request: Request[Any, Any, Any], user_id: UserId) -> UserStatsOut:
     stats = await _unary(
         request, _signals(request).GetUserStats, signal_service_pb2.GetUserStatsRequest(user_id=user_id)
     )
@@ -347,29 +390,40 @@ async def get_user_stats(request: Request[Any, Any, Any], user_id: FromPath[str]
 
 @get(
     "/users/{user_id:str}/signals",
+    operation_id="listSignals",
     summary="A user's signals, newest first",
     description="Cursor-paginated: pass next_page_token back as page_token. created_after and "
     "created_before are exclusive bounds (ISO 8601; a time without offset is UTC).",
     responses=_ERRORS,
+    operation_class=EdgeOperation,
 )
 async def list_signals(
     request: Request[Any, Any, Any],
-    user_id: FromPath[str],
-    ticker: FromQuery[str | None] = None,
+    user_id: UserId,
+    ticker: Annotated[str | None, QueryParameter(schema_extra=_TEXT)] = None,
     indicator: Annotated[
         str | None,
         QueryParameter(
             description="An indicator the catalog knows, in any of its spellings, matches every signal "
-            "with that indicator_key; any other name matches the indicator exactly as stored"
+            "with that indicator_key; any other name matches the indicator exactly as stored",
+            schema_extra=_TEXT,
         ),
     ] = None,
-    signal_type: FromQuery[str | None] = None,
-    result: FromQuery[ResultName | None] = None,
-    screenshot_status: FromQuery[ScreenshotStatusName | None] = None,
-    created_after: FromQuery[datetime | None] = None,
-    created_before: FromQuery[datetime | None] = None,
+    signal_type: Annotated[str | None, QueryParameter(schema_extra=_TEXT)] = None,
+    result: Annotated[
+        ResultName | None,
+        QueryParameter(schema_extra=absent_or(OpenAPIType.STRING, enum=list(get_args(ResultName)))),
+    ] = None,
+    screenshot_status: Annotated[
+        ScreenshotStatusName | None,
+        QueryParameter(schema_extra=absent_or(OpenAPIType.STRING, enum=list(get_args(ScreenshotStatusName)))),
+    ] = None,
+    created_after: Annotated[datetime | None, QueryParameter(schema_extra=_MOMENT)] = None,
+    created_before: Annotated[datetime | None, QueryParameter(schema_extra=_MOMENT)] = None,
     page_size: Annotated[int, QueryParameter(ge=0, le=100, description="At most 100; 0 means 20")] = 0,
-    page_token: FromQuery[str | None] = None,
+    page_token: Annotated[
+        str | None, QueryParameter(description="A page's next_page_token", schema_extra=_TEXT)
+    ] = None,
 ) -> SignalPageOut:
     query = signal_service_pb2.ListSignalsRequest(
         user_id=user_id,
@@ -391,24 +445,30 @@ async def list_signals(
     )
 
 
-@get("/users/{user_id:str}/signals/{signal_id:str}", summary="One signal", responses=_ERRORS)
-async def get_signal(
-    request: Request[Any, Any, Any], user_id: FromPath[str], signal_id: FromPath[str]
-) -> SignalOut:
+@get(
+    "/users/{user_id:str}/signals/{signal_id:str}",
+    operation_id="getSignal",
+    summary="One signal",
+    responses=_ERRORS,
+    operation_class=EdgeOperation,
+)
+async def get_signal(request: Request[Any, Any, Any], user_id: UserId, signal_id: SignalId) -> SignalOut:
     return signal_out(await _owned_signal(request, user_id, signal_id))
 
 
 @patch(
     "/users/{user_id:str}/signals/{signal_id:str}",
+    operation_id="updateSignalOutcome",
     summary="Record a signal's outcome",
     description="Sets result, profit_loss and notes; omitted fields keep their value. Emits an "
     "outcome_updated event.",
     responses=_ERRORS,
+    operation_class=EdgeOperation,
 )
 async def update_signal_outcome(
     request: Request[Any, Any, Any],
-    user_id: FromPath[str],
-    signal_id: FromPath[str],
+    user_id: UserId,
+    signal_id: SignalId,
     data: JSONBody[OutcomeIn],
 ) -> SignalOut:
     current = await _owned_signal(request, user_id, signal_id)
@@ -425,19 +485,38 @@ async def update_signal_outcome(
 
 @get(
     "/users/{user_id:str}/events",
+    operation_id="streamUserEvents",
     summary="A user's signal events as Server-Sent Events",
     description="Each event's id is its cursor and its data an EventOut JSON object. Resumes after the "
     "Last-Event-ID header (sent by EventSource on reconnect) or ?after=; with neither, starts from now. "
     "Comment lines keep idle connections open. A stream that falls too far behind ends with a "
     "`stream-error` event; reconnecting with the last id loses nothing.",
     media_type="text/event-stream",
-    responses=_ERRORS,
+    responses={
+        200: ResponseSpec(
+            list[EventMessage | StreamErrorMessage],
+            description="The stream, message by message: each message's fields are `field: value` lines "
+            "(`data` is its object as one line of JSON), messages are separated by a blank line. The first "
+            "line sets the reconnection delay (`retry:`); comment lines (`:`) keep the connection open.",
+            media_type="text/event-stream",
+            generate_examples=False,
+        ),
+        **_ERRORS,
+    },
+    operation_class=EdgeOperation,
 )
 async def follow_events(
     request: Request[Any, Any, Any],
-    user_id: FromPath[str],
-    after: Annotated[str | None, QueryParameter(description="Resume after this cursor")] = None,
-    last_event_id: Annotated[str | None, HeaderParameter(name="Last-Event-ID")] = None,
+    user_id: UserId,
+    after: Annotated[
+        str | None, QueryParameter(description="Resume after this cursor", schema_extra=_TEXT)
+    ] = None,
+    last_event_id: Annotated[
+        str | None,
+        HeaderParameter(
+            name="Last-Event-ID", description="Resume after this cursor (EventSource)", schema_extra=_TEXT
+        ),
+    ] = None,
 ) -> ServerSentEvent:
     cursor = last_event_id or after or ""
     call = _signals(request).SubscribeSignals(

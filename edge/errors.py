@@ -1,19 +1,21 @@
-"""The edge's one table from errors to HTTP answers, registered once on the app.
+"""The edge's one table from errors to HTTP answers, registered once on the app, and its OpenAPI side.
 
-Every non-2xx answer has one shape, ``{"success": false, "error": "<code>"}``: domain errors (raised by
-handlers, or carried back over gRPC) through the table below, Litestar's own refusals (unknown route,
-wrong method, unparsable parameter) by their status, and anything unexpected as a logged 500.
+Every non-2xx answer has one shape, ``{"success": false, "error": "<code>", "message"?: "<what to fix>"}``
+(ErrorOut): domain errors (raised by handlers, or carried back over gRPC) through the table below,
+Litestar's own refusals (unknown route, wrong method, unparsable parameter) by their status, and anything
+unexpected as a logged 500. Routes declare the statuses they can answer with ``error_responses``.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from http import HTTPStatus
-from typing import Any
+from typing import Any, TypedDict
 
 from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
+from litestar.openapi.datastructures import ResponseSpec
 from litestar.types import ExceptionHandlersMap
 
 from mesh.errors import AlertsError, retry_after_header
@@ -45,6 +47,55 @@ _HTTP_BY_ERROR: dict[tuple[str, str], tuple[int, str]] = {
     # The storage service refused a read in a way the client cannot fix: the edge is a gateway here.
     ("INTERNAL", "STORAGE_FAILED"): (502, "storage_failed"),
 }
+
+
+class _ErrorFields(TypedDict):
+    # Always false.
+    success: bool
+    # A stable code: what a client branches on (the status's description lists the route's codes).
+    error: str
+
+
+# Two classes rather than NotRequired, which postponed annotations hide from TypedDict before Python 3.14.
+class ErrorOut(_ErrorFields, total=False):
+    """Every error answer (but /health's 503, which is the health report)."""
+
+    # What to fix, when the caller can (a bad parameter, an invalid chart id); never more than that.
+    message: str
+
+
+# What each status means on every route that answers it; routes may say more of their own.
+ERROR_DESCRIPTIONS: dict[int, str] = {
+    400: "A parameter or the body is not valid (invalid_argument; message names the parameter)",
+    401: "No bearer API key, or one that is not accepted (unauthenticated)",
+    403: "The key may not read this user (forbidden)",
+    404: "No such user or object (not_found); never says whether it existed",
+    408: "The body did not arrive in time (body_timeout)",
+    409: "The change conflicts with the object's state (failed_precondition, already_exists)",
+    413: "The body is too large (body_too_large)",
+    429: "Over the rate limit (rate_limited) or the monthly quota (quota_exceeded); see Retry-After",
+    431: "Too many or too large request headers (headers_too_large)",
+    500: "An unexpected failure (internal); the answer says nothing more",
+    502: "A service behind the edge failed in a way no retry fixes (storage_failed, response_too_large)",
+    503: "A service behind the edge is unavailable (unavailable); see Retry-After",
+}
+# Every route can answer these: a header flood, an unexpected failure.
+COMMON_ERROR_STATUSES = (431, 500)
+
+
+def error_responses(
+    statuses: Iterable[int], descriptions: Mapping[int, str] | None = None
+) -> dict[int, ResponseSpec]:
+    """The OpenAPI declaration of a route's error answers: ErrorOut, described per status."""
+    own = descriptions or {}
+    return {
+        status: ResponseSpec(
+            data_container=ErrorOut,
+            description=own.get(status) or ERROR_DESCRIPTIONS[status],
+            generate_examples=False,
+        )
+        for status in sorted({*COMMON_ERROR_STATUSES, *statuses})
+    }
 
 
 def http_status_for(error: AlertsError) -> tuple[int, str]:
@@ -81,7 +132,22 @@ def _answer_domain_error(_request: Request[Any, Any, Any], exc: AlertsError) -> 
 
 
 def _answer_http_exception(_request: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:
-    return refusal_response(exc.status_code, _http_error_name(exc), exc.headers)
+    message = _invalid_parameters(exc) if isinstance(exc, ValidationException) else None
+    return refusal_response(exc.status_code, _http_error_name(exc), exc.headers, message)
+
+
+def _invalid_parameters(exc: ValidationException) -> str | None:
+    """Which parameters were refused, by name and place only: Litestar's own detail names the request's
+    path, and a webhook's path carries its token."""
+    extra = exc.extra if isinstance(exc.extra, list) else []
+    names = [_parameter_name(item) for item in extra if isinstance(item, dict) and item.get("key")]
+    return "invalid " + ", ".join(names) if names else None
+
+
+def _parameter_name(item: dict[str, Any]) -> str:
+    # Litestar names the place with its ParamType enum ("query", "path", "header", "cookie").
+    source = getattr(item.get("source"), "value", item.get("source"))
+    return f"{source} parameter {item['key']}" if source else f"parameter {item['key']}"
 
 
 def _http_error_name(exc: HTTPException) -> str:

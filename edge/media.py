@@ -15,14 +15,18 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import grpc
 from litestar import Request, Response, get
-from litestar.params import FromPath, FromQuery
+from litestar.openapi.datastructures import ResponseSpec
+from litestar.openapi.spec import OpenAPIType
+from litestar.params import FromPath, QueryParameter
 from litestar.response import Stream
 
 from apidevs.alerts.v1 import storage_service_pb2, storage_service_pb2_grpc
+from edge.errors import error_responses
+from edge.openapi import MediaOperation, absent_or
 from mesh.errors import (
     AlertsError,
     InternalError,
@@ -44,12 +48,33 @@ _STORAGE_FAILED = "STORAGE_FAILED"
 _SANDBOX_POLICY = "sandbox; default-src 'none'; img-src 'self'; media-src 'self'; style-src 'unsafe-inline'"
 
 
-@get("/media/{key:path}", summary="A stored object, by signed URL", tags=["media"])
+@get(
+    "/media/{key:path}",
+    summary="A stored object, by signed URL",
+    description="The link's `expires` and `sig` come from a signal's screenshot_url. An If-None-Match "
+    "naming the object's ETag is answered 304.",
+    tags=["media"],
+    operation_id="getMedia",
+    # The handler streams the object, so its 200 (image/png) is declared there.
+    operation_class=MediaOperation,
+    responses={
+        304: ResponseSpec(None, description="Not modified: the If-None-Match ETag is the object's"),
+        **error_responses(
+            (400, 403, 404, 502, 503),
+            {
+                403: "The link expired (link_expired) or its signature is wrong (link_invalid)",
+                404: "No such object (not_found)",
+                502: "Storage failed in a way no retry fixes (storage_failed)",
+                503: "Storage is unavailable (unavailable); see Retry-After",
+            },
+        ),
+    },
+)
 async def get_media(
     request: Request[Any, Any, Any],
     key: FromPath[Path],
-    expires: FromQuery[str | None] = None,
-    sig: FromQuery[str | None] = None,
+    expires: Annotated[str | None, QueryParameter(schema_extra=absent_or(OpenAPIType.STRING))] = None,
+    sig: Annotated[str | None, QueryParameter(schema_extra=absent_or(OpenAPIType.STRING))] = None,
 ) -> Response[Any]:
     object_key = str(key).removeprefix("/")
     try:

@@ -7,22 +7,24 @@ import logging
 import re
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
 import grpc
 from google.protobuf import timestamp_pb2
 from litestar import Request, Response, post
 from litestar.exceptions import InternalServerException
 from litestar.openapi.datastructures import ResponseSpec
-from litestar.params import FromPath, FromQuery
+from litestar.openapi.spec import OpenAPIType
+from litestar.params import FromPath, QueryParameter
 from prometheus_client import Counter, Histogram
 
 from apidevs.alerts.v1 import resources_pb2, signal_service_pb2, signal_service_pb2_grpc
 from edge.batching import IngestBatcher
 from edge.client_certificate import tradingview_certificate_verified
 from edge.client_ip import client_ip, is_trusted_proxy
-from edge.errors import error_response, http_status_for, refusal_response
+from edge.errors import error_response, error_responses, http_status_for, refusal_response
 from edge.header_limits import WEBHOOK_AUDITS_HEADERS, headers_too_large
+from edge.openapi import WebhookOperation, absent_or
 from edge.settings import EdgeSettings
 from edge.spool import SPOOL_WORTHY_CODES, SpoolFullError, WebhookSpool
 from mesh.addresses import source_network
@@ -88,24 +90,21 @@ class WebhookQueued:
     request_id: str
 
 
-@dataclass(frozen=True)
-class WebhookRefused:
-    success: bool
-    error: str
-    # What to fix, when the caller can (invalid_chart).
-    message: str | None = None
-
-
-_REFUSALS = {
-    400: "The request could not be read, or `chart` is not a TradingView layout id (invalid_chart)",
-    403: "The webhook is disabled (webhook_disabled) or the source address is not allowed (ip_not_allowed)",
-    404: "Unknown or rotated token; the answer never says whether it existed",
-    408: "The body did not arrive in time",
-    413: "Body over 64 KiB",
-    429: "Over the rate limit (rate_limited) or the monthly quota (quota_exceeded); see Retry-After",
-    431: "Too many or too large request headers",
-    503: "Temporarily unavailable; see Retry-After",
-}
+_REFUSALS = error_responses(
+    (400, 401, 403, 404, 408, 413, 429, 502, 503),
+    {
+        400: "The body did not arrive whole (incomplete_body), `chart` is not a TradingView layout id "
+        "(invalid_chart), or the signal service refused the request (invalid_argument)",
+        # Only when the edge's own service key is refused: a deployment fault, not the caller's.
+        401: "The signal service does not accept the edge's key (unauthenticated)",
+        403: "The webhook is disabled (webhook_disabled) or the source address is not allowed "
+        "(ip_not_allowed)",
+        404: "Unknown or rotated token (not_found); the answer never says whether it existed",
+        413: "Body over 64 KiB (body_too_large)",
+        502: "The signal service's answer could not be carried (response_too_large)",
+        503: "The signal service is away and the spool is full (unavailable); see Retry-After",
+    },
+)
 
 
 # Edge refusals reported for auditing; referenced until done so the event loop does not drop them.
@@ -176,6 +175,9 @@ async def _spool(
     summary="Receive a TradingView alert",
     description="Any body TradingView sends (text/plain or application/json), at most 64 KiB.",
     tags=["webhooks"],
+    operation_id="ingestWebhook",
+    # The handler reads the body itself (with its own limits), so Litestar cannot see it to declare it.
+    operation_class=WebhookOperation,
     request_max_body_size=None,
     status_code=200,
     opt={WEBHOOK_AUDITS_HEADERS: True},
@@ -186,14 +188,19 @@ async def _spool(
                 "The signal service is away or behind: the alert is kept on disk and stored when it is taken"
             ),
         ),
-        **{
-            status: ResponseSpec(data_container=WebhookRefused, description=text)
-            for status, text in _REFUSALS.items()
-        },
+        **_REFUSALS,
     },
 )
 async def receive_webhook(
-    request: Request[Any, Any, Any], token: FromPath[str], chart: FromQuery[str | None] = None
+    request: Request[Any, Any, Any],
+    token: FromPath[str],
+    chart: Annotated[
+        str | None,
+        QueryParameter(
+            description="The TradingView chart layout to capture; the user's default chart when absent",
+            schema_extra=absent_or(OpenAPIType.STRING),
+        ),
+    ] = None,
 ) -> Response[WebhookAccepted]:
     started = time.perf_counter()
     request_id = new_request_id()

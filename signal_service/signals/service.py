@@ -50,6 +50,14 @@ def page_size(requested: int) -> int:
     return min(requested or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
 
 
+def require_storable_text(where: SignalFilter) -> None:
+    """PostgreSQL text cannot hold NUL (stored strings lose theirs), so a filter holding one is refused as
+    the caller's mistake rather than failing in the database."""
+    for name in ("ticker", "indicator", "signal_type"):
+        if "\x00" in (getattr(where, name) or ""):
+            raise InvalidArgumentError(f"{name} must not contain NUL", reason=f"INVALID_{name.upper()}")
+
+
 class SignalReader:
     def __init__(self, database: Database, catalog: IndicatorCatalog) -> None:
         self._database = database
@@ -65,6 +73,7 @@ class SignalReader:
         return row
 
     async def list(self, where: SignalFilter, *, size: int, page_token: str) -> SignalPage:
+        require_storable_text(where)
         limit = page_size(size)
         after = decode_page_token(page_token) if page_token else None
         async with self._database.session() as session:

@@ -16,7 +16,7 @@ import schemathesis
 from google.protobuf import field_mask_pb2
 from hypothesis import HealthCheck, given, settings
 from redis.asyncio import Redis
-from schemathesis.checks import not_a_server_error
+from schemathesis.checks import ignored_auth, not_a_server_error, positive_data_acceptance
 
 from alerts.stack import Stack
 from apidevs.alerts.v1 import resources_pb2, user_service_pb2, user_service_pb2_grpc
@@ -28,7 +28,24 @@ pytestmark = pytest.mark.e2e
 
 STRICT_BURST = 2
 # Routes whose every answer the OpenAPI document must describe; the others are held to "never a 5xx".
-DOCUMENTED_STRICTLY = {"/webhook/u/{token}", "/health", "/health/live", "/health/ready"}
+DOCUMENTED_STRICTLY = {
+    "/webhook/u/{token}",
+    "/health",
+    "/health/live",
+    "/health/ready",
+    "/api/users/{user_id}/stats",
+    "/api/users/{user_id}/signals",
+    "/api/users/{user_id}/signals/{signal_id}",
+}
+# A page_token is opaque (only one a page gave back is taken) and a random id names no user: requests the
+# schema allows are refused there, as documented (400, 404), so "valid data is accepted" cannot hold. And
+# the key is sent as a plain header (below), which the "ignored auth" check cannot take away: the 401
+# without a key is tested in tests/integration/edge/test_api.py and tests/e2e/test_openapi_client.py.
+OPAQUE_INPUTS = {
+    "/api/users/{user_id}/stats",
+    "/api/users/{user_id}/signals",
+    "/api/users/{user_id}/signals/{signal_id}",
+}
 # Its path parameter is declared `format: uri`, which no generator can put in one path segment.
 NOT_GENERATABLE = {"/media/{key}"}
 
@@ -226,13 +243,18 @@ def test_the_edge_answers_as_its_openapi_document_says(edge_stack: Stack, servic
         if operation.path in NOT_GENERATABLE:
             continue
         checks = None if operation.path in DOCUMENTED_STRICTLY else [not_a_server_error]
-        answers_as_documented(operation, edge_stack.edge_url, headers, checks)
+        excluded = [positive_data_acceptance, ignored_auth] if operation.path in OPAQUE_INPUTS else None
+        answers_as_documented(operation, edge_stack.edge_url, headers, checks, excluded)
         tested.append(operation.path)
     assert set(tested) >= DOCUMENTED_STRICTLY
 
 
 def answers_as_documented(
-    operation: schemathesis.APIOperation, base_url: str, headers: dict[str, str], checks: list | None
+    operation: schemathesis.APIOperation,
+    base_url: str,
+    headers: dict[str, str],
+    checks: list | None,
+    excluded: list | None = None,
 ) -> None:
     @given(case=operation.as_strategy())
     @settings(
@@ -243,6 +265,6 @@ def answers_as_documented(
         suppress_health_check=list(HealthCheck),
     )
     def run(case: schemathesis.Case) -> None:
-        case.call_and_validate(base_url=base_url, headers=headers, checks=checks)
+        case.call_and_validate(base_url=base_url, headers=headers, checks=checks, excluded_checks=excluded)
 
     run()

@@ -270,6 +270,15 @@ async def test_stats_of_unknown_or_malformed_user(signals) -> None:
     assert malformed.code == grpc.StatusCode.INVALID_ARGUMENT
 
 
+@pytest.mark.parametrize("field", ["ticker", "indicator", "signal_type"])
+async def test_a_filter_holding_nul_is_refused(signals, users, field: str) -> None:
+    """Found by schemathesis through the edge: PostgreSQL refused the query, and the caller got a 500."""
+    created = await create_user(users)
+    query = signal_service_pb2.ListSignalsRequest(user_id=created.user.user_id, **{field: "BTC\x00USDT"})
+    error = await refused(signals.ListSignals(query))
+    assert (error.code, error.reason) == (grpc.StatusCode.INVALID_ARGUMENT, f"INVALID_{field.upper()}")
+
+
 async def test_outcome_is_stored_exactly_and_can_be_cleared(signals, users) -> None:
     created = await create_user(users)
     signal_id = await ingest(signals, created.webhook_token, alert(1))

@@ -1,5 +1,5 @@
 # The two commands a newcomer needs: `make demo` and `make test`. Each sets up what it needs first.
-# `make check` is the fast lane (lint, types, unit tests) to run before each commit.
+# `make check` is the fast lane (lint, types, import boundaries, unit tests) to run before each commit.
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 BUF := npx --yes @bufbuild/buf@1.75.0
 
-.PHONY: demo dev test check lint types unit proto proto-check configuration configuration-check lock bench chaos \
+.PHONY: demo dev test check lint types imports unit proto proto-check configuration configuration-check lock bench chaos \
 	setup browser clean
 
 demo: setup browser
@@ -16,10 +16,10 @@ demo: setup browser
 dev: setup browser
 	$(VENV)/bin/alerts dev
 
-test: setup browser proto-check configuration-check lint types
+test: setup browser proto-check configuration-check lint types imports
 	$(VENV)/bin/pytest
 
-check: lint types unit
+check: lint types imports unit
 
 unit: setup
 	$(VENV)/bin/pytest tests/unit -q -p no:cacheprovider
@@ -71,6 +71,10 @@ lint: setup
 
 types: setup
 	$(VENV)/bin/mypy
+
+# The import contracts in pyproject.toml ([tool.importlinter]).
+imports: setup
+	$(VENV)/bin/lint-imports
 
 bench: setup browser
 	$(PY) bench/run_all.py

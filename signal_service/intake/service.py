@@ -12,10 +12,12 @@ import logging
 import math
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
+
+from cachetools import TTLCache
 
 from mesh.addresses import source_network
 from mesh.coalescer import Coalescer
@@ -120,29 +122,24 @@ class WebhookUserCache:
     Nor is a hit trusted to refuse: a refusal is decided on a fresh read.
     """
 
-    def __init__(self, ttl_seconds: float, max_entries: int = 100_000) -> None:
-        self._ttl = ttl_seconds
-        self._max_entries = max_entries
-        self._entries: dict[str, tuple[float, WebhookUser]] = {}
+    def __init__(
+        self, ttl_seconds: float, max_entries: int = 100_000, timer: Callable[[], float] = time.monotonic
+    ) -> None:
+        # Full, it drops the least recently used lookup (expired ones first), never everything at once.
+        self._entries: TTLCache[str, WebhookUser] | None = (
+            TTLCache(maxsize=max_entries, ttl=ttl_seconds, timer=timer) if ttl_seconds > 0 else None
+        )
 
     def get(self, token_hash: str) -> WebhookUser | None:
-        entry = self._entries.get(token_hash)
-        if entry is None:
-            return None
-        if entry[0] < time.monotonic():
-            del self._entries[token_hash]
-            return None
-        return entry[1]
+        return self._entries.get(token_hash) if self._entries is not None else None
 
     def put(self, token_hash: str, user: WebhookUser) -> None:
-        if self._ttl <= 0:
-            return
-        if len(self._entries) >= self._max_entries:
-            self._entries.clear()
-        self._entries[token_hash] = (time.monotonic() + self._ttl, user)
+        if self._entries is not None:
+            self._entries[token_hash] = user
 
     def forget(self, token_hash: str) -> None:
-        self._entries.pop(token_hash, None)
+        if self._entries is not None:
+            self._entries.pop(token_hash, None)
 
 
 # A user changed between reading it and storing its alert this many times in a row: let the edge retry.

@@ -16,7 +16,13 @@ class FakeClock:
 
 
 def _user() -> WebhookUser:
-    return WebhookUser(id=uuid.uuid4(), plan="free", webhook_enabled=True, ip_allowlist=())
+    return WebhookUser(
+        id=uuid.uuid4(),
+        plan="free",
+        webhook_enabled=True,
+        ip_allowlist=(),
+        require_tradingview_client_certificate=False,
+    )
 
 
 def test_a_full_cache_drops_the_least_recently_used_lookup_only() -> None:

@@ -2,7 +2,7 @@
 
 Fan-out is PostgreSQL LISTEN/NOTIFY on one connection per process (EventHub); order and completeness come
 from users.event_seq, not from notifications. Why, and how slow clients are handled:
-docs/architecture-signal.md, "Live signal events".
+docs/architecture.md, "Live signal events".
 """
 
 from __future__ import annotations

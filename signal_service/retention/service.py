@@ -2,7 +2,7 @@
 
 Expired screenshots are deleted from storage first and marked EXPIRED after, so a crash never leaves an
 object nothing points to; one replica works at a time (advisory lock). Details:
-docs/architecture-signal.md, "Screenshot retention".
+docs/architecture.md, "Screenshot retention".
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 State lives in user_config (the cookies only as ciphertext); results come from session check jobs and
 from every capture. One replica schedules at a time (advisory lock), one check of a user runs at a time.
-The state, scheduling and renewal rules are in docs/architecture-signal.md, "TradingView sessions".
+The state, scheduling and renewal rules are in docs/architecture.md, "TradingView sessions".
 """
 
 from __future__ import annotations

@@ -76,7 +76,8 @@ ROLES_BY_METHOD: Mapping[str, frozenset[Role]] = {
     _STORAGE + "DeleteObject": _WORKER,
     _STORAGE + "DeleteObjects": _WORKER,
     # The edge serves /media (signed links it checked) from it.
-    _STORAGE + "GetObject": _EDGE,
+    # The edge serves /media; notify workers send the chart itself to Telegram and Discord.
+    _STORAGE + "GetObject": _EDGE | _WORKER,
 }
 
 # IngestWebhookRequest fields only the edge knows: where and when a webhook arrived, the spool's replay

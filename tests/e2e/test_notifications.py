@@ -33,9 +33,9 @@ from apidevs.alerts.v1 import (
     user_service_pb2,
     user_service_pb2_grpc,
 )
-from mesh.grpc import open_channel
 from notify_service.signing import verify
 from tests.e2e.stacks import child_env, fresh_database
+from tests.keys import SYSTEM_KEYS, open_system_channel
 from tests.support import asgi_app_in_thread
 
 pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="session")]
@@ -57,7 +57,7 @@ def stack(service_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory)
             database_url=database_url,
             redis_url=service_env["ALERTS_REDIS_URL"],
             data_dir=Path(service_env["ALERTS_DATA_DIR"]),
-            service_key=service_env["ALERTS_SERVICE_API_KEY"],
+            keys=SYSTEM_KEYS,
             accepted_keys=service_env["ALERTS_API_KEYS"].split(","),
             objects_dir=log_dir / "objects",
             inherited=child_env(service_env),
@@ -109,10 +109,10 @@ class Client:
         return answer.signal_id
 
     async def complete_capture(self, signal_id: str) -> None:
-        key = f"screenshots/e2e/{signal_id}.png"
-        await self.signals.ClaimCapture(
+        claim = await self.signals.ClaimCapture(
             signal_service_pb2.ClaimCaptureRequest(signal_id=signal_id, worker_id="t")
         )
+        key = claim.object_key
 
         async def parts() -> AsyncIterator[storage_service_pb2.PutObjectRequest]:
             yield storage_service_pb2.PutObjectRequest(
@@ -160,8 +160,8 @@ class Client:
 @pytest.fixture(scope="module")
 async def client(stack: Stack) -> AsyncIterator[Client]:
     channels = [
-        open_channel(stack.signal_addr, stack.api_key),
-        open_channel(stack.storage_addr, stack.api_key),
+        open_system_channel(stack.signal_addr),
+        open_system_channel(stack.storage_addr),
     ]
     client = Client(stack, channels)
     yield client

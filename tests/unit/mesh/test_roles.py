@@ -87,7 +87,12 @@ def test_a_method_outside_the_table_is_refused_for_every_role() -> None:
         ),
         (
             Role.WORKER,
-            ["SignalService/ClaimCapture", "SignalService/ReportCapture", "StorageService/PutObject"],
+            [
+                "SignalService/ClaimCapture",
+                "SignalService/ReportCapture",
+                "StorageService/PutObject",
+                "StorageService/GetObject",
+            ],
             [
                 "SignalService/ListSignals",
                 "SignalService/GetSignal",

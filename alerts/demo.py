@@ -339,7 +339,7 @@ class _Follower:
 
     def __init__(
         self,
-        stub: signal_service_pb2_grpc.SignalServiceStub,
+        stub: signal_service_pb2_grpc.SignalServiceAsyncStub,
         user_id: str,
         on_event: Callable[[resources_pb2.SignalEvent], None],
     ) -> None:
@@ -555,7 +555,10 @@ def _seconds_to_screenshot(signal_row: resources_pb2.Signal | None) -> str:
 def format_table(headers: list[str], rows: list[list[str]]) -> str:
     widths = [max(len(headers[i]), *(len(row[i]) for row in rows)) for i in range(len(headers))]
     line = "  ".join("-" * width for width in widths)
-    render = lambda cells: "  ".join(cell.ljust(width) for cell, width in zip(cells, widths, strict=True))  # noqa: E731
+
+    def render(cells: list[str]) -> str:
+        return "  ".join(cell.ljust(width) for cell, width in zip(cells, widths, strict=True))
+
     return "\n".join(text.rstrip() for text in [render(headers), line, *(render(row) for row in rows)])
 
 

@@ -12,6 +12,7 @@ import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from alerts.embedded import EmbeddedInfrastructure, start_embedded
 from alerts.processes import ManagedProcess
@@ -96,6 +97,8 @@ class DevStack:
         service_key = self.settings.service_api_key
         chart_stub = self.with_chart_stub and "ALERTS_TRADINGVIEW_URL" not in os.environ
         telegram_stub = self.with_telegram_stub and "ALERTS_TELEGRAM_API_URL" not in os.environ
+        # Typed Any: mypy checks an unpacked dict against every keyword of build_stack, not only **settings.
+        settings: dict[str, Any] = {"ALERTS_ENV": self.settings.env, **self.extra_env}
         self.stack = build_stack(
             self.log_dir,
             database_url=self.settings.database_url or self.infra.database_url,
@@ -111,7 +114,7 @@ class DevStack:
             telegram_stub=telegram_stub,
             inherited=os.environ,
             serve_metrics=self.serve_metrics,
-            **{"ALERTS_ENV": self.settings.env, **self.extra_env},
+            **settings,
         )
         try:
             self.stack.migrate()

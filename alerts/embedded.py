@@ -38,7 +38,8 @@ def start_postgres(data_dir: Path, infra: EmbeddedInfrastructure) -> None:
 
     pgdata = (data_dir / "postgres").resolve()
     pgdata.parent.mkdir(parents=True, exist_ok=True)
-    server = pgserver.get_server(pgdata, cleanup_mode="stop")
+    # pgserver re-exports get_server without declaring it (no __all__).
+    server = pgserver.get_server(pgdata, cleanup_mode="stop")  # type: ignore[attr-defined]
     infra._handles.append(server)
     info = server.get_postmaster_info()
     socket_dir = quote(str(info.socket_dir), safe="")

@@ -21,22 +21,24 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+        return int(sock.getsockname()[1])
 
 
 def grpc_serving(address: str) -> bool:
     with grpc.insecure_channel(address) as channel:
         try:
-            answer = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=1.0)
+            # The published stubs of HealthStub omit its methods.
+            check = health_pb2_grpc.HealthStub(channel).Check  # type: ignore[attr-defined]
+            answer = check(health_pb2.HealthCheckRequest(), timeout=1.0)
         except grpc.RpcError:
             return False
-    return answer.status == health_pb2.HealthCheckResponse.SERVING
+    return bool(answer.status == health_pb2.HealthCheckResponse.SERVING)
 
 
 def http_ok(url: str) -> bool:
     try:
         with urllib.request.urlopen(url, timeout=1.0) as answer:  # noqa: S310 (loopback URL we built)
-            return 200 <= answer.status < 300
+            return bool(200 <= answer.status < 300)
     except OSError:
         return False
 

@@ -7,8 +7,8 @@ without its secret gets one line naming what is missing, never a traceback.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar
 
 import grpc
 from pydantic import ValidationError
@@ -61,7 +61,7 @@ def public_url() -> str:
     return read_dev_state(settings.data_dir).get("edge_url") or settings.external_url
 
 
-def call_signal_service(address: str, call: Callable[[], Awaitable[_T]]) -> _T:
+def call_signal_service(address: str, call: Callable[[], Coroutine[Any, Any, _T]]) -> _T:
     """Runs one client conversation; a refusal reads as the service put it."""
     try:
         return asyncio.run(call())
@@ -102,5 +102,5 @@ def run_database_job(database_url: str, job: Callable[[], _T]) -> _T:
         raise CommandError(f"cannot use the database at {where}: {reason}") from None
 
 
-def run_database_coroutine(database_url: str, job: Callable[[], Awaitable[_T]]) -> _T:
+def run_database_coroutine(database_url: str, job: Callable[[], Coroutine[Any, Any, _T]]) -> _T:
     return run_database_job(database_url, lambda: asyncio.run(job()))

@@ -7,6 +7,7 @@ anything. The process that starts them owns them: they stop when it calls `stop(
 from __future__ import annotations
 
 import logging
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -73,3 +74,13 @@ def start_embedded(data_dir: Path, *, postgres: bool, redis: bool) -> EmbeddedIn
         infra.stop()
         raise
     return infra
+
+
+def postgres_client(name: str) -> str:
+    """A PostgreSQL client tool (pg_dump, pg_restore, ...): the system's, else the embedded server's own."""
+    found = shutil.which(name)
+    if found:
+        return found
+    import pgserver
+
+    return str(Path(pgserver.__file__).parent / "pginstall" / "bin" / name)

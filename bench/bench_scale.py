@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import shutil
 import statistics
 import subprocess
 import sys
@@ -42,6 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_ingest import BODY, run_plan
 from harness import Stack, print_json, unlimited_plans_env
 
+from alerts.embedded import postgres_client
 from apidevs.alerts.v1 import (
     resources_pb2,
     signal_service_pb2,
@@ -440,21 +440,12 @@ async def table_bytes(dsn: str) -> dict[str, Any]:
     }
 
 
-def client_binary(name: str) -> str:
-    found = shutil.which(name)
-    if found:
-        return found
-    import pgserver
-
-    return str(Path(pgserver.__file__).parent / "pginstall" / "bin" / name)
-
-
 def dump_and_restore(stack: Stack) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as scratch:
         dump = Path(scratch) / "alerts.dump"
         started = time.perf_counter()
         subprocess.run(
-            [client_binary("pg_dump"), "--format=custom", "--no-owner", f"--file={dump}", stack.dsn],
+            [postgres_client("pg_dump"), "--format=custom", "--no-owner", f"--file={dump}", stack.dsn],
             check=True,
         )
         dumped = time.perf_counter() - started
@@ -465,7 +456,7 @@ def dump_and_restore(stack: Stack) -> dict[str, Any]:
             restore_dsn = stack.dsn.replace(f"/{stack.database_name}", f"/{target}", 1)
             subprocess.run(
                 [
-                    client_binary("pg_restore"),
+                    postgres_client("pg_restore"),
                     "--no-owner",
                     "--exit-on-error",
                     "--jobs=2",

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import shutil
 import sys
 import uuid
 from pathlib import Path
@@ -13,6 +12,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
+from alerts.embedded import postgres_client
 from apidevs.alerts.v1 import resources_pb2, signal_service_pb2, user_service_pb2
 
 # What makes a signal and its history: compared row by row before and after.
@@ -28,16 +28,6 @@ def plain_dsn(url: str, database: str | None = None) -> str:
     parts = urlsplit(url.replace("postgresql+asyncpg://", "postgresql://", 1))
     path = f"/{database}" if database else parts.path
     return urlunsplit((parts.scheme, parts.netloc, path, parts.query, parts.fragment))
-
-
-def client_binary(name: str) -> str:
-    """The PostgreSQL client tool, from the system or from the embedded server's installation."""
-    found = shutil.which(name)
-    if found:
-        return found
-    import pgserver
-
-    return str(Path(pgserver.__file__).parent / "pginstall" / "bin" / name)
 
 
 async def fingerprint(dsn: str, user_id: str) -> tuple[int, int, str]:
@@ -94,7 +84,7 @@ async def test_dump_drop_restore_keeps_every_signal_and_event(
 
     dump = tmp_path / "alerts.dump"
     await run(
-        client_binary("pg_dump"), "--format=custom", "--no-owner", f"--file={dump}", plain_dsn(database_url)
+        postgres_client("pg_dump"), "--format=custom", "--no-owner", f"--file={dump}", plain_dsn(database_url)
     )
     scratch = f"alerts_restore_{uuid.uuid4().hex[:10]}"
     scratch_dsn = plain_dsn(database_url, scratch)
@@ -104,7 +94,7 @@ async def test_dump_drop_restore_keeps_every_signal_and_event(
             await admin(database_url, f'DROP DATABASE IF EXISTS "{scratch}" WITH (FORCE)')
             await admin(database_url, f'CREATE DATABASE "{scratch}"')
             await run(
-                client_binary("pg_restore"),
+                postgres_client("pg_restore"),
                 "--no-owner",
                 "--exit-on-error",
                 f"--dbname={scratch_dsn}",

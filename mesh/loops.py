@@ -37,8 +37,9 @@ class BackgroundLoop:
     """Runs `step` as one asyncio task until stopped.
 
     After a step that returns True the next runs at once; after any other return the loop waits
-    `interval_seconds`, or less when woken. A step that raises counts a failure and the loop waits
-    :func:`backoff_delay`; the first failure and those at the cap are logged, on one line for
+    `interval_seconds`, or less when woken; with `first_run_after_interval` the first step also waits an
+    interval (a periodic job a restart should not run early). A step that raises counts a failure and the
+    loop waits :func:`backoff_delay`; the first failure and those at the cap are logged, on one line for
     `expected_errors` (a dependency that is down) and with the traceback for anything else. A success
     (or :meth:`reset_backoff`, for a step that runs long, such as a listener that has just connected)
     clears the count. stop() cancels the step where it waits, and returns once the task has ended.
@@ -53,6 +54,7 @@ class BackgroundLoop:
         min_backoff_seconds: float = 0.25,
         max_backoff_seconds: float = 10.0,
         expected_errors: tuple[type[Exception], ...] = (),
+        first_run_after_interval: bool = False,
     ) -> None:
         self.name = name
         self._step = step
@@ -60,6 +62,7 @@ class BackgroundLoop:
         self._min_backoff = min_backoff_seconds
         self._max_backoff = max_backoff_seconds
         self._expected_errors = expected_errors
+        self._first_run_after_interval = first_run_after_interval
         self._woken = asyncio.Event()
         self._resumed = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -94,6 +97,8 @@ class BackgroundLoop:
             await task
 
     async def _run(self) -> None:
+        if self._first_run_after_interval:
+            await self._rest()
         while True:
             self._woken.clear()
             try:
@@ -108,8 +113,12 @@ class BackgroundLoop:
                 # Yields even when the step did not, so that stop() and other tasks get their turn.
                 await asyncio.sleep(0)
                 continue
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._woken.wait(), timeout=self._interval)
+            await self._rest()
+
+    async def _rest(self) -> None:
+        """Waits the interval, or until woken."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._woken.wait(), timeout=self._interval)
 
     def _failed(self, exc: Exception) -> float:
         """Counts and logs a failure; returns the seconds to wait before the next step."""

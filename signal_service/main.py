@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import uvloop
 from redis.asyncio import Redis
@@ -23,6 +22,7 @@ from apidevs.alerts.v1 import (
 from mesh import grpc as mesh_grpc
 from mesh.crypto import CookieCipher
 from mesh.logging import configure_logging
+from mesh.loops import BackgroundLoop
 from mesh.metrics import start_metrics_server
 from mesh.queues import capture_workers_key, dramatiq_namespace
 from signal_service.api_keys.service import ApiKeyManager
@@ -47,8 +47,6 @@ from signal_service.storage_links import ScreenshotLinks
 from signal_service.users.access import AccessTokenManager, access_tokens_from_settings
 from signal_service.users.service import UserManager
 from signal_service.users.servicer import UserServicer
-
-log = logging.getLogger(__name__)
 
 SERVICE_NAMES = (
     signal_service_pb2.DESCRIPTOR.services_by_name["SignalService"].full_name,
@@ -77,39 +75,28 @@ class SignalApp:
     api_keys: ApiKeyManager
     api_key_servicer: ApiKeyServicer
 
-    background: list[asyncio.Task[None]] = field(default_factory=list)
+    @property
+    def loops(self) -> tuple[BackgroundLoop, ...]:
+        """Every background loop of the process (the audit writer is a queue consumer, not one of them)."""
+        return (
+            *self.relay.loops,
+            self.events.listener,
+            self.access_tokens.refresher,
+            self.api_keys.refresher,
+            self.captures.sweeper,
+            self.session_scheduler.loop,
+            *self.retention.loops,
+            self.notifications.metrics_refresher,
+        )
 
     def start_background(self) -> None:
         self.audit.start()
-        self.relay.start()
-        self.events.start()
-        self.access_tokens.refresher.start()
-        self.api_keys.refresher.start()
-        self.background.append(asyncio.create_task(self._sweep_forever(), name="capture-sweeper"))
-        self.background.append(
-            asyncio.create_task(self.session_scheduler.run_forever(), name="session-check-scheduler")
-        )
-        self.background.append(asyncio.create_task(self.retention.run_forever(), name="screenshot-retention"))
-        self.background.append(
-            asyncio.create_task(self.notifications.refresh_metrics_forever(), name="notification-metrics")
-        )
-
-    async def _sweep_forever(self) -> None:
-        while True:
-            await asyncio.sleep(self.settings.sweep_interval_seconds)
-            try:
-                await self.captures.sweep_stale()
-            except Exception:
-                log.exception("sweeping stale captures failed")
+        for loop in self.loops:
+            loop.start()
 
     async def close(self) -> None:
-        await self.events.stop()
-        await self.access_tokens.refresher.stop()
-        await self.api_keys.refresher.stop()
-        for task in self.background:
-            task.cancel()
-        await asyncio.gather(*self.background, return_exceptions=True)
-        await self.relay.stop()
+        await asyncio.gather(*(loop.stop() for loop in self.loops))
+        # The audit writer last: stop() flushes whatever was recorded until then.
         await self.audit.stop()
         await self.redis.aclose()
         await self.database.dispose()
@@ -155,19 +142,19 @@ async def signal_app(settings: SignalSettings) -> AsyncIterator[SignalApp]:
         rate_limiter=RateLimiter(redis, settings.redis_namespace),
         audit=audit,
         backlog=backlog,
-        on_commit=relay.kick,
+        on_commit=relay.wake,
     )
     captures = CaptureCoordinator(
         database=database,
         settings=settings,
         messages=CaptureMessages(redis, dramatiq_namespace(settings)),
-        on_commit=relay.kick,
+        on_commit=relay.wake,
     )
     storage = storage_service_pb2_grpc.StorageServiceStub(storage_channel)
     sessions = SessionChecks(
         database=database, settings=settings, redis=redis, workers_key=capture_workers_key(settings)
     )
-    notifications = NotificationLedger(database, on_commit=relay.kick)
+    notifications = NotificationLedger(database, on_commit=relay.wake)
     access_tokens = AccessTokenManager(
         database=database, settings=settings, tokens=access_tokens_from_settings(settings)
     )
@@ -178,7 +165,7 @@ async def signal_app(settings: SignalSettings) -> AsyncIterator[SignalApp]:
         api_key_servicer=ApiKeyServicer(api_keys),
         captures=captures,
         notifications=notifications,
-        session_scheduler=SessionCheckScheduler(database=database, settings=settings, on_commit=relay.kick),
+        session_scheduler=SessionCheckScheduler(database=database, settings=settings, on_commit=relay.wake),
         retention=RetentionJob(database=database, settings=settings, storage=storage),
         settings=settings,
         database=database,
@@ -207,7 +194,7 @@ async def signal_app(settings: SignalSettings) -> AsyncIterator[SignalApp]:
                 cipher=CookieCipher.from_settings(settings),
                 captures=captures,
                 sessions=sessions,
-                on_commit=relay.kick,
+                on_commit=relay.wake,
             ),
             access_tokens,
         ),

@@ -11,11 +11,12 @@ from typing import Any
 
 from mesh.errors import FailedPreconditionError, InvalidArgumentError, NotFoundError
 from mesh.logging import request_id_var
+from mesh.loops import BackgroundLoop
 from mesh.queues import capture_actor, capture_queue
 from signal_service.captures.queued import CaptureMessages
 from signal_service.captures.repository import CaptureRepository
 from signal_service.clock import utcnow
-from signal_service.database import Database
+from signal_service.database import DATABASE_AWAY, Database
 from signal_service.events.repository import EventRepository
 from signal_service.ids import require_uuid
 from signal_service.models import EventType, OutboxMessage, Screenshot, ScreenshotStatus, Signal, SignalEvent
@@ -94,6 +95,17 @@ class CaptureCoordinator:
         self._settings = settings
         self._messages = messages
         self._on_commit = on_commit or (lambda: None)
+        self.sweeper = BackgroundLoop(
+            "capture-sweeper",
+            self._sweep,
+            interval_seconds=settings.sweep_interval_seconds,
+            max_backoff_seconds=settings.sweep_interval_seconds,
+            expected_errors=DATABASE_AWAY,
+            first_run_after_interval=True,
+        )
+
+    async def _sweep(self) -> None:
+        await self.sweep_stale()
 
     async def claim(
         self, signal_id: str, *, attempt: int, worker_id: str, resumes_claim: int = 0

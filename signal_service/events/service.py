@@ -21,6 +21,7 @@ from prometheus_client import Gauge
 from sqlalchemy.engine import make_url
 
 from mesh.errors import InvalidArgumentError, ResourceExhaustedError, UnavailableError
+from mesh.loops import BackgroundLoop
 from signal_service.database import Database
 from signal_service.events.repository import EVENTS_CHANNEL, EventRepository
 from signal_service.models import SignalEvent
@@ -34,6 +35,8 @@ EVENT_LISTENER_UP = Gauge("alerts_event_listener_up", "1 while this process is L
 
 _MAX_CURSOR_DIGITS = 18  # fits a BIGINT
 _INITIAL_BACKOFF_SECONDS = 0.2
+# What the listener meets when PostgreSQL goes away: logged on one line, then it reconnects with backoff.
+_LISTENER_AWAY = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError)
 
 
 def format_cursor(seq: int) -> str:
@@ -132,14 +135,20 @@ class EventHub:
         self._recheck_seconds = recheck_seconds
         self._listening_recheck_seconds = listening_recheck_seconds
         self._health_check_seconds = health_check_seconds
-        self._max_backoff_seconds = max_backoff_seconds
         self._max_streams_per_user = max_streams_per_user
         self._max_streams_per_key = max_streams_per_key
         self._users: dict[uuid.UUID, _UserFeed] = {}
         self._streams_by_key: dict[str, int] = {}
         self._listening = asyncio.Event()
-        self._backoff = _INITIAL_BACKOFF_SECONDS
-        self._task: asyncio.Task[None] | None = None
+        self.listener = BackgroundLoop(
+            "event-hub",
+            self._listen_once,
+            # Never waited: _listen_once returns only by raising.
+            interval_seconds=0.0,
+            min_backoff_seconds=_INITIAL_BACKOFF_SECONDS,
+            max_backoff_seconds=max_backoff_seconds,
+            expected_errors=_LISTENER_AWAY,
+        )
         self.draining = False
 
     @property
@@ -157,16 +166,6 @@ class EventHub:
 
     async def wait_listening(self) -> None:
         await self._listening.wait()
-
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._listen_forever(), name="event-hub")
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
 
     def drain(self) -> None:
         """Ends every open stream at its next step, so that a shutting-down server is not held by them."""
@@ -274,29 +273,21 @@ class EventHub:
             for waiter in feed.waiters:
                 waiter.woken.set()
 
-    async def _listen_forever(self) -> None:
-        while True:
-            try:
-                await self._listen_once()
-                log.warning("signal event listener connection closed; reconnecting")
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
-                log.warning("signal event listener unavailable; retrying", extra={"error": repr(exc)})
-            self._wake_all()
-            await asyncio.sleep(self._backoff * random.uniform(0.5, 1.0))
-            self._backoff = min(self._backoff * 2, self._max_backoff_seconds)
-
     async def _listen_once(self) -> None:
-        """Listens until the connection is gone."""
-        connection = await asyncpg.connect(
-            self._dsn, timeout=10, server_settings={"application_name": "alerts-signal-events"}
-        )
+        """Listens until the connection is gone, then raises (ConnectionError when it closed cleanly), so
+        that the loop reconnects with backoff. Every stream is woken on the way out: while nobody listens
+        they re-check the table on their own, at the shorter interval."""
+        connection: asyncpg.Connection | None = None
         lost = asyncio.Event()
         try:
+            connection = await asyncpg.connect(
+                self._dsn, timeout=10, server_settings={"application_name": "alerts-signal-events"}
+            )
             connection.add_termination_listener(lambda _connection: lost.set())
             await connection.add_listener(EVENTS_CHANNEL, self._on_notification)
             self._listening.set()
             EVENT_LISTENER_UP.set(1)
-            self._backoff = _INITIAL_BACKOFF_SECONDS
+            self.listener.reset_backoff()
             # Whatever committed while nobody listened: every stream looks at the table once.
             self._wake_all()
             while not lost.is_set():
@@ -305,10 +296,13 @@ class EventHub:
                 if not lost.is_set():
                     # A half-open connection never reports itself; a query times out instead.
                     await connection.fetchval("SELECT 1", timeout=10)
+            raise ConnectionError("signal event listener connection closed")
         finally:
             self._listening.clear()
             EVENT_LISTENER_UP.set(0)
-            connection.terminate()
+            if connection is not None:
+                connection.terminate()
+            self._wake_all()
 
 
 class Subscription:

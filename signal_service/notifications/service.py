@@ -18,7 +18,6 @@ and a report counts once, for the claim that holds the delivery.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import uuid
@@ -31,9 +30,10 @@ from prometheus_client import Gauge
 
 from mesh import notification_preferences
 from mesh.errors import InvalidArgumentError, NotFoundError
+from mesh.loops import BackgroundLoop
 from mesh.queues import NOTIFY_ACTOR, NOTIFY_QUEUE
 from signal_service.clock import utcnow
-from signal_service.database import Database
+from signal_service.database import DATABASE_AWAY, Database
 from signal_service.ids import require_uuid
 from signal_service.models import DeliveryStatus, NotificationDelivery, OutboxMessage, ScreenshotStatus
 from signal_service.notifications.repository import OPEN_STATUSES, NotificationRepository
@@ -131,6 +131,13 @@ class NotificationLedger:
     def __init__(self, database: Database, *, on_commit: Any = None) -> None:
         self._database = database
         self._on_commit = on_commit or (lambda: None)
+        self.metrics_refresher = BackgroundLoop(
+            "notification-metrics",
+            self.refresh_metrics,
+            interval_seconds=_METRICS_INTERVAL_SECONDS,
+            max_backoff_seconds=_METRICS_INTERVAL_SECONDS,
+            expected_errors=DATABASE_AWAY,
+        )
 
     async def claim(
         self,
@@ -294,19 +301,14 @@ class NotificationLedger:
             raise NotFoundError("no such delivery", reason="DELIVERY_NOT_FOUND")
         return False, current
 
-    async def refresh_metrics_forever(self) -> None:
+    async def refresh_metrics(self) -> None:
         """Keeps the ledger's figures fresh for the alert rules (deploy/prometheus/alerts.yml)."""
-        while True:
-            try:
-                async with self._database.session() as session:
-                    ledger = NotificationRepository(session)
-                    OLDEST_UNDELIVERED.set(await ledger.oldest_open_age_seconds())
-                    counts = await ledger.count_by_status()
-                for status in DeliveryStatus:
-                    DELIVERIES_BY_STATUS.labels(status.value).set(counts.get(status.value, 0))
-            except Exception as exc:
-                log.warning("notification metrics refresh failed", extra={"error": str(exc)})
-            await asyncio.sleep(_METRICS_INTERVAL_SECONDS)
+        async with self._database.session() as session:
+            ledger = NotificationRepository(session)
+            OLDEST_UNDELIVERED.set(await ledger.oldest_open_age_seconds())
+            counts = await ledger.count_by_status()
+        for status in DeliveryStatus:
+            DELIVERIES_BY_STATUS.labels(status.value).set(counts.get(status.value, 0))
 
     async def deliveries(
         self, signal_ids: Sequence[uuid.UUID]

@@ -9,7 +9,6 @@ is idempotent, so that costs at most a repeated no-op.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 import uuid
@@ -20,9 +19,11 @@ from dramatiq.brokers.redis import RedisBroker
 from dramatiq.common import current_millis
 from prometheus_client import Counter, Gauge
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
+from mesh.loops import BackgroundLoop, backoff_delay
 from mesh.queues import CAPTURE_QUEUES, WORKER_HEARTBEAT_TIMEOUT_MS
-from signal_service.database import Database
+from signal_service.database import DATABASE_AWAY, Database
 from signal_service.intake.service import QueueBacklog
 from signal_service.outbox.repository import DueMessage, OutboxRelayRepository, OutboxRepository
 
@@ -35,7 +36,10 @@ QUEUE_LENGTH = Gauge("alerts_queue_length", "Capture jobs waiting, by queue", ["
 # Every signal replica reports the same figure: aggregate with max(), or sum() over one replica.
 ACTIVE_WORKERS = Gauge("alerts_active_workers", "Capture worker processes with a recent heartbeat")
 
-_MAX_BACKOFF_SECONDS = 30.0
+# How long postponed rows wait after consecutive broker failures: 1 s doubling to 30 s, with jitter.
+_POSTPONE_BASE_SECONDS = 1.0
+_POSTPONE_MAX_SECONDS = 30.0
+_BACKLOG_REFRESH_SECONDS = 2.0
 
 
 class _BrokerUnavailable(Exception):
@@ -115,26 +119,31 @@ class OutboxRelay:
         self._workers_key = workers_key
         self._batch_size = batch_size
         self._poll_seconds = poll_seconds
-        self._wake = asyncio.Event()
-        self._tasks: list[asyncio.Task[None]] = []
         self._failures = 0
+        self.relay_loop = BackgroundLoop(
+            "outbox-relay",
+            self._relay_step,
+            interval_seconds=poll_seconds,
+            min_backoff_seconds=poll_seconds,
+            max_backoff_seconds=_POSTPONE_MAX_SECONDS,
+            expected_errors=DATABASE_AWAY,
+        )
+        self.backlog_loop = BackgroundLoop(
+            "queue-backlog",
+            self.refresh_backlog,
+            interval_seconds=_BACKLOG_REFRESH_SECONDS,
+            min_backoff_seconds=_BACKLOG_REFRESH_SECONDS / 4,
+            max_backoff_seconds=_BACKLOG_REFRESH_SECONDS,
+            expected_errors=(*DATABASE_AWAY, RedisError),
+        )
 
-    def kick(self) -> None:
+    @property
+    def loops(self) -> tuple[BackgroundLoop, ...]:
+        return (self.relay_loop, self.backlog_loop)
+
+    def wake(self) -> None:
         """Called after a commit that wrote outbox rows: send them now rather than at the next poll."""
-        self._wake.set()
-
-    def start(self) -> None:
-        self._tasks = [
-            asyncio.create_task(self._relay_loop(), name="outbox-relay"),
-            asyncio.create_task(self._backlog_loop(), name="queue-backlog"),
-        ]
-
-    async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        self.relay_loop.wake()
 
     async def relay_once(self) -> int:
         """Sends one batch of due rows; returns how many were sent."""
@@ -155,7 +164,9 @@ class OutboxRelay:
     async def _postpone(self, rows: list[DueMessage], error: Exception) -> None:
         self._failures += 1
         OUTBOX_FAILURES.inc()
-        delay = min(_MAX_BACKOFF_SECONDS, 0.5 * 2**self._failures)
+        delay = backoff_delay(
+            self._failures, base_seconds=_POSTPONE_BASE_SECONDS, max_seconds=_POSTPONE_MAX_SECONDS
+        )
         log.warning(
             "broker unavailable; outbox rows postponed", extra={"rows": len(rows), "error": str(error)}
         )
@@ -180,34 +191,21 @@ class OutboxRelay:
         except Exception as exc:
             raise _BrokerUnavailable(rows, exc) from exc
 
-    async def _relay_loop(self) -> None:
-        while True:
-            try:
-                sent = await self.relay_once()
-            except Exception:
-                log.exception("outbox relay pass failed")
-                sent = 0
-            if sent >= self._batch_size:
-                continue
-            self._wake.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=self._poll_seconds)
+    async def _relay_step(self) -> bool:
+        """A full batch means more rows may be due: the loop runs again at once."""
+        return await self.relay_once() >= self._batch_size
 
-    async def _backlog_loop(self) -> None:
-        while True:
-            try:
-                heartbeats_since = time.time() * 1000 - WORKER_HEARTBEAT_TIMEOUT_MS
-                async with self._redis.pipeline(transaction=False) as pipe:
-                    for queue in CAPTURE_QUEUES:
-                        pipe.llen(f"{self._namespace}:{queue}")
-                    pipe.zcount(self._workers_key, heartbeats_since, "+inf")
-                    *lengths, workers = await pipe.execute()
-                self._backlog.lengths = dict(zip(CAPTURE_QUEUES, lengths, strict=True))
-                ACTIVE_WORKERS.set(workers)
-                for queue, length in self._backlog.lengths.items():
-                    QUEUE_LENGTH.labels(queue).set(length)
-                async with self._database.session() as session:
-                    OUTBOX_BACKLOG.set(await OutboxRepository(session).backlog())
-            except Exception as exc:
-                log.warning("backlog refresh failed", extra={"error": str(exc)})
-            await asyncio.sleep(2.0)
+    async def refresh_backlog(self) -> None:
+        """The capture queues' lengths, live workers and the outbox backlog: for GetStatus and metrics."""
+        heartbeats_since = time.time() * 1000 - WORKER_HEARTBEAT_TIMEOUT_MS
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for queue in CAPTURE_QUEUES:
+                pipe.llen(f"{self._namespace}:{queue}")
+            pipe.zcount(self._workers_key, heartbeats_since, "+inf")
+            *lengths, workers = await pipe.execute()
+        self._backlog.lengths = dict(zip(CAPTURE_QUEUES, lengths, strict=True))
+        ACTIVE_WORKERS.set(workers)
+        for queue, length in self._backlog.lengths.items():
+            QUEUE_LENGTH.labels(queue).set(length)
+        async with self._database.session() as session:
+            OUTBOX_BACKLOG.set(await OutboxRepository(session).backlog())

@@ -17,7 +17,8 @@ import grpc
 from prometheus_client import Counter, Gauge
 
 from apidevs.alerts.v1 import storage_service_pb2, storage_service_pb2_grpc
-from signal_service.database import Database
+from mesh.loops import BackgroundLoop
+from signal_service.database import DATABASE_AWAY, Database
 from signal_service.retention.repository import ExpiringScreenshot, RetentionRepository
 from signal_service.sessions.repository import TradingViewSessionRepository
 from signal_service.settings import SignalSettings
@@ -53,6 +54,10 @@ class _Batch:
     more_due: bool
 
 
+class RetentionIncompleteError(Exception):
+    """A pass left screenshots whose objects storage did not delete: they are tried again soon."""
+
+
 class RetentionJob:
     def __init__(
         self,
@@ -64,6 +69,27 @@ class RetentionJob:
         self._database = database
         self._settings = settings
         self._storage = storage
+        # A pass that failed (storage or the database away) is tried again after retention_retry_seconds
+        # (with jitter), rather than a whole retention_interval_seconds later.
+        self.expiry = BackgroundLoop(
+            "screenshot-retention",
+            self._expire,
+            interval_seconds=settings.retention_interval_seconds,
+            min_backoff_seconds=settings.retention_retry_seconds,
+            max_backoff_seconds=settings.retention_retry_seconds,
+            expected_errors=(*DATABASE_AWAY, RetentionIncompleteError),
+        )
+        self.usage = BackgroundLoop(
+            "storage-usage",
+            self.refresh_usage,
+            interval_seconds=settings.storage_usage_refresh_seconds,
+            max_backoff_seconds=settings.storage_usage_refresh_seconds,
+            expected_errors=DATABASE_AWAY,
+        )
+
+    @property
+    def loops(self) -> tuple[BackgroundLoop, ...]:
+        return (self.expiry, self.usage)
 
     def cutoffs(self, now: datetime) -> dict[str, datetime]:
         return {
@@ -140,29 +166,9 @@ class RetentionJob:
             STORAGE_BYTES.labels(plan).set(figures.bytes if figures else 0)
             STORAGE_OBJECTS.labels(plan).set(figures.objects if figures else 0)
 
-    async def run_forever(self) -> None:
-        """Refreshes the usage figures every `storage_usage_refresh_seconds` and expires screenshots every
-        `retention_interval_seconds`, both first at start. A pass that failed (storage or the database
-        away) is tried again after `retention_retry_seconds`, not a whole interval later."""
-        loop = asyncio.get_running_loop()
-        next_usage = next_expiry = loop.time()
-        while True:
-            if loop.time() >= next_usage:
-                next_usage = loop.time() + self._settings.storage_usage_refresh_seconds
-                try:
-                    await self.refresh_usage()
-                except Exception:
-                    log.exception("refreshing storage usage failed")
-            if loop.time() >= next_expiry:
-                next_expiry = loop.time() + self._settings.retention_interval_seconds
-                try:
-                    failed = (await self.run_pass()).failed_deletions > 0
-                except Exception:
-                    log.exception("screenshot retention pass failed")
-                    failed = True
-                if failed:
-                    next_expiry = min(next_expiry, loop.time() + self._settings.retention_retry_seconds)
-            await asyncio.sleep(max(0.0, min(next_usage, next_expiry) - loop.time()))
+    async def _expire(self) -> None:
+        if (await self.run_pass()).failed_deletions:
+            raise RetentionIncompleteError("storage did not delete every expired screenshot")
 
 
-__all__ = ["RETENTION_LOCK_KEY", "RetentionJob", "RetentionPass"]
+__all__ = ["RETENTION_LOCK_KEY", "RetentionIncompleteError", "RetentionJob", "RetentionPass"]

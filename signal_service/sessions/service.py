@@ -23,8 +23,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from mesh.errors import FailedPreconditionError, InvalidArgumentError
 from mesh.logging import request_id_var
+from mesh.loops import BackgroundLoop
 from mesh.queues import SESSION_CHECK_ACTOR, SESSION_CHECK_QUEUE, WORKER_HEARTBEAT_TIMEOUT_MS
-from signal_service.database import Database
+from signal_service.database import DATABASE_AWAY, Database
 from signal_service.events.repository import EventRepository
 from signal_service.ids import parse_uuid
 from signal_service.models import EventType, OutboxMessage, SignalEvent, User, UserConfig
@@ -288,6 +289,15 @@ class SessionCheckScheduler:
         self._database = database
         self._settings = settings
         self._on_commit = on_commit or (lambda: None)
+        self.loop = BackgroundLoop(
+            "session-check-scheduler",
+            self._tick,
+            interval_seconds=settings.session_check_tick_seconds,
+            min_backoff_seconds=settings.session_check_tick_seconds / 4,
+            max_backoff_seconds=settings.session_check_tick_seconds,
+            expected_errors=DATABASE_AWAY,
+            first_run_after_interval=True,
+        )
 
     async def schedule_due(self, now: datetime | None = None) -> int:
         """One tick: queues up to a batch of due checks; 0 when another replica holds the scheduler lock."""
@@ -314,13 +324,8 @@ class SessionCheckScheduler:
             self._on_commit()
         return len(due)
 
-    async def run_forever(self) -> None:
-        while True:
-            await asyncio.sleep(self._settings.session_check_tick_seconds)
-            try:
-                await self.schedule_due()
-            except Exception:
-                log.exception("scheduling session checks failed")
+    async def _tick(self) -> None:
+        await self.schedule_due()
 
 
 __all__ = [

@@ -574,7 +574,7 @@ async def test_a_stream_too_far_behind_ends_with_its_cursor(signals, users, data
     user_id = uuid.UUID(created.user.user_id)
     database = Database(create_engine(database_url, pool_size=2))
     hub = EventHub(listener_dsn(database_url))
-    hub.start()
+    hub.listener.start()
     try:
         await asyncio.wait_for(hub.wait_listening(), STREAM_GUARD_SECONDS)
         feed = EventFeed(database=database, hub=hub, page_size=1, max_pending=3)
@@ -595,7 +595,7 @@ async def test_a_stream_too_far_behind_ends_with_its_cursor(signals, users, data
                 await anext(batches)
             await batches.aclose()
     finally:
-        await hub.stop()
+        await hub.listener.stop()
         await database.dispose()
     error = caught.value
     assert (error.code, error.reason) == (grpc.StatusCode.RESOURCE_EXHAUSTED, "SUBSCRIBER_TOO_SLOW")
@@ -644,12 +644,12 @@ async def test_list_pages_stop_under_the_byte_budget_and_lose_nothing(
 @contextlib.asynccontextmanager
 async def listening_hub(database_url: str, **limits: int) -> AsyncIterator[EventHub]:
     hub = EventHub(listener_dsn(database_url), **limits)
-    hub.start()
+    hub.listener.start()
     try:
         await asyncio.wait_for(hub.wait_listening(), STREAM_GUARD_SECONDS)
         yield hub
     finally:
-        await hub.stop()
+        await hub.listener.stop()
 
 
 async def test_streams_of_one_user_share_one_table_read_per_wake(signals, users, database_url: str) -> None:

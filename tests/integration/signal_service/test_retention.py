@@ -5,7 +5,6 @@ one replica at a time; and the stored-bytes figures by plan and per user."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -298,15 +297,13 @@ async def test_a_failed_pass_is_retried_after_the_retry_delay_not_the_interval(s
             user_id=user.user.user_id, after_cursor=await stack.head_cursor(user.user.user_id)
         )
     )
-    task = asyncio.create_task(job.run_forever())
+    job.expiry.start()
     try:
         async with asyncio.timeout(30):
             event = await expiries.read()
     finally:
         expiries.cancel()
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        await job.expiry.stop()
     assert (event.type, event.signal.signal_id) == (resources_pb2.SIGNAL_EVENT_TYPE_SCREENSHOT_UPDATED, due)
     assert storage.refused == 1
     assert await stack.status(due) == EXPIRED

@@ -154,3 +154,19 @@ async def test_stop_cancels_a_step_where_it_waits_and_start_twice_is_refused() -
     await loop.stop()
     assert cancelled.is_set()
     assert not loop.running
+
+
+async def test_a_loop_told_to_wait_first_runs_its_first_step_only_after_an_interval_or_a_wake() -> None:
+    ran = asyncio.Event()
+
+    async def step() -> None:
+        ran.set()
+
+    loop = BackgroundLoop("test-wait-first", step, interval_seconds=_NEVER, first_run_after_interval=True)
+    loop.start()
+    for _ in range(10):
+        await asyncio.sleep(0)
+    assert not ran.is_set()
+    loop.wake()
+    await asyncio.wait_for(ran.wait(), _GUARD_SECONDS)
+    await loop.stop()

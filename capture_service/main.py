@@ -15,7 +15,8 @@ from capture_service.chart_stub import run_chart_stub
 from capture_service.liveness import JobClock
 from capture_service.session_check import declare_session_check_actor
 from capture_service.settings import CaptureSettings, get_settings
-from capture_service.tasks import CaptureWorker, CaptureWorkerMiddleware, declare_capture_actors
+from capture_service.tasks import CaptureWorkerMiddleware, declare_capture_actors
+from capture_service.worker import CaptureWorker
 from mesh.logging import configure_logging
 from mesh.metrics import start_metrics_server
 

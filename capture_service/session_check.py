@@ -29,7 +29,7 @@ from capture_service.errors import (
     SignalServiceUnavailableError,
 )
 from capture_service.session_probe import probe_session
-from capture_service.tasks import CaptureWorker
+from capture_service.worker import CaptureWorker
 from mesh.errors import FailedPreconditionError, NotFoundError, from_rpc_error
 from mesh.logging import request_id_var
 from mesh.queues import SESSION_CHECK_ACTOR, SESSION_CHECK_QUEUE

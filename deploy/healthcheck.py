@@ -154,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     spool_mode.add_argument("--poll", type=float, default=1.0, help="seconds between polls")
     capture_mode = modes.add_parser("capture-alive", help="the capture worker's heartbeat and oldest job")
     capture_mode.add_argument("url", help="the capture worker's /metrics")
-    # The heartbeat beats every 5 s (capture_service/tasks.py).
+    # The heartbeat beats every 5 s (capture_service/worker.py).
     capture_mode.add_argument("--max-heartbeat-age", type=float, default=30.0, help="seconds")
     capture_mode.add_argument(
         "--max-job-age", type=float, default=90.0, help="seconds; well past the job time limit (30 s)"

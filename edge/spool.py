@@ -46,10 +46,9 @@ from prometheus_client import Counter, Gauge
 
 from apidevs.alerts.v1 import signal_service_pb2
 from mesh.coalescer import Coalescer
-from mesh.errors import from_rpc_error
+from mesh.errors import Failure, classify_failure, from_rpc_error
 from mesh.logging import request_id_var
 from mesh.loops import BackgroundLoop
-from mesh.roles import KEY_REFUSAL_REASONS
 
 log = logging.getLogger(__name__)
 
@@ -61,21 +60,6 @@ SPOOL_REPLAYED = Counter(
     "alerts_spool_replayed_total",
     "Spooled webhook requests removed after a definitive answer, by outcome",
     ["outcome"],
-)
-
-# Answers that make a request worth keeping: the signal service may take it later.
-SPOOL_WORTHY_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
-# Answers that settle a replayed request for good; the signal service has audited the refusal.
-_DEFINITIVE_REFUSALS = frozenset(
-    {
-        grpc.StatusCode.INVALID_ARGUMENT,
-        grpc.StatusCode.NOT_FOUND,
-        grpc.StatusCode.PERMISSION_DENIED,
-        grpc.StatusCode.FAILED_PRECONDITION,
-        grpc.StatusCode.ALREADY_EXISTS,
-        grpc.StatusCode.OUT_OF_RANGE,
-        grpc.StatusCode.RESOURCE_EXHAUSTED,
-    }
 )
 
 DATABASE_NAME = "webhooks.sqlite3"
@@ -307,11 +291,7 @@ def settles_replay(exc: grpc.aio.AioRpcError) -> bool:
     head of the spool would hold every real alert behind it. UNAUTHENTICATED, and PERMISSION_DENIED for the
     key's role, are a misconfigured key, which an operator fixes: keep the alert.
     """
-    if exc.code() not in _DEFINITIVE_REFUSALS:
-        return False
-    if exc.code() == grpc.StatusCode.PERMISSION_DENIED:
-        return from_rpc_error(exc).reason not in KEY_REFUSAL_REASONS
-    return True
+    return classify_failure(from_rpc_error(exc)) is Failure.REFUSED
 
 
 class SpoolReplayer:

@@ -26,9 +26,9 @@ from edge.errors import error_response, error_responses, http_status_for, refusa
 from edge.header_limits import WEBHOOK_AUDITS_HEADERS, headers_too_large
 from edge.openapi import WebhookOperation, absent_or
 from edge.settings import EdgeSettings
-from edge.spool import SPOOL_WORTHY_CODES, SpoolFullError, WebhookSpool
+from edge.spool import SpoolFullError, WebhookSpool
 from mesh.addresses import source_network
-from mesh.errors import AlertsError, NotFoundError
+from mesh.errors import AlertsError, Failure, NotFoundError, classify_failure
 from mesh.grpc import new_request_id
 from mesh.logging import request_id_var
 from mesh.metrics import LATENCY_BUCKETS
@@ -279,7 +279,8 @@ async def _answer(
     except TimeoutError:
         return await _spool(request, ingest, request_id)
     except AlertsError as error:
-        if error.code in SPOOL_WORTHY_CODES:
+        # The signal service away: keep the request for it (a refusal is answered, not spooled).
+        if classify_failure(error) is Failure.PEER_AWAY:
             return await _spool(request, ingest, request_id)
         return error_response(error), http_status_for(error)[1]
     request.app.state.spool_replayer.signal_service_answered()

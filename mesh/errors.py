@@ -7,6 +7,7 @@ clients turn a failed call back into the same type with :func:`from_rpc_error`.
 
 from __future__ import annotations
 
+import enum
 import math
 
 import grpc
@@ -165,6 +166,50 @@ def _status_from_trailers(exc: grpc.aio.AioRpcError) -> status_pb2.Status | None
             status.ParseFromString(value)
             return status
     return None
+
+
+# PERMISSION_DENIED reasons that refuse the caller's key, not the request: a misconfigured key, which an
+# operator fixes.
+KEY_REFUSAL_REASONS = frozenset({"ROLE", "EDGE_ONLY_FIELD"})
+
+
+class Failure(enum.Enum):
+    """What a failed call says about making the same call again (see :func:`classify_failure`)."""
+
+    # The peer, or what it depends on, is away or too slow: the same call may well succeed later.
+    PEER_AWAY = "peer_away"
+    # The peer judged this request and said no: the same request gets the same answer.
+    REFUSED = "refused"
+    # A fault of the peer (a bug) or of the caller's setup (its key): it may pass once an operator acts.
+    FAULT = "fault"
+
+
+_PEER_AWAY_CODES = frozenset(
+    {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED}
+)
+_REFUSAL_CODES = frozenset(
+    {
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.NOT_FOUND,
+        grpc.StatusCode.ALREADY_EXISTS,
+        grpc.StatusCode.PERMISSION_DENIED,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        grpc.StatusCode.FAILED_PRECONDITION,
+        grpc.StatusCode.OUT_OF_RANGE,
+    }
+)
+
+
+def classify_failure(error: AlertsError) -> Failure:
+    """The one answer to "retry this call?" for every client (capture and notify workers, the edge's
+    spool): PEER_AWAY is worth retrying as it is; REFUSED never is; FAULT is worth keeping, not spinning on.
+    A refusal of the caller's key (KEY_REFUSAL_REASONS) and UNAUTHENTICATED are the caller's setup, so FAULT.
+    """
+    if error.code in _PEER_AWAY_CODES:
+        return Failure.PEER_AWAY
+    if error.code in _REFUSAL_CODES and error.reason not in KEY_REFUSAL_REASONS:
+        return Failure.REFUSED
+    return Failure.FAULT
 
 
 def retry_after_header(error: AlertsError) -> str | None:

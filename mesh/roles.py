@@ -85,11 +85,6 @@ ROLES_BY_METHOD: Mapping[str, frozenset[Role]] = {
 EDGE_ONLY_INGEST_FIELDS = frozenset({"source_ip", "received_at", "idempotency_key", "edge_refusal"})
 
 
-# PERMISSION_DENIED reasons that refuse the caller's key, not the request: a misconfigured key, which an
-# operator fixes (the edge keeps a spooled webhook refused so).
-KEY_REFUSAL_REASONS = frozenset({"ROLE", "EDGE_ONLY_FIELD"})
-
-
 def may_call(method: str, role: Role) -> bool:
     return role in ROLES_BY_METHOD.get(method, ())
 

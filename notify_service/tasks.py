@@ -47,7 +47,7 @@ from apidevs.alerts.v1 import (
     storage_service_pb2_grpc,
 )
 from mesh.crypto import CookieCipher, CookieCipherError
-from mesh.errors import NotFoundError, from_rpc_error
+from mesh.errors import AlertsError, Failure, NotFoundError, classify_failure, from_rpc_error
 from mesh.grpc import GrpcTls, open_channel
 from mesh.loops import backoff_delay
 from mesh.queues import NOTIFY_ACTOR, NOTIFY_QUEUE
@@ -425,7 +425,7 @@ class NotifyWorker:
             error = from_rpc_error(exc)
             if isinstance(error, NotFoundError):
                 return None
-            raise DeliveryError(f"storage: {error.code.name}", permanent=False) from None
+            raise _storage_failed(error) from None
         return bytes(data)
 
     async def _screenshot_url(self, key: str) -> str:
@@ -438,7 +438,7 @@ class NotifyWorker:
                 timeout=_RPC_TIMEOUT_SECONDS,
             )
         except grpc.aio.AioRpcError as exc:
-            raise DeliveryError(f"storage: {from_rpc_error(exc).code.name}", permanent=False) from None
+            raise _storage_failed(from_rpc_error(exc)) from None
         return answer.url
 
     async def _claim(
@@ -456,8 +456,12 @@ class NotifyWorker:
             return await self._signals.ClaimNotification(request, timeout=_RPC_TIMEOUT_SECONDS)
         except grpc.aio.AioRpcError as exc:
             error = from_rpc_error(exc)
-            if isinstance(error, NotFoundError):
-                log.warning("notification for an unknown signal dropped", extra={"signal_id": signal_id})
+            # NOT_FOUND: the signal is gone. Any refusal would be repeated by every retry of the job.
+            if classify_failure(error) is Failure.REFUSED:
+                log.warning(
+                    "notification claim refused; dropped",
+                    extra={"signal_id": signal_id, "code": error.code.name, "reason": error.reason},
+                )
                 return None
             raise SignalServiceUnavailableError(f"ClaimNotification failed: {error.code.name}") from exc
 
@@ -490,6 +494,11 @@ class NotifyWorker:
         with contextlib.suppress(redis_async.RedisError):
             if await self._redis.set(key, 1, nx=True, ex=_NUDGE_SECONDS) and self.requeue is not None:
                 await self.requeue(signal_id, LookAgain())
+
+
+def _storage_failed(error: AlertsError) -> DeliveryError:
+    """A refused storage call fails the delivery for good; storage away (or misconfigured) is retried."""
+    return DeliveryError(f"storage: {error.code.name}", permanent=classify_failure(error) is Failure.REFUSED)
 
 
 class NotifyWorkerMiddleware(AsyncIO):

@@ -283,7 +283,7 @@ class CaptureCoordinator:
             rows = await CaptureRepository(session).failed_for_update(
                 ids=ids or None, limit=_RETRY_BATCH_LIMIT
             )
-            plans = await UserRepository(session).plans({row.signal.user_id for row in rows})
+            plans = await UserRepository(session).plans({row.signal.user_id for row in rows}, lock=True)
             for row in sorted(rows, key=lambda row: row.signal.created_at):
                 await self._requeue(session, row, plans[row.signal.user_id])
                 requeued += 1
@@ -312,7 +312,9 @@ class CaptureCoordinator:
                 queued = await self._messages.queued()
                 processing = [row for row in processing if row.signal.id not in queued.signal_ids]
                 pending = [row for row in pending if row.signal.id not in queued.signal_ids]
-            plans = await UserRepository(session).plans({row.signal.user_id for row in processing + pending})
+            plans = await UserRepository(session).plans(
+                {row.signal.user_id for row in processing + pending}, lock=True
+            )
             for row in processing:
                 assert row.screenshot is not None
                 if row.screenshot.attempts >= self._settings.capture_max_attempts:

@@ -75,10 +75,19 @@ class UserRepository:
         statement = sa.select(UserConfig.notification_secrets_ciphertext).where(UserConfig.user_id == user_id)
         return (await self.session.execute(statement)).scalar_one_or_none()
 
-    async def plans(self, user_ids: set[uuid.UUID]) -> dict[uuid.UUID, str]:
+    async def plans(self, user_ids: set[uuid.UUID], *, lock: bool = False) -> dict[uuid.UUID, str]:
+        """The users' plans; with `lock`, their rows locked until commit, in user-id order.
+
+        Work that then bumps several users' event_seq locks them all first: rows are locked in the order
+        the query returns them, the id order group-commit ingest and retention lock users in too, so two
+        such transactions never each hold a user the other waits for (a deadlock).
+        """
         if not user_ids:
             return {}
         statement = sa.select(User.id, User.plan).where(User.id.in_(user_ids))
+        if lock:
+            # NO KEY: what the event_seq updates take anyway; signals and audit rows may still name them.
+            statement = statement.order_by(User.id).with_for_update(key_share=True)
         return {row.id: row.plan for row in await self.session.execute(statement)}
 
     async def next_event_seq(self, user_id: uuid.UUID) -> int:

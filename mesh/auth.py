@@ -40,7 +40,7 @@ class Role(StrEnum):
     # Capture workers (capture and session-check claims and reports, uploads), and the signal service
     # toward storage (object URLs, retention deletes).
     WORKER = "worker"
-    # A key configured with @user:<id>: reads of that one user, and outcomes of its signals.
+    # A key configured with @user:<id>: reads of that one user, no writes.
     USER = "user"
     # An access token (mesh.access_tokens): reads of that one user, no writes at all.
     VIEWER = "viewer"

@@ -39,9 +39,8 @@ ROLES_BY_METHOD: Mapping[str, frozenset[Role]] = {
     _SIGNAL + "BatchIngestWebhooks": _EDGE,
     _SIGNAL + "GetSignal": _READERS,
     _SIGNAL + "ListSignals": _READERS,
-    # A user-scoped key records outcomes of its own signals, as before roles (the REST API's PATCH);
-    # DESIGN.md calls @user read-only: whether it should lose this is the lead's call.
-    _SIGNAL + "UpdateSignalOutcome": _READERS - {Role.VIEWER},
+    # Keys scoped to one user (@user:<id>) and access tokens read only.
+    _SIGNAL + "UpdateSignalOutcome": _PLATFORM,
     _SIGNAL + "GetUserStats": _READERS,
     _SIGNAL + "SubscribeSignals": _READERS,
     _SIGNAL + "ClaimCapture": _WORKER,

@@ -311,10 +311,12 @@ async def test_rest_and_sse_through_the_real_edge_with_a_scoped_key(
         async with http.stream("GET", f"{base}/{own_id}/events") as stream:
             assert stream.status_code == 200
             lines = stream.aiter_lines()
-            patched = await http.patch(
+            # A user-scoped key reads only: the platform records the outcome, the stream carries it.
+            refused = await http.patch(
                 f"{base}/{own_id}/signals/{first}", json={"result": "loss", "profit_loss": "-2"}
             )
-            assert (patched.status_code, patched.json()["profit_loss"]) == (200, "-2")
+            assert refused.status_code == 403, refused.text
+            await writer.outcome(first, resources_pb2.SIGNAL_RESULT_LOSS, "-2")
             third = await writer.ingest()
             outcome, created = await sse_events(lines, 2)
         assert (outcome["data"]["type"], outcome["data"]["signal"]["signal_id"]) == ("outcome_updated", first)

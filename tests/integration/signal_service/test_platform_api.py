@@ -375,7 +375,7 @@ async def scoped(users, service_env: dict[str, str], service_key: str) -> AsyncI
         await server.stop(1)
 
 
-async def test_scoped_key_reads_and_writes_its_own_user(signals, scoped: ScopedSetup) -> None:
+async def test_scoped_key_reads_its_own_user(signals, scoped: ScopedSetup) -> None:
     signal_id = await ingest(signals, scoped.own.webhook_token, alert(1))
     own_id = scoped.own.user.user_id
     stats = await scoped.stub.GetUserStats(signal_service_pb2.GetUserStatsRequest(user_id=own_id))
@@ -384,10 +384,18 @@ async def test_scoped_key_reads_and_writes_its_own_user(signals, scoped: ScopedS
     assert signal_id in [signal.signal_id for signal in listed.signals]
     fetched = await scoped.stub.GetSignal(signal_service_pb2.GetSignalRequest(signal_id=signal_id))
     assert fetched.user_id == own_id
-    updated = await set_outcome(scoped.stub, signal_id, resources_pb2.SIGNAL_RESULT_WIN, "5")
-    assert updated.profit_loss == "5"
     user = await scoped.users.GetUser(user_service_pb2.GetUserRequest(user_id=own_id))
     assert user.user_id == own_id
+
+
+async def test_scoped_key_may_not_record_outcomes_even_of_its_own_signals(
+    signals, scoped: ScopedSetup
+) -> None:
+    signal_id = await ingest(signals, scoped.own.webhook_token, alert(3))
+    error = await refused(set_outcome(scoped.stub, signal_id, resources_pb2.SIGNAL_RESULT_WIN, "5"))
+    assert (error.code, error.reason) == (grpc.StatusCode.PERMISSION_DENIED, "ROLE")
+    untouched = await signals.GetSignal(signal_service_pb2.GetSignalRequest(signal_id=signal_id))
+    assert (untouched.result, untouched.profit_loss) == (resources_pb2.SIGNAL_RESULT_PENDING, "")
 
 
 async def _refusal(call: object) -> tuple[grpc.StatusCode, str, tuple[tuple[str, object], ...]]:
@@ -403,7 +411,7 @@ async def _refusal(call: object) -> tuple[grpc.StatusCode, str, tuple[tuple[str,
 
 
 def _scoped_calls(scoped: ScopedSetup, user_id: str, signal_id: str, external_id: str) -> dict[str, object]:
-    """Every read and write a scoped key may make, aimed at `user_id`, `signal_id` and `external_id`."""
+    """Every read a scoped key may make, aimed at `user_id`, `signal_id` and `external_id`."""
     stub, users = scoped.stub, scoped.users
     return {
         "GetUserStats": stub.GetUserStats(signal_service_pb2.GetUserStatsRequest(user_id=user_id)),
@@ -412,7 +420,6 @@ def _scoped_calls(scoped: ScopedSetup, user_id: str, signal_id: str, external_id
             signal_service_pb2.ListFailedCapturesRequest(user_id=user_id)
         ),
         "GetSignal": stub.GetSignal(signal_service_pb2.GetSignalRequest(signal_id=signal_id)),
-        "UpdateSignalOutcome": set_outcome(stub, signal_id, resources_pb2.SIGNAL_RESULT_LOSS, "-3"),
         "SubscribeSignals": read_events(
             stub.SubscribeSignals(signal_service_pb2.SubscribeSignalsRequest(user_id=user_id)), 1
         ),

@@ -51,6 +51,7 @@ from capture_service.worker import (
     DependencyWait,
     OutcomeHeld,
 )
+from mesh.loops import backoff_delay
 from mesh.queues import PLANS_BY_PRIORITY, capture_actor, capture_queue
 
 log = logging.getLogger(__name__)
@@ -148,9 +149,14 @@ def _event_loop() -> Any:
 
 
 def infrastructure_backoff_ms(settings: CaptureSettings, waits: int) -> int:
-    """The delay before a job's next try after `waits` earlier ones found a dependency unavailable."""
-    first = settings.capture_infrastructure_min_backoff_ms
-    return int(min(settings.capture_infrastructure_max_backoff_ms, first * 2 ** min(waits, 30)))
+    """The delay before a job's next try after `waits` earlier ones found a dependency unavailable
+    (mesh.loops.backoff_delay: doubling from the minimum to the maximum, with jitter)."""
+    delay = backoff_delay(
+        waits + 1,
+        base_seconds=settings.capture_infrastructure_min_backoff_ms / 1000,
+        max_seconds=settings.capture_infrastructure_max_backoff_ms / 1000,
+    )
+    return int(delay * 1000)
 
 
 def _requeue(

@@ -14,9 +14,9 @@ Infrastructure faults
 ---------------------
 An attempt that could not reach the signal service (or, through it, the database) or the storage
 service is not the chart's failure and does not use up a retry: the job goes back on its queue with a
-delay of its own, doubling from ``capture_infrastructure_min_backoff_ms`` to ``..._max_backoff_ms``, and the
-time it started waiting travels in the message. Past ``capture_infrastructure_deadline_seconds`` it is
-reported FAILED with reason ``infrastructure_unavailable``.
+delay of its own, doubling (with jitter) from ``capture_infrastructure_min_backoff_ms`` to
+``..._max_backoff_ms``, and the time it started waiting travels in the message. Past
+``capture_infrastructure_deadline_seconds`` it is reported FAILED with reason ``infrastructure_unavailable``.
 
 Claims and attempts
 -------------------
@@ -81,7 +81,7 @@ from mesh.errors import (
     from_rpc_error,
 )
 from mesh.grpc import GrpcTls, open_channel
-from mesh.loops import BackgroundLoop
+from mesh.loops import BackgroundLoop, backoff_delay
 from mesh.queues import capture_workers_key
 
 log = logging.getLogger(__name__)
@@ -365,16 +365,19 @@ class CaptureWorker:
         """Records an outcome, trying again for a few seconds; raises OutcomeHeld if it is not recorded by
         then, for the actor to send it again from the queue."""
         deadline = time.monotonic() + _REPORT_IN_PROCESS_SECONDS
-        delay = _REPORT_FIRST_RETRY_SECONDS
+        failures = 0
         while True:
             try:
                 await self._send_report(request)
                 return
             except CaptureError as exc:
+                failures += 1
+                delay = backoff_delay(
+                    failures, base_seconds=_REPORT_FIRST_RETRY_SECONDS, max_seconds=_REPORT_IN_PROCESS_SECONDS
+                )
                 if time.monotonic() + delay > deadline:
                     raise OutcomeHeld(request, exc) from exc
                 await asyncio.sleep(delay)
-                delay *= 2
 
     async def deliver_held_report(self, request: signal_service_pb2.ReportCaptureRequest) -> None:
         """Sends an outcome an earlier attempt could not; raises OutcomeHeld while it still cannot."""

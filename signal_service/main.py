@@ -7,6 +7,7 @@ import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
+import grpc
 import uvloop
 from redis.asyncio import Redis
 
@@ -207,7 +208,7 @@ async def signal_app(settings: SignalSettings) -> AsyncIterator[SignalApp]:
         broker.close()
 
 
-def register(server: object, app: SignalApp) -> None:
+def register(server: grpc.aio.Server, app: SignalApp) -> None:
     signal_service_pb2_grpc.add_SignalServiceServicer_to_server(app.signal_servicer, server)
     user_service_pb2_grpc.add_UserServiceServicer_to_server(app.user_servicer, server)
     api_key_service_pb2_grpc.add_ApiKeyServiceServicer_to_server(app.api_key_servicer, server)

@@ -361,7 +361,8 @@ class NotificationDelivery(SQLModel, table=True):
         ),
     )
 
-    id: int | None = Field(default=None, sa_column=sa.Column(sa.BigInteger, sa.Identity(), primary_key=True))
+    # int: deliveries are inserted by SQL (ingest, outcomes) and only ever read back, with their id.
+    id: int = Field(default=None, sa_column=sa.Column(sa.BigInteger, sa.Identity(), primary_key=True))
     signal_id: uuid.UUID = Field(
         sa_column=sa.Column(
             pg.UUID(as_uuid=True), sa.ForeignKey("signals.id", ondelete="CASCADE"), nullable=False

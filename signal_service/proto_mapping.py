@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import overload
 
 from google.protobuf import json_format, struct_pb2, timestamp_pb2
 
@@ -61,6 +62,10 @@ PARSE_TO_PROTO = {
 }
 
 
+@overload
+def timestamp(moment: datetime) -> timestamp_pb2.Timestamp: ...
+@overload
+def timestamp(moment: None) -> None: ...
 def timestamp(moment: datetime | None) -> timestamp_pb2.Timestamp | None:
     if moment is None:
         return None
@@ -158,7 +163,7 @@ def session_state_to_proto(state: dict) -> resources_pb2.TradingViewSession:
     return message
 
 
-def plan_from_proto(plan: int) -> str:
+def plan_from_proto(plan: resources_pb2.Plan.ValueType) -> str:
     return PLAN_FROM_PROTO.get(plan, "")
 
 

@@ -13,11 +13,11 @@ log = logging.getLogger(__name__)
 
 
 class ScreenshotLinks:
-    def __init__(self, stub: storage_service_pb2_grpc.StorageServiceStub, *, ttl_seconds: int) -> None:
+    def __init__(self, stub: storage_service_pb2_grpc.StorageServiceAsyncStub, *, ttl_seconds: int) -> None:
         self._stub = stub
         self._ttl_seconds = ttl_seconds
 
-    async def urls(self, keys: Iterable[str]) -> dict[str, str]:
+    async def urls(self, keys: Iterable[str | None]) -> dict[str, str]:
         """URL per key, in one call however many keys; when the URLs cannot be made now they are left
         out rather than failing the read."""
         unique = sorted({key for key in keys if key})

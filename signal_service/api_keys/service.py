@@ -86,7 +86,8 @@ class ApiKeyManager:
             )
         parsed_user = require_uuid(user_id, "user_id") if user_id else None
         key = generate_key()
-        row = ApiKey(id=uuid.uuid4(), key_hash=hash_key(key), name=name, role=role.value, user_id=parsed_user)
+        # Columns with a server default (created_at, ...) are left to PostgreSQL.
+        row = ApiKey(id=uuid.uuid4(), key_hash=hash_key(key), name=name, role=role.value, user_id=parsed_user)  # type: ignore[call-arg]
         try:
             async with self._database.transaction() as session:
                 if parsed_user is not None and await UserRepository(session).get(parsed_user) is None:

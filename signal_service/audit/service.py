@@ -117,7 +117,7 @@ class AuditWriter:
             await self._write(self._drain())
 
     def _drain(self) -> list[AuditLog]:
-        batch = []
+        batch: list[AuditLog] = []
         while len(batch) < self._batch_size and not self._queue.empty():
             batch.append(self._take(self._queue.get_nowait()))
         return batch

@@ -48,7 +48,8 @@ def capture_job(signal_id: uuid.UUID, plan: str) -> OutboxEntry:
 
 def capture_message(signal_id: uuid.UUID, plan: str) -> OutboxMessage:
     job = capture_job(signal_id, plan)
-    return OutboxMessage(
+    # Columns with a server default (created_at, ...) are left to PostgreSQL.
+    return OutboxMessage(  # type: ignore[call-arg]
         queue_name=job.queue_name, actor_name=job.actor_name, args=job.args, options=job.options
     )
 
@@ -355,5 +356,6 @@ class CaptureCoordinator:
     async def _event(self, session: Any, user_id: uuid.UUID, signal_id: uuid.UUID, kind: EventType) -> None:
         seq = await UserRepository(session).next_event_seq(user_id)
         await EventRepository(session).add(
-            SignalEvent(user_id=user_id, seq=seq, type=kind, signal_id=signal_id)
+            # Columns with a server default (created_at, ...) are left to PostgreSQL.
+            SignalEvent(user_id=user_id, seq=seq, type=kind, signal_id=signal_id)  # type: ignore[call-arg]
         )

@@ -6,6 +6,7 @@ import uuid
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlmodel import col
 
 from signal_service.models import SignalEvent, User
 from signal_service.rows import column_values
@@ -27,17 +28,17 @@ class EventRepository:
     async def after(self, user_id: uuid.UUID, seq: int, limit: int) -> list[SignalEvent]:
         statement = (
             sa.select(SignalEvent)
-            .where(SignalEvent.user_id == user_id, SignalEvent.seq > seq)
-            .order_by(SignalEvent.seq)
+            .where(col(SignalEvent.user_id) == user_id, col(SignalEvent.seq) > seq)
+            .order_by(col(SignalEvent.seq))
             .limit(limit)
         )
         return list((await self.session.execute(statement)).scalars())
 
     async def head(self, user_id: uuid.UUID) -> int | None:
         """The user's last committed event sequence number; None when the user does not exist."""
-        statement = sa.select(User.event_seq).where(User.id == user_id)
+        statement = sa.select(col(User.event_seq)).where(col(User.id) == user_id)
         return (await self.session.execute(statement)).scalar_one_or_none()
 
     async def last_seq(self, user_id: uuid.UUID) -> int:
-        statement = sa.select(User.event_seq).where(User.id == user_id)
+        statement = sa.select(col(User.event_seq)).where(col(User.id) == user_id)
         return (await self.session.execute(statement)).scalar_one_or_none() or 0

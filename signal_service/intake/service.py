@@ -379,6 +379,7 @@ class WebhookIngestor:
                 retry_after_seconds=(stored.quota_resets_at - now).total_seconds(),
             )
         assert stored.signal_id is not None
+        assert stored.screenshot_status is not None
         duplicate = stored.outcome == "duplicate"
         if not duplicate and row.outbox is not None:
             self._kick_relay()

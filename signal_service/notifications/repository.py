@@ -10,6 +10,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import distinct_on
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlmodel import col
 
 from signal_service.models import DeliveryStatus, NotificationDelivery, OutboxMessage, UserConfig
 
@@ -25,8 +26,8 @@ class NotificationRepository:
         """The signal's deliveries, locked until commit: claims and reports of one signal take turns."""
         statement = (
             sa.select(NotificationDelivery)
-            .where(NotificationDelivery.signal_id == signal_id)
-            .order_by(NotificationDelivery.id)
+            .where(col(NotificationDelivery.signal_id) == signal_id)
+            .order_by(col(NotificationDelivery.id))
             .with_for_update()
         )
         return list((await self.session.execute(statement)).scalars())
@@ -34,8 +35,8 @@ class NotificationRepository:
     async def for_signals(self, signal_ids: Sequence[uuid.UUID]) -> list[NotificationDelivery]:
         statement = (
             sa.select(NotificationDelivery)
-            .where(NotificationDelivery.signal_id.in_(signal_ids))
-            .order_by(NotificationDelivery.id)
+            .where(col(NotificationDelivery.signal_id).in_(signal_ids))
+            .order_by(col(NotificationDelivery.id))
         )
         return list((await self.session.execute(statement)).scalars())
 
@@ -44,45 +45,49 @@ class NotificationRepository:
     ) -> dict[str, tuple[int, uuid.UUID]]:
         """Per channel, the user's oldest alert delivery still open: (delivery id, signal id)."""
         statement = (
-            sa.select(NotificationDelivery.channel, NotificationDelivery.id, NotificationDelivery.signal_id)
-            .where(
-                NotificationDelivery.user_id == user_id,
-                NotificationDelivery.channel.in_(channels),
-                NotificationDelivery.kind == "alert",
-                NotificationDelivery.status.in_(OPEN_STATUSES),
+            sa.select(
+                col(NotificationDelivery.channel),
+                col(NotificationDelivery.id),
+                col(NotificationDelivery.signal_id),
             )
-            .order_by(NotificationDelivery.channel, NotificationDelivery.id)
-            .ext(distinct_on(NotificationDelivery.channel))
+            .where(
+                col(NotificationDelivery.user_id) == user_id,
+                col(NotificationDelivery.channel).in_(channels),
+                col(NotificationDelivery.kind) == "alert",
+                col(NotificationDelivery.status).in_(OPEN_STATUSES),
+            )
+            .order_by(col(NotificationDelivery.channel), col(NotificationDelivery.id))
+            .ext(distinct_on(col(NotificationDelivery.channel)))
         )
         return {row.channel: (row.id, row.signal_id) for row in await self.session.execute(statement)}
 
     async def next_open_alert(self, user_id: uuid.UUID, channel: str, after_id: int) -> uuid.UUID | None:
         """The signal of the user's next open alert on `channel` after delivery `after_id`."""
         statement = (
-            sa.select(NotificationDelivery.signal_id)
+            sa.select(col(NotificationDelivery.signal_id))
             .where(
-                NotificationDelivery.user_id == user_id,
-                NotificationDelivery.channel == channel,
-                NotificationDelivery.kind == "alert",
-                NotificationDelivery.status.in_(OPEN_STATUSES),
-                NotificationDelivery.id > after_id,
+                col(NotificationDelivery.user_id) == user_id,
+                col(NotificationDelivery.channel) == channel,
+                col(NotificationDelivery.kind) == "alert",
+                col(NotificationDelivery.status).in_(OPEN_STATUSES),
+                col(NotificationDelivery.id) > after_id,
             )
-            .order_by(NotificationDelivery.id)
+            .order_by(col(NotificationDelivery.id))
             .limit(1)
         )
         return (await self.session.execute(statement)).scalar_one_or_none()
 
     async def preferences(self, user_id: uuid.UUID) -> tuple[dict[str, Any], bytes | None]:
         statement = sa.select(
-            UserConfig.notification_preferences, UserConfig.notification_secrets_ciphertext
-        ).where(UserConfig.user_id == user_id)
+            col(UserConfig.notification_preferences), col(UserConfig.notification_secrets_ciphertext)
+        ).where(col(UserConfig.user_id) == user_id)
         row = (await self.session.execute(statement)).one_or_none()
         return (row[0] or {}, row[1]) if row else ({}, None)
 
     async def update(self, delivery_id: int, **values: Any) -> None:
         await self.session.execute(
             sa.update(NotificationDelivery)
-            .where(NotificationDelivery.id == delivery_id)
+            .where(col(NotificationDelivery.id) == delivery_id)
             .values(**values, updated_at=sa.func.now())
         )
 
@@ -91,9 +96,9 @@ class NotificationRepository:
         statement = (
             sa.update(NotificationDelivery)
             .where(
-                NotificationDelivery.id == delivery_id,
-                NotificationDelivery.claim_id == claim_id,
-                NotificationDelivery.status == DeliveryStatus.SENDING,
+                col(NotificationDelivery.id) == delivery_id,
+                col(NotificationDelivery.claim_id) == claim_id,
+                col(NotificationDelivery.status) == DeliveryStatus.SENDING,
             )
             .values(**values, lease_until=None, updated_at=sa.func.now())
             .returning(NotificationDelivery)
@@ -106,15 +111,18 @@ class NotificationRepository:
     async def failed(
         self, user_id: uuid.UUID | None, after: tuple[datetime, int] | None, limit: int
     ) -> list[NotificationDelivery]:
-        statement = sa.select(NotificationDelivery).where(NotificationDelivery.status.in_(FAILED_STATUSES))
+        statement = sa.select(NotificationDelivery).where(
+            col(NotificationDelivery.status).in_(FAILED_STATUSES)
+        )
         if user_id is not None:
-            statement = statement.where(NotificationDelivery.user_id == user_id)
+            statement = statement.where(col(NotificationDelivery.user_id) == user_id)
         if after is not None:
             statement = statement.where(
-                sa.tuple_(NotificationDelivery.updated_at, NotificationDelivery.id) < sa.tuple_(*after)
+                sa.tuple_(col(NotificationDelivery.updated_at), col(NotificationDelivery.id))
+                < sa.tuple_(*after)
             )
         statement = statement.order_by(
-            NotificationDelivery.updated_at.desc(), NotificationDelivery.id.desc()
+            col(NotificationDelivery.updated_at).desc(), col(NotificationDelivery.id).desc()
         ).limit(limit)
         return list((await self.session.execute(statement)).scalars())
 
@@ -122,7 +130,7 @@ class NotificationRepository:
         """FAILED and DEAD deliveries back to PENDING; returns their signals, each once."""
         statement = (
             sa.update(NotificationDelivery)
-            .where(NotificationDelivery.status.in_(FAILED_STATUSES))
+            .where(col(NotificationDelivery.status).in_(FAILED_STATUSES))
             .values(
                 status=DeliveryStatus.PENDING,
                 attempts=0,
@@ -130,10 +138,10 @@ class NotificationRepository:
                 due_since=sa.func.now(),
                 updated_at=sa.func.now(),
             )
-            .returning(NotificationDelivery.signal_id)
+            .returning(col(NotificationDelivery.signal_id))
         )
         if signal_ids is not None:
-            statement = statement.where(NotificationDelivery.signal_id.in_(signal_ids))
+            statement = statement.where(col(NotificationDelivery.signal_id).in_(signal_ids))
         return list(dict.fromkeys((await self.session.execute(statement)).scalars()))
 
     async def add_job(self, message: OutboxMessage) -> None:
@@ -149,13 +157,13 @@ class NotificationRepository:
     async def oldest_open_age_seconds(self) -> float:
         statement = sa.select(
             sa.func.coalesce(
-                sa.func.extract("epoch", sa.func.now() - sa.func.min(NotificationDelivery.due_since)), 0
+                sa.func.extract("epoch", sa.func.now() - sa.func.min(col(NotificationDelivery.due_since))), 0
             )
-        ).where(NotificationDelivery.status.in_(OPEN_STATUSES))
+        ).where(col(NotificationDelivery.status).in_(OPEN_STATUSES))
         return float((await self.session.execute(statement)).scalar_one())
 
     async def count_by_status(self) -> dict[str, int]:
-        statement = sa.select(NotificationDelivery.status, sa.func.count()).group_by(
-            NotificationDelivery.status
+        statement = sa.select(col(NotificationDelivery.status), sa.func.count()).group_by(
+            col(NotificationDelivery.status)
         )
         return {row[0]: row[1] for row in await self.session.execute(statement)}

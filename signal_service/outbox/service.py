@@ -67,9 +67,11 @@ class PipelinedRedisBroker(RedisBroker):
         self._unpack_size: int | None = None
 
     async def enqueue_many(self, messages: list[dramatiq.Message]) -> None:
-        if self._unpack_size is None:
+        unpack_size = self._unpack_size
+        if unpack_size is None:
             # Asks Redis once per process, on Dramatiq's blocking client: off the event loop.
-            self._unpack_size = await asyncio.to_thread(self._max_unpack_size)
+            # int(): Dramatiq's method is unannotated, and an Any would not narrow `unpack_size`.
+            unpack_size = self._unpack_size = int(await asyncio.to_thread(self._max_unpack_size))
         enqueued = []
         async with self._async_client.pipeline(transaction=False) as pipe:
             for message in messages:
@@ -86,7 +88,7 @@ class PipelinedRedisBroker(RedisBroker):
                         self.heartbeat_timeout,
                         self.dead_message_ttl,
                         self._should_do_maintenance("enqueue"),
-                        self._unpack_size,
+                        unpack_size,
                         message.options["redis_message_id"],
                         message.encode(),
                     ],
@@ -176,7 +178,7 @@ class OutboxRelay:
             )
 
     async def _enqueue_all(self, rows: list[DueMessage]) -> None:
-        messages = [
+        messages: list[dramatiq.Message[Any]] = [
             dramatiq.Message(
                 queue_name=row.queue_name,
                 actor_name=row.actor_name,

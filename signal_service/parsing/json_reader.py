@@ -94,25 +94,25 @@ def _read_json_object(document: dict[str, Any], catalog: IndicatorCatalog, draft
     consumed: set[tuple[str, ...]] = set()
     for field_name, keys in vocabulary.json_lookups.items():
         for key in keys:
-            path = index.get(key)
-            if path is None or path in consumed:
+            found = index.get(key)
+            if found is None or found in consumed:
                 continue
-            value = values[path]
+            value = values[found]
             if isinstance(value, str | int | Decimal) and not isinstance(value, bool):
                 draft.offer(field_name, value.strip() if isinstance(value, str) else value)
-                consumed.add(path)
+                consumed.add(found)
                 break
     # A moment's key may also have given the alert time: it serves both.
     for field_name, keys in vocabulary.json_moment_lookups.items():
-        path = _first_field_value(keys, index, values)
-        if path is not None:
-            draft.offer(field_name, _stripped(values[path]))
-            consumed.add(path)
+        moment = _first_field_value(keys, index, values)
+        if moment is not None:
+            draft.offer(field_name, _stripped(values[moment]))
+            consumed.add(moment)
     if "fired_at" in draft.written and draft.lacks("bar_time"):
-        path = _first_field_value(vocabulary.json_bar_time_beside_fired_at, index, values)
-        if path is not None:
-            draft.time_beside_fired_at = _stripped(values[path])
-            consumed.add(path)
+        bar_time = _first_field_value(vocabulary.json_bar_time_beside_fired_at, index, values)
+        if bar_time is not None:
+            draft.time_beside_fired_at = _stripped(values[bar_time])
+            consumed.add(bar_time)
     if draft.lacks("ticker", "price", "signal_type"):
         for path, value in leaves:
             if (

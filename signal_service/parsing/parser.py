@@ -85,7 +85,8 @@ def parse_alert(
             price=None,
             signal_type=None,
             interval=None,
-            alert_time=received_at if isinstance(received_at, datetime) else datetime.now(UTC),
+            # Typed datetime, checked anyway: whatever a caller passed, this path must not raise.
+            alert_time=received_at if isinstance(received_at, datetime) else datetime.now(UTC),  # type: ignore[redundant-expr]
             indicator_key=None,
             bar_time=None,
             fired_at=None,

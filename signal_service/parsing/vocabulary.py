@@ -123,7 +123,7 @@ def vocabulary_from_mapping(document: Mapping[str, Any], *, source: str) -> Voca
 
 def _json_lookups(spellings: tuple[str, ...]) -> tuple[str, ...]:
     """Each spelling as a dotted path of folded keys, then as one key without the dots."""
-    lookups = []
+    lookups: list[str] = []
     for spelling in spellings:
         dotted = ".".join(json_key(part) for part in spelling.split("."))
         lookups.extend((dotted, dotted.replace(".", "")))

@@ -9,6 +9,7 @@ from datetime import datetime
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql as pg
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlmodel import col
 
 from signal_service.events.repository import EVENTS_CHANNEL
 from signal_service.models import EventType, ScreenshotStatus, User, UserSignalCounts
@@ -136,13 +137,13 @@ class RetentionRepository:
         """From the per-user counters (user_signal_counts), not a scan of every screenshot."""
         statement = (
             sa.select(
-                User.plan,
-                sa.cast(sa.func.sum(UserSignalCounts.storage_bytes), sa.BigInteger),
-                sa.cast(sa.func.sum(UserSignalCounts.storage_objects), sa.BigInteger),
+                col(User.plan),
+                sa.cast(sa.func.sum(col(UserSignalCounts.storage_bytes)), sa.BigInteger),
+                sa.cast(sa.func.sum(col(UserSignalCounts.storage_objects)), sa.BigInteger),
             )
             .select_from(UserSignalCounts)
-            .join(User, User.id == UserSignalCounts.user_id)
-            .group_by(User.plan)
+            .join(User, col(User.id) == col(UserSignalCounts.user_id))
+            .group_by(col(User.plan))
         )
         return {
             row[0]: PlanStorage(bytes=int(row[1]), objects=int(row[2]))

@@ -64,7 +64,7 @@ class RetentionJob:
         *,
         database: Database,
         settings: SignalSettings,
-        storage: storage_service_pb2_grpc.StorageServiceStub,
+        storage: storage_service_pb2_grpc.StorageServiceAsyncStub,
     ) -> None:
         self._database = database
         self._settings = settings

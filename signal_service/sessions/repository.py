@@ -9,6 +9,7 @@ from datetime import datetime
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlmodel import col
 
 from signal_service.models import Screenshot, ScreenshotStatus, Signal, UserConfig
 from signal_service.signals.repository import SignalRow
@@ -35,16 +36,16 @@ class TradingViewSessionRepository:
         return bool((await self.session.execute(statement)).scalar_one())
 
     async def config(self, user_id: uuid.UUID) -> UserConfig | None:
-        statement = sa.select(UserConfig).where(UserConfig.user_id == user_id)
+        statement = sa.select(UserConfig).where(col(UserConfig.user_id) == user_id)
         # A fresh read even when the unit of work saw the row before taking the user's lock.
         statement = statement.execution_options(populate_existing=True)
         return (await self.session.execute(statement)).scalar_one_or_none()
 
     async def check_target(self, user_id: uuid.UUID, default_chart_id: str | None) -> CheckTarget:
         statement = (
-            sa.select(Signal.chart_id, Signal.ticker, Signal.interval)
-            .where(Signal.user_id == user_id, Signal.ticker.is_not(None))
-            .order_by(Signal.created_at.desc())
+            sa.select(col(Signal.chart_id), col(Signal.ticker), col(Signal.interval))
+            .where(col(Signal.user_id) == user_id, col(Signal.ticker).is_not(None))
+            .order_by(col(Signal.created_at).desc())
             .limit(1)
         )
         latest = (await self.session.execute(statement)).one_or_none()
@@ -68,30 +69,32 @@ class TradingViewSessionRepository:
         """Users with stored cookies, a signal since `active_since`, no result since `checked_before`, no
         check queued since `requested_before` and none claimed since `claimed_before` still without its
         result; least recently checked first, locked until commit."""
-        active = sa.exists().where(Signal.user_id == UserConfig.user_id, Signal.created_at >= active_since)
+        active = sa.exists().where(
+            col(Signal.user_id) == col(UserConfig.user_id), col(Signal.created_at) >= active_since
+        )
         running = sa.and_(
-            UserConfig.tv_check_claimed_at >= claimed_before,
+            col(UserConfig.tv_check_claimed_at) >= claimed_before,
             sa.or_(
-                UserConfig.tv_cookies_checked_at.is_(None),
-                UserConfig.tv_cookies_checked_at < UserConfig.tv_check_claimed_at,
+                col(UserConfig.tv_cookies_checked_at).is_(None),
+                col(UserConfig.tv_cookies_checked_at) < col(UserConfig.tv_check_claimed_at),
             ),
         )
         statement = (
-            sa.select(UserConfig.user_id)
+            sa.select(col(UserConfig.user_id))
             .where(
-                UserConfig.tv_session_ciphertext.is_not(None),
+                col(UserConfig.tv_session_ciphertext).is_not(None),
                 sa.or_(
-                    UserConfig.tv_cookies_checked_at.is_(None),
-                    UserConfig.tv_cookies_checked_at < checked_before,
+                    col(UserConfig.tv_cookies_checked_at).is_(None),
+                    col(UserConfig.tv_cookies_checked_at) < checked_before,
                 ),
                 sa.or_(
-                    UserConfig.tv_check_requested_at.is_(None),
-                    UserConfig.tv_check_requested_at < requested_before,
+                    col(UserConfig.tv_check_requested_at).is_(None),
+                    col(UserConfig.tv_check_requested_at) < requested_before,
                 ),
                 sa.not_(sa.func.coalesce(running, False)),
                 active,
             )
-            .order_by(UserConfig.tv_cookies_checked_at.asc().nulls_first(), UserConfig.user_id)
+            .order_by(col(UserConfig.tv_cookies_checked_at).asc().nulls_first(), col(UserConfig.user_id))
             .limit(limit)
             .with_for_update(skip_locked=True)
         )
@@ -101,7 +104,7 @@ class TradingViewSessionRepository:
         if user_ids:
             await self.session.execute(
                 sa.update(UserConfig)
-                .where(UserConfig.user_id.in_(user_ids))
+                .where(col(UserConfig.user_id).in_(user_ids))
                 .values(tv_check_requested_at=now)
             )
 
@@ -111,14 +114,14 @@ class TradingViewSessionRepository:
         """The user's FAILED captures with this error for signals since `created_since`, oldest first."""
         statement = (
             sa.select(Signal, Screenshot)
-            .join(Screenshot, Screenshot.signal_id == Signal.id)
+            .join(Screenshot, col(Screenshot.signal_id) == col(Signal.id))
             .where(
-                Signal.user_id == user_id,
-                Signal.created_at >= created_since,
-                Screenshot.status == ScreenshotStatus.FAILED,
-                Screenshot.error == error,
+                col(Signal.user_id) == user_id,
+                col(Signal.created_at) >= created_since,
+                col(Screenshot.status) == ScreenshotStatus.FAILED,
+                col(Screenshot.error) == error,
             )
-            .order_by(Signal.created_at, Signal.id)
+            .order_by(col(Signal.created_at), col(Signal.id))
             .limit(limit)
             .with_for_update(of=Signal, skip_locked=True)
         )

@@ -67,7 +67,8 @@ def session_check_message(user_id: uuid.UUID) -> OutboxMessage:
     request_id = request_id_var.get()
     if request_id:
         options["request_id"] = request_id
-    return OutboxMessage(
+    # Columns with a server default (created_at, ...) are left to PostgreSQL.
+    return OutboxMessage(  # type: ignore[call-arg]
         queue_name=SESSION_CHECK_QUEUE, actor_name=SESSION_CHECK_ACTOR, args=[str(user_id)], options=options
     )
 
@@ -94,7 +95,8 @@ async def _session_event(session: AsyncSession, user_id: uuid.UUID) -> None:
     assert config is not None
     seq = await UserRepository(session).next_event_seq(user_id)
     await EventRepository(session).add(
-        SignalEvent(
+        # Columns with a server default (created_at, ...) are left to PostgreSQL.
+        SignalEvent(  # type: ignore[call-arg]
             user_id=user_id,
             seq=seq,
             type=EventType.TRADINGVIEW_SESSION_UPDATED,

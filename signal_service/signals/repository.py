@@ -10,6 +10,8 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Mapped
+from sqlmodel import col
 
 from signal_service.models import Screenshot, Signal, User, UserSignalCounts
 
@@ -45,9 +47,9 @@ class SignalFilter:
     created_before: datetime | None = None
 
 
-def with_screenshot() -> sa.Select[tuple[Signal, Screenshot]]:
+def with_screenshot() -> sa.Select[Signal, Screenshot]:
     """Signals with their screenshot row, if any: what a SignalRow holds."""
-    return sa.select(Signal, Screenshot).outerjoin(Screenshot, Screenshot.signal_id == Signal.id)
+    return sa.select(Signal, Screenshot).outerjoin(Screenshot, col(Screenshot.signal_id) == col(Signal.id))
 
 
 class SignalRepository:
@@ -58,76 +60,76 @@ class SignalRepository:
         self, signal_id: uuid.UUID, *, for_update: bool = False, owner: uuid.UUID | None = None
     ) -> SignalRow | None:
         """The signal, if it exists (and, with `owner`, is that user's)."""
-        statement = with_screenshot().where(Signal.id == signal_id)
+        statement = with_screenshot().where(col(Signal.id) == signal_id)
         if owner is not None:
-            statement = statement.where(Signal.user_id == owner)
+            statement = statement.where(col(Signal.user_id) == owner)
         if for_update:
             statement = statement.with_for_update(of=Signal)
         row = (await self.session.execute(statement)).one_or_none()
         return SignalRow(row[0], row[1]) if row else None
 
     async def get_many(self, signal_ids: Sequence[uuid.UUID]) -> list[SignalRow]:
-        statement = with_screenshot().where(Signal.id.in_(signal_ids))
+        statement = with_screenshot().where(col(Signal.id).in_(signal_ids))
         return [SignalRow(row[0], row[1]) for row in await self.session.execute(statement)]
 
     async def matching(
         self, where: SignalFilter, *, after: tuple[datetime, uuid.UUID] | None, limit: int
     ) -> list[SignalRow]:
         """Newest first, keyset-paginated on (created_at, id) so pages stay stable under inserts."""
-        statement = with_screenshot().where(Signal.user_id == where.user_id)
+        statement = with_screenshot().where(col(Signal.user_id) == where.user_id)
         for column, value in (
-            (Signal.ticker, where.ticker),
-            (Signal.indicator, where.indicator),
-            (Signal.indicator_key, where.indicator_key),
-            (Signal.signal_type, where.signal_type),
-            (Signal.result, where.result),
-            (Signal.screenshot_status, where.screenshot_status),
+            (col(Signal.ticker), where.ticker),
+            (col(Signal.indicator), where.indicator),
+            (col(Signal.indicator_key), where.indicator_key),
+            (col(Signal.signal_type), where.signal_type),
+            (col(Signal.result), where.result),
+            (col(Signal.screenshot_status), where.screenshot_status),
         ):
             if value is not None:
                 statement = statement.where(column == value)
         if where.created_after is not None:
-            statement = statement.where(Signal.created_at > where.created_after)
+            statement = statement.where(col(Signal.created_at) > where.created_after)
         if where.created_before is not None:
-            statement = statement.where(Signal.created_at < where.created_before)
+            statement = statement.where(col(Signal.created_at) < where.created_before)
         if after is not None:
-            statement = statement.where(sa.tuple_(Signal.created_at, Signal.id) < sa.tuple_(*after))
-        statement = statement.order_by(Signal.created_at.desc(), Signal.id.desc()).limit(limit)
+            statement = statement.where(sa.tuple_(col(Signal.created_at), col(Signal.id)) < sa.tuple_(*after))
+        statement = statement.order_by(col(Signal.created_at).desc(), col(Signal.id).desc()).limit(limit)
         return [SignalRow(row[0], row[1]) for row in await self.session.execute(statement)]
 
     async def stats(self, user_id: uuid.UUID, month_start: datetime) -> UserStatsRow | None:
         """One user's counters: the sum of their monthly rows (a dozen a year), kept on write by triggers
         (migration 0007_scale), not a count of their signals; None when the user does not exist."""
 
-        def total(column: sa.ColumnElement[int], label: str) -> sa.Label[int]:
+        def total(column: Mapped[int], label: str) -> sa.Label[int]:
             return sa.cast(sa.func.coalesce(sa.func.sum(column), 0), sa.BigInteger).label(label)
 
         statement = (
             sa.select(
-                total(UserSignalCounts.signals, "total_signals"),
+                total(col(UserSignalCounts.signals), "total_signals"),
                 sa.cast(
                     sa.func.coalesce(
-                        sa.func.sum(UserSignalCounts.signals).filter(
-                            UserSignalCounts.month == month_start.date()
+                        sa.func.sum(col(UserSignalCounts.signals)).filter(
+                            col(UserSignalCounts.month) == month_start.date()
                         ),
                         0,
                     ),
                     sa.BigInteger,
                 ).label("this_month"),
-                total(UserSignalCounts.screenshots_pending, "screenshots_pending"),
-                total(UserSignalCounts.wins, "wins"),
-                total(UserSignalCounts.losses, "losses"),
-                total(UserSignalCounts.storage_bytes, "storage_bytes"),
-                total(UserSignalCounts.storage_objects, "storage_objects"),
+                total(col(UserSignalCounts.screenshots_pending), "screenshots_pending"),
+                total(col(UserSignalCounts.wins), "wins"),
+                total(col(UserSignalCounts.losses), "losses"),
+                total(col(UserSignalCounts.storage_bytes), "storage_bytes"),
+                total(col(UserSignalCounts.storage_objects), "storage_objects"),
             )
             .select_from(User)
-            .outerjoin(UserSignalCounts, UserSignalCounts.user_id == User.id)
-            .where(User.id == user_id)
-            .group_by(User.id)
+            .outerjoin(UserSignalCounts, col(UserSignalCounts.user_id) == col(User.id))
+            .where(col(User.id) == user_id)
+            .group_by(col(User.id))
         )
         row = (await self.session.execute(statement)).one_or_none()
         return UserStatsRow(**row._asdict()) if row else None
 
     async def update_signal(self, signal_id: uuid.UUID, **values: Any) -> None:
         await self.session.execute(
-            sa.update(Signal).where(Signal.id == signal_id).values(**values, updated_at=sa.func.now())
+            sa.update(Signal).where(col(Signal.id) == signal_id).values(**values, updated_at=sa.func.now())
         )

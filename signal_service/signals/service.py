@@ -168,7 +168,8 @@ class SignalOutcomes:
             # Signal row, then user row: the same lock order as captures, so the two never deadlock.
             seq = await UserRepository(session).next_event_seq(owner)
             await EventRepository(session).add(
-                SignalEvent(user_id=owner, seq=seq, type=EventType.OUTCOME_UPDATED, signal_id=parsed)
+                # Columns with a server default (created_at, ...) are left to PostgreSQL.
+                SignalEvent(user_id=owner, seq=seq, type=EventType.OUTCOME_UPDATED, signal_id=parsed)  # type: ignore[call-arg]
             )
             updated = await signals.get(parsed)
             assert updated is not None

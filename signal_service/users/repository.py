@@ -8,6 +8,7 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlmodel import col
 
 from signal_service.models import User, UserConfig
 from signal_service.rows import column_values
@@ -22,8 +23,8 @@ class UserRepository:
         await self.session.execute(sa.insert(UserConfig).values(column_values(config)))
 
     async def get(self, user_id: uuid.UUID, *, for_update: bool = False) -> tuple[User, UserConfig] | None:
-        statement = sa.select(User, UserConfig).join(UserConfig, UserConfig.user_id == User.id)
-        statement = statement.where(User.id == user_id)
+        statement = sa.select(User, UserConfig).join(UserConfig, col(UserConfig.user_id) == col(User.id))
+        statement = statement.where(col(User.id) == user_id)
         if for_update:
             statement = statement.with_for_update(of=User)
         row = (await self.session.execute(statement)).one_or_none()
@@ -32,12 +33,12 @@ class UserRepository:
     async def page(self, after: uuid.UUID | None, limit: int) -> list[tuple[User, UserConfig]]:
         statement = (
             sa.select(User, UserConfig)
-            .join(UserConfig, UserConfig.user_id == User.id)
-            .order_by(User.id)
+            .join(UserConfig, col(UserConfig.user_id) == col(User.id))
+            .order_by(col(User.id))
             .limit(limit)
         )
         if after is not None:
-            statement = statement.where(User.id > after)
+            statement = statement.where(col(User.id) > after)
         return [(row[0], row[1]) for row in await self.session.execute(statement)]
 
     async def get_by_external_id(
@@ -46,33 +47,35 @@ class UserRepository:
         """The user with this external id (and, with `owner`, that id)."""
         statement = (
             sa.select(User, UserConfig)
-            .join(UserConfig, UserConfig.user_id == User.id)
-            .where(User.external_id == external_id)
+            .join(UserConfig, col(UserConfig.user_id) == col(User.id))
+            .where(col(User.external_id) == external_id)
         )
         if owner is not None:
-            statement = statement.where(User.id == owner)
+            statement = statement.where(col(User.id) == owner)
         row = (await self.session.execute(statement)).one_or_none()
         return (row[0], row[1]) if row else None
 
     async def lock(self, user_id: uuid.UUID) -> User | None:
         """Locks the user row until commit: a user's quota and event sequence change one writer at a time."""
-        statement = sa.select(User).where(User.id == user_id).with_for_update()
+        statement = sa.select(User).where(col(User.id) == user_id).with_for_update()
         return (await self.session.execute(statement)).scalar_one_or_none()
 
     async def update_user(self, user_id: uuid.UUID, **values: Any) -> None:
         await self.session.execute(
-            sa.update(User).where(User.id == user_id).values(**values, updated_at=sa.func.now())
+            sa.update(User).where(col(User.id) == user_id).values(**values, updated_at=sa.func.now())
         )
 
     async def update_config(self, user_id: uuid.UUID, **values: Any) -> None:
         await self.session.execute(
             sa.update(UserConfig)
-            .where(UserConfig.user_id == user_id)
+            .where(col(UserConfig.user_id) == user_id)
             .values(**values, updated_at=sa.func.now())
         )
 
     async def notification_secrets_ciphertext(self, user_id: uuid.UUID) -> bytes | None:
-        statement = sa.select(UserConfig.notification_secrets_ciphertext).where(UserConfig.user_id == user_id)
+        statement = sa.select(col(UserConfig.notification_secrets_ciphertext)).where(
+            col(UserConfig.user_id) == user_id
+        )
         return (await self.session.execute(statement)).scalar_one_or_none()
 
     async def plans(self, user_ids: set[uuid.UUID], *, lock: bool = False) -> dict[uuid.UUID, str]:
@@ -84,58 +87,59 @@ class UserRepository:
         """
         if not user_ids:
             return {}
-        statement = sa.select(User.id, User.plan).where(User.id.in_(user_ids))
+        statement = sa.select(col(User.id), col(User.plan)).where(col(User.id).in_(user_ids))
         if lock:
             # NO KEY: what the event_seq updates take anyway; signals and audit rows may still name them.
-            statement = statement.order_by(User.id).with_for_update(key_share=True)
+            statement = statement.order_by(col(User.id)).with_for_update(key_share=True)
         return {row.id: row.plan for row in await self.session.execute(statement)}
 
     async def next_event_seq(self, user_id: uuid.UUID) -> int:
         statement = (
             sa.update(User)
-            .where(User.id == user_id)
-            .values(event_seq=User.event_seq + 1)
-            .returning(User.event_seq)
+            .where(col(User.id) == user_id)
+            .values(event_seq=col(User.event_seq) + 1)
+            .returning(col(User.event_seq))
         )
         return (await self.session.execute(statement)).scalar_one()
 
     async def sessions_after(self, after: uuid.UUID | None, limit: int) -> list[tuple[uuid.UUID, bytes]]:
         """Stored TradingView session ciphertexts in user id order after `after`, locked until commit."""
-        return await self._ciphertexts_after(UserConfig.tv_session_ciphertext, after, limit)
+        return await self._ciphertexts_after(col(UserConfig.tv_session_ciphertext), after, limit)
 
     async def notification_secrets_after(
         self, after: uuid.UUID | None, limit: int
     ) -> list[tuple[uuid.UUID, bytes]]:
         """Stored notification secret ciphertexts in user id order after `after`, locked until commit."""
-        return await self._ciphertexts_after(UserConfig.notification_secrets_ciphertext, after, limit)
+        return await self._ciphertexts_after(col(UserConfig.notification_secrets_ciphertext), after, limit)
 
     async def _ciphertexts_after(
         self, column: Any, after: uuid.UUID | None, limit: int
     ) -> list[tuple[uuid.UUID, bytes]]:
         statement = (
-            sa.select(UserConfig.user_id, column)
+            sa.select(col(UserConfig.user_id), column)
             .where(column.is_not(None))
-            .order_by(UserConfig.user_id)
+            .order_by(col(UserConfig.user_id))
             .limit(limit)
             .with_for_update()
         )
         if after is not None:
-            statement = statement.where(UserConfig.user_id > after)
+            statement = statement.where(col(UserConfig.user_id) > after)
         return [(row[0], row[1]) for row in await self.session.execute(statement)]
 
     async def revoke_access_tokens(self, user_id: uuid.UUID) -> datetime | None:
         """Sets the user's revocation instant to the database's clock, which every replica compares with."""
         statement = (
             sa.update(User)
-            .where(User.id == user_id)
+            .where(col(User.id) == user_id)
             .values(access_tokens_revoked_before=sa.func.clock_timestamp(), updated_at=sa.func.now())
-            .returning(User.access_tokens_revoked_before)
+            .returning(col(User.access_tokens_revoked_before))
         )
         return (await self.session.execute(statement)).scalar_one_or_none()
 
     async def access_token_revocations(self, since: datetime) -> dict[uuid.UUID, datetime]:
         """Revocation instants after `since`: older ones only refuse tokens that have expired anyway."""
-        statement = sa.select(User.id, User.access_tokens_revoked_before).where(
-            User.access_tokens_revoked_before > since
+        statement = sa.select(col(User.id), col(User.access_tokens_revoked_before)).where(
+            col(User.access_tokens_revoked_before) > since
         )
-        return {row[0]: row[1] for row in await self.session.execute(statement)}
+        # The WHERE leaves out NULLs; the condition tells the type checker so.
+        return {row[0]: row[1] for row in await self.session.execute(statement) if row[1] is not None}

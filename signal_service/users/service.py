@@ -99,7 +99,8 @@ class UserManager:
         preferences, secrets_ciphertext = self._preferences(notification_preferences, None)
         token = tokens.generate_token()
         now = utcnow()
-        user = User(
+        # Columns with a server default (created_at, ...) are left to PostgreSQL.
+        user = User(  # type: ignore[call-arg]
             id=uuid.uuid4(),
             external_id=external_id or None,
             plan=plan,
@@ -110,7 +111,8 @@ class UserManager:
             quota_reset_at=next_month_start(now),
             event_seq=0,
         )
-        config = UserConfig(
+        # Columns with a server default (created_at, ...) are left to PostgreSQL.
+        config = UserConfig(  # type: ignore[call-arg]
             user_id=user.id,
             default_chart_id=default_chart_id or None,
             ip_allowlist=allowlist.normalise(ip_allowlist),

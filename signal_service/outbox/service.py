@@ -40,6 +40,9 @@ ACTIVE_WORKERS = Gauge("alerts_active_workers", "Capture worker processes with a
 _POSTPONE_BASE_SECONDS = 1.0
 _POSTPONE_MAX_SECONDS = 30.0
 _BACKLOG_REFRESH_SECONDS = 2.0
+# A failed pass (the database away) is tried again within this: wake() does not cut a backoff short, and
+# captures committed meanwhile should not wait long once the database is back.
+_RELAY_MAX_BACKOFF_SECONDS = 5.0
 
 
 class _BrokerUnavailable(Exception):
@@ -120,14 +123,13 @@ class OutboxRelay:
         self._backlog = backlog
         self._workers_key = workers_key
         self._batch_size = batch_size
-        self._poll_seconds = poll_seconds
         self._failures = 0
         self.relay_loop = BackgroundLoop(
             "outbox-relay",
             self._relay_step,
             interval_seconds=poll_seconds,
-            min_backoff_seconds=poll_seconds,
-            max_backoff_seconds=_POSTPONE_MAX_SECONDS,
+            min_backoff_seconds=min(poll_seconds, _RELAY_MAX_BACKOFF_SECONDS),
+            max_backoff_seconds=_RELAY_MAX_BACKOFF_SECONDS,
             expected_errors=DATABASE_AWAY,
         )
         self.backlog_loop = BackgroundLoop(

@@ -137,7 +137,10 @@ class WebhookRepository:
     async def ingest_many(self, rows: Sequence[WebhookIngest]) -> list[WebhookOutcome]:
         """Stores several alerts with one statement, in user-id order (the caller's order among one user's
         alerts): one round trip and one commit (one WAL flush) for all of them, each with its own outcome,
-        in the order given. Either every row's outcome holds or, when this raises, none does."""
+        in the order given. Either every row's outcome holds or, when this raises, none does.
+
+        The statement is its own transaction, and asyncpg hands its rows back only at ReadyForQuery, which
+        PostgreSQL sends after the commit (and its WAL flush): an outcome returned is durable."""
         records = await self.connection.fetch(
             _INGEST_WEBHOOKS, [_row_values(row) for row in rows], EVENTS_CHANNEL, AUDIT_BODY_LIMIT
         )

@@ -55,7 +55,8 @@ from signal_service.users import allowlist, tokens
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen, like WebhookIngest (intake/repository.py): built once per webhook and never changed.
+@dataclass(slots=True)
 class IngestCommand:
     webhook_token: str
     body: bytes

@@ -22,12 +22,19 @@ Flush = Callable[[list[Item]], Awaitable[Sequence[Result | BaseException]]]
 
 
 class Coalescer(Generic[Item, Result]):
-    def __init__(self, flush: Flush[Item, Result], *, max_batch: int, max_inflight: int = 1) -> None:
+    def __init__(
+        self, flush: Flush[Item, Result], *, max_batch: int, max_inflight: int = 1, whole_turn: bool = False
+    ) -> None:
+        """``whole_turn``: a flush starts once the event loop's current turn is over rather than at the
+        first submit, so that items submitted by tasks that run in the same turn (one gathered task per
+        item of a batch RPC) share it instead of the first one or two going alone."""
         if max_batch < 1 or max_inflight < 1:
             raise ValueError("max_batch and max_inflight must be at least 1")
         self._flush = flush
         self._max_batch = max_batch
         self._max_inflight = max_inflight
+        self._whole_turn = whole_turn
+        self._start_scheduled = False
         self._waiting: deque[tuple[Item, asyncio.Future[Result], float]] = deque()
         self._inflight: set[asyncio.Task[None]] = set()
 
@@ -48,8 +55,16 @@ class Coalescer(Generic[Item, Result]):
         whether or not anybody still waits for it."""
         result: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
         self._waiting.append((item, result, time.monotonic()))
-        self._start_flushes()
+        if not self._whole_turn:
+            self._start_flushes()
+        elif not self._start_scheduled:
+            self._start_scheduled = True
+            asyncio.get_running_loop().call_soon(self._start_scheduled_flushes)
         return await result
+
+    def _start_scheduled_flushes(self) -> None:
+        self._start_scheduled = False
+        self._start_flushes()
 
     def _start_flushes(self) -> None:
         while len(self._inflight) < self._max_inflight:

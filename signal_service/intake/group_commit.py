@@ -3,12 +3,14 @@
 A caller hands its row over and waits; it is answered only after the transaction holding its row has
 committed, exactly as when it stored the row alone. Batches form only under load: while `max_inflight`
 transactions are running, new rows wait, and the next transaction takes every row waiting (up to
-`max_batch`). A lone alert on a quiet system goes at once, in a batch of one.
+`max_batch`). A lone alert on a quiet system goes at once, in a batch of one; the items of one
+BatchIngestWebhooks call, whose tasks hand their rows over in the same turn of the event loop, go
+together rather than their first one or two alone.
 
-Rows are stored in user-id order, so two batches lock their users in the same order and cannot deadlock
-each other. When a batch fails for anything but an unreachable database (a deadlock with another kind of
-transaction, one row the database refuses), each of its rows is stored again on its own, so one bad row
-never costs the others their answer.
+The batch statement (intake/sql/ingest_webhooks_v5.sql) locks its users in id order, so two batches cannot
+deadlock each other. When a batch fails for anything but an unreachable database (a deadlock with another
+kind of transaction, one row the database refuses), each of its rows is stored again on its own, so one
+bad row never costs the others their answer.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ class GroupCommit:
     def __init__(self, database: Database, *, max_batch: int = 128, max_inflight: int = 2) -> None:
         self._database = database
         self._batches: Coalescer[WebhookIngest, WebhookOutcome] = Coalescer(
-            self._commit, max_batch=max_batch, max_inflight=max_inflight
+            self._commit, max_batch=max_batch, max_inflight=max_inflight, whole_turn=True
         )
 
     async def ingest(self, row: WebhookIngest) -> WebhookOutcome:
@@ -42,32 +44,26 @@ class GroupCommit:
 
     async def _commit(self, rows: list[WebhookIngest]) -> list[WebhookOutcome | BaseException]:
         INGEST_BATCH_SIZE.observe(len(rows))
-        if len(rows) == 1:
-            return [await self._store_one(rows[0])]
-        order = sorted(range(len(rows)), key=lambda index: rows[index].user_id.bytes)
         try:
-            async with self._database.connection() as connection:
-                stored = await WebhookRepository(connection).ingest_many([rows[index] for index in order])
+            return list(await self._store(rows))
         except Exception as exc:
-            if database_unreachable(exc):
+            if len(rows) == 1 or database_unreachable(exc):
                 raise
             log.warning(
                 "group commit failed; storing its webhooks one by one",
                 extra={"rows": len(rows), "error": repr(exc)},
             )
             return await self._store_each(rows)
-        by_index = dict(zip(order, stored, strict=True))
-        return [by_index[index] for index in range(len(rows))]
 
-    async def _store_one(self, row: WebhookIngest) -> WebhookOutcome:
+    async def _store(self, rows: list[WebhookIngest]) -> list[WebhookOutcome]:
         async with self._database.connection() as connection:
-            return await WebhookRepository(connection).ingest(row)
+            return await WebhookRepository(connection).ingest_many(rows)
 
     async def _store_each(self, rows: list[WebhookIngest]) -> list[WebhookOutcome | BaseException]:
         outcomes: list[WebhookOutcome | BaseException] = []
         for row in rows:
             try:
-                outcomes.append(await self._store_one(row))
+                outcomes.extend(await self._store([row]))
             except Exception as exc:
                 outcomes.append(exc)
         return outcomes

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import logging
 import math
 import time
@@ -38,17 +39,24 @@ from signal_service.database import Database, database_unreachable
 from signal_service.ids import uuid7
 from signal_service.intake.group_commit import GroupCommit
 from signal_service.intake.ratelimit import RateLimiter
-from signal_service.intake.repository import WebhookIngest, WebhookRepository, WebhookUserRow
+from signal_service.intake.repository import (
+    AUDIT_BODY_LIMIT,
+    WebhookIngest,
+    WebhookRepository,
+    WebhookUserRow,
+    json_text,
+)
 from signal_service.models import AuditLog, ScreenshotStatus
 from signal_service.parsing import IndicatorCatalog, ParsedAlert, parse_alert
+from signal_service.rows import storable
 from signal_service.settings import SignalSettings
 from signal_service.users import allowlist, tokens
 
 log = logging.getLogger(__name__)
-_AUDIT_BODY_LIMIT = 64 * 1024
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen, like WebhookIngest (intake/repository.py): built once per webhook and never changed.
+@dataclass(slots=True)
 class IngestCommand:
     webhook_token: str
     body: bytes
@@ -178,7 +186,7 @@ class WebhookIngestor:
         self._users = WebhookUserCache(settings.webhook_user_cache_seconds)
         # A burst of users not cached (a candle close) reads them in a few statements, not one each.
         self._user_reads: Coalescer[str, WebhookUserRow | None] = Coalescer(
-            self._read_users, max_batch=500, max_inflight=2
+            self._read_users, max_batch=500, max_inflight=2, whole_turn=True
         )
         self._group_commit = GroupCommit(
             database,
@@ -316,6 +324,7 @@ class WebhookIngestor:
         capturable = parsed.ticker is not None
         limits = self._settings.plan_limits[user.plan]
         status = ScreenshotStatus.PENDING if capturable else ScreenshotStatus.SKIPPED
+        job = capture_job(signal_id, user.plan) if capturable else None
         row = WebhookIngest(
             user_id=user.id,
             token_hash=token_hash,
@@ -331,32 +340,34 @@ class WebhookIngestor:
             dedupe_since=command.received_at - window,
             dedupe_until=command.received_at + window,
             signal_id=signal_id,
-            chart_id=command.chart_id,
-            indicator=parsed.indicator,
-            indicator_key=parsed.indicator_key,
-            ticker=parsed.ticker,
-            exchange=parsed.exchange,
-            symbol=parsed.symbol,
+            chart_id=storable(command.chart_id),
+            indicator=storable(parsed.indicator),
+            indicator_key=storable(parsed.indicator_key),
+            ticker=storable(parsed.ticker),
+            exchange=storable(parsed.exchange),
+            symbol=storable(parsed.symbol),
             price=parsed.price,
-            signal_type=parsed.signal_type,
-            interval=parsed.interval,
+            signal_type=storable(parsed.signal_type),
+            interval=storable(parsed.interval),
             alert_time=parsed.alert_time,
             bar_time=parsed.bar_time,
             fired_at=parsed.fired_at,
             delayed_feed=parsed.delayed_feed,
             parse_status=str(parsed.status),
-            parse_problems=list(parsed.problems),
-            extra=parsed.extra,
+            parse_problems=json_text(list(parsed.problems)),
+            extra=json_text(parsed.extra),
             raw_body=command.body,
-            content_type=command.content_type or None,
-            source_ip=command.source_ip or None,
+            content_type=storable(command.content_type) or None,
+            source_ip=storable(command.source_ip) or None,
             received_at=command.received_at,
             screenshot_status=status,
-            outbox=capture_job(signal_id, user.plan) if capturable else None,
+            outbox_queue=job.queue_name if job else None,
+            outbox_actor=job.actor_name if job else None,
+            outbox_args=json.dumps(job.args) if job else None,
+            outbox_options=json.dumps(job.options) if job else None,
             request_id=request_id_var.get() or None,
-            user_agent=command.user_agent[:512] or None,
+            user_agent=storable(command.user_agent[:512]) or None,
             latency_ms=(time.perf_counter() - started) * 1000,
-            audit_body=command.body[:_AUDIT_BODY_LIMIT],
             body_size=max(command.body_size, len(command.body)),
             rate_interval=None if _is_replay(command) else timedelta(seconds=1 / limits.rate_per_second),
             rate_burst=limits.rate_burst,
@@ -381,7 +392,7 @@ class WebhookIngestor:
         assert stored.signal_id is not None
         assert stored.screenshot_status is not None
         duplicate = stored.outcome == "duplicate"
-        if not duplicate and row.outbox is not None:
+        if not duplicate and job is not None:
             self._kick_relay()
         status = ScreenshotStatus(stored.screenshot_status)
         pending = status == ScreenshotStatus.PENDING
@@ -443,7 +454,7 @@ class WebhookIngestor:
             reason=reason or None,
             latency_ms=(time.perf_counter() - started) * 1000,
             body_sha256=body_sha256.hex(),
-            body=command.body[:_AUDIT_BODY_LIMIT],
+            body=command.body[:AUDIT_BODY_LIMIT],
             body_size=max(command.body_size, len(command.body)),
             content_type=command.content_type or None,
         )

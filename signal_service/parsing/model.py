@@ -27,7 +27,9 @@ class ParseStatus(StrEnum):
     FAILED = "failed"
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen, like the intake's other per-webhook records (intake/repository.py, WebhookIngest): nothing
+# changes one once built, and a frozen dataclass sets each field through object.__setattr__.
+@dataclass(slots=True)
 class ParsedAlert:
     """A webhook message read into a signal's fields; never rejected, only graded by ``status``."""
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import hashlib
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -17,7 +18,7 @@ from signal_service.clock import next_month_start
 from signal_service.database import Database, create_engine
 from signal_service.ids import uuid7
 from signal_service.intake.group_commit import GroupCommit
-from signal_service.intake.repository import WebhookIngest, WebhookOutcome
+from signal_service.intake.repository import WebhookIngest, WebhookOutcome, WebhookRepository
 from signal_service.users.tokens import hash_token
 from tests.support import create_user, ingest_request
 
@@ -108,18 +109,20 @@ def _row(user_id: uuid.UUID, token: str, body: bytes) -> WebhookIngest:
         fired_at=None,
         delayed_feed=False,
         parse_status="failed",
-        parse_problems=[],
-        extra={},
+        parse_problems="[]",
+        extra="{}",
         raw_body=body,
         content_type="text/plain",
         source_ip="203.0.113.7",
         received_at=now,
         screenshot_status="skipped",
-        outbox=None,
+        outbox_queue=None,
+        outbox_actor=None,
+        outbox_args=None,
+        outbox_options=None,
         request_id=None,
         user_agent=None,
         latency_ms=1.0,
-        audit_body=body,
         body_size=len(body),
         rate_interval=None,
         rate_burst=1,
@@ -146,3 +149,66 @@ async def test_a_row_the_database_refuses_fails_alone(database, users) -> None:
     assert isinstance(outcomes[5], asyncpg.UniqueViolationError)
     fetched = await users.GetUser(_get_user(created.user.user_id))
     assert fetched.signals_used == 5
+
+
+async def test_each_row_of_one_batch_gets_the_outcome_it_would_get_alone(database, users) -> None:
+    """One ingest_webhooks() call, rows of several users interleaved: each row is decided after the rows
+    before it of its user, and the answers come back in the order given."""
+    quota_user, rate_user, key_user, moved_user = [
+        await create_user(users, signals_quota=2) for _ in range(4)
+    ]
+
+    def row(user, body: bytes, **changes) -> WebhookIngest:
+        alone = _row(uuid.UUID(user.user.user_id), user.webhook_token, body)
+        return dataclasses.replace(alone, body_sha256=hashlib.sha256(body).digest(), **changes)
+
+    hour = timedelta(hours=1)
+    rows = [
+        row(quota_user, b"first"),
+        row(rate_user, b"r1", rate_interval=hour, rate_burst=2),
+        row(quota_user, b"first"),  # the same body as the batch's first row: its duplicate
+        row(key_user, b"k1", idempotency_key="replay-1"),
+        row(moved_user, b"m1", token_hash="not-its-token"),  # the user changed since it was read
+        row(quota_user, b"second"),
+        row(rate_user, b"r2", rate_interval=hour, rate_burst=2),
+        row(key_user, b"k2", idempotency_key="replay-1"),  # same key, other body: still the same alert
+        row(quota_user, b"third"),  # over the quota of 2
+        row(rate_user, b"r3", rate_interval=hour, rate_burst=2),  # over the burst of 2
+    ]
+    async with database.connection() as connection:
+        outcomes = await WebhookRepository(connection).ingest_many(rows)
+
+    assert [outcome.outcome for outcome in outcomes] == [
+        "accepted",
+        "accepted",
+        "duplicate",
+        "accepted",
+        "stale",
+        "accepted",
+        "accepted",
+        "duplicate",
+        "quota_exceeded",
+        "rate_limited",
+    ]
+    assert outcomes[2].signal_id == rows[0].signal_id
+    assert outcomes[7].signal_id == rows[3].signal_id
+    assert outcomes[8].quota == 2
+    assert outcomes[9].retry_after_seconds is not None
+    assert outcomes[9].retry_after_seconds > 3000
+    for user, used in ((quota_user, 2), (rate_user, 2), (key_user, 1), (moved_user, 0)):
+        fetched = await users.GetUser(_get_user(user.user.user_id))
+        assert fetched.signals_used == used
+    async with database.connection() as connection:
+        seqs = await connection.fetch(
+            "SELECT user_id, array_agg(seq ORDER BY seq) AS seqs FROM signal_events GROUP BY user_id"
+            " HAVING user_id = ANY($1::uuid[])",
+            [uuid.UUID(user.user.user_id) for user in (quota_user, rate_user, key_user)],
+        )
+        audited = await connection.fetchval(
+            "SELECT count(*) FROM audit_logs WHERE signal_id = ANY($1::uuid[])",
+            [outcome.signal_id for outcome in outcomes if outcome.signal_id is not None],
+        )
+    assert sorted(len(record["seqs"]) for record in seqs) == [1, 2, 2]
+    assert all(record["seqs"] == list(range(1, len(record["seqs"]) + 1)) for record in seqs)
+    # Accepted and duplicate rows are audited with their signal; refusals are audited by the caller.
+    assert audited == 7

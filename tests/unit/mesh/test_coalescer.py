@@ -53,6 +53,14 @@ async def test_items_arriving_during_a_flush_share_the_next_within_max_batch() -
     assert recorder.batches == [[0], [1, 2, 3], [4, 5, 6], [7]]
 
 
+async def test_items_submitted_in_one_turn_share_a_flush_when_asked() -> None:
+    for whole_turn, batches in ((False, [[0], [1], [2, 3, 4]]), (True, [[0, 1, 2, 3, 4]])):
+        recorder = _Recorder()
+        coalescer = Coalescer(recorder.flush, max_batch=10, max_inflight=2, whole_turn=whole_turn)
+        assert await asyncio.gather(*(coalescer.submit(n) for n in range(5))) == [n * 10 for n in range(5)]
+        assert recorder.batches == batches
+
+
 async def test_each_item_gets_its_own_exception() -> None:
     coalescer = Coalescer(_Recorder().flush, max_batch=10)
     outcomes = await asyncio.gather(*(coalescer.submit(n) for n in (1, -2, 3)), return_exceptions=True)

@@ -127,7 +127,7 @@ def peer_server(peer_dir: Path, workdir: Path) -> Iterator[tuple[str, int]]:
         "peer",
         [str(scripts / "waitress-serve"), "--host=127.0.0.1", f"--port={port}", "main:app"],
         # Nothing of ours (no keys, no database URL): only what it needs to start.
-        {"PATH": f"{scripts}:{os.environ.get('PATH', '')}", "PYTHONPATH": str(peer_dir)},
+        {"PATH": f"{scripts}:{os.environ.get('PATH', '')}", "PYTHONPATH": str(peer_dir.resolve())},
         ready=lambda: port_open(port),
         log_path=workdir / "peer.log",
     )

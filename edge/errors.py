@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any, TypedDict
 
@@ -107,24 +108,55 @@ def error_body(name: str, message: str | None = None) -> dict[str, Any]:
     return {"success": False, "error": name} | ({"message": message} if message else {})
 
 
-def refusal_response(
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """An answer as plain data, which a Litestar Response (to_response) or the webhook's raw ASGI path
+    (edge.webhook_fast_path) sends the same way: a JSON body, its status and its own headers."""
+
+    status: int
+    body: dict[str, Any]
+    headers: Mapping[str, str]
+
+
+def refusal(
     status: int, name: str, headers: Mapping[str, str] | None = None, message: str | None = None
-) -> Response[Any]:
+) -> Answer:
     """An error answer in the one shape; never cached, and 401s say how to authenticate."""
     all_headers = {"Cache-Control": "no-store", **(headers or {})}
     if status == 401:
         all_headers["WWW-Authenticate"] = 'Bearer realm="alerts"'
-    return Response(error_body(name, message), status_code=status, headers=all_headers)
+    return Answer(status, error_body(name, message), all_headers)
 
 
-def error_response(error: AlertsError) -> Response[Any]:
+def error_answer(error: AlertsError) -> Answer:
     status, name = http_status_for(error)
     headers = {}
     retry_after = retry_after_header(error)
     if retry_after is not None and status in (429, 503):
         headers["Retry-After"] = retry_after
     # 404s say nothing more: a token that never existed and a rotated one look the same.
-    return refusal_response(status, name, headers)
+    return refusal(status, name, headers)
+
+
+def unexpected_failure(method: str, route: str, exc: BaseException) -> Answer:
+    """A logged 500. Neither the message nor the traceback reaches the client: either may hold what it
+    must not see. `route` is the route's template, not its path: a webhook's path carries its token."""
+    log.error("unhandled error answering a request", exc_info=exc, extra={"method": method, "route": route})
+    return refusal(500, "internal")
+
+
+def to_response(answer: Answer) -> Response[Any]:
+    return Response(answer.body, status_code=answer.status, headers=dict(answer.headers))
+
+
+def refusal_response(
+    status: int, name: str, headers: Mapping[str, str] | None = None, message: str | None = None
+) -> Response[Any]:
+    return to_response(refusal(status, name, headers, message))
+
+
+def error_response(error: AlertsError) -> Response[Any]:
+    return to_response(error_answer(error))
 
 
 def _answer_domain_error(_request: Request[Any, Any, Any], exc: AlertsError) -> Response[Any]:
@@ -161,14 +193,7 @@ def _http_error_name(exc: HTTPException) -> str:
 
 
 def _answer_unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
-    # Neither the message nor the traceback reaches the client: either may hold what it must not see.
-    # The route's template, not its path: a webhook's path carries its token.
-    log.error(
-        "unhandled error answering a request",
-        exc_info=exc,
-        extra={"method": request.method, "route": request.scope.get("path_template", "")},
-    )
-    return refusal_response(500, "internal")
+    return to_response(unexpected_failure(request.method, request.scope.get("path_template", ""), exc))
 
 
 EXCEPTION_HANDLERS: ExceptionHandlersMap = {

@@ -26,6 +26,11 @@ def headers_too_large(headers: Iterable[tuple[bytes, bytes]], settings: EdgeSett
     for name, value in headers:
         count += 1
         size += len(name) + len(value)
+    return over_header_limits(count, size, settings)
+
+
+def over_header_limits(count: int, size: int, settings: EdgeSettings) -> bool:
+    """`count` headers of `size` bytes (names and values) in all: more than any route takes?"""
     return count > settings.max_header_count or size > settings.max_header_bytes
 
 

@@ -1,4 +1,9 @@
-"""`POST /webhook/u/{token}`: a TradingView alert in, its IngestWebhook answer out. No business logic."""
+"""`POST /webhook/u/{token}`: a TradingView alert in, its IngestWebhook answer out. No business logic.
+
+The contract lives in answer_webhook, which reads the ASGI scope and receive channel only, so that the raw
+path ahead of Litestar (edge.webhook_fast_path, which takes nearly every webhook) and the Litestar route
+declared here (the OpenAPI operation, and what the raw path leaves to Litestar) answer alike.
+"""
 
 from __future__ import annotations
 
@@ -6,24 +11,25 @@ import asyncio
 import logging
 import re
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 
 import grpc
-from google.protobuf import timestamp_pb2
 from litestar import Request, Response, post
-from litestar.exceptions import InternalServerException
+from litestar.datastructures import State
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.openapi.spec import OpenAPIType
 from litestar.params import FromPath, QueryParameter
+from litestar.types import Receive, Scope
 from prometheus_client import Counter, Histogram
 
 from apidevs.alerts.v1 import resources_pb2, signal_service_pb2, signal_service_pb2_grpc
 from edge.batching import IngestBatcher
 from edge.client_certificate import tradingview_certificate_verified
 from edge.client_ip import client_ip, is_trusted_proxy
-from edge.errors import error_response, error_responses, http_status_for, refusal_response
-from edge.header_limits import WEBHOOK_AUDITS_HEADERS, headers_too_large
+from edge.errors import Answer, error_answer, error_responses, http_status_for, refusal, to_response
+from edge.header_limits import WEBHOOK_AUDITS_HEADERS, over_header_limits
 from edge.openapi import WebhookOperation, absent_or
 from edge.settings import EdgeSettings
 from edge.spool import SpoolFullError, WebhookSpool
@@ -59,17 +65,25 @@ _STATUS_NAMES = {
 }
 
 
-async def read_body(request: Request[Any, Any, Any], keep: int, read_at_most: int) -> tuple[bytes, int]:
+class ClientDisconnected(Exception):
+    """The client went away before its body had arrived whole."""
+
+
+async def read_body(receive: Receive, keep: int, read_at_most: int) -> tuple[bytes, int]:
     """The first `keep` bytes and the size seen; stops reading past `read_at_most`."""
-    kept = bytearray()
+    kept = b""
     size = 0
-    async for chunk in request.stream():
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnected
+        chunk = cast(bytes, message.get("body", b""))
         size += len(chunk)
         if len(kept) < keep:
-            kept += chunk[: keep - len(kept)]
-        if size > read_at_most:
-            break
-    return bytes(kept), size
+            # A body that comes in one message (nearly all do) is kept without a copy.
+            kept = chunk[:keep] if not kept else kept + chunk[: keep - len(kept)]
+        if size > read_at_most or not message.get("more_body", False):
+            return kept, size
 
 
 @dataclass(frozen=True)
@@ -114,23 +128,21 @@ _MAX_REPORTED_USER_AGENT = 512
 
 
 def _refuse(
-    request: Request[Any, Any, Any],
+    state: State,
     ingest: signal_service_pb2.IngestWebhookRequest,
     status_code: int,
     error: str,
     message: str | None = None,
-) -> tuple[Response[Any], str]:
+) -> tuple[Answer, str]:
     """Answers at once, and reports the refusal to the signal service for the audit log in the background
     (every webhook call is audited; a client that floods headers or trickles its body waits for nothing)."""
-    _report(request, ingest, error)
+    _report(state, ingest, error)
     return _refusal(status_code, error, message)
 
 
-def _report(
-    request: Request[Any, Any, Any], ingest: signal_service_pb2.IngestWebhookRequest, reason: str
-) -> None:
+def _report(state: State, ingest: signal_service_pb2.IngestWebhookRequest, reason: str) -> None:
     ingest.edge_refusal = reason.upper()
-    task = asyncio.create_task(_report_refusal(request.app.state.signal_stub, ingest))
+    task = asyncio.create_task(_report_refusal(state.signal_stub, ingest))
     _REFUSAL_REPORTS.add(task)
     task.add_done_callback(_REFUSAL_REPORTS.discard)
 
@@ -147,27 +159,27 @@ async def _report_refusal(
             )
 
 
-def _refusal(status_code: int, error: str, message: str | None = None) -> tuple[Response[Any], str]:
+def _refusal(status_code: int, error: str, message: str | None = None) -> tuple[Answer, str]:
     """An answer the edge gives on its own; the connection is closed, as the rest of the body is unread."""
-    return refusal_response(status_code, error, {"Connection": "close"}, message), error
+    return refusal(status_code, error, {"Connection": "close"}, message), error
 
 
 async def _spool(
-    request: Request[Any, Any, Any],
+    state: State,
     ingest: signal_service_pb2.IngestWebhookRequest,
     request_id: str,
     reason: str = "queued",
-) -> tuple[Response[Any], str]:
+) -> tuple[Answer, str]:
     """The signal service is away or behind: keep the alert on disk for the replayer and say so with 202."""
-    spool: WebhookSpool = request.app.state.spool
+    spool: WebhookSpool = state.spool
     try:
         await spool.append(ingest, request_id=request_id, source=source_network(ingest.source_ip))
     except SpoolFullError as exc:
         log.error("webhook spool refused a request", extra={"error": str(exc)})
         headers = {"Retry-After": str(_SPOOL_FULL_RETRY_AFTER_SECONDS)}
-        return refusal_response(503, "unavailable", headers), "spool_full"
-    request.app.state.spool_replayer.kick()
-    return Response({"success": True, "queued": True, "request_id": request_id}, status_code=202), reason
+        return refusal(503, "unavailable", headers), "spool_full"
+    state.spool_replayer.kick()
+    return Answer(202, {"success": True, "queued": True, "request_id": request_id}, {}), reason
 
 
 @post(
@@ -202,96 +214,141 @@ async def receive_webhook(
         ),
     ] = None,
 ) -> Response[WebhookAccepted]:
+    url = WebhookUrl(token, chart, list(request.query_params.multi_items()))
+    return to_response(await answer_webhook(request.app.state, request.scope, request.receive, url))
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookUrl:
+    """What a webhook's URL says: its token, the chart it asks for, and every query parameter (the chart's
+    among them)."""
+
+    token: str
+    chart: str | None
+    query: list[tuple[str, str]]
+
+
+async def answer_webhook(state: State, scope: Scope, receive: Receive, url: WebhookUrl) -> Answer:
+    """The answer to one webhook, counted, timed and logged, with its X-Request-ID."""
     started = time.perf_counter()
     request_id = new_request_id()
     request_id_var.set(request_id)
-    response, reason = await _answer(request, token, chart, request_id)
+    answer, reason = await _answer(state, scope, receive, url, request_id)
     elapsed = time.perf_counter() - started
-    response.headers["X-Request-ID"] = request_id
-    WEBHOOKS.labels(str(response.status_code), reason).inc()
+    WEBHOOKS.labels(str(answer.status), reason).inc()
     WEBHOOK_LATENCY.observe(elapsed)
     # Never the token (it is the credential) nor the body; the signal service logs the stored signal.
     log.info(
         "webhook answered",
-        extra={"status": response.status_code, "reason": reason, "ms": round(elapsed * 1000, 2)},
+        extra={"status": answer.status, "reason": reason, "ms": round(elapsed * 1000, 2)},
     )
-    return response
+    return Answer(answer.status, answer.body, {**answer.headers, "X-Request-ID": request_id})
 
 
-def _tradingview_certificate(request: Request[Any, Any, Any], settings: EdgeSettings) -> bool:
-    peer = request.client.host if request.client else ""
+@dataclass(slots=True)
+class _Head:
+    """What the answer reads from the request's headers, gathered in one pass over them."""
+
+    count: int = 0
+    size: int = 0
+    content_type: str = ""
+    user_agent: str = ""
+    # Proxies may add their own header line rather than extend the client's: all of them are read.
+    forwarded_for: str = ""
+    client_certificates: tuple[str, ...] = ()
+
+    @classmethod
+    def read(cls, headers: Iterable[tuple[bytes, bytes]]) -> _Head:
+        head = cls()
+        forwarded: list[str] = []
+        certificates: list[str] = []
+        for name, value in headers:
+            head.count += 1
+            head.size += len(name) + len(value)
+            if name == b"content-type":
+                head.content_type = head.content_type or value.decode("latin-1")
+            elif name == b"user-agent":
+                head.user_agent = head.user_agent or value.decode("latin-1")
+            elif name == b"x-forwarded-for":
+                forwarded.append(value.decode("latin-1"))
+            elif name == b"x-forwarded-client-cert":
+                certificates.append(value.decode("latin-1"))
+        head.forwarded_for = ",".join(forwarded)
+        head.client_certificates = tuple(certificates)
+        return head
+
+
+def _tradingview_certificate(peer: str, head: _Head, settings: EdgeSettings) -> bool:
     return (
         settings.trust_forwarded_client_cert
         and is_trusted_proxy(peer, settings.trusted_proxies)
-        and tradingview_certificate_verified(request.headers.getall("x-forwarded-client-cert", []))
+        and tradingview_certificate_verified(list(head.client_certificates))
     )
 
 
 async def _answer(
-    request: Request[Any, Any, Any], token: str, chart: str | None, request_id: str
-) -> tuple[Response[Any], str]:
+    state: State, scope: Scope, receive: Receive, url: WebhookUrl, request_id: str
+) -> tuple[Answer, str]:
     """The answer to one webhook and the reason it is counted under."""
-    settings: EdgeSettings = request.app.state.settings
+    settings: EdgeSettings = state.settings
+    token, chart = url.token, url.chart
+    head = _Head.read(scope["headers"])
+    client = scope.get("client")
+    peer = client[0] if client else ""
     seconds, nanos = divmod(time.time_ns(), 1_000_000_000)
-    received_at = timestamp_pb2.Timestamp(seconds=seconds, nanos=nanos)
     ingest = signal_service_pb2.IngestWebhookRequest(
         webhook_token=token,
         chart_id=chart or "",
-        content_type=request.headers.get("content-type", ""),
-        source_ip=client_ip(
-            request.client.host if request.client else "",
-            # Proxies may add their own header line rather than extend the client's: read them all.
-            ",".join(request.headers.getall("x-forwarded-for", [])),
-            settings.trusted_proxies,
-        ),
-        received_at=received_at,
-        user_agent=request.headers.get("user-agent", "")[:_MAX_REPORTED_USER_AGENT],
-        query={key: value for key, value in request.query_params.items() if key != "chart"},
+        content_type=head.content_type,
+        source_ip=client_ip(peer, head.forwarded_for, settings.trusted_proxies),
+        user_agent=head.user_agent[:_MAX_REPORTED_USER_AGENT],
     )
-    ingest.tradingview_client_certificate_verified = _tradingview_certificate(request, settings)
-    if headers_too_large(request.scope["headers"], settings):
-        return _refuse(request, ingest, 431, "headers_too_large")
+    ingest.received_at.seconds = seconds
+    ingest.received_at.nanos = nanos
+    # Set only when there is one: an empty map given to the constructor costs more than the rest of it.
+    if query := {key: value for key, value in url.query if key != "chart"}:
+        ingest.query.update(query)
+    ingest.tradingview_client_certificate_verified = _tradingview_certificate(peer, head, settings)
+    if over_header_limits(head.count, head.size, settings):
+        return _refuse(state, ingest, 431, "headers_too_large")
     if TOKEN_SHAPE.fullmatch(token) is None:
-        _report(request, ingest, "malformed_token")
+        _report(state, ingest, "malformed_token")
         # Exactly the signal service's 404 for an unknown token: the answer never tells one from the other.
-        return error_response(NotFoundError("unknown webhook")), "malformed_token"
+        return error_answer(NotFoundError("unknown webhook")), "malformed_token"
     if chart and CHART_SHAPE.fullmatch(chart) is None:
         ingest.chart_id = ""
-        return _refuse(request, ingest, 400, "invalid_chart", _INVALID_CHART_MESSAGE)
+        return _refuse(state, ingest, 400, "invalid_chart", _INVALID_CHART_MESSAGE)
     try:
         # uvicorn times out idle connections, not slow bodies: a client trickling its body is cut here.
         async with asyncio.timeout(settings.body_read_timeout_seconds):
-            body, size = await read_body(request, settings.webhook_body_limit + 1, settings.max_read_bytes)
+            body, size = await read_body(receive, settings.webhook_body_limit + 1, settings.max_read_bytes)
     except TimeoutError:
-        return _refuse(request, ingest, 408, "body_timeout")
-    except InternalServerException:
-        # Litestar's way of saying the client went away mid-body; nobody is left to answer.
-        return _refuse(request, ingest, 400, "incomplete_body")
+        return _refuse(state, ingest, 408, "body_timeout")
+    except ClientDisconnected:
+        # Nobody is left to answer; the refusal is for the audit log.
+        return _refuse(state, ingest, 400, "incomplete_body")
     ingest.body = body[: settings.webhook_body_limit]
     ingest.body_size = size
     ingest.request_id = request_id
-    batcher: IngestBatcher = request.app.state.ingest_batcher
+    batcher: IngestBatcher = state.ingest_batcher
     if 0 < settings.shed_after_queue_delay_seconds < batcher.queue_delay_seconds():
-        return await _spool(request, ingest, request_id, reason="shed")
+        return await _spool(state, ingest, request_id, reason="shed")
     try:
         async with asyncio.timeout(settings.ingest_timeout_seconds):
             answer = await batcher.ingest(ingest)
     except TimeoutError:
-        return await _spool(request, ingest, request_id)
+        return await _spool(state, ingest, request_id)
     except AlertsError as error:
         # The signal service away: keep the request for it (a refusal is answered, not spooled).
         if classify_failure(error) is Failure.PEER_AWAY:
-            return await _spool(request, ingest, request_id)
-        return error_response(error), http_status_for(error)[1]
-    request.app.state.spool_replayer.signal_service_answered()
-    response = Response(
-        {
-            "success": True,
-            "signal_id": answer.signal_id,
-            "screenshot_status": _STATUS_NAMES.get(answer.screenshot_status, "pending"),
-            "estimated_wait": answer.estimated_wait_seconds,
-            "duplicate": answer.duplicate,
-        },
-        status_code=200,
-    )
-    return response, "duplicate" if answer.duplicate else "accepted"
+            return await _spool(state, ingest, request_id)
+        return error_answer(error), http_status_for(error)[1]
+    state.spool_replayer.signal_service_answered()
+    accepted = {
+        "success": True,
+        "signal_id": answer.signal_id,
+        "screenshot_status": _STATUS_NAMES.get(answer.screenshot_status, "pending"),
+        "estimated_wait": answer.estimated_wait_seconds,
+        "duplicate": answer.duplicate,
+    }
+    return Answer(200, accepted, {}), "duplicate" if answer.duplicate else "accepted"

@@ -9,11 +9,13 @@ again by re-enqueueing the job with a delay, never by sleeping on a worker threa
 Failures: a 4xx other than 429 (or a destination the guard refuses) fails the delivery at once with its
 reason; anything else is retried with exponential backoff and jitter (a 429's retry_after when given)
 until `notify_delivery_deadline_seconds` after the delivery became due, then it is DEAD. Telegram's
-limits are shared by every worker (notify_service/ratelimit.py) as bookings: a delivery books the next
-slot every limit allows, once (the booking is kept in Redis under the delivery's id, so whichever job
-claims the delivery next uses it rather than booking again); a slot within `_SLOT_HORIZON_SECONDS` is
-waited for on the spot, for a later one the job hands the delivery back and comes back at its time.
-Workers therefore line up at the bot's pace instead of polling. An alert delivered queues the same
+limits are shared by every worker (notify_service/ratelimit.py): a delivery books the next slot every
+limit allows, once (the booking is kept in Redis under the delivery's id, so whichever job claims the
+delivery next uses it, however late, rather than booking again); a slot within `_SLOT_HORIZON_SECONDS`
+is waited for on the spot, for a later one the job hands the delivery back and comes back at its time.
+Workers therefore line up at the bot's pace instead of polling. At its slot a send is admitted against
+what was really sent in the last second (minute, for a group chat) and waits if it would not fit, so
+late or retried sends never add up to more than Telegram allows. An alert delivered queues the same
 chat's next alert at once (next_signal_ids).
 """
 
@@ -24,6 +26,7 @@ import contextlib
 import json
 import logging
 import os
+import random
 import socket
 import time
 from dataclasses import dataclass
@@ -70,11 +73,12 @@ _MIN_DELAY_SECONDS = 0.2
 # A blocked alert nudges the older signal it waits for at most this often.
 _NUDGE_SECONDS = 5
 # A booked Telegram slot this close is waited for in the job; for a later one the job comes back this
-# long before it (a delayed job's start is late on a loaded machine), to wait out the rest here.
-_SLOT_HORIZON_SECONDS = 3.0
-# A booked slot not used within this long after its time is booked afresh (its job came back very
-# late): sending late crowds the slots after it, and many late sends together draw 429s.
-_SLOT_GRACE_SECONDS = 0.5
+# long before it (a delayed job's start is late on a loaded machine), to wait out the rest here. Longer
+# than the line the worker threads themselves hold (threads x the bot's pace), so under a burst jobs
+# wait in the queue rather than booking, handing back and claiming again.
+_SLOT_HORIZON_SECONDS = 6.0
+# Sends refused by the admission check come back spread over this much.
+_ADMIT_JITTER_SECONDS = 0.02
 
 DELIVERIES = Counter(
     "alerts_notifications_total",
@@ -381,23 +385,33 @@ class NotifyWorker:
         return Sent(message_id)
 
     async def _wait_for_slot(self, task: signal_service_pb2.NotificationTask) -> None:
-        """Waits for the delivery's booked Telegram slot (booking one if it has none), or raises _Throttled
-        when it is too far ahead. The booking is used by one send attempt, then dropped."""
+        """Waits for the delivery's booked Telegram slot (booking one if it has none), then until the
+        send fits Telegram's limits as actually sent; raises _Throttled when either is too far ahead.
+
+        A booking is used however late its job comes back: booking afresh would leave its slot empty and
+        put the delivery at the back of the line, and the admission check keeps a late send from
+        crowding the ones after it."""
         assert self._limiter is not None
         assert self._redis is not None
         key = f"{self.settings.redis_namespace}:notify:slot:{task.delivery_id}"
-        now = time.time()
         booked = await self._redis.get(key)
-        at = float(booked) if booked is not None else 0.0
-        if at < now - _SLOT_GRACE_SECONDS:
+        if booked is None:
+            now = time.time()
             at = now + await self._limiter.reserve(task.target)
             await self._redis.set(key, repr(at), ex=int(at - now) + 3_600)
+        else:
+            at = float(booked)
         wait = at - time.time()
         if wait > _SLOT_HORIZON_SECONDS:
             raise _Throttled(wait - _SLOT_HORIZON_SECONDS)
         await self._redis.delete(key)
         if wait > 0:
             await asyncio.sleep(wait)
+        while (wait := await self._limiter.admit(task.target)) > 0:
+            if wait > _SLOT_HORIZON_SECONDS:
+                raise _Throttled(wait)
+            # Senders refused together would otherwise all come back at the same instant.
+            await asyncio.sleep(wait + random.uniform(0.0, _ADMIT_JITTER_SECONDS))
 
     def _secrets(self, ciphertext: bytes) -> dict[str, str]:
         if not ciphertext:

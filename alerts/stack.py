@@ -23,6 +23,7 @@ from alerts.processes import (
     last_line,
 )
 from mesh.auth import SystemKeys, generate_key
+from notify_service.telegram_stub import STUB_BOT_USERNAME
 
 START_TIMEOUT_SECONDS = 60.0
 MIGRATE_TIMEOUT_SECONDS = 120.0
@@ -203,7 +204,8 @@ def build_stack(
     `tradingview_url`) the chart stub serves on a free port. Local objects go to `objects_dir`, else where
     the inherited environment or the storage service's default says. With `telegram_stub` the Telegram
     stub serves on a free port as the Bot API, with a generated bot token, and user-supplied notification
-    URLs may reach loopback (where test receivers listen). `inherited` is the environment the
+    URLs may reach loopback (where test receivers listen); the notify workers poll it for the bot's
+    updates (a trader's `/start <code>`). `inherited` is the environment the
     children start from (by default this process's without ALERTS_*); `settings` are further ALERTS_*
     variables, e.g. ALERTS_PLAN_LIMITS, applied last.
     """
@@ -235,5 +237,8 @@ def build_stack(
         env["ALERTS_TELEGRAM_API_URL"] = f"http://{loopback_address()}"
         env["ALERTS_TELEGRAM_BOT_TOKEN"] = f"{free_port()}:dev-{generate_key()[3:23]}"
         env["ALERTS_NOTIFY_ALLOW_LOOPBACK"] = "true"
+        # Traders connect their chat with `/start <code>`: the stub's bot, polled by the notify workers.
+        env["ALERTS_TELEGRAM_BOT_USERNAME"] = STUB_BOT_USERNAME
+        env["ALERTS_TELEGRAM_POLL_UPDATES"] = "true"
     env |= settings
     return Stack(env=env, log_dir=log_dir, keys=keys, serve_metrics=serve_metrics)

@@ -48,6 +48,7 @@ from apidevs.alerts.v1 import (
     signal_service_pb2_grpc,
     storage_service_pb2,
     storage_service_pb2_grpc,
+    user_service_pb2_grpc,
 )
 from mesh.crypto import CookieCipher, CookieCipherError
 from mesh.errors import NotFoundError, from_rpc_error
@@ -62,6 +63,7 @@ from notify_service.channels.webhook import SignedWebhook
 from notify_service.outbound import guarded_client
 from notify_service.ratelimit import TelegramRateLimiter
 from notify_service.settings import NotifySettings
+from notify_service.updates import TelegramUpdates
 
 log = logging.getLogger(__name__)
 
@@ -166,6 +168,7 @@ class NotifyWorker:
         self._telegram: TelegramBot | None = None
         self._discord: DiscordWebhook | None = None
         self._webhook: SignedWebhook | None = None
+        self._updates: TelegramUpdates | None = None
         self.requeue: Any = None
 
     async def start(self) -> None:
@@ -190,9 +193,21 @@ class NotifyWorker:
             self._telegram = TelegramBot(bot_client, settings.telegram_api_url, settings.telegram_bot_token)
         self._discord = DiscordWebhook(user_client)
         self._webhook = SignedWebhook(user_client)
+        if settings.telegram_poll_updates and self._telegram is not None:
+            self._updates = TelegramUpdates(
+                bot=self._telegram,
+                users=user_service_pb2_grpc.UserServiceStub(signal_channel),
+                redis=self._redis,
+                limiter=self._limiter,
+                namespace=settings.redis_namespace,
+                worker_id=self.worker_id,
+            )
+            self._updates.loop.start()
         log.info("notify worker started", extra={"worker_id": self.worker_id})
 
     async def close(self) -> None:
+        if self._updates is not None:
+            await self._updates.loop.stop()
         for client in self._clients:
             await client.aclose()
         if self._redis is not None:

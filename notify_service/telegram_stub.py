@@ -31,6 +31,8 @@ _MAX_RECORDED = 50_000
 _CHAT_SPACING_SECONDS = 0.9
 _GROUP_PER_MINUTE = 21
 _BOT_PER_SECOND = 32
+# The stub bot's username: t.me links of CreateTelegramLink name it under `alerts dev`/`demo`.
+STUB_BOT_USERNAME = "alerts_stub_bot"
 _METHODS = ("sendMessage", "sendPhoto", "editMessageCaption", "editMessageText", "getMe", "getUpdates")
 
 
@@ -151,7 +153,7 @@ async def _answer(
     if method not in _METHODS:
         return _error(404, "Not Found: method not found")
     if method == "getMe":
-        return Response({"ok": True, "result": {"id": 1, "is_bot": True, "username": "alerts_stub_bot"}})
+        return Response({"ok": True, "result": {"id": 1, "is_bot": True, "username": STUB_BOT_USERNAME}})
     if method == "getUpdates":
         return await _get_updates(stub, params)
     failure = _injected_failure(stub)

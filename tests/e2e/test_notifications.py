@@ -33,7 +33,9 @@ from apidevs.alerts.v1 import (
     user_service_pb2,
     user_service_pb2_grpc,
 )
+from mesh.telegram_updates import LINKED_TEXT, NOT_LINKED_TEXT
 from notify_service.signing import verify
+from notify_service.telegram_stub import STUB_BOT_USERNAME
 from tests.e2e.stacks import child_env, fresh_database
 from tests.keys import SYSTEM_KEYS, open_system_channel
 from tests.support import asgi_app_in_thread
@@ -239,6 +241,36 @@ async def test_a_429_is_honoured(client: Client) -> None:
     [delivery] = await client.deliveries(signal_id)
     assert delivery.status == resources_pb2.DELIVERY_STATUS_DELIVERED
     assert delivery.attempts == 2
+
+
+async def test_a_trader_connects_telegram_through_the_bots_start_link(client: Client) -> None:
+    """Before the SIGKILL test: the killed worker may hold the update poller's lease for a minute."""
+    created = await client.users.CreateUser(
+        user_service_pb2.CreateUserRequest(plan=resources_pb2.PLAN_PREMIUM)
+    )
+    issued = await client.users.CreateTelegramLink(
+        user_service_pb2.CreateTelegramLinkRequest(user_id=created.user.user_id)
+    )
+    assert issued.link == f"https://t.me/{STUB_BOT_USERNAME}?start={issued.code}"
+    chat_id = chat()
+    # What Telegram sends the bot when the trader opens the link and presses Start.
+    message = {"message_id": 1, "date": int(time.time()), "chat": {"id": int(chat_id), "type": "private"}}
+    await client.http.post("/_stub/updates", json={"message": message | {"text": f"/start {issued.code}"}})
+
+    [reply] = await client.sent(chat_id, "sendMessage")
+    assert reply["params"]["text"] == LINKED_TEXT
+    signal_id = await client.ingest(created.webhook_token, alert())
+    _, delivered = await client.sent(chat_id, "sendMessage", count=2)
+    assert "BINANCE:BTCUSDT" in delivered["params"]["text"]
+    [delivery] = await client.deliveries(signal_id)
+    assert delivery.status == resources_pb2.DELIVERY_STATUS_DELIVERED
+
+    # The code was used: sent again (from another chat), it binds nothing and says so.
+    other_chat = chat()
+    other = message | {"chat": {"id": int(other_chat), "type": "private"}, "text": f"/start {issued.code}"}
+    await client.http.post("/_stub/updates", json={"message": other})
+    [refusal] = await client.sent(other_chat, "sendMessage")
+    assert refusal["params"]["text"] == NOT_LINKED_TEXT
 
 
 async def test_nothing_is_sent_twice_across_a_worker_sigkill(client: Client, stack: Stack) -> None:

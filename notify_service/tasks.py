@@ -8,7 +8,8 @@ again by re-enqueueing the job with a delay, never by sleeping on a worker threa
 
 Failures: a 4xx other than 429 (or a destination the guard refuses) fails the delivery at once with its
 reason; anything else is retried with exponential backoff and jitter (a 429's retry_after when given)
-until `notify_delivery_deadline_seconds` after the delivery became due, then it is DEAD. Telegram's
+until `notify_delivery_deadline_seconds` after the delivery became due, then it is DEAD; the delay is
+kept in Redis under the delivery's id, so no job of the signal sends it sooner. Telegram's
 limits are shared by every worker (notify_service/ratelimit.py): a delivery books the next slot every
 limit allows, once (the booking is kept in Redis under the delivery's id, so whichever job claims the
 delivery next uses it, however late, rather than booking again); a slot within `_SLOT_HORIZON_SECONDS`
@@ -191,7 +192,7 @@ class NotifyWorker:
         self._clients = [bot_client, user_client]
         if settings.telegram_bot_token is not None:
             self._telegram = TelegramBot(bot_client, settings.telegram_api_url, settings.telegram_bot_token)
-        self._discord = DiscordWebhook(user_client)
+        self._discord = DiscordWebhook(user_client, settings.discord_api_url)
         self._webhook = SignedWebhook(user_client)
         if settings.telegram_poll_updates and self._telegram is not None:
             self._updates = TelegramUpdates(
@@ -256,6 +257,7 @@ class NotifyWorker:
         """Sends one claimed delivery and reports it; returns the retry delay, 0 when it is settled."""
         channel, kind = _CHANNELS.get(task.channel, "unknown"), _KINDS.get(task.kind, "unknown")
         try:
+            await self._wait_for_retry(task)
             if channel == "telegram":
                 sent = await self._send_telegram(task, kind, notice)
             elif channel == "discord":
@@ -317,14 +319,33 @@ class NotifyWorker:
             )
             return 0.0
         DELIVERIES.labels(channel, kind, "retried").inc()
+        delay = exc.retry_after
+        if delay is None:
+            delay = backoff_delay(
+                max(1, task.attempts),
+                base_seconds=self.settings.notify_min_backoff_ms / 1000,
+                max_seconds=self.settings.notify_max_backoff_ms / 1000,
+            )
+        await self._hold_for_retry(task, delay)
         await self._report(task, claim_id, signal_service_pb2.DELIVERY_REPORT_OUTCOME_RETRY, error=exc.reason)
-        if exc.retry_after is not None:
-            return exc.retry_after
-        return backoff_delay(
-            max(1, task.attempts),
-            base_seconds=self.settings.notify_min_backoff_ms / 1000,
-            max_seconds=self.settings.notify_max_backoff_ms / 1000,
-        )
+        return delay
+
+    def _retry_key(self, task: signal_service_pb2.NotificationTask) -> str:
+        return f"{self.settings.redis_namespace}:notify:retry:{task.delivery_id}"
+
+    async def _hold_for_retry(self, task: signal_service_pb2.NotificationTask, delay: float) -> None:
+        """The ledger puts a retried delivery back to pending at once, and any job of its signal (another
+        delivery's recheck, a nudge) may claim it: the delay is kept in Redis, where every worker looks
+        before sending (its time to live, so no worker's clock is involved)."""
+        assert self._redis is not None
+        await self._redis.set(self._retry_key(task), 1, px=max(1, int(delay * 1000)))
+
+    async def _wait_for_retry(self, task: signal_service_pb2.NotificationTask) -> None:
+        """Raises _Throttled while a retried delivery's delay (a 429's retry_after, a backoff) runs."""
+        assert self._redis is not None
+        remaining_ms = int(await self._redis.pttl(self._retry_key(task)))
+        if remaining_ms > 0:
+            raise _Throttled(remaining_ms / 1000)
 
     async def _send_telegram(
         self,

@@ -23,8 +23,9 @@ from typing import Any
 import uvicorn
 from litestar import Litestar, Request, Response, delete, get, post
 from litestar.datastructures import State, UploadFile
-from litestar.exceptions import ValidationException
 from litestar.params import FromPath, JSONBody
+
+from notify_service.stub_failures import FailureMode
 
 _MAX_RECORDED = 50_000
 # Looser than Telegram's own figures so a sender pacing at exactly those limits is never refused.
@@ -38,9 +39,7 @@ _METHODS = ("sendMessage", "sendPhoto", "editMessageCaption", "editMessageText",
 
 @dataclass
 class StubState:
-    mode: str = "ok"
-    retry_after: int = 1
-    mode_calls_left: int | None = None
+    failures: FailureMode = field(default_factory=FailureMode)
     next_message_id: int = 1
     messages: dict[tuple[str, int], dict[str, Any]] = field(default_factory=dict)
     requests: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=_MAX_RECORDED))
@@ -65,18 +64,12 @@ def _error(code: int, description: str, **parameters: Any) -> Response[dict[str,
 
 
 def _injected_failure(stub: StubState) -> Response[dict[str, Any]] | None:
-    if stub.mode == "ok":
+    mode = stub.failures.next_call()
+    if mode == "ok":
         return None
-    if stub.mode_calls_left is not None:
-        stub.mode_calls_left -= 1
-        if stub.mode_calls_left <= 0:
-            mode, stub.mode, stub.mode_calls_left = stub.mode, "ok", None
-        else:
-            mode = stub.mode
-    else:
-        mode = stub.mode
     if mode == "429":
-        return _error(429, f"Too Many Requests: retry after {stub.retry_after}", retry_after=stub.retry_after)
+        retry_after = stub.failures.retry_after
+        return _error(429, f"Too Many Requests: retry after {retry_after}", retry_after=retry_after)
     return _error(500, "Internal Server Error")
 
 
@@ -234,17 +227,7 @@ def clear_requests(request: Request[Any, Any, State]) -> None:
 
 @post("/_stub/mode", status_code=200, sync_to_thread=False)
 def set_mode(request: Request[Any, Any, State], data: JSONBody[dict[str, Any]]) -> dict[str, Any]:
-    stub = _state(request)
-    mode = data.get("mode")
-    if mode not in ("ok", "429", "500"):
-        raise ValidationException("mode must be one of ok, 429, 500")
-    retry_after, count = data.get("retry_after", 1), data.get("count")
-    if not isinstance(retry_after, int) or isinstance(retry_after, bool) or retry_after < 1:
-        raise ValidationException("retry_after must be a positive integer")
-    if count is not None and (not isinstance(count, int) or isinstance(count, bool) or count < 1):
-        raise ValidationException("count must be a positive integer")
-    stub.mode, stub.retry_after, stub.mode_calls_left = mode, retry_after, count
-    return {"mode": mode, "retry_after": retry_after, "count": count}
+    return _state(request).failures.set(data)
 
 
 @post("/_stub/updates", status_code=200, sync_to_thread=False)

@@ -78,6 +78,14 @@ class DevStack:
         return self.running.tradingview_url
 
     @property
+    def telegram_api_url(self) -> str:
+        return self.running.telegram_api_url
+
+    @property
+    def discord_stub_url(self) -> str:
+        return self.running.discord_stub_url
+
+    @property
     def metrics_urls(self) -> dict[str, str]:
         return self.running.metrics_urls
 

@@ -133,10 +133,11 @@ async def bot_method(
         "photo_sha256": hashlib.sha256(photo).hexdigest() if photo is not None else None,
         "received_at": now,
     }
-    stub.requests.append(entry)
     answer = await _answer(stub, method, params, photo, now)
-    # A Response built without a status answers with the route's (200).
+    # A Response built without a status answers with the route's (200). Recorded once answered, so every
+    # entry has its status (a getUpdates long poll answers seconds later).
     entry["status"] = answer.status_code or 200
+    stub.requests.append(entry)
     return answer
 
 

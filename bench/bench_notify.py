@@ -101,6 +101,15 @@ def sequence_of(call: dict[str, Any]) -> int:
     return int(found.group(1)) if found else -1
 
 
+def refusals_by_limit(calls: list[dict[str, Any]]) -> dict[str, int]:
+    """The stub's 429s by the limit the send broke: the bot's 30/s, a chat's 1/s, a group's 20/min."""
+    counts: dict[str, int] = {}
+    for call in calls:
+        if call["status"] == 429:
+            counts[call.get("limit") or "injected"] = counts.get(call.get("limit") or "injected", 0) + 1
+    return counts
+
+
 def order_report(calls: list[dict[str, Any]]) -> dict[str, int]:
     by_chat: dict[str, list[int]] = {}
     for call in calls:
@@ -143,6 +152,7 @@ async def burst(
         "refused_at_ingest": refused,
         "delivered": len(sent),
         "answered_429": sum(1 for call in calls if call["status"] == 429),
+        "answered_429_by_limit": refusals_by_limit(calls),
         **order_report(calls),
         "drain_seconds": round(last - started, 1),
         "floor_seconds": round(count / BOT_MESSAGES_PER_SECOND, 1),

@@ -10,7 +10,7 @@ any machine, both on Redis's clock (workers' clocks do not matter):
   retrying.
 - :meth:`TelegramRateLimiter.admit`, called at the moment of sending, counts what was actually sent:
   the last send per chat, and sliding windows of send times per bot (1 s) and per group chat (60 s),
-  exactly the way Telegram counts. A booking only says when to try: a worker that wakes late, or a send
+  the way Telegram counts. A booking only says when to try: a worker that wakes late, or a send
   retried after its booking's time, would otherwise crowd the sends after it (a chat's next booking was
   made from its previous booking, not from when that one really went). ``admit`` refuses with the wait
   until the send fits every window, and records it (and moves the chat's cell past it) when it does.
@@ -110,15 +110,17 @@ return until_ms
 
 @dataclass(frozen=True)
 class TelegramLimits:
-    """Bookings are paced a little under Telegram's figures, so the line moves at a rate the windows
-    admit with room for jitter; the windows themselves are Telegram's own figures."""
+    """Under Telegram's figures (a message a second per chat, 20 a minute per group, 30 a second per
+    bot) by what a send may be delayed between admission and its arrival at Telegram (the worker's event
+    loop, the network): sends admitted in step arrive up to a few hundred milliseconds apart from each
+    other on a loaded machine, which bunches them. Bookings pace at about the rate admission allows."""
 
-    per_chat_interval_ms: int = 1_100
+    per_chat_interval_ms: int = 1_250
     per_group_interval_ms: int = 3_100
-    per_bot_interval_ms: int = 35
-    bot_sends_per_window: int = 30
+    per_bot_interval_ms: int = 36
+    bot_sends_per_window: int = 28
     bot_window_ms: int = 1_000
-    group_sends_per_window: int = 20
+    group_sends_per_window: int = 19
     group_window_ms: int = 60_000
 
 

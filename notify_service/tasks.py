@@ -30,6 +30,7 @@ import os
 import random
 import socket
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC
 from typing import Any
@@ -353,32 +354,53 @@ class NotifyWorker:
         kind: str,
         notice: render.Notice,
     ) -> Sent:
-        if self._telegram is None:
+        bot = self._telegram
+        if bot is None:
             raise DeliveryError("ALERTS_TELEGRAM_BOT_TOKEN is not configured", permanent=False)
         await self._wait_for_slot(task)
+        # Everything the call needs is ready before it is admitted: admission counts the send as gone,
+        # and any time between the two (a chart fetched from storage) would bunch sends at Telegram.
+        send = await self._telegram_call(bot, task, kind, notice)
+        await self._admit(task)
+        return await send()
+
+    async def _telegram_call(
+        self, bot: TelegramBot, task: signal_service_pb2.NotificationTask, kind: str, notice: render.Notice
+    ) -> Callable[[], Awaitable[Sent]]:
+        """The Bot API call that delivers `task`, ready to make."""
         chat = task.target
         if kind == "outcome":
             limit = render.TELEGRAM_CAPTION_LIMIT if task.alert_with_photo else render.TELEGRAM_TEXT_LIMIT
             text = render.telegram_text(notice, limit=limit)
-            await self._telegram.edit(
-                chat, int(task.alert_message_id), text, is_caption=task.alert_with_photo
-            )
-            return Sent(task.alert_message_id)
+
+            async def edit() -> Sent:
+                await bot.edit(chat, int(task.alert_message_id), text, is_caption=task.alert_with_photo)
+                return Sent(task.alert_message_id)
+
+            return edit
+        caption = render.telegram_text(notice, limit=render.TELEGRAM_CAPTION_LIMIT)
         if kind == "photo":
             photo = await self._photo(task.screenshot_object_key)
             if photo is None:
                 raise DeliveryError("the chart is no longer stored", permanent=True)
-            caption = render.telegram_text(notice, limit=render.TELEGRAM_CAPTION_LIMIT)
-            message_id = await self._telegram.send_photo(
-                chat, photo, caption, reply_to=int(task.alert_message_id)
-            )
-            return Sent(str(message_id), with_photo=True)
-        photo = await self._photo(task.screenshot_object_key) if task.with_photo else None
+            reply_to: int | None = int(task.alert_message_id)
+        else:
+            photo = await self._photo(task.screenshot_object_key) if task.with_photo else None
+            reply_to = None
         if photo is not None:
-            caption = render.telegram_text(notice, limit=render.TELEGRAM_CAPTION_LIMIT)
-            return Sent(str(await self._telegram.send_photo(chat, photo, caption)), with_photo=True)
+            chart = photo
+
+            async def send_photo() -> Sent:
+                message_id = await bot.send_photo(chat, chart, caption, reply_to=reply_to)
+                return Sent(str(message_id), with_photo=True)
+
+            return send_photo
         text = render.telegram_text(notice, limit=render.TELEGRAM_TEXT_LIMIT)
-        return Sent(str(await self._telegram.send_message(chat, text)))
+
+        async def send_message() -> Sent:
+            return Sent(str(await bot.send_message(chat, text)))
+
+        return send_message
 
     async def _send_discord(
         self,
@@ -421,12 +443,12 @@ class NotifyWorker:
         return Sent(message_id)
 
     async def _wait_for_slot(self, task: signal_service_pb2.NotificationTask) -> None:
-        """Waits for the delivery's booked Telegram slot (booking one if it has none), then until the
-        send fits Telegram's limits as actually sent; raises _Throttled when either is too far ahead.
+        """Waits for the delivery's booked Telegram slot (booking one if it has none); raises _Throttled
+        when it is too far ahead.
 
         A booking is used however late its job comes back: booking afresh would leave its slot empty and
-        put the delivery at the back of the line, and the admission check keeps a late send from
-        crowding the ones after it."""
+        put the delivery at the back of the line, and admission (_admit) keeps a late send from crowding
+        the ones after it."""
         assert self._limiter is not None
         assert self._redis is not None
         key = f"{self.settings.redis_namespace}:notify:slot:{task.delivery_id}"
@@ -443,6 +465,10 @@ class NotifyWorker:
         await self._redis.delete(key)
         if wait > 0:
             await asyncio.sleep(wait)
+
+    async def _admit(self, task: signal_service_pb2.NotificationTask) -> None:
+        """Waits until the send fits Telegram's limits as actually sent, and counts it as sent."""
+        assert self._limiter is not None
         while (wait := await self._limiter.admit(task.target)) > 0:
             if wait > _SLOT_HORIZON_SECONDS:
                 raise _Throttled(wait)

@@ -73,25 +73,26 @@ def _injected_failure(stub: StubState) -> Response[dict[str, Any]] | None:
     return _error(500, "Internal Server Error")
 
 
-def _over_limit(stub: StubState, chat_id: str, now: float) -> int:
-    """Seconds to wait when this send breaks Telegram's limits, else 0 (and the send is counted)."""
+def _over_limit(stub: StubState, chat_id: str, now: float) -> tuple[int, str]:
+    """Seconds to wait when this send breaks Telegram's limits and which limit ("bot", "chat" or
+    "group"), else (0, "") and the send is counted."""
     while stub.bot_sent and now - stub.bot_sent[0] >= 1.0:
         stub.bot_sent.popleft()
     if len(stub.bot_sent) >= _BOT_PER_SECOND:
-        return 1
+        return 1, "bot"
     last = stub.chat_last_sent.get(chat_id)
     if last is not None and now - last < _CHAT_SPACING_SECONDS:
-        return 1
+        return 1, "chat"
     if chat_id.startswith("-"):
         window = stub.group_sent.setdefault(chat_id, deque())
         while window and now - window[0] >= 60.0:
             window.popleft()
         if len(window) >= _GROUP_PER_MINUTE:
-            return max(1, int(60.0 - (now - window[0])) + 1)
+            return max(1, int(60.0 - (now - window[0])) + 1), "group"
         window.append(now)
     stub.chat_last_sent[chat_id] = now
     stub.bot_sent.append(now)
-    return 0
+    return 0, ""
 
 
 async def _parameters(request: Request[Any, Any, State]) -> tuple[dict[str, Any], bytes | None]:
@@ -133,7 +134,7 @@ async def bot_method(
         "photo_sha256": hashlib.sha256(photo).hexdigest() if photo is not None else None,
         "received_at": now,
     }
-    answer = await _answer(stub, method, params, photo, now)
+    answer = await _answer(stub, method, params, photo, entry)
     # A Response built without a status answers with the route's (200). Recorded once answered, so every
     # entry has its status (a getUpdates long poll answers seconds later).
     entry["status"] = answer.status_code or 200
@@ -142,8 +143,10 @@ async def bot_method(
 
 
 async def _answer(
-    stub: StubState, method: str, params: dict[str, Any], photo: bytes | None, now: float
+    stub: StubState, method: str, params: dict[str, Any], photo: bytes | None, entry: dict[str, Any]
 ) -> Response[Any]:
+    """The Bot API's answer; a send refused for a limit names it in the entry's "limit"."""
+    now = entry["received_at"]
     if method not in _METHODS:
         return _error(404, "Not Found: method not found")
     if method == "getMe":
@@ -163,7 +166,7 @@ async def _answer(
     text_field = "text" if method == "sendMessage" else "caption"
     if method == "sendMessage" and not params.get("text"):
         return _error(400, "Bad Request: message text is empty")
-    wait = _over_limit(stub, chat_id, now)
+    wait, entry["limit"] = _over_limit(stub, chat_id, now)
     if wait:
         return _error(429, f"Too Many Requests: retry after {wait}", retry_after=wait)
     message_id = stub.next_message_id

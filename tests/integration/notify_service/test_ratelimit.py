@@ -13,7 +13,7 @@ import redis.asyncio as redis_async
 from notify_service.ratelimit import TelegramLimits, TelegramRateLimiter
 
 # Tests of one limit make the others too short to interfere.
-ONLY_CHAT = TelegramLimits(per_bot_interval_ms=1, bot_sends_per_window=1_000)
+ONLY_CHAT = TelegramLimits(per_chat_interval_ms=1_100, per_bot_interval_ms=1, bot_sends_per_window=1_000)
 
 
 @pytest.fixture
@@ -103,7 +103,8 @@ async def test_a_late_send_moves_the_chat_next_booking(redis: redis_async.Redis,
 
 
 async def test_reservations_line_senders_up_at_the_bot_pace(redis: redis_async.Redis, namespace: str) -> None:
-    limiter = TelegramRateLimiter(redis, namespace, TelegramLimits(per_bot_interval_ms=100))
+    limits = TelegramLimits(per_chat_interval_ms=1_100, per_bot_interval_ms=100)
+    limiter = TelegramRateLimiter(redis, namespace, limits)
     waits = [await limiter.reserve(str(chat)) for chat in range(1, 6)]
     # One slot per 100 ms for the bot, whatever the chats: the fifth sender goes about 400 ms from now.
     assert waits[0] == 0.0

@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import re
 import statistics
 import sys
@@ -50,6 +51,25 @@ from mesh.grpc import open_channel
 BOT_MESSAGES_PER_SECOND = 30
 _PRICE = re.compile(r"💰 (\d+)")
 _GUARD_SECONDS = 1800
+_STUB_NICENESS = -10
+
+
+def stub_pid(stack: Stack) -> int:
+    process = stack.processes["telegram-stub"].process
+    assert process is not None
+    return process.pid
+
+
+def stub_at_telegram_priority(stack: Stack) -> None:
+    """The stub stands for Telegram's servers, which this machine's load does not slow: it runs ahead of
+    the services under test, so that the time it reads for a request is the request's arrival. Starved
+    like the rest (a loaded 2-core machine), it read requests that had queued for a few hundred ms within
+    a few ms of each other, and counted them in one second. Needs the right to raise a priority (root);
+    without it the stub runs as it is, and the report says so."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, stub_pid(stack), _STUB_NICENESS)
+    except PermissionError:
+        print("the Telegram stub runs at normal priority: its 1 s windows are less exact", file=sys.stderr)
 
 
 def chat_of(user: int) -> str:
@@ -219,6 +239,7 @@ async def main() -> None:
         tempfile.TemporaryDirectory(prefix="bench-notify-") as workdir,
         Stack(Path(workdir), notify_workers=options.workers, extra_env=env) as stack,
     ):
+        stub_at_telegram_priority(stack)
         # Webhooks come in with the edge's key (only the edge may ingest), users are made with the operator's.
         async with (
             open_channel(stack.signal_addr, stack.key) as channel,
@@ -228,6 +249,8 @@ async def main() -> None:
             signals = signal_service_pb2_grpc.SignalServiceStub(edge_channel)
             tokens = await create_users(users, options.users)
             result: dict[str, Any] = {
+                "load_average_at_start": [round(load, 2) for load in os.getloadavg()],
+                "stub_niceness": os.getpriority(os.PRIO_PROCESS, stub_pid(stack)),
                 "workers": options.workers,
                 "concurrency_per_worker": options.concurrency,
                 "burst": await burst(stack, signals, tokens, options.burst),
@@ -236,6 +259,7 @@ async def main() -> None:
             result["steady"] = [
                 await steady(stack, signals, tokens, rate, options.steady_seconds) for rate in rates
             ]
+            result["load_average_at_end"] = [round(load, 2) for load in os.getloadavg()]
     print_json(result)
     if options.out is not None:
         options.out.write_text(json.dumps(result, indent=2) + "\n")

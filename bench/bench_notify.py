@@ -1,7 +1,7 @@
 """Telegram notifications under the candle-close burst and at a steady rate, through real processes.
 
 Run: .venv/bin/python bench/bench_notify.py [--users 1000] [--burst 3000] [--steady-rate 50]
-     [--steady-seconds 20] [--workers 2] [--out bench/results/notify.json]
+     [--steady-seconds 20] [--workers 2] [--embedded] [--out bench/results/notify.json]
 
 Storage, signal, edge, the Telegram stub (as the Bot API, enforcing Telegram's limits with 429s) and
 `--workers` notify workers run as child processes. Every user has Telegram on, text only (no chart wait).
@@ -106,14 +106,26 @@ async def create_users(users: user_service_pb2_grpc.UserServiceStub, count: int)
     return tokens
 
 
-async def delivered(stub: httpx.AsyncClient, expected: int) -> list[dict[str, Any]]:
+async def delivered(stub: httpx.AsyncClient, sequences: set[int]) -> list[dict[str, Any]]:
+    """The stub's calls once every alert in `sequences` reached it (or the guard ran out)."""
     deadline = time.monotonic() + _GUARD_SECONDS
     while True:
         calls = (await stub.get("/_stub/requests")).json()
-        sent = [call for call in calls if call["method"] == "sendMessage" and call["status"] == 200]
-        if len(sent) >= expected or time.monotonic() > deadline:
+        if sequences <= {sequence_of(call) for call in sent_in(calls, sequences)}:
+            return calls
+        if time.monotonic() > deadline:
             return calls
         await asyncio.sleep(1.0)
+
+
+def sent_in(calls: list[dict[str, Any]], sequences: set[int]) -> list[dict[str, Any]]:
+    """The delivered messages of this run's alerts: a run's alerts carry sequence numbers of their own, so
+    that a late message of an earlier run is never counted as this one's."""
+    return [
+        call
+        for call in calls
+        if call["method"] == "sendMessage" and call["status"] == 200 and sequence_of(call) in sequences
+    ]
 
 
 def sequence_of(call: dict[str, Any]) -> int:
@@ -130,11 +142,10 @@ def refusals_by_limit(calls: list[dict[str, Any]]) -> dict[str, int]:
     return counts
 
 
-def order_report(calls: list[dict[str, Any]]) -> dict[str, int]:
+def order_report(calls: list[dict[str, Any]], sequences: set[int]) -> dict[str, int]:
     by_chat: dict[str, list[int]] = {}
-    for call in calls:
-        if call["method"] == "sendMessage" and call["status"] == 200:
-            by_chat.setdefault(str(call["params"]["chat_id"]), []).append(sequence_of(call))
+    for call in sent_in(calls, sequences):
+        by_chat.setdefault(str(call["params"]["chat_id"]), []).append(sequence_of(call))
     out_of_order = sum(1 for seqs in by_chat.values() if seqs != sorted(seqs))
     duplicates = sum(len(seqs) - len(set(seqs)) for seqs in by_chat.values())
     return {"chats": len(by_chat), "chats_out_of_order": out_of_order, "duplicates": duplicates}
@@ -159,21 +170,24 @@ async def burst(
                 )
             )
         stored_in = time.time() - started
-        refused = sum(
-            1 for answer in answers for result in answer.results if result.WhichOneof("result") != "response"
-        )
-        calls = await delivered(stub, count - refused)
-    sent = [call for call in calls if call["method"] == "sendMessage" and call["status"] == 200]
+        results = [result for answer in answers for result in answer.results]
+        stored = {
+            sequence
+            for sequence, result in zip(range(count), results, strict=True)
+            if result.WhichOneof("result") == "response"
+        }
+        calls = await delivered(stub, stored)
+    sent = sent_in(calls, stored)
     last = max((call["received_at"] for call in sent), default=started)
     return {
         "alerts": count,
         "users": len(tokens),
         "stored_in_seconds": round(stored_in, 2),
-        "refused_at_ingest": refused,
-        "delivered": len(sent),
+        "refused_at_ingest": count - len(stored),
+        "delivered": len({sequence_of(call) for call in sent}),
         "answered_429": sum(1 for call in calls if call["status"] == 429),
         "answered_429_by_limit": refusals_by_limit(calls),
-        **order_report(calls),
+        **order_report(calls, stored),
         "drain_seconds": round(last - started, 1),
         "floor_seconds": round(count / BOT_MESSAGES_PER_SECOND, 1),
     }
@@ -185,29 +199,31 @@ async def steady(
     tokens: list[str],
     rate: float,
     seconds: float,
+    first: int,
 ) -> dict[str, Any]:
+    """`first`: this run's first sequence number, after every earlier run's (see sent_in)."""
     total = int(rate * seconds)
     sent_at: dict[int, float] = {}
     async with httpx.AsyncClient(base_url=stack.telegram_api_url, timeout=60) as stub:
         await stub.delete("/_stub/requests")
         started = time.monotonic()
         pending = []
-        for sequence in range(total):
-            await asyncio.sleep(max(0.0, started + sequence / rate - time.monotonic()))
-            sent_at[sequence] = time.time()
+        for index in range(total):
+            await asyncio.sleep(max(0.0, started + index / rate - time.monotonic()))
+            sent_at[first + index] = time.time()
             pending.append(
                 asyncio.ensure_future(
-                    signals.IngestWebhook(request(tokens[sequence % len(tokens)], sequence))
+                    signals.IngestWebhook(request(tokens[index % len(tokens)], first + index))
                 )
             )
         await asyncio.gather(*pending)
         offered_for = time.monotonic() - started
-        calls = await delivered(stub, total)
-    latencies = sorted(
-        call["received_at"] - sent_at[sequence_of(call)]
-        for call in calls
-        if call["method"] == "sendMessage" and call["status"] == 200 and sequence_of(call) in sent_at
-    )
+        calls = await delivered(stub, set(sent_at))
+    first_received: dict[int, float] = {}
+    for call in sent_in(calls, set(sent_at)):
+        sequence = sequence_of(call)
+        first_received[sequence] = min(call["received_at"], first_received.get(sequence, call["received_at"]))
+    latencies = sorted(first_received[sequence] - sent_at[sequence] for sequence in first_received)
     quantiles = statistics.quantiles(latencies, n=100) if len(latencies) >= 2 else [0.0] * 99
     return {
         "rate_per_second": rate,
@@ -219,7 +235,7 @@ async def steady(
         "signal_to_delivery_p99_seconds": round(quantiles[98], 2),
         "signal_to_delivery_max_seconds": round(latencies[-1], 2) if latencies else 0.0,
         "above_bot_limit": rate > BOT_MESSAGES_PER_SECOND,
-        **order_report(calls),
+        **order_report(calls, set(sent_at)),
     }
 
 
@@ -232,12 +248,16 @@ async def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--concurrency", type=int, default=48)
     parser.add_argument("--out", type=Path, default=None)
+    # A PostgreSQL and Redis of the run's own, rather than the machine's (which other work may crowd).
+    parser.add_argument("--embedded", action="store_true")
     options = parser.parse_args()
     rates = options.steady_rate or [50.0]
     env = unlimited_plans_env() | {"ALERTS_NOTIFY_CONCURRENCY": str(options.concurrency)}
     with (
         tempfile.TemporaryDirectory(prefix="bench-notify-") as workdir,
-        Stack(Path(workdir), notify_workers=options.workers, extra_env=env) as stack,
+        Stack(
+            Path(workdir), notify_workers=options.workers, extra_env=env, embedded=options.embedded
+        ) as stack,
     ):
         stub_at_telegram_priority(stack)
         # Webhooks come in with the edge's key (only the edge may ingest), users are made with the operator's.
@@ -256,9 +276,12 @@ async def main() -> None:
                 "burst": await burst(stack, signals, tokens, options.burst),
             }
             print(json.dumps({"burst": result["burst"]}), file=sys.stderr)
-            result["steady"] = [
-                await steady(stack, signals, tokens, rate, options.steady_seconds) for rate in rates
-            ]
+            result["steady"] = []
+            first = options.burst
+            for rate in rates:
+                run = await steady(stack, signals, tokens, rate, options.steady_seconds, first)
+                result["steady"].append(run)
+                first += int(rate * options.steady_seconds)
             result["load_average_at_end"] = [round(load, 2) for load in os.getloadavg()]
     print_json(result)
     if options.out is not None:

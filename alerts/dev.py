@@ -34,6 +34,8 @@ class DevStack:
     with_chart_stub: bool = True
     # The Telegram stub as the Bot API, and a notify worker delivering to it.
     with_telegram_stub: bool = True
+    # The Discord stub as Discord's API: Discord webhooks in preferences deliver to it.
+    with_discord_stub: bool = True
     extra_env: Mapping[str, str] = field(default_factory=dict)
     infra: EmbeddedInfrastructure = field(default_factory=EmbeddedInfrastructure)
     # Told each start-up step as it finishes ("migrations applied", "edge ready"), for visible progress.
@@ -76,6 +78,14 @@ class DevStack:
         return self.running.tradingview_url
 
     @property
+    def telegram_api_url(self) -> str:
+        return self.running.telegram_api_url
+
+    @property
+    def discord_stub_url(self) -> str:
+        return self.running.discord_stub_url
+
+    @property
     def metrics_urls(self) -> dict[str, str]:
         return self.running.metrics_urls
 
@@ -97,6 +107,7 @@ class DevStack:
         service_key = self.settings.service_api_key
         chart_stub = self.with_chart_stub and "ALERTS_TRADINGVIEW_URL" not in os.environ
         telegram_stub = self.with_telegram_stub and "ALERTS_TELEGRAM_API_URL" not in os.environ
+        discord_stub = self.with_discord_stub and "ALERTS_DISCORD_API_URL" not in os.environ
         # Typed Any: mypy checks an unpacked dict against every keyword of build_stack, not only **settings.
         settings: dict[str, Any] = {"ALERTS_ENV": self.settings.env, **self.extra_env}
         self.stack = build_stack(
@@ -112,6 +123,7 @@ class DevStack:
             storage_addr=self.settings.storage_addr,
             chart_stub=chart_stub,
             telegram_stub=telegram_stub,
+            discord_stub=discord_stub,
             inherited=os.environ,
             serve_metrics=self.serve_metrics,
             **settings,
@@ -121,6 +133,7 @@ class DevStack:
             self._progress("migrations applied")
             names = ["chart-stub"] if chart_stub else []
             names += ["telegram-stub"] if telegram_stub else []
+            names += ["discord-stub"] if discord_stub else []
             names += ["storage", "signal", "edge", *(f"capture-{n}" for n in range(self.capture_workers))]
             names += ["notify-0"]
             for name in names:

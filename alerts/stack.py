@@ -23,11 +23,21 @@ from alerts.processes import (
     last_line,
 )
 from mesh.auth import SystemKeys, generate_key
+from notify_service.telegram_stub import STUB_BOT_USERNAME
 
 START_TIMEOUT_SECONDS = 60.0
 MIGRATE_TIMEOUT_SECONDS = 120.0
 # Edge first (stop taking webhooks), then workers, then the services they call; other processes last.
-_STOP_ORDER = ("edge", "capture-", "notify-", "signal", "storage", "chart-stub", "telegram-stub")
+_STOP_ORDER = (
+    "edge",
+    "capture-",
+    "notify-",
+    "signal",
+    "storage",
+    "chart-stub",
+    "telegram-stub",
+    "discord-stub",
+)
 
 
 def loopback_address() -> str:
@@ -75,6 +85,11 @@ class Stack:
         return self.env.get("ALERTS_TELEGRAM_API_URL", "")
 
     @property
+    def discord_stub_url(self) -> str:
+        """The Discord stub's origin: ALERTS_DISCORD_API_URL without its /api."""
+        return self.env.get("ALERTS_DISCORD_API_URL", "").removesuffix("/api")
+
+    @property
     def api_key(self) -> str:
         """The operator's key (admin): what CLI commands and tests acting as the platform present."""
         return self.keys.operator
@@ -92,7 +107,7 @@ class Stack:
         own_key = self.keys.for_process(name)
         if own_key:
             env = {**env, "ALERTS_SERVICE_API_KEY": own_key}
-        if self.serve_metrics and name not in ("edge", "chart-stub", "telegram-stub"):
+        if self.serve_metrics and name not in ("edge", "chart-stub", "telegram-stub", "discord-stub"):
             # A restarted process keeps its port, so scrapers need no telling.
             env = {**env, "ALERTS_METRICS_PORT": str(self.metrics_ports.setdefault(name, free_port()))}
         return ManagedProcess(name, argv, env, ready=ready, log_path=self.log_dir / f"{name}.log")
@@ -108,6 +123,12 @@ class Stack:
             url = self.telegram_api_url
             return (
                 alerts_argv("serve", "telegram-stub", "--port", url.rsplit(":", 1)[1]),
+                lambda: http_ok(f"{url}/_stub/requests"),
+            )
+        if name == "discord-stub":
+            url = self.discord_stub_url
+            return (
+                alerts_argv("serve", "discord-stub", "--port", url.rsplit(":", 1)[1]),
                 lambda: http_ok(f"{url}/_stub/requests"),
             )
         if name == "storage":
@@ -192,6 +213,7 @@ def build_stack(
     tradingview_url: str | None = None,
     chart_stub: bool = False,
     telegram_stub: bool = False,
+    discord_stub: bool = False,
     objects_dir: Path | None = None,
     inherited: Mapping[str, str] | None = None,
     serve_metrics: bool = False,
@@ -203,7 +225,9 @@ def build_stack(
     `tradingview_url`) the chart stub serves on a free port. Local objects go to `objects_dir`, else where
     the inherited environment or the storage service's default says. With `telegram_stub` the Telegram
     stub serves on a free port as the Bot API, with a generated bot token, and user-supplied notification
-    URLs may reach loopback (where test receivers listen). `inherited` is the environment the
+    URLs may reach loopback (where test receivers listen); the notify workers poll it for the bot's
+    updates (a trader's `/start <code>`). With `discord_stub` the Discord stub serves on a free port as
+    Discord's API, where every stored Discord webhook URL's calls go. `inherited` is the environment the
     children start from (by default this process's without ALERTS_*); `settings` are further ALERTS_*
     variables, e.g. ALERTS_PLAN_LIMITS, applied last.
     """
@@ -234,6 +258,12 @@ def build_stack(
     if telegram_stub:
         env["ALERTS_TELEGRAM_API_URL"] = f"http://{loopback_address()}"
         env["ALERTS_TELEGRAM_BOT_TOKEN"] = f"{free_port()}:dev-{generate_key()[3:23]}"
+        env["ALERTS_NOTIFY_ALLOW_LOOPBACK"] = "true"
+        # Traders connect their chat with `/start <code>`: the stub's bot, polled by the notify workers.
+        env["ALERTS_TELEGRAM_BOT_USERNAME"] = STUB_BOT_USERNAME
+        env["ALERTS_TELEGRAM_POLL_UPDATES"] = "true"
+    if discord_stub:
+        env["ALERTS_DISCORD_API_URL"] = f"http://{loopback_address()}/api"
         env["ALERTS_NOTIFY_ALLOW_LOOPBACK"] = "true"
     env |= settings
     return Stack(env=env, log_dir=log_dir, keys=keys, serve_metrics=serve_metrics)

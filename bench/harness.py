@@ -25,7 +25,7 @@ from alerts.processes import ManagedProcess
 from alerts.stack import Stack as ServiceProcesses
 from alerts.stack import build_stack
 from apidevs.alerts.v1 import resources_pb2, user_service_pb2, user_service_pb2_grpc
-from mesh.auth import generate_key
+from mesh.auth import SystemKeys, generate_key
 from mesh.grpc import open_channel
 
 
@@ -66,6 +66,12 @@ class Stack:
     @property
     def processes(self) -> dict[str, ManagedProcess]:
         return self.services.processes if self.services else {}
+
+    @property
+    def keys(self) -> SystemKeys:
+        """The operator's key (also `key`), the edge's and the workers': only the edge may ingest."""
+        assert self.services is not None
+        return self.services.keys
 
     @property
     def edge_url(self) -> str:

@@ -15,8 +15,8 @@ from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components, SecurityScheme
 from litestar.types import HTTPScope, LifeSpanReceive, LifeSpanScope, LifeSpanSend, Receive, Scope, Send
 
-from apidevs.alerts.v1 import signal_service_pb2_grpc, storage_service_pb2_grpc
-from edge import api, health, media, ui, webhooks
+from apidevs.alerts.v1 import signal_service_pb2_grpc, storage_service_pb2_grpc, user_service_pb2_grpc
+from edge import api, health, media, telegram, ui, webhooks
 from edge.batching import IngestBatcher
 from edge.errors import EXCEPTION_HANDLERS
 from edge.header_limits import HeaderLimitMiddleware
@@ -54,6 +54,7 @@ def create_app(settings: EdgeSettings) -> Litestar:
         signal_channel = open_channel(settings.signal_addr, key, tls=tls)
         storage_channel = open_channel(settings.storage_addr, key, tls=tls)
         app.state.signal_stub = signal_service_pb2_grpc.SignalServiceStub(signal_channel)
+        app.state.user_stub = user_service_pb2_grpc.UserServiceStub(signal_channel)
         # Webhooks have a channel of their own: no interceptors on the hot path, and no head-of-line
         # blocking behind the read API's streams.
         ingest_channel = open_channel(settings.signal_addr, key, per_call_metadata=True, tls=tls)
@@ -77,6 +78,7 @@ def create_app(settings: EdgeSettings) -> Litestar:
     return EdgeApp(
         route_handlers=[
             webhooks.receive_webhook,
+            telegram.telegram_webhook,
             health.health,
             health.live,
             health.ready,

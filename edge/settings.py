@@ -1,13 +1,16 @@
 from __future__ import annotations
 
 import ipaddress
+import re
 from functools import lru_cache
 from typing import Annotated, ClassVar
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import NoDecode
 
 from mesh.settings import CommonSettings
+
+_TELEGRAM_SECRET = re.compile(r"[A-Za-z0-9_-]{1,256}")
 
 
 class EdgeSettings(CommonSettings):
@@ -62,6 +65,10 @@ class EdgeSettings(CommonSettings):
     spool_replay_timeout_seconds: float = Field(default=10.0, gt=0)
     # The replayer retries a signal service that does not answer yet at most this far apart.
     spool_replay_max_backoff_seconds: float = Field(default=5.0, gt=0)
+    # The secret_token given to Telegram's setWebhook for the platform's bot (1 to 256 of A-Z, a-z, 0-9,
+    # _ and -): Telegram sends it back in X-Telegram-Bot-Api-Secret-Token with every update posted to
+    # /telegram/webhook. Unset, that route answers 404 (dev polls for updates instead).
+    telegram_webhook_secret: SecretStr | None = None
 
     @field_validator("trusted_proxies", mode="before")
     @classmethod
@@ -72,6 +79,13 @@ class EdgeSettings(CommonSettings):
         if isinstance(value, list | tuple | set | frozenset):
             for entry in value:
                 ipaddress.ip_network(entry, strict=False)
+        return value
+
+    @field_validator("telegram_webhook_secret", mode="after")
+    @classmethod
+    def _telegram_secret_shape(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not _TELEGRAM_SECRET.fullmatch(value.get_secret_value()):
+            raise ValueError("must be 1 to 256 of A-Z, a-z, 0-9, _ and - (Telegram's secret_token)")
         return value
 
     @model_validator(mode="after")

@@ -63,6 +63,9 @@ ROLES_BY_METHOD: Mapping[str, frozenset[Role]] = {
     _USER + "SetTradingViewSession": _PLATFORM,
     _USER + "CreateAccessToken": _PLATFORM,
     _USER + "RevokeAccessTokens": _PLATFORM,
+    _USER + "CreateTelegramLink": _PLATFORM,
+    # Whoever receives the bot's updates: the edge (Telegram's webhook) or a notify worker (polling).
+    _USER + "LinkTelegramChat": _EDGE | _WORKER,
     # Keys grant roles, admin among them: only an admin manages them.
     _API_KEY + "CreateApiKey": frozenset({Role.ADMIN}),
     _API_KEY + "ListApiKeys": frozenset({Role.ADMIN}),

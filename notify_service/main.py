@@ -1,5 +1,5 @@
 """Process entry points: `alerts serve notify` calls :func:`run_worker`, `alerts serve telegram-stub`
-calls :func:`run_telegram_stub`."""
+:func:`run_telegram_stub` and `alerts serve discord-stub` :func:`run_discord_stub`."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from dramatiq.brokers.redis import RedisBroker
 from mesh.logging import configure_logging
 from mesh.metrics import start_metrics_server
 from notify_service.broker import JOB_TIME_LIMIT_MS, create_broker
+from notify_service.discord_stub import run_discord_stub
 from notify_service.settings import NotifySettings, get_settings
 from notify_service.tasks import NotifyWorker, NotifyWorkerMiddleware, declare_notify_actor
 from notify_service.telegram_stub import run_telegram_stub
@@ -48,4 +49,4 @@ def run_worker() -> None:
     broker.close()
 
 
-__all__ = ["build_worker", "run_telegram_stub", "run_worker"]
+__all__ = ["build_worker", "run_discord_stub", "run_telegram_stub", "run_worker"]

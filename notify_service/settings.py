@@ -22,6 +22,12 @@ class NotifySettings(CommonSettings):
     telegram_bot_token: SecretStr | None = None
     # The Bot API origin: the public one in production, the Telegram stub under `alerts dev`/`demo`.
     telegram_api_url: str = "https://api.telegram.org"
+    # Receive the bot's messages (a trader's `/start <code>`) by polling getUpdates: `alerts dev`/`demo`.
+    # In production Telegram posts them to the edge's webhook instead (ALERTS_TELEGRAM_WEBHOOK_SECRET).
+    telegram_poll_updates: bool = False
+    # Discord's API origin for webhook calls: Discord's own in production, the Discord stub under
+    # `alerts dev`/`demo`. Stored webhook URLs name the webhook; their calls go here.
+    discord_api_url: str = "https://discord.com/api"
     # How long an alert waits for its chart before it goes out as text (the chart then follows as a reply).
     notify_screenshot_wait_seconds: int = Field(default=30, ge=0, le=300)
     # Lets user-supplied URLs (webhooks, Discord) reach loopback, for local stubs; never in production.

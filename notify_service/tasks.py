@@ -2,19 +2,18 @@
 
 The actor takes the signal id only. ``SignalService.ClaimNotification`` decides what is due (the ledger,
 signal_service/notifications/service.py) and holds it under a lease, so duplicated or redelivered jobs
-never send a delivery twice while its holder is alive. What is not due yet (an alert waiting for its
+never send a delivery twice while its holder is alive; a send whose report was lost is remembered in
+Redis and reported by the next claim, not sent again. What is not due yet (an alert waiting for its
 chart, or behind an older alert to the same chat; a send throttled or failed for now) is looked at
 again by re-enqueueing the job with a delay, never by sleeping on a worker thread.
 
 Failures: a 4xx other than 429 (or a destination the guard refuses) fails the delivery at once with its
 reason; anything else is retried with exponential backoff and jitter (a 429's retry_after when given)
-until `notify_delivery_deadline_seconds` after the delivery became due, then it is DEAD. Telegram's
-limits are shared by every worker (notify_service/ratelimit.py) as bookings: a delivery books the next
-slot every limit allows, once (the booking is kept in Redis under the delivery's id, so whichever job
-claims the delivery next uses it rather than booking again); a slot within `_SLOT_HORIZON_SECONDS` is
-waited for on the spot, for a later one the job hands the delivery back and comes back at its time.
-Workers therefore line up at the bot's pace instead of polling. An alert delivered queues the same
-chat's next alert at once (next_signal_ids).
+until `notify_delivery_deadline_seconds` after the delivery became due, then it is DEAD; the delay is
+kept in Redis under the delivery's id, so no job of the signal sends it sooner. Telegram's limits are
+shared by every worker as bookings and admission (notify_service/telegram_sending.py): a delivery whose
+slot is far ahead is handed back (RELEASED) and its job comes back at the slot. An alert delivered queues
+the same chat's next alert at once (next_signal_ids).
 """
 
 from __future__ import annotations
@@ -45,6 +44,7 @@ from apidevs.alerts.v1 import (
     signal_service_pb2_grpc,
     storage_service_pb2,
     storage_service_pb2_grpc,
+    user_service_pb2_grpc,
 )
 from mesh.crypto import CookieCipher, CookieCipherError
 from mesh.errors import AlertsError, Failure, NotFoundError, classify_failure, from_rpc_error
@@ -59,6 +59,8 @@ from notify_service.channels.webhook import SignedWebhook
 from notify_service.outbound import guarded_client
 from notify_service.ratelimit import TelegramRateLimiter
 from notify_service.settings import NotifySettings
+from notify_service.telegram_sending import Sent, TelegramSender, Throttled
+from notify_service.updates import TelegramUpdates
 
 log = logging.getLogger(__name__)
 
@@ -69,12 +71,9 @@ _MAX_ROUNDS = 4
 _MIN_DELAY_SECONDS = 0.2
 # A blocked alert nudges the older signal it waits for at most this often.
 _NUDGE_SECONDS = 5
-# A booked Telegram slot this close is waited for in the job; for a later one the job comes back this
-# long before it (a delayed job's start is late on a loaded machine), to wait out the rest here.
-_SLOT_HORIZON_SECONDS = 3.0
-# A booked slot not used within this long after its time is booked afresh (its job came back very
-# late): sending late crowds the slots after it, and many late sends together draw 429s.
-_SLOT_GRACE_SECONDS = 0.5
+# How long a provider's answer is kept for a report that may have been lost: past any claim's lease and
+# retry of the job.
+_SENT_MEMORY_SECONDS = 24 * 3600
 
 DELIVERIES = Counter(
     "alerts_notifications_total",
@@ -110,25 +109,11 @@ class SignalServiceUnavailableError(Exception):
     """The signal service did not answer; Dramatiq retries the job."""
 
 
-class _Throttled(Exception):
-    """The delivery's Telegram slot is too far ahead to wait for in the job: come back at its time."""
-
-    def __init__(self, wait_seconds: float) -> None:
-        super().__init__(f"Telegram slot in {wait_seconds:.2f}s")
-        self.wait_seconds = wait_seconds
-
-
 @dataclass(frozen=True, slots=True)
 class LookAgain:
     """When to run the job again; 0: not needed."""
 
     delay_seconds: float = 0.0
-
-
-@dataclass(frozen=True, slots=True)
-class Sent:
-    provider_message_id: str
-    with_photo: bool = False
 
 
 def notice_of(signal: resources_pb2.Signal) -> render.Notice:
@@ -159,9 +144,10 @@ class NotifyWorker:
         self._redis: redis_async.Redis | None = None
         self._limiter: TelegramRateLimiter | None = None
         self._clients: list[httpx.AsyncClient] = []
-        self._telegram: TelegramBot | None = None
+        self._telegram: TelegramSender | None = None
         self._discord: DiscordWebhook | None = None
         self._webhook: SignedWebhook | None = None
+        self._updates: TelegramUpdates | None = None
         self.requeue: Any = None
 
     async def start(self) -> None:
@@ -182,13 +168,29 @@ class NotifyWorker:
             timeout_seconds=settings.notify_http_timeout_seconds,
         )
         self._clients = [bot_client, user_client]
+        bot = None
         if settings.telegram_bot_token is not None:
-            self._telegram = TelegramBot(bot_client, settings.telegram_api_url, settings.telegram_bot_token)
-        self._discord = DiscordWebhook(user_client)
+            bot = TelegramBot(bot_client, settings.telegram_api_url, settings.telegram_bot_token)
+            self._telegram = TelegramSender(
+                bot, self._limiter, self._redis, settings.redis_namespace, photo=self._photo
+            )
+        self._discord = DiscordWebhook(user_client, settings.discord_api_url)
         self._webhook = SignedWebhook(user_client)
+        if settings.telegram_poll_updates and bot is not None:
+            self._updates = TelegramUpdates(
+                bot=bot,
+                users=user_service_pb2_grpc.UserServiceStub(signal_channel),
+                redis=self._redis,
+                limiter=self._limiter,
+                namespace=settings.redis_namespace,
+                worker_id=self.worker_id,
+            )
+            self._updates.loop.start()
         log.info("notify worker started", extra={"worker_id": self.worker_id})
 
     async def close(self) -> None:
+        if self._updates is not None:
+            await self._updates.loop.stop()
         for client in self._clients:
             await client.aclose()
         if self._redis is not None:
@@ -237,13 +239,17 @@ class NotifyWorker:
         """Sends one claimed delivery and reports it; returns the retry delay, 0 when it is settled."""
         channel, kind = _CHANNELS.get(task.channel, "unknown"), _KINDS.get(task.kind, "unknown")
         try:
-            if channel == "telegram":
-                sent = await self._send_telegram(task, kind, notice)
-            elif channel == "discord":
-                sent = await self._send_discord(task, kind, notice, secrets)
-            else:
-                sent = await self._send_webhook(task, kind, notice, secrets)
-        except _Throttled as throttled:
+            sent = await self._sent_before(task)
+            if sent is None:
+                await self._wait_for_retry(task)
+                if channel == "telegram":
+                    sent = await self._send_telegram(task, kind, notice)
+                elif channel == "discord":
+                    sent = await self._send_discord(task, kind, notice, secrets)
+                else:
+                    sent = await self._send_webhook(task, kind, notice, secrets)
+                await self._remember_sent(task, sent)
+        except Throttled as throttled:
             DELIVERIES.labels(channel, kind, "throttled").inc()
             await self._report(task, claim_id, signal_service_pb2.DELIVERY_REPORT_OUTCOME_RELEASED)
             return max(throttled.wait_seconds, _MIN_DELAY_SECONDS)
@@ -298,14 +304,55 @@ class NotifyWorker:
             )
             return 0.0
         DELIVERIES.labels(channel, kind, "retried").inc()
+        delay = exc.retry_after
+        if delay is None:
+            delay = backoff_delay(
+                max(1, task.attempts),
+                base_seconds=self.settings.notify_min_backoff_ms / 1000,
+                max_seconds=self.settings.notify_max_backoff_ms / 1000,
+            )
+        await self._hold_for_retry(task, delay)
         await self._report(task, claim_id, signal_service_pb2.DELIVERY_REPORT_OUTCOME_RETRY, error=exc.reason)
-        if exc.retry_after is not None:
-            return exc.retry_after
-        return backoff_delay(
-            max(1, task.attempts),
-            base_seconds=self.settings.notify_min_backoff_ms / 1000,
-            max_seconds=self.settings.notify_max_backoff_ms / 1000,
-        )
+        return delay
+
+    def _sent_key(self, task: signal_service_pb2.NotificationTask) -> str:
+        return f"{self.settings.redis_namespace}:notify:sent:{task.delivery_id}"
+
+    async def _remember_sent(self, task: signal_service_pb2.NotificationTask, sent: Sent) -> None:
+        """Keeps what the provider answered until the report is surely in: a report that fails (the
+        signal service or its database overloaded) leaves the delivery claimed, and the claim after its
+        lease would otherwise send it again."""
+        assert self._redis is not None
+        value = json.dumps({"id": sent.provider_message_id, "photo": sent.with_photo})
+        with contextlib.suppress(redis_async.RedisError):
+            await self._redis.set(self._sent_key(task), value, ex=_SENT_MEMORY_SECONDS)
+
+    async def _sent_before(self, task: signal_service_pb2.NotificationTask) -> Sent | None:
+        """The provider's answer to an earlier attempt of this delivery whose report was lost."""
+        assert self._redis is not None
+        stored = await self._redis.get(self._sent_key(task))
+        if stored is None:
+            return None
+        value = json.loads(stored)
+        log.info("notification sent before; reporting it", extra={"delivery_id": task.delivery_id})
+        return Sent(str(value["id"]), with_photo=bool(value["photo"]))
+
+    def _retry_key(self, task: signal_service_pb2.NotificationTask) -> str:
+        return f"{self.settings.redis_namespace}:notify:retry:{task.delivery_id}"
+
+    async def _hold_for_retry(self, task: signal_service_pb2.NotificationTask, delay: float) -> None:
+        """The ledger puts a retried delivery back to pending at once, and any job of its signal (another
+        delivery's recheck, a nudge) may claim it: the delay is kept in Redis, where every worker looks
+        before sending (its time to live, so no worker's clock is involved)."""
+        assert self._redis is not None
+        await self._redis.set(self._retry_key(task), 1, px=max(1, int(delay * 1000)))
+
+    async def _wait_for_retry(self, task: signal_service_pb2.NotificationTask) -> None:
+        """Raises Throttled while a retried delivery's delay (a 429's retry_after, a backoff) runs."""
+        assert self._redis is not None
+        remaining_ms = int(await self._redis.pttl(self._retry_key(task)))
+        if remaining_ms > 0:
+            raise Throttled(remaining_ms / 1000)
 
     async def _send_telegram(
         self,
@@ -315,30 +362,7 @@ class NotifyWorker:
     ) -> Sent:
         if self._telegram is None:
             raise DeliveryError("ALERTS_TELEGRAM_BOT_TOKEN is not configured", permanent=False)
-        await self._wait_for_slot(task)
-        chat = task.target
-        if kind == "outcome":
-            limit = render.TELEGRAM_CAPTION_LIMIT if task.alert_with_photo else render.TELEGRAM_TEXT_LIMIT
-            text = render.telegram_text(notice, limit=limit)
-            await self._telegram.edit(
-                chat, int(task.alert_message_id), text, is_caption=task.alert_with_photo
-            )
-            return Sent(task.alert_message_id)
-        if kind == "photo":
-            photo = await self._photo(task.screenshot_object_key)
-            if photo is None:
-                raise DeliveryError("the chart is no longer stored", permanent=True)
-            caption = render.telegram_text(notice, limit=render.TELEGRAM_CAPTION_LIMIT)
-            message_id = await self._telegram.send_photo(
-                chat, photo, caption, reply_to=int(task.alert_message_id)
-            )
-            return Sent(str(message_id), with_photo=True)
-        photo = await self._photo(task.screenshot_object_key) if task.with_photo else None
-        if photo is not None:
-            caption = render.telegram_text(notice, limit=render.TELEGRAM_CAPTION_LIMIT)
-            return Sent(str(await self._telegram.send_photo(chat, photo, caption)), with_photo=True)
-        text = render.telegram_text(notice, limit=render.TELEGRAM_TEXT_LIMIT)
-        return Sent(str(await self._telegram.send_message(chat, text)))
+        return await self._telegram.send(task, kind, notice)
 
     async def _send_discord(
         self,
@@ -379,25 +403,6 @@ class NotifyWorker:
         event = render.webhook_event(notice, _WEBHOOK_EVENTS[kind], screenshot_url)
         await self._webhook.send(task.target, secret, message_id, event)
         return Sent(message_id)
-
-    async def _wait_for_slot(self, task: signal_service_pb2.NotificationTask) -> None:
-        """Waits for the delivery's booked Telegram slot (booking one if it has none), or raises _Throttled
-        when it is too far ahead. The booking is used by one send attempt, then dropped."""
-        assert self._limiter is not None
-        assert self._redis is not None
-        key = f"{self.settings.redis_namespace}:notify:slot:{task.delivery_id}"
-        now = time.time()
-        booked = await self._redis.get(key)
-        at = float(booked) if booked is not None else 0.0
-        if at < now - _SLOT_GRACE_SECONDS:
-            at = now + await self._limiter.reserve(task.target)
-            await self._redis.set(key, repr(at), ex=int(at - now) + 3_600)
-        wait = at - time.time()
-        if wait > _SLOT_HORIZON_SECONDS:
-            raise _Throttled(wait - _SLOT_HORIZON_SECONDS)
-        await self._redis.delete(key)
-        if wait > 0:
-            await asyncio.sleep(wait)
 
     def _secrets(self, ciphertext: bytes) -> dict[str, str]:
         if not ciphertext:

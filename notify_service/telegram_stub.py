@@ -23,22 +23,23 @@ from typing import Any
 import uvicorn
 from litestar import Litestar, Request, Response, delete, get, post
 from litestar.datastructures import State, UploadFile
-from litestar.exceptions import ValidationException
 from litestar.params import FromPath, JSONBody
+
+from notify_service.stub_failures import FailureMode
 
 _MAX_RECORDED = 50_000
 # Looser than Telegram's own figures so a sender pacing at exactly those limits is never refused.
 _CHAT_SPACING_SECONDS = 0.9
 _GROUP_PER_MINUTE = 21
 _BOT_PER_SECOND = 32
+# The stub bot's username: t.me links of CreateTelegramLink name it under `alerts dev`/`demo`.
+STUB_BOT_USERNAME = "alerts_stub_bot"
 _METHODS = ("sendMessage", "sendPhoto", "editMessageCaption", "editMessageText", "getMe", "getUpdates")
 
 
 @dataclass
 class StubState:
-    mode: str = "ok"
-    retry_after: int = 1
-    mode_calls_left: int | None = None
+    failures: FailureMode = field(default_factory=FailureMode)
     next_message_id: int = 1
     messages: dict[tuple[str, int], dict[str, Any]] = field(default_factory=dict)
     requests: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=_MAX_RECORDED))
@@ -63,40 +64,35 @@ def _error(code: int, description: str, **parameters: Any) -> Response[dict[str,
 
 
 def _injected_failure(stub: StubState) -> Response[dict[str, Any]] | None:
-    if stub.mode == "ok":
+    mode = stub.failures.next_call()
+    if mode == "ok":
         return None
-    if stub.mode_calls_left is not None:
-        stub.mode_calls_left -= 1
-        if stub.mode_calls_left <= 0:
-            mode, stub.mode, stub.mode_calls_left = stub.mode, "ok", None
-        else:
-            mode = stub.mode
-    else:
-        mode = stub.mode
     if mode == "429":
-        return _error(429, f"Too Many Requests: retry after {stub.retry_after}", retry_after=stub.retry_after)
+        retry_after = stub.failures.retry_after
+        return _error(429, f"Too Many Requests: retry after {retry_after}", retry_after=retry_after)
     return _error(500, "Internal Server Error")
 
 
-def _over_limit(stub: StubState, chat_id: str, now: float) -> int:
-    """Seconds to wait when this send breaks Telegram's limits, else 0 (and the send is counted)."""
+def _over_limit(stub: StubState, chat_id: str, now: float) -> tuple[int, str]:
+    """Seconds to wait when this send breaks Telegram's limits and which limit ("bot", "chat" or
+    "group"), else (0, "") and the send is counted."""
     while stub.bot_sent and now - stub.bot_sent[0] >= 1.0:
         stub.bot_sent.popleft()
     if len(stub.bot_sent) >= _BOT_PER_SECOND:
-        return 1
+        return 1, "bot"
     last = stub.chat_last_sent.get(chat_id)
     if last is not None and now - last < _CHAT_SPACING_SECONDS:
-        return 1
+        return 1, "chat"
     if chat_id.startswith("-"):
         window = stub.group_sent.setdefault(chat_id, deque())
         while window and now - window[0] >= 60.0:
             window.popleft()
         if len(window) >= _GROUP_PER_MINUTE:
-            return max(1, int(60.0 - (now - window[0])) + 1)
+            return max(1, int(60.0 - (now - window[0])) + 1), "group"
         window.append(now)
     stub.chat_last_sent[chat_id] = now
     stub.bot_sent.append(now)
-    return 0
+    return 0, ""
 
 
 async def _parameters(request: Request[Any, Any, State]) -> tuple[dict[str, Any], bytes | None]:
@@ -138,20 +134,23 @@ async def bot_method(
         "photo_sha256": hashlib.sha256(photo).hexdigest() if photo is not None else None,
         "received_at": now,
     }
-    stub.requests.append(entry)
-    answer = await _answer(stub, method, params, photo, now)
-    # A Response built without a status answers with the route's (200).
+    answer = await _answer(stub, method, params, photo, entry)
+    # A Response built without a status answers with the route's (200). Recorded once answered, so every
+    # entry has its status (a getUpdates long poll answers seconds later).
     entry["status"] = answer.status_code or 200
+    stub.requests.append(entry)
     return answer
 
 
 async def _answer(
-    stub: StubState, method: str, params: dict[str, Any], photo: bytes | None, now: float
+    stub: StubState, method: str, params: dict[str, Any], photo: bytes | None, entry: dict[str, Any]
 ) -> Response[Any]:
+    """The Bot API's answer; a send refused for a limit names it in the entry's "limit"."""
+    now = entry["received_at"]
     if method not in _METHODS:
         return _error(404, "Not Found: method not found")
     if method == "getMe":
-        return Response({"ok": True, "result": {"id": 1, "is_bot": True, "username": "alerts_stub_bot"}})
+        return Response({"ok": True, "result": {"id": 1, "is_bot": True, "username": STUB_BOT_USERNAME}})
     if method == "getUpdates":
         return await _get_updates(stub, params)
     failure = _injected_failure(stub)
@@ -167,7 +166,7 @@ async def _answer(
     text_field = "text" if method == "sendMessage" else "caption"
     if method == "sendMessage" and not params.get("text"):
         return _error(400, "Bad Request: message text is empty")
-    wait = _over_limit(stub, chat_id, now)
+    wait, entry["limit"] = _over_limit(stub, chat_id, now)
     if wait:
         return _error(429, f"Too Many Requests: retry after {wait}", retry_after=wait)
     message_id = stub.next_message_id
@@ -232,17 +231,7 @@ def clear_requests(request: Request[Any, Any, State]) -> None:
 
 @post("/_stub/mode", status_code=200, sync_to_thread=False)
 def set_mode(request: Request[Any, Any, State], data: JSONBody[dict[str, Any]]) -> dict[str, Any]:
-    stub = _state(request)
-    mode = data.get("mode")
-    if mode not in ("ok", "429", "500"):
-        raise ValidationException("mode must be one of ok, 429, 500")
-    retry_after, count = data.get("retry_after", 1), data.get("count")
-    if not isinstance(retry_after, int) or isinstance(retry_after, bool) or retry_after < 1:
-        raise ValidationException("retry_after must be a positive integer")
-    if count is not None and (not isinstance(count, int) or isinstance(count, bool) or count < 1):
-        raise ValidationException("count must be a positive integer")
-    stub.mode, stub.retry_after, stub.mode_calls_left = mode, retry_after, count
-    return {"mode": mode, "retry_after": retry_after, "count": count}
+    return _state(request).failures.set(data)
 
 
 @post("/_stub/updates", status_code=200, sync_to_thread=False)

@@ -45,6 +45,7 @@ from signal_service.settings import SignalSettings, get_settings
 from signal_service.signals.service import SignalOutcomes, SignalReader
 from signal_service.status import StatusReporter
 from signal_service.storage_links import ScreenshotLinks
+from signal_service.telegram_links.service import TelegramLinks
 from signal_service.users.access import AccessTokenManager, access_tokens_from_settings
 from signal_service.users.service import UserManager
 from signal_service.users.servicer import UserServicer
@@ -198,6 +199,7 @@ async def signal_app(settings: SignalSettings) -> AsyncIterator[SignalApp]:
                 on_commit=relay.wake,
             ),
             access_tokens,
+            TelegramLinks(database=database, settings=settings),
         ),
     )
     try:

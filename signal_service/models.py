@@ -427,3 +427,22 @@ class ApiKey(SQLModel, table=True):
     )
     created_at: datetime = Field(sa_column=_now_column())
     revoked_at: datetime | None = Field(default=None, sa_column=_utc_column(nullable=True))
+
+
+class TelegramLink(SQLModel, table=True):
+    """A one-time code binding the Telegram chat that sends it to the bot (`/start <code>`) to a user;
+    only its SHA-256 is stored."""
+
+    __tablename__ = "telegram_links"
+
+    code_hash: str = Field(sa_column=sa.Column(sa.Text, primary_key=True))
+    user_id: uuid.UUID = Field(
+        sa_column=sa.Column(
+            pg.UUID(as_uuid=True), sa.ForeignKey("users.id", ondelete="CASCADE"), nullable=False, index=True
+        )
+    )
+    created_at: datetime = Field(sa_column=_now_column())
+    expires_at: datetime = Field(sa_column=_utc_column(nullable=False))
+    used_at: datetime | None = Field(default=None, sa_column=_utc_column(nullable=True))
+    # The chat it bound, once used.
+    chat_id: str | None = Field(default=None, sa_column=sa.Column(sa.Text, nullable=True))

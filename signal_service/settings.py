@@ -131,6 +131,11 @@ class SignalSettings(DatabaseJobSettings):
     retention_retry_seconds: float = Field(default=60.0, gt=0)
     retention_batch_size: int = Field(default=100, ge=1)
     storage_usage_refresh_seconds: float = Field(default=300.0, gt=0)
+    # The platform bot's username (without @), for the https://t.me/<bot>?start=<code> links of
+    # CreateTelegramLink; unset, that RPC answers FAILED_PRECONDITION.
+    telegram_bot_username: str | None = Field(default=None, pattern=r"^[A-Za-z][A-Za-z0-9_]{3,31}$")
+    # How long a CreateTelegramLink code can be used.
+    telegram_link_ttl_seconds: int = Field(default=900, ge=60, le=7 * 86_400)
 
     @field_validator("access_token_signing_key", mode="after")
     @classmethod

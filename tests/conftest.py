@@ -22,6 +22,8 @@ from tests.keys import ACCEPTED_ENTRIES, SYSTEM_KEYS
 
 # The operator's (admin) key: the platform's powers, for tests that act as the platform.
 SERVICE_KEY = SYSTEM_KEYS.operator
+# The bot t.me links name (ALERTS_TELEGRAM_BOT_USERNAME) in tests.
+TEST_BOT_USERNAME = "alerts_test_bot"
 SCOPED_USER_KEYS: dict[str, str] = {}
 
 
@@ -100,6 +102,7 @@ def service_env(database_url: str, redis_url: str, redis_namespace: str, data_di
         "ALERTS_SERVICE_API_KEY": SYSTEM_KEYS.worker,
         "ALERTS_DATA_DIR": str(data_dir),
         "ALERTS_LOG_LEVEL": "INFO",
+        "ALERTS_TELEGRAM_BOT_USERNAME": TEST_BOT_USERNAME,
     }
 
 

@@ -6,11 +6,14 @@ import argparse
 import signal
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from alerts.cli.clients import CommandError
 from mesh.logging import configure_logging
 from mesh.settings import CommonSettings
+
+if TYPE_CHECKING:
+    from alerts.dev import DevStack
 
 
 def register(commands: Any) -> None:
@@ -56,6 +59,7 @@ def run_dev(options: argparse.Namespace) -> int:
             f"  viewer:       {stack.edge_url}/ui  (a link for one user: alerts token create <user id>)\n"
             f"  gRPC signal:  {stack.signal_addr}   storage: {stack.storage_addr}\n"
             f"  chart stub:   {stack.tradingview_url or '(real TradingView)'}\n"
+            f"  notify stubs: {_notify_stubs(stack)}\n"
             f"  admin key:    {stack.api_key}\n"
             f"  logs:         {stack.log_dir}/\n"
             "Press Ctrl-C to stop.",
@@ -88,3 +92,16 @@ def run_demo(options: argparse.Namespace) -> int:
         )
     except ProcessStartError as exc:
         raise CommandError(str(exc)) from None
+
+
+def _notify_stubs(stack: DevStack) -> str:
+    """Where to see what the Telegram and Discord stubs received (the ones this stack runs)."""
+    stubs = [
+        f"{label} {url}/_stub/requests"
+        for label, name, url in (
+            ("Telegram", "telegram-stub", stack.telegram_api_url),
+            ("Discord", "discord-stub", stack.discord_stub_url),
+        )
+        if name in stack.processes
+    ]
+    return "   ".join(stubs) or "(none: real providers)"

@@ -5,14 +5,16 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-TARGETS = ("edge", "signal", "storage", "capture", "notify", "chart-stub", "telegram-stub")
+TARGETS = ("edge", "signal", "storage", "capture", "notify", "chart-stub", "telegram-stub", "discord-stub")
 
 
 def register(commands: Any) -> None:
     serve = commands.add_parser("serve", help="run one service in the foreground")
     serve.add_argument("target", choices=TARGETS)
     serve.add_argument("--host", default="127.0.0.1", help="stubs only")
-    serve.add_argument("--port", type=int, default=None, help="stubs only (chart 8090, telegram 8091)")
+    serve.add_argument(
+        "--port", type=int, default=None, help="stubs only (chart 8090, telegram 8091, discord 8092)"
+    )
     serve.set_defaults(handler=serve_target)
 
 
@@ -45,4 +47,8 @@ def serve_target(options: argparse.Namespace) -> int:
         from notify_service.main import run_telegram_stub
 
         run_telegram_stub(options.host, options.port or 8091)
+    elif options.target == "discord-stub":
+        from notify_service.main import run_discord_stub
+
+        run_discord_stub(options.host, options.port or 8092)
     return 0

@@ -13,6 +13,8 @@ from pydantic import SecretStr
 from notify_service.channels.errors import DeliveryError, status_failure, transport_failure
 
 PARSE_MODE = "HTML"
+# A long poll's answer comes after its timeout at the latest; this much more covers the network.
+_POLL_SLACK_SECONDS = 10
 
 
 class TelegramBot:
@@ -48,7 +50,16 @@ class TelegramBot:
             if "message is not modified" not in exc.reason:
                 raise
 
-    async def _call(self, method: str, **request: Any) -> dict[str, Any]:
+    async def get_updates(self, offset: int, timeout_seconds: int) -> list[dict[str, Any]]:
+        """The bot's pending messages from `offset` on, waiting up to `timeout_seconds` for one (long
+        polling); every update before `offset` is thereby confirmed to Telegram."""
+        payload = {"offset": offset, "timeout": timeout_seconds, "allowed_updates": ["message"]}
+        # The answer may take the whole long poll: the client's own timeout is shorter.
+        result = await self._call("getUpdates", json=payload, timeout=timeout_seconds + _POLL_SLACK_SECONDS)
+        updates = result if isinstance(result, list) else []
+        return [update for update in updates if isinstance(update, dict)]
+
+    async def _call(self, method: str, **request: Any) -> Any:
         url = f"{self._api_url}/bot{self._token.get_secret_value()}/{method}"
         try:
             answer = await self._client.post(url, **request)
@@ -58,16 +69,18 @@ class TelegramBot:
             body = answer.json()
         except ValueError:
             body = {}
+        if not isinstance(body, dict):
+            body = {}
         if answer.status_code == 200 and body.get("ok"):
-            return body.get("result") or {}
+            return body.get("result")
         parameters = body.get("parameters") or {}
         retry_after = parameters.get("retry_after") if isinstance(parameters, dict) else None
         description = str(body.get("description") or "")
         raise status_failure(answer.status_code, description, float(retry_after) if retry_after else None)
 
 
-def _message_id(result: dict[str, Any]) -> int:
-    message_id = result.get("message_id")
+def _message_id(result: Any) -> int:
+    message_id = result.get("message_id") if isinstance(result, dict) else None
     if not isinstance(message_id, int):
         raise DeliveryError("Telegram answered without a message id", permanent=False)
     return message_id

@@ -41,14 +41,17 @@ class NotificationRepository:
         return list((await self.session.execute(statement)).scalars())
 
     async def oldest_open_alerts(
-        self, user_id: uuid.UUID, channels: Sequence[str]
-    ) -> dict[str, tuple[int, uuid.UUID]]:
-        """Per channel, the user's oldest alert delivery still open: (delivery id, signal id)."""
+        self, user_id: uuid.UUID, channels: Sequence[str], now: datetime
+    ) -> dict[str, tuple[int, uuid.UUID, bool]]:
+        """Per channel, the user's oldest alert delivery still open: (delivery id, signal id, whether a
+        worker holds it under a live lease)."""
         statement = (
             sa.select(
                 col(NotificationDelivery.channel),
                 col(NotificationDelivery.id),
                 col(NotificationDelivery.signal_id),
+                col(NotificationDelivery.status),
+                col(NotificationDelivery.lease_until),
             )
             .where(
                 col(NotificationDelivery.user_id) == user_id,
@@ -59,7 +62,8 @@ class NotificationRepository:
             .order_by(col(NotificationDelivery.channel), col(NotificationDelivery.id))
             .ext(distinct_on(col(NotificationDelivery.channel)))
         )
-        return {row.channel: (row.id, row.signal_id) for row in await self.session.execute(statement)}
+        rows = await self.session.execute(statement)
+        return {row.channel: (row.id, row.signal_id, _held(row.status, row.lease_until, now)) for row in rows}
 
     async def next_open_alert(self, user_id: uuid.UUID, channel: str, after_id: int) -> uuid.UUID | None:
         """The signal of the user's next open alert on `channel` after delivery `after_id`."""
@@ -167,3 +171,8 @@ class NotificationRepository:
             col(NotificationDelivery.status)
         )
         return {row[0]: row[1] for row in await self.session.execute(statement)}
+
+
+def _held(status: str, lease_until: datetime | None, now: datetime) -> bool:
+    """Whether a worker holds the delivery now: sending, under a lease that has not run out."""
+    return status == DeliveryStatus.SENDING and lease_until is not None and lease_until > now

@@ -173,7 +173,7 @@ class NotificationLedger:
             claim = NotificationClaim(row=row, secrets_ciphertext=secrets or b"")
             now = utcnow()
             alerts = {delivery.channel: delivery for delivery in deliveries if delivery.kind == "alert"}
-            oldest = await ledger.oldest_open_alerts(row.signal.user_id, list(alerts))
+            oldest = await ledger.oldest_open_alerts(row.signal.user_id, list(alerts), now)
             for delivery in deliveries:
                 if delivery.status == DeliveryStatus.SENDING and delivery.lease_until is not None:
                     if delivery.lease_until > now:
@@ -212,7 +212,7 @@ class NotificationLedger:
         delivery: NotificationDelivery,
         preferences: dict[str, Any],
         alerts: dict[str, NotificationDelivery],
-        oldest: dict[str, tuple[int, uuid.UUID]],
+        oldest: dict[str, tuple[int, uuid.UUID, bool]],
         now: datetime,
         screenshot_wait_seconds: int,
     ) -> NotificationTask | None:
@@ -226,10 +226,15 @@ class NotificationLedger:
         object_key = (screenshot.object_key or "") if screenshot is not None else ""
         chart_ready = screenshot_status == ScreenshotStatus.COMPLETED and bool(object_key)
         if delivery.kind == "alert":
-            first_id, first_signal = oldest.get(delivery.channel, (delivery.id, delivery.signal_id))
+            first_id, first_signal, first_held = oldest.get(
+                delivery.channel, (delivery.id, delivery.signal_id, False)
+            )
             if first_id < delivery.id:
                 claim.wait(_BEHIND_RECHECK_SECONDS)
-                claim.waiting_for_signal_id = str(first_signal)
+                # A worker holding the older alert queues this one when done (next_signal_ids): a nudge
+                # is for an older alert nobody holds, whose job may have been lost.
+                if not first_held:
+                    claim.waiting_for_signal_id = str(first_signal)
                 return None
             wants_photo = wants_photo_with_alert(preferences, delivery.channel)
             wait_until = claim.row.signal.created_at + timedelta(seconds=screenshot_wait_seconds)

@@ -8,15 +8,19 @@ from google.protobuf import json_format
 from apidevs.alerts.v1 import resources_pb2, user_service_pb2, user_service_pb2_grpc
 from mesh.auth import ensure_unscoped
 from signal_service.proto_mapping import plan_from_proto, timestamp, user_to_proto
+from signal_service.telegram_links.service import TelegramLinks
 from signal_service.users.access import AccessTokenManager
 from signal_service.users.service import UserManager
 from signal_service.visibility import visible_owner
 
 
 class UserServicer(user_service_pb2_grpc.UserServiceServicer):
-    def __init__(self, users: UserManager, access_tokens: AccessTokenManager) -> None:
+    def __init__(
+        self, users: UserManager, access_tokens: AccessTokenManager, telegram_links: TelegramLinks
+    ) -> None:
         self._users = users
         self._access_tokens = access_tokens
+        self._telegram_links = telegram_links
 
     async def CreateUser(
         self, request: user_service_pb2.CreateUserRequest, context: grpc.aio.ServicerContext
@@ -107,3 +111,18 @@ class UserServicer(user_service_pb2_grpc.UserServiceServicer):
         ensure_unscoped()
         revoked_before = await self._access_tokens.revoke(request.user_id)
         return user_service_pb2.RevokeAccessTokensResponse(revoked_before=timestamp(revoked_before))
+
+    async def CreateTelegramLink(
+        self, request: user_service_pb2.CreateTelegramLinkRequest, context: grpc.aio.ServicerContext
+    ) -> user_service_pb2.CreateTelegramLinkResponse:
+        ensure_unscoped()
+        issued = await self._telegram_links.create(request.user_id)
+        return user_service_pb2.CreateTelegramLinkResponse(
+            link=issued.link, code=issued.code, expires_at=timestamp(issued.expires_at)
+        )
+
+    async def LinkTelegramChat(
+        self, request: user_service_pb2.LinkTelegramChatRequest, context: grpc.aio.ServicerContext
+    ) -> user_service_pb2.LinkTelegramChatResponse:
+        user_id = await self._telegram_links.bind(request.code, request.chat_id)
+        return user_service_pb2.LinkTelegramChatResponse(user_id=str(user_id))

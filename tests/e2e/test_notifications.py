@@ -1,4 +1,4 @@
-"""Notifications through real processes: storage, signal, a notify worker and the Telegram stub.
+"""Notifications through real processes: storage, signal, a notify worker, the Telegram and Discord stubs.
 
 The capture is played by the test (ClaimCapture, PutObject, ReportCapture with the workers' key), so that
 when the chart is ready is the test's choice: before the notify worker's wait ends (photo + caption) or
@@ -33,7 +33,9 @@ from apidevs.alerts.v1 import (
     user_service_pb2,
     user_service_pb2_grpc,
 )
+from mesh.telegram_updates import LINKED_TEXT, NOT_LINKED_TEXT
 from notify_service.signing import verify
+from notify_service.telegram_stub import STUB_BOT_USERNAME
 from tests.e2e.stacks import child_env, fresh_database
 from tests.keys import SYSTEM_KEYS, open_system_channel
 from tests.support import asgi_app_in_thread
@@ -62,6 +64,7 @@ def stack(service_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory)
             objects_dir=log_dir / "objects",
             inherited=child_env(service_env),
             telegram_stub=True,
+            discord_stub=True,
             ALERTS_REDIS_NAMESPACE=f"notify-e2e-{uuid.uuid4().hex[:8]}",
             ALERTS_NOTIFY_SCREENSHOT_WAIT_SECONDS=str(SCREENSHOT_WAIT_SECONDS),
             ALERTS_DRAMATIQ_HEARTBEAT_TIMEOUT_MS="3000",
@@ -69,7 +72,7 @@ def stack(service_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory)
             ALERTS_NOTIFY_LEASE_SECONDS="5",
         )
         try:
-            stack.start("telegram-stub", "storage", "signal", "notify-0")
+            stack.start("telegram-stub", "discord-stub", "storage", "signal", "notify-0")
             yield stack
         finally:
             stack.close()
@@ -83,6 +86,7 @@ class Client:
         self.users = user_service_pb2_grpc.UserServiceStub(signal_channel)
         self.storage = storage_service_pb2_grpc.StorageServiceStub(storage_channel)
         self.http = httpx.AsyncClient(base_url=stack.telegram_api_url)
+        self.discord = httpx.AsyncClient(base_url=stack.discord_stub_url)
 
     async def user(self, preferences: dict[str, Any]) -> str:
         document = struct_pb2.Struct()
@@ -152,6 +156,10 @@ class Client:
 
         return await self.until(f"{method} to {chat_id}", check)
 
+    async def discord_calls(self, webhook_id: str, method: str) -> list[dict[str, Any]]:
+        answer = await self.discord.get("/_stub/requests")
+        return [c for c in answer.json() if c["webhook_id"] == webhook_id and c["method"] == method]
+
     async def deliveries(self, signal_id: str) -> list[resources_pb2.NotificationDelivery]:
         signal = await self.signals.GetSignal(signal_service_pb2.GetSignalRequest(signal_id=signal_id))
         return list(signal.deliveries)
@@ -166,6 +174,7 @@ async def client(stack: Stack) -> AsyncIterator[Client]:
     client = Client(stack, channels)
     yield client
     await client.http.aclose()
+    await client.discord.aclose()
     for channel in channels:
         await channel.close()
 
@@ -239,6 +248,82 @@ async def test_a_429_is_honoured(client: Client) -> None:
     [delivery] = await client.deliveries(signal_id)
     assert delivery.status == resources_pb2.DELIVERY_STATUS_DELIVERED
     assert delivery.attempts == 2
+
+
+async def test_discord_gets_the_embed_with_its_chart_a_429_honoured_and_the_outcome_edit(
+    client: Client,
+) -> None:
+    webhook_id = str(10**17 + uuid.uuid4().int % 10**17)
+    token = await client.user(
+        {"discord": {"webhook_url": f"https://discord.com/api/webhooks/{webhook_id}/{'d' * 68}"}}
+    )
+    await client.discord.post("/_stub/mode", json={"mode": "429", "retry_after": 1, "count": 1})
+    signal_id = await client.ingest(token, alert())
+    await client.complete_capture(signal_id)
+
+    async def executed() -> list[dict[str, Any]]:
+        calls = await client.discord_calls(webhook_id, "execute")
+        return calls if any(call["status"] == 200 for call in calls) else []
+
+    refused, sent = await client.until("the Discord message", executed)
+    assert (refused["status"], sent["status"]) == (429, 200)
+    assert sent["received_at"] - refused["received_at"] >= 1.0
+    assert sent["query"] == {"wait": "true"}
+    [attached] = sent["files"]
+    assert (attached["filename"], attached["bytes"]) == ("chart.png", len(PNG))
+    [embed] = sent["payload"]["embeds"]
+    assert embed["image"] == {"url": "attachment://chart.png"}
+    assert "BINANCE:BTCUSDT" in embed["description"]
+    alert_delivery = next(
+        d for d in await client.deliveries(signal_id) if d.kind == resources_pb2.NOTIFICATION_KIND_ALERT
+    )
+    assert alert_delivery.status == resources_pb2.DELIVERY_STATUS_DELIVERED
+    assert alert_delivery.with_photo
+    assert alert_delivery.attempts == 2
+
+    await client.signals.UpdateSignalOutcome(
+        signal_service_pb2.UpdateSignalOutcomeRequest(
+            signal_id=signal_id, result=resources_pb2.SIGNAL_RESULT_WIN, profit_loss="7.25"
+        )
+    )
+
+    async def edited() -> list[dict[str, Any]]:
+        return [c for c in await client.discord_calls(webhook_id, "edit") if c["status"] == 200]
+
+    [edit] = await client.until("the Discord edit", edited)
+    assert edit["message_id"] == alert_delivery.provider_message_id
+    assert "WIN" in edit["payload"]["embeds"][0]["description"]
+    assert "7.25" in edit["payload"]["embeds"][0]["description"]
+
+
+async def test_a_trader_connects_telegram_through_the_bots_start_link(client: Client) -> None:
+    """Before the SIGKILL test: the killed worker may hold the update poller's lease for a minute."""
+    created = await client.users.CreateUser(
+        user_service_pb2.CreateUserRequest(plan=resources_pb2.PLAN_PREMIUM)
+    )
+    issued = await client.users.CreateTelegramLink(
+        user_service_pb2.CreateTelegramLinkRequest(user_id=created.user.user_id)
+    )
+    assert issued.link == f"https://t.me/{STUB_BOT_USERNAME}?start={issued.code}"
+    chat_id = chat()
+    # What Telegram sends the bot when the trader opens the link and presses Start.
+    message = {"message_id": 1, "date": int(time.time()), "chat": {"id": int(chat_id), "type": "private"}}
+    await client.http.post("/_stub/updates", json={"message": message | {"text": f"/start {issued.code}"}})
+
+    [reply] = await client.sent(chat_id, "sendMessage")
+    assert reply["params"]["text"] == LINKED_TEXT
+    signal_id = await client.ingest(created.webhook_token, alert())
+    _, delivered = await client.sent(chat_id, "sendMessage", count=2)
+    assert "BINANCE:BTCUSDT" in delivered["params"]["text"]
+    [delivery] = await client.deliveries(signal_id)
+    assert delivery.status == resources_pb2.DELIVERY_STATUS_DELIVERED
+
+    # The code was used: sent again (from another chat), it binds nothing and says so.
+    other_chat = chat()
+    other = message | {"chat": {"id": int(other_chat), "type": "private"}, "text": f"/start {issued.code}"}
+    await client.http.post("/_stub/updates", json={"message": other})
+    [refusal] = await client.sent(other_chat, "sendMessage")
+    assert refusal["params"]["text"] == NOT_LINKED_TEXT
 
 
 async def test_nothing_is_sent_twice_across_a_worker_sigkill(client: Client, stack: Stack) -> None:

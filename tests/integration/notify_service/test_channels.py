@@ -152,8 +152,9 @@ async def test_an_unreachable_api_never_shows_the_token() -> None:
 async def test_discord_gets_an_embed_with_the_chart_and_an_edit(
     guarded: httpx.AsyncClient, receiver_url: str
 ) -> None:
-    hook = f"{receiver_url}/api/webhooks/123456789012345678/{'t' * 68}"
-    discord = DiscordWebhook(guarded)
+    hook = f"https://discord.com/api/webhooks/123456789012345678/{'t' * 68}"
+    # The receiver plays Discord's API origin (ALERTS_DISCORD_API_URL).
+    discord = DiscordWebhook(guarded, f"{receiver_url}/api")
 
     message_id = await discord.send(hook, {"title": "🚨 ADX"}, PNG)
     await discord.edit(hook, message_id, {"title": "🚨 ADX", "description": "✅ WIN"})
@@ -191,3 +192,13 @@ async def test_a_gone_webhook_fails_at_once(guarded: httpx.AsyncClient, receiver
 
     assert raised.value.permanent
     assert raised.value.reason == "HTTP 410"
+
+
+async def test_a_stored_url_that_is_no_discord_webhook_is_never_called(guarded: httpx.AsyncClient) -> None:
+    discord = DiscordWebhook(guarded, "http://127.0.0.1:9/api")
+
+    with pytest.raises(DeliveryError) as raised:
+        await discord.send("https://example.com/api/webhooks/123456789012345678/" + "t" * 68, {}, None)
+
+    assert raised.value.permanent
+    assert "not a Discord webhook" in raised.value.reason

@@ -13,7 +13,7 @@ import redis.asyncio as redis_async
 from notify_service.ratelimit import TelegramLimits, TelegramRateLimiter
 
 # Tests of one limit make the others too short to interfere.
-ONLY_CHAT = TelegramLimits(per_bot_interval_ms=1)
+ONLY_CHAT = TelegramLimits(per_chat_interval_ms=1_100, per_bot_interval_ms=1, bot_sends_per_window=1_000)
 
 
 @pytest.fixture
@@ -34,39 +34,44 @@ async def test_one_message_per_second_per_chat_across_workers(
     first_worker = TelegramRateLimiter(redis, namespace, ONLY_CHAT)
     second_worker = TelegramRateLimiter(redis, namespace, ONLY_CHAT)
 
-    assert await first_worker.try_send("42") == 0.0
-    wait = await second_worker.try_send("42")
-    await asyncio.sleep(0.005)
-    other_chat = await second_worker.try_send("43")
+    assert await first_worker.admit("42") == 0.0
+    wait = await second_worker.admit("42")
+    other_chat = await second_worker.admit("43")
 
     assert 1.0 <= wait <= 1.1
     assert other_chat == 0.0
 
 
-async def test_the_bot_limit_spaces_every_chat(redis: redis_async.Redis, namespace: str) -> None:
-    limiter = TelegramRateLimiter(redis, namespace, TelegramLimits(per_bot_interval_ms=200))
+async def test_the_bot_window_counts_sends_to_every_chat(redis: redis_async.Redis, namespace: str) -> None:
+    limiter = TelegramRateLimiter(redis, namespace, TelegramLimits(bot_sends_per_window=3))
 
-    assert await limiter.try_send("1") == 0.0
-    assert 0.0 < await limiter.try_send("2") <= 0.2
+    assert [await limiter.admit(str(chat)) for chat in range(3)] == [0.0, 0.0, 0.0]
+    # The fourth send in a second waits until the first leaves the window.
+    assert 0.0 < await limiter.admit("3") <= 1.0
 
 
 async def test_a_refused_send_counts_against_no_limit(redis: redis_async.Redis, namespace: str) -> None:
-    limiter = TelegramRateLimiter(redis, namespace, TelegramLimits(per_bot_interval_ms=50))
-    await limiter.try_send("-100")
-    await asyncio.sleep(0.06)
-
-    assert await limiter.try_send("-100") > 0.5
-    # Had the refused send advanced the bot's cell, another chat would now wait about 50 ms.
-    assert await limiter.try_send("5") == 0.0
-
-
-async def test_group_chats_get_twenty_a_minute(redis: redis_async.Redis, namespace: str) -> None:
-    limits = TelegramLimits(per_chat_interval_ms=1, per_bot_interval_ms=1, per_group_interval_ms=3_000)
+    limits = TelegramLimits(bot_sends_per_window=2)
     limiter = TelegramRateLimiter(redis, namespace, limits)
-    await limiter.try_send("-1001")
-    await asyncio.sleep(0.005)
+    await limiter.admit("-100")
 
-    assert 2.9 <= await limiter.try_send("-1001") <= 3.0
+    assert await limiter.admit("-100") > 0.5
+    # Had the refused send been counted, the bot's window (two a second) would now be full.
+    assert await limiter.admit("5") == 0.0
+
+
+async def test_group_chats_get_their_window(redis: redis_async.Redis, namespace: str) -> None:
+    limits = TelegramLimits(per_chat_interval_ms=1, group_sends_per_window=2, group_window_ms=3_000)
+    limiter = TelegramRateLimiter(redis, namespace, limits)
+    await limiter.admit("-1001")
+    await asyncio.sleep(0.005)
+    await limiter.admit("-1001")
+
+    assert 2.9 <= await limiter.admit("-1001") <= 3.0
+    # A private chat has no group window.
+    await limiter.admit("1001")
+    await asyncio.sleep(0.005)
+    assert await limiter.admit("1001") == 0.0
 
 
 async def test_retry_after_holds_the_chat_back(redis: redis_async.Redis, namespace: str) -> None:
@@ -74,12 +79,32 @@ async def test_retry_after_holds_the_chat_back(redis: redis_async.Redis, namespa
 
     await limiter.honour_retry_after("9", 5, whole_bot=False)
 
-    assert 4.9 <= await limiter.try_send("9") <= 5.0
-    assert await limiter.try_send("10") == 0.0
+    assert 4.9 <= await limiter.admit("9") <= 5.0
+    assert 4.9 <= await limiter.reserve("9") <= 5.0
+    assert await limiter.admit("10") == 0.0
+
+
+async def test_retry_after_for_the_bot_holds_every_chat(redis: redis_async.Redis, namespace: str) -> None:
+    limiter = TelegramRateLimiter(redis, namespace, ONLY_CHAT)
+
+    await limiter.honour_retry_after("9", 3, whole_bot=True)
+
+    assert 2.9 <= await limiter.admit("10") <= 3.0
+
+
+async def test_a_late_send_moves_the_chat_next_booking(redis: redis_async.Redis, namespace: str) -> None:
+    limiter = TelegramRateLimiter(redis, namespace, ONLY_CHAT)
+    assert await limiter.reserve("7") == 0.0
+    # The booked send goes out late; the chat's next booking counts from when it really went.
+    await asyncio.sleep(0.3)
+    assert await limiter.admit("7") == 0.0
+
+    assert 1.05 <= await limiter.reserve("7") <= 1.1
 
 
 async def test_reservations_line_senders_up_at_the_bot_pace(redis: redis_async.Redis, namespace: str) -> None:
-    limiter = TelegramRateLimiter(redis, namespace, TelegramLimits(per_bot_interval_ms=100))
+    limits = TelegramLimits(per_chat_interval_ms=1_100, per_bot_interval_ms=100)
+    limiter = TelegramRateLimiter(redis, namespace, limits)
     waits = [await limiter.reserve(str(chat)) for chat in range(1, 6)]
     # One slot per 100 ms for the bot, whatever the chats: the fifth sender goes about 400 ms from now.
     assert waits[0] == 0.0

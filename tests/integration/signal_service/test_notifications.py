@@ -284,6 +284,9 @@ async def test_a_chat_receives_alerts_in_arrival_order(users, signals) -> None:
     assert blocked.retry_after_seconds > 0
     claimed_first = await claim(signals, first, "f1")
     assert list(claimed_first.next_signal_ids) == [second]
+    # The first is held by a live worker, which queues the second when done: nothing to nudge.
+    held = await claim(signals, second, "s1b")
+    assert (held.tasks, held.waiting_for_signal_id) == ([], "")
     [task] = claimed_first.tasks
     await report(signals, task, "f1", DELIVERED, provider_message_id="1")
     assert len((await claim(signals, second, "s2")).tasks) == 1

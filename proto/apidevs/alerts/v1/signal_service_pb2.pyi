@@ -870,8 +870,8 @@ class ClaimNotificationResponse(_message.Message):
     the shared cookie keys; workers decrypt. Empty when the user has none.
     """
     waiting_for_signal_id: _builtins.str
-    """Set when an alert waits behind an older signal's alert to the same chat: the worker queues that
-    signal too, so that a lost message cannot hold the chat.
+    """Set when an alert waits behind an older signal's alert to the same chat that no worker holds: the
+    worker queues that signal too, so that a lost message cannot hold the chat.
     """
     @_builtins.property
     def tasks(self) -> _containers.RepeatedCompositeFieldContainer[Global___NotificationTask]:

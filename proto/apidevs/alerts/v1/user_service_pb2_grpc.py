@@ -76,6 +76,16 @@ class UserServiceStub:
                 request_serializer=apidevs_dot_alerts_dot_v1_dot_user__service__pb2.RevokeAccessTokensRequest.SerializeToString,
                 response_deserializer=apidevs_dot_alerts_dot_v1_dot_user__service__pb2.RevokeAccessTokensResponse.FromString,
                 _registered_method=True)
+        self.CreateTelegramLink = channel.unary_unary(
+                '/apidevs.alerts.v1.UserService/CreateTelegramLink',
+                request_serializer=apidevs_dot_alerts_dot_v1_dot_user__service__pb2.CreateTelegramLinkRequest.SerializeToString,
+                response_deserializer=apidevs_dot_alerts_dot_v1_dot_user__service__pb2.CreateTelegramLinkResponse.FromString,
+                _registered_method=True)
+        self.LinkTelegramChat = channel.unary_unary(
+                '/apidevs.alerts.v1.UserService/LinkTelegramChat',
+                request_serializer=apidevs_dot_alerts_dot_v1_dot_user__service__pb2.LinkTelegramChatRequest.SerializeToString,
+                response_deserializer=apidevs_dot_alerts_dot_v1_dot_user__service__pb2.LinkTelegramChatResponse.FromString,
+                _registered_method=True)
 
 
 class UserServiceServicer:
@@ -139,6 +149,23 @@ class UserServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateTelegramLink(self, request, context):
+        """A one-time link for the trader to open in Telegram: pressing Start there sends the platform's bot
+        `/start <code>`, and that chat becomes the user's notification_preferences.telegram.chat_id.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def LinkTelegramChat(self, request, context):
+        """Binds the chat that sent the bot `/start <code>` to the code's user. Called by whoever receives the
+        bot's updates: the edge's Telegram webhook in production, the notify workers' long polling in dev.
+        An unknown, used or expired code is NOT_FOUND.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_UserServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -181,6 +208,16 @@ def add_UserServiceServicer_to_server(servicer, server):
                     servicer.RevokeAccessTokens,
                     request_deserializer=apidevs_dot_alerts_dot_v1_dot_user__service__pb2.RevokeAccessTokensRequest.FromString,
                     response_serializer=apidevs_dot_alerts_dot_v1_dot_user__service__pb2.RevokeAccessTokensResponse.SerializeToString,
+            ),
+            'CreateTelegramLink': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateTelegramLink,
+                    request_deserializer=apidevs_dot_alerts_dot_v1_dot_user__service__pb2.CreateTelegramLinkRequest.FromString,
+                    response_serializer=apidevs_dot_alerts_dot_v1_dot_user__service__pb2.CreateTelegramLinkResponse.SerializeToString,
+            ),
+            'LinkTelegramChat': grpc.unary_unary_rpc_method_handler(
+                    servicer.LinkTelegramChat,
+                    request_deserializer=apidevs_dot_alerts_dot_v1_dot_user__service__pb2.LinkTelegramChatRequest.FromString,
+                    response_serializer=apidevs_dot_alerts_dot_v1_dot_user__service__pb2.LinkTelegramChatResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -400,6 +437,60 @@ class UserService:
             '/apidevs.alerts.v1.UserService/RevokeAccessTokens',
             apidevs_dot_alerts_dot_v1_dot_user__service__pb2.RevokeAccessTokensRequest.SerializeToString,
             apidevs_dot_alerts_dot_v1_dot_user__service__pb2.RevokeAccessTokensResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateTelegramLink(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/apidevs.alerts.v1.UserService/CreateTelegramLink',
+            apidevs_dot_alerts_dot_v1_dot_user__service__pb2.CreateTelegramLinkRequest.SerializeToString,
+            apidevs_dot_alerts_dot_v1_dot_user__service__pb2.CreateTelegramLinkResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def LinkTelegramChat(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/apidevs.alerts.v1.UserService/LinkTelegramChat',
+            apidevs_dot_alerts_dot_v1_dot_user__service__pb2.LinkTelegramChatRequest.SerializeToString,
+            apidevs_dot_alerts_dot_v1_dot_user__service__pb2.LinkTelegramChatResponse.FromString,
             options,
             channel_credentials,
             insecure,

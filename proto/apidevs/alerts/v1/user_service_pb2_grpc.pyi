@@ -52,6 +52,15 @@ class UserServiceStub:
     """
     RevokeAccessTokens: _grpc.UnaryUnaryMultiCallable[_user_service_pb2.RevokeAccessTokensRequest, _user_service_pb2.RevokeAccessTokensResponse]
     """Refuses every access token of the user issued before this call, on every replica within 5 s."""
+    CreateTelegramLink: _grpc.UnaryUnaryMultiCallable[_user_service_pb2.CreateTelegramLinkRequest, _user_service_pb2.CreateTelegramLinkResponse]
+    """A one-time link for the trader to open in Telegram: pressing Start there sends the platform's bot
+    `/start <code>`, and that chat becomes the user's notification_preferences.telegram.chat_id.
+    """
+    LinkTelegramChat: _grpc.UnaryUnaryMultiCallable[_user_service_pb2.LinkTelegramChatRequest, _user_service_pb2.LinkTelegramChatResponse]
+    """Binds the chat that sent the bot `/start <code>` to the code's user. Called by whoever receives the
+    bot's updates: the edge's Telegram webhook in production, the notify workers' long polling in dev.
+    An unknown, used or expired code is NOT_FOUND.
+    """
 
 @_typing.type_check_only
 class UserServiceAsyncStub(UserServiceStub):
@@ -76,6 +85,15 @@ class UserServiceAsyncStub(UserServiceStub):
     """
     RevokeAccessTokens: _aio.UnaryUnaryMultiCallable[_user_service_pb2.RevokeAccessTokensRequest, _user_service_pb2.RevokeAccessTokensResponse]  # type: ignore[assignment]
     """Refuses every access token of the user issued before this call, on every replica within 5 s."""
+    CreateTelegramLink: _aio.UnaryUnaryMultiCallable[_user_service_pb2.CreateTelegramLinkRequest, _user_service_pb2.CreateTelegramLinkResponse]  # type: ignore[assignment]
+    """A one-time link for the trader to open in Telegram: pressing Start there sends the platform's bot
+    `/start <code>`, and that chat becomes the user's notification_preferences.telegram.chat_id.
+    """
+    LinkTelegramChat: _aio.UnaryUnaryMultiCallable[_user_service_pb2.LinkTelegramChatRequest, _user_service_pb2.LinkTelegramChatResponse]  # type: ignore[assignment]
+    """Binds the chat that sent the bot `/start <code>` to the code's user. Called by whoever receives the
+    bot's updates: the edge's Telegram webhook in production, the notify workers' long polling in dev.
+    An unknown, used or expired code is NOT_FOUND.
+    """
 
 class UserServiceServicer(metaclass=_abc_1.ABCMeta):
     """Users and their webhook credentials. Used by the platform backend and administrators."""
@@ -145,5 +163,26 @@ class UserServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_user_service_pb2.RevokeAccessTokensResponse, _abc.Awaitable[_user_service_pb2.RevokeAccessTokensResponse]]:
         """Refuses every access token of the user issued before this call, on every replica within 5 s."""
+
+    @_abc_1.abstractmethod
+    def CreateTelegramLink(
+        self,
+        request: _user_service_pb2.CreateTelegramLinkRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_user_service_pb2.CreateTelegramLinkResponse, _abc.Awaitable[_user_service_pb2.CreateTelegramLinkResponse]]:
+        """A one-time link for the trader to open in Telegram: pressing Start there sends the platform's bot
+        `/start <code>`, and that chat becomes the user's notification_preferences.telegram.chat_id.
+        """
+
+    @_abc_1.abstractmethod
+    def LinkTelegramChat(
+        self,
+        request: _user_service_pb2.LinkTelegramChatRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_user_service_pb2.LinkTelegramChatResponse, _abc.Awaitable[_user_service_pb2.LinkTelegramChatResponse]]:
+        """Binds the chat that sent the bot `/start <code>` to the code's user. Called by whoever receives the
+        bot's updates: the edge's Telegram webhook in production, the notify workers' long polling in dev.
+        An unknown, used or expired code is NOT_FOUND.
+        """
 
 def add_UserServiceServicer_to_server(servicer: UserServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

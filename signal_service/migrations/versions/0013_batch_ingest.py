@@ -22,7 +22,7 @@ from alembic import op
 from signal_service.intake.ingest_function import batch_ingest_sql
 
 revision = "0013_batch_ingest"
-down_revision = "0011_platform_access"
+down_revision = "0012_telegram_links"
 branch_labels = None
 depends_on = None
 

@@ -7,6 +7,7 @@ from datetime import datetime
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlmodel import col
 
 from signal_service.models import TelegramLink
 
@@ -26,19 +27,19 @@ class TelegramLinkRepository:
         statement = (
             sa.update(TelegramLink)
             .where(
-                TelegramLink.code_hash == code_hash,
-                TelegramLink.used_at.is_(None),
-                TelegramLink.expires_at > now,
+                col(TelegramLink.code_hash) == code_hash,
+                col(TelegramLink.used_at).is_(None),
+                col(TelegramLink.expires_at) > now,
             )
             .values(used_at=now, chat_id=chat_id)
-            .returning(TelegramLink.user_id)
+            .returning(col(TelegramLink.user_id))
         )
         return (await self.session.execute(statement)).scalar_one_or_none()
 
     async def delete_spent(self, user_id: uuid.UUID, now: datetime) -> None:
         """Drops the user's used and expired codes: they bind nothing any more."""
         statement = sa.delete(TelegramLink).where(
-            TelegramLink.user_id == user_id,
-            sa.or_(TelegramLink.used_at.is_not(None), TelegramLink.expires_at <= now),
+            col(TelegramLink.user_id) == user_id,
+            sa.or_(col(TelegramLink.used_at).is_not(None), col(TelegramLink.expires_at) <= now),
         )
         await self.session.execute(statement)

@@ -146,14 +146,15 @@ async def test_each_signal_event_queues_the_notify_workers_in_its_transaction(
     )
     assert [tuple(row) for row in rows] == [("telegram", "alert", "pending")]
 
-    count_queued = (
-        "SELECT count(*) FROM outbox WHERE queue_name = $1 AND actor_name = $2 AND args = $3::jsonb"
-    )
-    queued_before = await connection.fetchval(
-        count_queued, NOTIFY_QUEUE, NOTIFY_ACTOR, json.dumps([signal_id])
+    # The queued rows are locked first: the relay (DELETE ... SKIP LOCKED) cannot take them between counts.
+    queued_rows = (
+        "SELECT id FROM outbox WHERE queue_name = $1 AND actor_name = $2 AND args = $3::jsonb FOR UPDATE"
     )
     transaction = connection.transaction()
     await transaction.start()
+    queued_before = len(
+        await connection.fetch(queued_rows, NOTIFY_QUEUE, NOTIFY_ACTOR, json.dumps([signal_id]))
+    )
     await connection.execute(
         "UPDATE users SET event_seq = event_seq + 1 WHERE id = $1", uuid.UUID(created.user.user_id)
     )
@@ -164,7 +165,7 @@ async def test_each_signal_event_queues_the_notify_workers_in_its_transaction(
         uuid.UUID(signal_id),
     )
     # Not committed, so no relay can have taken it: the trigger queued it in the event's transaction.
-    queued = await connection.fetchval(count_queued, NOTIFY_QUEUE, NOTIFY_ACTOR, json.dumps([signal_id]))
+    queued = len(await connection.fetch(queued_rows, NOTIFY_QUEUE, NOTIFY_ACTOR, json.dumps([signal_id])))
     assert queued == queued_before + 1
     kinds = await connection.fetch(
         "SELECT kind FROM notification_deliveries WHERE signal_id = $1 ORDER BY id", uuid.UUID(signal_id)

@@ -13,7 +13,8 @@ with 200 k signals; small (`make bench`): 200 k signals, 100 users, three with 2
 Measured, each with p50/p99: ingest at 300/s open loop (as bench_ingest.py); ListSignals first page,
 every filter (ticker, indicator, signal type, result, a week's date range) and page 100 by page token, for
 the heaviest user and a light one; GetUserStats for the heaviest user; SubscribeSignals replay from a
-cursor 100 k events back (or all of a small user's), events/s until live. Then retention expiring the due
+cursor 100 k events back (or all of a small user's), events/s until live, in batches of 1,000 events per
+message and one event per message (a client that does not ask for batches). Then retention expiring the due
 screenshots of free-plan users and `alerts audit prune` (each: duration, ingest p99 meanwhile); bytes per
 signal for every table with its indexes; pg_dump and pg_restore time and size.
 """
@@ -35,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import psutil
 from google.protobuf import timestamp_pb2
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -72,10 +74,28 @@ REPEATS = 40
 PAGE_SIZE = 20
 DEEP_PAGE = 100
 REPLAY_EVENTS = 100_000
+REPLAY_EVENTS_PER_MESSAGE = 1000
 FREE_SHARE = 0.12  # light users on the free plan, whose screenshots older than 30 days are due to expire
 TICKERS = [f"BINANCE:COIN{index}USDT" for index in range(50)]
 INDICATORS = [f"Indicator {index} [APIDEVS]" for index in range(10)]
 SIGNAL_TYPES = ["Divergencia Alcista", "Divergencia Bajista", "Buy", "Sell", "Oversold", "Overbought"]
+
+
+def cpu_seconds() -> dict[str, float]:
+    """CPU seconds used so far by this process ("client") and by each service it started, by service: on a
+    shared machine, CPU per event says what a throughput figure cannot."""
+    own = psutil.Process()
+    used = {"client": sum(own.cpu_times()[:2])}
+    for child in own.children(recursive=True):
+        try:
+            arguments = child.cmdline()
+            times = child.cpu_times()
+        except psutil.Error:
+            continue
+        if "serve" in arguments[:-1]:
+            role = arguments[arguments.index("serve") + 1]
+            used[role] = used.get(role, 0.0) + times.user + times.system
+    return used
 
 
 def summarize(values_ms: list[float]) -> dict[str, float]:
@@ -174,7 +194,10 @@ class Scale:
         request = signal_service_pb2.GetUserStatsRequest(user_id=user_id)
         return await timed(lambda: self.signals.GetUserStats(request))
 
-    async def replay(self, user_id: str) -> dict[str, Any]:
+    async def replay(self, user_id: str, *, per_message: int) -> dict[str, Any]:
+        """Events/s of a replay from REPLAY_EVENTS back until live; `per_message` 0 is one event per
+        message (a client that does not ask for batches), else SubscribeSignalsRequest.max_events_per_message.
+        """
         connection = await asyncpg.connect(self.stack.dsn)
         try:
             newest = await connection.fetchval(
@@ -187,17 +210,32 @@ class Scale:
         if wanted == 0:
             return {"events": 0}
         call = self.signals.SubscribeSignals(
-            signal_service_pb2.SubscribeSignalsRequest(user_id=user_id, after_cursor=str(start))
+            signal_service_pb2.SubscribeSignalsRequest(
+                user_id=user_id, after_cursor=str(start), max_events_per_message=per_message
+            )
         )
+        cpu_before = cpu_seconds()
         started = time.perf_counter()
-        received = 0
-        async for _event in call:
-            received += 1
+        received = messages = 0
+        async for message in call:
+            received += len(message.events) if per_message else 1
+            messages += 1
             if received >= wanted:
                 break
         elapsed = time.perf_counter() - started
+        cpu_after = cpu_seconds()
         call.cancel()
-        return {"events": received, "seconds": round(elapsed, 2), "events_per_s": round(received / elapsed)}
+        return {
+            "events": received,
+            "messages": messages,
+            "seconds": round(elapsed, 2),
+            "events_per_s": round(received / elapsed),
+            # What a core could do: events/s if the process that spends most per event had one to itself.
+            "cpu_ms_per_1000_events": {
+                role: round((cpu_after[role] - cpu_before.get(role, 0.0)) * 1e6 / received, 1)
+                for role in cpu_after
+            },
+        }
 
     async def measure(self, ingest_seconds: int) -> dict[str, Any]:
         loop = asyncio.get_running_loop()
@@ -208,7 +246,8 @@ class Scale:
             "list_heavy": await self.lists(self.heavy),
             "list_light": await self.lists(self.light),
             "stats_heavy": await self.stats(self.heavy),
-            "replay_heavy": await self.replay(self.heavy),
+            "replay_heavy": await self.replay(self.heavy, per_message=REPLAY_EVENTS_PER_MESSAGE),
+            "replay_heavy_single": await self.replay(self.heavy, per_message=0),
         }
 
     async def under_ingest(self, work: Callable[[], Awaitable[None]], seconds: int) -> dict[str, Any]:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql as pg
@@ -26,7 +27,7 @@ class AuditRepository:
             return
         statement = pg.insert(AuditLog)
         statement = statement.on_conflict_do_update(
-            index_elements=["repeat_window", "user_id", "source_ip", "outcome", "reason"],
+            index_elements=["repeat_window", "user_id", "source_ip", "outcome", "reason", "created_at"],
             index_where=sa.text("repeat_window IS NOT NULL"),
             set_={"repeat_count": AuditLog.__table__.c.repeat_count + statement.excluded.repeat_count},
         )
@@ -36,7 +37,53 @@ class AuditRepository:
         """Deletes rows created before `cutoff`, at most `limit` of them (oldest first) when given."""
         doomed = AuditLog.created_at < cutoff
         if limit is not None:
-            oldest = sa.select(AuditLog.id).where(doomed).order_by(AuditLog.created_at).limit(limit)
-            doomed = AuditLog.id.in_(oldest.scalar_subquery())
+            oldest = (
+                sa.select(AuditLog.id, AuditLog.created_at)
+                .where(doomed)
+                .order_by(AuditLog.created_at)
+                .limit(limit)
+            )
+            # The whole primary key, and the cutoff again: only the partitions that can hold them are read.
+            doomed = sa.and_(doomed, sa.tuple_(AuditLog.id, AuditLog.created_at).in_(oldest))
         result = await self.session.execute(sa.delete(AuditLog).where(doomed))
         return result.rowcount or 0
+
+    async def month_partitions(self) -> dict[str, datetime]:
+        """audit_logs' monthly partitions (migration 0014_partitions), each with where its month ends."""
+        names = await self.session.scalars(
+            sa.text(
+                "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
+                " WHERE i.inhparent = 'audit_logs'::regclass"
+            )
+        )
+        ends = {}
+        for name in names:
+            match = _MONTH_PARTITION.fullmatch(name)
+            if match:
+                year, month = int(match["year"]), int(match["month"])
+                ends[name] = datetime(year + month // 12, month % 12 + 1, 1, tzinfo=UTC)
+        return ends
+
+    async def partition_rows(self, name: str) -> int:
+        if not _MONTH_PARTITION.fullmatch(name):
+            raise ValueError(f"not an audit_logs month partition: {name!r}")
+        return int(await self.session.scalar(sa.select(sa.func.count()).select_from(sa.table(name))) or 0)
+
+    async def drop_partition(self, name: str, *, lock_timeout_ms: int) -> None:
+        """Drops one monthly partition and its rows. Dropping locks audit_logs for an instant, after the
+        transactions writing to it end: waiting longer than `lock_timeout_ms` for them fails instead of
+        holding up the ingest behind the wait (sqlstate 55P03)."""
+        if not _MONTH_PARTITION.fullmatch(name):
+            raise ValueError(f"not an audit_logs month partition: {name!r}")
+        await self.session.execute(sa.text(f"SET LOCAL lock_timeout = {int(lock_timeout_ms)}"))
+        await self.session.execute(sa.text(f'DROP TABLE "{name}"'))
+
+    async def ensure_partitions(self, through: datetime) -> int:
+        """Creates the monthly partitions from this month through `through` that do not exist yet."""
+        created = await self.session.scalar(
+            sa.text("SELECT ensure_audit_log_partitions(now(), :through)"), {"through": through}
+        )
+        return int(created or 0)
+
+
+_MONTH_PARTITION = re.compile(r"audit_logs_p(?P<year>\d{4})(?P<month>\d{2})")

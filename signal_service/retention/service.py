@@ -17,6 +17,7 @@ import grpc
 from prometheus_client import Counter, Gauge
 
 from apidevs.alerts.v1 import storage_service_pb2, storage_service_pb2_grpc
+from signal_service.audit.service import ensure_audit_partitions
 from signal_service.database import Database
 from signal_service.retention.repository import ExpiringScreenshot, RetentionRepository
 from signal_service.sessions.repository import TradingViewSessionRepository
@@ -142,7 +143,8 @@ class RetentionJob:
 
     async def run_forever(self) -> None:
         """Refreshes the usage figures every `storage_usage_refresh_seconds` and expires screenshots every
-        `retention_interval_seconds`, both first at start. A pass that failed (storage or the database
+        `retention_interval_seconds`, both first at start; before each expiry pass, makes sure the coming
+        months' audit_logs partitions exist (audit/service.py). A pass that failed (storage or the database
         away) is tried again after `retention_retry_seconds`, not a whole interval later."""
         loop = asyncio.get_running_loop()
         next_usage = next_expiry = loop.time()
@@ -155,6 +157,10 @@ class RetentionJob:
                     log.exception("refreshing storage usage failed")
             if loop.time() >= next_expiry:
                 next_expiry = loop.time() + self._settings.retention_interval_seconds
+                try:
+                    await ensure_audit_partitions(self._database)
+                except Exception:
+                    log.exception("creating the coming months' audit partitions failed")
                 try:
                     failed = (await self.run_pass()).failed_deletions > 0
                 except Exception:

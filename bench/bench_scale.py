@@ -380,6 +380,9 @@ async def seed(dsn: str, size: dict[str, int], heavy_ids: list[str], light_ids: 
             WHERE u.id = e.user_id
             """
         )
+        # The monthly audit_logs partitions a year of running leaves behind (the retention loop creates each
+        # month's ahead of time), so the seeded rows land in their months as ingest's would.
+        await connection.execute("SELECT ensure_audit_log_partitions(now() - interval '361 days', now())")
         # As ingest_webhook_v2.sql writes them: an accepted call's audit row keeps the body too.
         await connection.execute(
             """

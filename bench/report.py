@@ -304,9 +304,13 @@ def _scale_table(envelope: dict[str, Any], result: dict[str, Any]) -> list[str]:
     for key, how in (("replay_heavy", "batched"), ("replay_heavy_single", "one event per message")):
         replay = seeded.get(key, {})
         if replay.get("events"):
+            cpu = replay.get("cpu_ms_per_1000_events", {})
+            roles = [role for role in ("signal", "storage", "client") if role in cpu]
+            spent = ", ".join(f"{role} {cpu[role]:g}" for role in roles)
+            target = SCALE_TARGETS["replay_events_per_s"]
             lines.append(
-                f"| SubscribeSignals replay of {replay['events']:,} events, {how} | - |"
-                f" {replay['events_per_s']:,}/s | >= {SCALE_TARGETS['replay_events_per_s']:,}/s |"
+                f"| SubscribeSignals replay of {replay['events']:,} events, {how} (CPU ms per 1,000 events:"
+                f" {spent}) | - | {replay['events_per_s']:,}/s | >= {target:,}/s |"
                 f" {_mark(replay['events_per_s'] >= SCALE_TARGETS['replay_events_per_s'])} |"
             )
     for name, title in (("audit_prune", "audit prune"), ("retention", "retention")):

@@ -459,7 +459,8 @@ async def table_bytes(dsn: str) -> dict[str, Any]:
         rows = await connection.fetch(
             """
             SELECT coalesce(pg_partition_root(c.oid)::text, c.relname) AS name,
-                   sum(pg_table_size(c.oid)) AS table_bytes, sum(pg_indexes_size(c.oid)) AS index_bytes
+                   sum(pg_table_size(c.oid))::bigint AS table_bytes,
+                   sum(pg_indexes_size(c.oid))::bigint AS index_bytes
             FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
             WHERE n.nspname = 'public' AND c.relkind = 'r'
             GROUP BY 1 ORDER BY sum(pg_total_relation_size(c.oid)) DESC

@@ -81,6 +81,17 @@ INDICATORS = [f"Indicator {index} [APIDEVS]" for index in range(10)]
 SIGNAL_TYPES = ["Divergencia Alcista", "Divergencia Bajista", "Buy", "Sell", "Oversold", "Overbought"]
 
 
+async def connect(dsn: str) -> asyncpg.Connection:
+    """A connection, waiting out a full server: on a PostgreSQL shared with other test runs, a moment of
+    max_connections should not cost a run of many minutes."""
+    for _ in range(60):
+        try:
+            return await asyncpg.connect(dsn)
+        except asyncpg.TooManyConnectionsError:
+            await asyncio.sleep(2)
+    return await asyncpg.connect(dsn)
+
+
 def cpu_seconds() -> dict[str, float]:
     """CPU seconds used so far by this process ("client") and by each service it started, by service: on a
     shared machine, CPU per event says what a throughput figure cannot."""
@@ -198,7 +209,7 @@ class Scale:
         """Events/s of a replay from REPLAY_EVENTS back until live; `per_message` 0 is one event per
         message (a client that does not ask for batches), else SubscribeSignalsRequest.max_events_per_message.
         """
-        connection = await asyncpg.connect(self.stack.dsn)
+        connection = await connect(self.stack.dsn)
         try:
             newest = await connection.fetchval(
                 "SELECT event_seq FROM users WHERE id = $1", uuid.UUID(user_id)
@@ -267,7 +278,7 @@ async def seed(dsn: str, size: dict[str, int], heavy_ids: list[str], light_ids: 
     users, total = size["users"], size["signals"]
     heavy_count, heavy_signals = size["heavy_users"], size["heavy_signals"]
     light_signals = (total - heavy_count * heavy_signals) // max(1, users - heavy_count)
-    connection = await asyncpg.connect(dsn)
+    connection = await connect(dsn)
     started = time.perf_counter()
     try:
         await connection.execute("SET synchronous_commit = off")
@@ -453,7 +464,7 @@ async def seed(dsn: str, size: dict[str, int], heavy_ids: list[str], light_ids: 
 
 
 async def table_bytes(dsn: str) -> dict[str, Any]:
-    connection = await asyncpg.connect(dsn)
+    connection = await connect(dsn)
     try:
         signals = await connection.fetchval("SELECT count(*) FROM signals")
         rows = await connection.fetch(
@@ -521,7 +532,7 @@ def dump_and_restore(stack: Stack) -> dict[str, Any]:
 
 async def wait_until(dsn: str, query: str, *, patience: float) -> bool:
     deadline = time.monotonic() + patience
-    connection = await asyncpg.connect(dsn)
+    connection = await connect(dsn)
     try:
         while time.monotonic() < deadline:
             if await connection.fetchval(query):

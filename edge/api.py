@@ -46,6 +46,9 @@ _Request = TypeVar("_Request")
 _Response = TypeVar("_Response")
 _EventCall = grpc.aio.UnaryStreamCall[signal_service_pb2.SubscribeSignalsRequest, resources_pb2.SignalEvent]
 _STREAM_OPEN_TIMEOUT_SECONDS = 10.0
+# Events per gRPC message of a stream the edge follows: a reconnect far behind catches up in pages, not
+# one message per event (the SSE side still sends one message per event).
+_STREAM_EVENTS_PER_MESSAGE = 500
 _BEARER = re.compile(r"^[Bb]earer [\x21-\x7e]+$")
 
 ScreenshotStatusName = Literal[
@@ -520,7 +523,9 @@ async def follow_events(
 ) -> ServerSentEvent:
     cursor = last_event_id or after or ""
     call = _signals(request).SubscribeSignals(
-        signal_service_pb2.SubscribeSignalsRequest(user_id=user_id, after_cursor=cursor),
+        signal_service_pb2.SubscribeSignalsRequest(
+            user_id=user_id, after_cursor=cursor, max_events_per_message=_STREAM_EVENTS_PER_MESSAGE
+        ),
         metadata=caller_metadata(request),
     )
     await _await_accepted(call)
@@ -567,9 +572,10 @@ async def _sse_messages(call: _EventCall, heartbeat_seconds: float) -> AsyncIter
                 return
             if not isinstance(message, resources_pb2.SignalEvent):
                 return  # grpc.aio.EOF: the service ended the stream
-            yield ServerSentEventMessage(
-                id=message.cursor, data=msgspec.json.encode(event_out(message)).decode()
-            )
+            for event in message.events:
+                yield ServerSentEventMessage(
+                    id=event.cursor, data=msgspec.json.encode(event_out(event)).decode()
+                )
             reading = asyncio.ensure_future(call.read())
     finally:
         reading.cancel()

@@ -12,12 +12,14 @@ The essentials, for your own client:
     cursor = ""                                                        # "" = from now on; "0" = everything
     while True:
         try:
-            request = signal_service_pb2.SubscribeSignalsRequest(user_id=user, after_cursor=cursor)
+            request = signal_service_pb2.SubscribeSignalsRequest(
+                user_id=user, after_cursor=cursor, max_events_per_message=500)   # events come in batches
             call = stub.SubscribeSignals(request, metadata=auth)
             cursor = cursor or dict(await call.initial_metadata())["x-start-cursor"]
-            async for event in call:
-                handle(event)                     # idempotent: keyed by event.cursor
-                cursor = event.cursor             # persist it to survive restarts
+            async for message in call:
+                for event in message.events:
+                    handle(event)                 # idempotent: keyed by event.cursor
+                cursor = message.cursor           # the batch's last event; persist it to survive restarts
         except grpc.aio.AioRpcError as error:
             if error.code() not in RESUMABLE: raise
         await asyncio.sleep(backoff)              # then resume after the last cursor: no loss, no repeat
@@ -56,6 +58,8 @@ RESUMABLE = {
     grpc.StatusCode.UNKNOWN,
 }
 MAX_BACKOFF_SECONDS = 30.0
+# Events per message: a client resuming far behind catches up a page per message instead of an event.
+EVENTS_PER_MESSAGE = 500
 
 
 def describe(event: resources_pb2.SignalEvent) -> str:
@@ -117,19 +121,23 @@ async def follow(
     handled, backoff = 0, 0.5
     while max_events is None or handled < max_events:
         call = stub.SubscribeSignals(
-            signal_service_pb2.SubscribeSignalsRequest(user_id=user, after_cursor=cursor.value), metadata=auth
+            signal_service_pb2.SubscribeSignalsRequest(
+                user_id=user, after_cursor=cursor.value, max_events_per_message=EVENTS_PER_MESSAGE
+            ),
+            metadata=auth,
         )
         try:
             if not cursor.value:
                 # "From now on" becomes a concrete position, so a reconnect misses nothing in between.
                 cursor.save(dict(await call.initial_metadata())["x-start-cursor"])
-            async for event in call:
-                print(describe(event), flush=True)
-                cursor.save(event.cursor)
-                handled, backoff = handled + 1, 0.5
-                if max_events is not None and handled >= max_events:
-                    call.cancel()
-                    return
+            async for message in call:
+                for event in message.events:
+                    print(describe(event), flush=True)
+                    cursor.save(event.cursor)
+                    handled, backoff = handled + 1, 0.5
+                    if max_events is not None and handled >= max_events:
+                        call.cancel()
+                        return
             print("stream ended by the server; resuming", file=sys.stderr, flush=True)
         except grpc.aio.AioRpcError as error:
             if error.code() not in RESUMABLE:

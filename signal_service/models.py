@@ -276,6 +276,8 @@ class AuditLog(SQLModel, table=True):
     """
 
     __tablename__ = "audit_logs"
+    # One partition per calendar month (UTC), dropped whole by pruning (migration 0014_partitions): every
+    # unique index includes created_at, the partition key.
     __table_args__ = (
         sa.Index("ix_audit_logs_user_created", "user_id", "created_at"),
         sa.Index(
@@ -285,14 +287,18 @@ class AuditLog(SQLModel, table=True):
             "source_ip",
             "outcome",
             "reason",
+            "created_at",
             unique=True,
             postgresql_where=sa.text("repeat_window IS NOT NULL"),
             postgresql_nulls_not_distinct=True,
         ),
+        {"postgresql_partition_by": "RANGE (created_at)"},
     )
 
     id: int | None = Field(default=None, sa_column=sa.Column(sa.BigInteger, sa.Identity(), primary_key=True))
-    created_at: datetime = Field(sa_column=_utc_column(index=True))
+    created_at: datetime = Field(
+        sa_column=sa.Column(sa.DateTime(timezone=True), primary_key=True, nullable=False, index=True)
+    )
     user_id: uuid.UUID | None = Field(default=None, sa_column=sa.Column(pg.UUID(as_uuid=True)))
     signal_id: uuid.UUID | None = Field(default=None, sa_column=sa.Column(pg.UUID(as_uuid=True)))
     request_id: str | None = Field(default=None, sa_column=sa.Column(sa.Text))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import overload
 
 from google.protobuf import json_format, struct_pb2, timestamp_pb2
@@ -62,16 +62,23 @@ PARSE_TO_PROTO = {
 }
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+
+
 @overload
 def timestamp(moment: datetime) -> timestamp_pb2.Timestamp: ...
 @overload
 def timestamp(moment: None) -> None: ...
 def timestamp(moment: datetime | None) -> timestamp_pb2.Timestamp | None:
+    """Exact integer arithmetic in C instead of Timestamp.FromDatetime's Python (a replay maps thousands
+    of timestamps a page). A naive datetime is local time, as datetime.astimezone takes it."""
     if moment is None:
         return None
-    message = timestamp_pb2.Timestamp()
-    message.FromDatetime(moment.astimezone(UTC))
-    return message
+    if moment.tzinfo is None:
+        moment = moment.astimezone(UTC)
+    seconds, micros = divmod((moment - _EPOCH) // _MICROSECOND, 1_000_000)
+    return timestamp_pb2.Timestamp(seconds=seconds, nanos=micros * 1000)
 
 
 def from_timestamp(message: timestamp_pb2.Timestamp, present: bool) -> datetime | None:
@@ -104,7 +111,7 @@ def signal_to_proto(row: SignalRow, url: str = "") -> resources_pb2.Signal:
         delayed_feed=signal.delayed_feed,
         parse_status=PARSE_TO_PROTO.get(signal.parse_status, resources_pb2.PARSE_STATUS_UNSPECIFIED),
         parse_problems=list(signal.parse_problems or ()),
-        extra=struct(signal.extra or {}),
+        extra=struct(signal.extra) if signal.extra else None,
         raw_text=signal.raw_body.decode("utf-8", errors="replace").replace("\x00", ""),
         content_type=signal.content_type or "",
         screenshot_status=SCREENSHOT_TO_PROTO[ScreenshotStatus(signal.screenshot_status)],

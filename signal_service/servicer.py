@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
 
 import grpc
@@ -49,6 +49,9 @@ log = logging.getLogger(__name__)
 
 # Bounds one BatchIngestWebhooks call's memory and its share of the event loop.
 MAX_INGEST_BATCH = 1000
+# The most events one SubscribeSignals message carries (SubscribeSignalsRequest.max_events_per_message):
+# an event store page's worth (signal_service.events).
+MAX_EVENTS_PER_MESSAGE = 1000
 # A repeated message field's entry costs its tag and length prefix on top of the message.
 _REPEATED_ENTRY_OVERHEAD = 6
 
@@ -126,6 +129,23 @@ class SignalServicer(signal_service_pb2_grpc.SignalServiceServicer):
                 message.tradingview_session.CopyFrom(session_state_to_proto(event.payload or {}))
             messages.append(message)
         return messages
+
+    def _batched(
+        self, messages: list[resources_pb2.SignalEvent], per_message: int
+    ) -> Iterator[resources_pb2.SignalEvent]:
+        """`messages` in order, up to `per_message` of them in each SignalEvent.events, each message also
+        ending before it would grow past ``page_max_bytes`` (but carrying at least one event)."""
+        carried: list[resources_pb2.SignalEvent] = []
+        used = 0
+        for message in messages:
+            size = message.ByteSize() + _REPEATED_ENTRY_OVERHEAD
+            if carried and (len(carried) == per_message or used + size > self._page_max_bytes):
+                yield resources_pb2.SignalEvent(cursor=carried[-1].cursor, events=carried)
+                carried, used = [], 0
+            carried.append(message)
+            used += size
+        if carried:
+            yield resources_pb2.SignalEvent(cursor=carried[-1].cursor, events=carried)
 
     async def IngestWebhook(
         self, request: signal_service_pb2.IngestWebhookRequest, context: grpc.aio.ServicerContext
@@ -261,14 +281,22 @@ class SignalServicer(signal_service_pb2_grpc.SignalServiceServicer):
         """
         user_id = require_uuid(request.user_id, "user_id")
         ensure_user_visible(user_id)
+        if request.max_events_per_message < 0:
+            raise InvalidArgumentError("max_events_per_message must not be negative")
+        per_message = min(request.max_events_per_message, MAX_EVENTS_PER_MESSAGE)
         key = current_principal().key_fingerprint
         async with self._feed.subscribe(user_id, request.after_cursor, key=key) as subscription:
             await context.send_initial_metadata((("x-start-cursor", subscription.start_cursor),))
             async for batch in subscription.batches():
                 # A token or runtime key revoked (or expired) since the stream opened delivers no more.
                 current_principal().ensure_still_valid()
-                for message in await self._events_to_proto(batch):
-                    yield message
+                messages = await self._events_to_proto(batch)
+                if not per_message:
+                    for message in messages:
+                        yield message
+                    continue
+                for carried in self._batched(messages, per_message):
+                    yield carried
 
     async def ClaimCapture(
         self, request: signal_service_pb2.ClaimCaptureRequest, context: grpc.aio.ServicerContext

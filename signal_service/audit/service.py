@@ -15,17 +15,27 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
 
 from prometheus_client import Counter
+from sqlalchemy.exc import DBAPIError
 
 from signal_service.audit.repository import AuditRepository
 from signal_service.database import Database
 from signal_service.models import AuditLog
 
 log = logging.getLogger(__name__)
+
+# Dropping a month's partition waits at most this long for the table's writers (ingest), then tries again.
+_DROP_LOCK_TIMEOUT_MS = 200
+_DROP_ATTEMPTS = 20
+_DROP_RETRY_SECONDS = 1.0
+_LOCK_NOT_AVAILABLE = "55P03"
+# Months of audit_logs partitions kept ready ahead of the current one.
+_MONTHS_AHEAD = 2
 
 AUDIT_DROPPED = Counter("alerts_audit_dropped_total", "Audit rows dropped because the audit queue was full")
 
@@ -46,9 +56,14 @@ def summarised_refusal(
     body_size: int,
     content_type: str | None,
 ) -> AuditLog:
-    """A refusal's audit row without its body, counting the repeats of its minute (see the module)."""
+    """A refusal's audit row without its body, counting the repeats of its minute (see the module).
+
+    The row is dated by its minute: created_at is repeat_window, so that the unique index the repeats meet
+    on may include created_at, as audit_logs' monthly partitions require.
+    """
+    window = created_at.replace(second=0, microsecond=0)
     return AuditLog(
-        created_at=created_at,
+        created_at=window,
         user_id=user_id,
         request_id=request_id,
         source_ip=source,
@@ -60,7 +75,7 @@ def summarised_refusal(
         body=None,
         body_size=body_size,
         content_type=content_type,
-        repeat_window=created_at.replace(second=0, microsecond=0),
+        repeat_window=window,
         repeat_count=1,
     )
 
@@ -148,16 +163,23 @@ class AuditWriter:
 
 
 async def prune_audit_log(
-    database: Database, *, retention_days: int, batch_size: int = 2_000, pause_ratio: float = 1.0
+    database: Database,
+    *,
+    retention_days: int,
+    batch_size: int = 2_000,
+    pause_ratio: float = 1.0,
+    lock_timeout_ms: int = _DROP_LOCK_TIMEOUT_MS,
 ) -> int:
-    """Deletes audit rows older than the retention period, a batch per transaction; returns how many.
+    """Deletes audit rows older than the retention period; returns how many.
 
-    Batches keep each transaction short, so pruning a large backlog never holds locks for long; after
-    each full batch it rests `pause_ratio` times as long as the batch took, so a year's backlog is pruned
-    at a pace that leaves the disk to ingest (docs/PERFORMANCE.md, "Scale").
+    The months wholly past it go whole: their partitions are dropped (migration 0014_partitions), which
+    costs no more at a million rows than at one. What is left (the month the cutoff falls in, rows that
+    reached the default partition) is deleted a batch per transaction; batches keep each transaction
+    short, and after each full batch it rests `pause_ratio` times as long as the batch took, so a backlog
+    is pruned at a pace that leaves the disk to ingest (docs/PERFORMANCE.md, "Scale").
     """
     cutoff = datetime.now(UTC) - timedelta(days=retention_days)
-    deleted = 0
+    deleted = await _drop_past_months(database, cutoff, lock_timeout_ms)
     while True:
         started = time.perf_counter()
         async with database.transaction() as session:
@@ -166,3 +188,44 @@ async def prune_audit_log(
         if batch < batch_size:
             return deleted
         await asyncio.sleep((time.perf_counter() - started) * pause_ratio)
+
+
+async def ensure_audit_partitions(database: Database, *, months_ahead: int = _MONTHS_AHEAD) -> int:
+    """Creates audit_logs' monthly partitions from this month through `months_ahead` months on that do
+    not exist yet; returns how many it created. Run by the retention loop every pass, so a month's
+    partition exists long before its first row (which would otherwise land in the default partition)."""
+    now = datetime.now(UTC)
+    month = now.year * 12 + now.month - 1 + months_ahead
+    through = datetime(month // 12, month % 12 + 1, 1, tzinfo=UTC)
+    async with database.transaction() as session:
+        return await AuditRepository(session).ensure_partitions(through)
+
+
+async def _drop_past_months(database: Database, cutoff: datetime, lock_timeout_ms: int) -> int:
+    """Drops the monthly partitions that end before `cutoff`; returns the rows they held.
+
+    A drop waits for the transactions writing to audit_logs to end, and holds new ones up meanwhile: the
+    wait is capped at `lock_timeout_ms` and tried again after a rest, so ingest is never queued for long.
+    A partition still not dropped after _DROP_ATTEMPTS is left to the batched deletes.
+    """
+    async with database.session() as session:
+        ends = await AuditRepository(session).month_partitions()
+    dropped = 0
+    for name, end in sorted(ends.items(), key=lambda item: item[1]):
+        if end > cutoff:
+            continue
+        for _ in range(_DROP_ATTEMPTS):
+            try:
+                async with database.transaction() as session:
+                    audit = AuditRepository(session)
+                    rows = await audit.partition_rows(name)
+                    await audit.drop_partition(name, lock_timeout_ms=lock_timeout_ms)
+            except DBAPIError as exc:
+                if getattr(exc.orig, "sqlstate", None) != _LOCK_NOT_AVAILABLE:
+                    raise
+                await asyncio.sleep(random.uniform(0.5, 1.5) * _DROP_RETRY_SECONDS)
+                continue
+            dropped += rows
+            log.info("audit partition dropped", extra={"partition": name, "rows": rows})
+            break
+    return dropped

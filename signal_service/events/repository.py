@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from typing import cast
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -26,13 +27,17 @@ class EventRepository:
         )
 
     async def after(self, user_id: uuid.UUID, seq: int, limit: int) -> list[SignalEvent]:
+        """The user's events after `seq`, oldest first, as read-only records with the model's attribute
+        names rather than ORM instances: a replay reads a thousand a page, and building (then collecting)
+        ORM objects was the largest share of its CPU (docs/perf/scale.md)."""
+        table = sa.inspect(SignalEvent).local_table
         statement = (
-            sa.select(SignalEvent)
-            .where(col(SignalEvent.user_id) == user_id, col(SignalEvent.seq) > seq)
-            .order_by(col(SignalEvent.seq))
+            sa.select(table)
+            .where(table.c.user_id == user_id, table.c.seq > seq)
+            .order_by(table.c.seq)
             .limit(limit)
         )
-        return list((await self.session.execute(statement)).scalars())
+        return cast(list[SignalEvent], list(await self.session.execute(statement)))
 
     async def head(self, user_id: uuid.UUID) -> int | None:
         """The user's last committed event sequence number; None when the user does not exist."""

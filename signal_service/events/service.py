@@ -247,6 +247,11 @@ class EventHub:
                 feed.recent.extend(page)
                 feed.end = page[-1].event.seq
                 self.observe(waiter.user_id, feed.end)
+            # A full page: more may have committed before any notification this hub saw (a replay from far
+            # back), so the next ask reads again instead of waiting for a wake-up that may never come.
+            # (Only ever set here: a notification during the read has set it already.)
+            if len(page) == limit:
+                feed.stale = True
             # Kept: what a started stream has not sent yet, at most two pages (a slower stream reads alone).
             started = [other.sent for other in feed.waiters if other.sent is not None]
             feed.keep_from(min(max(min(started, default=seq), feed.end - 2 * limit), feed.end))

@@ -18,6 +18,7 @@ from prometheus_client import Counter, Gauge
 
 from apidevs.alerts.v1 import storage_service_pb2, storage_service_pb2_grpc
 from mesh.loops import BackgroundLoop
+from signal_service.audit.service import ensure_audit_partitions
 from signal_service.database import DATABASE_AWAY, Database
 from signal_service.retention.repository import ExpiringScreenshot, RetentionRepository
 from signal_service.sessions.repository import TradingViewSessionRepository
@@ -167,6 +168,12 @@ class RetentionJob:
             STORAGE_OBJECTS.labels(plan).set(figures.objects if figures else 0)
 
     async def _expire(self) -> None:
+        # The coming months' audit_logs partitions are made here, well before their first row (which would
+        # otherwise land in the default partition); failing to make them must not hold up screenshot expiry.
+        try:
+            await ensure_audit_partitions(self._database)
+        except Exception:
+            log.exception("creating the coming months' audit partitions failed")
         if (await self.run_pass()).failed_deletions:
             raise RetentionIncompleteError("storage did not delete every expired screenshot")
 

@@ -610,6 +610,72 @@ async def test_a_stream_too_far_behind_ends_with_its_cursor(signals, users, data
     assert hub.head(user_id) == 0  # the stream unregistered: nothing is kept for a user without streams
 
 
+async def test_a_replay_longer_than_a_page_reads_on_without_a_notification(
+    signals, users, database_url: str
+) -> None:
+    """A full page means more may be waiting: the next page is read at once, not after a wake-up that no
+    commit will send (the events committed before the stream opened)."""
+    created = await create_user(users)
+    user_id = uuid.UUID(created.user.user_id)
+    for index in range(5):
+        await ingest(signals, created.webhook_token, alert(index))
+    database = Database(create_engine(database_url, pool_size=2))
+    # A re-check far beyond the guard: only a read after a full page can deliver the later pages in time.
+    hub = EventHub(listener_dsn(database_url), listening_recheck_seconds=600)
+    hub.start()
+    try:
+        await asyncio.wait_for(hub.wait_listening(), STREAM_GUARD_SECONDS)
+        feed = EventFeed(database=database, hub=hub, page_size=2)
+        async with feed.subscribe(user_id, "0", key="test") as subscription:
+            batches = subscription.batches()
+            pages = [await asyncio.wait_for(anext(batches), 10) for _ in range(3)]
+            await batches.aclose()
+    finally:
+        await hub.stop()
+        await database.dispose()
+    assert [[stored.event.seq for stored in page] for page in pages] == [[1, 2], [3, 4], [5]]
+
+
+async def test_a_stream_asking_for_batches_gets_its_events_in_order_in_batches(signals, users) -> None:
+    created = await create_user(users)
+    token, user_id = created.webhook_token, created.user.user_id
+    stored = [await ingest(signals, token, alert(index)) for index in range(5)]
+    call = signals.SubscribeSignals(
+        signal_service_pb2.SubscribeSignalsRequest(
+            user_id=user_id, after_cursor="0", max_events_per_message=2
+        )
+    )
+    try:
+        messages = await read_events(call, 3)
+        live = await ingest(signals, token, alert(9))
+        (live_message,) = await read_events(call, 1)
+    finally:
+        call.cancel()
+    assert [[event.cursor for event in message.events] for message in messages] == [
+        ["1", "2"],
+        ["3", "4"],
+        ["5"],
+    ]
+    assert [message.cursor for message in messages] == ["2", "4", "5"]
+    assert [event.signal.signal_id for message in messages for event in message.events] == stored
+    # A batch carries its events and its cursor, nothing else.
+    assert not any(message.HasField("signal") or message.type or message.user_id for message in messages)
+    assert [(event.cursor, event.signal.signal_id) for event in live_message.events] == [("6", live)]
+    assert live_message.cursor == "6"
+
+
+async def test_a_negative_batch_size_is_refused(signals, users) -> None:
+    created = await create_user(users)
+    call = signals.SubscribeSignals(
+        signal_service_pb2.SubscribeSignalsRequest(
+            user_id=created.user.user_id, after_cursor="0", max_events_per_message=-1
+        )
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await call.read()
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
 # --- page size in bytes ------------------------------------------------------------------------------
 
 

@@ -590,6 +590,7 @@ class SignalEvent(_message.Message):
     OCCURRED_AT_FIELD_NUMBER: _builtins.int
     TRADINGVIEW_SESSION_FIELD_NUMBER: _builtins.int
     USER_ID_FIELD_NUMBER: _builtins.int
+    EVENTS_FIELD_NUMBER: _builtins.int
     cursor: _builtins.str
     """Opaque; pass it back as SubscribeSignalsRequest.after_cursor to resume after this event."""
     type: Global___SignalEventType.ValueType
@@ -604,6 +605,13 @@ class SignalEvent(_message.Message):
     def tradingview_session(self) -> Global___TradingViewSession:
         """Set on SIGNAL_EVENT_TYPE_TRADINGVIEW_SESSION_UPDATED."""
 
+    @_builtins.property
+    def events(self) -> _containers.RepeatedCompositeFieldContainer[Global___SignalEvent]:
+        """Set only on streams opened with SubscribeSignalsRequest.max_events_per_message > 0, on every message
+        of them: the events this message carries (at least one), in order, each complete. The message's own
+        cursor is then the last one's, and its other fields are unset.
+        """
+
     def __init__(
         self,
         *,
@@ -613,10 +621,11 @@ class SignalEvent(_message.Message):
         occurred_at: _timestamp_pb2.Timestamp | None = ...,
         tradingview_session: Global___TradingViewSession | None = ...,
         user_id: _builtins.str = ...,
+        events: _abc.Iterable[Global___SignalEvent] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["occurred_at", b"occurred_at", "signal", b"signal", "tradingview_session", b"tradingview_session"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cursor", b"cursor", "occurred_at", b"occurred_at", "signal", b"signal", "tradingview_session", b"tradingview_session", "type", b"type", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cursor", b"cursor", "events", b"events", "occurred_at", b"occurred_at", "signal", b"signal", "tradingview_session", b"tradingview_session", "type", b"type", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

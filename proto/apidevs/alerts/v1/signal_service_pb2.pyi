@@ -399,18 +399,25 @@ class SubscribeSignalsRequest(_message.Message):
 
     USER_ID_FIELD_NUMBER: _builtins.int
     AFTER_CURSOR_FIELD_NUMBER: _builtins.int
+    MAX_EVENTS_PER_MESSAGE_FIELD_NUMBER: _builtins.int
     user_id: _builtins.str
     after_cursor: _builtins.str
     """Empty: only events from now on."""
+    max_events_per_message: _builtins.int
+    """0 (the default): one event per message. Above 0: each message carries up to this many events in
+    SignalEvent.events (the service caps it at 1000), so a replay from far back costs one message per
+    page instead of one per event; live events come as they commit, usually one per message.
+    """
     def __init__(
         self,
         *,
         user_id: _builtins.str = ...,
         after_cursor: _builtins.str = ...,
+        max_events_per_message: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_cursor", b"after_cursor", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_cursor", b"after_cursor", "max_events_per_message", b"max_events_per_message", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -185,7 +185,8 @@ class SignalServiceServicer:
     def SubscribeSignals(self, request, context):
         """Replays every event after the cursor, then streams new ones as they commit. A replica holds a
         limited number of open streams per user and per API key; one more is RESOURCE_EXHAUSTED with
-        reason TOO_MANY_STREAMS.
+        reason TOO_MANY_STREAMS. A client that sets max_events_per_message gets its events in batches
+        (SignalEvent.events), which a replay from far back needs to keep up with a busy user.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

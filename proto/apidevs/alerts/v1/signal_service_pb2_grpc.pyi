@@ -59,7 +59,8 @@ class SignalServiceStub:
     SubscribeSignals: _grpc.UnaryStreamMultiCallable[_signal_service_pb2.SubscribeSignalsRequest, _resources_pb2.SignalEvent]
     """Replays every event after the cursor, then streams new ones as they commit. A replica holds a
     limited number of open streams per user and per API key; one more is RESOURCE_EXHAUSTED with
-    reason TOO_MANY_STREAMS.
+    reason TOO_MANY_STREAMS. A client that sets max_events_per_message gets its events in batches
+    (SignalEvent.events), which a replay from far back needs to keep up with a busy user.
     """
     ClaimCapture: _grpc.UnaryUnaryMultiCallable[_signal_service_pb2.ClaimCaptureRequest, _signal_service_pb2.ClaimCaptureResponse]
     """Used by capture workers when a job starts: marks it PROCESSING and returns what the capture needs."""
@@ -124,7 +125,8 @@ class SignalServiceAsyncStub(SignalServiceStub):
     SubscribeSignals: _aio.UnaryStreamMultiCallable[_signal_service_pb2.SubscribeSignalsRequest, _resources_pb2.SignalEvent]  # type: ignore[assignment]
     """Replays every event after the cursor, then streams new ones as they commit. A replica holds a
     limited number of open streams per user and per API key; one more is RESOURCE_EXHAUSTED with
-    reason TOO_MANY_STREAMS.
+    reason TOO_MANY_STREAMS. A client that sets max_events_per_message gets its events in batches
+    (SignalEvent.events), which a replay from far back needs to keep up with a busy user.
     """
     ClaimCapture: _aio.UnaryUnaryMultiCallable[_signal_service_pb2.ClaimCaptureRequest, _signal_service_pb2.ClaimCaptureResponse]  # type: ignore[assignment]
     """Used by capture workers when a job starts: marks it PROCESSING and returns what the capture needs."""
@@ -228,7 +230,8 @@ class SignalServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_abc.Iterator[_resources_pb2.SignalEvent], _abc.AsyncIterator[_resources_pb2.SignalEvent]]:
         """Replays every event after the cursor, then streams new ones as they commit. A replica holds a
         limited number of open streams per user and per API key; one more is RESOURCE_EXHAUSTED with
-        reason TOO_MANY_STREAMS.
+        reason TOO_MANY_STREAMS. A client that sets max_events_per_message gets its events in batches
+        (SignalEvent.events), which a replay from far back needs to keep up with a busy user.
         """
 
     @_abc_1.abstractmethod

@@ -31,6 +31,7 @@ import grpc
 import httpx
 from google.protobuf import struct_pb2
 
+from alerts.demo_report import report, save_screenshots, short_id, telegram_alert
 from alerts.dev import DevStack
 from alerts.processes import free_port
 from apidevs.alerts.v1 import (
@@ -216,8 +217,8 @@ def run_demo(
             console.step(f"all services up; logs in {stack.log_dir}/")
             users = asyncio.run(_create_users(stack, console))
             deliveries = asyncio.run(_exercise(stack, users, console, timeout_seconds))
-            _save_screenshots(deliveries, settings.data_dir.resolve() / "demo" / _run_id())
-            passed = _report(stack, users, deliveries, console)
+            save_screenshots(deliveries, settings.data_dir.resolve() / "demo" / _run_id())
+            passed = report(stack, users, deliveries, console)
             if stay and not _stay_until_interrupted(stack, console):
                 return 1
             return 0 if passed else 1
@@ -406,7 +407,7 @@ async def _send(client: httpx.AsyncClient, delivery: Delivery, console: Console)
         delivery.problems.append(f"webhook answered {answer.status_code}: {answer.text[:200]}")
     console.step(
         f"  #{delivery.number} {alert.plan:<7} {alert.label:<24} -> HTTP {answer.status_code} in "
-        f"{delivery.answer_ms:.0f} ms, signal {_short(delivery.signal_id)}, "
+        f"{delivery.answer_ms:.0f} ms, signal {short_id(delivery.signal_id)}, "
         f"screenshot {body.get('screenshot_status', '?')}"
     )
 
@@ -420,11 +421,6 @@ def _narrate(event: resources_pb2.SignalEvent, deliveries: list[Delivery], conso
     console.step(
         f"  #{delivery.number} {delivery.alert.plan:<7} {event.signal.ticker:<18} screenshot {status}{reason}"
     )
-
-
-def _short(identifier: str) -> str:
-    """The random tail of a UUID: ids made in the same millisecond share their (time-ordered) head."""
-    return f"…{identifier[-8:]}" if identifier else "-"
 
 
 def _run_id() -> str:
@@ -453,19 +449,6 @@ async def _collect(stack: DevStack, deliveries: list[Delivery], client: httpx.As
                     delivery.problems.append(f"screenshot download answered {answer.status_code}, not a PNG")
 
 
-def _telegram_alert(signal_row: resources_pb2.Signal | None) -> resources_pb2.NotificationDelivery | None:
-    deliveries = signal_row.deliveries if signal_row is not None else ()
-    return next(
-        (
-            d
-            for d in deliveries
-            if d.channel == resources_pb2.NOTIFICATION_CHANNEL_TELEGRAM
-            and d.kind == resources_pb2.NOTIFICATION_KIND_ALERT
-        ),
-        None,
-    )
-
-
 async def _wait_for_telegram(
     stack: DevStack, deliveries: list[Delivery], console: Console, deadline: float
 ) -> None:
@@ -484,138 +467,8 @@ async def _wait_for_telegram(
                 await stub.GetSignal(signal_service_pb2.GetSignalRequest(signal_id=signal_id), timeout=10)
                 for signal_id in expected
             ]
-            alerts = [_telegram_alert(row) for row in rows]
+            alerts = [telegram_alert(row) for row in rows]
             if all(alert is not None and alert.status in settled for alert in alerts):
                 return
             await asyncio.sleep(0.5)
     console.step("gave up waiting; some Telegram deliveries did not finish")
-
-
-def _telegram_cell(signal_row: resources_pb2.Signal | None) -> str:
-    alert = _telegram_alert(signal_row)
-    if alert is None:
-        return "-"
-    if alert.status != resources_pb2.DELIVERY_STATUS_DELIVERED:
-        return resources_pb2.DeliveryStatus.Name(alert.status).removeprefix("DELIVERY_STATUS_").lower()
-    if alert.with_photo:
-        return "photo+caption"
-    assert signal_row is not None
-    photo_sent = any(
-        d.kind == resources_pb2.NOTIFICATION_KIND_PHOTO
-        and d.status == resources_pb2.DELIVERY_STATUS_DELIVERED
-        for d in signal_row.deliveries
-    )
-    return "text, photo reply" if photo_sent else "text"
-
-
-def _save_screenshots(deliveries: list[Delivery], shots_dir: Path) -> None:
-    """Each screenshot as a plain PNG file (stored objects carry storage's own trailer)."""
-    for delivery in deliveries:
-        if delivery.signal is None or not delivery.screenshot_png:
-            continue
-        shots_dir.mkdir(parents=True, exist_ok=True)
-        symbol = delivery.signal.symbol or delivery.signal.ticker.rpartition(":")[2] or "chart"
-        path = shots_dir / f"{delivery.number:02d}-{delivery.alert.plan}-{symbol}.png"
-        path.write_bytes(delivery.screenshot_png)
-        delivery.screenshot_file = path
-
-
-def _verdict(delivery: Delivery) -> list[str]:
-    problems = list(delivery.problems)
-    signal_row = delivery.signal
-    if signal_row is None:
-        problems.append("not stored")
-    elif delivery.alert.capturable:
-        if signal_row.screenshot_status != _STATUS.SCREENSHOT_STATUS_COMPLETED:
-            problems.append(f"screenshot {delivery.status_name} {signal_row.screenshot_error}".rstrip())
-        elif delivery.screenshot_file is None:
-            problems.append("screenshot not downloadable")
-    elif signal_row.screenshot_status != _STATUS.SCREENSHOT_STATUS_SKIPPED:
-        problems.append(f"malformed alert was not skipped but {delivery.status_name}")
-    if delivery.alert.plan == "premium" and _telegram_cell(signal_row) in ("-", "pending", "sending"):
-        problems.append("no Telegram delivery")
-    return problems
-
-
-def _display_path(path: Path | None, fallback: str) -> str:
-    if path is None:
-        return fallback
-    with contextlib.suppress(ValueError):
-        return "./" + str(path.relative_to(Path.cwd()))
-    return str(path)
-
-
-def _seconds_to_screenshot(signal_row: resources_pb2.Signal | None) -> str:
-    if signal_row is None or not signal_row.HasField("screenshot_completed_at"):
-        return "-"
-    elapsed = signal_row.screenshot_completed_at.ToDatetime() - signal_row.created_at.ToDatetime()
-    return f"{elapsed.total_seconds():.1f} s"
-
-
-def format_table(headers: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(headers[i]), *(len(row[i]) for row in rows)) for i in range(len(headers))]
-    line = "  ".join("-" * width for width in widths)
-
-    def render(cells: list[str]) -> str:
-        return "  ".join(cell.ljust(width) for cell, width in zip(cells, widths, strict=True))
-
-    return "\n".join(text.rstrip() for text in [render(headers), line, *(render(row) for row in rows)])
-
-
-def _report(stack: DevStack, users: list[DemoUser], deliveries: list[Delivery], console: Console) -> bool:
-    headers = [
-        "#", "signal", "user", "plan", "indicator", "ticker", "price", "type", "screenshot", "webhook",
-        "to screenshot", "telegram", "screenshot file (or URL)",
-    ]  # fmt: skip
-    rows = []
-    for delivery in deliveries:
-        row = delivery.signal
-        rows.append(
-            [
-                str(delivery.number),
-                _short(delivery.signal_id),
-                _short(delivery.user.user_id),
-                delivery.alert.plan,
-                (row.indicator if row else "") or "-",
-                (row.ticker if row else "") or "-",
-                (row.price if row else "") or "-",
-                (row.signal_type if row else "") or "-",
-                delivery.status_name,
-                f"{delivery.answer_ms:.0f} ms" if delivery.http_status else "-",
-                _seconds_to_screenshot(row),
-                _telegram_cell(row),
-                _display_path(delivery.screenshot_file, (row.screenshot_url if row else "") or "-"),
-            ]
-        )
-    console.say()
-    console.say(format_table(headers, rows))
-    console.say()
-
-    failures = {delivery.number: _verdict(delivery) for delivery in deliveries}
-    for number, problems in failures.items():
-        if problems:
-            console.say(f"FAILED #{number}: {'; '.join(problems)}")
-    passed = not any(failures.values())
-    captured = sum(1 for d in deliveries if d.screenshot_file is not None)
-    valid = sum(1 for d in deliveries if d.alert.capturable)
-    if passed:
-        console.say(
-            f"OK: all {len(deliveries)} alerts stored; {captured} of {valid} valid alerts captured; "
-            "the malformed one stored with its raw bytes and no screenshot."
-        )
-    shots = next((d.screenshot_file.parent for d in deliveries if d.screenshot_file), None)
-    if shots is not None:
-        console.say(f"\nScreenshots (PNG):  {_display_path(shots, str(shots))}/")
-    objects = stack.settings.data_dir.resolve() / "objects"
-    if objects.is_dir():
-        console.say(f"Stored objects:     {_display_path(objects, str(objects))}/  (storage's own layout)")
-    console.say(
-        "\nSignal viewer, one link per user (a read-only access token in the # fragment, which no server "
-        "sees; `alerts token revoke <user id>` ends it):"
-    )
-    for user in users:
-        console.say(f"  {user.plan:<8} {stack.edge_url}/ui#token={user.viewer_token}")
-    console.say(
-        "The viewer works while the services run: `alerts demo --stay` keeps them running after this table."
-    )
-    return passed

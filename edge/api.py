@@ -14,20 +14,33 @@ import asyncio
 import contextlib
 import re
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal, TypeVar, get_args
+from typing import Annotated, Any, TypeVar, get_args
 
 import grpc
 import msgspec
-from google.protobuf import json_format, timestamp_pb2
+from google.protobuf import timestamp_pb2
 from litestar import Request, Router, get, patch
 from litestar.openapi.datastructures import ResponseSpec
-from litestar.openapi.spec import OpenAPIFormat, OpenAPIType, Schema
-from litestar.params import HeaderParameter, JSONBody, KwargDefinition, Parameter, QueryParameter
+from litestar.openapi.spec import OpenAPIFormat, OpenAPIType
+from litestar.params import HeaderParameter, JSONBody, Parameter, QueryParameter
 from litestar.response import ServerSentEvent, ServerSentEventMessage
 
 from apidevs.alerts.v1 import resources_pb2, signal_service_pb2, signal_service_pb2_grpc
+from edge.api_shapes import (
+    EventMessage,
+    OutcomeIn,
+    ResultName,
+    ScreenshotStatusName,
+    SignalOut,
+    SignalPageOut,
+    StreamErrorMessage,
+    UserStatsOut,
+    event_out,
+    result_number,
+    screenshot_status_number,
+    signal_out,
+)
 from edge.errors import error_responses
 from edge.openapi import EdgeOperation, absent_or
 from mesh.errors import (
@@ -50,251 +63,6 @@ _STREAM_OPEN_TIMEOUT_SECONDS = 10.0
 # one message per event (the SSE side still sends one message per event).
 _STREAM_EVENTS_PER_MESSAGE = 500
 _BEARER = re.compile(r"^[Bb]earer [\x21-\x7e]+$")
-
-ScreenshotStatusName = Literal[
-    "unspecified", "pending", "processing", "completed", "failed", "skipped", "expired"
-]
-ResultName = Literal["pending", "win", "loss", "skip"]
-ParseStatusName = Literal["unspecified", "complete", "partial", "failed"]
-EventTypeName = Literal[
-    "unspecified", "created", "screenshot_updated", "outcome_updated", "tradingview_session_updated"
-]
-
-
-def _enum_name(enum: Any, number: int, prefix: str) -> Any:
-    return enum.Name(number).removeprefix(prefix).lower()
-
-
-def _result_number(name: str) -> resources_pb2.SignalResult.ValueType:
-    return resources_pb2.SignalResult.Value("SIGNAL_RESULT_" + name.upper())
-
-
-def _screenshot_status_number(name: str) -> resources_pb2.ScreenshotStatus.ValueType:
-    return resources_pb2.ScreenshotStatus.Value("SCREENSHOT_STATUS_" + name.upper())
-
-
-def _time(message: timestamp_pb2.Timestamp, present: bool) -> datetime | None:
-    return message.ToDatetime(tzinfo=UTC) if present else None
-
-
-# --- JSON shapes -------------------------------------------------------------------------------------
-
-
-@dataclass
-class DeliveryOut:
-    """One notification delivery of the signal: its channel, what it sent (alert, photo, outcome), how."""
-
-    channel: str
-    kind: str
-    status: str
-    attempts: int
-    last_error: str | None
-    with_photo: bool
-    delivered_at: datetime | None
-
-
-@dataclass
-class SignalOut:
-    signal_id: str
-    user_id: str
-    chart_id: str
-    # As the alert named it; indicator_key is the catalog's name for it, null when not in the catalog.
-    indicator: str
-    indicator_key: str | None
-    ticker: str
-    exchange: str
-    symbol: str
-    price: str | None
-    signal_type: str
-    interval: str
-    alert_time: datetime | None
-    # TradingView's {{time}} (the bar's open) and {{timenow}} (when the alert fired); null unless the
-    # message says which time it is.
-    bar_time: datetime | None
-    fired_at: datetime | None
-    # The exchange is a delayed feed ("NASDAQ_DLY"): the price was not live.
-    delayed_feed: bool
-    parse_status: ParseStatusName
-    parse_problems: list[str]
-    extra: dict[str, Any]
-    raw_text: str
-    content_type: str
-    screenshot_status: ScreenshotStatusName
-    screenshot_url: str | None
-    screenshot_error: str | None
-    screenshot_completed_at: datetime | None
-    result: ResultName
-    profit_loss: str | None
-    notes: str
-    created_at: datetime | None
-    updated_at: datetime | None
-    deliveries: list[DeliveryOut]
-
-
-@dataclass
-class SignalPageOut:
-    signals: list[SignalOut]
-    # Pass back as page_token for the next page; null on the last page.
-    next_page_token: str | None
-
-
-@dataclass
-class UserStatsOut:
-    user_id: str
-    total_signals: int
-    this_month: int
-    screenshots_pending: int
-    win_rate: float
-    wins: int
-    losses: int
-    storage_bytes: int
-    storage_objects: int
-
-
-# Litestar declares `Literal[...] | None` as one enum holding null, which generated clients misread.
-_NULL_OR_RESULT = {
-    "type": None,
-    "enum": None,
-    "one_of": [
-        Schema(type=OpenAPIType.STRING, enum=list(get_args(ResultName))),
-        Schema(type=OpenAPIType.NULL),
-    ],
-}
-
-
-@dataclass
-class OutcomeIn:
-    """Fields left out (or null) keep their value; an empty string clears profit_loss or notes."""
-
-    result: Annotated[ResultName | None, KwargDefinition(schema_extra=_NULL_OR_RESULT)] = None
-    # Exact decimal string, e.g. "-12.50".
-    profit_loss: str | None = None
-    notes: str | None = None
-
-
-@dataclass
-class TradingViewSessionOut:
-    """The state of the user's TradingView cookies; `valid` means something only when `checked`."""
-
-    configured: bool
-    checked: bool
-    valid: bool
-    checked_at: datetime | None
-    changed_at: datetime | None
-
-
-@dataclass
-class EventOut:
-    cursor: str
-    type: EventTypeName
-    user_id: str
-    occurred_at: datetime | None
-    signal: SignalOut | None
-    # Set on tradingview_session_updated events.
-    tradingview_session: TradingViewSessionOut | None = None
-
-
-@dataclass
-class StreamErrorOut:
-    """Why the service ended the stream, plus the error's details (string values); reconnecting with the
-    last event's id loses nothing."""
-
-    # The gRPC status, lowercase ("resource_exhausted" for a stream that fell too far behind).
-    error: str
-    reason: str
-
-
-@dataclass
-class EventMessage:
-    """One Server-Sent Events message: `id: <cursor>` and `data: <EventOut as one line of JSON>`."""
-
-    id: str
-    data: EventOut
-
-
-@dataclass
-class StreamErrorMessage:
-    """The message that ends a stream the service gave up on: `event: stream-error`, `data: <JSON>`."""
-
-    event: Literal["stream-error"]
-    data: StreamErrorOut
-
-
-def signal_out(signal: resources_pb2.Signal) -> SignalOut:
-    return SignalOut(
-        signal_id=signal.signal_id,
-        user_id=signal.user_id,
-        chart_id=signal.chart_id,
-        indicator=signal.indicator,
-        indicator_key=signal.indicator_key or None,
-        ticker=signal.ticker,
-        exchange=signal.exchange,
-        symbol=signal.symbol,
-        price=signal.price or None,
-        signal_type=signal.signal_type,
-        interval=signal.interval,
-        alert_time=_time(signal.alert_time, signal.HasField("alert_time")),
-        bar_time=_time(signal.bar_time, signal.HasField("bar_time")),
-        fired_at=_time(signal.fired_at, signal.HasField("fired_at")),
-        delayed_feed=signal.delayed_feed,
-        parse_status=_enum_name(resources_pb2.ParseStatus, signal.parse_status, "PARSE_STATUS_"),
-        parse_problems=list(signal.parse_problems),
-        extra=json_format.MessageToDict(signal.extra),
-        raw_text=signal.raw_text,
-        content_type=signal.content_type,
-        screenshot_status=_enum_name(
-            resources_pb2.ScreenshotStatus, signal.screenshot_status, "SCREENSHOT_STATUS_"
-        ),
-        screenshot_url=signal.screenshot_url or None,
-        screenshot_error=signal.screenshot_error or None,
-        screenshot_completed_at=_time(
-            signal.screenshot_completed_at, signal.HasField("screenshot_completed_at")
-        ),
-        result=_enum_name(resources_pb2.SignalResult, signal.result, "SIGNAL_RESULT_")
-        if signal.result
-        else "pending",
-        profit_loss=signal.profit_loss or None,
-        notes=signal.notes,
-        created_at=_time(signal.created_at, signal.HasField("created_at")),
-        updated_at=_time(signal.updated_at, signal.HasField("updated_at")),
-        deliveries=[delivery_out(delivery) for delivery in signal.deliveries],
-    )
-
-
-def delivery_out(delivery: resources_pb2.NotificationDelivery) -> DeliveryOut:
-    return DeliveryOut(
-        channel=_enum_name(resources_pb2.NotificationChannel, delivery.channel, "NOTIFICATION_CHANNEL_"),
-        kind=_enum_name(resources_pb2.NotificationKind, delivery.kind, "NOTIFICATION_KIND_"),
-        status=_enum_name(resources_pb2.DeliveryStatus, delivery.status, "DELIVERY_STATUS_"),
-        attempts=delivery.attempts,
-        last_error=delivery.last_error or None,
-        with_photo=delivery.with_photo,
-        delivered_at=_time(delivery.delivered_at, delivery.HasField("delivered_at")),
-    )
-
-
-def event_out(event: resources_pb2.SignalEvent) -> EventOut:
-    return EventOut(
-        cursor=event.cursor,
-        type=_enum_name(resources_pb2.SignalEventType, event.type, "SIGNAL_EVENT_TYPE_"),
-        user_id=event.user_id,
-        occurred_at=_time(event.occurred_at, event.HasField("occurred_at")),
-        signal=signal_out(event.signal) if event.HasField("signal") else None,
-        tradingview_session=session_out(event.tradingview_session)
-        if event.HasField("tradingview_session")
-        else None,
-    )
-
-
-def session_out(session: resources_pb2.TradingViewSession) -> TradingViewSessionOut:
-    return TradingViewSessionOut(
-        configured=session.configured,
-        checked=session.checked,
-        valid=session.valid,
-        checked_at=_time(session.checked_at, session.HasField("checked_at")),
-        changed_at=_time(session.changed_at, session.HasField("changed_at")),
-    )
-
 
 # --- calls -------------------------------------------------------------------------------------------
 
@@ -439,9 +207,9 @@ async def list_signals(
         created_before=_utc(created_before),
     )
     if result is not None:
-        query.result = _result_number(result)
+        query.result = result_number(result)
     if screenshot_status is not None:
-        query.screenshot_status = _screenshot_status_number(screenshot_status)
+        query.screenshot_status = screenshot_status_number(screenshot_status)
     page = await _unary(request, _signals(request).ListSignals, query)
     return SignalPageOut(
         signals=[signal_out(signal) for signal in page.signals], next_page_token=page.next_page_token or None
@@ -477,7 +245,7 @@ async def update_signal_outcome(
     current = await _owned_signal(request, user_id, signal_id)
     update = signal_service_pb2.UpdateSignalOutcomeRequest(
         signal_id=signal_id,
-        result=_result_number(data.result)
+        result=result_number(data.result)
         if data.result is not None
         else current.result or resources_pb2.SIGNAL_RESULT_PENDING,
         profit_loss=current.profit_loss if data.profit_loss is None else data.profit_loss,

@@ -3,7 +3,7 @@
 A worker that dies mid-job leaves its message unacknowledged; Dramatiq's maintenance pushes it back once
 the worker's heartbeat is older than ``dramatiq_heartbeat_timeout_ms``. The ledger's lease then lets the
 redelivered job claim what the dead worker held. Retries here cover the worker's own failures (the signal
-service unreachable); a provider's failures are retried through the ledger (notify_service/tasks.py).
+service unreachable); a provider's failures are retried through the ledger (notify_service/worker.py).
 """
 
 from __future__ import annotations

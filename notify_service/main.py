@@ -15,8 +15,9 @@ from mesh.metrics import start_metrics_server
 from notify_service.broker import JOB_TIME_LIMIT_MS, create_broker
 from notify_service.discord_stub import run_discord_stub
 from notify_service.settings import NotifySettings, get_settings
-from notify_service.tasks import NotifyWorker, NotifyWorkerMiddleware, declare_notify_actor
+from notify_service.tasks import NotifyWorkerMiddleware, declare_notify_actor
 from notify_service.telegram_stub import run_telegram_stub
+from notify_service.worker import NotifyWorker
 
 log = logging.getLogger(__name__)
 

@@ -15,8 +15,8 @@ import pytest
 
 from apidevs.alerts.v1 import resources_pb2, signal_service_pb2
 from notify_service.settings import NotifySettings
-from notify_service.tasks import NotifyWorker, SignalServiceUnavailableError, notice_of
 from notify_service.telegram_stub import create_telegram_stub_app
+from notify_service.worker import NotifyWorker, SignalServiceUnavailableError, notice_of
 from tests.support import asgi_app_in_thread
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from apidevs.alerts.v1 import resources_pb2
-from notify_service.tasks import notice_of
+from notify_service.worker import notice_of
 
 
 def test_the_notice_carries_the_outcome() -> None:

@@ -622,7 +622,7 @@ async def test_a_replay_longer_than_a_page_reads_on_without_a_notification(
     database = Database(create_engine(database_url, pool_size=2))
     # A re-check far beyond the guard: only a read after a full page can deliver the later pages in time.
     hub = EventHub(listener_dsn(database_url), listening_recheck_seconds=600)
-    hub.start()
+    hub.listener.start()
     try:
         await asyncio.wait_for(hub.wait_listening(), STREAM_GUARD_SECONDS)
         feed = EventFeed(database=database, hub=hub, page_size=2)
@@ -631,7 +631,7 @@ async def test_a_replay_longer_than_a_page_reads_on_without_a_notification(
             pages = [await asyncio.wait_for(anext(batches), 10) for _ in range(3)]
             await batches.aclose()
     finally:
-        await hub.stop()
+        await hub.listener.stop()
         await database.dispose()
     assert [[stored.event.seq for stored in page] for page in pages] == [[1, 2], [3, 4], [5]]
 

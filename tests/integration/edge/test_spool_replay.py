@@ -85,6 +85,15 @@ async def until_drained(data_dir: Path) -> None:
     raise AssertionError(f"{await spool_pending(data_dir)} requests still spooled after the deadline")
 
 
+async def until_answered(posts: list[asyncio.Future[httpx.Response]], at_least: int) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + DRAIN_DEADLINE_SECONDS
+    while sum(post.done() for post in posts) < at_least:
+        if loop.time() > deadline:
+            raise AssertionError(f"{sum(post.done() for post in posts)} of {len(posts)} webhooks answered")
+        await asyncio.sleep(0.01)
+
+
 def files_holding(directory: Path, secret: bytes) -> list[str]:
     return [path.name for path in directory.iterdir() if path.is_file() and secret in path.read_bytes()]
 
@@ -249,7 +258,8 @@ async def test_a_burst_beyond_what_the_signal_service_takes_in_time_is_shed_to_t
     tmp_path: Path,
 ) -> None:
     created = await create_user(users, plan=resources_pb2.PLAN_PREMIUM)
-    # One webhook per call and one call at a time: a queue forms at once, and any wait sheds.
+    # One webhook per call and one call at a time, and the first call held on the user's row lock: a queue
+    # forms behind it whatever the machine's speed, and any wait sheds.
     settings = spooling_edge(service_env, signal_server, tmp_path).model_copy(
         update={
             "ingest_batch_max_inflight": 1,
@@ -263,12 +273,14 @@ async def test_a_burst_beyond_what_the_signal_service_takes_in_time_is_shed_to_t
         running_edge(settings) as edge_url,
         httpx.AsyncClient(base_url=edge_url, timeout=10, limits=httpx.Limits(max_connections=count)) as http,
     ):
-        answers = await asyncio.gather(
-            *(
-                http.post(f"/webhook/u/{created.webhook_token}", content=alert(index))
+        async with db.transaction():
+            await db.execute("SELECT 1 FROM users WHERE id = $1 FOR UPDATE", uuid.UUID(created.user.user_id))
+            posts = [
+                asyncio.ensure_future(http.post(f"/webhook/u/{created.webhook_token}", content=alert(index)))
                 for index in range(count)
-            )
-        )
+            ]
+            await until_answered(posts, at_least=count // 2)
+        answers = await asyncio.gather(*posts)
         statuses = [answer.status_code for answer in answers]
         assert set(statuses) <= {200, 202}
         assert 202 in statuses

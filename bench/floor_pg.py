@@ -20,12 +20,16 @@ from typing import Any
 import asyncpg
 from loadgen import run_open_loop, run_plan_from_stdin, summarize
 
+# The user's row is locked first, as ingest does: the foreign key's check takes a key-share lock on it and
+# the per-user count trigger then asks for the row lock, so two bare inserts for one user deadlock.
 _INSERT = """
+WITH account AS (SELECT id FROM users WHERE id = $2 FOR UPDATE)
 INSERT INTO signals (id, user_id, chart_id, indicator, ticker, exchange, symbol, price, signal_type, interval,
                      alert_time, parse_status, parse_problems, extra, raw_body, content_type, body_sha256,
                      result, screenshot_status, created_at)
-VALUES ($1, $2, 'bench', 'ADX DEF', 'BINANCE:BTCUSDT', 'BINANCE', 'BTCUSDT', 67890.5, 'Divergencia Alcista',
-        '15', $3, 'complete', '[]', '{}', $4, 'text/plain', $5, 'pending', 'pending', $3)
+SELECT $1, account.id, 'bench', 'ADX DEF', 'BINANCE:BTCUSDT', 'BINANCE', 'BTCUSDT', 67890.5,
+       'Divergencia Alcista', '15', $3, 'complete', '[]', '{}', $4, 'text/plain', $5, 'pending', 'pending', $3
+FROM account
 """
 
 

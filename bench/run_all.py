@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -32,7 +34,7 @@ RESULTS_ARGUMENT = "bench/results"
 
 # name -> (script, arguments, time limit in seconds)
 BENCHMARKS: dict[str, tuple[str, list[str], float]] = {
-    "ingest": ("bench_ingest.py", ["--out", f"{RESULTS_ARGUMENT}/ingest.json"], 300),
+    "ingest": ("bench_ingest.py", ["--out", f"{RESULTS_ARGUMENT}/ingest.json"], 600),
     "profile": (
         "profile_ingest.py",
         ["--rate", "100", "--seconds", "10", "--summary", f"{RESULTS_ARGUMENT}/profile_summary.json"],
@@ -72,13 +74,23 @@ def run_one(name: str, script: str, arguments: list[str], limit: float) -> dict[
     envelope = record({"arguments": arguments, "time_limit_s": limit})
     envelope["command"] = " ".join([".venv/bin/python", f"bench/{script}", *arguments])
     started = time.perf_counter()
-    try:
-        done = subprocess.run(
-            command, capture_output=True, text=True, timeout=limit, check=False, cwd=BENCH.parent
-        )
-    except subprocess.TimeoutExpired as exc:
-        envelope.update(status="timeout", stderr=(exc.stderr or b"")[-2000:].decode(errors="replace"))
-        return envelope
+    # Its own session, so that a time limit stops the servers and load generators it started as well.
+    with subprocess.Popen(
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=BENCH.parent,
+        start_new_session=True,
+    ) as child:
+        try:
+            stdout, stderr = child.communicate(timeout=limit)
+        except subprocess.TimeoutExpired:
+            os.killpg(child.pid, signal.SIGKILL)
+            _, stderr = child.communicate()
+            envelope.update(status="timeout", stderr=stderr[-2000:])
+            return envelope
+    done = subprocess.CompletedProcess(command, child.returncode, stdout, stderr)
     envelope["wall_s"] = round(time.perf_counter() - started, 1)
     envelope["load_average_at_end"] = load_average()
     if done.returncode != 0:

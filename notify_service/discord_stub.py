@@ -80,12 +80,8 @@ def _record(request: Request[Any, Any, State], webhook_id: str, token: str, **en
     return recorded
 
 
-def _injected_failure(stub: StubState) -> Response[dict[str, Any]] | None:
-    mode = stub.failures.next_call()
-    if mode == "ok":
-        return None
-    if mode == "429":
-        retry_after = stub.failures.retry_after
+def _injected_failure(status: int, retry_after: int) -> Response[dict[str, Any]]:
+    if status == 429:
         answer = _error(429, "You are being rate limited.", retry_after=retry_after, **{"global": False})
         answer.headers["Retry-After"] = str(retry_after)
         return answer
@@ -105,7 +101,7 @@ async def execute_webhook(
     stub = _state(request)
     payload, files = await _payload(request)
     recorded = _record(request, webhook_id, token, method="execute", payload=payload, files=files)
-    failure = _injected_failure(stub)
+    failure = stub.failures.failure(_injected_failure)
     if failure is not None:
         return _answer(recorded, failure)
     if not payload.get("content") and not payload.get("embeds") and not files:
@@ -142,7 +138,7 @@ async def edit_message(
     recorded = _record(
         request, webhook_id, token, method="edit", message_id=message_id, payload=payload, files=files
     )
-    failure = _injected_failure(stub)
+    failure = stub.failures.failure(_injected_failure)
     if failure is not None:
         return _answer(recorded, failure)
     message = stub.messages.get((webhook_id, message_id))

@@ -8,8 +8,9 @@
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import uvicorn
 from litestar import Litestar, Request, delete, get, post
@@ -19,6 +20,7 @@ from litestar.params import JSONBody
 from litestar.types import ControllerRouterHandler
 
 MODES = ("ok", "429", "500")
+_Answer = TypeVar("_Answer")
 _MAX_RECORDED = 50_000
 
 
@@ -41,14 +43,17 @@ class FailureMode:
         self.mode, self.retry_after, self.calls_left = mode, retry_after, count
         return {"mode": mode, "retry_after": retry_after, "count": count}
 
-    def next_call(self) -> str:
-        """The mode this call is answered in ("ok", "429" or "500"), counting it against `count`."""
+    def failure(self, answer: Callable[[int, int], _Answer]) -> _Answer | None:
+        """What this call is answered when a failure mode is on, ``answer(status, retry_after)`` (429 or
+        500), counting it against `count`; None when it goes through."""
         mode = self.mode
-        if mode != "ok" and self.calls_left is not None:
+        if mode == "ok":
+            return None
+        if self.calls_left is not None:
             self.calls_left -= 1
             if self.calls_left <= 0:
                 self.mode, self.calls_left = "ok", None
-        return mode
+        return answer(int(mode), self.retry_after)
 
 
 @dataclass

@@ -66,12 +66,8 @@ def _error(code: int, description: str, **parameters: Any) -> Response[dict[str,
     return Response(body, status_code=code)
 
 
-def _injected_failure(stub: StubState) -> Response[dict[str, Any]] | None:
-    mode = stub.failures.next_call()
-    if mode == "ok":
-        return None
-    if mode == "429":
-        retry_after = stub.failures.retry_after
+def _injected_failure(status: int, retry_after: int) -> Response[dict[str, Any]]:
+    if status == 429:
         return _error(429, f"Too Many Requests: retry after {retry_after}", retry_after=retry_after)
     return _error(500, "Internal Server Error")
 
@@ -156,7 +152,7 @@ async def _answer(
         return Response({"ok": True, "result": {"id": 1, "is_bot": True, "username": STUB_BOT_USERNAME}})
     if method == "getUpdates":
         return await _get_updates(stub, params)
-    failure = _injected_failure(stub)
+    failure = stub.failures.failure(_injected_failure)
     if failure is not None:
         return failure
     chat_id = str(params.get("chat_id", ""))

@@ -504,11 +504,8 @@ def dump_and_restore(stack: Stack) -> dict[str, Any]:
             check=True,
         )
         dumped = time.perf_counter() - started
-        target = f"{stack.database_name}_restore"
-        stack._admin_sync(f'CREATE DATABASE "{target}"')
-        try:
+        with stack.scratch_database("restore") as restore_dsn:
             started = time.perf_counter()
-            restore_dsn = stack.dsn.replace(f"/{stack.database_name}", f"/{target}", 1)
             subprocess.run(
                 [
                     postgres_client("pg_restore"),
@@ -521,8 +518,6 @@ def dump_and_restore(stack: Stack) -> dict[str, Any]:
                 check=True,
             )
             restored = time.perf_counter() - started
-        finally:
-            stack._admin_sync(f'DROP DATABASE IF EXISTS "{target}" WITH (FORCE)')
         return {
             "dump_s": round(dumped, 1),
             "dump_bytes": dump.stat().st_size,

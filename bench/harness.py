@@ -1,21 +1,31 @@
 """Real processes for benchmarks: a fresh database, a Redis namespace, and the services as child processes.
 
 Uses PostgreSQL and Redis on 127.0.0.1 when they answer, otherwise (or when asked) embedded ones under the
-given directory, started as this process's children. Everything it starts, it stops (and it drops the
-database it created).
+given directory, started as this process's children. Everything it starts, it stops, and it drops the
+databases it created, also when the run fails or is stopped with SIGTERM or Ctrl-C.
+
+A run killed outright (SIGKILL, e.g. run_all.py's timeout) cannot clean up: its databases are named after
+its pid (``alerts_bench_p<pid>_...``), and the next stack on the same server drops those whose process
+is gone. A database of a run still in progress is never touched.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
+import re
+import signal
 import socket
 import sys
+import threading
 import uuid
+from collections.abc import Coroutine, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from types import FrameType
+from typing import Any, TypeVar
 
 import asyncpg
 import redis
@@ -27,6 +37,52 @@ from alerts.stack import build_stack
 from apidevs.alerts.v1 import resources_pb2, user_service_pb2, user_service_pb2_grpc
 from mesh.auth import SystemKeys, generate_key
 from mesh.grpc import open_channel
+
+_T = TypeVar("_T")
+
+_DATABASE_PREFIX = "alerts_bench_"
+_CREATOR_PID = re.compile(rf"{_DATABASE_PREFIX}p(\d+)_")
+
+
+def bench_database_name() -> str:
+    """A new database name carrying this process's pid (as do the names made from it by a suffix)."""
+    return f"{_DATABASE_PREFIX}p{os.getpid()}_{uuid.uuid4().hex[:10]}"
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def leftover_databases(names: Iterable[str]) -> list[str]:
+    """The bench databases among `names` whose creating process is gone (never another run's in progress,
+    nor one whose name carries no pid)."""
+    leftovers = []
+    for name in names:
+        creator = _CREATOR_PID.match(name)
+        if creator is not None and not _process_alive(int(creator.group(1))):
+            leftovers.append(name)
+    return leftovers
+
+
+async def drop_leftover_databases(admin_dsn: str) -> list[str]:
+    """Drops the databases killed bench runs left on the server at `admin_dsn`; returns their names."""
+    connection = await asyncpg.connect(admin_dsn)
+    try:
+        rows = await connection.fetch(
+            "SELECT datname FROM pg_database WHERE starts_with(datname, $1)", _DATABASE_PREFIX
+        )
+        leftovers = leftover_databases(row["datname"] for row in rows)
+        for name in leftovers:
+            await connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await connection.close()
+    return leftovers
 
 
 def _reachable(port: int) -> bool:
@@ -58,7 +114,9 @@ class Stack:
         self.infra = EmbeddedInfrastructure()
         self.services: ServiceProcesses | None = None
         self.key = generate_key()
-        self.database_name = f"alerts_bench_{uuid.uuid4().hex[:10]}"
+        self.database_name = bench_database_name()
+        self._databases: list[str] = []
+        self._previous_sigterm: Any = None
         self.env: dict[str, str] = {}
         self.admin_dsn = ""
         self.dsn = ""
@@ -89,6 +147,7 @@ class Stack:
         return self.services.telegram_api_url
 
     def __enter__(self) -> Stack:
+        self._exit_on_sigterm()
         try:
             self._start()
         except BaseException:
@@ -97,7 +156,8 @@ class Stack:
         return self
 
     def _start(self) -> None:
-        if _reachable(5432) and not self.embedded:
+        shared_postgres = _reachable(5432) and not self.embedded
+        if shared_postgres:
             self.admin_dsn = "postgresql://postgres@127.0.0.1:5432/postgres"
             self.dsn = f"postgresql://postgres@127.0.0.1:5432/{self.database_name}"
         else:
@@ -110,7 +170,10 @@ class Stack:
         else:
             start_redis(self.workdir, self.infra)
             redis_url = self.infra.redis_url
-        self._admin_sync(f'CREATE DATABASE "{self.database_name}"')
+        if shared_postgres:
+            # A server other runs share: clear what killed runs left there.
+            self._admin_sync_result(drop_leftover_databases(self.admin_dsn))
+        self._create_database(self.database_name)
         self.services = build_stack(
             self.workdir / "logs",
             database_url=self.dsn.replace("postgresql://", "postgresql+asyncpg://", 1),
@@ -136,13 +199,52 @@ class Stack:
         )
 
     def __exit__(self, *exc: object) -> None:
-        if self.services is not None:
-            self.services.close()
-        if self.admin_dsn:
-            self._admin_sync(f'DROP DATABASE IF EXISTS "{self.database_name}" WITH (FORCE)')
-        if self.env:
-            self._drop_redis_namespace()
-        self.infra.stop()
+        self._restore_sigterm()
+        try:
+            if self.services is not None:
+                self.services.close()
+        finally:
+            try:
+                for name in reversed(list(self._databases)):
+                    self._drop_database(name)
+                if self.env:
+                    self._drop_redis_namespace()
+            finally:
+                self.infra.stop()
+
+    def _exit_on_sigterm(self) -> None:
+        """SIGTERM unwinds the run like Ctrl-C, so that __exit__ cleans up (Python would exit at once)."""
+        if threading.current_thread() is not threading.main_thread():
+            return
+
+        def exit_now(signum: int, frame: FrameType | None) -> None:
+            raise SystemExit(128 + signum)
+
+        self._previous_sigterm = signal.signal(signal.SIGTERM, exit_now)
+
+    def _restore_sigterm(self) -> None:
+        if self._previous_sigterm is not None:
+            signal.signal(signal.SIGTERM, self._previous_sigterm)
+            self._previous_sigterm = None
+
+    def _create_database(self, name: str) -> None:
+        self._admin_sync(f'CREATE DATABASE "{name}"')
+        self._databases.append(name)
+
+    def _drop_database(self, name: str) -> None:
+        self._admin_sync(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        self._databases.remove(name)
+
+    @contextlib.contextmanager
+    def scratch_database(self, suffix: str) -> Iterator[str]:
+        """An empty database beside the stack's (named after it, so a killed run's is found too), dropped
+        on leaving; yields its DSN."""
+        name = f"{self.database_name}_{suffix}"
+        self._create_database(name)
+        try:
+            yield self.dsn.replace(f"/{self.database_name}", f"/{name}", 1)
+        finally:
+            self._drop_database(name)
 
     def _drop_redis_namespace(self) -> None:
         """Deletes the keys this run wrote (rate limits, queued capture jobs): only its own namespace."""
@@ -157,9 +259,13 @@ class Stack:
             client.close()
 
     def _admin_sync(self, statement: str) -> None:
-        """Runs in its own thread so that the stack can be entered from inside an event loop."""
+        self._admin_sync_result(self._admin(statement))
+
+    def _admin_sync_result(self, job: Coroutine[Any, Any, _T]) -> _T:
+        """Runs `job` (a coroutine) in its own thread so that the stack can be entered from inside an event
+        loop."""
         with ThreadPoolExecutor(1) as pool:
-            pool.submit(asyncio.run, self._admin(statement)).result()
+            return pool.submit(asyncio.run, job).result()
 
     async def _admin(self, statement: str) -> None:
         connection = await asyncpg.connect(self.admin_dsn)

@@ -16,18 +16,17 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from typing import Any
 
 from dramatiq.broker import Broker, MessageProxy
 from dramatiq.brokers.redis import RedisBroker
-from dramatiq.middleware import CurrentMessage, Middleware, Retries, TimeLimit
+from dramatiq.middleware import Middleware
 
 from capture_service.settings import CaptureSettings
 from mesh.logging import request_id_var
-from mesh.queues import dramatiq_namespace
+from mesh.workers import AfterMessage, create_redis_broker
 
 
-class RequestIdMiddleware(Middleware):
+class RequestIdMiddleware(AfterMessage):
     """Makes the request id the edge created (``options["request_id"]``, set by the signal service) the
     current one while a message is processed, so the job's logs and its gRPC calls carry it.
 
@@ -38,43 +37,21 @@ class RequestIdMiddleware(Middleware):
     def before_process_message(self, broker: Broker, message: MessageProxy) -> None:
         request_id_var.set(str(message.options.get("request_id") or uuid.uuid4().hex))
 
-    def after_process_message(
-        self,
-        broker: Broker,
-        message: MessageProxy,
-        *,
-        result: Any = None,
-        exception: BaseException | None = None,
-    ) -> None:
-        request_id_var.set("")
-
-    def after_skip_message(self, broker: Broker, message: MessageProxy) -> None:
+    def after_message(self, broker: Broker, message: MessageProxy, exception: BaseException | None) -> None:
         request_id_var.set("")
 
 
 def create_broker(settings: CaptureSettings, *, middleware: Sequence[Middleware] = ()) -> RedisBroker:
     """A Redis broker with the capture retry policy and time limit.
 
-    `middleware` goes first (after the request id): Dramatiq runs ``after_*`` hooks in reverse order, so
-    its ``after_process_message`` sees the message once Retries has decided its fate and TimeLimit has
-    disarmed the attempt's deadline, while the message's request id is still the current one.
+    `middleware` goes first (after the request id), so its ``after_process_message`` runs while the
+    message's request id is still the current one (mesh.workers.create_redis_broker: the order).
     """
-    if not settings.redis_url:
-        raise RuntimeError("ALERTS_REDIS_URL is not set (only `alerts dev` provides an embedded one)")
-    return RedisBroker(
-        url=settings.redis_url,
-        namespace=dramatiq_namespace(settings),
-        heartbeat_timeout=settings.dramatiq_heartbeat_timeout_ms,
-        maintenance_chance=settings.dramatiq_maintenance_chance,
-        middleware=[
-            RequestIdMiddleware(),
-            *middleware,
-            TimeLimit(time_limit=int(settings.capture_time_limit_seconds * 1000)),
-            Retries(
-                max_retries=settings.capture_max_retries,
-                min_backoff=settings.capture_min_backoff_ms,
-                max_backoff=settings.capture_max_backoff_ms,
-            ),
-            CurrentMessage(),
-        ],
+    return create_redis_broker(
+        settings,
+        middleware=[RequestIdMiddleware(), *middleware],
+        time_limit_ms=int(settings.capture_time_limit_seconds * 1000),
+        max_retries=settings.capture_max_retries,
+        min_backoff_ms=settings.capture_min_backoff_ms,
+        max_backoff_ms=settings.capture_max_backoff_ms,
     )

@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Any
 
-from dramatiq import Broker, Middleware
+from dramatiq import Broker
 from dramatiq.broker import MessageProxy
 from prometheus_client import Gauge
+
+from mesh.workers import AfterMessage
 
 HEARTBEAT = Gauge(
     "alerts_capture_heartbeat_timestamp_seconds", "Unix time of the capture event loop's last heartbeat"
@@ -32,7 +33,7 @@ def beat() -> None:
     HEARTBEAT.set(time.time())
 
 
-class JobClock(Middleware):
+class JobClock(AfterMessage):
     """Keeps OLDEST_JOB_STARTED current from the worker threads that run the jobs."""
 
     def __init__(self) -> None:
@@ -44,20 +45,7 @@ class JobClock(Middleware):
             self._started[message.message_id] = time.time()
             self._publish()
 
-    def after_process_message(
-        self,
-        broker: Broker,
-        message: MessageProxy,
-        *,
-        result: Any = None,
-        exception: BaseException | None = None,
-    ) -> None:
-        self._finished(message)
-
-    def after_skip_message(self, broker: Broker, message: MessageProxy) -> None:
-        self._finished(message)
-
-    def _finished(self, message: MessageProxy) -> None:
+    def after_message(self, broker: Broker, message: MessageProxy, exception: BaseException | None) -> None:
         with self._lock:
             self._started.pop(message.message_id, None)
             self._publish()

@@ -3,10 +3,6 @@ calls :func:`run_chart_stub`."""
 
 from __future__ import annotations
 
-import logging
-import signal
-import threading
-
 import dramatiq
 from dramatiq.brokers.redis import RedisBroker
 
@@ -17,10 +13,7 @@ from capture_service.session_check import declare_session_check_actor
 from capture_service.settings import CaptureSettings, get_settings
 from capture_service.tasks import CaptureWorkerMiddleware, declare_capture_actors
 from capture_service.worker import CaptureWorker
-from mesh.logging import configure_logging
-from mesh.metrics import start_metrics_server
-
-log = logging.getLogger(__name__)
+from mesh.workers import boot_worker, run_worker_process
 
 # Time for in-flight jobs to finish after SIGTERM, on top of their own time limit.
 _SHUTDOWN_SLACK_SECONDS = 5.0
@@ -33,27 +26,19 @@ def build_worker(settings: CaptureSettings) -> tuple[dramatiq.Worker, RedisBroke
     broker = create_broker(settings, middleware=[JobClock(), CaptureWorkerMiddleware(capture_worker)])
     declare_capture_actors(broker, capture_worker)
     declare_session_check_actor(broker, capture_worker)
-    # What Dramatiq's own CLI does once per process; TimeLimit only starts its watchdog on this signal.
-    broker.emit_after("process_boot")
-    return dramatiq.Worker(broker, worker_threads=settings.capture_concurrency), broker
+    return boot_worker(broker, threads=settings.capture_concurrency), broker
 
 
 def run_worker() -> None:
     """Consumes capture jobs until SIGTERM or SIGINT, then lets running jobs finish and exits."""
     settings = get_settings()
-    configure_logging("capture", settings.log_level)
-    start_metrics_server(settings.metrics_port)
-    worker, broker = build_worker(settings)
-    stopping = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stopping.set())
-    worker.start()
-    log.info("capture worker consuming", extra={"concurrency": settings.capture_concurrency})
-    while not stopping.wait(1.0):
-        pass
-    log.info("capture worker stopping")
-    worker.stop(timeout=int((settings.capture_time_limit_seconds + _SHUTDOWN_SLACK_SECONDS) * 1000))
-    broker.close()
+    run_worker_process(
+        "capture",
+        settings,
+        lambda: build_worker(settings),
+        concurrency=settings.capture_concurrency,
+        stop_timeout_ms=int((settings.capture_time_limit_seconds + _SHUTDOWN_SLACK_SECONDS) * 1000),
+    )
 
 
 __all__ = ["build_worker", "run_chart_stub", "run_worker"]

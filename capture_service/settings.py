@@ -8,10 +8,10 @@ from typing import ClassVar
 
 from pydantic import Field, model_validator
 
-from mesh.settings import CommonSettings
+from mesh.settings import WorkerSettings
 
 
-class CaptureSettings(CommonSettings):
+class CaptureSettings(WorkerSettings):
     required_in_production: ClassVar[tuple[str, ...]] = ("redis_url", "service_api_key", "cookie_keys")
 
     # Chromium to drive; empty picks Playwright's bundled browser when installed, else the system one.
@@ -37,11 +37,6 @@ class CaptureSettings(CommonSettings):
     capture_infrastructure_deadline_seconds: float = Field(default=600.0, gt=0)
     capture_infrastructure_min_backoff_ms: int = Field(default=1_000, ge=1)
     capture_infrastructure_max_backoff_ms: int = Field(default=30_000, ge=1)
-    # A worker silent for this long is dead: its unacknowledged jobs go back on their queues.
-    dramatiq_heartbeat_timeout_ms: int = Field(default=30_000, ge=1_000)
-    # Out of a million broker commands, how many also run that dead-worker sweep (Dramatiq's default is
-    # 1000, which with few workers takes many minutes to notice a dead one).
-    dramatiq_maintenance_chance: int = Field(default=100_000, ge=1, le=1_000_000)
     # How this worker names itself to the signal service; empty means "<hostname>:<pid>".
     capture_worker_id: str = ""
 

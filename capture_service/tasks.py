@@ -34,10 +34,9 @@ import logging
 from typing import Any
 
 import dramatiq
-from dramatiq.asyncio import get_event_loop_thread
 from dramatiq.broker import Broker, MessageProxy
 from dramatiq.message import Message
-from dramatiq.middleware import AsyncIO, CurrentMessage, TimeLimitExceeded
+from dramatiq.middleware import CurrentMessage, TimeLimitExceeded
 from prometheus_client import Gauge
 
 from apidevs.alerts.v1 import signal_service_pb2
@@ -53,6 +52,7 @@ from capture_service.worker import (
 )
 from mesh.loops import backoff_delay
 from mesh.queues import PLANS_BY_PRIORITY, capture_actor, capture_queue
+from mesh.workers import AfterMessage, WorkerLifecycle, event_loop
 
 log = logging.getLogger(__name__)
 
@@ -92,35 +92,19 @@ def failure_reason(exception: BaseException) -> str:
     return "worker_error"
 
 
-class CaptureWorkerMiddleware(AsyncIO):
-    """Dramatiq's AsyncIO event loop, plus the worker's browser and channels living on it.
+class CaptureWorkerMiddleware(WorkerLifecycle, AfterMessage):
+    """Dramatiq's AsyncIO event loop, plus the worker's browser and channels living on it (booted before
+    the worker threads start, closed after they stopped: mesh.workers.WorkerLifecycle).
 
-    Booting before the worker threads start means no job can arrive before Chromium is up; closing
-    after they stopped means no job loses its browser mid-capture. Its ``after_process_message`` runs
-    after Retries' (see create_broker), so it sees when a message has run out of retries and reports
-    that capture FAILED.
+    Its ``after_process_message`` runs after Retries' (see create_broker), so it sees when a message has
+    run out of retries and reports that capture FAILED.
     """
 
     def __init__(self, worker: CaptureWorker) -> None:
-        super().__init__()
+        super().__init__(worker)
         self.worker = worker
 
-    def before_worker_boot(self, broker: Broker, worker: dramatiq.Worker) -> None:
-        super().before_worker_boot(broker, worker)  # type: ignore[no-untyped-call]
-        _event_loop().run_coroutine(self.worker.start())
-
-    def after_worker_shutdown(self, broker: Broker, worker: dramatiq.Worker) -> None:
-        _event_loop().run_coroutine(self.worker.close())
-        super().after_worker_shutdown(broker, worker)  # type: ignore[no-untyped-call]
-
-    def after_process_message(
-        self,
-        broker: Broker,
-        message: MessageProxy,
-        *,
-        result: Any = None,
-        exception: BaseException | None = None,
-    ) -> None:
+    def after_message(self, broker: Broker, message: MessageProxy, exception: BaseException | None) -> None:
         if exception is None or not message.failed or message.actor_name not in CAPTURE_ACTOR_NAMES:
             return
         if HELD_REPORT_OPTION in message.options:
@@ -134,18 +118,11 @@ class CaptureWorkerMiddleware(AsyncIO):
         claim = int(message.options.get(CLAIM_OPTION, 0))
         log.error("capture failed after its last retry", extra={"signal_id": signal_id, "reason": reason})
         try:
-            _event_loop().run_coroutine(
+            event_loop().run_coroutine(
                 self.worker.report_failure(signal_id, reason=reason, attempt=attempt, claim=claim)
             )
         except OutcomeHeld as held:
             hold_report(broker, message, held, settings=self.worker.settings)
-
-
-def _event_loop() -> Any:
-    loop_thread = get_event_loop_thread()
-    if loop_thread is None:
-        raise RuntimeError("the AsyncIO event loop thread is not running")
-    return loop_thread
 
 
 def infrastructure_backoff_ms(settings: CaptureSettings, waits: int) -> int:

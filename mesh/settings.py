@@ -125,6 +125,16 @@ class CommonSettings(BaseSettings):
         return (self.public_url or f"http://127.0.0.1:{self.edge_port}").rstrip("/")
 
 
+class WorkerSettings(CommonSettings):
+    """What the Dramatiq worker processes (capture, notify) read on top of the shared settings."""
+
+    # A worker silent for this long is dead: its unacknowledged jobs go back on their queues.
+    dramatiq_heartbeat_timeout_ms: int = Field(default=30_000, ge=1_000)
+    # Out of a million broker commands, how many also run that dead-worker sweep (Dramatiq's default is
+    # 1000, which with few workers takes many minutes to notice a dead one).
+    dramatiq_maintenance_chance: int = Field(default=100_000, ge=1, le=1_000_000)
+
+
 def _holds_secret(annotation: object) -> bool:
     return annotation is SecretStr or any(_holds_secret(arg) for arg in typing.get_args(annotation))
 

@@ -8,32 +8,24 @@ service unreachable); a provider's failures are retried through the ledger (noti
 
 from __future__ import annotations
 
-from dramatiq.brokers.redis import RedisBroker
-from dramatiq.middleware import CurrentMessage, Middleware, Retries, TimeLimit
+from collections.abc import Sequence
 
-from mesh.queues import dramatiq_namespace
+from dramatiq.brokers.redis import RedisBroker
+from dramatiq.middleware import Middleware
+
+from mesh.workers import create_redis_broker
 from notify_service.settings import NotifySettings
 
 # One job claims, sends and reports a signal's due deliveries: a few provider calls at most.
 JOB_TIME_LIMIT_MS = 120_000
 
 
-def create_broker(settings: NotifySettings, *, middleware: list[Middleware]) -> RedisBroker:
-    if not settings.redis_url:
-        raise RuntimeError("ALERTS_REDIS_URL is not set (only `alerts dev` provides an embedded one)")
-    return RedisBroker(
-        url=settings.redis_url,
-        namespace=dramatiq_namespace(settings),
-        heartbeat_timeout=settings.dramatiq_heartbeat_timeout_ms,
-        maintenance_chance=settings.dramatiq_maintenance_chance,
-        middleware=[
-            *middleware,
-            TimeLimit(time_limit=JOB_TIME_LIMIT_MS),
-            Retries(
-                max_retries=20,
-                min_backoff=settings.notify_min_backoff_ms,
-                max_backoff=settings.notify_max_backoff_ms,
-            ),
-            CurrentMessage(),
-        ],
+def create_broker(settings: NotifySettings, *, middleware: Sequence[Middleware]) -> RedisBroker:
+    return create_redis_broker(
+        settings,
+        middleware=middleware,
+        time_limit_ms=JOB_TIME_LIMIT_MS,
+        max_retries=20,
+        min_backoff_ms=settings.notify_min_backoff_ms,
+        max_backoff_ms=settings.notify_max_backoff_ms,
     )

@@ -13,29 +13,24 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-import uvicorn
-from litestar import Litestar, Request, Response, delete, get, patch, post
+from litestar import Litestar, Request, Response, patch, post
 from litestar.datastructures import State, UploadFile
-from litestar.params import FromPath, JSONBody
+from litestar.params import FromPath
 
-from notify_service.stub_failures import FailureMode
+from notify_service.stub_failures import StubRecord, create_stub_app, serve_stub
 
-_MAX_RECORDED = 50_000
 # Discord's ids are snowflakes: large integers, sent as strings.
 _FIRST_MESSAGE_ID = 1_300_000_000_000_000_000
 
 
 @dataclass
-class StubState:
-    failures: FailureMode = field(default_factory=FailureMode)
+class StubState(StubRecord):
     next_message_id: int = _FIRST_MESSAGE_ID
     # (webhook id, message id) -> the message as Discord returns it.
     messages: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
-    requests: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=_MAX_RECORDED))
 
 
 def _state(request: Request[Any, Any, State]) -> StubState:
@@ -85,12 +80,8 @@ def _record(request: Request[Any, Any, State], webhook_id: str, token: str, **en
     return recorded
 
 
-def _injected_failure(stub: StubState) -> Response[dict[str, Any]] | None:
-    mode = stub.failures.next_call()
-    if mode == "ok":
-        return None
-    if mode == "429":
-        retry_after = stub.failures.retry_after
+def _injected_failure(status: int, retry_after: int) -> Response[dict[str, Any]]:
+    if status == 429:
         answer = _error(429, "You are being rate limited.", retry_after=retry_after, **{"global": False})
         answer.headers["Retry-After"] = str(retry_after)
         return answer
@@ -110,7 +101,7 @@ async def execute_webhook(
     stub = _state(request)
     payload, files = await _payload(request)
     recorded = _record(request, webhook_id, token, method="execute", payload=payload, files=files)
-    failure = _injected_failure(stub)
+    failure = stub.failures.failure(_injected_failure)
     if failure is not None:
         return _answer(recorded, failure)
     if not payload.get("content") and not payload.get("embeds") and not files:
@@ -147,7 +138,7 @@ async def edit_message(
     recorded = _record(
         request, webhook_id, token, method="edit", message_id=message_id, payload=payload, files=files
     )
-    failure = _injected_failure(stub)
+    failure = stub.failures.failure(_injected_failure)
     if failure is not None:
         return _answer(recorded, failure)
     message = stub.messages.get((webhook_id, message_id))
@@ -160,31 +151,9 @@ async def edit_message(
     return _answer(recorded, Response(message))
 
 
-@get("/_stub/requests", sync_to_thread=False)
-def list_requests(request: Request[Any, Any, State]) -> list[dict[str, Any]]:
-    return list(_state(request).requests)
-
-
-@delete("/_stub/requests", status_code=204, sync_to_thread=False)
-def clear_requests(request: Request[Any, Any, State]) -> None:
-    _state(request).requests.clear()
-
-
-@post("/_stub/mode", status_code=200, sync_to_thread=False)
-def set_mode(request: Request[Any, Any, State], data: JSONBody[dict[str, Any]]) -> dict[str, Any]:
-    return _state(request).failures.set(data)
-
-
 def create_discord_stub_app() -> Litestar:
-    return Litestar(
-        route_handlers=[execute_webhook, edit_message, list_requests, clear_requests, set_mode],
-        state=State({"stub": StubState()}),
-        openapi_config=None,
-    )
+    return create_stub_app([execute_webhook, edit_message], StubState())
 
 
 def run_discord_stub(host: str = "127.0.0.1", port: int = 8092) -> None:
-    """Serves the stub until SIGTERM or SIGINT."""
-    uvicorn.run(
-        create_discord_stub_app(), host=host, port=port, log_level="warning", timeout_graceful_shutdown=5
-    )
+    serve_stub(create_discord_stub_app(), host, port)

@@ -7,10 +7,10 @@ from typing import ClassVar
 
 from pydantic import Field, SecretStr
 
-from mesh.settings import CommonSettings
+from mesh.settings import WorkerSettings
 
 
-class NotifySettings(CommonSettings):
+class NotifySettings(WorkerSettings):
     required_in_production: ClassVar[tuple[str, ...]] = (
         "redis_url",
         "service_api_key",
@@ -44,10 +44,6 @@ class NotifySettings(CommonSettings):
     notify_max_backoff_ms: int = Field(default=60_000, ge=1)
     # Budget of one HTTP call to a provider.
     notify_http_timeout_seconds: float = Field(default=10.0, gt=0)
-    # A worker silent for this long is dead: its unacknowledged jobs go back on their queues.
-    dramatiq_heartbeat_timeout_ms: int = Field(default=30_000, ge=1_000)
-    # Out of a million broker commands, how many also run that dead-worker sweep.
-    dramatiq_maintenance_chance: int = Field(default=100_000, ge=1, le=1_000_000)
     # How this worker names itself to the signal service; empty means "<hostname>:<pid>".
     notify_worker_id: str = ""
 

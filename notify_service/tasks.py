@@ -1,4 +1,4 @@
-"""The notify actor and the worker middleware it runs under: the job itself is notify_service/worker.py."""
+"""The notify actor, run under mesh.workers.WorkerLifecycle; the job itself is notify_service/worker.py."""
 
 from __future__ import annotations
 
@@ -7,35 +7,11 @@ import os
 from typing import Any
 
 import dramatiq
-from dramatiq.asyncio import get_event_loop_thread
 from dramatiq.broker import Broker
-from dramatiq.middleware import AsyncIO, CurrentMessage
+from dramatiq.middleware import CurrentMessage
 
 from mesh.queues import NOTIFY_ACTOR, NOTIFY_QUEUE
 from notify_service.worker import LookAgain, NotifyWorker, SignalServiceUnavailableError
-
-
-class NotifyWorkerMiddleware(AsyncIO):
-    """Dramatiq's AsyncIO event loop, with the worker's channels and clients living on it."""
-
-    def __init__(self, worker: NotifyWorker) -> None:
-        super().__init__()
-        self.worker = worker
-
-    def before_worker_boot(self, broker: Broker, worker: dramatiq.Worker) -> None:
-        super().before_worker_boot(broker, worker)  # type: ignore[no-untyped-call]
-        _event_loop().run_coroutine(self.worker.start())
-
-    def after_worker_shutdown(self, broker: Broker, worker: dramatiq.Worker) -> None:
-        _event_loop().run_coroutine(self.worker.close())
-        super().after_worker_shutdown(broker, worker)  # type: ignore[no-untyped-call]
-
-
-def _event_loop() -> Any:
-    loop_thread = get_event_loop_thread()
-    if loop_thread is None:
-        raise RuntimeError("the AsyncIO event loop thread is not running")
-    return loop_thread
 
 
 def declare_notify_actor(broker: Broker, worker: NotifyWorker) -> dramatiq.Actor[..., Any]:

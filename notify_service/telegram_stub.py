@@ -20,14 +20,12 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-import uvicorn
-from litestar import Litestar, Request, Response, delete, get, post
+from litestar import Litestar, Request, Response, post
 from litestar.datastructures import State, UploadFile
 from litestar.params import FromPath, JSONBody
 
-from notify_service.stub_failures import FailureMode
+from notify_service.stub_failures import StubRecord, create_stub_app, serve_stub
 
-_MAX_RECORDED = 50_000
 # Looser than Telegram's own figures so a sender pacing at exactly those limits is never refused.
 _CHAT_SPACING_SECONDS = 0.9
 _GROUP_PER_MINUTE = 21
@@ -38,17 +36,22 @@ _METHODS = ("sendMessage", "sendPhoto", "editMessageCaption", "editMessageText",
 
 
 @dataclass
-class StubState:
-    failures: FailureMode = field(default_factory=FailureMode)
+class StubState(StubRecord):
     next_message_id: int = 1
     messages: dict[tuple[str, int], dict[str, Any]] = field(default_factory=dict)
-    requests: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=_MAX_RECORDED))
     chat_last_sent: dict[str, float] = field(default_factory=dict)
     group_sent: dict[str, deque[float]] = field(default_factory=dict)
     bot_sent: deque[float] = field(default_factory=deque)
     updates: list[dict[str, Any]] = field(default_factory=list)
     next_update_id: int = 1
     updates_arrived: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def clear(self) -> None:
+        """Forgets the calls received and the sends counted against Telegram's limits."""
+        super().clear()
+        self.chat_last_sent.clear()
+        self.group_sent.clear()
+        self.bot_sent.clear()
 
 
 def _state(request: Request[Any, Any, State]) -> StubState:
@@ -63,12 +66,8 @@ def _error(code: int, description: str, **parameters: Any) -> Response[dict[str,
     return Response(body, status_code=code)
 
 
-def _injected_failure(stub: StubState) -> Response[dict[str, Any]] | None:
-    mode = stub.failures.next_call()
-    if mode == "ok":
-        return None
-    if mode == "429":
-        retry_after = stub.failures.retry_after
+def _injected_failure(status: int, retry_after: int) -> Response[dict[str, Any]]:
+    if status == 429:
         return _error(429, f"Too Many Requests: retry after {retry_after}", retry_after=retry_after)
     return _error(500, "Internal Server Error")
 
@@ -153,7 +152,7 @@ async def _answer(
         return Response({"ok": True, "result": {"id": 1, "is_bot": True, "username": STUB_BOT_USERNAME}})
     if method == "getUpdates":
         return await _get_updates(stub, params)
-    failure = _injected_failure(stub)
+    failure = stub.failures.failure(_injected_failure)
     if failure is not None:
         return failure
     chat_id = str(params.get("chat_id", ""))
@@ -215,25 +214,6 @@ async def _get_updates(stub: StubState, params: dict[str, Any]) -> Response[Any]
     return Response({"ok": True, "result": list(stub.updates)})
 
 
-@get("/_stub/requests", sync_to_thread=False)
-def list_requests(request: Request[Any, Any, State]) -> list[dict[str, Any]]:
-    return list(_state(request).requests)
-
-
-@delete("/_stub/requests", status_code=204, sync_to_thread=False)
-def clear_requests(request: Request[Any, Any, State]) -> None:
-    stub = _state(request)
-    stub.requests.clear()
-    stub.chat_last_sent.clear()
-    stub.group_sent.clear()
-    stub.bot_sent.clear()
-
-
-@post("/_stub/mode", status_code=200, sync_to_thread=False)
-def set_mode(request: Request[Any, Any, State], data: JSONBody[dict[str, Any]]) -> dict[str, Any]:
-    return _state(request).failures.set(data)
-
-
 @post("/_stub/updates", status_code=200, sync_to_thread=False)
 def queue_update(request: Request[Any, Any, State], data: JSONBody[dict[str, Any]]) -> dict[str, Any]:
     stub = _state(request)
@@ -245,15 +225,8 @@ def queue_update(request: Request[Any, Any, State], data: JSONBody[dict[str, Any
 
 
 def create_telegram_stub_app() -> Litestar:
-    return Litestar(
-        route_handlers=[bot_method, list_requests, clear_requests, set_mode, queue_update],
-        state=State({"stub": StubState()}),
-        openapi_config=None,
-    )
+    return create_stub_app([bot_method, queue_update], StubState())
 
 
 def run_telegram_stub(host: str = "127.0.0.1", port: int = 8091) -> None:
-    """Serves the stub until SIGTERM or SIGINT."""
-    uvicorn.run(
-        create_telegram_stub_app(), host=host, port=port, log_level="warning", timeout_graceful_shutdown=5
-    )
+    serve_stub(create_telegram_stub_app(), host, port)

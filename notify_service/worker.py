@@ -240,9 +240,11 @@ class NotifyWorker:
                 if channel == "telegram":
                     sent = await self._send_telegram(task, kind, notice)
                 elif channel == "discord":
-                    sent = await self._send_discord(task, kind, notice, secrets)
+                    url = _stored_secret(secrets, "discord_webhook_url", "Discord webhook URL")
+                    sent = await self._send_discord(task, kind, notice, url)
                 else:
-                    sent = await self._send_webhook(task, kind, notice, secrets)
+                    secret = _stored_secret(secrets, "webhook_secret", "webhook secret")
+                    sent = await self._send_webhook(task, kind, notice, secret)
                 await self._remember_sent(task, sent)
         except Throttled as throttled:
             DELIVERIES.labels(channel, kind, "throttled").inc()
@@ -364,12 +366,9 @@ class NotifyWorker:
         task: signal_service_pb2.NotificationTask,
         kind: str,
         notice: render.Notice,
-        secrets: dict[str, str],
+        url: str,
     ) -> Sent:
         assert self._discord is not None
-        url = secrets.get("discord_webhook_url")
-        if not url:
-            raise DeliveryError("no Discord webhook URL is stored", permanent=True)
         embed = render.discord_embed(notice)
         if kind == "outcome":
             if task.alert_with_photo:
@@ -386,12 +385,9 @@ class NotifyWorker:
         task: signal_service_pb2.NotificationTask,
         kind: str,
         notice: render.Notice,
-        secrets: dict[str, str],
+        secret: str,
     ) -> Sent:
         assert self._webhook is not None
-        secret = secrets.get("webhook_secret")
-        if not secret:
-            raise DeliveryError("no webhook secret is stored", permanent=True)
         screenshot_url = await self._screenshot_url(task.screenshot_object_key) if kind == "photo" else ""
         # The same id on every attempt of one delivery: receivers drop the repeats.
         message_id = f"msg_{notice.signal_id}_{kind}_{task.delivery_id}"
@@ -499,3 +495,11 @@ class NotifyWorker:
 def _storage_failed(error: AlertsError) -> DeliveryError:
     """A refused storage call fails the delivery for good; storage away (or misconfigured) is retried."""
     return DeliveryError(f"storage: {error.code.name}", permanent=classify_failure(error) is Failure.REFUSED)
+
+
+def _stored_secret(secrets: dict[str, str], name: str, what: str) -> str:
+    """The user's secret a channel sends with; without it no retry can succeed."""
+    value = secrets.get(name)
+    if not value:
+        raise DeliveryError(f"no {what} is stored", permanent=True)
+    return value

@@ -17,7 +17,6 @@ from mesh.logging import request_id_var
 from mesh.roles import ensure_edge_fields_from_edge
 from signal_service.captures.service import CaptureCoordinator
 from signal_service.events.service import EventFeed, StoredEvent, format_cursor
-from signal_service.ids import require_uuid
 from signal_service.intake.service import IngestCommand, WebhookIngestor
 from signal_service.models import EventType, ScreenshotStatus
 from signal_service.notifications.service import NotificationLedger, ReportOutcome
@@ -42,7 +41,7 @@ from signal_service.signals.service import SignalOutcomes, SignalPage, SignalRea
 from signal_service.status import StatusReporter
 from signal_service.storage_links import ScreenshotLinks
 from signal_service.users.service import UserView
-from signal_service.visibility import ensure_user_visible, visible_owner
+from signal_service.visibility import ensure_listing_visible, visible_owner, visible_user_id
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +98,9 @@ class SignalServicer(signal_service_pb2_grpc.SignalServiceServicer):
             )
             messages.append(message)
         return messages
+
+    async def _signal_to_proto(self, row: SignalRow) -> resources_pb2.Signal:
+        return (await self._signals_to_proto([row]))[0]
 
     async def _page_to_proto(self, page: SignalPage) -> tuple[list[resources_pb2.Signal], str]:
         """The page's signals and its next_page_token, ended early when the next signal would take the
@@ -219,13 +221,12 @@ class SignalServicer(signal_service_pb2_grpc.SignalServiceServicer):
         self, request: signal_service_pb2.GetSignalRequest, context: grpc.aio.ServicerContext
     ) -> resources_pb2.Signal:
         row = await self._reader.get(request.signal_id, owner=visible_owner())
-        return (await self._signals_to_proto([row]))[0]
+        return await self._signal_to_proto(row)
 
     async def ListSignals(
         self, request: signal_service_pb2.ListSignalsRequest, context: grpc.aio.ServicerContext
     ) -> signal_service_pb2.ListSignalsResponse:
-        user_id = require_uuid(request.user_id, "user_id")
-        ensure_user_visible(user_id)
+        user_id = visible_user_id(request.user_id)
         where = SignalFilter(
             user_id=user_id,
             ticker=request.ticker or None,
@@ -250,13 +251,12 @@ class SignalServicer(signal_service_pb2_grpc.SignalServiceServicer):
             notes=request.notes,
             owner=visible_owner(),
         )
-        return (await self._signals_to_proto([row]))[0]
+        return await self._signal_to_proto(row)
 
     async def GetUserStats(
         self, request: signal_service_pb2.GetUserStatsRequest, context: grpc.aio.ServicerContext
     ) -> resources_pb2.UserStats:
-        user_id = require_uuid(request.user_id, "user_id")
-        ensure_user_visible(user_id)
+        user_id = visible_user_id(request.user_id)
         stats = await self._reader.stats(str(user_id))
         counts = stats.counts
         return resources_pb2.UserStats(
@@ -279,8 +279,7 @@ class SignalServicer(signal_service_pb2_grpc.SignalServiceServicer):
         Initial metadata ``x-start-cursor`` is sent once the request is accepted, before any event, so a
         caller can tell "accepted, nothing new yet" from a refusal without waiting for an event.
         """
-        user_id = require_uuid(request.user_id, "user_id")
-        ensure_user_visible(user_id)
+        user_id = visible_user_id(request.user_id)
         if request.max_events_per_message < 0:
             raise InvalidArgumentError("max_events_per_message must not be negative")
         per_message = min(request.max_events_per_message, MAX_EVENTS_PER_MESSAGE)
@@ -353,15 +352,12 @@ class SignalServicer(signal_service_pb2_grpc.SignalServiceServicer):
                 "claim": request.claim,
             },
         )
-        return (await self._signals_to_proto([row]))[0]
+        return await self._signal_to_proto(row)
 
     async def ListFailedCaptures(
         self, request: signal_service_pb2.ListFailedCapturesRequest, context: grpc.aio.ServicerContext
     ) -> signal_service_pb2.ListFailedCapturesResponse:
-        if request.user_id:
-            ensure_user_visible(require_uuid(request.user_id, "user_id"))
-        else:
-            ensure_unscoped()
+        ensure_listing_visible(request.user_id)
         page = await self._captures.failed(
             user_id=request.user_id, size=request.page_size, page_token=request.page_token
         )
@@ -478,10 +474,7 @@ class SignalServicer(signal_service_pb2_grpc.SignalServiceServicer):
     async def ListFailedNotifications(
         self, request: signal_service_pb2.ListFailedNotificationsRequest, context: grpc.aio.ServicerContext
     ) -> signal_service_pb2.ListFailedNotificationsResponse:
-        if request.user_id:
-            ensure_user_visible(require_uuid(request.user_id, "user_id"))
-        else:
-            ensure_unscoped()
+        ensure_listing_visible(request.user_id)
         page = await self._notifications.failed(
             user_id=request.user_id, size=request.page_size, page_token=request.page_token
         )

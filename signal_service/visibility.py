@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import uuid
 
-from mesh.auth import current_principal
+from mesh.auth import current_principal, ensure_unscoped
 from mesh.errors import NotFoundError
+from signal_service.ids import require_uuid
 
 # Matches no user: the owner a scope that is not a user id can see.
 _NOBODY = uuid.UUID(int=0)
@@ -37,3 +38,18 @@ def ensure_user_visible(user_id: uuid.UUID) -> None:
     owner = visible_owner()
     if owner is not None and owner != user_id:
         raise no_such_user()
+
+
+def visible_user_id(user_id: str) -> uuid.UUID:
+    """A request's `user_id`, parsed (INVALID_ARGUMENT when it is no UUID), once the caller may see it."""
+    parsed = require_uuid(user_id, "user_id")
+    ensure_user_visible(parsed)
+    return parsed
+
+
+def ensure_listing_visible(user_id: str) -> None:
+    """Before listing one user's objects, or every user's when `user_id` is empty (unscoped callers only)."""
+    if user_id:
+        visible_user_id(user_id)
+    else:
+        ensure_unscoped()

@@ -9,7 +9,7 @@ import argparse
 import json
 from typing import Any
 
-from alerts.cli.clients import call_signal_service, signal_service_client
+from alerts.cli.clients import call_rpc
 
 ROLES = ("platform", "admin", "edge", "worker", "user")
 
@@ -49,16 +49,8 @@ def _described(key: Any) -> dict[str, str]:
 
 def _call(method: str, request: Any) -> Any:
     from apidevs.alerts.v1 import api_key_service_pb2_grpc
-    from mesh.grpc import open_channel
 
-    address, key = signal_service_client()
-
-    async def call() -> Any:
-        async with open_channel(address, key) as channel:
-            stub = api_key_service_pb2_grpc.ApiKeyServiceStub(channel)
-            return await getattr(stub, method)(request, timeout=10)
-
-    return call_signal_service(address, call)
+    return call_rpc(api_key_service_pb2_grpc.ApiKeyServiceStub, method, request, timeout=10)
 
 
 def create_key(options: argparse.Namespace) -> int:

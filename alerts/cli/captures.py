@@ -7,7 +7,7 @@ import json
 import sys
 from typing import Any
 
-from alerts.cli.clients import call_signal_service, signal_service_client
+from alerts.cli.failures import list_pages, register_failed_and_retry, retry
 
 # What each failure reason asks of an operator (docs/operations.md has the full table).
 FAILURE_ACTIONS = {
@@ -38,43 +38,24 @@ def failure_summary(reasons: list[str]) -> list[str]:
 
 
 def register(commands: Any) -> None:
-    captures = commands.add_parser("captures", help="screenshot captures that failed")
-    capture_commands = captures.add_subparsers(dest="captures_command", required=True)
-    failed = capture_commands.add_parser("failed", help="list FAILED captures, newest first, with the reason")
-    failed.add_argument("--user", help="only this user's (user id)")
-    failed.add_argument("--limit", type=int, default=1000, help="at most this many (default 1000)")
-    failed.add_argument("--json", action="store_true", help="one JSON object per line")
-    failed.set_defaults(handler=list_failed)
-    retry = capture_commands.add_parser("retry", help="put FAILED captures back on their queues")
-    which = retry.add_mutually_exclusive_group(required=True)
-    which.add_argument("--all", dest="all_failed", action="store_true", help="every FAILED capture")
-    which.add_argument("signal_ids", nargs="*", default=[], metavar="SIGNAL_ID")
-    retry.set_defaults(handler=retry_failed)
+    register_failed_and_retry(
+        commands,
+        "captures",
+        help="screenshot captures that failed",
+        failed_help="list FAILED captures, newest first, with the reason",
+        retry_help="put FAILED captures back on their queues",
+        all_help="every FAILED capture",
+        list_failed=list_failed,
+        retry_failed=retry_failed,
+    )
 
 
 def list_failed(options: argparse.Namespace) -> int:
-    from apidevs.alerts.v1 import resources_pb2, signal_service_pb2, signal_service_pb2_grpc
-    from mesh.grpc import open_channel
+    from apidevs.alerts.v1 import signal_service_pb2
 
-    address, key = signal_service_client()
-
-    async def list_signals() -> list[resources_pb2.Signal]:
-        signals: list[resources_pb2.Signal] = []
-        async with open_channel(address, key) as channel:
-            stub = signal_service_pb2_grpc.SignalServiceStub(channel)
-            page_token = ""
-            while True:
-                page = await stub.ListFailedCaptures(
-                    signal_service_pb2.ListFailedCapturesRequest(
-                        user_id=options.user or "", page_size=100, page_token=page_token
-                    )
-                )
-                signals.extend(page.signals)
-                page_token = page.next_page_token
-                if not page_token or len(signals) >= options.limit:
-                    return signals[: options.limit]
-
-    signals = call_signal_service(address, list_signals)
+    signals = list_pages(
+        options, "ListFailedCaptures", signal_service_pb2.ListFailedCapturesRequest, "signals"
+    )
     for failed in signals:
         created = failed.created_at.ToDatetime().strftime("%Y-%m-%dT%H:%M:%SZ")
         if options.json:
@@ -98,19 +79,7 @@ def list_failed(options: argparse.Namespace) -> int:
 
 
 def retry_failed(options: argparse.Namespace) -> int:
-    from apidevs.alerts.v1 import signal_service_pb2, signal_service_pb2_grpc
-    from mesh.grpc import open_channel
+    from apidevs.alerts.v1 import signal_service_pb2
 
-    address, key = signal_service_client()
-
-    async def retry() -> int:
-        async with open_channel(address, key) as channel:
-            answer = await signal_service_pb2_grpc.SignalServiceStub(channel).RetryCaptures(
-                signal_service_pb2.RetryCapturesRequest(
-                    signal_ids=options.signal_ids, all_failed=options.all_failed
-                )
-            )
-            return answer.requeued_count
-
-    print(f"captures re-queued: {call_signal_service(address, retry)}")
+    print(f"captures re-queued: {retry(options, 'RetryCaptures', signal_service_pb2.RetryCapturesRequest)}")
     return 0

@@ -80,6 +80,22 @@ def call_signal_service(address: str, call: Callable[[], Coroutine[Any, Any, _T]
         raise CommandError(f"{exc.code().name}{reason}: {error}") from None
 
 
+def call_rpc(
+    stub: Callable[[grpc.aio.Channel], Any], method: str, request: Any, *, timeout: float | None
+) -> Any:
+    """One call of `method` on the signal service's `stub` (a generated stub class), answered as
+    call_signal_service answers."""
+    from mesh.grpc import open_channel
+
+    address, key = signal_service_client()
+
+    async def call() -> Any:
+        async with open_channel(address, key) as channel:
+            return await getattr(stub(channel), method)(request, timeout=timeout)
+
+    return call_signal_service(address, call)
+
+
 def require_database_url(database_url: str) -> str:
     if not database_url:
         raise CommandError("no database configured: set ALERTS_DATABASE_URL (only `alerts dev` embeds one)")

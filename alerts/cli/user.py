@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Callable
 from typing import Any
 
-from alerts.cli.clients import CommandError, call_signal_service, signal_service_client
+from alerts.cli.clients import CommandError, call_rpc, call_signal_service, signal_service_client
 
 PLANS = ("free", "basic", "pro", "premium")
 SESSION_VARIABLES = ("TRADINGVIEW_SESSIONID", "TRADINGVIEW_SESSIONID_SIGN")
@@ -39,32 +40,47 @@ def register(commands: Any) -> None:
     get.add_argument("--json", action="store_true", help="print the user as one JSON object")
     get.set_defaults(handler=get_user)
 
-    update = user.add_parser("update", help="change a user's plan, quota, chart or allowlist")
-    update.add_argument("user_id")
+    update = add_user_command(
+        user, "update", help="change a user's plan, quota, chart or allowlist", handler=update_user
+    )
     update.add_argument("--plan", choices=PLANS)
     update.add_argument("--quota", type=int, help="signals per month")
     update.add_argument("--chart", help="default TradingView chart layout id ('' clears it)")
     update.add_argument("--allow", action="append", help="an allowed source CIDR or preset (repeatable)")
-    update.add_argument("--json", action="store_true", help="print the user as one JSON object")
-    update.set_defaults(handler=update_user)
 
     for name, enabled in (("disable", False), ("enable", True)):
-        toggle = user.add_parser(name, help=f"{name} the user's webhook")
-        toggle.add_argument("user_id")
-        toggle.add_argument("--json", action="store_true", help="print the user as one JSON object")
-        toggle.set_defaults(handler=set_webhook_enabled, enabled=enabled)
+        toggle = add_user_command(user, name, help=f"{name} the user's webhook", handler=set_webhook_enabled)
+        toggle.set_defaults(enabled=enabled)
 
-    rotate = user.add_parser("rotate-token", help="issue a new webhook URL and print it once")
-    rotate.add_argument("user_id")
+    rotate = add_user_command(
+        user,
+        "rotate-token",
+        help="issue a new webhook URL and print it once",
+        json_help="print the new URL as one JSON object",
+        handler=rotate_token,
+    )
     rotate.add_argument("--grace", type=int, default=0, help="seconds the old URL keeps working")
-    rotate.add_argument("--json", action="store_true", help="print the new URL as one JSON object")
-    rotate.set_defaults(handler=rotate_token)
 
-    session = user.add_parser("set-session", help="store the user's TradingView session cookies")
-    session.add_argument("user_id")
     # Cookies come from the environment, not the command line, where other local users could read them.
-    session.add_argument("--json", action="store_true", help="print the user as one JSON object")
-    session.set_defaults(handler=set_session)
+    add_user_command(
+        user, "set-session", help="store the user's TradingView session cookies", handler=set_session
+    )
+
+
+def add_user_command(
+    commands: Any,
+    name: str,
+    *,
+    help: str,
+    handler: Callable[[argparse.Namespace], int],
+    json_help: str = "print the user as one JSON object",
+) -> argparse.ArgumentParser:
+    """A command on one user, `<name> USER_ID [--json]`, for the caller to add its other options to."""
+    command: argparse.ArgumentParser = commands.add_parser(name, help=help)
+    command.add_argument("user_id")
+    command.add_argument("--json", action="store_true", help=json_help)
+    command.set_defaults(handler=handler)
+    return command
 
 
 def create_user(options: argparse.Namespace) -> int:
@@ -116,15 +132,8 @@ def create_user(options: argparse.Namespace) -> int:
 
 def _call(method: str, request: Any) -> Any:
     from apidevs.alerts.v1 import user_service_pb2_grpc
-    from mesh.grpc import open_channel
 
-    address, key = signal_service_client()
-
-    async def call() -> Any:
-        async with open_channel(address, key) as channel:
-            return await getattr(user_service_pb2_grpc.UserServiceStub(channel), method)(request, timeout=30)
-
-    return call_signal_service(address, call)
+    return call_rpc(user_service_pb2_grpc.UserServiceStub, method, request, timeout=30)
 
 
 def _described(user: Any) -> dict[str, Any]:

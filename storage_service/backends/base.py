@@ -8,12 +8,15 @@ missing key) and never block the event loop.
 from __future__ import annotations
 
 import abc
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from datetime import datetime
 
 from storage_service.objects import ObjectInfo, ObjectSummary
 
 # Size of the chunks objects are read back in: small enough for gRPC messages, large enough to be cheap.
 READ_CHUNK_BYTES = 256 * 1024
+# The bucket backends (GCS, S3) store the SHA-256 computed while an object was written among its metadata.
+SHA256_METADATA_KEY = "sha256"
 
 
 class StorageBackend(abc.ABC):
@@ -53,3 +56,24 @@ class StorageBackend(abc.ABC):
     @abc.abstractmethod
     async def close(self) -> None:
         """Releases connections; the backend is unusable afterwards."""
+
+
+def bucket_object_info(
+    key: str,
+    *,
+    content_type: str | None,
+    size_bytes: int,
+    created_at: datetime,
+    metadata: Mapping[str, str] | None,
+) -> ObjectInfo:
+    """An object as a bucket describes it, its SHA-256 taken out of the metadata it was stored with."""
+    caller_metadata = dict(metadata or {})
+    sha256 = caller_metadata.pop(SHA256_METADATA_KEY, "")
+    return ObjectInfo(
+        key=key,
+        content_type=content_type or "application/octet-stream",
+        size_bytes=size_bytes,
+        sha256=sha256,
+        created_at=created_at,
+        metadata=caller_metadata,
+    )

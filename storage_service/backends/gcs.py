@@ -20,10 +20,14 @@ from google.oauth2 import service_account
 from mesh.errors import FailedPreconditionError, NotFoundError, UnavailableError
 from storage_service.backends._spool import spool
 from storage_service.backends._threads import run_blocking
-from storage_service.backends.base import READ_CHUNK_BYTES, StorageBackend
+from storage_service.backends.base import (
+    READ_CHUNK_BYTES,
+    SHA256_METADATA_KEY,
+    StorageBackend,
+    bucket_object_info,
+)
 from storage_service.objects import ObjectInfo, ObjectSummary
 
-SHA256_METADATA_KEY = "sha256"
 # Ranged reads of this size keep round trips few while GetObject streams smaller messages.
 _DOWNLOAD_CHUNK_BYTES = 4 * 1024 * 1024
 _TRANSIENT_ERRORS = (
@@ -155,13 +159,10 @@ async def _call(func: Any, *args: Any, **kwargs: Any) -> Any:
 
 
 def _object_info(blob: storage.Blob) -> ObjectInfo:
-    metadata = dict(blob.metadata or {})
-    sha256 = metadata.pop(SHA256_METADATA_KEY, "")
-    return ObjectInfo(
-        key=blob.name,
-        content_type=blob.content_type or "application/octet-stream",
+    return bucket_object_info(
+        blob.name,
+        content_type=blob.content_type,
         size_bytes=blob.size or 0,
-        sha256=sha256,
         created_at=blob.time_created,
-        metadata=metadata,
+        metadata=blob.metadata,
     )

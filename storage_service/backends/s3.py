@@ -19,10 +19,14 @@ import botocore.exceptions
 from mesh.errors import NotFoundError, UnavailableError
 from storage_service.backends._spool import SPOOL_MEMORY_BYTES, SpooledUpload, spool
 from storage_service.backends._threads import run_blocking
-from storage_service.backends.base import READ_CHUNK_BYTES, StorageBackend
+from storage_service.backends.base import (
+    READ_CHUNK_BYTES,
+    SHA256_METADATA_KEY,
+    StorageBackend,
+    bucket_object_info,
+)
 from storage_service.objects import ObjectInfo, ObjectSummary
 
-SHA256_METADATA_KEY = "sha256"
 MULTIPART_THRESHOLD_BYTES = SPOOL_MEMORY_BYTES
 # S3 requires at least 5 MiB for every part but the last.
 MULTIPART_PART_BYTES = 8 * 1024 * 1024
@@ -198,13 +202,10 @@ async def _call(func: Any, *args: Any, **kwargs: Any) -> Any:
 
 
 def _object_info(key: str, head: dict[str, Any]) -> ObjectInfo:
-    metadata = dict(head.get("Metadata") or {})
-    sha256 = metadata.pop(SHA256_METADATA_KEY, "")
-    return ObjectInfo(
-        key=key,
-        content_type=head.get("ContentType") or "application/octet-stream",
+    return bucket_object_info(
+        key,
+        content_type=head.get("ContentType"),
         size_bytes=int(head["ContentLength"]),
-        sha256=sha256,
         created_at=head["LastModified"],
-        metadata=metadata,
+        metadata=head.get("Metadata"),
     )

@@ -7,6 +7,7 @@ import re
 import uuid
 
 import asyncpg
+import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
@@ -38,8 +39,8 @@ async def test_the_migrated_schema_matches_the_models(database_url: str) -> None
     assert differences == []
 
 
-def _ingest_function_arguments(database_url: str) -> tuple[int, bool]:
-    """How many arguments ingest_webhook() takes, and whether users has rate_tat."""
+def _ingest_arguments_and_column(database_url: str, table: str, column: str) -> tuple[int, bool]:
+    """How many arguments ingest_webhook() takes, and whether `table` has `column`."""
 
     async def read() -> tuple[int, bool]:
         connection = await asyncpg.connect(database_url.replace("+asyncpg", ""))
@@ -49,7 +50,9 @@ def _ingest_function_arguments(database_url: str) -> tuple[int, bool]:
             )
             has_column = await connection.fetchval(
                 "SELECT EXISTS (SELECT 1 FROM information_schema.columns"
-                " WHERE table_name = 'users' AND column_name = 'rate_tat')"
+                " WHERE table_name = $1 AND column_name = $2)",
+                table,
+                column,
             )
         finally:
             await connection.close()
@@ -58,14 +61,38 @@ def _ingest_function_arguments(database_url: str) -> tuple[int, bool]:
     return asyncio.run(read())
 
 
-def test_the_rate_limit_migration_goes_down_and_up_again(database_url: str) -> None:
+@pytest.mark.parametrize(
+    ("revision", "previous", "table", "column", "arguments", "arguments_before"),
+    [
+        ("0004_ingest_rate_limit", "0003_sessions", "users", "rate_tat", 41, 39),
+        (
+            "0009_client_certificate",
+            "0007_scale",
+            "user_config",
+            "require_tradingview_client_certificate",
+            46,
+            45,
+        ),
+    ],
+    ids=["rate_limit", "client_certificate"],
+)
+def test_a_migration_adding_an_ingest_argument_goes_down_and_up_again(
+    database_url: str,
+    revision: str,
+    previous: str,
+    table: str,
+    column: str,
+    arguments: int,
+    arguments_before: int,
+) -> None:
+    """The migration adds `table`.`column` and an ingest_webhook() argument; undone, both are gone."""
     with fresh_database(database_url) as url:
-        command.downgrade(alembic_config(url), "0004_ingest_rate_limit")
-        assert _ingest_function_arguments(url) == (41, True)
-        command.downgrade(alembic_config(url), "0003_sessions")
-        assert _ingest_function_arguments(url) == (39, False)
-        command.upgrade(alembic_config(url), "0004_ingest_rate_limit")
-        assert _ingest_function_arguments(url) == (41, True)
+        command.downgrade(alembic_config(url), revision)
+        assert _ingest_arguments_and_column(url, table, column) == (arguments, True)
+        command.downgrade(alembic_config(url), previous)
+        assert _ingest_arguments_and_column(url, table, column) == (arguments_before, False)
+        command.upgrade(alembic_config(url), revision)
+        assert _ingest_arguments_and_column(url, table, column) == (arguments, True)
 
 
 _SIGNAL_PARSE_COLUMNS = ("bar_time", "delayed_feed", "fired_at", "indicator_key")
@@ -149,36 +176,6 @@ def test_the_parse_fields_migration_goes_down_and_up_again_keying_catalog_names(
             None: None,
         }
         assert stored == {signal_id: (keys[indicator], False) for signal_id, indicator in written.items()}
-
-
-def _client_certificate_state(database_url: str) -> tuple[int, bool]:
-    """How many arguments ingest_webhook() takes, and whether user_config has the certificate rule."""
-
-    async def read() -> tuple[int, bool]:
-        connection = await asyncpg.connect(database_url.replace("+asyncpg", ""))
-        try:
-            arguments = await connection.fetchval(
-                "SELECT pronargs FROM pg_proc WHERE proname = 'ingest_webhook'"
-            )
-            has_column = await connection.fetchval(
-                "SELECT EXISTS (SELECT 1 FROM information_schema.columns WHERE table_name = 'user_config'"
-                " AND column_name = 'require_tradingview_client_certificate')"
-            )
-        finally:
-            await connection.close()
-        return arguments, has_column
-
-    return asyncio.run(read())
-
-
-def test_the_client_certificate_migration_goes_down_and_up_again(database_url: str) -> None:
-    with fresh_database(database_url) as url:
-        command.upgrade(alembic_config(url), "0009_client_certificate")
-        assert _client_certificate_state(url) == (46, True)
-        command.downgrade(alembic_config(url), "0007_scale")
-        assert _client_certificate_state(url) == (45, False)
-        command.upgrade(alembic_config(url), "0009_client_certificate")
-        assert _client_certificate_state(url) == (46, True)
 
 
 def _audit_state(database_url: str) -> tuple[bool, list[tuple[str, int]], int]:

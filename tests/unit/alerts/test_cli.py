@@ -26,11 +26,39 @@ def test_every_production_command_parses() -> None:
         ["keys", "generate", "k1"],
         ["captures", "failed", "--json"],
         ["captures", "retry", "--all"],
+        ["notifications", "failed", "--user", "u1", "--limit", "5"],
+        ["notifications", "retry", "s1", "s2"],
+        ["token", "create", "u1", "--ttl", "60", "--json"],
+        ["token", "revoke", "u1"],
+        ["user", "rotate-token", "u1", "--grace", "30", "--json"],
+        ["user", "enable", "u1"],
         ["serve", "chart-stub", "--port", "9000"],
     ],
 )
 def test_each_command_group_registers_its_commands(argv: list[str]) -> None:
     assert callable(build_parser().parse_args(argv).handler)
+
+
+def test_the_failed_and_retry_commands_read_their_options() -> None:
+    parser = build_parser()
+    listing = parser.parse_args(["notifications", "failed", "--user", "u1", "--limit", "5", "--json"])
+    named = parser.parse_args(["captures", "retry", "s1", "s2"])
+    every = parser.parse_args(["notifications", "retry", "--all"])
+
+    assert (listing.user, listing.limit, listing.json) == ("u1", 5, True)
+    assert (named.signal_ids, named.all_failed) == (["s1", "s2"], False)
+    assert (every.signal_ids, every.all_failed) == ([], True)
+    with pytest.raises(SystemExit):
+        parser.parse_args(["captures", "retry", "--all", "s1"])
+
+
+def test_a_user_command_takes_the_user_id_and_json_and_its_own_options() -> None:
+    parser = build_parser()
+    rotate = parser.parse_args(["user", "rotate-token", "u1", "--grace", "30", "--json"])
+    disable = parser.parse_args(["user", "disable", "u2"])
+
+    assert (rotate.user_id, rotate.grace, rotate.json) == ("u1", 30, True)
+    assert (disable.user_id, disable.enabled, disable.json) == ("u2", False, False)
 
 
 def test_a_settings_error_names_the_variables_and_never_echoes_a_value() -> None:

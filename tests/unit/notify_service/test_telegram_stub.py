@@ -48,6 +48,17 @@ def test_a_second_message_to_a_chat_within_a_second_is_told_to_wait(client: Test
     assert second.json()["parameters"] == {"retry_after": 1}
 
 
+def test_clearing_the_request_log_forgets_the_sends_counted_against_the_limits(client: TestClient) -> None:
+    client.post(f"{BOT}/sendMessage", json={"chat_id": "7", "text": "one"})
+    assert client.post(f"{BOT}/sendMessage", json={"chat_id": "7", "text": "two"}).status_code == 429
+
+    assert client.delete("/_stub/requests").status_code == 204
+    again = client.post(f"{BOT}/sendMessage", json={"chat_id": "7", "text": "three"})
+
+    assert again.status_code == 200
+    assert [entry["params"]["text"] for entry in client.get("/_stub/requests").json()] == ["three"]
+
+
 def test_injected_429_for_the_next_calls_only(client: TestClient) -> None:
     client.post("/_stub/mode", json={"mode": "429", "retry_after": 3, "count": 1})
 

@@ -31,6 +31,7 @@ RESULTS = BENCH / "results"
 # Benchmarks run from the repository root; paths given to them are relative to it, so results name none
 # of this machine's directories.
 RESULTS_ARGUMENT = "bench/results"
+STOP_GRACE_SECONDS = 20
 
 # name -> (script, arguments, time limit in seconds)
 BENCHMARKS: dict[str, tuple[str, list[str], float]] = {
@@ -86,8 +87,13 @@ def run_one(name: str, script: str, arguments: list[str], limit: float) -> dict[
         try:
             stdout, stderr = child.communicate(timeout=limit)
         except subprocess.TimeoutExpired:
-            os.killpg(child.pid, signal.SIGKILL)
-            _, stderr = child.communicate()
+            # SIGTERM first: the benchmark's stack then drops its databases on the way out.
+            os.killpg(child.pid, signal.SIGTERM)
+            try:
+                _, stderr = child.communicate(timeout=STOP_GRACE_SECONDS)
+            except subprocess.TimeoutExpired:
+                os.killpg(child.pid, signal.SIGKILL)
+                _, stderr = child.communicate()
             envelope.update(status="timeout", stderr=stderr[-2000:])
             return envelope
     done = subprocess.CompletedProcess(command, child.returncode, stdout, stderr)

@@ -151,10 +151,11 @@ def test_the_parse_fields_migration_goes_down_and_up_again_keying_catalog_names(
         assert stored == {signal_id: (keys[indicator], False) for signal_id, indicator in written.items()}
 
 
-def _client_certificate_state(database_url: str) -> tuple[int, bool]:
-    """How many arguments ingest_webhook() takes, and whether user_config has the certificate rule."""
+def _client_certificate_state(database_url: str) -> tuple[int | None, bool]:
+    """How many arguments ingest_webhook() takes (None: there is none), and whether user_config has the
+    certificate rule."""
 
-    async def read() -> tuple[int, bool]:
+    async def read() -> tuple[int | None, bool]:
         connection = await asyncpg.connect(database_url.replace("+asyncpg", ""))
         try:
             arguments = await connection.fetchval(
@@ -173,7 +174,8 @@ def _client_certificate_state(database_url: str) -> tuple[int, bool]:
 
 def test_the_client_certificate_migration_goes_down_and_up_again(database_url: str) -> None:
     with fresh_database(database_url) as url:
-        command.upgrade(alembic_config(url), "0009_client_certificate")
+        # Down from head: 0015 dropped the function this revision made.
+        command.downgrade(alembic_config(url), "0009_client_certificate")
         assert _client_certificate_state(url) == (46, True)
         command.downgrade(alembic_config(url), "0007_scale")
         assert _client_certificate_state(url) == (45, False)
@@ -235,3 +237,12 @@ def test_the_partitions_migration_keeps_the_rows_both_ways(database_url: str) ->
             assert (partitioned, after) == (expected, rows)
             assert next_fresh > fresh
             fresh = next_fresh
+
+
+def test_the_one_row_ingest_function_is_dropped_and_comes_back_on_the_way_down(database_url: str) -> None:
+    with fresh_database(database_url) as url:
+        assert _client_certificate_state(url) == (None, True)
+        command.downgrade(alembic_config(url), "0014_partitions")
+        assert _client_certificate_state(url) == (46, True)
+        command.upgrade(alembic_config(url), "head")
+        assert _client_certificate_state(url) == (None, True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import asyncpg
 import sqlalchemy as sa
@@ -26,6 +26,19 @@ class OutboxRepository:
         return (
             await self.session.execute(sa.select(sa.func.count()).select_from(OutboxMessage))
         ).scalar_one()
+
+
+class OutboxJob(Protocol):
+    """What the relay sends of an outbox row: a Dramatiq message's queue, actor, arguments and options."""
+
+    @property
+    def queue_name(self) -> str: ...
+    @property
+    def actor_name(self) -> str: ...
+    @property
+    def args(self) -> list[Any]: ...
+    @property
+    def options(self) -> dict[str, Any]: ...
 
 
 @dataclass(frozen=True, slots=True)

@@ -55,6 +55,9 @@ async def test_concurrent_webhooks_share_transactions_and_keep_per_user_order(si
         assert len(listed.signals) == 20
         fetched = await users.GetUser(_get_user(user.user.user_id))
         assert fetched.signals_used == 20
+        # The counters the signals' insert trigger keeps, for every row of a batch's one INSERT.
+        stats = await signals.GetUserStats(signal_service_pb2.GetUserStatsRequest(user_id=user.user.user_id))
+        assert (stats.total_signals, stats.this_month, stats.screenshots_pending) == (20, 20, 20)
 
 
 def _get_user(user_id: str) -> user_service_pb2.GetUserRequest:

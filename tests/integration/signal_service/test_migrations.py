@@ -39,10 +39,10 @@ async def test_the_migrated_schema_matches_the_models(database_url: str) -> None
     assert differences == []
 
 
-def _ingest_arguments_and_column(database_url: str, table: str, column: str) -> tuple[int, bool]:
-    """How many arguments ingest_webhook() takes, and whether `table` has `column`."""
+def _ingest_arguments_and_column(database_url: str, table: str, column: str) -> tuple[int | None, bool]:
+    """How many arguments ingest_webhook() takes (None: there is none), and whether `table` has `column`."""
 
-    async def read() -> tuple[int, bool]:
+    async def read() -> tuple[int | None, bool]:
         connection = await asyncpg.connect(database_url.replace("+asyncpg", ""))
         try:
             arguments = await connection.fetchval(
@@ -232,3 +232,13 @@ def test_the_partitions_migration_keeps_the_rows_both_ways(database_url: str) ->
             assert (partitioned, after) == (expected, rows)
             assert next_fresh > fresh
             fresh = next_fresh
+
+
+def test_the_one_row_ingest_function_is_dropped_and_comes_back_on_the_way_down(database_url: str) -> None:
+    certificate_rule = ("user_config", "require_tradingview_client_certificate")
+    with fresh_database(database_url) as url:
+        assert _ingest_arguments_and_column(url, *certificate_rule) == (None, True)
+        command.downgrade(alembic_config(url), "0014_partitions")
+        assert _ingest_arguments_and_column(url, *certificate_rule) == (46, True)
+        command.upgrade(alembic_config(url), "head")
+        assert _ingest_arguments_and_column(url, *certificate_rule) == (None, True)

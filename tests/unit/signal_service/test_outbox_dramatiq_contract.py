@@ -11,6 +11,7 @@ import pytest
 from dramatiq.brokers.redis import RedisBroker
 from redis.asyncio import Redis
 
+from signal_service.outbox.repository import OutboxEntry
 from signal_service.outbox.service import PipelinedRedisBroker
 
 UNPACK_SIZE = 4096
@@ -25,8 +26,35 @@ class _RecordingScript:
     def __call__(self, keys: list[str], args: list[Any], client: Any = None) -> None:
         self.calls.append({"keys": keys, "args": list(args)})
 
-    async def run_async(self, keys: list[str], args: list[Any], client: Any = None) -> None:
-        self(keys=keys, args=args, client=client)
+
+class _RecordingPipeline:
+    """Stands in for the asyncio client's pipeline: keeps the EVALSHA calls queued on it, sends nothing."""
+
+    def __init__(self) -> None:
+        self.scripts: set[Any] = set()
+        self.calls: list[dict[str, Any]] = []
+
+    async def __aenter__(self) -> _RecordingPipeline:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        return None
+
+    def evalsha(self, sha: str, numkeys: int, *keys_and_args: Any) -> None:
+        self.calls.append(
+            {"sha": sha, "keys": list(keys_and_args[:numkeys]), "args": list(keys_and_args[numkeys:])}
+        )
+
+    async def execute(self) -> list[Any]:
+        return [None] * len(self.calls)
+
+
+class _RecordingClient:
+    def __init__(self) -> None:
+        self.pipe = _RecordingPipeline()
+
+    def pipeline(self, transaction: bool = True) -> _RecordingPipeline:
+        return self.pipe
 
 
 def _broker(monkeypatch: pytest.MonkeyPatch) -> PipelinedRedisBroker:
@@ -45,7 +73,9 @@ def _broker(monkeypatch: pytest.MonkeyPatch) -> PipelinedRedisBroker:
 
 
 def _message() -> dramatiq.Message:
-    return dramatiq.Message(queue_name="capture_free", actor_name="capture", args=(7,), kwargs={}, options={})
+    return dramatiq.Message(
+        queue_name="capture_free", actor_name="capture", args=(7,), kwargs={}, options={"request_id": "r"}
+    )
 
 
 def _routing(args: list[Any]) -> list[Any]:
@@ -54,23 +84,29 @@ def _routing(args: list[Any]) -> list[Any]:
 
 
 def _decoded(encoded: bytes) -> dict[str, Any]:
+    """The message but what differs per enqueue: its ids and when it was sent."""
     message = dramatiq.Message.decode(encoded).asdict()
     message["options"].pop("redis_message_id")
+    del message["message_id"], message["message_timestamp"]
     return message
 
 
 async def test_enqueue_many_sends_what_redis_broker_enqueue_sends(monkeypatch: pytest.MonkeyPatch) -> None:
     broker = _broker(monkeypatch)
-    sync_script, async_script = _RecordingScript(), _RecordingScript()
+    sync_script, client = _RecordingScript(), _RecordingClient()
     broker.scripts["dispatch"] = sync_script
-    broker._async_dispatch = async_script.run_async
+    broker._async_client = client  # type: ignore[assignment]
     message = _message()
 
     broker.enqueue(message)
-    await broker.enqueue_many([message])
+    await broker.enqueue_many(
+        [OutboxEntry(queue_name="capture_free", actor_name="capture", args=[7], options={"request_id": "r"})]
+    )
 
     (dramatiq_call,) = sync_script.calls
-    (relay_call,) = async_script.calls
+    (relay_call,) = client.pipe.calls
+    assert client.pipe.scripts == {broker._dispatch_script}, "the pipeline loads the script if Redis lacks it"
+    assert relay_call["sha"] == broker._dispatch_script.sha
     assert relay_call["keys"] == dramatiq_call["keys"] == ["contract"]
     assert _routing(relay_call["args"]) == _routing(dramatiq_call["args"])
     assert _routing(relay_call["args"]) == [
@@ -87,6 +123,15 @@ async def test_enqueue_many_sends_what_redis_broker_enqueue_sends(monkeypatch: p
     assert relay_id != dramatiq_id, "each enqueue has its own redis_message_id"
     assert dramatiq.Message.decode(relay_message).options["redis_message_id"] == relay_id
     assert _decoded(relay_message) == _decoded(dramatiq_message)
+    assert dramatiq.Message.decode(relay_message).message_id != message.message_id
+
+
+def test_a_broker_with_middleware_is_refused() -> None:
+    """enqueue_many runs no middleware hook, so a broker given middleware would skip them silently."""
+    with pytest.raises(ValueError, match="middleware"):
+        PipelinedRedisBroker(
+            async_client=Redis.from_url("redis://127.0.0.1:1/0"), url="redis://127.0.0.1:1/0", namespace="x"
+        )
 
 
 def test_the_private_members_the_relay_reads_exist(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -601,6 +601,20 @@ async def updates_since(dsn: str, before: dict[str, dict[str, int]], at_least: i
     return figures
 
 
+async def index_scans(dsn: str) -> dict[str, int]:
+    """Scans of each index of signals and screenshots since the database was made: an index no path of the
+    run read shows 0 (every path the bench measures ran by then, ingest and retention included)."""
+    connection = await connect(dsn)
+    try:
+        rows = await connection.fetch(
+            "SELECT indexrelname, idx_scan FROM pg_stat_user_indexes"
+            " WHERE relname IN ('signals', 'screenshots') ORDER BY relname, indexrelname"
+        )
+    finally:
+        await connection.close()
+    return {row["indexrelname"]: row["idx_scan"] for row in rows}
+
+
 async def wait_for_retention(dsn: str, free_days: int, patience: float) -> None:
     done = await wait_until(
         dsn,
@@ -743,6 +757,7 @@ async def main_async(options: argparse.Namespace) -> dict[str, Any]:
         result["retention"]["per_second"] = round(due / max(result["retention"]["duration_s"], 0.1))
         # Every expiry updates its screenshot and its signal; ingest's own updates (users) are not counted.
         result["retention"]["updates"] = await updates_since(stack.dsn, updated_before, due)
+        result["index_scans"] = await index_scans(stack.dsn)
         await scale.channel.close()
         if not retention_only:
             result["backup"] = await asyncio.to_thread(dump_and_restore, stack)

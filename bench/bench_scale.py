@@ -428,14 +428,15 @@ async def seed(
         # The monthly audit_logs partitions a year of running leaves behind (the retention loop creates each
         # month's ahead of time), so the seeded rows land in their months as ingest's would.
         await connection.execute("SELECT ensure_audit_log_partitions(now() - interval '361 days', now())")
-        # As ingest_webhook_v2.sql writes them: an accepted call's audit row keeps the body too.
+        # As ingest_webhooks_v6.sql writes them: an accepted call's audit row keeps the body's hash and size,
+        # its signal the body.
         await connection.execute(
             """
             INSERT INTO audit_logs (created_at, user_id, signal_id, request_id, source_ip, user_agent,
-                                    outcome, latency_ms, body_sha256, body, body_size, content_type)
+                                    outcome, latency_ms, body_sha256, body_size, content_type)
             SELECT s.created_at, s.user_id, s.id, md5(s.id::text), '203.0.113.7', 'Go-http-client/1.1',
-                   'accepted', 4.2, encode(stored.body_sha256, 'hex'), stored.raw_body,
-                   octet_length(stored.raw_body), 'text/plain'
+                   'accepted', 4.2, encode(stored.body_sha256, 'hex'), octet_length(stored.raw_body),
+                   'text/plain'
             FROM seed_signals s JOIN signals stored ON stored.id = s.id
             ORDER BY s.created_at
             """
@@ -589,8 +590,13 @@ async def updates_since(dsn: str, before: dict[str, dict[str, int]], at_least: i
         if grown >= at_least or time.monotonic() > deadline:
             break
         await asyncio.sleep(1)
+    return updates_between(before, now)
+
+
+def updates_between(before: dict[str, dict[str, int]], after: dict[str, dict[str, int]]) -> dict[str, Any]:
+    """Per table, the rows updated from `before` to `after`, how many heap-only, and their share."""
     figures: dict[str, Any] = {}
-    for table, counts in now.items():
+    for table, counts in after.items():
         updated = counts["updated"] - before[table]["updated"]
         hot = counts["hot"] - before[table]["hot"]
         figures[table] = {

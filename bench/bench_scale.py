@@ -15,14 +15,22 @@ every filter (ticker, indicator, signal type, result, a week's date range) and p
 the heaviest user and a light one; GetUserStats for the heaviest user; SubscribeSignals replay from a
 cursor 100 k events back (or all of a small user's), events/s until live, in batches of 1,000 events per
 message and one event per message (a client that does not ask for batches). Then retention expiring the due
-screenshots of free-plan users and `alerts audit prune` (each: duration, ingest p99 meanwhile); bytes per
-signal for every table with its indexes; pg_dump and pg_restore time and size.
+screenshots of free-plan users and `alerts audit prune` (each: duration, ingest p99 meanwhile; for
+retention also how many of the signals' and screenshots' row updates were heap-only); bytes per signal for
+every table with its indexes; pg_dump and pg_restore time and size.
+
+Retention alone, with more screenshots due (seed, the seeded ingest as the idle figure, bytes, pruning,
+retention):
+
+    .venv/bin/python bench/bench_scale.py --size small --only retention --free-share 0.5 --ingest-seconds 30
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
+import os
 import statistics
 import subprocess
 import sys
@@ -40,7 +48,7 @@ import psutil
 from google.protobuf import timestamp_pb2
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_ingest import BODY, run_plan
+from bench_ingest import BODY, CpuMeter, run_plan
 from harness import Stack, print_json, unlimited_plans_env
 
 from alerts.embedded import postgres_client
@@ -75,6 +83,11 @@ PAGE_SIZE = 20
 DEEP_PAGE = 100
 REPLAY_EVENTS = 100_000
 REPLAY_EVENTS_PER_MESSAGE = 1000
+# Seconds of unmeasured ingest after the signal service's restart that starts a retention pass.
+RESTART_WARMUP = 3
+FREE_DAYS = 30  # the free plan's screenshot retention (SignalSettings.screenshot_retention_days)
+# `--only retention` first expires the free screenshots older than this with no other load.
+ALONE_FREE_DAYS = 180
 FREE_SHARE = 0.12  # light users on the free plan, whose screenshots older than 30 days are due to expire
 TICKERS = [f"BINANCE:COIN{index}USDT" for index in range(50)]
 INDICATORS = [f"Indicator {index} [APIDEVS]" for index in range(10)]
@@ -261,20 +274,40 @@ class Scale:
             "replay_heavy_single": await self.replay(self.heavy, per_message=0),
         }
 
-    async def under_ingest(self, work: Callable[[], Awaitable[None]], seconds: int) -> dict[str, Any]:
-        """Runs `work` while the ingest load runs; its duration and the load's figures."""
+    async def under_ingest(
+        self, work: Callable[[], Awaitable[None]], seconds: int, *, warmup: int = 0
+    ) -> dict[str, Any]:
+        """Runs `work` while the ingest load runs (after `warmup` seconds of the same load, not measured:
+        a restarted service's first requests measure its start); its duration and the load's figures."""
         loop = asyncio.get_running_loop()
         with ThreadPoolExecutor(1) as pool:
-            load = loop.run_in_executor(pool, self.ingest, seconds)
+
+            def load_after_warmup() -> dict[str, Any]:
+                if warmup:
+                    self.ingest(warmup)
+                return self.ingest(seconds)
+
+            load = loop.run_in_executor(pool, load_after_warmup)
             started = time.perf_counter()
             await work()
             duration = time.perf_counter() - started
             ingest = await load
-        return {"duration_s": round(duration, 1), "ingest_meanwhile": ingest}
+        return {
+            "duration_s": round(duration, 1),
+            # The load ran inside the work: its figures are the work's neighbour's, not partly idle.
+            "work_outlasted_load": duration > warmup + seconds,
+            "ingest_meanwhile": ingest,
+        }
 
 
-async def seed(dsn: str, size: dict[str, int], heavy_ids: list[str], light_ids: list[str]) -> dict[str, Any]:
-    """Seeds users and their signals server-side; returns the counts and how long it took."""
+async def seed(
+    dsn: str, size: dict[str, int], heavy_ids: list[str], light_ids: list[str], free_share: float
+) -> dict[str, Any]:
+    """Seeds users and their signals server-side; returns the counts and how long it took.
+
+    Rows go in oldest first across all users, as ingest writes them: a heap page holds the signals of the
+    same moment from many users, not a run of one user's, which is what a retention batch (one user's
+    oldest) and the room fillfactor leaves on each page meet in production."""
     users, total = size["users"], size["signals"]
     heavy_count, heavy_signals = size["heavy_users"], size["heavy_signals"]
     light_signals = (total - heavy_count * heavy_signals) // max(1, users - heavy_count)
@@ -316,7 +349,7 @@ async def seed(dsn: str, size: dict[str, int], heavy_ids: list[str], light_ids: 
             other_heavy,
             heavy_signals,
             light_signals,
-            FREE_SHARE,
+            free_share,
             [uuid.UUID(value) for value in (*heavy_ids, *light_ids)],
         )
         await connection.execute(
@@ -354,6 +387,7 @@ async def seed(dsn: str, size: dict[str, int], heavy_ids: list[str], light_ids: 
                      '🚨 ' || ($1::text[])[1 + s.n % 10] || E'\\n📈 Señal: Buy\\n🪙 Ticker: '
                      || ($2::text[])[1 + s.n % 50] || E'\\n💰 Precio: $' || (100 + s.n % 1000)
                      || E'.25\\n⏱️ Timeframe: 15\\nid: ' || s.id, 'UTF8') AS body) b
+            ORDER BY s.created_at
             """,
             INDICATORS,
             TICKERS,
@@ -367,7 +401,7 @@ async def seed(dsn: str, size: dict[str, int], heavy_ids: list[str], light_ids: 
                    'screenshots/' || user_id || '/' || to_char(created_at, 'YYYY/MM/DD') || '/' || id
                    || '.png',
                    120000, 1228, 682, 900, 1, created_at + interval '20 seconds', created_at, created_at
-            FROM seed_signals
+            FROM seed_signals ORDER BY created_at
             """
         )
         # Events: 'created' for each signal, 'outcome_updated' for the resolved ones, in time order.
@@ -394,15 +428,17 @@ async def seed(dsn: str, size: dict[str, int], heavy_ids: list[str], light_ids: 
         # The monthly audit_logs partitions a year of running leaves behind (the retention loop creates each
         # month's ahead of time), so the seeded rows land in their months as ingest's would.
         await connection.execute("SELECT ensure_audit_log_partitions(now() - interval '361 days', now())")
-        # As ingest_webhook_v2.sql writes them: an accepted call's audit row keeps the body too.
+        # As ingest_webhooks_v6.sql writes them: an accepted call's audit row keeps the body's hash and size,
+        # its signal the body.
         await connection.execute(
             """
             INSERT INTO audit_logs (created_at, user_id, signal_id, request_id, source_ip, user_agent,
-                                    outcome, latency_ms, body_sha256, body, body_size, content_type)
+                                    outcome, latency_ms, body_sha256, body_size, content_type)
             SELECT s.created_at, s.user_id, s.id, md5(s.id::text), '203.0.113.7', 'Go-http-client/1.1',
-                   'accepted', 4.2, encode(stored.body_sha256, 'hex'), stored.raw_body,
-                   octet_length(stored.raw_body), 'text/plain'
+                   'accepted', 4.2, encode(stored.body_sha256, 'hex'), octet_length(stored.raw_body),
+                   'text/plain'
             FROM seed_signals s JOIN signals stored ON stored.id = s.id
+            ORDER BY s.created_at
             """
         )
         # Outbox history: the relay deletes what it sent, so a year leaves only the recent failures behind.
@@ -525,6 +561,120 @@ def dump_and_restore(stack: Stack) -> dict[str, Any]:
         }
 
 
+async def updates(dsn: str) -> dict[str, dict[str, int]]:
+    """Rows updated in signals and screenshots so far, and how many of them heap-only (HOT: the new version
+    on the same page, no index entry written)."""
+    connection = await connect(dsn)
+    try:
+        rows = await connection.fetch(
+            "SELECT relname, n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables"
+            " WHERE relname IN ('signals', 'screenshots')"
+        )
+    finally:
+        await connection.close()
+    return {row["relname"]: {"updated": row["n_tup_upd"], "hot": row["n_tup_hot_upd"]} for row in rows}
+
+
+async def updates_since(dsn: str, before: dict[str, dict[str, int]], at_least: int) -> dict[str, Any]:
+    """The updates since `before`, once signals counts `at_least` more (a backend reports its counts when
+    idle, up to about ten seconds late) or after 15 s."""
+    deadline = time.monotonic() + 15
+    while True:
+        now = await updates(dsn)
+        grown = now["signals"]["updated"] - before["signals"]["updated"]
+        if grown >= at_least or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(1)
+    return updates_between(before, now)
+
+
+def updates_between(before: dict[str, dict[str, int]], after: dict[str, dict[str, int]]) -> dict[str, Any]:
+    """Per table, the rows updated from `before` to `after`, how many heap-only, and their share."""
+    figures: dict[str, Any] = {}
+    for table, counts in after.items():
+        updated = counts["updated"] - before[table]["updated"]
+        hot = counts["hot"] - before[table]["hot"]
+        figures[table] = {
+            "updated": updated,
+            "hot": hot,
+            "hot_share": round(hot / updated, 3) if updated else None,
+        }
+    return figures
+
+
+async def index_scans(dsn: str) -> dict[str, int]:
+    """Scans of each index of signals and screenshots since the database was made: an index no path of the
+    run read shows 0 (every path the bench measures ran by then, ingest and retention included)."""
+    connection = await connect(dsn)
+    try:
+        rows = await connection.fetch(
+            "SELECT indexrelname, idx_scan FROM pg_stat_user_indexes"
+            " WHERE relname IN ('signals', 'screenshots') ORDER BY relname, indexrelname"
+        )
+    finally:
+        await connection.close()
+    return {row["indexrelname"]: row["idx_scan"] for row in rows}
+
+
+async def wait_for_retention(dsn: str, free_days: int, patience: float) -> None:
+    done = await wait_until(
+        dsn,
+        f"""SELECT NOT EXISTS (SELECT 1 FROM screenshots s JOIN users u ON u.id = s.user_id
+            WHERE u.plan = 'free' AND s.status = 'completed'
+            AND s.completed_at < now() - interval '{int(free_days)} days')""",  # noqa: S608 (an integer)
+        patience=patience,
+    )
+    if not done:
+        raise RuntimeError(f"retention did not finish within {patience:g} s")
+
+
+async def expired_screenshots(dsn: str) -> int:
+    connection = await connect(dsn)
+    try:
+        return int(await connection.fetchval("SELECT count(*) FROM screenshots WHERE status = 'expired'"))
+    finally:
+        await connection.close()
+
+
+async def retention_alone(stack: Stack, patience: float) -> dict[str, Any]:
+    """A pass with no other load, of the free plan's screenshots past ALONE_FREE_DAYS (the rest stay due
+    for the pass under load): CPU per 1,000 screenshots of the signal and storage processes and of this
+    database's PostgreSQL backends, counted from the restarted service's readiness to the pass's end."""
+    assert stack.services is not None
+    stack.services.env["ALERTS_SCREENSHOT_RETENTION_DAYS"] = json.dumps({"free": ALONE_FREE_DAYS})
+    try:
+        updated_before = await updates(stack.dsn)
+        await asyncio.to_thread(stack.services.restart, "signal")
+    finally:
+        del stack.services.env["ALERTS_SCREENSHOT_RETENTION_DAYS"]
+    roots = {
+        name: process.process.pid
+        for name, process in stack.services.processes.items()
+        if name in ("signal", "storage") and process.process is not None
+    }
+    meter = CpuMeter(roots, stack.dsn)
+    expired_before = await expired_screenshots(stack.dsn)
+    started = time.perf_counter()
+    await asyncio.to_thread(meter.__enter__)
+    await wait_for_retention(stack.dsn, ALONE_FREE_DAYS, patience)
+    await asyncio.to_thread(meter.__exit__, None, None, None)
+    seconds = time.perf_counter() - started
+    expired = await expired_screenshots(stack.dsn)
+    metered = expired - expired_before
+    return {
+        "screenshots": expired,
+        "metered_screenshots": metered,
+        "metered_s": round(seconds, 1),
+        "per_second": round(metered / max(seconds, 0.1)),
+        "cpu_ms_per_1000": {
+            role: round(used * 1e6 / metered, 1)
+            for role, used in meter.used.items()
+            if role != "wall" and metered
+        },
+        "updates": await updates_since(stack.dsn, updated_before, expired),
+    }
+
+
 async def wait_until(dsn: str, query: str, *, patience: float) -> bool:
     deadline = time.monotonic() + patience
     connection = await connect(dsn)
@@ -542,19 +692,36 @@ async def main_async(options: argparse.Namespace) -> dict[str, Any]:
     size = dict(SIZES[options.size])
     if options.signals:
         size["signals"] = options.signals
+    if options.ingest_seconds:
+        size["ingest_seconds"] = options.ingest_seconds
     env = {
         **unlimited_plans_env(),
         # Retention runs once at each start of the signal service; the bench restarts it to measure a pass.
         "ALERTS_RETENTION_INTERVAL_SECONDS": "86400",
         "ALERTS_RETENTION_BATCH_SIZE": "500",
     }
+    retention_only = options.only == "retention"
     with tempfile.TemporaryDirectory() as workdir, Stack(Path(workdir), extra_env=env) as stack:
         scale = Scale(stack, options)
         await scale.create_users()
-        result: dict[str, Any] = {"size": options.size, "planned": size}
-        result["empty"] = await scale.measure(size["ingest_seconds"])
-        result["seed"] = await seed(stack.dsn, size, [scale.heavy], [scale.light])
-        result["seeded"] = await scale.measure(size["ingest_seconds"])
+        result: dict[str, Any] = {
+            "size": options.size,
+            "planned": size,
+            "free_share": options.free_share,
+            "load_average_at_start": [round(value, 2) for value in os.getloadavg()],
+        }
+        if not retention_only:
+            result["empty"] = await scale.measure(size["ingest_seconds"])
+        result["seed"] = await seed(stack.dsn, size, [scale.heavy], [scale.light], options.free_share)
+        if retention_only:
+            # The idle figure beside which retention's ingest p99 is judged: the same load, seeded, no pass.
+            loop = asyncio.get_running_loop()
+            with ThreadPoolExecutor(1) as pool:
+                result["seeded"] = {
+                    "ingest": await loop.run_in_executor(pool, scale.ingest, size["ingest_seconds"])
+                }
+        else:
+            result["seeded"] = await scale.measure(size["ingest_seconds"])
         result["bytes"] = await table_bytes(stack.dsn)
 
         async def prune() -> None:
@@ -568,30 +735,34 @@ async def main_async(options: argparse.Namespace) -> dict[str, Any]:
 
         result["audit_prune"] = await scale.under_ingest(prune, size["ingest_seconds"])
 
-        # Retention runs at the signal service's start: restart it, then load it while the pass runs.
-        restarted = time.perf_counter()
         assert stack.services is not None
+        due = result["seed"]["screenshots_due_to_expire"]
+        if retention_only:
+            # First a pass alone, of the free screenshots past ALONE_FREE_DAYS: its CPU per screenshot.
+            result["retention_alone"] = await retention_alone(stack, options.retention_patience)
+            due -= result["retention_alone"]["screenshots"]
+
+        # Retention runs at the signal service's start: restart it, then load it while the pass runs.
+        updated_before = await updates(stack.dsn)
+        restarted = time.perf_counter()
         await asyncio.to_thread(stack.services.restart, "signal")
 
         async def retention() -> None:
-            done = await wait_until(
-                stack.dsn,
-                """SELECT NOT EXISTS (SELECT 1 FROM screenshots s JOIN users u ON u.id = s.user_id
-                   WHERE u.plan = 'free' AND s.status = 'completed'
-                   AND s.completed_at < now() - interval '30 days')""",
-                patience=options.retention_patience,
-            )
-            if not done:
-                raise RuntimeError(f"retention did not finish within {options.retention_patience:g} s")
+            await wait_for_retention(stack.dsn, FREE_DAYS, options.retention_patience)
 
-        result["retention"] = await scale.under_ingest(retention, size["ingest_seconds"])
-        result["retention"]["duration_s"] = round(time.perf_counter() - restarted, 1)
-        result["retention"]["screenshots"] = result["seed"]["screenshots_due_to_expire"]
-        result["retention"]["per_second"] = round(
-            result["seed"]["screenshots_due_to_expire"] / max(result["retention"]["duration_s"], 0.1)
+        result["retention"] = await scale.under_ingest(
+            retention, size["ingest_seconds"], warmup=RESTART_WARMUP
         )
+        result["retention"]["duration_s"] = round(time.perf_counter() - restarted, 1)
+        result["retention"]["screenshots"] = due
+        result["retention"]["per_second"] = round(due / max(result["retention"]["duration_s"], 0.1))
+        # Every expiry updates its screenshot and its signal; ingest's own updates (users) are not counted.
+        result["retention"]["updates"] = await updates_since(stack.dsn, updated_before, due)
+        result["index_scans"] = await index_scans(stack.dsn)
         await scale.channel.close()
-        result["backup"] = await asyncio.to_thread(dump_and_restore, stack)
+        if not retention_only:
+            result["backup"] = await asyncio.to_thread(dump_and_restore, stack)
+    result["load_average_at_end"] = [round(value, 2) for value in os.getloadavg()]
     return result
 
 
@@ -600,6 +771,19 @@ def main() -> None:
     arguments.add_argument("--size", choices=sorted(SIZES), default="full")
     arguments.add_argument("--signals", type=int, default=0, help="override the size's signal count")
     arguments.add_argument("--retention-patience", type=float, default=3600.0, help="seconds")
+    arguments.add_argument(
+        "--only",
+        choices=["all", "retention"],
+        default="all",
+        help="retention: seed, then only the seeded ingest, bytes per signal, audit pruning and retention",
+    )
+    arguments.add_argument(
+        "--free-share",
+        type=float,
+        default=FREE_SHARE,
+        help="share of light users on the free plan, whose screenshots past 30 days are due",
+    )
+    arguments.add_argument("--ingest-seconds", type=int, default=0, help="override the size's ingest seconds")
     options = arguments.parse_args()
     print_json(asyncio.run(main_async(options)))
 

@@ -142,11 +142,9 @@ class Signal(SQLModel, table=True):
                 ("result", "result"),
             )
         ),
-        sa.Index(
-            "ix_signals_screenshot_open",
-            "screenshot_status",
-            postgresql_where=sa.text("screenshot_status IN ('pending', 'processing', 'failed')"),
-        ),
+        # No index names screenshot_status, in its columns or its predicate: a capture's claim and report
+        # and retention's expiry then update the row heap-only (HOT), in the room fillfactor 90 leaves on
+        # each page (migration 0016_retention_bytes). Failed captures are found by ix_screenshots_failed.
     )
 
     id: uuid.UUID = Field(sa_column=sa.Column(pg.UUID(as_uuid=True), primary_key=True))
@@ -242,6 +240,8 @@ class Screenshot(SQLModel, table=True):
             "completed_at",
             postgresql_where=sa.text("status = 'completed'"),
         ),
+        # The failed captures, everyone's or one user's (captures/repository.py).
+        sa.Index("ix_screenshots_failed", "user_id", postgresql_where=sa.text("status = 'failed'")),
     )
 
     signal_id: uuid.UUID = Field(
@@ -249,7 +249,7 @@ class Screenshot(SQLModel, table=True):
             pg.UUID(as_uuid=True), sa.ForeignKey("signals.id", ondelete="CASCADE"), primary_key=True
         )
     )
-    user_id: uuid.UUID = Field(sa_column=sa.Column(pg.UUID(as_uuid=True), nullable=False, index=True))
+    user_id: uuid.UUID = Field(sa_column=sa.Column(pg.UUID(as_uuid=True), nullable=False))
     status: str = Field(sa_column=sa.Column(sa.Text, nullable=False))
     object_key: str | None = Field(default=None, sa_column=sa.Column(sa.Text))
     size_bytes: int | None = Field(default=None, sa_column=sa.Column(sa.BigInteger))
@@ -272,7 +272,8 @@ class AuditLog(SQLModel, table=True):
     """One webhook call, or (repeat_window set) every repeat of one summarised refusal within a minute.
 
     Summarised refusals (audit/service.py) keep the body's size and SHA-256 but not the body, and their
-    source_ip is the source as rate limits count it (an IPv6 address's /64).
+    source_ip is the source as rate limits count it (an IPv6 address's /64). Accepted calls keep no body
+    either: their signal's raw_body is it (intake/sql/ingest_webhooks_v6.sql).
     """
 
     __tablename__ = "audit_logs"

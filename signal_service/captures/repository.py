@@ -70,9 +70,11 @@ class CaptureRepository:
     async def failed(
         self, *, user_id: uuid.UUID | None, after: tuple[datetime, uuid.UUID] | None, limit: int
     ) -> list[SignalRow]:
-        statement = with_screenshot().where(col(Signal.screenshot_status) == ScreenshotStatus.FAILED)
+        # By the screenshot's status, which ix_screenshots_failed covers: no index names the signal's copy
+        # of it, so that changing it stays a heap-only update (models.Signal).
+        statement = with_screenshot().where(col(Screenshot.status) == ScreenshotStatus.FAILED)
         if user_id is not None:
-            statement = statement.where(col(Signal.user_id) == user_id)
+            statement = statement.where(col(Screenshot.user_id) == user_id)
         if after is not None:
             statement = statement.where(sa.tuple_(col(Signal.created_at), col(Signal.id)) < sa.tuple_(*after))
         statement = statement.order_by(col(Signal.created_at).desc(), col(Signal.id).desc()).limit(limit)

@@ -50,6 +50,7 @@ _BUMP_EVENT_SEQ = sa.text(
 _EXPIRE_SCREENSHOTS = sa.text(
     "UPDATE screenshots SET status = :expired, updated_at = now() WHERE signal_id = ANY(:signal_ids)"
 ).bindparams(sa.bindparam("signal_ids", type_=_UUIDS))
+# Heap-only (HOT) while no index of signals names screenshot_status: see models.Signal.
 _EXPIRE_SIGNALS = sa.text(
     "UPDATE signals SET screenshot_status = :expired, updated_at = now() WHERE id = ANY(:signal_ids)"
 ).bindparams(sa.bindparam("signal_ids", type_=_UUIDS))

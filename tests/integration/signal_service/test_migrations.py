@@ -242,3 +242,38 @@ def test_the_one_row_ingest_function_is_dropped_and_comes_back_on_the_way_down(d
         assert _ingest_arguments_and_column(url, *certificate_rule) == (46, True)
         command.upgrade(alembic_config(url), "head")
         assert _ingest_arguments_and_column(url, *certificate_rule) == (None, True)
+
+
+def _retention_bytes_state(database_url: str) -> tuple[list[str] | None, list[str], bool]:
+    """signals' storage parameters, the indexes of signals and screenshots that 0016 changes, and whether
+    ingest_webhooks() copies an accepted call's body into its audit row."""
+
+    async def read() -> tuple[list[str] | None, list[str], bool]:
+        connection = await asyncpg.connect(database_url.replace("+asyncpg", ""))
+        try:
+            options = await connection.fetchval("SELECT reloptions FROM pg_class WHERE relname = 'signals'")
+            indexes = await connection.fetch(
+                "SELECT indexname FROM pg_indexes WHERE indexname = ANY($1::text[]) ORDER BY indexname",
+                ["ix_signals_screenshot_open", "ix_screenshots_user_id", "ix_screenshots_failed"],
+            )
+            source = await connection.fetchval("SELECT prosrc FROM pg_proc WHERE proname = 'ingest_webhooks'")
+        finally:
+            await connection.close()
+        copies_body = "encode(t.body_sha256, 'hex'), substring(t.raw_body" in source
+        return options, [row["indexname"] for row in indexes], copies_body
+
+    return asyncio.run(read())
+
+
+def test_the_retention_bytes_migration_goes_down_and_up_again(database_url: str) -> None:
+    with fresh_database(database_url) as url:
+        upgraded = (["fillfactor=90"], ["ix_screenshots_failed"], False)
+        assert _retention_bytes_state(url) == upgraded
+        command.downgrade(alembic_config(url), "0015_drop_ingest_webhook_v4")
+        assert _retention_bytes_state(url) == (
+            None,
+            ["ix_screenshots_user_id", "ix_signals_screenshot_open"],
+            True,
+        )
+        command.upgrade(alembic_config(url), "0016_retention_bytes")
+        assert _retention_bytes_state(url) == upgraded

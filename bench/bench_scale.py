@@ -2,6 +2,12 @@
 
 Run: .venv/bin/python bench/bench_scale.py [--size small|full] [--signals N]
 
+Only the replay, against a freshly seeded database (seeding, then each replay --repeats times, nothing else;
+about two minutes at this size), optionally with py-spy recording the signal service's batched replays:
+
+    .venv/bin/python bench/bench_scale.py --size small --signals 300000 --heavy-signals 80000 \
+        --replay-only --repeats 3 [--profile replay.txt]
+
 The whole system runs as processes on a database of its own (bench/harness.py). First the empty
 database's figures; then N signals are seeded server-side (INSERT ... SELECT over generate_series, the
 fastest way in: no row crosses the wire) with a screenshot row each, their events, an audit row each and
@@ -23,6 +29,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import os
 import statistics
 import subprocess
 import sys
@@ -33,6 +41,7 @@ from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 import asyncpg
@@ -79,6 +88,7 @@ FREE_SHARE = 0.12  # light users on the free plan, whose screenshots older than 
 TICKERS = [f"BINANCE:COIN{index}USDT" for index in range(50)]
 INDICATORS = [f"Indicator {index} [APIDEVS]" for index in range(10)]
 SIGNAL_TYPES = ["Divergencia Alcista", "Divergencia Bajista", "Buy", "Sell", "Oversold", "Overbought"]
+PY_SPY = Path(sys.executable).with_name("py-spy")
 
 
 async def connect(dsn: str) -> asyncpg.Connection:
@@ -248,6 +258,18 @@ class Scale:
             },
         }
 
+    async def replays(self, repeats: int, profile: Path | None) -> dict[str, Any]:
+        """The heavy user's replays only, each `repeats` times, with the median of each figure; py-spy
+        records the signal service during the batched ones when `profile` is given."""
+        signal = self.stack.processes["signal"].process
+        assert signal is not None
+        figures: dict[str, Any] = {}
+        for name, per_message in (("batched", REPLAY_EVENTS_PER_MESSAGE), ("single", 0)):
+            with recording(signal.pid, profile if name == "batched" else None):
+                runs = [await self.replay(self.heavy, per_message=per_message) for _ in range(repeats)]
+            figures[name] = {"median": median_run(runs), "runs": runs}
+        return figures
+
     async def measure(self, ingest_seconds: int) -> dict[str, Any]:
         loop = asyncio.get_running_loop()
         with ThreadPoolExecutor(1) as pool:
@@ -271,6 +293,39 @@ class Scale:
             duration = time.perf_counter() - started
             ingest = await load
         return {"duration_s": round(duration, 1), "ingest_meanwhile": ingest}
+
+
+def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The median of each figure over `runs` (CPU per process too)."""
+    median = {
+        name: statistics.median(run[name] for run in runs) for name in ("events_per_s", "seconds")
+    }
+    median["cpu_ms_per_1000_events"] = {
+        role: round(statistics.median(run["cpu_ms_per_1000_events"][role] for run in runs), 1)
+        for role in runs[0]["cpu_ms_per_1000_events"]
+    }
+    return median
+
+
+@contextlib.contextmanager
+def recording(pid: int, profile: Path | None) -> Iterator[None]:
+    """py-spy sampling `pid` while the block runs (collapsed stacks, GIL-holding samples only: CPU rather
+    than waiting); nothing when `profile` is None."""
+    if profile is None:
+        yield
+        return
+    spy = [str(PY_SPY), "record", "--pid", str(pid), "--format", "raw", "--gil", "--nonblocking"]
+    recorder = subprocess.Popen(
+        [*spy, "--rate", "250", "--output", str(profile)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        yield
+    finally:
+        # SIGINT: py-spy writes what it sampled and exits.
+        recorder.send_signal(2)
+        recorder.wait(60)
 
 
 async def seed(dsn: str, size: dict[str, int], heavy_ids: list[str], light_ids: list[str]) -> dict[str, Any]:
@@ -547,6 +602,8 @@ async def main_async(options: argparse.Namespace) -> dict[str, Any]:
     size = dict(SIZES[options.size])
     if options.signals:
         size["signals"] = options.signals
+    if options.heavy_signals:
+        size["heavy_signals"] = options.heavy_signals
     env = {
         **unlimited_plans_env(),
         # Retention runs once at each start of the signal service; the bench restarts it to measure a pass.
@@ -557,6 +614,13 @@ async def main_async(options: argparse.Namespace) -> dict[str, Any]:
         scale = Scale(stack, options)
         await scale.create_users()
         result: dict[str, Any] = {"size": options.size, "planned": size}
+        if options.replay_only:
+            result["seed"] = await seed(stack.dsn, size, [scale.heavy], [scale.light])
+            result["load_average"] = [round(value, 2) for value in os.getloadavg()]
+            result["replay"] = await scale.replays(options.repeats, options.profile)
+            result["load_average_after"] = [round(value, 2) for value in os.getloadavg()]
+            await scale.channel.close()
+            return result
         result["empty"] = await scale.measure(size["ingest_seconds"])
         result["seed"] = await seed(stack.dsn, size, [scale.heavy], [scale.light])
         result["seeded"] = await scale.measure(size["ingest_seconds"])
@@ -604,7 +668,15 @@ def main() -> None:
     arguments = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     arguments.add_argument("--size", choices=sorted(SIZES), default="full")
     arguments.add_argument("--signals", type=int, default=0, help="override the size's signal count")
+    arguments.add_argument("--heavy-signals", type=int, default=0, help="override the heavy users' signals")
     arguments.add_argument("--retention-patience", type=float, default=3600.0, help="seconds")
+    arguments.add_argument(
+        "--replay-only", action="store_true", help="seed, then only the heavy user's replays"
+    )
+    arguments.add_argument("--repeats", type=int, default=3, help="replays of each kind (--replay-only)")
+    arguments.add_argument(
+        "--profile", type=Path, default=None, help="py-spy output of the batched replays (--replay-only)"
+    )
     options = arguments.parse_args()
     print_json(asyncio.run(main_async(options)))
 

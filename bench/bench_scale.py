@@ -3,10 +3,10 @@
 Run: .venv/bin/python bench/bench_scale.py [--size small|full] [--signals N]
 
 Only the replay, against a freshly seeded database (seeding, then each replay --repeats times, nothing else;
-about two minutes at this size), optionally with py-spy recording the signal service's batched replays:
+about two minutes at this size), optionally with py-spy recording the signal and storage services:
 
     .venv/bin/python bench/bench_scale.py --size small --signals 300000 --heavy-signals 80000 \
-        --replay-only --repeats 3 [--profile replay.txt]
+        --replay-only --repeats 3 [--profile /tmp/replay]
 
 The whole system runs as processes on a database of its own (bench/harness.py). First the empty
 database's figures; then N signals are seeded server-side (INSERT ... SELECT over generate_series, the
@@ -37,11 +37,10 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from collections.abc import Iterator
 from typing import Any
 
 import asyncpg
@@ -84,6 +83,12 @@ PAGE_SIZE = 20
 DEEP_PAGE = 100
 REPLAY_EVENTS = 100_000
 REPLAY_EVENTS_PER_MESSAGE = 1000
+# --replay-only's kinds of replay: max_events_per_message, omit_screenshot_urls.
+REPLAY_KINDS = {
+    "batched": (REPLAY_EVENTS_PER_MESSAGE, False),
+    "batched_without_urls": (REPLAY_EVENTS_PER_MESSAGE, True),
+    "single": (0, False),
+}
 FREE_SHARE = 0.12  # light users on the free plan, whose screenshots older than 30 days are due to expire
 TICKERS = [f"BINANCE:COIN{index}USDT" for index in range(50)]
 INDICATORS = [f"Indicator {index} [APIDEVS]" for index in range(10)]
@@ -215,9 +220,10 @@ class Scale:
         request = signal_service_pb2.GetUserStatsRequest(user_id=user_id)
         return await timed(lambda: self.signals.GetUserStats(request))
 
-    async def replay(self, user_id: str, *, per_message: int) -> dict[str, Any]:
+    async def replay(self, user_id: str, *, per_message: int, omit_urls: bool = False) -> dict[str, Any]:
         """Events/s of a replay from REPLAY_EVENTS back until live; `per_message` 0 is one event per
-        message (a client that does not ask for batches), else SubscribeSignalsRequest.max_events_per_message.
+        message (a client that does not ask for batches), else SubscribeSignalsRequest.max_events_per_message;
+        `omit_urls` asks for no screenshot URLs (SubscribeSignalsRequest.omit_screenshot_urls).
         """
         connection = await connect(self.stack.dsn)
         try:
@@ -232,7 +238,12 @@ class Scale:
             return {"events": 0}
         call = self.signals.SubscribeSignals(
             signal_service_pb2.SubscribeSignalsRequest(
-                user_id=user_id, after_cursor=str(start), max_events_per_message=per_message
+                user_id=user_id,
+                after_cursor=str(start),
+                max_events_per_message=per_message,
+                # Only when asked: the other kinds run against a tree from before the field too (before and
+                # after figures in one sitting).
+                **({"omit_screenshot_urls": True} if omit_urls else {}),
             )
         )
         cpu_before = cpu_seconds()
@@ -258,16 +269,24 @@ class Scale:
             },
         }
 
-    async def replays(self, repeats: int, profile: Path | None) -> dict[str, Any]:
-        """The heavy user's replays only, each `repeats` times, with the median of each figure; py-spy
-        records the signal service during the batched ones when `profile` is given."""
-        signal = self.stack.processes["signal"].process
-        assert signal is not None
+    async def replays(self, kinds: list[str], repeats: int, profile: Path | None) -> dict[str, Any]:
+        """The heavy user's replays only, each kind `repeats` times, with the median of each figure; with
+        `profile`, one more of each kind while py-spy records the signal and storage services."""
+        pids = {name: self.stack.processes[name].process for name in ("signal", "storage")}
         figures: dict[str, Any] = {}
-        for name, per_message in (("batched", REPLAY_EVENTS_PER_MESSAGE), ("single", 0)):
-            with recording(signal.pid, profile if name == "batched" else None):
-                runs = [await self.replay(self.heavy, per_message=per_message) for _ in range(repeats)]
+        for name in kinds:
+            per_message, omit_urls = REPLAY_KINDS[name]
+            runs = [
+                await self.replay(self.heavy, per_message=per_message, omit_urls=omit_urls)
+                for _ in range(repeats)
+            ]
             figures[name] = {"median": median_run(runs), "runs": runs}
+            if profile:
+                # One more, apart: the sampling costs the processes some CPU of their own.
+                with recording(pids, Path(f"{profile}.{name}")):
+                    figures[name]["profiled"] = await self.replay(
+                        self.heavy, per_message=per_message, omit_urls=omit_urls
+                    )
         return figures
 
     async def measure(self, ingest_seconds: int) -> dict[str, Any]:
@@ -297,9 +316,7 @@ class Scale:
 
 def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """The median of each figure over `runs` (CPU per process too)."""
-    median = {
-        name: statistics.median(run[name] for run in runs) for name in ("events_per_s", "seconds")
-    }
+    median = {name: statistics.median(run[name] for run in runs) for name in ("events_per_s", "seconds")}
     median["cpu_ms_per_1000_events"] = {
         role: round(statistics.median(run["cpu_ms_per_1000_events"][role] for run in runs), 1)
         for role in runs[0]["cpu_ms_per_1000_events"]
@@ -308,24 +325,32 @@ def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 @contextlib.contextmanager
-def recording(pid: int, profile: Path | None) -> Iterator[None]:
-    """py-spy sampling `pid` while the block runs (collapsed stacks, GIL-holding samples only: CPU rather
-    than waiting); nothing when `profile` is None."""
+def recording(processes: dict[str, subprocess.Popen[bytes] | None], profile: Path | None) -> Iterator[None]:
+    """py-spy sampling each process while the block runs, into `profile`.<process>.txt (collapsed stacks,
+    GIL-holding samples only: CPU rather than waiting); nothing when `profile` is None."""
     if profile is None:
         yield
         return
-    spy = [str(PY_SPY), "record", "--pid", str(pid), "--format", "raw", "--gil", "--nonblocking"]
-    recorder = subprocess.Popen(
-        [*spy, "--rate", "250", "--output", str(profile)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    recorders = []
+    for name, process in processes.items():
+        assert process is not None
+        spy = [str(PY_SPY), "record", "--pid", str(process.pid), "--format", "raw", "--gil", "--nonblocking"]
+        output = f"{profile}.{name}.txt"
+        recorders.append(
+            subprocess.Popen(
+                [*spy, "--rate", "250", "--output", output],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        )
     try:
         yield
     finally:
-        # SIGINT: py-spy writes what it sampled and exits.
-        recorder.send_signal(2)
-        recorder.wait(60)
+        for recorder in recorders:
+            # SIGINT: py-spy writes what it sampled and exits.
+            recorder.send_signal(2)
+        for recorder in recorders:
+            recorder.wait(60)
 
 
 async def seed(dsn: str, size: dict[str, int], heavy_ids: list[str], light_ids: list[str]) -> dict[str, Any]:
@@ -617,7 +642,7 @@ async def main_async(options: argparse.Namespace) -> dict[str, Any]:
         if options.replay_only:
             result["seed"] = await seed(stack.dsn, size, [scale.heavy], [scale.light])
             result["load_average"] = [round(value, 2) for value in os.getloadavg()]
-            result["replay"] = await scale.replays(options.repeats, options.profile)
+            result["replay"] = await scale.replays(options.kinds.split(","), options.repeats, options.profile)
             result["load_average_after"] = [round(value, 2) for value in os.getloadavg()]
             await scale.channel.close()
             return result
@@ -675,7 +700,13 @@ def main() -> None:
     )
     arguments.add_argument("--repeats", type=int, default=3, help="replays of each kind (--replay-only)")
     arguments.add_argument(
-        "--profile", type=Path, default=None, help="py-spy output of the batched replays (--replay-only)"
+        "--kinds", default=",".join(REPLAY_KINDS), help=f"of {', '.join(REPLAY_KINDS)} (--replay-only)"
+    )
+    arguments.add_argument(
+        "--profile",
+        type=Path,
+        default=None,
+        help="py-spy output, one file per kind of replay (--replay-only)",
     )
     options = arguments.parse_args()
     print_json(asyncio.run(main_async(options)))

@@ -2,6 +2,12 @@
 
 Run: .venv/bin/python bench/bench_scale.py [--size small|full] [--signals N]
 
+Only the replay, against a freshly seeded database (seeding, then each replay --repeats times, nothing else;
+about two minutes at this size), optionally with py-spy recording the signal and storage services:
+
+    .venv/bin/python bench/bench_scale.py --size small --signals 300000 --heavy-signals 80000 \
+        --only replay --repeats 3 [--profile /tmp/replay]
+
 The whole system runs as processes on a database of its own (bench/harness.py). First the empty
 database's figures; then N signals are seeded server-side (INSERT ... SELECT over generate_series, the
 fastest way in: no row crosses the wire) with a screenshot row each, their events, an audit row each and
@@ -29,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import statistics
@@ -37,7 +44,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -88,10 +95,17 @@ RESTART_WARMUP = 3
 FREE_DAYS = 30  # the free plan's screenshot retention (SignalSettings.screenshot_retention_days)
 # `--only retention` first expires the free screenshots older than this with no other load.
 ALONE_FREE_DAYS = 180
+# --only replay's kinds of replay: max_events_per_message, omit_screenshot_urls.
+REPLAY_KINDS = {
+    "batched": (REPLAY_EVENTS_PER_MESSAGE, False),
+    "batched_without_urls": (REPLAY_EVENTS_PER_MESSAGE, True),
+    "single": (0, False),
+}
 FREE_SHARE = 0.12  # light users on the free plan, whose screenshots older than 30 days are due to expire
 TICKERS = [f"BINANCE:COIN{index}USDT" for index in range(50)]
 INDICATORS = [f"Indicator {index} [APIDEVS]" for index in range(10)]
 SIGNAL_TYPES = ["Divergencia Alcista", "Divergencia Bajista", "Buy", "Sell", "Oversold", "Overbought"]
+PY_SPY = Path(sys.executable).with_name("py-spy")
 
 
 async def connect(dsn: str) -> asyncpg.Connection:
@@ -218,9 +232,10 @@ class Scale:
         request = signal_service_pb2.GetUserStatsRequest(user_id=user_id)
         return await timed(lambda: self.signals.GetUserStats(request))
 
-    async def replay(self, user_id: str, *, per_message: int) -> dict[str, Any]:
+    async def replay(self, user_id: str, *, per_message: int, omit_urls: bool = False) -> dict[str, Any]:
         """Events/s of a replay from REPLAY_EVENTS back until live; `per_message` 0 is one event per
-        message (a client that does not ask for batches), else SubscribeSignalsRequest.max_events_per_message.
+        message (a client that does not ask for batches), else SubscribeSignalsRequest.max_events_per_message;
+        `omit_urls` asks for no screenshot URLs (SubscribeSignalsRequest.omit_screenshot_urls).
         """
         connection = await connect(self.stack.dsn)
         try:
@@ -235,7 +250,12 @@ class Scale:
             return {"events": 0}
         call = self.signals.SubscribeSignals(
             signal_service_pb2.SubscribeSignalsRequest(
-                user_id=user_id, after_cursor=str(start), max_events_per_message=per_message
+                user_id=user_id,
+                after_cursor=str(start),
+                max_events_per_message=per_message,
+                # Only when asked: the other kinds run against a tree from before the field too (before and
+                # after figures in one sitting).
+                **({"omit_screenshot_urls": True} if omit_urls else {}),
             )
         )
         cpu_before = cpu_seconds()
@@ -260,6 +280,26 @@ class Scale:
                 for role in cpu_after
             },
         }
+
+    async def replays(self, kinds: list[str], repeats: int, profile: Path | None) -> dict[str, Any]:
+        """The heavy user's replays only, each kind `repeats` times, with the median of each figure; with
+        `profile`, one more of each kind while py-spy records the signal and storage services."""
+        pids = {name: self.stack.processes[name].process for name in ("signal", "storage")}
+        figures: dict[str, Any] = {}
+        for name in kinds:
+            per_message, omit_urls = REPLAY_KINDS[name]
+            runs = [
+                await self.replay(self.heavy, per_message=per_message, omit_urls=omit_urls)
+                for _ in range(repeats)
+            ]
+            figures[name] = {"median": median_run(runs), "runs": runs}
+            if profile:
+                # One more, apart: the sampling costs the processes some CPU of their own.
+                with recording(pids, Path(f"{profile}.{name}")):
+                    figures[name]["profiled"] = await self.replay(
+                        self.heavy, per_message=per_message, omit_urls=omit_urls
+                    )
+        return figures
 
     async def measure(self, ingest_seconds: int) -> dict[str, Any]:
         loop = asyncio.get_running_loop()
@@ -298,6 +338,45 @@ class Scale:
             "work_outlasted_load": duration > warmup + seconds,
             "ingest_meanwhile": ingest,
         }
+
+
+def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The median of each figure over `runs` (CPU per process too)."""
+    median = {name: statistics.median(run[name] for run in runs) for name in ("events_per_s", "seconds")}
+    median["cpu_ms_per_1000_events"] = {
+        role: round(statistics.median(run["cpu_ms_per_1000_events"][role] for run in runs), 1)
+        for role in runs[0]["cpu_ms_per_1000_events"]
+    }
+    return median
+
+
+@contextlib.contextmanager
+def recording(processes: dict[str, subprocess.Popen[bytes] | None], profile: Path | None) -> Iterator[None]:
+    """py-spy sampling each process while the block runs, into `profile`.<process>.txt (collapsed stacks,
+    GIL-holding samples only: CPU rather than waiting); nothing when `profile` is None."""
+    if profile is None:
+        yield
+        return
+    recorders = []
+    for name, process in processes.items():
+        assert process is not None
+        spy = [str(PY_SPY), "record", "--pid", str(process.pid), "--format", "raw", "--gil", "--nonblocking"]
+        output = f"{profile}.{name}.txt"
+        recorders.append(
+            subprocess.Popen(
+                [*spy, "--rate", "250", "--output", output],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        )
+    try:
+        yield
+    finally:
+        for recorder in recorders:
+            # SIGINT: py-spy writes what it sampled and exits.
+            recorder.send_signal(2)
+        for recorder in recorders:
+            recorder.wait(60)
 
 
 async def seed(
@@ -694,6 +773,8 @@ async def main_async(options: argparse.Namespace) -> dict[str, Any]:
         size["signals"] = options.signals
     if options.ingest_seconds:
         size["ingest_seconds"] = options.ingest_seconds
+    if options.heavy_signals:
+        size["heavy_signals"] = options.heavy_signals
     env = {
         **unlimited_plans_env(),
         # Retention runs once at each start of the signal service; the bench restarts it to measure a pass.
@@ -710,6 +791,13 @@ async def main_async(options: argparse.Namespace) -> dict[str, Any]:
             "free_share": options.free_share,
             "load_average_at_start": [round(value, 2) for value in os.getloadavg()],
         }
+        if options.only == "replay":
+            result["seed"] = await seed(stack.dsn, size, [scale.heavy], [scale.light], options.free_share)
+            result["load_average"] = [round(value, 2) for value in os.getloadavg()]
+            result["replay"] = await scale.replays(options.kinds.split(","), options.repeats, options.profile)
+            result["load_average_after"] = [round(value, 2) for value in os.getloadavg()]
+            await scale.channel.close()
+            return result
         if not retention_only:
             result["empty"] = await scale.measure(size["ingest_seconds"])
         result["seed"] = await seed(stack.dsn, size, [scale.heavy], [scale.light], options.free_share)
@@ -770,12 +858,14 @@ def main() -> None:
     arguments = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     arguments.add_argument("--size", choices=sorted(SIZES), default="full")
     arguments.add_argument("--signals", type=int, default=0, help="override the size's signal count")
+    arguments.add_argument("--heavy-signals", type=int, default=0, help="override the heavy users' signals")
     arguments.add_argument("--retention-patience", type=float, default=3600.0, help="seconds")
     arguments.add_argument(
         "--only",
-        choices=["all", "retention"],
+        choices=["all", "retention", "replay"],
         default="all",
-        help="retention: seed, then only the seeded ingest, bytes per signal, audit pruning and retention",
+        help="retention: seed, then only the seeded ingest, bytes per signal, audit pruning and retention;"
+        " replay: seed, then only the heavy user's replays",
     )
     arguments.add_argument(
         "--free-share",
@@ -784,6 +874,16 @@ def main() -> None:
         help="share of light users on the free plan, whose screenshots past 30 days are due",
     )
     arguments.add_argument("--ingest-seconds", type=int, default=0, help="override the size's ingest seconds")
+    arguments.add_argument("--repeats", type=int, default=3, help="replays of each kind (--only replay)")
+    arguments.add_argument(
+        "--kinds", default=",".join(REPLAY_KINDS), help=f"of {', '.join(REPLAY_KINDS)} (--only replay)"
+    )
+    arguments.add_argument(
+        "--profile",
+        type=Path,
+        default=None,
+        help="py-spy output, one file per kind of replay (--only replay)",
+    )
     options = arguments.parse_args()
     print_json(asyncio.run(main_async(options)))
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from typing import overload
+from typing import Any, overload
 
 from google.protobuf import json_format, struct_pb2, timestamp_pb2
 
@@ -71,14 +71,26 @@ def timestamp(moment: datetime) -> timestamp_pb2.Timestamp: ...
 @overload
 def timestamp(moment: None) -> None: ...
 def timestamp(moment: datetime | None) -> timestamp_pb2.Timestamp | None:
-    """Exact integer arithmetic in C instead of Timestamp.FromDatetime's Python (a replay maps thousands
-    of timestamps a page). A naive datetime is local time, as datetime.astimezone takes it."""
+    if moment is None:
+        return None
+    return timestamp_pb2.Timestamp(**timestamp_fields(moment))
+
+
+@overload
+def timestamp_fields(moment: datetime) -> dict[str, int]: ...
+@overload
+def timestamp_fields(moment: None) -> None: ...
+def timestamp_fields(moment: datetime | None) -> dict[str, int] | None:
+    """A Timestamp's fields, computed with exact integer arithmetic in C instead of
+    Timestamp.FromDatetime's Python; given to a message's constructor as they are, protobuf sets them in C,
+    where a Timestamp object would cost a Python object and a copy (about 1 us each: a replay page holds
+    thousands). A naive datetime is local time, as datetime.astimezone takes it."""
     if moment is None:
         return None
     if moment.tzinfo is None:
         moment = moment.astimezone(UTC)
     seconds, micros = divmod((moment - _EPOCH) // _MICROSECOND, 1_000_000)
-    return timestamp_pb2.Timestamp(seconds=seconds, nanos=micros * 1000)
+    return {"seconds": seconds, "nanos": micros * 1000}
 
 
 def from_timestamp(message: timestamp_pb2.Timestamp, present: bool) -> datetime | None:
@@ -92,43 +104,48 @@ def struct(values: dict) -> struct_pb2.Struct:
 
 
 def signal_to_proto(row: SignalRow, url: str = "") -> resources_pb2.Signal:
+    return resources_pb2.Signal(**signal_fields(row, url))
+
+
+def signal_fields(row: SignalRow, url: str = "") -> dict[str, Any]:
+    """The Signal message's fields, for its constructor or for a SignalEvent's (which then builds the
+    signal in place, in C: a replay builds a thousand a page)."""
     signal, screenshot = row.signal, row.screenshot
-    message = resources_pb2.Signal(
-        signal_id=str(signal.id),
-        user_id=str(signal.user_id),
-        chart_id=signal.chart_id or "",
-        indicator=signal.indicator or "",
-        indicator_key=signal.indicator_key or "",
-        ticker=signal.ticker or "",
-        exchange=signal.exchange or "",
-        symbol=signal.symbol or "",
-        price="" if signal.price is None else str(signal.price),
-        signal_type=signal.signal_type or "",
-        interval=signal.interval or "",
-        alert_time=timestamp(signal.alert_time),
-        bar_time=timestamp(signal.bar_time),
-        fired_at=timestamp(signal.fired_at),
-        delayed_feed=signal.delayed_feed,
-        parse_status=PARSE_TO_PROTO.get(signal.parse_status, resources_pb2.PARSE_STATUS_UNSPECIFIED),
-        parse_problems=list(signal.parse_problems or ()),
-        extra=struct(signal.extra) if signal.extra else None,
-        raw_text=signal.raw_body.decode("utf-8", errors="replace").replace("\x00", ""),
-        content_type=signal.content_type or "",
-        screenshot_status=SCREENSHOT_TO_PROTO[ScreenshotStatus(signal.screenshot_status)],
-        result=RESULT_TO_PROTO[SignalResult(signal.result)],
-        profit_loss="" if signal.profit_loss is None else str(signal.profit_loss),
-        notes=signal.notes or "",
-        created_at=timestamp(signal.created_at),
-        updated_at=timestamp(signal.updated_at),
-    )
+    fields = {
+        "signal_id": str(signal.id),
+        "user_id": str(signal.user_id),
+        "chart_id": signal.chart_id or "",
+        "indicator": signal.indicator or "",
+        "indicator_key": signal.indicator_key or "",
+        "ticker": signal.ticker or "",
+        "exchange": signal.exchange or "",
+        "symbol": signal.symbol or "",
+        "price": "" if signal.price is None else str(signal.price),
+        "signal_type": signal.signal_type or "",
+        "interval": signal.interval or "",
+        "alert_time": timestamp_fields(signal.alert_time),
+        "bar_time": timestamp_fields(signal.bar_time),
+        "fired_at": timestamp_fields(signal.fired_at),
+        "delayed_feed": signal.delayed_feed,
+        "parse_status": PARSE_TO_PROTO.get(signal.parse_status, resources_pb2.PARSE_STATUS_UNSPECIFIED),
+        "parse_problems": signal.parse_problems or (),
+        "extra": struct(signal.extra) if signal.extra else None,
+        "raw_text": signal.raw_body.decode("utf-8", errors="replace").replace("\x00", ""),
+        "content_type": signal.content_type or "",
+        "screenshot_status": SCREENSHOT_TO_PROTO[ScreenshotStatus(signal.screenshot_status)],
+        "result": RESULT_TO_PROTO[SignalResult(signal.result)],
+        "profit_loss": "" if signal.profit_loss is None else str(signal.profit_loss),
+        "notes": signal.notes or "",
+        "created_at": timestamp_fields(signal.created_at),
+        "updated_at": timestamp_fields(signal.updated_at),
+    }
     if screenshot is not None:
-        message.screenshot_object_key = screenshot.object_key or ""
-        message.screenshot_error = screenshot.error or ""
-        if screenshot.completed_at is not None and screenshot.status == ScreenshotStatus.COMPLETED:
-            message.screenshot_completed_at.CopyFrom(timestamp(screenshot.completed_at))
+        fields["screenshot_object_key"] = screenshot.object_key or ""
+        fields["screenshot_error"] = screenshot.error or ""
         if screenshot.status == ScreenshotStatus.COMPLETED:
-            message.screenshot_url = url
-    return message
+            fields["screenshot_completed_at"] = timestamp_fields(screenshot.completed_at)
+            fields["screenshot_url"] = url
+    return fields
 
 
 def user_to_proto(view: UserView) -> resources_pb2.User:

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import AsyncIterator, Iterator
+import uuid
+from collections.abc import AsyncIterator, Iterable
 from datetime import UTC, datetime
+from typing import Any
 
 import grpc
 
@@ -16,13 +19,13 @@ from mesh.grpc import caller_error
 from mesh.logging import request_id_var
 from mesh.roles import ensure_edge_fields_from_edge
 from signal_service.captures.service import CaptureCoordinator
-from signal_service.events.service import EventFeed, StoredEvent, format_cursor
+from signal_service.event_messages import REPEATED_ENTRY_OVERHEAD, event_fields, event_messages
+from signal_service.events.service import EventFeed, StoredEvent
 from signal_service.intake.service import IngestCommand, WebhookIngestor
-from signal_service.models import EventType, ScreenshotStatus
+from signal_service.models import ScreenshotStatus
 from signal_service.notifications.service import NotificationLedger, ReportOutcome
 from signal_service.proto_mapping import (
     CHANNEL_TO_PROTO,
-    EVENT_TYPE_TO_PROTO,
     KIND_TO_PROTO,
     PLAN_TO_PROTO,
     RESULT_FROM_PROTO,
@@ -30,7 +33,7 @@ from signal_service.proto_mapping import (
     SCREENSHOT_TO_PROTO,
     delivery_to_proto,
     from_timestamp,
-    session_state_to_proto,
+    signal_fields,
     signal_to_proto,
     timestamp,
     user_to_proto,
@@ -51,8 +54,6 @@ MAX_INGEST_BATCH = 1000
 # The most events one SubscribeSignals message carries (SubscribeSignalsRequest.max_events_per_message):
 # an event store page's worth (signal_service.events).
 MAX_EVENTS_PER_MESSAGE = 1000
-# A repeated message field's entry costs its tag and length prefix on top of the message.
-_REPEATED_ENTRY_OVERHEAD = 6
 
 
 class SignalServicer(signal_service_pb2_grpc.SignalServiceServicer):
@@ -81,23 +82,39 @@ class SignalServicer(signal_service_pb2_grpc.SignalServiceServicer):
         self._captures = captures
         self._links = links
 
-    async def _signals_to_proto(self, rows: list[SignalRow]) -> list[resources_pb2.Signal]:
-        urls = await self._links.urls(
-            row.screenshot.object_key
-            for row in rows
-            if row.screenshot is not None and row.screenshot.status == ScreenshotStatus.COMPLETED
+    async def _signal_fields(
+        self, rows: Iterable[SignalRow], *, with_urls: bool = True
+    ) -> dict[uuid.UUID, dict[str, Any]]:
+        """Each signal's message fields by id, with its deliveries and, unless `with_urls` is off, a fresh
+        URL for its COMPLETED screenshot."""
+        by_id = {row.signal.id: row for row in rows}
+        if not by_id:
+            return {}
+        keys = (
+            [
+                row.screenshot.object_key
+                for row in by_id.values()
+                if row.screenshot is not None and row.screenshot.status == ScreenshotStatus.COMPLETED
+            ]
+            if with_urls
+            else []
         )
-        deliveries = await self._notifications.deliveries([row.signal.id for row in rows]) if rows else {}
-        messages = []
-        for row in rows:
-            message = signal_to_proto(
+        # Side by side: the storage service signs while PostgreSQL reads the deliveries.
+        urls, deliveries = await asyncio.gather(
+            self._links.urls(keys), self._notifications.deliveries(list(by_id))
+        )
+        found = {}
+        for signal_id, row in by_id.items():
+            fields = signal_fields(
                 row, urls.get(row.screenshot.object_key or "", "") if row.screenshot else ""
             )
-            message.deliveries.extend(
-                delivery_to_proto(delivery) for delivery in deliveries.get(row.signal.id, [])
-            )
-            messages.append(message)
-        return messages
+            fields["deliveries"] = [delivery_to_proto(delivery) for delivery in deliveries.get(signal_id, ())]
+            found[signal_id] = fields
+        return found
+
+    async def _signals_to_proto(self, rows: list[SignalRow]) -> list[resources_pb2.Signal]:
+        fields = await self._signal_fields(rows)
+        return [resources_pb2.Signal(**fields[row.signal.id]) for row in rows]
 
     async def _signal_to_proto(self, row: SignalRow) -> resources_pb2.Signal:
         return (await self._signals_to_proto([row]))[0]
@@ -108,46 +125,10 @@ class SignalServicer(signal_service_pb2_grpc.SignalServiceServicer):
         messages = await self._signals_to_proto(page.rows)
         used = 0
         for index, message in enumerate(messages):
-            used += message.ByteSize() + _REPEATED_ENTRY_OVERHEAD
+            used += message.ByteSize() + REPEATED_ENTRY_OVERHEAD
             if used > self._page_max_bytes and index > 0:
                 return messages[:index], encode_page_token(page.rows[index - 1])
         return messages, page.next_page_token
-
-    async def _events_to_proto(self, batch: list[StoredEvent]) -> list[resources_pb2.SignalEvent]:
-        signals = await self._signals_to_proto([stored.row for stored in batch if stored.row is not None])
-        by_id = {signal.signal_id: signal for signal in signals}
-        messages = []
-        for stored in batch:
-            event = stored.event
-            message = resources_pb2.SignalEvent(
-                cursor=format_cursor(event.seq),
-                type=EVENT_TYPE_TO_PROTO[EventType(event.type)],
-                occurred_at=timestamp(event.created_at),
-                user_id=str(event.user_id),
-            )
-            if stored.row is not None:
-                message.signal.CopyFrom(by_id[str(stored.row.signal.id)])
-            if event.type == EventType.TRADINGVIEW_SESSION_UPDATED:
-                message.tradingview_session.CopyFrom(session_state_to_proto(event.payload or {}))
-            messages.append(message)
-        return messages
-
-    def _batched(
-        self, messages: list[resources_pb2.SignalEvent], per_message: int
-    ) -> Iterator[resources_pb2.SignalEvent]:
-        """`messages` in order, up to `per_message` of them in each SignalEvent.events, each message also
-        ending before it would grow past ``page_max_bytes`` (but carrying at least one event)."""
-        carried: list[resources_pb2.SignalEvent] = []
-        used = 0
-        for message in messages:
-            size = message.ByteSize() + _REPEATED_ENTRY_OVERHEAD
-            if carried and (len(carried) == per_message or used + size > self._page_max_bytes):
-                yield resources_pb2.SignalEvent(cursor=carried[-1].cursor, events=carried)
-                carried, used = [], 0
-            carried.append(message)
-            used += size
-        if carried:
-            yield resources_pb2.SignalEvent(cursor=carried[-1].cursor, events=carried)
 
     async def IngestWebhook(
         self, request: signal_service_pb2.IngestWebhookRequest, context: grpc.aio.ServicerContext
@@ -283,19 +264,29 @@ class SignalServicer(signal_service_pb2_grpc.SignalServiceServicer):
         if request.max_events_per_message < 0:
             raise InvalidArgumentError("max_events_per_message must not be negative")
         per_message = min(request.max_events_per_message, MAX_EVENTS_PER_MESSAGE)
+        with_urls = not request.omit_screenshot_urls
+        user_text = str(user_id)
         key = current_principal().key_fingerprint
+
+        async def outgoing(batch: list[StoredEvent]) -> list[resources_pb2.SignalEvent]:
+            signals = await self._signal_fields(
+                (stored.row for stored in batch if stored.row is not None), with_urls=with_urls
+            )
+            return event_messages(
+                [event_fields(stored, user_text, signals) for stored in batch],
+                per_message=per_message,
+                max_bytes=self._page_max_bytes,
+            )
+
         async with self._feed.subscribe(user_id, request.after_cursor, key=key) as subscription:
             await context.send_initial_metadata((("x-start-cursor", subscription.start_cursor),))
-            async for batch in subscription.batches():
-                # A token or runtime key revoked (or expired) since the stream opened delivers no more.
-                current_principal().ensure_still_valid()
-                messages = await self._events_to_proto(batch)
-                if not per_message:
+            # Closed here, while the subscription is still registered: it may be preparing a page ahead.
+            async with contextlib.aclosing(subscription.batches(outgoing)) as pages:
+                async for messages in pages:
+                    # A token or runtime key revoked (or expired) since the stream opened delivers no more.
+                    current_principal().ensure_still_valid()
                     for message in messages:
                         yield message
-                    continue
-                for carried in self._batched(messages, per_message):
-                    yield carried
 
     async def ClaimCapture(
         self, request: signal_service_pb2.ClaimCaptureRequest, context: grpc.aio.ServicerContext

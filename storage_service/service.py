@@ -132,7 +132,10 @@ class StorageService:
         Existence is not checked: signing needs no round trip, so a page of signals costs no storage
         calls, and a URL for a missing object simply answers 404.
         """
-        validate_key(key)
+        return await self._object_url(validate_key(key), expires_in_seconds)
+
+    async def _object_url(self, key: str, expires_in_seconds: int) -> ObjectUrl:
+        """get_object_url for a key already validated."""
         if expires_in_seconds < 0 or expires_in_seconds > MAX_URL_LIFETIME_SECONDS:
             raise InvalidArgumentError(
                 f"expires_in_seconds must be between 0 and {MAX_URL_LIFETIME_SECONDS}",
@@ -151,7 +154,7 @@ class StorageService:
             raise InvalidArgumentError(f"at most {MAX_KEYS_PER_BATCH} keys per call", reason="TOO_MANY_KEYS")
         for key in keys:
             validate_key(key)
-        return [await self.get_object_url(key, expires_in_seconds) for key in keys]
+        return [await self._object_url(key, expires_in_seconds) for key in keys]
 
     async def stat_object(self, key: str) -> ObjectInfo:
         return await self._backend.stat(validate_key(key))

@@ -9,7 +9,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
-from signal_service.models import SignalEvent, User
+from signal_service.models import EventType, SignalEvent, User
 from signal_service.rows import column_values
 
 EVENTS_CHANNEL = "alerts_signal_events"
@@ -29,10 +29,20 @@ class EventRepository:
     async def after(self, user_id: uuid.UUID, seq: int, limit: int) -> list[SignalEvent]:
         """The user's events after `seq`, oldest first, as read-only records with the model's attribute
         names rather than ORM instances: a replay reads a thousand a page, and building (then collecting)
-        ORM objects was the largest share of its CPU (docs/perf/scale.md)."""
+        ORM objects was the largest share of its CPU (docs/perf/scale.md). Each holds seq, type,
+        signal_id, created_at and payload, the payload only where a message shows it (session events):
+        decoding the others' empty documents cost a share more (docs/perf/analysis.md, "Round 4: replay")."""
         table = sa.inspect(SignalEvent).local_table
         statement = (
-            sa.select(table)
+            sa.select(
+                table.c.seq,
+                table.c.type,
+                table.c.signal_id,
+                table.c.created_at,
+                sa.case((table.c.type == EventType.TRADINGVIEW_SESSION_UPDATED.value, table.c.payload)).label(
+                    "payload"
+                ),
+            )
             .where(table.c.user_id == user_id, table.c.seq > seq)
             .order_by(table.c.seq)
             .limit(limit)

@@ -13,8 +13,9 @@ import logging
 import random
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import asyncpg
 from prometheus_client import Gauge
@@ -29,6 +30,7 @@ from signal_service.signals.repository import SignalRepository, SignalRow
 from signal_service.visibility import no_such_user
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 EVENT_SUBSCRIBERS = Gauge("alerts_stream_subscribers", "Open SubscribeSignals streams in this process")
 EVENT_LISTENER_UP = Gauge("alerts_event_listener_up", "1 while this process is LISTENing for signal events")
@@ -344,27 +346,55 @@ class Subscription:
     def cursor(self) -> str:
         return format_cursor(self._last_sent)
 
-    async def batches(self) -> AsyncIterator[list[StoredEvent]]:
-        """Pages of events in seq order, forever; a page counts as sent once the caller asks for the next."""
-        while True:
-            if self._hub.draining:
-                raise UnavailableError(
-                    "server shutting down; resume from the last cursor on another replica",
-                    reason="SERVER_DRAINING",
-                    metadata={"cursor": self.cursor},
-                )
-            self._ensure_keeping_up()
-            # Cleared before the read: a commit after the read's snapshot rings the bell again.
-            self._waiter.woken.clear()
-            page = await self._hub.page_after(self._waiter, self._last_sent, self._page_size, self._read_page)
-            if page:
-                yield page
+    async def batches(self, prepare: Callable[[list[StoredEvent]], Awaitable[T]]) -> AsyncGenerator[T, None]:
+        """Pages of events in seq order, each as `prepare` makes it (the caller's conversion, which may
+        wait on other services), forever; a page counts as sent once the caller asks for the next.
+
+        After a full page (a replay from far back) the next page is read and prepared while the caller
+        sends this one, so that the database, `prepare` and the send overlap instead of taking turns. One
+        page ahead at most: a client that does not read holds this stream at two pages.
+        """
+        ahead: asyncio.Task[tuple[list[StoredEvent], T] | None] | None = None
+        try:
+            while True:
+                if self._hub.draining:
+                    raise UnavailableError(
+                        "server shutting down; resume from the last cursor on another replica",
+                        reason="SERVER_DRAINING",
+                        metadata={"cursor": self.cursor},
+                    )
+                self._ensure_keeping_up()
+                if ahead is None:
+                    # Cleared before the read: a commit after the read's snapshot rings the bell again.
+                    self._waiter.woken.clear()
+                    read = await self._next(self._last_sent, prepare)
+                else:
+                    read = await ahead
+                    ahead = None
+                if read is None:
+                    jitter = random.uniform(0.8, 1.2)
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._waiter.woken.wait(), self._hub.recheck_seconds * jitter)
+                    continue
+                page, prepared = read
+                if len(page) == self._page_size:
+                    self._waiter.woken.clear()
+                    ahead = asyncio.create_task(self._next(page[-1].event.seq, prepare))
+                yield prepared
                 self._last_sent = self._waiter.sent = page[-1].event.seq
                 self._hub.observe(self._user_id, self._last_sent)
-                continue
-            jitter = random.uniform(0.8, 1.2)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._waiter.woken.wait(), self._hub.recheck_seconds * jitter)
+        finally:
+            if ahead is not None:
+                ahead.cancel()
+                # Whatever it ended with (cancelled, or a failure nobody will ask for now) stays here.
+                await asyncio.gather(ahead, return_exceptions=True)
+
+    async def _next(
+        self, after_seq: int, prepare: Callable[[list[StoredEvent]], Awaitable[T]]
+    ) -> tuple[list[StoredEvent], T] | None:
+        """The page after `after_seq` and what `prepare` made of it; None when nothing is new."""
+        page = await self._hub.page_after(self._waiter, after_seq, self._page_size, self._read_page)
+        return (page, await prepare(page)) if page else None
 
     def _ensure_keeping_up(self) -> None:
         if self._last_sent < self._live_from_seq:
@@ -381,7 +411,7 @@ class Subscription:
         async with self._database.session() as session:
             events = await EventRepository(session).after(user_id, after_seq, limit)
             signal_ids = [event.signal_id for event in events if event.signal_id is not None]
-            rows = await SignalRepository(session).get_many(signal_ids) if signal_ids else []
+            rows = await SignalRepository(session).for_messages(signal_ids) if signal_ids else []
         by_id = {row.signal.id: row for row in rows}
         return [
             StoredEvent(event, by_id.get(event.signal_id) if event.signal_id else None) for event in events

@@ -5,9 +5,10 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql as pg
 from sqlalchemy.dialects.postgresql import distinct_on
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
@@ -33,12 +34,13 @@ class NotificationRepository:
         return list((await self.session.execute(statement)).scalars())
 
     async def for_signals(self, signal_ids: Sequence[uuid.UUID]) -> list[NotificationDelivery]:
-        statement = (
-            sa.select(NotificationDelivery)
-            .where(col(NotificationDelivery.signal_id).in_(signal_ids))
-            .order_by(col(NotificationDelivery.id))
-        )
-        return list((await self.session.execute(statement)).scalars())
+        """The signals' deliveries, oldest first, as read-only records with the model's attribute names: a
+        replay page asks for a thousand signals' deliveries, so no ORM instances, and one array parameter
+        rather than an IN list compiled and planned again for every length (as SignalRepository does)."""
+        table = sa.inspect(NotificationDelivery).local_table
+        ids = sa.bindparam("ids", list(signal_ids), type_=pg.ARRAY(pg.UUID(as_uuid=True)))
+        statement = sa.select(table).where(table.c.signal_id == sa.any_(ids)).order_by(table.c.id)
+        return cast(list[NotificationDelivery], list(await self.session.execute(statement)))
 
     async def oldest_open_alerts(
         self, user_id: uuid.UUID, channels: Sequence[str], now: datetime

@@ -26,7 +26,7 @@ from mesh.auth import generate_key, hash_key
 from mesh.errors import AlertsError, from_rpc_error
 from mesh.grpc import open_channel
 from signal_service.database import Database, create_engine
-from signal_service.events.service import EventFeed, EventHub, listener_dsn
+from signal_service.events.service import EventFeed, EventHub, StoredEvent, listener_dsn
 from tests.conftest import settings_from
 
 STREAM_GUARD_SECONDS = 30  # a broken stream fails the test instead of hanging it
@@ -92,6 +92,11 @@ async def read_events(call: grpc.aio.UnaryStreamCall, count: int) -> list[resour
             assert message is not grpc.aio.EOF, "stream ended early"
             events.append(message)
     return events
+
+
+async def as_read(page: list[StoredEvent]) -> list[StoredEvent]:
+    """Subscription.batches' preparation of a page where a test looks at the events themselves."""
+    return page
 
 
 async def start_cursor(call: grpc.aio.UnaryStreamCall) -> str:
@@ -586,7 +591,7 @@ async def test_a_stream_too_far_behind_ends_with_its_cursor(signals, users, data
         await asyncio.wait_for(hub.wait_listening(), STREAM_GUARD_SECONDS)
         feed = EventFeed(database=database, hub=hub, page_size=1, max_pending=3)
         async with feed.subscribe(user_id, "", key="test") as subscription:
-            batches = subscription.batches()
+            batches = subscription.batches(as_read)
             await ingest(signals, created.webhook_token, alert(0))
             first = await asyncio.wait_for(anext(batches), STREAM_GUARD_SECONDS)
             assert [stored.event.seq for stored in first] == [1]
@@ -627,7 +632,7 @@ async def test_a_replay_longer_than_a_page_reads_on_without_a_notification(
         await asyncio.wait_for(hub.wait_listening(), STREAM_GUARD_SECONDS)
         feed = EventFeed(database=database, hub=hub, page_size=2)
         async with feed.subscribe(user_id, "0", key="test") as subscription:
-            batches = subscription.batches()
+            batches = subscription.batches(as_read)
             pages = [await asyncio.wait_for(anext(batches), 10) for _ in range(3)]
             await batches.aclose()
     finally:
@@ -740,7 +745,7 @@ async def test_streams_of_one_user_share_one_table_read_per_wake(signals, users,
     progress = asyncio.Event()
 
     async def follow(subscription, seen: list[int]) -> None:
-        async for page in subscription.batches():
+        async for page in subscription.batches(as_read):
             seen.extend(stored.event.seq for stored in page)
             progress.set()
 

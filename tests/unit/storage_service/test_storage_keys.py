@@ -1,3 +1,4 @@
+import unicodedata
 from pathlib import PurePosixPath
 
 import pytest
@@ -83,3 +84,19 @@ def test_accepts_keys_built_from_ordinary_segments(segments: list[str]) -> None:
     key = "/".join(segments)
     if len(key.encode()) <= MAX_KEY_BYTES:
         assert validate_key(key) == key
+
+
+@given(st.text(alphabet=st.characters(max_codepoint=0x7F), max_size=40))
+def test_ascii_keys_are_refused_for_exactly_their_first_control_character(text: str) -> None:
+    """The ASCII fast path finds what the per-character check over Unicode categories finds."""
+    key = "a" + text
+    first = next((char for char in key if unicodedata.category(char) in ("Cc", "Cf", "Cs")), None)
+    try:
+        validate_key(key)
+        refusal = ""
+    except InvalidArgumentError as exc:
+        refusal = str(exc)
+    if first is None:
+        assert "contains the character" not in refusal
+    else:
+        assert f"contains the character U+{ord(first):04X}" in refusal

@@ -400,6 +400,7 @@ class SubscribeSignalsRequest(_message.Message):
     USER_ID_FIELD_NUMBER: _builtins.int
     AFTER_CURSOR_FIELD_NUMBER: _builtins.int
     MAX_EVENTS_PER_MESSAGE_FIELD_NUMBER: _builtins.int
+    OMIT_SCREENSHOT_URLS_FIELD_NUMBER: _builtins.int
     user_id: _builtins.str
     after_cursor: _builtins.str
     """Empty: only events from now on."""
@@ -408,16 +409,24 @@ class SubscribeSignalsRequest(_message.Message):
     SignalEvent.events (the service caps it at 1000), so a replay from far back costs one message per
     page instead of one per event; live events come as they commit, usually one per message.
     """
+    omit_screenshot_urls: _builtins.bool
+    """False (the default): each event's signal carries a fresh screenshot_url when its screenshot is
+    COMPLETED, as every read does. True: screenshot_url is left empty on every event of this stream
+    (screenshot_status and screenshot_object_key are still set; GetSignal gives a fresh URL when one is
+    wanted). A replay from far back then costs the storage service no URL signing (one URL per
+    signal), and each event about a fifth fewer bytes.
+    """
     def __init__(
         self,
         *,
         user_id: _builtins.str = ...,
         after_cursor: _builtins.str = ...,
         max_events_per_message: _builtins.int = ...,
+        omit_screenshot_urls: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_cursor", b"after_cursor", "max_events_per_message", b"max_events_per_message", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_cursor", b"after_cursor", "max_events_per_message", b"max_events_per_message", "omit_screenshot_urls", b"omit_screenshot_urls", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,0 +1,192 @@
+"""SubscribeSignals replay: the next page read and prepared while the current one is sent, and streams that
+ask for no screenshot URLs. Real PostgreSQL, a real signal server and storage service where URLs matter."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from apidevs.alerts.v1 import resources_pb2, signal_service_pb2, signal_service_pb2_grpc
+from signal_service.database import Database, create_engine
+from signal_service.events.service import EventFeed, StoredEvent
+from storage_service.service import build_service
+from tests.integration.signal_service.test_platform_api import (
+    STREAM_GUARD_SECONDS,
+    alert,
+    create_user,
+    ingest,
+    listening_hub,
+    read_events,
+    signal_server_with,
+)
+from tests.integration.storage_service.storage_servers import serve_storage, settings_for
+from tests.keys import open_system_channel
+
+
+@contextlib.asynccontextmanager
+async def feed_of(database_url: str, page_size: int) -> AsyncIterator[EventFeed]:
+    database = Database(create_engine(database_url, pool_size=2))
+    try:
+        # A re-check far beyond the guard: pages must come from reads after full pages and from
+        # notifications, never from the periodic look.
+        async with listening_hub(database_url, listening_recheck_seconds=600) as hub:
+            yield EventFeed(database=database, hub=hub, page_size=page_size)
+    finally:
+        await database.dispose()
+
+
+def seqs(page: list[StoredEvent]) -> list[int]:
+    return [stored.event.seq for stored in page]
+
+
+async def user_with_events(signals, users, count: int) -> tuple[uuid.UUID, str]:
+    """A new user with `count` events; their id and webhook token."""
+    created = await create_user(users)
+    for index in range(count):
+        await ingest(signals, created.webhook_token, alert(index))
+    return uuid.UUID(created.user.user_id), created.webhook_token
+
+
+class Recorder:
+    """A page preparation that notes each page's seqs, in the order it is asked to prepare them."""
+
+    def __init__(self) -> None:
+        self.pages: list[list[int]] = []
+        self._rung = asyncio.Event()
+
+    async def __call__(self, page: list[StoredEvent]) -> list[int]:
+        self.pages.append(seqs(page))
+        self._rung.set()
+        return seqs(page)
+
+    async def wait_for(self, count: int) -> None:
+        async with asyncio.timeout(STREAM_GUARD_SECONDS):
+            while len(self.pages) < count:
+                self._rung.clear()
+                await self._rung.wait()
+
+
+async def test_the_next_page_is_prepared_while_the_current_one_is_sent(signals, users, database_url) -> None:
+    """Pages of 2 over 7 events: each page after a full one is read and prepared before the caller asks for
+    it, in order, each event once; then a live event follows the replay's last page."""
+    user_id, token = await user_with_events(signals, users, 7)
+    prepare = Recorder()
+    received: list[list[int]] = []
+    async with (
+        feed_of(database_url, page_size=2) as feed,
+        feed.subscribe(user_id, "0", key="test") as subscription,
+        contextlib.aclosing(subscription.batches(prepare)) as pages,
+    ):
+        async with asyncio.timeout(STREAM_GUARD_SECONDS):
+            for _ in range(4):
+                received.append(await anext(pages))
+                if len(received[-1]) == 2:
+                    # Still "sending" this page: the next one is read and prepared meanwhile, unasked.
+                    await prepare.wait_for(len(received) + 1)
+                    assert prepare.pages[-1][0] == received[-1][-1] + 1
+            live = asyncio.create_task(anext(pages))
+            await ingest(signals, token, alert(8))
+            received.append(await live)
+    assert received == [[1, 2], [3, 4], [5, 6], [7], [8]]
+    assert prepare.pages == received
+
+
+async def test_a_stream_whose_client_does_not_read_holds_one_page_ahead(signals, users, database_url) -> None:
+    user_id, _ = await user_with_events(signals, users, 8)
+    prepare = Recorder()
+    async with (
+        feed_of(database_url, page_size=2) as feed,
+        feed.subscribe(user_id, "0", key="test") as subscription,
+        contextlib.aclosing(subscription.batches(prepare)) as pages,
+    ):
+        first = await asyncio.wait_for(anext(pages), STREAM_GUARD_SECONDS)
+        await prepare.wait_for(2)
+        # The client takes its time with the first page; nothing more is read meanwhile.
+        await asyncio.sleep(0.5)
+        assert prepare.pages == [[1, 2], [3, 4]]
+        assert subscription.cursor == "0"  # the first page is not sent until the next is asked for
+        assert await asyncio.wait_for(anext(pages), STREAM_GUARD_SECONDS) == [3, 4]
+        assert subscription.cursor == "2"
+    assert first == [1, 2]
+
+
+async def test_closing_a_stream_stops_the_page_it_prepares_ahead(signals, users, database_url) -> None:
+    user_id, _ = await user_with_events(signals, users, 3)
+    started, stopped = asyncio.Event(), asyncio.Event()
+
+    async def prepare(page: list[StoredEvent]) -> list[int]:
+        if seqs(page) != [1, 2]:
+            started.set()
+            try:
+                await asyncio.Event().wait()  # a storage call that never answers
+            except asyncio.CancelledError:
+                stopped.set()
+                raise
+        return seqs(page)
+
+    async with (
+        feed_of(database_url, page_size=2) as feed,
+        feed.subscribe(user_id, "0", key="test") as subscription,
+    ):
+        pages = subscription.batches(prepare)
+        assert await asyncio.wait_for(anext(pages), STREAM_GUARD_SECONDS) == [1, 2]
+        await asyncio.wait_for(started.wait(), STREAM_GUARD_SECONDS)
+        await asyncio.wait_for(pages.aclose(), STREAM_GUARD_SECONDS)
+        assert stopped.is_set()
+
+
+@pytest.fixture
+async def with_storage(
+    service_env: dict[str, str], tmp_path: Path
+) -> AsyncIterator[signal_service_pb2_grpc.SignalServiceStub]:
+    """A signal server of its own whose storage service signs URLs (the session's has none to ask)."""
+    settings = settings_for(tmp_path, public_url="http://edge.invalid")
+    async with (
+        serve_storage(build_service(settings), settings) as storage,
+        signal_server_with(service_env, storage_addr=storage.address) as address,
+    ):
+        channel = open_system_channel(address)
+        try:
+            yield signal_service_pb2_grpc.SignalServiceStub(channel)
+        finally:
+            await channel.close()
+
+
+async def test_a_stream_may_ask_for_no_screenshot_urls(users, with_storage) -> None:
+    signals = with_storage
+    created = await create_user(users)
+    signal_id = await ingest(signals, created.webhook_token, alert(1))
+    claim = await signals.ClaimCapture(signal_service_pb2.ClaimCaptureRequest(signal_id=signal_id))
+    await signals.ReportCapture(
+        signal_service_pb2.ReportCaptureRequest(
+            signal_id=signal_id,
+            status=resources_pb2.SCREENSHOT_STATUS_COMPLETED,
+            object_key=claim.object_key,
+            size_bytes=100,
+        )
+    )
+    events = {}
+    for omit in (False, True):
+        call = signals.SubscribeSignals(
+            signal_service_pb2.SubscribeSignalsRequest(
+                user_id=created.user.user_id,
+                after_cursor="0",
+                max_events_per_message=10,
+                omit_screenshot_urls=omit,
+            )
+        )
+        try:
+            (message,) = await read_events(call, 1)
+        finally:
+            call.cancel()
+        events[omit] = message.events[-1].signal
+    assert events[False].screenshot_url.startswith("http://edge.invalid/")
+    assert events[True].screenshot_url == ""
+    for signal in events.values():
+        assert signal.screenshot_status == resources_pb2.SCREENSHOT_STATUS_COMPLETED
+        assert signal.screenshot_object_key == claim.object_key

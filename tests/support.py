@@ -1,12 +1,14 @@
-"""Helpers shared by tests: the sample alert, shortcuts for common gRPC calls, an ASGI app in a thread."""
+"""Helpers shared by tests: the sample alert, shortcuts for common gRPC calls, an ASGI app in a thread, a wait
+for what another process does."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -65,3 +67,13 @@ def asgi_app_in_thread(app: Any) -> Iterator[str]:
         server.should_exit = True
         thread.join(timeout=10)
         sock.close()
+
+
+async def eventually(condition: Callable[[], bool], *, what: str, within: float) -> None:
+    """Waits for something another process does; fails the test when it does not happen in time."""
+    try:
+        async with asyncio.timeout(within):
+            while not condition():  # noqa: ASYNC110 - the condition depends on other processes
+                await asyncio.sleep(0.05)
+    except TimeoutError:
+        raise AssertionError(f"gave up after {within:g} s waiting for {what}") from None

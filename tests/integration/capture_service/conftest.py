@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import io
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,16 +31,6 @@ def picture(png: bytes) -> Image.Image:
 
 def count(image: Image.Image, color: tuple[int, int, int]) -> int:
     return sum(1 for pixel in image.get_flattened_data() if pixel == color)
-
-
-async def eventually(condition: Callable[[], bool], *, what: str, within: float) -> None:
-    """Waits for something another process does; fails the test when it does not happen in time."""
-    try:
-        async with asyncio.timeout(within):
-            while not condition():  # noqa: ASYNC110 - the condition depends on other processes
-                await asyncio.sleep(0.05)
-    except TimeoutError:
-        raise AssertionError(f"gave up after {within:g} s waiting for {what}") from None
 
 
 @dataclass

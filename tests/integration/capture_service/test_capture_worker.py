@@ -65,11 +65,10 @@ from tests.integration.capture_service.conftest import (
     VIEWPORT,
     ChartStub,
     count,
-    eventually,
     picture,
 )
 from tests.keys import SYSTEM_KEYS, open_system_channel
-from tests.support import now_timestamp
+from tests.support import eventually, now_timestamp
 
 COOKIE_KEY = generate_key_entry("capture-test")
 COMPLETED = resources_pb2.SCREENSHOT_STATUS_COMPLETED

@@ -24,7 +24,7 @@ from edge.settings import EdgeSettings
 from edge.spool import WebhookSpool
 from mesh import grpc as mesh_grpc
 from tests.integration.edge.conftest import edge_settings, running_edge, settings_values
-from tests.support import SAMPLE, create_user
+from tests.support import SAMPLE, create_user, eventually
 
 DRAIN_DEADLINE_SECONDS = 60.0
 
@@ -83,15 +83,6 @@ async def until_drained(data_dir: Path) -> None:
             return
         await asyncio.sleep(0.1)
     raise AssertionError(f"{await spool_pending(data_dir)} requests still spooled after the deadline")
-
-
-async def until_answered(posts: list[asyncio.Future[httpx.Response]], at_least: int) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + DRAIN_DEADLINE_SECONDS
-    while sum(post.done() for post in posts) < at_least:
-        if loop.time() > deadline:
-            raise AssertionError(f"{sum(post.done() for post in posts)} of {len(posts)} webhooks answered")
-        await asyncio.sleep(0.01)
 
 
 def files_holding(directory: Path, secret: bytes) -> list[str]:
@@ -279,7 +270,11 @@ async def test_a_burst_beyond_what_the_signal_service_takes_in_time_is_shed_to_t
                 asyncio.ensure_future(http.post(f"/webhook/u/{created.webhook_token}", content=alert(index)))
                 for index in range(count)
             ]
-            await until_answered(posts, at_least=count // 2)
+            await eventually(
+                lambda: sum(post.done() for post in posts) >= count // 2,
+                what="half the burst answered",
+                within=DRAIN_DEADLINE_SECONDS,
+            )
         answers = await asyncio.gather(*posts)
         statuses = [answer.status_code for answer in answers]
         assert set(statuses) <= {200, 202}

@@ -96,17 +96,16 @@ def run_one(name: str, script: str, arguments: list[str], limit: float) -> dict[
                 _, stderr = child.communicate()
             envelope.update(status="timeout", stderr=stderr[-2000:])
             return envelope
-    done = subprocess.CompletedProcess(command, child.returncode, stdout, stderr)
     envelope["wall_s"] = round(time.perf_counter() - started, 1)
     envelope["load_average_at_end"] = load_average()
-    if done.returncode != 0:
-        envelope.update(status=f"exit {done.returncode}", stderr=done.stderr[-3000:])
+    if child.returncode != 0:
+        envelope.update(status=f"exit {child.returncode}", stderr=stderr[-3000:])
         return envelope
     envelope["status"] = "ok"
     if name in FILE_RESULTS:
         envelope["result"] = {"file": FILE_RESULTS[name]}
     else:
-        envelope["result"] = parse_output(done.stdout)
+        envelope["result"] = parse_output(stdout)
     return envelope
 
 

@@ -1,4 +1,4 @@
-"""Helpers that turn ORM rows into insertable values, shared by the repositories."""
+"""Helpers shared by the repositories: ORM rows into insertable values, columns into what messages need."""
 
 from __future__ import annotations
 
@@ -26,3 +26,9 @@ def column_values(row: Any) -> dict[str, Any]:
         for column in row.__table__.columns
         if not (getattr(row, column.name) is None and (column.server_default is not None or column.identity))
     }
+
+
+def epoch_micros(column: str) -> str:
+    """SQL for a timestamptz column as integer microseconds since the epoch (NULL stays NULL): exact, and
+    cheaper to turn into a Timestamp's fields than a datetime (signal_service.event_messages)."""
+    return f"(extract(epoch FROM {column}) * 1000000)::bigint"

@@ -19,7 +19,14 @@ from mesh.grpc import caller_error
 from mesh.logging import request_id_var
 from mesh.roles import ensure_edge_fields_from_edge
 from signal_service.captures.service import CaptureCoordinator
-from signal_service.event_messages import REPEATED_ENTRY_OVERHEAD, event_fields, event_messages
+from signal_service.event_messages import (
+    REPEATED_ENTRY_OVERHEAD,
+    delivery_fields_by_signal,
+    event_messages,
+    page_event_fields,
+    page_screenshot_keys,
+    page_signal_ids,
+)
 from signal_service.events.service import EventFeed, StoredEvent
 from signal_service.intake.service import IngestCommand, WebhookIngestor
 from signal_service.models import ScreenshotStatus
@@ -82,23 +89,17 @@ class SignalServicer(signal_service_pb2_grpc.SignalServiceServicer):
         self._captures = captures
         self._links = links
 
-    async def _signal_fields(
-        self, rows: Iterable[SignalRow], *, with_urls: bool = True
-    ) -> dict[uuid.UUID, dict[str, Any]]:
-        """Each signal's message fields by id, with its deliveries and, unless `with_urls` is off, a fresh
-        URL for its COMPLETED screenshot."""
+    async def _signal_fields(self, rows: Iterable[SignalRow]) -> dict[uuid.UUID, dict[str, Any]]:
+        """Each signal's message fields by id, with its deliveries and a fresh URL for its COMPLETED
+        screenshot."""
         by_id = {row.signal.id: row for row in rows}
         if not by_id:
             return {}
-        keys = (
-            [
-                row.screenshot.object_key
-                for row in by_id.values()
-                if row.screenshot is not None and row.screenshot.status == ScreenshotStatus.COMPLETED
-            ]
-            if with_urls
-            else []
-        )
+        keys = [
+            row.screenshot.object_key
+            for row in by_id.values()
+            if row.screenshot is not None and row.screenshot.status == ScreenshotStatus.COMPLETED
+        ]
         # Side by side: the storage service signs while PostgreSQL reads the deliveries.
         urls, deliveries = await asyncio.gather(
             self._links.urls(keys), self._notifications.deliveries(list(by_id))
@@ -269,11 +270,15 @@ class SignalServicer(signal_service_pb2_grpc.SignalServiceServicer):
         key = current_principal().key_fingerprint
 
         async def outgoing(batch: list[StoredEvent]) -> list[resources_pb2.SignalEvent]:
-            signals = await self._signal_fields(
-                (stored.row for stored in batch if stored.row is not None), with_urls=with_urls
+            # Side by side: the storage service signs while PostgreSQL reads the deliveries.
+            urls, deliveries = await asyncio.gather(
+                self._links.urls(page_screenshot_keys(batch) if with_urls else ()),
+                self._notifications.delivery_records(page_signal_ids(batch)),
             )
             return event_messages(
-                [event_fields(stored, user_text, signals) for stored in batch],
+                page_event_fields(
+                    batch, user_id=user_text, urls=urls, deliveries=delivery_fields_by_signal(deliveries)
+                ),
                 per_message=per_message,
                 max_bytes=self._page_max_bytes,
             )

@@ -8,14 +8,16 @@ docs/architecture.md, "Live signal events".
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import logging
+import operator
 import random
 import time
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import TypeAlias, TypeVar
 
 import asyncpg
 from prometheus_client import Gauge
@@ -24,9 +26,7 @@ from sqlalchemy.engine import make_url
 from mesh.errors import InvalidArgumentError, ResourceExhaustedError, UnavailableError
 from mesh.loops import BackgroundLoop
 from signal_service.database import Database
-from signal_service.events.repository import EVENTS_CHANNEL, EventRepository
-from signal_service.models import SignalEvent
-from signal_service.signals.repository import SignalRepository, SignalRow
+from signal_service.events.repository import EVENTS_CHANNEL, EventRepository, replay_page
 from signal_service.visibility import no_such_user
 
 log = logging.getLogger(__name__)
@@ -75,15 +75,13 @@ class Waiter:
         self.woken = asyncio.Event()
 
 
-@dataclass(frozen=True, slots=True)
-class StoredEvent:
-    event: SignalEvent
-    # The signal as it is now; None for events about no signal, or one since deleted.
-    row: SignalRow | None
-
+# One event with its signal as it is now (signal_service.events.repository.REPLAY_PAGE_SQL's columns);
+# its seq is stored["seq"].
+StoredEvent: TypeAlias = asyncpg.Record
+_seq = operator.itemgetter("seq")
 
 # Reads `limit` events of the user after a seq, with their signals.
-PageReader = Callable[[uuid.UUID, int, int], Awaitable[list["StoredEvent"]]]
+PageReader = Callable[[uuid.UUID, int, int], Awaitable[list[StoredEvent]]]
 
 
 @dataclass(slots=True)
@@ -107,11 +105,13 @@ class _UserFeed:
     reading: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     def after(self, seq: int, limit: int) -> list[StoredEvent]:
-        return [stored for stored in self.recent if stored.event.seq > seq][:limit]
+        # ``recent`` is in seq order: found by bisection, not by a look at each of its thousands of events.
+        first = bisect.bisect_right(self.recent, seq, key=_seq)
+        return self.recent[first : first + limit]
 
     def keep_from(self, seq: int) -> None:
         if self.start is not None and seq > self.start:
-            self.recent = [stored for stored in self.recent if stored.event.seq > seq]
+            del self.recent[: bisect.bisect_right(self.recent, seq, key=_seq)]
             self.start = seq
 
 
@@ -247,7 +247,7 @@ class EventHub:
             feed.read_at = time.monotonic()
             if page:
                 feed.recent.extend(page)
-                feed.end = page[-1].event.seq
+                feed.end = page[-1]["seq"]
                 self.observe(waiter.user_id, feed.end)
             # A full page: more may have committed before any notification this hub saw (a replay from far
             # back), so the next ask reads again instead of waiting for a wake-up that may never come.
@@ -379,9 +379,9 @@ class Subscription:
                 page, prepared = read
                 if len(page) == self._page_size:
                     self._waiter.woken.clear()
-                    ahead = asyncio.create_task(self._next(page[-1].event.seq, prepare))
+                    ahead = asyncio.create_task(self._next(page[-1]["seq"], prepare))
                 yield prepared
-                self._last_sent = self._waiter.sent = page[-1].event.seq
+                self._last_sent = self._waiter.sent = page[-1]["seq"]
                 self._hub.observe(self._user_id, self._last_sent)
         finally:
             if ahead is not None:
@@ -408,22 +408,17 @@ class Subscription:
             )
 
     async def _read_page(self, user_id: uuid.UUID, after_seq: int, limit: int) -> list[StoredEvent]:
-        async with self._database.session() as session:
-            events = await EventRepository(session).after(user_id, after_seq, limit)
-            signal_ids = [event.signal_id for event in events if event.signal_id is not None]
-            rows = await SignalRepository(session).for_messages(signal_ids) if signal_ids else []
-        by_id = {row.signal.id: row for row in rows}
-        return [
-            StoredEvent(event, by_id.get(event.signal_id) if event.signal_id else None) for event in events
-        ]
+        async with self._database.connection() as connection:
+            return await replay_page(connection, user_id, after_seq, limit)
 
 
 class EventFeed:
     """Opens subscriptions: checks the user and the cursor, then hands out a registered Subscription.
 
-    Pages of up to 1000 events: a replay from far back costs a tenth of the round trips (two queries and
-    one storage call a page) that pages of 100 did, 5.2 k -> 7.5 k events/s (docs/PERFORMANCE.md, "Scale");
-    a live stream's pages hold only what is new anyway.
+    Pages of up to 1000 events: a replay from far back reads each page in one query (the events with
+    their signals and screenshots) and prepares it with one more (the signals' deliveries) and one storage
+    call for its screenshot URLs, so per-page costs are spread over a thousand events; a live stream's
+    pages hold only what is new anyway (docs/perf/scale.md, "Replay").
     """
 
     def __init__(

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, cast
 
+import asyncpg
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql as pg
 from sqlalchemy.dialects.postgresql import distinct_on
@@ -14,9 +15,38 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
 from signal_service.models import DeliveryStatus, NotificationDelivery, OutboxMessage, UserConfig
+from signal_service.rows import epoch_micros
 
 OPEN_STATUSES = (DeliveryStatus.PENDING, DeliveryStatus.SENDING)
 FAILED_STATUSES = (DeliveryStatus.FAILED, DeliveryStatus.DEAD)
+
+# The deliveries of a replay page's signals, oldest first, as positional records in what a
+# NotificationDelivery message shows (the order signal_service.event_messages unpacks): ids as text, times
+# as epoch microseconds. A plain asyncpg statement for the same reason as the page's own
+# (signal_service.events.repository.REPLAY_PAGE_SQL).
+DELIVERIES_FOR_MESSAGES_SQL = f"""
+SELECT signal_id::text,
+       channel,
+       kind,
+       status,
+       attempts,
+       last_error,
+       provider_message_id,
+       with_photo,
+       {epoch_micros("created_at")},
+       {epoch_micros("updated_at")},
+       {epoch_micros("delivered_at")}
+  FROM notification_deliveries
+ WHERE signal_id = ANY($1::text[]::uuid[])
+ ORDER BY id
+"""  # noqa: S608 (built from this module's constants)
+
+
+async def deliveries_for_messages(
+    connection: asyncpg.Connection, signal_ids: Sequence[str]
+) -> list[asyncpg.Record]:
+    """The deliveries of the signals (ids as text), DELIVERIES_FOR_MESSAGES_SQL's records."""
+    return list(await connection.fetch(DELIVERIES_FOR_MESSAGES_SQL, list(signal_ids)))
 
 
 class NotificationRepository:

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+import asyncpg
 from prometheus_client import Gauge
 
 from mesh import notification_preferences
@@ -36,7 +37,11 @@ from signal_service.clock import utcnow
 from signal_service.database import DATABASE_AWAY, Database
 from signal_service.ids import require_uuid
 from signal_service.models import DeliveryStatus, NotificationDelivery, OutboxMessage, ScreenshotStatus
-from signal_service.notifications.repository import OPEN_STATUSES, NotificationRepository
+from signal_service.notifications.repository import (
+    OPEN_STATUSES,
+    NotificationRepository,
+    deliveries_for_messages,
+)
 from signal_service.signals.repository import SignalRepository, SignalRow
 from signal_service.signals.service import page_size
 
@@ -325,6 +330,14 @@ class NotificationLedger:
         for row in rows:
             found.setdefault(row.signal_id, []).append(row)
         return found
+
+    async def delivery_records(self, signal_ids: Sequence[str]) -> list[asyncpg.Record]:
+        """The signals' deliveries as a replay page's messages show them, oldest first (see
+        notifications.repository.DELIVERIES_FOR_MESSAGES_SQL); none to read for no signals."""
+        if not signal_ids:
+            return []
+        async with self._database.connection() as connection:
+            return await deliveries_for_messages(connection, signal_ids)
 
     async def failed(self, *, user_id: str, size: int, page_token: str) -> DeliveryPage:
         parsed_user = require_uuid(user_id, "user_id") if user_id else None

@@ -9,11 +9,12 @@ import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import asyncpg
 import pytest
 
 from apidevs.alerts.v1 import resources_pb2, signal_service_pb2, signal_service_pb2_grpc
 from signal_service.database import Database, create_engine
-from signal_service.events.service import EventFeed, StoredEvent
+from signal_service.events.service import EventFeed, StoredEvent, listener_dsn
 from storage_service.service import build_service
 from tests.integration.signal_service.test_platform_api import (
     STREAM_GUARD_SECONDS,
@@ -22,6 +23,7 @@ from tests.integration.signal_service.test_platform_api import (
     ingest,
     listening_hub,
     read_events,
+    set_outcome,
     signal_server_with,
 )
 from tests.integration.storage_service.storage_servers import serve_storage, settings_for
@@ -41,7 +43,7 @@ async def feed_of(database_url: str, page_size: int) -> AsyncIterator[EventFeed]
 
 
 def seqs(page: list[StoredEvent]) -> list[int]:
-    return [stored.event.seq for stored in page]
+    return [stored["seq"] for stored in page]
 
 
 async def user_with_events(signals, users, count: int) -> tuple[uuid.UUID, str]:
@@ -190,3 +192,76 @@ async def test_a_stream_may_ask_for_no_screenshot_urls(users, with_storage) -> N
     for signal in events.values():
         assert signal.screenshot_status == resources_pb2.SCREENSHOT_STATUS_COMPLETED
         assert signal.screenshot_object_key == claim.object_key
+
+
+async def test_replayed_signals_are_the_signals_as_listed(users, with_storage, database_url) -> None:
+    """The replay builds its messages from its own positional reads: each event's signal is field for field
+    what ListSignals shows (URLs aside: each signing is fresh), with a completed screenshot and its URL, a
+    failed one and its error, an outcome with a decimal, parse problems, and deliveries."""
+    signals = with_storage
+    created = await create_user(users)
+    shot_id = await ingest(signals, created.webhook_token, alert(1))
+    failed_id = await ingest(signals, created.webhook_token, alert(2))
+    partial_id = await ingest(signals, created.webhook_token, b"no fields here at all")
+    claim = await signals.ClaimCapture(signal_service_pb2.ClaimCaptureRequest(signal_id=shot_id))
+    await signals.ReportCapture(
+        signal_service_pb2.ReportCaptureRequest(
+            signal_id=shot_id,
+            status=resources_pb2.SCREENSHOT_STATUS_COMPLETED,
+            object_key=claim.object_key,
+            size_bytes=100,
+        )
+    )
+    await signals.ClaimCapture(signal_service_pb2.ClaimCaptureRequest(signal_id=failed_id))
+    await signals.ReportCapture(
+        signal_service_pb2.ReportCaptureRequest(
+            signal_id=failed_id, status=resources_pb2.SCREENSHOT_STATUS_FAILED, error="timeout"
+        )
+    )
+    await set_outcome(signals, shot_id, resources_pb2.SIGNAL_RESULT_WIN, "-12.50", "took it")
+    connection = await asyncpg.connect(listener_dsn(database_url))
+    try:
+        await connection.execute(
+            "INSERT INTO notification_deliveries (signal_id, user_id, channel, kind, status, attempts,"
+            " last_error, with_photo, delivered_at)"
+            " VALUES ($1, $2, 'telegram', 'alert', 'delivered', 2, 'flaky', true, now()),"
+            " ($1, $2, 'discord', 'photo', 'pending', 0, NULL, false, NULL)",
+            uuid.UUID(shot_id),
+            uuid.UUID(created.user.user_id),
+        )
+    finally:
+        await connection.close()
+    listed = await signals.ListSignals(
+        signal_service_pb2.ListSignalsRequest(user_id=created.user.user_id, page_size=10)
+    )
+    expected = {signal.signal_id: signal for signal in listed.signals}
+    call = signals.SubscribeSignals(
+        signal_service_pb2.SubscribeSignalsRequest(
+            user_id=created.user.user_id, after_cursor="0", max_events_per_message=100
+        )
+    )
+    try:
+        (message,) = await read_events(call, 1)
+    finally:
+        call.cancel()
+    replayed = [event for event in message.events if event.HasField("signal")]
+    # Three created, two screenshot updates each (claimed, reported), one outcome.
+    assert len(replayed) == 8
+    assert {event.signal.signal_id for event in replayed} == {shot_id, failed_id, partial_id}
+    for event in replayed:
+        assert event.user_id == created.user.user_id
+        want, got = resources_pb2.Signal(), resources_pb2.Signal()
+        want.CopyFrom(expected[event.signal.signal_id])
+        got.CopyFrom(event.signal)
+        assert got.screenshot_url.startswith("http://edge.invalid/") == want.screenshot_url.startswith(
+            "http://edge.invalid/"
+        )
+        want.ClearField("screenshot_url")
+        got.ClearField("screenshot_url")
+        assert got == want
+    shot = expected[shot_id]
+    assert shot.screenshot_url
+    assert shot.profit_loss == "-12.50"
+    assert [delivery.HasField("delivered_at") for delivery in shot.deliveries] == [True, False]
+    assert expected[failed_id].screenshot_error == "timeout"
+    assert expected[partial_id].parse_problems

@@ -15,6 +15,7 @@ import pytest
 from apidevs.alerts.v1 import resources_pb2, signal_service_pb2, signal_service_pb2_grpc
 from signal_service.database import Database, create_engine
 from signal_service.events.service import EventFeed, StoredEvent, listener_dsn
+from signal_service.storage_links import MAX_KEYS_PER_CALL, ScreenshotLinks
 from storage_service.service import build_service
 from tests.integration.signal_service.test_platform_api import (
     STREAM_GUARD_SECONDS,
@@ -265,3 +266,14 @@ async def test_replayed_signals_are_the_signals_as_listed(users, with_storage, d
     assert [delivery.HasField("delivered_at") for delivery in shot.deliveries] == [True, False]
     assert expected[failed_id].screenshot_error == "timeout"
     assert expected[partial_id].parse_problems
+
+
+async def test_screenshot_urls_for_more_keys_than_one_storage_call_takes(tmp_path: Path) -> None:
+    """A page of 2,000 events can show more screenshots than GetObjectUrls takes in one call: every key
+    still gets its URL (each once, however often the page shows it)."""
+    settings = settings_for(tmp_path, public_url="http://edge.invalid")
+    keys = [f"screenshots/{index}.png" for index in range(MAX_KEYS_PER_CALL + 500)]
+    async with serve_storage(build_service(settings), settings) as storage:
+        urls = await ScreenshotLinks(storage.stub, ttl_seconds=60).urls([*keys, keys[0], None, ""])
+    assert sorted(urls) == sorted(keys)
+    assert all(url.startswith(f"http://edge.invalid/media/{key}?") for key, url in urls.items())

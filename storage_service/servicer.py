@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import grpc
@@ -21,6 +22,18 @@ _CANCELLATION_SETTLE_SECONDS = 0.01
 # committed only if what arrived matches, and it is not stored as metadata (storage records its own).
 DECLARED_SHA256_METADATA_KEY = "sha256"
 SERVICE_NAME = storage_service_pb2.DESCRIPTOR.services_by_name["StorageService"].full_name
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+
+
+def timestamp_fields(moment: datetime | None) -> dict[str, int] | None:
+    """A Timestamp's fields for an aware datetime, by exact integer arithmetic (what FromDatetime gives)."""
+    if moment is None:
+        return None
+    seconds, micros = divmod((moment - _EPOCH) // _MICROSECOND, 1_000_000)
+    return {"seconds": seconds, "nanos": micros * 1000}
 
 
 class StorageServicer(storage_service_pb2_grpc.StorageServiceServicer):
@@ -68,9 +81,9 @@ class StorageServicer(storage_service_pb2_grpc.StorageServiceServicer):
         for key, object_url in zip(
             keys, await self._service.get_object_urls(keys, request.expires_in_seconds), strict=True
         ):
-            message = response.urls.add(key=key, url=object_url.url)
-            if object_url.expires_at is not None:
-                message.expires_at.FromDatetime(object_url.expires_at)
+            # The expiry's fields given to the constructor (set in C), not Timestamp.FromDatetime's Python:
+            # a replay page asks for a thousand URLs.
+            response.urls.add(key=key, url=object_url.url, expires_at=timestamp_fields(object_url.expires_at))
         return response
 
     async def GetObject(

@@ -336,6 +336,8 @@ class Subscription:
         self._live_from_seq = live_from_seq
         self._page_size = page_size
         self._max_pending = max_pending
+        # The read of the page after a full one, begun while that one is prepared: (after which seq, read).
+        self._reading: tuple[int, asyncio.Task[list[StoredEvent]]] | None = None
 
     @property
     def start_cursor(self) -> str:
@@ -350,9 +352,10 @@ class Subscription:
         """Pages of events in seq order, each as `prepare` makes it (the caller's conversion, which may
         wait on other services), forever; a page counts as sent once the caller asks for the next.
 
-        After a full page (a replay from far back) the next page is read and prepared while the caller
-        sends this one, so that the database, `prepare` and the send overlap instead of taking turns. One
-        page ahead at most: a client that does not read holds this stream at two pages.
+        After a full page (a replay from far back) the next page is prepared while the caller sends this
+        one, and the page after it is read meanwhile, so that the database, `prepare` (with the services it
+        waits on) and the send overlap instead of taking turns. Two pages ahead at most, one of them only
+        read: a client that does not read holds this stream at three pages.
         """
         ahead: asyncio.Task[tuple[list[StoredEvent], T] | None] | None = None
         try:
@@ -365,8 +368,6 @@ class Subscription:
                     )
                 self._ensure_keeping_up()
                 if ahead is None:
-                    # Cleared before the read: a commit after the read's snapshot rings the bell again.
-                    self._waiter.woken.clear()
                     read = await self._next(self._last_sent, prepare)
                 else:
                     read = await ahead
@@ -378,23 +379,45 @@ class Subscription:
                     continue
                 page, prepared = read
                 if len(page) == self._page_size:
-                    self._waiter.woken.clear()
                     ahead = asyncio.create_task(self._next(page[-1]["seq"], prepare))
                 yield prepared
                 self._last_sent = self._waiter.sent = page[-1]["seq"]
                 self._hub.observe(self._user_id, self._last_sent)
         finally:
-            if ahead is not None:
-                ahead.cancel()
-                # Whatever it ended with (cancelled, or a failure nobody will ask for now) stays here.
-                await asyncio.gather(ahead, return_exceptions=True)
+            unfinished = [task for task in (ahead, self._reading and self._reading[1]) if task is not None]
+            for task in unfinished:
+                task.cancel()
+            # Whatever they ended with (cancelled, or a failure nobody will ask for now) stays here.
+            await asyncio.gather(*unfinished, return_exceptions=True)
 
     async def _next(
         self, after_seq: int, prepare: Callable[[list[StoredEvent]], Awaitable[T]]
     ) -> tuple[list[StoredEvent], T] | None:
-        """The page after `after_seq` and what `prepare` made of it; None when nothing is new."""
-        page = await self._hub.page_after(self._waiter, after_seq, self._page_size, self._read_page)
-        return (page, await prepare(page)) if page else None
+        """The page after `after_seq` and what `prepare` made of it; None when nothing is new. After a
+        full page, the read of the next begins before this one is prepared."""
+        page = await self._read_after(after_seq)
+        if not page:
+            return None
+        if len(page) == self._page_size:
+            last = page[-1]["seq"]
+            self._reading = (last, asyncio.create_task(self._read_now(last)))
+        return page, await prepare(page)
+
+    async def _read_after(self, after_seq: int) -> list[StoredEvent]:
+        """The page after `after_seq`: the read begun for it, or a read now."""
+        if self._reading is not None:
+            (begun_after, reading), self._reading = self._reading, None
+            if begun_after == after_seq:
+                return await reading
+            reading.cancel()
+            await asyncio.gather(reading, return_exceptions=True)
+        return await self._read_now(after_seq)
+
+    async def _read_now(self, after_seq: int) -> list[StoredEvent]:
+        # Cleared just before the read: a commit after the read's snapshot rings the bell again, so a
+        # stream that finds nothing new and waits is woken by it.
+        self._waiter.woken.clear()
+        return await self._hub.page_after(self._waiter, after_seq, self._page_size, self._read_page)
 
     def _ensure_keeping_up(self) -> None:
         if self._last_sent < self._live_from_seq:

@@ -14,6 +14,8 @@ import pytest
 
 from apidevs.alerts.v1 import resources_pb2, signal_service_pb2, signal_service_pb2_grpc
 from signal_service.database import Database, create_engine
+from signal_service.events import service as events_service
+from signal_service.events.repository import replay_page
 from signal_service.events.service import EventFeed, StoredEvent, listener_dsn
 from signal_service.storage_links import MAX_KEYS_PER_CALL, ScreenshotLinks
 from storage_service.service import build_service
@@ -29,6 +31,7 @@ from tests.integration.signal_service.test_platform_api import (
 )
 from tests.integration.storage_service.storage_servers import serve_storage, settings_for
 from tests.keys import open_system_channel
+from tests.support import eventually
 
 
 @contextlib.asynccontextmanager
@@ -53,6 +56,18 @@ async def user_with_events(signals, users, count: int) -> tuple[uuid.UUID, str]:
     for index in range(count):
         await ingest(signals, created.webhook_token, alert(index))
     return uuid.UUID(created.user.user_id), created.webhook_token
+
+
+def recorded_reads(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The seq after which each table read of the streams' pages begins, in the order they begin."""
+    reads: list[int] = []
+
+    async def recorded(connection, user_id: uuid.UUID, after_seq: int, limit: int) -> list[StoredEvent]:
+        reads.append(after_seq)
+        return await replay_page(connection, user_id, after_seq, limit)
+
+    monkeypatch.setattr(events_service, "replay_page", recorded)
+    return reads
 
 
 class Recorder:
@@ -99,8 +114,11 @@ async def test_the_next_page_is_prepared_while_the_current_one_is_sent(signals, 
     assert prepare.pages == received
 
 
-async def test_a_stream_whose_client_does_not_read_holds_one_page_ahead(signals, users, database_url) -> None:
+async def test_a_stream_whose_client_does_not_read_holds_one_page_prepared_and_one_read_ahead(
+    signals, users, database_url, monkeypatch: pytest.MonkeyPatch
+) -> None:
     user_id, _ = await user_with_events(signals, users, 8)
+    reads = recorded_reads(monkeypatch)
     prepare = Recorder()
     async with (
         feed_of(database_url, page_size=2) as feed,
@@ -109,13 +127,42 @@ async def test_a_stream_whose_client_does_not_read_holds_one_page_ahead(signals,
     ):
         first = await asyncio.wait_for(anext(pages), STREAM_GUARD_SECONDS)
         await prepare.wait_for(2)
-        # The client takes its time with the first page; nothing more is read meanwhile.
+        # The client takes its time with the first page; nothing more is prepared or read meanwhile.
         await asyncio.sleep(0.5)
         assert prepare.pages == [[1, 2], [3, 4]]
+        assert reads == [0, 2, 4]
         assert subscription.cursor == "0"  # the first page is not sent until the next is asked for
         assert await asyncio.wait_for(anext(pages), STREAM_GUARD_SECONDS) == [3, 4]
         assert subscription.cursor == "2"
     assert first == [1, 2]
+
+
+async def test_the_page_after_next_is_read_while_the_next_is_prepared(
+    signals, users, database_url, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The read of a page does not wait for the preparation of the one before it (a storage call, say)."""
+    user_id, _ = await user_with_events(signals, users, 5)
+    reads = recorded_reads(monkeypatch)
+    preparing, release = asyncio.Event(), asyncio.Event()
+
+    async def prepare(page: list[StoredEvent]) -> list[int]:
+        if seqs(page) == [3, 4]:
+            preparing.set()
+            await release.wait()
+        return seqs(page)
+
+    async with (
+        feed_of(database_url, page_size=2) as feed,
+        feed.subscribe(user_id, "0", key="test") as subscription,
+        contextlib.aclosing(subscription.batches(prepare)) as pages,
+    ):
+        async with asyncio.timeout(STREAM_GUARD_SECONDS):
+            assert await anext(pages) == [1, 2]
+            await preparing.wait()
+            await eventually(lambda: 4 in reads, what="the read after 4", within=STREAM_GUARD_SECONDS)
+            release.set()
+            assert [await anext(pages), await anext(pages)] == [[3, 4], [5]]
+    assert reads == [0, 2, 4]
 
 
 async def test_closing_a_stream_stops_the_page_it_prepares_ahead(signals, users, database_url) -> None:

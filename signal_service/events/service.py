@@ -440,8 +440,9 @@ class EventFeed:
 
     Pages of up to 1000 events: a replay from far back reads each page in one query (the events with
     their signals and screenshots) and prepares it with one more (the signals' deliveries) and one storage
-    call for its screenshot URLs, so per-page costs are spread over a thousand events; a live stream's
-    pages hold only what is new anyway (docs/perf/scale.md, "Replay").
+    call for its screenshot URLs, so per-page costs are spread over a thousand events (pages of 2,000
+    measured no faster, and a stream would hold twice as much); a live stream's pages hold only what is
+    new anyway (docs/perf/scale.md, "Round 5").
     """
 
     def __init__(

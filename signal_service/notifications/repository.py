@@ -64,9 +64,9 @@ class NotificationRepository:
         return list((await self.session.execute(statement)).scalars())
 
     async def for_signals(self, signal_ids: Sequence[uuid.UUID]) -> list[NotificationDelivery]:
-        """The signals' deliveries, oldest first, as read-only records with the model's attribute names: a
-        replay page asks for a thousand signals' deliveries, so no ORM instances, and one array parameter
-        rather than an IN list compiled and planned again for every length (as SignalRepository does)."""
+        """The signals' deliveries, oldest first, as read-only records with the model's attribute names (a
+        page of listed signals; a replay page's come from deliveries_for_messages): no ORM instances, and
+        one array parameter rather than an IN list compiled and planned again for every length."""
         table = sa.inspect(NotificationDelivery).local_table
         ids = sa.bindparam("ids", list(signal_ids), type_=pg.ARRAY(pg.UUID(as_uuid=True)))
         statement = sa.select(table).where(table.c.signal_id == sa.any_(ids)).order_by(table.c.id)

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, cast
+from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql as pg
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped
 from sqlmodel import col
@@ -48,35 +46,6 @@ class SignalFilter:
     created_before: datetime | None = None
 
 
-# The signals columns a Signal message shows, besides parse_problems and extra (proto_mapping.signal_fields).
-_MESSAGE_COLUMNS = (
-    "id",
-    "user_id",
-    "chart_id",
-    "indicator",
-    "indicator_key",
-    "ticker",
-    "exchange",
-    "symbol",
-    "price",
-    "signal_type",
-    "interval",
-    "alert_time",
-    "bar_time",
-    "fired_at",
-    "delayed_feed",
-    "parse_status",
-    "raw_body",
-    "content_type",
-    "screenshot_status",
-    "result",
-    "profit_loss",
-    "notes",
-    "created_at",
-    "updated_at",
-)
-
-
 def with_screenshot() -> sa.Select[Signal, Screenshot]:
     """Signals with their screenshot row, if any: what a SignalRow holds."""
     return sa.select(Signal, Screenshot).outerjoin(Screenshot, col(Screenshot.signal_id) == col(Signal.id))
@@ -97,42 +66,6 @@ class SignalRepository:
             statement = statement.with_for_update(of=Signal)
         row = (await self.session.execute(statement)).one_or_none()
         return SignalRow(row[0], row[1]) if row else None
-
-    async def for_messages(self, signal_ids: Sequence[uuid.UUID]) -> list[SignalRow]:
-        """What Signal messages show of these signals and their screenshots, in one query, as read-only
-        records rather than ORM instances (not in the session: nothing to update through them). A replay
-        reads a thousand a page: ORM instances were the largest share of its CPU (docs/perf/scale.md), and
-        columns no message shows, empty JSONB documents decoded, and a second query cost a share more
-        (docs/perf/analysis.md, "Round 4: replay").
-
-        Each record is both the row's `signal` and, when the signal has one, its `screenshot`, holding of
-        the screenshot only `status`, `object_key`, `error` and `completed_at`."""
-        signals, screenshots = sa.inspect(Signal).local_table, sa.inspect(Screenshot).local_table
-        # One array parameter: an IN list of a thousand ids is compiled anew for every page.
-        ids = sa.bindparam("ids", list(signal_ids), type_=pg.ARRAY(pg.UUID(as_uuid=True)))
-        statement = (
-            sa.select(
-                *(signals.c[name] for name in _MESSAGE_COLUMNS),
-                # NULL rather than an empty document: nothing to decode for most signals.
-                sa.func.nullif(signals.c.parse_problems, sa.literal_column("'[]'::jsonb")).label(
-                    "parse_problems"
-                ),
-                sa.func.nullif(signals.c.extra, sa.literal_column("'{}'::jsonb")).label("extra"),
-                screenshots.c.signal_id.label("screenshot_signal_id"),
-                screenshots.c.status,
-                screenshots.c.object_key,
-                screenshots.c.error,
-                screenshots.c.completed_at,
-            )
-            .outerjoin(screenshots, screenshots.c.signal_id == signals.c.id)
-            .where(signals.c.id == sa.any_(ids))
-        )
-        return [
-            SignalRow(
-                cast(Signal, row), cast(Screenshot, row) if row.screenshot_signal_id is not None else None
-            )
-            for row in await self.session.execute(statement)
-        ]
 
     async def matching(
         self, where: SignalFilter, *, after: tuple[datetime, uuid.UUID] | None, limit: int

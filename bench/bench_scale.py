@@ -422,7 +422,8 @@ def recording(processes: dict[str, subprocess.Popen[bytes] | None], profile: Pat
 async def explained_statements(
     dsn: str, requests: dict[str, signal_service_pb2.ListSignalsRequest]
 ) -> dict[str, list[dict[str, Any]]]:
-    """Per request, the statements the signal service's SignalReader.list issues for it, each as PostgreSQL
+    """Per request, the statements the signal service's SignalReader.list issues for it (through a session or
+    on the plain pool), each as PostgreSQL
     runs it for the service: prepared, executed six times (after five, the plan cache may keep a generic
     plan, as it does for the service's prepared statements), then EXPLAIN (ANALYZE, BUFFERS) EXECUTE
     EXPLAIN_RUNS times: the median execution time, the plan of the last run."""
@@ -441,6 +442,22 @@ async def explained_statements(
         issued.append((statement, tuple(parameters or ())))
 
     event.listen(database.engine.sync_engine, "before_cursor_execute", capture)
+    # And what it runs on the plain pool (Database.connection), where there is no such event.
+    plain_connection = database.connection
+
+    def logged(query: Any) -> None:
+        issued.append((query.query, tuple(query.args or ())))
+
+    @contextlib.asynccontextmanager
+    async def logged_connection() -> Any:
+        async with plain_connection() as acquired:
+            acquired.add_query_logger(logged)
+            try:
+                yield acquired
+            finally:
+                acquired.remove_query_logger(logged)
+
+    database.connection = logged_connection  # type: ignore[method-assign]
     reader = SignalReader(database, load_indicator_catalog())
     connection = await connect(dsn)
     explained: dict[str, list[dict[str, Any]]] = {}

@@ -25,6 +25,13 @@ screenshots of free-plan users and `alerts audit prune` (each: duration, ingest 
 retention also how many of the signals' and screenshots' row updates were heap-only); bytes per signal for
 every table with its indexes; pg_dump and pg_restore time and size.
 
+Only ListSignals (every filter and page 100, the heavy and the light user) and GetUserStats, `--samples`
+calls each; `--explain` writes the statements the service issues for each request with their plans and
+execution times, `--profile` records py-spy of the signal and storage services during one more pass:
+
+    .venv/bin/python bench/bench_scale.py --size small --signals 800000 --heavy-signals 200000 \
+        --only lists --samples 200 [--explain /tmp/lists.json] [--profile /tmp/lists]
+
 Retention alone, with more screenshots due (seed, the seeded ingest as the idle figure, bytes, pruning,
 retention):
 

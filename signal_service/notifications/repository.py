@@ -7,16 +7,36 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, cast
 
+import asyncpg
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql as pg
 from sqlalchemy.dialects.postgresql import distinct_on
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
+from signal_service.database import AttributeRecord
 from signal_service.models import DeliveryStatus, NotificationDelivery, OutboxMessage, UserConfig
 
 OPEN_STATUSES = (DeliveryStatus.PENDING, DeliveryStatus.SENDING)
 FAILED_STATUSES = (DeliveryStatus.FAILED, DeliveryStatus.DEAD)
+
+
+class DeliveryReads:
+    """The deliveries that Signal messages show, on a plain asyncpg connection: one round trip, where a
+    session added a ping, BEGIN and ROLLBACK (docs/perf/scale.md, "ListSignals")."""
+
+    def __init__(self, connection: asyncpg.Connection) -> None:
+        self.connection = connection
+
+    async def for_signals(self, signal_ids: Sequence[uuid.UUID]) -> list[NotificationDelivery]:
+        """The signals' deliveries, oldest first, as read-only records with the model's attribute names: a
+        replay page asks for a thousand signals' deliveries, so no ORM instances, and one array parameter
+        rather than a list compiled and planned again for every length."""
+        records = await self.connection.fetch(
+            "SELECT * FROM notification_deliveries WHERE signal_id = ANY($1::uuid[]) ORDER BY id",
+            list(signal_ids),
+            record_class=AttributeRecord,
+        )
+        return cast(list[NotificationDelivery], records)
 
 
 class NotificationRepository:
@@ -32,15 +52,6 @@ class NotificationRepository:
             .with_for_update()
         )
         return list((await self.session.execute(statement)).scalars())
-
-    async def for_signals(self, signal_ids: Sequence[uuid.UUID]) -> list[NotificationDelivery]:
-        """The signals' deliveries, oldest first, as read-only records with the model's attribute names: a
-        replay page asks for a thousand signals' deliveries, so no ORM instances, and one array parameter
-        rather than an IN list compiled and planned again for every length (as SignalRepository does)."""
-        table = sa.inspect(NotificationDelivery).local_table
-        ids = sa.bindparam("ids", list(signal_ids), type_=pg.ARRAY(pg.UUID(as_uuid=True)))
-        statement = sa.select(table).where(table.c.signal_id == sa.any_(ids)).order_by(table.c.id)
-        return cast(list[NotificationDelivery], list(await self.session.execute(statement)))
 
     async def oldest_open_alerts(
         self, user_id: uuid.UUID, channels: Sequence[str], now: datetime

@@ -36,7 +36,7 @@ from signal_service.clock import utcnow
 from signal_service.database import DATABASE_AWAY, Database
 from signal_service.ids import require_uuid
 from signal_service.models import DeliveryStatus, NotificationDelivery, OutboxMessage, ScreenshotStatus
-from signal_service.notifications.repository import OPEN_STATUSES, NotificationRepository
+from signal_service.notifications.repository import OPEN_STATUSES, DeliveryReads, NotificationRepository
 from signal_service.signals.repository import SignalRepository, SignalRow
 from signal_service.signals.service import page_size
 
@@ -319,8 +319,8 @@ class NotificationLedger:
     async def deliveries(
         self, signal_ids: Sequence[uuid.UUID]
     ) -> dict[uuid.UUID, list[NotificationDelivery]]:
-        async with self._database.session() as session:
-            rows = await NotificationRepository(session).for_signals(signal_ids)
+        async with self._database.connection() as connection:
+            rows = await DeliveryReads(connection).for_signals(signal_ids)
         found: dict[uuid.UUID, list[NotificationDelivery]] = {}
         for row in rows:
             found.setdefault(row.signal_id, []).append(row)

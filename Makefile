@@ -22,7 +22,7 @@ test: setup browser proto-check configuration-check lint types imports
 check: lint types imports unit
 
 unit: setup
-	$(VENV)/bin/pytest tests/unit -q -p no:cacheprovider
+	$(VENV)/bin/pytest tests/unit -q -p no:cacheprovider -n 2
 
 setup: $(INSTALLED)
 

@@ -25,6 +25,13 @@ screenshots of free-plan users and `alerts audit prune` (each: duration, ingest 
 retention also how many of the signals' and screenshots' row updates were heap-only); bytes per signal for
 every table with its indexes; pg_dump and pg_restore time and size.
 
+Only ListSignals (every filter and page 100, the heavy and the light user) and GetUserStats, `--samples`
+calls each; `--explain` writes the statements the service issues for each request with their plans and
+execution times, `--profile` records py-spy of the signal and storage services during one more pass:
+
+    .venv/bin/python bench/bench_scale.py --size small --signals 800000 --heavy-signals 200000 \
+        --only lists --samples 200 [--explain /tmp/lists.json] [--profile /tmp/lists]
+
 Retention alone, with more screenshots due (seed, the seeded ingest as the idle figure, bytes, pruning,
 retention):
 
@@ -90,6 +97,8 @@ PAGE_SIZE = 20
 DEEP_PAGE = 100
 REPLAY_EVENTS = 100_000
 REPLAY_EVENTS_PER_MESSAGE = 1000
+# EXPLAIN (ANALYZE, BUFFERS) runs of each ListSignals statement (--only lists --explain).
+EXPLAIN_RUNS = 9
 # Seconds of unmeasured ingest after the signal service's restart that starts a retention pass.
 RESTART_WARMUP = 3
 FREE_DAYS = 30  # the free plan's screenshot retention (SignalSettings.screenshot_retention_days)
@@ -196,7 +205,9 @@ class Scale:
         result = run_plan("loadgen.py", plan)
         return {"rate": INGEST_RATE, "seconds": seconds, **result}
 
-    async def lists(self, user_id: str) -> dict[str, Any]:
+    async def list_requests(self, user_id: str) -> dict[str, signal_service_pb2.ListSignalsRequest]:
+        """The measured ListSignals requests by name: the first page, each filter, and page DEEP_PAGE by
+        page token (when the user has that many pages)."""
         now = datetime.now(UTC)
         filters: dict[str, dict[str, Any]] = {
             "first_page": {},
@@ -209,10 +220,10 @@ class Scale:
                 "created_before": stamp(now - timedelta(days=183)),
             },
         }
-        figures: dict[str, Any] = {}
-        for name, fields in filters.items():
-            request = signal_service_pb2.ListSignalsRequest(user_id=user_id, page_size=PAGE_SIZE, **fields)
-            figures[name] = await timed(lambda request=request: self.signals.ListSignals(request))
+        requests = {
+            name: signal_service_pb2.ListSignalsRequest(user_id=user_id, page_size=PAGE_SIZE, **fields)
+            for name, fields in filters.items()
+        }
         token = ""
         for _ in range(DEEP_PAGE - 1):
             page = await self.signals.ListSignals(
@@ -222,15 +233,51 @@ class Scale:
             if not token:
                 break
         if token:
-            deep = signal_service_pb2.ListSignalsRequest(
+            requests[f"page_{DEEP_PAGE}"] = signal_service_pb2.ListSignalsRequest(
                 user_id=user_id, page_size=PAGE_SIZE, page_token=token
             )
-            figures[f"page_{DEEP_PAGE}"] = await timed(lambda: self.signals.ListSignals(deep))
-        return figures
+        return requests
 
-    async def stats(self, user_id: str) -> dict[str, Any]:
+    async def lists(self, user_id: str, repeats: int = REPEATS) -> dict[str, Any]:
+        return {
+            name: await timed(lambda request=request: self.signals.ListSignals(request), repeats)
+            for name, request in (await self.list_requests(user_id)).items()
+        }
+
+    async def stats(self, user_id: str, repeats: int = REPEATS) -> dict[str, Any]:
         request = signal_service_pb2.GetUserStatsRequest(user_id=user_id)
-        return await timed(lambda: self.signals.GetUserStats(request))
+        return await timed(lambda: self.signals.GetUserStats(request), repeats)
+
+    async def list_figures(self, samples: int, profile: Path | None, explain: Path | None) -> dict[str, Any]:
+        """--only lists: ListSignals for the heavy and the light user and GetUserStats, `samples` calls
+        each; with `profile`, one more pass of the heavy user's while py-spy records the signal and storage
+        services; with `explain`, each request's statements as the service issues them, explained."""
+        figures: dict[str, Any] = {
+            "list_heavy": await self.lists(self.heavy, samples),
+            "list_light": await self.lists(self.light, samples),
+            "stats_heavy": await self.stats(self.heavy, samples),
+        }
+        if profile:
+            pids = {name: self.stack.processes[name].process for name in ("signal", "storage")}
+            requests = await self.list_requests(self.heavy)
+            with recording(pids, profile):
+                for request in requests.values():
+                    for _ in range(samples):
+                        await self.signals.ListSignals(request)
+        if explain:
+            plans = {
+                user: await explained_statements(self.stack.dsn, await self.list_requests(user_id))
+                for user, user_id in (("heavy", self.heavy), ("light", self.light))
+            }
+            await asyncio.to_thread(explain.write_text, json.dumps(plans, indent=1))
+            figures["sql_ms"] = {
+                user: {
+                    name: [statement["execution_ms"] for statement in statements]
+                    for name, statements in by_request.items()
+                }
+                for user, by_request in plans.items()
+            }
+        return figures
 
     async def replay(self, user_id: str, *, per_message: int, omit_urls: bool = False) -> dict[str, Any]:
         """Events/s of a replay from REPLAY_EVENTS back until live; `per_message` 0 is one event per
@@ -377,6 +424,103 @@ def recording(processes: dict[str, subprocess.Popen[bytes] | None], profile: Pat
             recorder.send_signal(2)
         for recorder in recorders:
             recorder.wait(60)
+
+
+async def explained_statements(
+    dsn: str, requests: dict[str, signal_service_pb2.ListSignalsRequest]
+) -> dict[str, list[dict[str, Any]]]:
+    """Per request, the statements the signal service's SignalReader.list issues for it (through a session or
+    on the plain pool), each as PostgreSQL
+    runs it for the service: prepared, executed six times (after five, the plan cache may keep a generic
+    plan, as it does for the service's prepared statements), then EXPLAIN (ANALYZE, BUFFERS) EXECUTE
+    EXPLAIN_RUNS times: the median execution time, the plan of the last run."""
+    from sqlalchemy import event
+
+    from signal_service.database import Database, create_engine
+    from signal_service.parsing import load_indicator_catalog
+    from signal_service.proto_mapping import RESULT_FROM_PROTO, from_timestamp
+    from signal_service.signals.repository import SignalFilter
+    from signal_service.signals.service import SignalReader
+
+    database = Database(create_engine(dsn.replace("postgresql://", "postgresql+asyncpg://", 1)))
+    issued: list[tuple[str, tuple[Any, ...]]] = []
+
+    def capture(connection: Any, cursor: Any, statement: str, parameters: Any, *_: Any) -> None:
+        issued.append((statement, tuple(parameters or ())))
+
+    event.listen(database.engine.sync_engine, "before_cursor_execute", capture)
+    # And what it runs on the plain pool (Database.connection), where there is no such event.
+    plain_connection = database.connection
+
+    def logged(query: Any) -> None:
+        issued.append((query.query, tuple(query.args or ())))
+
+    @contextlib.asynccontextmanager
+    async def logged_connection() -> Any:
+        async with plain_connection() as acquired:
+            acquired.add_query_logger(logged)
+            try:
+                yield acquired
+            finally:
+                acquired.remove_query_logger(logged)
+
+    database.connection = logged_connection  # type: ignore[method-assign]
+    reader = SignalReader(database, load_indicator_catalog())
+    connection = await connect(dsn)
+    explained: dict[str, list[dict[str, Any]]] = {}
+    try:
+        for name, request in requests.items():
+            issued.clear()
+            where = SignalFilter(
+                user_id=uuid.UUID(request.user_id),
+                ticker=request.ticker or None,
+                indicator=request.indicator or None,
+                signal_type=request.signal_type or None,
+                result=RESULT_FROM_PROTO.get(request.result),
+                created_after=from_timestamp(request.created_after, request.HasField("created_after")),
+                created_before=from_timestamp(request.created_before, request.HasField("created_before")),
+            )
+            await reader.list(where, size=request.page_size, page_token=request.page_token)
+            explained[name] = [
+                await explain_prepared(connection, statement, parameters) for statement, parameters in issued
+            ]
+    finally:
+        await connection.close()
+        await database.dispose()
+    return explained
+
+
+async def explain_prepared(
+    connection: asyncpg.Connection, statement: str, parameters: tuple[Any, ...]
+) -> dict[str, Any]:
+    await connection.execute(f"PREPARE measured AS {statement}")
+    try:
+        arguments = ", ".join(sql_literal(value) for value in parameters)
+        execute = f"EXECUTE measured({arguments})" if parameters else "EXECUTE measured"
+        for _ in range(6):
+            await connection.execute(execute)
+        times, plan = [], ""
+        for _ in range(EXPLAIN_RUNS):
+            lines = [row[0] for row in await connection.fetch(f"EXPLAIN (ANALYZE, BUFFERS) {execute}")]
+            plan = "\n".join(lines)
+            times.append(float(lines[-1].split(":")[1].split()[0]))
+    finally:
+        await connection.execute("DEALLOCATE measured")
+    return {
+        "statement": statement,
+        "parameters": [str(value) for value in parameters],
+        "execution_ms": round(statistics.median(times), 3),
+        "plan": plan,
+    }
+
+
+def sql_literal(value: Any) -> str:
+    """A parameter as an SQL literal of unknown type (PostgreSQL gives it the prepared parameter's type)."""
+    if isinstance(value, datetime):
+        value = value.isoformat()
+    if isinstance(value, list):
+        value = "{" + ",".join(str(item) for item in value) + "}"
+    return "'" + str(value).replace("'", "''") + "'"
 
 
 async def seed(
@@ -798,6 +942,13 @@ async def main_async(options: argparse.Namespace) -> dict[str, Any]:
             result["load_average_after"] = [round(value, 2) for value in os.getloadavg()]
             await scale.channel.close()
             return result
+        if options.only == "lists":
+            result["seed"] = await seed(stack.dsn, size, [scale.heavy], [scale.light], options.free_share)
+            result["load_average"] = [round(value, 2) for value in os.getloadavg()]
+            result["lists"] = await scale.list_figures(options.samples, options.profile, options.explain)
+            result["load_average_after"] = [round(value, 2) for value in os.getloadavg()]
+            await scale.channel.close()
+            return result
         if not retention_only:
             result["empty"] = await scale.measure(size["ingest_seconds"])
         result["seed"] = await seed(stack.dsn, size, [scale.heavy], [scale.light], options.free_share)
@@ -862,10 +1013,11 @@ def main() -> None:
     arguments.add_argument("--retention-patience", type=float, default=3600.0, help="seconds")
     arguments.add_argument(
         "--only",
-        choices=["all", "retention", "replay"],
+        choices=["all", "retention", "replay", "lists"],
         default="all",
         help="retention: seed, then only the seeded ingest, bytes per signal, audit pruning and retention;"
-        " replay: seed, then only the heavy user's replays",
+        " replay: seed, then only the heavy user's replays; lists: seed, then only ListSignals (heavy and"
+        " light user) and GetUserStats",
     )
     arguments.add_argument(
         "--free-share",
@@ -882,7 +1034,16 @@ def main() -> None:
         "--profile",
         type=Path,
         default=None,
-        help="py-spy output, one file per kind of replay (--only replay)",
+        help="py-spy output, one file per kind of replay (--only replay) or per service (--only lists)",
+    )
+    arguments.add_argument(
+        "--samples", type=int, default=REPEATS, help="calls of each ListSignals request (--only lists)"
+    )
+    arguments.add_argument(
+        "--explain",
+        type=Path,
+        default=None,
+        help="JSON file of each ListSignals request's statements with their plans (--only lists)",
     )
     options = arguments.parse_args()
     print_json(asyncio.run(main_async(options)))

@@ -1,10 +1,11 @@
 """Storage latency through a real storage process (local-disk backend) and the edge media route.
 
 Measures, sequentially: PutObject of a screenshot-sized object (with and without a declared sha256),
-GetObjectUrl, GET of the object through the edge route, and PutObject of a 5 MiB object. Prints
-p50/p90/p99/max per operation and the command.
+GetObjectUrl, GET of the object through the edge route, PutObject of a 5 MiB object, and DeleteObjects
+of 1,000 keys (a tenth of them already gone, as retention finds them), with the storage process's CPU per
+1,000 deletions. Prints p50/p90/p99/max per operation and the command.
 
-    .venv/bin/python bench/bench_storage.py --rounds 200 --size-kib 300
+    .venv/bin/python bench/bench_storage.py --rounds 200 --size-kib 300 --delete-batches 5
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import os
 import platform
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -27,6 +29,7 @@ from urllib.parse import urlsplit
 
 import grpc
 import httpx
+import psutil
 import uvicorn
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from litestar import Litestar
@@ -92,7 +95,28 @@ def report(name: str, timings: list[float]) -> None:
     print(f"{name:<34} n={len(timings):<4} {figures}")
 
 
-async def bench(address: str, data_dir: Path, rounds: int, size: int) -> None:
+async def bench_deletions(
+    stub: storage_service_pb2_grpc.StorageServiceStub, storage: psutil.Process, batches: int
+) -> None:
+    content = os.urandom(2048)
+    timings: list[float] = []
+    cpu_ms: list[float] = []
+    for batch in range(batches):
+        keys = [f"bench/expired/{batch}/{n}.png" for n in range(1000)]
+        await asyncio.gather(*(stub.PutObject(requests(key, content, {})) for key in keys[:900]))
+        cpu_before = sum(storage.cpu_times()[:2])
+        started = time.perf_counter()
+        answer = await stub.DeleteObjects(storage_service_pb2.DeleteObjectsRequest(keys=keys))
+        timings.append((time.perf_counter() - started) * 1000)
+        cpu_ms.append((sum(storage.cpu_times()[:2]) - cpu_before) * 1000)
+        if answer.failed_keys:
+            raise RuntimeError(f"{len(answer.failed_keys)} deletions failed")
+    report("DeleteObjects 1,000 keys", timings)
+    print(f"{'  storage CPU per 1,000 deletions':<34} median={statistics.median(cpu_ms):7.1f} ms")
+
+
+async def bench(address: str, data_dir: Path, args: argparse.Namespace, storage: psutil.Process) -> None:
+    rounds, size = args.rounds, args.size_kib * 1024
     channel = open_channel(address, API_KEY)
     stub = storage_service_pb2_grpc.StorageServiceStub(channel)
     content = os.urandom(size)
@@ -139,6 +163,7 @@ async def bench(address: str, data_dir: Path, rounds: int, size: int) -> None:
         report("GetObjectUrl", await measure(rounds, get_url))
         report(f"GET /media ({size // 1024} KiB) via edge", await measure(rounds, fetch))
         report("PutObject 5 MiB", await measure(max(10, rounds // 10), put_large))
+        await bench_deletions(stub, storage, args.delete_batches)
 
     server.should_exit = True
     await serving
@@ -149,6 +174,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=200)
     parser.add_argument("--size-kib", type=int, default=300)
+    parser.add_argument("--delete-batches", type=int, default=5, help="DeleteObjects calls of 1,000 keys")
     args = parser.parse_args()
     logging.getLogger("httpx").setLevel(logging.WARNING)
     with tempfile.TemporaryDirectory() as directory:
@@ -171,7 +197,7 @@ def main() -> None:
             print(f"$ {command_line()}")
             machine = f"python {platform.python_version()}, {platform.machine()}, {os.cpu_count()} CPUs"
             print(f"{machine}, local-disk backend")
-            asyncio.run(bench(f"127.0.0.1:{port}", data_dir, args.rounds, args.size_kib * 1024))
+            asyncio.run(bench(f"127.0.0.1:{port}", data_dir, args, psutil.Process(process.pid)))
         finally:
             process.send_signal(signal.SIGTERM)
             process.wait(timeout=30)

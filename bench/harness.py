@@ -4,9 +4,9 @@ Uses PostgreSQL and Redis on 127.0.0.1 when they answer, otherwise (or when aske
 given directory, started as this process's children. Everything it starts, it stops, and it drops the
 databases it created, also when the run fails or is stopped with SIGTERM or Ctrl-C.
 
-A run killed outright (SIGKILL, e.g. run_all.py's timeout) cannot clean up: its databases are named after
-its pid (``alerts_bench_p<pid>_...``), and the next stack on the same server drops those whose process
-is gone. A database of a run still in progress is never touched.
+A run killed outright (SIGKILL, e.g. run_all.py's timeout) cannot clean up: its databases carry its pid
+(alerts/scratch_databases.py), and the next stack on the same server drops those whose process is gone.
+A database of a run still in progress is never touched.
 """
 
 from __future__ import annotations
@@ -15,13 +15,12 @@ import asyncio
 import contextlib
 import json
 import os
-import re
 import signal
 import socket
 import sys
 import threading
 import uuid
-from collections.abc import Coroutine, Iterable, Iterator
+from collections.abc import Coroutine, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import FrameType
@@ -32,6 +31,7 @@ import redis
 
 from alerts.embedded import EmbeddedInfrastructure, start_postgres, start_redis
 from alerts.processes import ManagedProcess
+from alerts.scratch_databases import ScratchDatabases
 from alerts.stack import Stack as ServiceProcesses
 from alerts.stack import build_stack
 from apidevs.alerts.v1 import resources_pb2, user_service_pb2, user_service_pb2_grpc
@@ -40,49 +40,7 @@ from mesh.grpc import open_channel
 
 _T = TypeVar("_T")
 
-_DATABASE_PREFIX = "alerts_bench_"
-_CREATOR_PID = re.compile(rf"{_DATABASE_PREFIX}p(\d+)_")
-
-
-def bench_database_name() -> str:
-    """A new database name carrying this process's pid (as do the names made from it by a suffix)."""
-    return f"{_DATABASE_PREFIX}p{os.getpid()}_{uuid.uuid4().hex[:10]}"
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def leftover_databases(names: Iterable[str]) -> list[str]:
-    """The bench databases among `names` whose creating process is gone (never another run's in progress,
-    nor one whose name carries no pid)."""
-    leftovers = []
-    for name in names:
-        creator = _CREATOR_PID.match(name)
-        if creator is not None and not _process_alive(int(creator.group(1))):
-            leftovers.append(name)
-    return leftovers
-
-
-async def drop_leftover_databases(admin_dsn: str) -> list[str]:
-    """Drops the databases killed bench runs left on the server at `admin_dsn`; returns their names."""
-    connection = await asyncpg.connect(admin_dsn)
-    try:
-        rows = await connection.fetch(
-            "SELECT datname FROM pg_database WHERE starts_with(datname, $1)", _DATABASE_PREFIX
-        )
-        leftovers = leftover_databases(row["datname"] for row in rows)
-        for name in leftovers:
-            await connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await connection.close()
-    return leftovers
+BENCH_DATABASES = ScratchDatabases("alerts_bench_")
 
 
 def _reachable(port: int) -> bool:
@@ -114,7 +72,7 @@ class Stack:
         self.infra = EmbeddedInfrastructure()
         self.services: ServiceProcesses | None = None
         self.key = generate_key()
-        self.database_name = bench_database_name()
+        self.database_name = BENCH_DATABASES.new_name()
         self._databases: list[str] = []
         self._previous_sigterm: Any = None
         self.env: dict[str, str] = {}
@@ -172,7 +130,7 @@ class Stack:
             redis_url = self.infra.redis_url
         if shared_postgres:
             # A server other runs share: clear what killed runs left there.
-            self._admin_sync_result(drop_leftover_databases(self.admin_dsn))
+            self._admin_sync_result(BENCH_DATABASES.drop_leftovers(self.admin_dsn))
         self._create_database(self.database_name)
         self.services = build_stack(
             self.workdir / "logs",

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import asyncpg
 from asyncpg.connection import LoggedQuery
@@ -86,6 +88,24 @@ def _query_logged(query: LoggedQuery) -> None:
 async def _keep_session(connection: asyncpg.Connection) -> None:
     """Skips asyncpg's per-release RESET ALL round trip: these connections only ever run single
     statements, and never SET, LISTEN or take advisory locks. (An open transaction is still rolled back.)"""
+
+
+class AttributeRecord(asyncpg.Record):  # type: ignore[misc]  # asyncpg publishes no types
+    """A plain connection's row read by attribute too (`record.status`), as SQLAlchemy's rows are: what
+    code written for ORM instances or Core rows (proto_mapping) reads. The pool has no JSON codec (its
+    other statements pass JSON as text), so a statement selects its JSON columns as text, under a name
+    in JSON_COLUMNS, and they are decoded where read."""
+
+    JSON_COLUMNS = frozenset({"parse_problems", "extra"})
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            value = self[name]
+        except KeyError:
+            raise AttributeError(name) from None
+        if name in self.JSON_COLUMNS and isinstance(value, str):
+            return json.loads(value)
+        return value
 
 
 class Database:

@@ -6,7 +6,8 @@ building each Signal, then copying it into its event and the event into its batc
 proto work (docs/perf/analysis.md, "Round 4: replay"). The fields come straight from the page's positional
 records (signal_service.events.repository.REPLAY_PAGE_SQL, notifications.repository
 .DELIVERIES_FOR_MESSAGES_SQL): no row objects, attribute lookups or datetimes in between, each signal's
-fields built once a page however many of its events the page holds (docs/perf/scale.md, "Round 5").
+fields built once a page however many of its events the page holds (docs/perf/scale.md, "Round 5 (branch
+replay)").
 """
 
 from __future__ import annotations

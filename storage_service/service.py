@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import logging
 import re
@@ -14,7 +13,7 @@ from urllib.parse import quote
 
 from prometheus_client import Counter
 
-from mesh.errors import InvalidArgumentError, NotFoundError
+from mesh.errors import InvalidArgumentError
 from mesh.signing import media_signing_secret
 from storage_service.backends.base import StorageBackend
 from storage_service.keys import validate_key, validate_prefix
@@ -29,9 +28,6 @@ MAX_CHUNK_BYTES = 1024 * 1024
 DEFAULT_URL_LIFETIME_SECONDS = 3600
 MAX_URL_LIFETIME_SECONDS = 7 * 24 * 3600
 MAX_KEYS_PER_BATCH = 1000
-# Deletions in flight at once for one DeleteObjects call: a cloud backend's calls overlap, local disk's
-# are quick anyway.
-_DELETE_CONCURRENCY = 16
 DEFAULT_CONTENT_TYPE = "application/octet-stream"
 # Every backend stores the SHA-256 under this metadata name.
 RESERVED_METADATA_KEYS = frozenset({"sha256"})
@@ -172,21 +168,7 @@ class StorageService:
             raise InvalidArgumentError(f"at most {MAX_KEYS_PER_BATCH} keys per call", reason="TOO_MANY_KEYS")
         for key in keys:
             validate_key(key)
-        gate = asyncio.Semaphore(_DELETE_CONCURRENCY)
-
-        async def delete(key: str) -> bool:
-            async with gate:
-                try:
-                    await self._backend.delete(key)
-                except NotFoundError:
-                    return True
-                except Exception:
-                    log.exception("deleting an object failed", extra={"key": key})
-                    return False
-            return True
-
-        outcomes = await asyncio.gather(*(delete(key) for key in keys))
-        return [key for key, deleted in zip(keys, outcomes, strict=True) if not deleted]
+        return await self._backend.delete_many(keys)
 
     def list_objects(self, prefix: str = "") -> AsyncIterator[ObjectSummary]:
         """Objects whose key starts with ``prefix``, in key order (for retention and usage jobs)."""

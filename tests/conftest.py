@@ -19,6 +19,7 @@ import pytest
 
 from alerts.embedded import EmbeddedInfrastructure, start_postgres, start_redis
 from tests.keys import ACCEPTED_ENTRIES, SYSTEM_KEYS
+from tests.support import TEST_DATABASES
 
 # The operator's (admin) key: the platform's powers, for tests that act as the platform.
 SERVICE_KEY = SYSTEM_KEYS.operator
@@ -45,7 +46,7 @@ def database_url(embedded: EmbeddedInfrastructure, tmp_path_factory: pytest.Temp
     """A fresh database for this test session, with every migration applied."""
     from signal_service.migrate import upgrade
 
-    name = f"alerts_test_{uuid.uuid4().hex[:12]}"
+    name = TEST_DATABASES.new_name()
     if _reachable(5432):
         admin_dsn = "postgresql://postgres@127.0.0.1:5432/postgres"
         url = f"postgresql+asyncpg://postgres@127.0.0.1:5432/{name}"
@@ -64,6 +65,7 @@ def database_url(embedded: EmbeddedInfrastructure, tmp_path_factory: pytest.Temp
         finally:
             await connection.close()
 
+    asyncio.run(TEST_DATABASES.drop_leftovers(admin_dsn))
     asyncio.run(admin(f'CREATE DATABASE "{name}"'))
     upgrade(url)
     yield url

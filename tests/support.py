@@ -15,7 +15,11 @@ from typing import Any
 import uvicorn
 from google.protobuf import timestamp_pb2
 
+from alerts.scratch_databases import ScratchDatabases
 from apidevs.alerts.v1 import resources_pb2, signal_service_pb2, user_service_pb2
+
+# The tests' databases; a session drops those a killed session left behind.
+TEST_DATABASES = ScratchDatabases("alerts_test_")
 
 SAMPLE = """🚨 ADX DEF [APIDEVS]
 📈 Señal: Divergencia Alcista

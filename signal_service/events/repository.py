@@ -20,7 +20,8 @@ EVENTS_CHANNEL = "alerts_signal_events"
 # one signal_service.event_messages unpacks): ids as text, times as epoch microseconds, JSON as text, and
 # NULL rather than the empty documents most signals hold. One statement on a plain asyncpg connection: a
 # replay reads a thousand events a page, and SQLAlchemy's execute path and its rows, the second query for
-# the signals and the field-by-field copies were most of a page's read (docs/perf/scale.md, "Round 5").
+# the signals and the field-by-field copies were most of a page's read (docs/perf/scale.md, "Round 5
+# (branch replay)").
 # A signal shows only on its own user's events; NULL columns where the event names no signal, or one
 # since deleted.
 REPLAY_PAGE_SQL = f"""

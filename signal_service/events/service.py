@@ -442,7 +442,7 @@ class EventFeed:
     their signals and screenshots) and prepares it with one more (the signals' deliveries) and one storage
     call for its screenshot URLs, so per-page costs are spread over a thousand events (pages of 2,000
     measured no faster, and a stream would hold twice as much); a live stream's pages hold only what is
-    new anyway (docs/perf/scale.md, "Round 5").
+    new anyway (docs/perf/scale.md, "Round 5 (branch replay)").
     """
 
     def __init__(

@@ -7,7 +7,7 @@ transactions are running, new rows wait, and the next transaction takes every ro
 BatchIngestWebhooks call, whose tasks hand their rows over in the same turn of the event loop, go
 together rather than their first one or two alone.
 
-The batch statement (intake/sql/ingest_webhooks_v5.sql) locks its users in id order, so two batches cannot
+The batch function (ingest_webhooks(), intake/sql/) locks its users in id order, so two batches cannot
 deadlock each other. When a batch fails for anything but an unreachable database (a deadlock with another
 kind of transaction, one row the database refuses), each of its rows is stored again on its own, so one
 bad row never costs the others their answer.

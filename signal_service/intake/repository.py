@@ -91,7 +91,7 @@ class WebhookIngest:
 
 @dataclass(slots=True)
 class WebhookOutcome:
-    # "accepted", "duplicate", "quota_exceeded", "rate_limited" or "stale" (sql/ingest_webhooks_v5.sql).
+    # "accepted", "duplicate", "quota_exceeded", "rate_limited" or "stale" (ingest_webhooks(), intake/sql/).
     outcome: str
     signal_id: uuid.UUID | None
     screenshot_status: str | None

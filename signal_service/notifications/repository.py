@@ -9,11 +9,11 @@ from typing import Any, cast
 
 import asyncpg
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql as pg
 from sqlalchemy.dialects.postgresql import distinct_on
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
+from signal_service.database import AttributeRecord
 from signal_service.models import DeliveryStatus, NotificationDelivery, OutboxMessage, UserConfig
 from signal_service.rows import epoch_micros
 
@@ -42,11 +42,27 @@ SELECT signal_id::text,
 """  # noqa: S608 (built from this module's constants)
 
 
-async def deliveries_for_messages(
-    connection: asyncpg.Connection, signal_ids: Sequence[str]
-) -> list[asyncpg.Record]:
-    """The deliveries of the signals (ids as text), DELIVERIES_FOR_MESSAGES_SQL's records."""
-    return list(await connection.fetch(DELIVERIES_FOR_MESSAGES_SQL, list(signal_ids)))
+class DeliveryReads:
+    """The deliveries that Signal messages show, on a plain asyncpg connection: one round trip, where a
+    session added a ping, BEGIN and ROLLBACK (docs/perf/scale.md, "ListSignals")."""
+
+    def __init__(self, connection: asyncpg.Connection) -> None:
+        self.connection = connection
+
+    async def for_signals(self, signal_ids: Sequence[uuid.UUID]) -> list[NotificationDelivery]:
+        """The signals' deliveries, oldest first, as read-only records with the model's attribute names (a
+        page of listed signals; a replay page's come from for_messages): no ORM instances, and one array
+        parameter rather than a list compiled and planned again for every length."""
+        records = await self.connection.fetch(
+            "SELECT * FROM notification_deliveries WHERE signal_id = ANY($1::uuid[]) ORDER BY id",
+            list(signal_ids),
+            record_class=AttributeRecord,
+        )
+        return cast(list[NotificationDelivery], records)
+
+    async def for_messages(self, signal_ids: Sequence[str]) -> list[asyncpg.Record]:
+        """The deliveries of the signals (ids as text) as DELIVERIES_FOR_MESSAGES_SQL's positional records."""
+        return list(await self.connection.fetch(DELIVERIES_FOR_MESSAGES_SQL, list(signal_ids)))
 
 
 class NotificationRepository:
@@ -62,15 +78,6 @@ class NotificationRepository:
             .with_for_update()
         )
         return list((await self.session.execute(statement)).scalars())
-
-    async def for_signals(self, signal_ids: Sequence[uuid.UUID]) -> list[NotificationDelivery]:
-        """The signals' deliveries, oldest first, as read-only records with the model's attribute names (a
-        page of listed signals; a replay page's come from deliveries_for_messages): no ORM instances, and
-        one array parameter rather than an IN list compiled and planned again for every length."""
-        table = sa.inspect(NotificationDelivery).local_table
-        ids = sa.bindparam("ids", list(signal_ids), type_=pg.ARRAY(pg.UUID(as_uuid=True)))
-        statement = sa.select(table).where(table.c.signal_id == sa.any_(ids)).order_by(table.c.id)
-        return cast(list[NotificationDelivery], list(await self.session.execute(statement)))
 
     async def oldest_open_alerts(
         self, user_id: uuid.UUID, channels: Sequence[str], now: datetime

@@ -37,11 +37,7 @@ from signal_service.clock import utcnow
 from signal_service.database import DATABASE_AWAY, Database
 from signal_service.ids import require_uuid
 from signal_service.models import DeliveryStatus, NotificationDelivery, OutboxMessage, ScreenshotStatus
-from signal_service.notifications.repository import (
-    OPEN_STATUSES,
-    NotificationRepository,
-    deliveries_for_messages,
-)
+from signal_service.notifications.repository import OPEN_STATUSES, DeliveryReads, NotificationRepository
 from signal_service.signals.repository import SignalRepository, SignalRow
 from signal_service.signals.service import page_size
 
@@ -324,8 +320,8 @@ class NotificationLedger:
     async def deliveries(
         self, signal_ids: Sequence[uuid.UUID]
     ) -> dict[uuid.UUID, list[NotificationDelivery]]:
-        async with self._database.session() as session:
-            rows = await NotificationRepository(session).for_signals(signal_ids)
+        async with self._database.connection() as connection:
+            rows = await DeliveryReads(connection).for_signals(signal_ids)
         found: dict[uuid.UUID, list[NotificationDelivery]] = {}
         for row in rows:
             found.setdefault(row.signal_id, []).append(row)
@@ -337,7 +333,7 @@ class NotificationLedger:
         if not signal_ids:
             return []
         async with self._database.connection() as connection:
-            return await deliveries_for_messages(connection, signal_ids)
+            return await DeliveryReads(connection).for_messages(signal_ids)
 
     async def failed(self, *, user_id: str, size: int, page_token: str) -> DeliveryPage:
         parsed_user = require_uuid(user_id, "user_id") if user_id else None

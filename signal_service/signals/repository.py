@@ -5,13 +5,15 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
+import asyncpg
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped
 from sqlmodel import col
 
+from signal_service.database import AttributeRecord
 from signal_service.models import Screenshot, Signal, User, UserSignalCounts
 
 
@@ -46,6 +48,109 @@ class SignalFilter:
     created_before: datetime | None = None
 
 
+# The signals columns a Signal message shows, besides parse_problems and extra (proto_mapping.signal_fields).
+_MESSAGE_COLUMNS = (
+    "id",
+    "user_id",
+    "chart_id",
+    "indicator",
+    "indicator_key",
+    "ticker",
+    "exchange",
+    "symbol",
+    "price",
+    "signal_type",
+    "interval",
+    "alert_time",
+    "bar_time",
+    "fired_at",
+    "delayed_feed",
+    "parse_status",
+    "raw_body",
+    "content_type",
+    "screenshot_status",
+    "result",
+    "profit_loss",
+    "notes",
+    "created_at",
+    "updated_at",
+)
+
+
+# ListSignals' page: what proto_mapping.signal_fields reads of a signal and its screenshot, JSON as text
+# (AttributeRecord).
+_PAGE_SELECT = f"""
+SELECT {", ".join(f"s.{name}" for name in _MESSAGE_COLUMNS)},
+       nullif(s.parse_problems, '[]'::jsonb)::text AS parse_problems,
+       nullif(s.extra, '{{}}'::jsonb)::text AS extra,
+       sc.signal_id AS screenshot_signal_id, sc.status, sc.object_key, sc.error, sc.completed_at
+FROM signals s LEFT JOIN screenshots sc ON sc.signal_id = s.id
+WHERE s.user_id = $1"""  # noqa: S608 (column names of this module, no value)
+# SignalFilter's equality filters and the column each compares.
+_EQUALITY_FILTERS = (
+    ("ticker", "ticker"),
+    ("indicator", "indicator"),
+    ("indicator_key", "indicator_key"),
+    ("signal_type", "signal_type"),
+    ("result", "result"),
+    ("screenshot_status", "screenshot_status"),
+)
+
+
+def page_statement(
+    where: SignalFilter, *, after: tuple[datetime, uuid.UUID] | None, limit: int
+) -> tuple[str, list[Any]]:
+    """ListSignals' page as one statement and its arguments: newest first, keyset-paginated on
+    (created_at, id) so pages stay stable under inserts. A filter left out is left out of the text, not
+    compared with NULL: each combination of filters is its own prepared statement, whose plan uses the
+    index of its filter (docs/perf/scale-plans.md)."""
+    text = [_PAGE_SELECT]
+    arguments: list[Any] = [where.user_id]
+
+    def argument(value: Any, cast_to: str) -> str:
+        arguments.append(value)
+        return f"${len(arguments)}::{cast_to}"
+
+    for name, column in _EQUALITY_FILTERS:
+        value = getattr(where, name)
+        if value is not None:
+            text.append(f"AND s.{column} = {argument(value, 'text')}")
+    if where.created_after is not None:
+        text.append(f"AND s.created_at > {argument(where.created_after, 'timestamptz')}")
+    if where.created_before is not None:
+        text.append(f"AND s.created_at < {argument(where.created_before, 'timestamptz')}")
+    if after is not None:
+        created_at, signal_id = after
+        key = f"{argument(created_at, 'timestamptz')}, {argument(signal_id, 'uuid')}"
+        text.append(f"AND (s.created_at, s.id) < ({key})")
+    text.append(f"ORDER BY s.created_at DESC, s.id DESC LIMIT {argument(limit, 'int')}")
+    return "\n".join(text), arguments
+
+
+class SignalPages:
+    """ListSignals' pages on a plain asyncpg connection: one round trip a page, where a session added a
+    ping, BEGIN and ROLLBACK, and read-only records rather than ORM instances (docs/perf/scale.md,
+    "ListSignals")."""
+
+    def __init__(self, connection: asyncpg.Connection) -> None:
+        self.connection = connection
+
+    async def matching(
+        self, where: SignalFilter, *, after: tuple[datetime, uuid.UUID] | None, limit: int
+    ) -> list[SignalRow]:
+        """Each record is both the row's `signal` and, when the signal has one, its `screenshot`, holding of
+        the screenshot only `status`, `object_key`, `error` and `completed_at`."""
+        text, arguments = page_statement(where, after=after, limit=limit)
+        records = await self.connection.fetch(text, *arguments, record_class=AttributeRecord)
+        return [
+            SignalRow(
+                cast(Signal, record),
+                cast(Screenshot, record) if record["screenshot_signal_id"] is not None else None,
+            )
+            for record in records
+        ]
+
+
 def with_screenshot() -> sa.Select[Signal, Screenshot]:
     """Signals with their screenshot row, if any: what a SignalRow holds."""
     return sa.select(Signal, Screenshot).outerjoin(Screenshot, col(Screenshot.signal_id) == col(Signal.id))
@@ -66,30 +171,6 @@ class SignalRepository:
             statement = statement.with_for_update(of=Signal)
         row = (await self.session.execute(statement)).one_or_none()
         return SignalRow(row[0], row[1]) if row else None
-
-    async def matching(
-        self, where: SignalFilter, *, after: tuple[datetime, uuid.UUID] | None, limit: int
-    ) -> list[SignalRow]:
-        """Newest first, keyset-paginated on (created_at, id) so pages stay stable under inserts."""
-        statement = with_screenshot().where(col(Signal.user_id) == where.user_id)
-        for column, value in (
-            (col(Signal.ticker), where.ticker),
-            (col(Signal.indicator), where.indicator),
-            (col(Signal.indicator_key), where.indicator_key),
-            (col(Signal.signal_type), where.signal_type),
-            (col(Signal.result), where.result),
-            (col(Signal.screenshot_status), where.screenshot_status),
-        ):
-            if value is not None:
-                statement = statement.where(column == value)
-        if where.created_after is not None:
-            statement = statement.where(col(Signal.created_at) > where.created_after)
-        if where.created_before is not None:
-            statement = statement.where(col(Signal.created_at) < where.created_before)
-        if after is not None:
-            statement = statement.where(sa.tuple_(col(Signal.created_at), col(Signal.id)) < sa.tuple_(*after))
-        statement = statement.order_by(col(Signal.created_at).desc(), col(Signal.id).desc()).limit(limit)
-        return [SignalRow(row[0], row[1]) for row in await self.session.execute(statement)]
 
     async def stats(self, user_id: uuid.UUID, month_start: datetime) -> UserStatsRow | None:
         """One user's counters: the sum of their monthly rows (a dozen a year), kept on write by triggers

@@ -16,7 +16,13 @@ from signal_service.events.repository import EventRepository
 from signal_service.ids import require_uuid
 from signal_service.models import EventType, SignalEvent, SignalResult
 from signal_service.parsing import IndicatorCatalog
-from signal_service.signals.repository import SignalFilter, SignalRepository, SignalRow, UserStatsRow
+from signal_service.signals.repository import (
+    SignalFilter,
+    SignalPages,
+    SignalRepository,
+    SignalRow,
+    UserStatsRow,
+)
 from signal_service.users.repository import UserRepository
 from signal_service.visibility import no_such_signal, no_such_user
 
@@ -76,8 +82,8 @@ class SignalReader:
         require_storable_text(where)
         limit = page_size(size)
         after = decode_page_token(page_token) if page_token else None
-        async with self._database.session() as session:
-            rows = await SignalRepository(session).matching(
+        async with self._database.connection() as connection:
+            rows = await SignalPages(connection).matching(
                 self._by_indicator_key(where), after=after, limit=limit + 1
             )
         next_token = encode_page_token(rows[limit - 1]) if len(rows) > limit else ""

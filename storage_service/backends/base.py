@@ -8,15 +8,22 @@ missing key) and never block the event loop.
 from __future__ import annotations
 
 import abc
+import asyncio
+import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from datetime import datetime
 
+from mesh.errors import NotFoundError
 from storage_service.objects import ObjectInfo, ObjectSummary
+
+log = logging.getLogger(__name__)
 
 # Size of the chunks objects are read back in: small enough for gRPC messages, large enough to be cheap.
 READ_CHUNK_BYTES = 256 * 1024
 # The bucket backends (GCS, S3) store the SHA-256 computed while an object was written among its metadata.
 SHA256_METADATA_KEY = "sha256"
+# Deletions in flight at once when a backend deletes a batch key by key: a cloud backend's calls overlap.
+_DELETE_CONCURRENCY = 16
 
 
 class StorageBackend(abc.ABC):
@@ -44,6 +51,27 @@ class StorageBackend(abc.ABC):
 
     @abc.abstractmethod
     async def delete(self, key: str) -> None: ...
+
+    async def delete_many(self, keys: list[str]) -> list[str]:
+        """Deletes ``keys`` (a missing object counts as deleted); returns the keys whose deletion failed.
+
+        This one deletes key by key, a few at a time; a backend that can do better in one call overrides it.
+        """
+        gate = asyncio.Semaphore(_DELETE_CONCURRENCY)
+
+        async def delete(key: str) -> bool:
+            async with gate:
+                try:
+                    await self.delete(key)
+                except NotFoundError:
+                    return True
+                except Exception:
+                    log.exception("deleting an object failed", extra={"key": key})
+                    return False
+            return True
+
+        outcomes = await asyncio.gather(*(delete(key) for key in keys))
+        return [key for key, deleted in zip(keys, outcomes, strict=True) if not deleted]
 
     @abc.abstractmethod
     def list_objects(self, prefix: str) -> AsyncIterator[ObjectSummary]:

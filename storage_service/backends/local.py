@@ -14,9 +14,11 @@ one, never half of either. File names are hashes of keys so that any two valid k
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import secrets
 import struct
@@ -32,12 +34,16 @@ from storage_service.backends._threads import run_blocking
 from storage_service.backends.base import READ_CHUNK_BYTES, StorageBackend
 from storage_service.objects import ObjectInfo, ObjectSummary
 
+log = logging.getLogger(__name__)
+
 _MAGIC = b"ALOBJv1\n"
 _TRAILER_TAIL = struct.Struct(">I8s")
 _OBJECT_SUFFIX = ".obj"
 _PART_SUFFIX = ".part"
 # Parts older than this are leftovers of a crashed process, not writes in progress.
 _STALE_PART_SECONDS = 3600
+# Directory fsyncs in flight at once when a batch of deletions is made durable.
+_FSYNC_CONCURRENCY = 16
 
 
 class LocalBackend(StorageBackend):
@@ -153,6 +159,40 @@ class LocalBackend(StorageBackend):
         except FileNotFoundError:
             raise NotFoundError(f"no object {key!r}", reason="OBJECT_NOT_FOUND") from None
         _fsync_directory(path.parent)
+
+    async def delete_many(self, keys: list[str]) -> list[str]:
+        # The unlinks take one thread hop, and each directory is made durable once, not once per key; the
+        # directories' fsyncs overlap, as they wait on the disk.
+        failed, unlinked = await run_blocking(self._unlink_many, keys)
+        gate = asyncio.Semaphore(_FSYNC_CONCURRENCY)
+
+        async def make_durable(directory: Path, directory_keys: list[str]) -> None:
+            async with gate:
+                try:
+                    await run_blocking(_fsync_directory, directory)
+                except OSError:
+                    log.exception("making deletions durable failed", extra={"directory": str(directory)})
+                    failed.update(directory_keys)
+
+        await asyncio.gather(*(make_durable(directory, keys) for directory, keys in unlinked.items()))
+        return [key for key in keys if key in failed]
+
+    def _unlink_many(self, keys: list[str]) -> tuple[set[str], dict[Path, list[str]]]:
+        """Unlinks each key's file: the keys that failed, and the unlinked keys by directory."""
+        failed: set[str] = set()
+        unlinked: dict[Path, list[str]] = {}
+        for key in keys:
+            path = self.object_path(key)
+            try:
+                path.unlink()
+            except FileNotFoundError:
+                continue
+            except OSError:
+                log.exception("deleting an object failed", extra={"key": key})
+                failed.add(key)
+                continue
+            unlinked.setdefault(path.parent, []).append(key)
+        return failed, unlinked
 
     async def list_objects(self, prefix: str) -> AsyncIterator[ObjectSummary]:
         for info in await run_blocking(self._list_objects, prefix):

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import uuid
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -14,6 +13,7 @@ import asyncpg
 
 from alerts.stack import START_TIMEOUT_SECONDS, Stack, build_stack, inherited_environment
 from tests.keys import SYSTEM_KEYS
+from tests.support import TEST_DATABASES
 
 __all__ = ["START_TIMEOUT_SECONDS", "child_env", "fresh_database", "signal_and_edge"]
 
@@ -58,7 +58,7 @@ def fresh_database(database_url: str) -> Iterator[str]:
     """A new, migrated database on the same server as `database_url`; dropped afterwards."""
     from signal_service.migrate import upgrade
 
-    name = f"alerts_test_{uuid.uuid4().hex[:12]}"
+    name = TEST_DATABASES.new_name()
     admin_dsn = _with_database(database_url, "postgres", scheme="postgresql")
 
     async def admin(statement: str) -> None:

@@ -18,6 +18,7 @@ from typing import Any
 import boto3
 import grpc
 import httpx
+import pytest
 import uvicorn
 from cryptography.hazmat.primitives.asymmetric import rsa
 from litestar import Litestar
@@ -204,6 +205,20 @@ def cancelled_puts() -> float:
 async def read_object(stub: storage_service_pb2_grpc.StorageServiceStub, key: str) -> tuple[Any, bytes]:
     parts = [message async for message in stub.GetObject(storage_service_pb2.GetObjectRequest(key=key))]
     return parts[0].info, b"".join(part.chunk for part in parts[1:])
+
+
+async def check_deleting_many(stub: storage_service_pb2_grpc.StorageServiceStub, prefix: str) -> None:
+    """DeleteObjects removes the named objects, counts a missing one as deleted, and leaves the rest."""
+    doomed = [f"{prefix}del-a.png", f"{prefix}never.png", f"{prefix}del-b.png"]
+    for key, content in ((doomed[0], b"a"), (doomed[2], b"b"), (f"{prefix}kept.png", b"k")):
+        await stub.PutObject(put_requests(key, content))
+    answer = await stub.DeleteObjects(storage_service_pb2.DeleteObjectsRequest(keys=doomed))
+    assert list(answer.failed_keys) == []
+    for key in (doomed[0], doomed[2]):
+        with pytest.raises(grpc.aio.AioRpcError) as missing:
+            await read_object(stub, key)
+        assert missing.value.code() == grpc.StatusCode.NOT_FOUND
+    assert (await read_object(stub, f"{prefix}kept.png"))[1] == b"k"
 
 
 def settings_for(tmp_path: Path, **overrides: Any) -> StorageSettings:

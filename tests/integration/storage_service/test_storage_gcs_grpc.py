@@ -25,6 +25,7 @@ from tests.integration.storage_service.storage_servers import (
     ServiceAccount,
     StorageServer,
     cancelled_puts,
+    check_deleting_many,
     put_requests,
     read_object,
     serve_storage,
@@ -138,6 +139,10 @@ async def test_delete_and_not_found(gcs: StorageServer) -> None:
         with pytest.raises(grpc.aio.AioRpcError) as raised:
             await call()
         assert raised.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_many_deletions_in_one_call_a_missing_object_counting_as_deleted(gcs: StorageServer) -> None:
+    await check_deleting_many(gcs.stub, "shots/many-")
 
 
 async def test_bad_keys_are_refused(gcs: StorageServer) -> None:

@@ -25,6 +25,7 @@ from storage_service.service import build_service
 from tests.integration.storage_service.storage_servers import (
     StorageServer,
     cancelled_puts,
+    check_deleting_many,
     free_port,
     put_requests,
     read_object,
@@ -321,20 +322,7 @@ async def test_many_urls_in_one_call_in_key_order(local: StorageServer, edge_url
 
 
 async def test_many_deletions_in_one_call_a_missing_object_counting_as_deleted(local: StorageServer) -> None:
-    await local.stub.PutObject(put_requests("shots/del-a.png", b"a"))
-    await local.stub.PutObject(put_requests("shots/del-b.png", b"b"))
-    await local.stub.PutObject(put_requests("shots/kept.png", b"k"))
-    doomed = ["shots/del-a.png", "shots/never.png", "shots/del-b.png"]
-    answer = await local.stub.DeleteObjects(storage_service_pb2.DeleteObjectsRequest(keys=doomed))
-    assert list(answer.failed_keys) == []
-    for key in ("shots/del-a.png", "shots/del-b.png"):
-        with pytest.raises(grpc.aio.AioRpcError) as missing:
-            async for _ in local.stub.GetObject(storage_service_pb2.GetObjectRequest(key=key)):
-                pass
-        assert missing.value.code() == grpc.StatusCode.NOT_FOUND
-    kept_request = storage_service_pb2.GetObjectRequest(key="shots/kept.png")
-    kept = [part async for part in local.stub.GetObject(kept_request)]
-    assert kept[-1].chunk == b"k"
+    await check_deleting_many(local.stub, "shots/")
 
     for keys, reason in (
         (["shots/kept.png", "/absolute.png"], "INVALID_OBJECT_KEY"),

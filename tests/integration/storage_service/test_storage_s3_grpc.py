@@ -24,6 +24,7 @@ from tests.integration.storage_service.storage_servers import (
     S3_BUCKET,
     StorageServer,
     cancelled_puts,
+    check_deleting_many,
     put_requests,
     read_object,
     s3_client,
@@ -107,6 +108,10 @@ async def test_delete_and_not_found(s3: StorageServer) -> None:
         with pytest.raises(grpc.aio.AioRpcError) as raised:
             await call()
         assert raised.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_many_deletions_in_one_call_a_missing_object_counting_as_deleted(s3: StorageServer) -> None:
+    await check_deleting_many(s3.stub, _unique("many-"))
 
 
 async def test_client_disconnect_halfway_leaves_no_object_and_no_upload(

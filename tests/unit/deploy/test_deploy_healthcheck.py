@@ -7,6 +7,7 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -16,6 +17,19 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from prometheus_client import CollectorRegistry, Gauge, generate_latest
 
 HEALTHCHECK = Path(__file__).resolve().parents[3] / "deploy" / "healthcheck.py"
+
+
+@contextmanager
+def serving(handler: type[BaseHTTPRequestHandler]) -> Iterator[str]:
+    """An HTTP server for `handler` on a loopback port, on its own thread; yields its base URL."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    # The default half-second poll would make every shutdown, so every test, half a second longer.
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def probe(*args: str) -> subprocess.CompletedProcess[str]:
@@ -50,12 +64,8 @@ class _StatusHandler(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def http_server() -> Iterator[str]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _StatusHandler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
+    with serving(_StatusHandler) as url:
+        yield url
 
 
 def test_grpc_serving_exits_zero(health_server: tuple[str, health.HealthServicer]) -> None:
@@ -134,12 +144,8 @@ def spool_metrics() -> Iterator[tuple[str, _SpoolMetrics]]:
         def log_message(self, format: str, *args: object) -> None:
             """Keep test output quiet."""
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/metrics", metrics
-    server.shutdown()
-    server.server_close()
+    with serving(Handler) as url:
+        yield f"{url}/metrics", metrics
 
 
 def test_spool_drained_empty_spool_exits_zero(spool_metrics: tuple[str, _SpoolMetrics]) -> None:
@@ -221,11 +227,8 @@ def capture_metrics() -> Iterator[tuple[str, _CaptureMetrics]]:
         def log_message(self, format: str, *args: object) -> None:
             """Keep test output quiet."""
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/metrics", metrics
-    server.shutdown()
-    server.server_close()
+    with serving(Handler) as url:
+        yield f"{url}/metrics", metrics
 
 
 def test_capture_alive_with_a_fresh_heartbeat_and_no_job(

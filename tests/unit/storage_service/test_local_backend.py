@@ -145,3 +145,28 @@ def test_start_up_removes_stale_parts_but_not_fresh_ones(tmp_path: Path) -> None
     os.utime(stale, (two_hours_ago, two_hours_ago))
     LocalBackend(tmp_path / "objects", public_url="http://edge.test", signing_secret=SECRET)
     assert sorted(path.name for path in tmp.iterdir()) == ["fresh.part"]
+
+
+async def test_delete_many_removes_each_and_counts_a_missing_one_as_deleted(
+    backend: LocalBackend,
+) -> None:
+    for key in ("a", "b", "kept"):
+        await backend.put(key, content_type="text/plain", metadata={}, chunks=_stream(key.encode()))
+    assert await backend.delete_many(["a", "never", "b"]) == []
+    for key in ("a", "b"):
+        with pytest.raises(NotFoundError):
+            await backend.stat(key)
+    assert (await _read_all(backend, "kept"))[1] == b"kept"
+
+
+async def test_delete_many_reports_what_it_could_not_delete_and_deletes_the_rest(
+    backend: LocalBackend,
+) -> None:
+    for key in ("a", "b"):
+        await backend.put(key, content_type="text/plain", metadata={}, chunks=_stream(key.encode()))
+    # A directory where an object's file would be cannot be unlinked as a file.
+    backend.object_path("stuck").mkdir(parents=True)
+    assert await backend.delete_many(["a", "stuck", "b"]) == ["stuck"]
+    for key in ("a", "b"):
+        with pytest.raises(NotFoundError):
+            await backend.stat(key)

@@ -250,19 +250,21 @@ async def test_a_burst_beyond_what_the_signal_service_takes_in_time_is_shed_to_t
 ) -> None:
     created = await create_user(users, plan=resources_pb2.PLAN_PREMIUM)
     # One webhook per call and one call at a time, and the first call held on the user's row lock: a queue
-    # forms behind it whatever the machine's speed, and any wait sheds.
+    # forms behind it whatever the machine's speed, and any wait sheds. The held call itself waits for the
+    # lock however slow the machine (a timeout would spool it, which is not shedding).
     settings = spooling_edge(service_env, signal_server, tmp_path).model_copy(
         update={
             "ingest_batch_max_inflight": 1,
             "ingest_batch_max_size": 1,
             "shed_after_queue_delay_seconds": 0.001,
+            "ingest_timeout_seconds": 60.0,
         }
     )
     shed_before = REGISTRY.get_sample_value("alerts_webhooks_total", {"status": "202", "reason": "shed"}) or 0
     count = 40
     async with (
         running_edge(settings) as edge_url,
-        httpx.AsyncClient(base_url=edge_url, timeout=10, limits=httpx.Limits(max_connections=count)) as http,
+        httpx.AsyncClient(base_url=edge_url, timeout=90, limits=httpx.Limits(max_connections=count)) as http,
     ):
         async with db.transaction():
             await db.execute("SELECT 1 FROM users WHERE id = $1 FOR UPDATE", uuid.UUID(created.user.user_id))
@@ -270,9 +272,10 @@ async def test_a_burst_beyond_what_the_signal_service_takes_in_time_is_shed_to_t
                 asyncio.ensure_future(http.post(f"/webhook/u/{created.webhook_token}", content=alert(index)))
                 for index in range(count)
             ]
+            # Nothing of this user's is stored while the lock is held: what is answered now was shed.
             await eventually(
-                lambda: sum(post.done() for post in posts) >= count // 2,
-                what="half the burst answered",
+                lambda: any(post.done() for post in posts),
+                what="a webhook of the burst shed",
                 within=DRAIN_DEADLINE_SECONDS,
             )
         answers = await asyncio.gather(*posts)

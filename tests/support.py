@@ -50,6 +50,25 @@ def ingest_request(token: str, body: bytes = SAMPLE, **fields) -> signal_service
     )
 
 
+async def complete_capture(
+    signals: Any, signal_id: str, *, worker_id: str = "", size_bytes: int = 100
+) -> str:
+    """Claims the signal's capture and reports it completed, as a capture worker does; returns the object
+    key the screenshot was stored under."""
+    claim = await signals.ClaimCapture(
+        signal_service_pb2.ClaimCaptureRequest(signal_id=signal_id, worker_id=worker_id)
+    )
+    await signals.ReportCapture(
+        signal_service_pb2.ReportCaptureRequest(
+            signal_id=signal_id,
+            status=resources_pb2.SCREENSHOT_STATUS_COMPLETED,
+            object_key=claim.object_key,
+            size_bytes=size_bytes,
+        )
+    )
+    return claim.object_key
+
+
 @contextlib.contextmanager
 def asgi_app_in_thread(app: Any) -> Iterator[str]:
     """`app` served by uvicorn in a thread of this process, on a socket bound before the server starts;

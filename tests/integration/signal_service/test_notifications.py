@@ -18,6 +18,7 @@ from mesh.queues import NOTIFY_ACTOR, NOTIFY_QUEUE
 from signal_service.settings import SignalSettings
 from tests.conftest import settings_from
 from tests.integration.signal_service.test_platform_api import alert, ingest, set_outcome
+from tests.support import complete_capture
 
 SECRET = "whsec_" + base64.b64encode(b"s" * 32).decode()
 DISCORD = "https://discord.com/api/webhooks/123456789012345678/" + "t" * 68
@@ -211,22 +212,12 @@ async def test_alert_waits_for_the_chart_then_photo_reply_then_outcome_edit(user
     assert (await report(signals, task, "a1", DELIVERED, provider_message_id="7")).recorded
     assert not (await report(signals, task, "a1", DELIVERED, provider_message_id="8")).recorded
 
-    capture = await signals.ClaimCapture(
-        signal_service_pb2.ClaimCaptureRequest(signal_id=signal_id, worker_id="cw")
-    )
-    await signals.ReportCapture(
-        signal_service_pb2.ReportCaptureRequest(
-            signal_id=signal_id,
-            status=resources_pb2.SCREENSHOT_STATUS_COMPLETED,
-            object_key=capture.object_key,
-            size_bytes=10,
-        )
-    )
+    object_key = await complete_capture(signals, signal_id, worker_id="cw")
     [photo] = (await claim(signals, signal_id, "p1")).tasks
     assert (photo.kind, photo.alert_message_id, photo.screenshot_object_key) == (
         resources_pb2.NOTIFICATION_KIND_PHOTO,
         "7",
-        capture.object_key,
+        object_key,
     )
     await report(signals, photo, "p1", DELIVERED, provider_message_id="9")
 
@@ -250,17 +241,7 @@ async def test_alert_waits_for_the_chart_then_photo_reply_then_outcome_edit(user
 async def test_a_ready_chart_goes_with_the_alert_and_no_photo_follows(users, signals) -> None:
     created = await create(users, TELEGRAM)
     signal_id = await ingest(signals, created.webhook_token, alert(4))
-    capture = await signals.ClaimCapture(
-        signal_service_pb2.ClaimCaptureRequest(signal_id=signal_id, worker_id="cw")
-    )
-    await signals.ReportCapture(
-        signal_service_pb2.ReportCaptureRequest(
-            signal_id=signal_id,
-            status=resources_pb2.SCREENSHOT_STATUS_COMPLETED,
-            object_key=capture.object_key,
-            size_bytes=10,
-        )
-    )
+    await complete_capture(signals, signal_id, worker_id="cw")
     [task] = (await claim(signals, signal_id, "c1", wait=30)).tasks
     assert task.with_photo
     assert task.screenshot_object_key

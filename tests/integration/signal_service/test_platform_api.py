@@ -29,6 +29,7 @@ from signal_service.events import service as events_service
 from signal_service.events.repository import replay_page
 from signal_service.events.service import EventFeed, EventHub, StoredEvent, listener_dsn
 from tests.conftest import settings_from
+from tests.support import complete_capture
 
 STREAM_GUARD_SECONDS = 30  # a broken stream fails the test instead of hanging it
 
@@ -135,17 +136,7 @@ async def test_stats_on_a_known_data_set(signals, users) -> None:
     unparsed = await ingest(signals, token, b"nothing a parser can use")  # SKIPPED: no capture
     await signals.ClaimCapture(signal_service_pb2.ClaimCaptureRequest(signal_id=current[0], worker_id="w1"))
     for signal_id, size in ((current[1], 1000), (current[2], 2345)):
-        claim = await signals.ClaimCapture(
-            signal_service_pb2.ClaimCaptureRequest(signal_id=signal_id, worker_id="w1")
-        )
-        await signals.ReportCapture(
-            signal_service_pb2.ReportCaptureRequest(
-                signal_id=signal_id,
-                status=resources_pb2.SCREENSHOT_STATUS_COMPLETED,
-                object_key=claim.object_key,
-                size_bytes=size,
-            )
-        )
+        await complete_capture(signals, signal_id, worker_id="w1", size_bytes=size)
     await signals.ReportCapture(
         signal_service_pb2.ReportCaptureRequest(
             signal_id=current[3], status=resources_pb2.SCREENSHOT_STATUS_FAILED, error="timeout"
@@ -198,17 +189,7 @@ async def test_stats_counters_follow_every_write_even_by_hand(signals, users, da
     ]
     current = [await ingest(signals, token, alert(index)) for index in range(3, 9)]
     for signal_id, size in ((old[0], 500), (current[0], 700), (current[1], 900)):
-        claim = await signals.ClaimCapture(
-            signal_service_pb2.ClaimCaptureRequest(signal_id=signal_id, worker_id="w")
-        )
-        await signals.ReportCapture(
-            signal_service_pb2.ReportCaptureRequest(
-                signal_id=signal_id,
-                status=resources_pb2.SCREENSHOT_STATUS_COMPLETED,
-                object_key=claim.object_key,
-                size_bytes=size,
-            )
-        )
+        await complete_capture(signals, signal_id, worker_id="w", size_bytes=size)
     await set_outcome(signals, old[1], resources_pb2.SIGNAL_RESULT_LOSS)
     await set_outcome(signals, current[2], resources_pb2.SIGNAL_RESULT_WIN)
     await set_outcome(signals, current[2], resources_pb2.SIGNAL_RESULT_LOSS)

@@ -31,7 +31,7 @@ from tests.integration.signal_service.test_platform_api import (
 )
 from tests.integration.storage_service.storage_servers import serve_storage, settings_for
 from tests.keys import open_system_channel
-from tests.support import eventually
+from tests.support import complete_capture, eventually
 
 
 @contextlib.asynccontextmanager
@@ -211,15 +211,7 @@ async def test_a_stream_may_ask_for_no_screenshot_urls(users, with_storage) -> N
     signals = with_storage
     created = await create_user(users)
     signal_id = await ingest(signals, created.webhook_token, alert(1))
-    claim = await signals.ClaimCapture(signal_service_pb2.ClaimCaptureRequest(signal_id=signal_id))
-    await signals.ReportCapture(
-        signal_service_pb2.ReportCaptureRequest(
-            signal_id=signal_id,
-            status=resources_pb2.SCREENSHOT_STATUS_COMPLETED,
-            object_key=claim.object_key,
-            size_bytes=100,
-        )
-    )
+    object_key = await complete_capture(signals, signal_id)
     events = {}
     for omit in (False, True):
         call = signals.SubscribeSignals(
@@ -239,7 +231,7 @@ async def test_a_stream_may_ask_for_no_screenshot_urls(users, with_storage) -> N
     assert events[True].screenshot_url == ""
     for signal in events.values():
         assert signal.screenshot_status == resources_pb2.SCREENSHOT_STATUS_COMPLETED
-        assert signal.screenshot_object_key == claim.object_key
+        assert signal.screenshot_object_key == object_key
 
 
 async def test_replayed_signals_are_the_signals_as_listed(users, with_storage, database_url) -> None:
@@ -251,15 +243,7 @@ async def test_replayed_signals_are_the_signals_as_listed(users, with_storage, d
     shot_id = await ingest(signals, created.webhook_token, alert(1))
     failed_id = await ingest(signals, created.webhook_token, alert(2))
     partial_id = await ingest(signals, created.webhook_token, b"no fields here at all")
-    claim = await signals.ClaimCapture(signal_service_pb2.ClaimCaptureRequest(signal_id=shot_id))
-    await signals.ReportCapture(
-        signal_service_pb2.ReportCaptureRequest(
-            signal_id=shot_id,
-            status=resources_pb2.SCREENSHOT_STATUS_COMPLETED,
-            object_key=claim.object_key,
-            size_bytes=100,
-        )
-    )
+    await complete_capture(signals, shot_id)
     await signals.ClaimCapture(signal_service_pb2.ClaimCaptureRequest(signal_id=failed_id))
     await signals.ReportCapture(
         signal_service_pb2.ReportCaptureRequest(

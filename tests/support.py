@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -28,6 +29,11 @@ SAMPLE = """🚨 ADX DEF [APIDEVS]
 ⏱️ Timeframe: 15
 🕒 Hora: 2026-11-27T14:30:00Z
 """.encode()
+
+
+async def _holds(condition: Callable[[], bool | Awaitable[bool]]) -> bool:
+    held = condition()
+    return await held if inspect.isawaitable(held) else held
 
 
 def now_timestamp() -> timestamp_pb2.Timestamp:
@@ -92,11 +98,12 @@ def asgi_app_in_thread(app: Any) -> Iterator[str]:
         sock.close()
 
 
-async def eventually(condition: Callable[[], bool], *, what: str, within: float) -> None:
-    """Waits for something another process does; fails the test when it does not happen in time."""
+async def eventually(condition: Callable[[], bool | Awaitable[bool]], *, what: str, within: float) -> None:
+    """Waits for something another process does (`condition` may be a coroutine function, e.g. a query);
+    fails the test when it does not happen in time."""
     try:
         async with asyncio.timeout(within):
-            while not condition():  # noqa: ASYNC110 - the condition depends on other processes
+            while not await _holds(condition):  # noqa: ASYNC110 - the condition depends on other processes
                 await asyncio.sleep(0.05)
     except TimeoutError:
         raise AssertionError(f"gave up after {within:g} s waiting for {what}") from None

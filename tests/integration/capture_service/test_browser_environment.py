@@ -25,21 +25,27 @@ SECRETS = {
 
 
 @pytest.fixture
-async def pool_started_among_secrets(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[BrowserPool]:
+async def pool_started_among_secrets(
+    monkeypatch: pytest.MonkeyPatch,
+) -> AsyncIterator[tuple[BrowserPool, frozenset[int]]]:
+    """A browser pool started with secrets in the environment, and the Chromium processes that were under
+    this test process before it (other tests' stacks and pools, still running or still exiting)."""
     for name, value in SECRETS.items():
         monkeypatch.setenv(name, value)
+    others = frozenset(process.pid for process in chromium_processes())
     pool = BrowserPool(viewport=VIEWPORT)
     await pool.start()
-    yield pool
+    yield pool, others
     await pool.close()
 
 
-def chromium_processes() -> list[psutil.Process]:
-    """Every Chromium process under this test process: the browser, its renderers and helpers."""
+def chromium_processes(others: frozenset[int] = frozenset()) -> list[psutil.Process]:
+    """Every Chromium process under this test process but `others`: the browser, its renderers and
+    helpers."""
     found = []
     for child in psutil.Process().children(recursive=True):
         try:
-            if "chrom" in child.name():
+            if "chrom" in child.name() and child.pid not in others:
                 found.append(child)
         except psutil.NoSuchProcess:
             continue
@@ -57,12 +63,12 @@ def read_environments(processes: list[psutil.Process]) -> dict[int, bytes]:
 
 
 async def test_chromium_environment_holds_no_secret(
-    chart_stub: ChartStub, pool_started_among_secrets: BrowserPool
+    chart_stub: ChartStub, pool_started_among_secrets: tuple[BrowserPool, frozenset[int]]
 ) -> None:
-    pool = pool_started_among_secrets
+    pool, others = pool_started_among_secrets
     async with pool.context([]) as context:
         await (await context.new_page()).goto(chart_url(chart_stub.base_url, "layout", "BINANCE:BTCUSDT"))
-        environments = await asyncio.to_thread(read_environments, chromium_processes())
+        environments = await asyncio.to_thread(read_environments, chromium_processes(others))
 
     assert len(environments) >= 2, "the browser and at least one renderer were read"
     # Scrubbed, not emptied: Chromium still finds its libraries and fonts.
@@ -75,13 +81,14 @@ async def test_chromium_environment_holds_no_secret(
 
 
 async def test_chromium_uses_its_sandbox_unless_the_kernel_forbids_it(
-    pool_started_among_secrets: BrowserPool,
+    pool_started_among_secrets: tuple[BrowserPool, frozenset[int]],
 ) -> None:
+    pool, others = pool_started_among_secrets
     reason = sandbox_unavailable_reason()
     [browser] = [
         process
-        for process in chromium_processes()
+        for process in chromium_processes(others)
         if not any(argument.startswith("--type=") for argument in process.cmdline())
     ]
     assert ("--no-sandbox" in browser.cmdline()) == (reason is not None), reason
-    assert pool_started_among_secrets.launched.endswith("no sandbox" if reason else "sandboxed")
+    assert pool.launched.endswith("no sandbox" if reason else "sandboxed")

@@ -16,6 +16,7 @@ import asyncpg
 import httpx
 import pytest
 import uvicorn
+from litestar import Litestar
 
 from edge.app import create_app
 from edge.http_protocol import BoundedHttpToolsProtocol, HeadLimits
@@ -26,7 +27,8 @@ LOOPBACK_PROXY = "127.0.0.0/8"
 
 
 @contextlib.asynccontextmanager
-async def running_edge(settings: EdgeSettings) -> AsyncIterator[str]:
+async def running_edge(settings: EdgeSettings, app: Litestar | None = None) -> AsyncIterator[str]:
+    """The edge app (`app`, or one made from `settings`) on a real uvicorn server; yields its base URL."""
     # The production protocol, its limits from these settings rather than the environment's.
     protocol = type(
         "EdgeUnderTestProtocol",
@@ -34,7 +36,7 @@ async def running_edge(settings: EdgeSettings) -> AsyncIterator[str]:
         {"head_limits": HeadLimits.from_settings(settings)},
     )
     config = uvicorn.Config(
-        create_app(settings),
+        app or create_app(settings),
         host="127.0.0.1",
         port=0,
         http=protocol,

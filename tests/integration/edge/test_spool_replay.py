@@ -20,6 +20,8 @@ from prometheus_client import REGISTRY
 
 from alerts.processes import free_port
 from apidevs.alerts.v1 import resources_pb2, signal_service_pb2_grpc, user_service_pb2_grpc
+from edge.app import create_app
+from edge.batching import IngestBatcher
 from edge.settings import EdgeSettings
 from edge.spool import WebhookSpool
 from mesh import grpc as mesh_grpc
@@ -249,45 +251,61 @@ async def test_a_burst_beyond_what_the_signal_service_takes_in_time_is_shed_to_t
     tmp_path: Path,
 ) -> None:
     created = await create_user(users, plan=resources_pb2.PLAN_PREMIUM)
-    # One webhook per call and one call at a time, and the first call held on the user's row lock: a queue
-    # forms behind it whatever the machine's speed, and any wait sheds. The held call itself waits for the
-    # lock however slow the machine (a timeout would spool it, which is not shedding).
+    # One webhook per call and one call at a time. The first call is held on the user's row lock, the
+    # second queues behind it, and the burst is sent only once the second has waited past the shedding
+    # delay: each step waits for the one before, so the outcome is the same on any machine. The two
+    # held webhooks wait for the lock however slow the machine (a timeout would spool them: not shedding).
     settings = spooling_edge(service_env, signal_server, tmp_path).model_copy(
         update={
             "ingest_batch_max_inflight": 1,
             "ingest_batch_max_size": 1,
-            "shed_after_queue_delay_seconds": 0.001,
+            "shed_after_queue_delay_seconds": 0.05,
             "ingest_timeout_seconds": 60.0,
         }
     )
+    app = create_app(settings)
     shed_before = REGISTRY.get_sample_value("alerts_webhooks_total", {"status": "202", "reason": "shed"}) or 0
     count = 40
     async with (
-        running_edge(settings) as edge_url,
+        running_edge(settings, app) as edge_url,
         httpx.AsyncClient(base_url=edge_url, timeout=90, limits=httpx.Limits(max_connections=count)) as http,
     ):
+        batcher: IngestBatcher = app.state.ingest_batcher
+
+        def post(index: int) -> asyncio.Future[httpx.Response]:
+            return asyncio.ensure_future(
+                http.post(f"/webhook/u/{created.webhook_token}", content=alert(index))
+            )
+
+        async def ingest_waits_for_the_lock() -> bool:
+            return bool(
+                await db.fetchval(
+                    "SELECT count(*) FROM pg_stat_activity"
+                    " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+                )
+            )
+
         async with db.transaction():
             await db.execute("SELECT 1 FROM users WHERE id = $1 FOR UPDATE", uuid.UUID(created.user.user_id))
-            posts = [
-                asyncio.ensure_future(http.post(f"/webhook/u/{created.webhook_token}", content=alert(index)))
-                for index in range(count)
-            ]
-            # Nothing of this user's is stored while the lock is held: what is answered now was shed.
+            held = [post(0)]
+            await eventually(ingest_waits_for_the_lock, what="the first call held on the lock", within=30)
+            held.append(post(1))
             await eventually(
-                lambda: any(post.done() for post in posts),
-                what="a webhook of the burst shed",
-                within=DRAIN_DEADLINE_SECONDS,
+                lambda: batcher.queue_delay_seconds() > settings.shed_after_queue_delay_seconds,
+                what="the second webhook queued past the shedding delay",
+                within=30,
             )
-        answers = await asyncio.gather(*posts)
-        statuses = [answer.status_code for answer in answers]
-        assert set(statuses) <= {200, 202}
-        assert 202 in statuses
-        assert 200 in statuses
+            burst = [post(index) for index in range(2, count)]
+            shed_answers = await asyncio.gather(*burst)
+            assert not any(call.done() for call in held), "nothing of the user's is stored under the lock"
+        held_answers = await asyncio.gather(*held)
+        assert [answer.status_code for answer in held_answers] == [200, 200]
+        assert [answer.status_code for answer in shed_answers] == [202] * (count - 2)
         await until_drained(tmp_path)
     shed = (
         REGISTRY.get_sample_value("alerts_webhooks_total", {"status": "202", "reason": "shed"}) - shed_before
     )
-    assert shed == statuses.count(202)
+    assert shed == count - 2
 
     rows = await db.fetch("SELECT raw_body FROM signals WHERE user_id = $1", uuid.UUID(created.user.user_id))
     assert sorted(row["raw_body"] for row in rows) == sorted(alert(index) for index in range(count))

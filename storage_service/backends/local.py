@@ -42,8 +42,6 @@ _OBJECT_SUFFIX = ".obj"
 _PART_SUFFIX = ".part"
 # Parts older than this are leftovers of a crashed process, not writes in progress.
 _STALE_PART_SECONDS = 3600
-# Directory fsyncs in flight at once when a batch of deletions is made durable.
-_FSYNC_CONCURRENCY = 16
 
 
 class LocalBackend(StorageBackend):
@@ -162,19 +160,17 @@ class LocalBackend(StorageBackend):
 
     async def delete_many(self, keys: list[str]) -> list[str]:
         # The unlinks take one thread hop, and each directory is made durable once, not once per key; the
-        # directories' fsyncs overlap, as they wait on the disk.
+        # directories' fsyncs overlap (as many as the default executor's threads), as they wait on the disk.
         failed, unlinked = await run_blocking(self._unlink_many, keys)
-        gate = asyncio.Semaphore(_FSYNC_CONCURRENCY)
 
         async def make_durable(directory: Path, directory_keys: list[str]) -> None:
-            async with gate:
-                try:
-                    await run_blocking(_fsync_directory, directory)
-                except OSError:
-                    log.exception("making deletions durable failed", extra={"directory": str(directory)})
-                    failed.update(directory_keys)
+            try:
+                await run_blocking(_fsync_directory, directory)
+            except OSError:
+                log.exception("making deletions durable failed", extra={"directory": str(directory)})
+                failed.update(directory_keys)
 
-        await asyncio.gather(*(make_durable(directory, keys) for directory, keys in unlinked.items()))
+        await asyncio.gather(*(make_durable(directory, in_it) for directory, in_it in unlinked.items()))
         return [key for key in keys if key in failed]
 
     def _unlink_many(self, keys: list[str]) -> tuple[set[str], dict[Path, list[str]]]:

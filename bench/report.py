@@ -242,9 +242,9 @@ SCALE_RUNS = {
 }
 
 
-def _scale_section(runs: dict[str, dict[str, Any] | None], docs: Path) -> list[str]:
-    """Empty database against seeded, every figure beside its target, for each run of SCALE_RUNS (`runs`:
-    each results file's envelope); docs/perf/scale.md's analysis after."""
+def _scale_section(results: Path, docs: Path) -> list[str]:
+    """Empty database against seeded, every figure beside its target, for each run of SCALE_RUNS;
+    docs/perf/scale.md's analysis after."""
     lines = ["## Scale: a year of alerts in the database (bench/bench_scale.py)", ""]
     lines.append(
         f"Targets: ingest p99 seeded (and while retention or audit pruning runs) within"
@@ -255,8 +255,9 @@ def _scale_section(runs: dict[str, dict[str, Any] | None], docs: Path) -> list[s
         " [perf/scale-plans.md](perf/scale-plans.md)."
     )
     lines.append("")
-    for file_name, envelope in runs.items():
-        lines += [f"### {SCALE_RUNS[file_name]} (bench/results/{file_name})", ""]
+    for file_name, title in SCALE_RUNS.items():
+        lines += [f"### {title} (bench/results/{file_name})", ""]
+        envelope = _load(results / file_name)
         result = envelope.get("result") if envelope else None
         measured = envelope is not None and envelope["status"] == "ok"
         if not measured or not isinstance(result, dict) or "seeded" not in result:
@@ -420,7 +421,7 @@ def write_report(results: Path, docs: Path) -> Path:
         _load(results / "stream.json"),
         "commit-to-subscriber p99 < 50 ms with 100 subscribers; < 64 KiB per idle subscriber at 1,000",
     )
-    lines += _scale_section({name: _load(results / name) for name in SCALE_RUNS}, docs)
+    lines += _scale_section(results, docs)
     for name, title in (
         ("parser", "Parser (bench/bench_parser.py)"),
         ("storage", "Storage (bench/bench_storage.py)"),

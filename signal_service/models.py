@@ -242,6 +242,12 @@ class Screenshot(SQLModel, table=True):
         ),
         # The failed captures, everyone's or one user's (captures/repository.py).
         sa.Index("ix_screenshots_failed", "user_id", postgresql_where=sa.text("status = 'failed'")),
+        # The sweeper's PENDING captures untouched for long (captures/repository.py, migration 0017).
+        sa.Index(
+            "ix_screenshots_stale_pending",
+            "updated_at",
+            postgresql_where=sa.text("status = 'pending'"),
+        ),
     )
 
     signal_id: uuid.UUID = Field(

@@ -37,7 +37,12 @@ from signal_service.clock import utcnow
 from signal_service.database import DATABASE_AWAY, Database
 from signal_service.ids import require_uuid
 from signal_service.models import DeliveryStatus, NotificationDelivery, OutboxMessage, ScreenshotStatus
-from signal_service.notifications.repository import OPEN_STATUSES, DeliveryReads, NotificationRepository
+from signal_service.notifications.repository import (
+    FAILED_STATUSES,
+    OPEN_STATUSES,
+    DeliveryReads,
+    NotificationRepository,
+)
 from signal_service.signals.repository import SignalRepository, SignalRow
 from signal_service.signals.service import page_size
 
@@ -49,7 +54,9 @@ OLDEST_UNDELIVERED = Gauge(
     "Age of the oldest notification delivery still pending or being sent",
 )
 DELIVERIES_BY_STATUS = Gauge(
-    "alerts_notification_deliveries", "Notification deliveries in the ledger, by status", ["status"]
+    "alerts_notification_deliveries",
+    "Notification deliveries in the ledger not delivered: pending, sending, failed or dead, by status",
+    ["status"],
 )
 _METRICS_INTERVAL_SECONDS = 15.0
 
@@ -313,8 +320,8 @@ class NotificationLedger:
         async with self._database.session() as session:
             ledger = NotificationRepository(session)
             OLDEST_UNDELIVERED.set(await ledger.oldest_open_age_seconds())
-            counts = await ledger.count_by_status()
-        for status in DeliveryStatus:
+            counts = await ledger.count_unfinished()
+        for status in (*OPEN_STATUSES, *FAILED_STATUSES):
             DELIVERIES_BY_STATUS.labels(status.value).set(counts.get(status.value, 0))
 
     async def deliveries(

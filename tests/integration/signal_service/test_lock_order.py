@@ -17,14 +17,13 @@ from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
 
 import asyncpg
-import pytest
 import redis.asyncio as aioredis
 import sqlalchemy as sa
 
 from apidevs.alerts.v1 import resources_pb2, signal_service_pb2
 from signal_service.captures.queued import CaptureMessages
 from signal_service.captures.service import CaptureCoordinator
-from signal_service.database import Database, create_engine
+from signal_service.database import Database
 from signal_service.events.service import listener_dsn
 from signal_service.models import Screenshot, ScreenshotStatus, Signal
 from signal_service.settings import SignalSettings
@@ -33,20 +32,6 @@ from tests.support import create_user, ingest_request
 
 # A guard against a hung test, not a measurement.
 _GUARD_SECONDS = 30.0
-
-
-@pytest.fixture
-async def database(database_url: str) -> AsyncIterator[Database]:
-    database = Database(create_engine(database_url, pool_size=4))
-    yield database
-    await database.dispose()
-
-
-@pytest.fixture
-async def redis(redis_url: str) -> AsyncIterator[aioredis.Redis]:
-    client = aioredis.Redis.from_url(redis_url)
-    yield client
-    await client.aclose()
 
 
 def _coordinator(

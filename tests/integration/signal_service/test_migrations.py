@@ -277,3 +277,34 @@ def test_the_retention_bytes_migration_goes_down_and_up_again(database_url: str)
         )
         command.upgrade(alembic_config(url), "0016_retention_bytes")
         assert _retention_bytes_state(url) == upgraded
+
+
+def _stale_pending_index(database_url: str) -> tuple[str, bool] | None:
+    """ix_screenshots_stale_pending's definition and whether it is valid (built to the end), if it exists."""
+
+    async def read() -> tuple[str, bool] | None:
+        connection = await asyncpg.connect(database_url.replace("+asyncpg", ""))
+        try:
+            row = await connection.fetchrow(
+                "SELECT pg_get_indexdef(i.indexrelid) AS definition, i.indisvalid AS valid FROM pg_index i"
+                " JOIN pg_class c ON c.oid = i.indexrelid WHERE c.relname = 'ix_screenshots_stale_pending'"
+            )
+        finally:
+            await connection.close()
+        return None if row is None else (row["definition"], row["valid"])
+
+    return asyncio.run(read())
+
+
+def test_the_stale_pending_index_is_built_concurrently_and_dropped_on_the_way_down(database_url: str) -> None:
+    with fresh_database(database_url) as url:
+        built = (
+            "CREATE INDEX ix_screenshots_stale_pending ON public.screenshots USING btree (updated_at)"
+            " WHERE (status = 'pending'::text)",
+            True,
+        )
+        assert _stale_pending_index(url) == built
+        command.downgrade(alembic_config(url), "0016_retention_bytes")
+        assert _stale_pending_index(url) is None
+        command.upgrade(alembic_config(url), "0017_stale_pending_index")
+        assert _stale_pending_index(url) == built

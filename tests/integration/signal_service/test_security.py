@@ -48,13 +48,6 @@ def settings_for(service_env: dict[str, str], **overrides: object) -> SignalSett
     return SignalSettings(**values | overrides)
 
 
-@pytest.fixture
-async def redis(redis_url: str) -> AsyncIterator[Redis]:
-    client = Redis.from_url(redis_url)
-    yield client
-    await client.aclose()
-
-
 def ingestor_on(database: Database, settings: SignalSettings, redis: Redis) -> WebhookIngestor:
     return WebhookIngestor(
         database=database,

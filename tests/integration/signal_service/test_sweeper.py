@@ -16,18 +16,11 @@ from mesh.queues import dramatiq_namespace
 from mesh.settings import CommonSettings
 from signal_service.captures.queued import CaptureMessages
 from signal_service.captures.service import CaptureCoordinator
-from signal_service.database import Database, create_engine
+from signal_service.database import Database
 from signal_service.models import Screenshot
 from signal_service.settings import SignalSettings
 from tests.conftest import settings_from
 from tests.support import SAMPLE, create_user, ingest_request
-
-
-@pytest.fixture
-async def database(database_url: str):
-    database = Database(create_engine(database_url, pool_size=2))
-    yield database
-    await database.dispose()
 
 
 async def _queued(redis_url: str, queue: str) -> list[bytes]:
@@ -53,13 +46,6 @@ async def _age(database: Database, signal_id: str, **columns: object) -> None:
         await session.execute(
             sa.update(Screenshot).where(Screenshot.signal_id == uuid.UUID(signal_id)).values(**columns)
         )
-
-
-@pytest.fixture
-async def redis(redis_url: str):
-    client = aioredis.Redis.from_url(redis_url)
-    yield client
-    await client.aclose()
 
 
 def _sweeper(database: Database, service_env, redis, redis_namespace: str) -> CaptureCoordinator:

@@ -12,9 +12,14 @@ The whole system runs as processes on a database of its own (bench/harness.py). 
 database's figures; then N signals are seeded server-side (INSERT ... SELECT over generate_series, the
 fastest way in: no row crosses the wire) with a screenshot row each, their events, an audit row each and
 outbox history, skewed as a real platform is (a few users with many signals, most with a few thousand,
-spread over the past 360 days); then the same figures again, then retention and audit pruning under
-ingest load, then size and backup figures. Full size (the default): 10 M signals, 1,000 users, five of them
-with 200 k signals; small (`make bench`): 200 k signals, 100 users, three with 20 k.
+spread over the past 360 days) and a notification delivery for half of them; then a CHECKPOINT, so that
+the seeded figures measure the database rather than the write-back of a 20-minute bulk load no year of
+ingest makes; then the same figures again, then retention and audit pruning under ingest load, then size
+and backup figures. Every ingest window records what PostgreSQL's checkpointer and WAL did meanwhile (the
+checkpoints, WAL megabytes, the share of full-page images) and lists each second whose slowest answer took
+over 50 ms, with the checkpointer's state and the WAL written in that second. Full size (the default):
+10 M signals, 1,000 users, five of them with 200 k signals; small (`make bench`): 200 k signals, 100
+users, three with 20 k.
 
 Measured, each with p50/p99: ingest at 300/s open loop (as bench_ingest.py); ListSignals first page,
 every filter (ticker, indicator, signal type, result, a week's date range) and page 100 by page token, for
@@ -31,6 +36,11 @@ execution times, `--profile` records py-spy of the signal and storage services d
 
     .venv/bin/python bench/bench_scale.py --size small --signals 800000 --heavy-signals 200000 \
         --only lists --samples 200 [--explain /tmp/lists.json] [--profile /tmp/lists]
+
+Only ingest, to tell the database's size from the server's state: the empty database's ingest, the seed,
+ingest right after it, a CHECKPOINT, then ingest again, --repeats times each:
+
+    .venv/bin/python bench/bench_scale.py --size full --only ingest --repeats 3
 
 Retention alone, with more screenshots due (seed, the seeded ingest as the idle figure, bytes, pruning,
 retention):
@@ -52,7 +62,6 @@ import tempfile
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -128,6 +137,116 @@ async def connect(dsn: str) -> asyncpg.Connection:
     return await asyncpg.connect(dsn)
 
 
+# What PostgreSQL's checkpointer and WAL did: counters read before and after each ingest window.
+SERVER_COUNTERS = """
+SELECT b.checkpoints_timed + b.checkpoints_req AS checkpoints, b.checkpoints_req AS checkpoints_requested,
+       b.buffers_checkpoint, b.buffers_backend, b.buffers_backend_fsync,
+       b.checkpoint_write_time, b.checkpoint_sync_time,
+       w.wal_records, w.wal_fpi, w.wal_bytes::bigint AS wal_bytes, w.wal_sync, w.wal_buffers_full
+FROM pg_stat_bgwriter b, pg_stat_wal w
+"""
+# Once a second while ingest runs: the WAL position, what the checkpointer waits on (CheckpointWriteDelay
+# while a spread checkpoint writes, DataFileSync while it syncs, CheckpointerMain when idle) and how many
+# autovacuum workers run.
+SERVER_MOMENT = """
+SELECT pg_current_wal_lsn() - '0/0'::pg_lsn AS wal_position,
+       (SELECT coalesce(wait_event, 'running') FROM pg_stat_activity WHERE backend_type = 'checkpointer')
+           AS checkpointer,
+       (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'autovacuum worker') AS autovacuum_workers
+"""
+# An ingest second whose slowest answer took longer than this is listed in the timeline.
+SLOW_SECOND_MS = 50.0
+
+
+async def server_counters(dsn: str) -> dict[str, int]:
+    connection = await connect(dsn)
+    try:
+        return {name: int(value) for name, value in (await connection.fetchrow(SERVER_COUNTERS)).items()}
+    finally:
+        await connection.close()
+
+
+def counters_between(before: dict[str, int], after: dict[str, int]) -> dict[str, Any]:
+    """The window's checkpoints, WAL and full-page images (the share of WAL records that carried one)."""
+    moved = {name: after[name] - before[name] for name in before}
+    return {
+        **moved,
+        "wal_mb": round(moved.pop("wal_bytes") / 2**20, 1),
+        "fpi_share": round(moved["wal_fpi"] / max(moved["wal_records"], 1), 3),
+    }
+
+
+class ServerTimeline:
+    """Samples SERVER_MOMENT once a second until stopped; `seconds()` joins them to a load's samples."""
+
+    def __init__(self, dsn: str) -> None:
+        self.dsn = dsn
+        self.moments: list[tuple[float, int, str, int]] = []
+        self._task: asyncio.Task[None] | None = None
+
+    async def _sample(self) -> None:
+        connection = await connect(self.dsn)
+        try:
+            while True:
+                row = await connection.fetchrow(SERVER_MOMENT)
+                self.moments.append(
+                    (
+                        time.perf_counter(),
+                        int(row["wal_position"]),
+                        row["checkpointer"],
+                        row["autovacuum_workers"],
+                    )
+                )
+                await asyncio.sleep(1)
+        finally:
+            await connection.close()
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._sample())
+
+    async def stop(self) -> None:
+        assert self._task is not None
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+
+    def seconds(self, load_started: float, samples: list[list[Any]]) -> dict[str, Any]:
+        """Per second of the load: answers, the slowest, WAL written, the checkpointer's state and the
+        autovacuum workers; every second is counted by checkpointer state, and the slow ones are listed."""
+        by_second: dict[int, list[float]] = {}
+        for offset, latency_ms, _status in samples:
+            by_second.setdefault(int(offset), []).append(latency_ms)
+        rows: list[dict[str, Any]] = []
+        for second, latencies in sorted(by_second.items()):
+            moment = load_started + second
+            within = [m for m in self.moments if moment <= m[0] < moment + 1] or [
+                min(self.moments, key=lambda m: abs(m[0] - moment))
+            ]
+            previous = [m for m in self.moments if m[0] < moment]
+            wal_mb = (within[-1][1] - previous[-1][1]) / 2**20 if previous else 0.0
+            rows.append(
+                {
+                    "second": second,
+                    "answers": len(latencies),
+                    "slowest_ms": round(max(latencies), 1),
+                    "over_50_ms": sum(latency > SLOW_SECOND_MS for latency in latencies),
+                    "wal_mb": round(wal_mb, 1),
+                    "checkpointer": within[-1][2],
+                    "autovacuum_workers": within[-1][3],
+                }
+            )
+        states: dict[str, dict[str, int]] = {}
+        for row in rows:
+            state = states.setdefault(row["checkpointer"], {"seconds": 0, "slow_seconds": 0, "over_50_ms": 0})
+            state["seconds"] += 1
+            state["slow_seconds"] += row["slowest_ms"] > SLOW_SECOND_MS
+            state["over_50_ms"] += row["over_50_ms"]
+        return {
+            "by_checkpointer_state": states,
+            "slow_seconds": [r for r in rows if r["slowest_ms"] > SLOW_SECOND_MS],
+        }
+
+
 def cpu_seconds() -> dict[str, float]:
     """CPU seconds used so far by this process ("client") and by each service it started, by service: on a
     shared machine, CPU per event says what a throughput figure cannot."""
@@ -193,7 +312,7 @@ class Scale:
         self.ingest_urls = [user.webhook_url for user in created[2:]]
 
     # ---- measurements
-    def ingest(self, seconds: int) -> dict[str, Any]:
+    def ingest(self, seconds: int, *, samples: bool = False) -> dict[str, Any]:
         plan = {
             "urls": self.ingest_urls,
             "rate": INGEST_RATE,
@@ -201,9 +320,27 @@ class Scale:
             "connections": 64,
             "timeout": 10,
             "body": BODY.format(run=uuid.uuid4().hex[:8]),
+            "samples": samples,
         }
         result = run_plan("loadgen.py", plan)
         return {"rate": INGEST_RATE, "seconds": seconds, **result}
+
+    async def observed_ingest(self, seconds: int) -> dict[str, Any]:
+        """Ingest at INGEST_RATE for `seconds`, with what PostgreSQL's checkpointer and WAL did meanwhile."""
+        dsn = self.stack.dsn
+        before = await server_counters(dsn)
+        timeline = ServerTimeline(dsn)
+        timeline.start()
+        result = await asyncio.to_thread(self.ingest, seconds, samples=True)
+        # The load's sample offsets count from its first send, wall_s before its last answer came back.
+        load_started = time.perf_counter() - result["wall_s"]
+        await timeline.stop()
+        samples = result.pop("samples")
+        result["server"] = {
+            **counters_between(before, await server_counters(dsn)),
+            "timeline": timeline.seconds(load_started, samples),
+        }
+        return result
 
     async def list_requests(self, user_id: str) -> dict[str, signal_service_pb2.ListSignalsRequest]:
         """The measured ListSignals requests by name: the first page, each filter, and page DEEP_PAGE by
@@ -349,11 +486,8 @@ class Scale:
         return figures
 
     async def measure(self, ingest_seconds: int) -> dict[str, Any]:
-        loop = asyncio.get_running_loop()
-        with ThreadPoolExecutor(1) as pool:
-            ingest = await loop.run_in_executor(pool, self.ingest, ingest_seconds)
         return {
-            "ingest": ingest,
+            "ingest": await self.observed_ingest(ingest_seconds),
             "list_heavy": await self.lists(self.heavy),
             "list_light": await self.lists(self.light),
             "stats_heavy": await self.stats(self.heavy),
@@ -366,19 +500,13 @@ class Scale:
     ) -> dict[str, Any]:
         """Runs `work` while the ingest load runs (after `warmup` seconds of the same load, not measured:
         a restarted service's first requests measure its start); its duration and the load's figures."""
-        loop = asyncio.get_running_loop()
-        with ThreadPoolExecutor(1) as pool:
-
-            def load_after_warmup() -> dict[str, Any]:
-                if warmup:
-                    self.ingest(warmup)
-                return self.ingest(seconds)
-
-            load = loop.run_in_executor(pool, load_after_warmup)
-            started = time.perf_counter()
-            await work()
-            duration = time.perf_counter() - started
-            ingest = await load
+        started = time.perf_counter()
+        working = asyncio.ensure_future(work())
+        if warmup:
+            await asyncio.to_thread(self.ingest, warmup)
+        ingest = await self.observed_ingest(seconds)
+        await working
+        duration = time.perf_counter() - started
         return {
             "duration_s": round(duration, 1),
             # The load ran inside the work: its figures are the work's neighbour's, not partly idle.
@@ -674,6 +802,20 @@ async def seed(
             FROM seed_signals WHERE n % 10000 = 0
             """
         )
+        # Notification deliveries: half the signals' users have a channel linked; nearly all delivered, a
+        # few failed for good or dead, as a year leaves the ledger (nothing prunes it).
+        await connection.execute(
+            """
+            INSERT INTO notification_deliveries (signal_id, user_id, channel, kind, status, attempts,
+                                                 provider_message_id, due_since, delivered_at, created_at,
+                                                 updated_at)
+            SELECT id, user_id, 'telegram', 'alert',
+                   CASE n % 2000 WHEN 2 THEN 'failed' WHEN 4 THEN 'dead' ELSE 'delivered' END, 1,
+                   (n % 100000)::text, created_at, created_at + interval '1 second', created_at,
+                   created_at + interval '1 second'
+            FROM seed_signals WHERE n % 2 = 0 ORDER BY created_at
+            """
+        )
         await connection.execute("DROP TABLE seed_signals")
         await connection.execute("DELETE FROM user_signal_counts")
         await connection.execute(
@@ -719,6 +861,23 @@ async def seed(
         "screenshots_due_to_expire": expiring,
         "audit_rows_due": audit_due,
         "seconds": round(time.perf_counter() - started, 1),
+    }
+
+
+async def settle(dsn: str) -> dict[str, Any]:
+    """Writes out what the seed left dirty, as a database filled over a year has long written it: a
+    CHECKPOINT, then the kernel's write-back of the files it wrote; how long each took."""
+    connection = await connect(dsn)
+    try:
+        started = time.perf_counter()
+        await connection.execute("CHECKPOINT")
+        checkpointed = time.perf_counter()
+    finally:
+        await connection.close()
+    await asyncio.to_thread(os.sync)
+    return {
+        "checkpoint_s": round(checkpointed - started, 1),
+        "sync_s": round(time.perf_counter() - checkpointed, 1),
     }
 
 
@@ -949,16 +1108,23 @@ async def main_async(options: argparse.Namespace) -> dict[str, Any]:
             result["load_average_after"] = [round(value, 2) for value in os.getloadavg()]
             await scale.channel.close()
             return result
+        if options.only == "ingest":
+            seconds = size["ingest_seconds"]
+            result["empty"] = [await scale.observed_ingest(seconds) for _ in range(options.repeats)]
+            result["seed"] = await seed(stack.dsn, size, [scale.heavy], [scale.light], options.free_share)
+            result["after_seed"] = await scale.observed_ingest(seconds)
+            result["settle"] = await settle(stack.dsn)
+            result["settled"] = [await scale.observed_ingest(seconds) for _ in range(options.repeats)]
+            result["load_average_after"] = [round(value, 2) for value in os.getloadavg()]
+            await scale.channel.close()
+            return result
         if not retention_only:
             result["empty"] = await scale.measure(size["ingest_seconds"])
         result["seed"] = await seed(stack.dsn, size, [scale.heavy], [scale.light], options.free_share)
+        result["settle"] = await settle(stack.dsn)
         if retention_only:
             # The idle figure beside which retention's ingest p99 is judged: the same load, seeded, no pass.
-            loop = asyncio.get_running_loop()
-            with ThreadPoolExecutor(1) as pool:
-                result["seeded"] = {
-                    "ingest": await loop.run_in_executor(pool, scale.ingest, size["ingest_seconds"])
-                }
+            result["seeded"] = {"ingest": await scale.observed_ingest(size["ingest_seconds"])}
         else:
             result["seeded"] = await scale.measure(size["ingest_seconds"])
         result["bytes"] = await table_bytes(stack.dsn)
@@ -1013,11 +1179,13 @@ def main() -> None:
     arguments.add_argument("--retention-patience", type=float, default=3600.0, help="seconds")
     arguments.add_argument(
         "--only",
-        choices=["all", "retention", "replay", "lists"],
+        choices=["all", "retention", "replay", "lists", "ingest"],
         default="all",
         help="retention: seed, then only the seeded ingest, bytes per signal, audit pruning and retention;"
         " replay: seed, then only the heavy user's replays; lists: seed, then only ListSignals (heavy and"
-        " light user) and GetUserStats",
+        " light user) and GetUserStats; ingest: the empty database's ingest (--repeats times), seed, ingest"
+        " right after the seed, settle (CHECKPOINT), ingest again (--repeats times), each with what"
+        " PostgreSQL's checkpointer and WAL did meanwhile",
     )
     arguments.add_argument(
         "--free-share",

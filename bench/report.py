@@ -352,7 +352,43 @@ def _scale_table(envelope: dict[str, Any], result: dict[str, Any]) -> list[str]:
             f"pg_dump (custom format) {backup['dump_s']} s, {backup['dump_bytes'] / 2**20:.0f} MiB;"
             f" pg_restore (2 jobs) {backup['restore_s']} s."
         )
-    return [*lines, ""]
+    return [*lines, *_ingest_windows(result), ""]
+
+
+def _ingest_windows(result: dict[str, Any]) -> list[str]:
+    """What PostgreSQL did in each ingest window (runs that recorded it): its slow seconds and their
+    checkpointer states, its checkpoints, WAL and full-page images."""
+    windows = {
+        "empty": result["empty"]["ingest"],
+        "seeded": result["seeded"]["ingest"],
+        **{
+            f"during {name.replace('_', ' ')}": result[name]["ingest_meanwhile"]
+            for name in ("audit_prune", "retention")
+            if name in result
+        },
+    }
+    if not all("server" in figures for figures in windows.values()):
+        return []
+    settle = result.get("settle")
+    lines = [
+        "",
+        "Ingest windows, what PostgreSQL did meanwhile"
+        + (f" (the seed was followed by a CHECKPOINT of {settle['checkpoint_s']} s)" if settle else "")
+        + ":",
+    ]
+    for title, figures in windows.items():
+        server = figures["server"]
+        slow = server["timeline"]["slow_seconds"]
+        states = ", ".join(
+            f"{state} {counts['slow_seconds']} of {counts['seconds']}"
+            for state, counts in server["timeline"]["by_checkpointer_state"].items()
+        )
+        lines.append(
+            f"- {title}: {len(slow)} seconds with an answer over 50 ms (by checkpointer state: {states});"
+            f" checkpoints begun {server['checkpoints']}, {server['wal_mb']:g} MB of WAL,"
+            f" {server['fpi_share']:.1%} of its records full-page images."
+        )
+    return lines
 
 
 def _profile_section(profile: dict[str, Any] | None) -> list[str]:

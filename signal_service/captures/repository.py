@@ -26,32 +26,30 @@ class CaptureRepository:
             .values(**values, updated_at=sa.func.now())
         )
 
-    async def stale_processing(self, claimed_before: datetime, limit: int) -> list[SignalRow]:
-        """PROCESSING captures claimed long ago with no outbox row (a re-queue not sent yet)."""
+    async def stale_ids(self, status: ScreenshotStatus, before: datetime, limit: int) -> list[uuid.UUID]:
+        """The signal ids of `status` captures (PROCESSING or PENDING) stale since before `before`, with
+        no outbox row (a re-queue not sent yet), oldest first: read without locks, only the ids."""
+        since = _STALE_SINCE[status]
         statement = (
-            with_screenshot()
-            .where(
-                col(Screenshot.status) == ScreenshotStatus.PROCESSING,
-                col(Screenshot.claimed_at) < claimed_before,
-            )
-            .where(~_in_outbox())
-            .order_by(col(Screenshot.claimed_at))
+            sa.select(col(Screenshot.signal_id))
+            .where(col(Screenshot.status) == status, since < before)
+            .where(~_in_outbox(col(Screenshot.signal_id)))
+            .order_by(since)
             .limit(limit)
-            .with_for_update(of=Signal, skip_locked=True)
         )
-        return [SignalRow(row[0], row[1]) for row in await self.session.execute(statement)]
+        return list((await self.session.execute(statement)).scalars())
 
-    async def stale_pending(self, updated_before: datetime, limit: int) -> list[SignalRow]:
-        """PENDING captures untouched for long with no outbox row left."""
+    async def lock_stale(
+        self, status: ScreenshotStatus, before: datetime, ids: Sequence[uuid.UUID]
+    ) -> list[SignalRow]:
+        """Those of `ids` still stale as stale_ids() found them, their signals locked until commit
+        (skipping any another transaction holds)."""
+        since = _STALE_SINCE[status]
         statement = (
             with_screenshot()
-            .where(
-                col(Screenshot.status) == ScreenshotStatus.PENDING,
-                col(Screenshot.updated_at) < updated_before,
-            )
-            .where(~_in_outbox())
-            .order_by(col(Screenshot.updated_at))
-            .limit(limit)
+            .where(col(Signal.id).in_(ids), col(Screenshot.status) == status, since < before)
+            .where(~_in_outbox(col(Signal.id)))
+            .order_by(since)
             .with_for_update(of=Signal, skip_locked=True)
         )
         return [SignalRow(row[0], row[1]) for row in await self.session.execute(statement)]
@@ -81,10 +79,22 @@ class CaptureRepository:
         return [SignalRow(row[0], row[1]) for row in await self.session.execute(statement)]
 
 
-def _in_outbox() -> sa.Exists:
-    """The capture's signal has a message in the outbox: the relay has not sent it yet."""
+def _in_outbox(signal_id: Any) -> sa.Exists:
+    """The capture's signal has a message in the outbox: the relay has not sent it yet.
+
+    Every message about a signal carries its id as the first argument. Compared by equality, which the
+    planner joins by hash (one read of the outbox per statement), where containment (`args @> [id]`)
+    read the whole outbox once per candidate: 10,000 stale captures times the outbox's rows."""
     return (
         sa.select(col(OutboxMessage.id))
-        .where(col(OutboxMessage.args).contains(sa.func.jsonb_build_array(sa.cast(col(Signal.id), sa.Text))))
+        .where(col(OutboxMessage.args).op("->>")(0) == sa.cast(signal_id, sa.Text))
         .exists()
     )
+
+
+# What makes a capture of each status stale: the age of its claim (PROCESSING) or of its last change
+# (PENDING), each read through its partial index (ix_screenshots_stale_processing, _stale_pending).
+_STALE_SINCE: dict[ScreenshotStatus, Any] = {
+    ScreenshotStatus.PROCESSING: col(Screenshot.claimed_at),
+    ScreenshotStatus.PENDING: col(Screenshot.updated_at),
+}

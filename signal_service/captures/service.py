@@ -301,18 +301,39 @@ class CaptureCoordinator:
         A capture that already had every attempt fails for good. Re-sending is safe anyway: the capture
         actor does nothing for a capture that already finished, and reports are idempotent per claim."""
         now = utcnow()
-        processing_cutoff = now - timedelta(seconds=self._settings.capture_stale_after_seconds)
-        pending_cutoff = now - timedelta(seconds=self._settings.capture_pending_stale_after_seconds)
+        cutoffs = {
+            ScreenshotStatus.PROCESSING: now - timedelta(seconds=self._settings.capture_stale_after_seconds),
+            ScreenshotStatus.PENDING: now
+            - timedelta(seconds=self._settings.capture_pending_stale_after_seconds),
+        }
+        # The candidates' ids first, with no lock and no row: while the workers are behind, thousands of
+        # captures are stale and every one of them still queued, and locking and loading them all every
+        # pass stalled ingest (bench_scale at 10 M: 300 ms every 31 s, docs/perf/scale.md).
+        async with self._database.session() as session:
+            captures = CaptureRepository(session)
+            candidates = {
+                status: await captures.stale_ids(status, cutoff, _RETRY_BATCH_LIMIT)
+                for status, cutoff in cutoffs.items()
+            }
+        if not any(candidates.values()):
+            return 0
+        # Read after the candidates: the outbox relay enqueues before it deletes a row, and a worker
+        # enqueues a job's delayed copy before it acknowledges the job, so one of the two is seen.
+        queued = await self._messages.queued()
+        unowned = {
+            status: [signal_id for signal_id in ids if signal_id not in queued.signal_ids]
+            for status, ids in candidates.items()
+        }
+        if not any(unowned.values()):
+            return 0
         async with self._database.transaction() as session:
             signals, captures = SignalRepository(session), CaptureRepository(session)
-            processing = await captures.stale_processing(processing_cutoff, limit=_RETRY_BATCH_LIMIT)
-            pending = await captures.stale_pending(pending_cutoff, limit=_RETRY_BATCH_LIMIT)
-            if processing or pending:
-                # Read after the rows: the outbox relay enqueues before it deletes a row, and a worker
-                # enqueues a job's delayed copy before it acknowledges the job, so one of the two is seen.
-                queued = await self._messages.queued()
-                processing = [row for row in processing if row.signal.id not in queued.signal_ids]
-                pending = [row for row in pending if row.signal.id not in queued.signal_ids]
+            # Locked, and checked again: a capture claimed, re-queued or finished since it was read drops out.
+            locked = {
+                status: await captures.lock_stale(status, cutoffs[status], ids) if ids else []
+                for status, ids in unowned.items()
+            }
+            processing, pending = locked[ScreenshotStatus.PROCESSING], locked[ScreenshotStatus.PENDING]
             plans = await UserRepository(session).plans(
                 {row.signal.user_id for row in processing + pending}, lock=True
             )

@@ -158,6 +158,40 @@ SELECT pg_current_wal_lsn() - '0/0'::pg_lsn AS wal_position,
 SLOW_SECOND_MS = 50.0
 
 
+# The relations whose pages the WAL between two positions carried as full-page images, by count: which
+# pages a window's writes touched for the first time since a checkpoint (pg_walinspect, superuser).
+IMAGES_BY_RELATION = r"""
+SELECT coalesce(c.relname, 'relfilenode ' || images.node) AS relation, count(*) AS images
+FROM (
+    SELECT (regexp_matches(block_ref, 'rel \d+/' || (SELECT oid FROM pg_database
+                                                       WHERE datname = current_database())
+                                      || '/(\d+) fork \w+ blk \d+ \(FPW\)', 'g'))[1]::oid AS node
+    FROM pg_get_wal_records_info($1::text::pg_lsn, $2::text::pg_lsn)
+    WHERE fpi_length > 0
+) images
+LEFT JOIN pg_class c ON c.relfilenode = images.node
+GROUP BY 1 ORDER BY 2 DESC LIMIT 12
+"""
+
+
+async def wal_position(dsn: str) -> str:
+    connection = await connect(dsn)
+    try:
+        return str(await connection.fetchval("SELECT pg_current_wal_lsn()::text"))
+    finally:
+        await connection.close()
+
+
+async def images_by_relation(dsn: str, start: str, end: str) -> dict[str, int]:
+    connection = await connect(dsn)
+    try:
+        await connection.execute("CREATE EXTENSION IF NOT EXISTS pg_walinspect")
+        rows = await connection.fetch(IMAGES_BY_RELATION, start, end)
+    finally:
+        await connection.close()
+    return {row["relation"]: row["images"] for row in rows}
+
+
 async def server_counters(dsn: str) -> dict[str, int]:
     connection = await connect(dsn)
     try:
@@ -325,9 +359,11 @@ class Scale:
         result = run_plan("loadgen.py", plan)
         return {"rate": INGEST_RATE, "seconds": seconds, **result}
 
-    async def observed_ingest(self, seconds: int) -> dict[str, Any]:
-        """Ingest at INGEST_RATE for `seconds`, with what PostgreSQL's checkpointer and WAL did meanwhile."""
+    async def observed_ingest(self, seconds: int, *, images: bool = False) -> dict[str, Any]:
+        """Ingest at INGEST_RATE for `seconds`, with what PostgreSQL's checkpointer and WAL did meanwhile
+        (with `images`, also the relations whose pages its WAL carried as full-page images)."""
         dsn = self.stack.dsn
+        started_at = await wal_position(dsn)
         before = await server_counters(dsn)
         timeline = ServerTimeline(dsn)
         timeline.start()
@@ -340,6 +376,10 @@ class Scale:
             **counters_between(before, await server_counters(dsn)),
             "timeline": timeline.seconds(load_started, samples),
         }
+        if images:
+            result["server"]["images_by_relation"] = await images_by_relation(
+                dsn, started_at, await wal_position(dsn)
+            )
         return result
 
     async def list_requests(self, user_id: str) -> dict[str, signal_service_pb2.ListSignalsRequest]:
@@ -1110,11 +1150,15 @@ async def main_async(options: argparse.Namespace) -> dict[str, Any]:
             return result
         if options.only == "ingest":
             seconds = size["ingest_seconds"]
-            result["empty"] = [await scale.observed_ingest(seconds) for _ in range(options.repeats)]
+            result["empty"] = [
+                await scale.observed_ingest(seconds, images=True) for _ in range(options.repeats)
+            ]
             result["seed"] = await seed(stack.dsn, size, [scale.heavy], [scale.light], options.free_share)
-            result["after_seed"] = await scale.observed_ingest(seconds)
+            result["after_seed"] = await scale.observed_ingest(seconds, images=True)
             result["settle"] = await settle(stack.dsn)
-            result["settled"] = [await scale.observed_ingest(seconds) for _ in range(options.repeats)]
+            result["settled"] = [
+                await scale.observed_ingest(seconds, images=True) for _ in range(options.repeats)
+            ]
             result["load_average_after"] = [round(value, 2) for value in os.getloadavg()]
             await scale.channel.close()
             return result
@@ -1185,7 +1229,8 @@ def main() -> None:
         " replay: seed, then only the heavy user's replays; lists: seed, then only ListSignals (heavy and"
         " light user) and GetUserStats; ingest: the empty database's ingest (--repeats times), seed, ingest"
         " right after the seed, settle (CHECKPOINT), ingest again (--repeats times), each with what"
-        " PostgreSQL's checkpointer and WAL did meanwhile",
+        " PostgreSQL's checkpointer and WAL did meanwhile and the relations whose pages its WAL carried as"
+        " full-page images",
     )
     arguments.add_argument(
         "--free-share",

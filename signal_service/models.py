@@ -125,7 +125,9 @@ class Signal(SQLModel, table=True):
     __tablename__ = "signals"
     __table_args__ = (
         sa.Index("ix_signals_user_created", "user_id", sa.text("created_at DESC"), sa.text("id DESC")),
-        sa.Index("ix_signals_user_body", "user_id", "body_sha256", "created_at"),
+        # Ingest's same-body check within the dedupe window: the user's last minute, the hash checked in
+        # the index; inserts go to the end of the user's range (migration 0018).
+        sa.Index("ix_signals_user_created_body", "user_id", "created_at", "body_sha256"),
         # ListSignals' equality filters, newest first (docs/perf/scale-plans.md).
         *(
             sa.Index(
@@ -226,6 +228,8 @@ class UserSignalCounts(SQLModel, table=True):
 
 
 class Screenshot(SQLModel, table=True):
+    # fillfactor 90 (migration 0018): a row's updates keep to its page, and inserts go to the table's end
+    # rather than into the last bytes of every old page.
     __tablename__ = "screenshots"
     __table_args__ = (
         sa.Index(

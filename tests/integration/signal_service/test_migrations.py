@@ -308,3 +308,33 @@ def test_the_stale_pending_index_is_built_concurrently_and_dropped_on_the_way_do
         assert _stale_pending_index(url) is None
         command.upgrade(alembic_config(url), "0017_stale_pending_index")
         assert _stale_pending_index(url) == built
+
+
+def _append_only_state(database_url: str) -> tuple[list[str] | None, list[str]]:
+    """screenshots' storage parameters, and which of signals' two body-hash indexes exist."""
+
+    async def read() -> tuple[list[str] | None, list[str]]:
+        connection = await asyncpg.connect(database_url.replace("+asyncpg", ""))
+        try:
+            options = await connection.fetchval(
+                "SELECT reloptions FROM pg_class WHERE relname = 'screenshots'"
+            )
+            indexes = await connection.fetch(
+                "SELECT indexname FROM pg_indexes WHERE indexname = ANY($1::text[]) ORDER BY indexname",
+                ["ix_signals_user_body", "ix_signals_user_created_body"],
+            )
+        finally:
+            await connection.close()
+        return options, [row["indexname"] for row in indexes]
+
+    return asyncio.run(read())
+
+
+def test_the_append_only_inserts_migration_goes_down_and_up_again(database_url: str) -> None:
+    with fresh_database(database_url) as url:
+        upgraded = (["fillfactor=90"], ["ix_signals_user_created_body"])
+        assert _append_only_state(url) == upgraded
+        command.downgrade(alembic_config(url), "0017_stale_pending_index")
+        assert _append_only_state(url) == (None, ["ix_signals_user_body"])
+        command.upgrade(alembic_config(url), "0018_append_only_inserts")
+        assert _append_only_state(url) == upgraded

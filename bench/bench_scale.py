@@ -61,7 +61,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -137,9 +137,20 @@ async def connect(dsn: str) -> asyncpg.Connection:
     return await asyncpg.connect(dsn)
 
 
+@contextlib.asynccontextmanager
+async def connected(dsn: str) -> AsyncIterator[asyncpg.Connection]:
+    """connect(), closed on the way out."""
+    connection = await connect(dsn)
+    try:
+        yield connection
+    finally:
+        await connection.close()
+
+
 # What PostgreSQL's checkpointer and WAL did: counters read before and after each ingest window.
 SERVER_COUNTERS = """
-SELECT b.checkpoints_timed + b.checkpoints_req AS checkpoints, b.checkpoints_req AS checkpoints_requested,
+SELECT pg_current_wal_lsn()::text AS wal_position,
+       b.checkpoints_timed + b.checkpoints_req AS checkpoints, b.checkpoints_req AS checkpoints_requested,
        b.buffers_checkpoint, b.buffers_backend, b.buffers_backend_fsync,
        b.checkpoint_write_time, b.checkpoint_sync_time,
        w.wal_records, w.wal_fpi, w.wal_bytes::bigint AS wal_bytes, w.wal_sync, w.wal_buffers_full
@@ -174,30 +185,18 @@ GROUP BY 1 ORDER BY 2 DESC LIMIT 12
 """
 
 
-async def wal_position(dsn: str) -> str:
-    connection = await connect(dsn)
-    try:
-        return str(await connection.fetchval("SELECT pg_current_wal_lsn()::text"))
-    finally:
-        await connection.close()
-
-
 async def images_by_relation(dsn: str, start: str, end: str) -> dict[str, int]:
-    connection = await connect(dsn)
-    try:
+    async with connected(dsn) as connection:
         await connection.execute("CREATE EXTENSION IF NOT EXISTS pg_walinspect")
         rows = await connection.fetch(IMAGES_BY_RELATION, start, end)
-    finally:
-        await connection.close()
     return {row["relation"]: row["images"] for row in rows}
 
 
-async def server_counters(dsn: str) -> dict[str, int]:
-    connection = await connect(dsn)
-    try:
-        return {name: int(value) for name, value in (await connection.fetchrow(SERVER_COUNTERS)).items()}
-    finally:
-        await connection.close()
+async def server_counters(dsn: str) -> tuple[str, dict[str, int]]:
+    """The WAL's position now, and SERVER_COUNTERS' figures."""
+    async with connected(dsn) as connection:
+        row = await connection.fetchrow(SERVER_COUNTERS)
+    return row["wal_position"], {name: int(value) for name, value in row.items() if name != "wal_position"}
 
 
 def counters_between(before: dict[str, int], after: dict[str, int]) -> dict[str, Any]:
@@ -219,8 +218,7 @@ class ServerTimeline:
         self._task: asyncio.Task[None] | None = None
 
     async def _sample(self) -> None:
-        connection = await connect(self.dsn)
-        try:
+        async with connected(self.dsn) as connection:
             while True:
                 row = await connection.fetchrow(SERVER_MOMENT)
                 self.moments.append(
@@ -232,8 +230,6 @@ class ServerTimeline:
                     )
                 )
                 await asyncio.sleep(1)
-        finally:
-            await connection.close()
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._sample())
@@ -363,23 +359,21 @@ class Scale:
         """Ingest at INGEST_RATE for `seconds`, with what PostgreSQL's checkpointer and WAL did meanwhile
         (with `images`, also the relations whose pages its WAL carried as full-page images)."""
         dsn = self.stack.dsn
-        started_at = await wal_position(dsn)
-        before = await server_counters(dsn)
+        started_at, before = await server_counters(dsn)
         timeline = ServerTimeline(dsn)
         timeline.start()
         result = await asyncio.to_thread(self.ingest, seconds, samples=True)
         # The load's sample offsets count from its first send, wall_s before its last answer came back.
         load_started = time.perf_counter() - result["wall_s"]
         await timeline.stop()
+        ended_at, after = await server_counters(dsn)
         samples = result.pop("samples")
         result["server"] = {
-            **counters_between(before, await server_counters(dsn)),
+            **counters_between(before, after),
             "timeline": timeline.seconds(load_started, samples),
         }
         if images:
-            result["server"]["images_by_relation"] = await images_by_relation(
-                dsn, started_at, await wal_position(dsn)
-            )
+            result["server"]["images_by_relation"] = await images_by_relation(dsn, started_at, ended_at)
         return result
 
     async def list_requests(self, user_id: str) -> dict[str, signal_service_pb2.ListSignalsRequest]:
@@ -461,13 +455,10 @@ class Scale:
         message (a client that does not ask for batches), else SubscribeSignalsRequest.max_events_per_message;
         `omit_urls` asks for no screenshot URLs (SubscribeSignalsRequest.omit_screenshot_urls).
         """
-        connection = await connect(self.stack.dsn)
-        try:
+        async with connected(self.stack.dsn) as connection:
             newest = await connection.fetchval(
                 "SELECT event_seq FROM users WHERE id = $1", uuid.UUID(user_id)
             )
-        finally:
-            await connection.close()
         start = max(0, newest - REPLAY_EVENTS)
         wanted = newest - start
         if wanted == 0:
@@ -634,26 +625,26 @@ async def explained_statements(
 
     database.connection = logged_connection  # type: ignore[method-assign]
     reader = SignalReader(database, load_indicator_catalog())
-    connection = await connect(dsn)
     explained: dict[str, list[dict[str, Any]]] = {}
     try:
-        for name, request in requests.items():
-            issued.clear()
-            where = SignalFilter(
-                user_id=uuid.UUID(request.user_id),
-                ticker=request.ticker or None,
-                indicator=request.indicator or None,
-                signal_type=request.signal_type or None,
-                result=RESULT_FROM_PROTO.get(request.result),
-                created_after=from_timestamp(request.created_after, request.HasField("created_after")),
-                created_before=from_timestamp(request.created_before, request.HasField("created_before")),
-            )
-            await reader.list(where, size=request.page_size, page_token=request.page_token)
-            explained[name] = [
-                await explain_prepared(connection, statement, parameters) for statement, parameters in issued
-            ]
+        async with connected(dsn) as connection:
+            for name, request in requests.items():
+                issued.clear()
+                where = SignalFilter(
+                    user_id=uuid.UUID(request.user_id),
+                    ticker=request.ticker or None,
+                    indicator=request.indicator or None,
+                    signal_type=request.signal_type or None,
+                    result=RESULT_FROM_PROTO.get(request.result),
+                    created_after=from_timestamp(request.created_after, request.HasField("created_after")),
+                    created_before=from_timestamp(request.created_before, request.HasField("created_before")),
+                )
+                await reader.list(where, size=request.page_size, page_token=request.page_token)
+                explained[name] = [
+                    await explain_prepared(connection, statement, parameters)
+                    for statement, parameters in issued
+                ]
     finally:
-        await connection.close()
         await database.dispose()
     return explained
 
@@ -702,9 +693,8 @@ async def seed(
     users, total = size["users"], size["signals"]
     heavy_count, heavy_signals = size["heavy_users"], size["heavy_signals"]
     light_signals = (total - heavy_count * heavy_signals) // max(1, users - heavy_count)
-    connection = await connect(dsn)
     started = time.perf_counter()
-    try:
+    async with connected(dsn) as connection:
         await connection.execute("SET synchronous_commit = off")
         # Triggers off while seeding (foreign-key checks, and the per-user counters, recounted at the end as
         # migration 0007_scale does): one counter upsert per seeded row would dominate the seed's time.
@@ -892,8 +882,6 @@ async def seed(
             "SELECT (SELECT count(*) FROM signals) AS signals, (SELECT count(*) FROM users) AS users,"
             " (SELECT count(*) FROM signal_events) AS events"
         )
-    finally:
-        await connection.close()
     return {
         **dict(counts),
         "heavy_signals": heavy_signals,
@@ -907,13 +895,10 @@ async def seed(
 async def settle(dsn: str) -> dict[str, Any]:
     """Writes out what the seed left dirty, as a database filled over a year has long written it: a
     CHECKPOINT, then the kernel's write-back of the files it wrote; how long each took."""
-    connection = await connect(dsn)
-    try:
+    async with connected(dsn) as connection:
         started = time.perf_counter()
         await connection.execute("CHECKPOINT")
         checkpointed = time.perf_counter()
-    finally:
-        await connection.close()
     await asyncio.to_thread(os.sync)
     return {
         "checkpoint_s": round(checkpointed - started, 1),
@@ -922,8 +907,7 @@ async def settle(dsn: str) -> dict[str, Any]:
 
 
 async def table_bytes(dsn: str) -> dict[str, Any]:
-    connection = await connect(dsn)
-    try:
+    async with connected(dsn) as connection:
         signals = await connection.fetchval("SELECT count(*) FROM signals")
         rows = await connection.fetch(
             """
@@ -935,8 +919,6 @@ async def table_bytes(dsn: str) -> dict[str, Any]:
             GROUP BY 1 ORDER BY sum(pg_total_relation_size(c.oid)) DESC
             """
         )
-    finally:
-        await connection.close()
     tables = {
         row["name"]: {
             "table_bytes_per_signal": round(row["table_bytes"] / signals, 1),
@@ -986,14 +968,11 @@ def dump_and_restore(stack: Stack) -> dict[str, Any]:
 async def updates(dsn: str) -> dict[str, dict[str, int]]:
     """Rows updated in signals and screenshots so far, and how many of them heap-only (HOT: the new version
     on the same page, no index entry written)."""
-    connection = await connect(dsn)
-    try:
+    async with connected(dsn) as connection:
         rows = await connection.fetch(
             "SELECT relname, n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables"
             " WHERE relname IN ('signals', 'screenshots')"
         )
-    finally:
-        await connection.close()
     return {row["relname"]: {"updated": row["n_tup_upd"], "hot": row["n_tup_hot_upd"]} for row in rows}
 
 
@@ -1027,23 +1006,23 @@ def updates_between(before: dict[str, dict[str, int]], after: dict[str, dict[str
 async def index_scans(dsn: str) -> dict[str, int]:
     """Scans of each index of signals and screenshots since the database was made: an index no path of the
     run read shows 0 (every path the bench measures ran by then, ingest and retention included)."""
-    connection = await connect(dsn)
-    try:
+    async with connected(dsn) as connection:
         rows = await connection.fetch(
             "SELECT indexrelname, idx_scan FROM pg_stat_user_indexes"
             " WHERE relname IN ('signals', 'screenshots') ORDER BY relname, indexrelname"
         )
-    finally:
-        await connection.close()
     return {row["indexrelname"]: row["idx_scan"] for row in rows}
 
 
-async def wait_for_retention(dsn: str, free_days: int, patience: float) -> None:
+async def wait_for_retention(dsn: str, free_days: int, restarted_at: datetime, patience: float) -> None:
+    """Waits until no free screenshot is left that was due when the signal service restarted: the pass
+    that start began fixes its cutoff then, so one due only later stays, and waiting for it never ends."""
+    cutoff = restarted_at - timedelta(days=free_days)
     done = await wait_until(
         dsn,
         f"""SELECT NOT EXISTS (SELECT 1 FROM screenshots s JOIN users u ON u.id = s.user_id
             WHERE u.plan = 'free' AND s.status = 'completed'
-            AND s.completed_at < now() - interval '{int(free_days)} days')""",  # noqa: S608 (an integer)
+            AND s.completed_at < '{cutoff.isoformat()}'::timestamptz)""",  # noqa: S608 (a datetime)
         patience=patience,
     )
     if not done:
@@ -1051,11 +1030,8 @@ async def wait_for_retention(dsn: str, free_days: int, patience: float) -> None:
 
 
 async def expired_screenshots(dsn: str) -> int:
-    connection = await connect(dsn)
-    try:
+    async with connected(dsn) as connection:
         return int(await connection.fetchval("SELECT count(*) FROM screenshots WHERE status = 'expired'"))
-    finally:
-        await connection.close()
 
 
 async def retention_alone(stack: Stack, patience: float) -> dict[str, Any]:
@@ -1066,6 +1042,7 @@ async def retention_alone(stack: Stack, patience: float) -> dict[str, Any]:
     stack.services.env["ALERTS_SCREENSHOT_RETENTION_DAYS"] = json.dumps({"free": ALONE_FREE_DAYS})
     try:
         updated_before = await updates(stack.dsn)
+        restarted_at = datetime.now(UTC)
         await asyncio.to_thread(stack.services.restart, "signal")
     finally:
         del stack.services.env["ALERTS_SCREENSHOT_RETENTION_DAYS"]
@@ -1078,7 +1055,7 @@ async def retention_alone(stack: Stack, patience: float) -> dict[str, Any]:
     expired_before = await expired_screenshots(stack.dsn)
     started = time.perf_counter()
     await asyncio.to_thread(meter.__enter__)
-    await wait_for_retention(stack.dsn, ALONE_FREE_DAYS, patience)
+    await wait_for_retention(stack.dsn, ALONE_FREE_DAYS, restarted_at, patience)
     await asyncio.to_thread(meter.__exit__, None, None, None)
     seconds = time.perf_counter() - started
     expired = await expired_screenshots(stack.dsn)
@@ -1099,15 +1076,12 @@ async def retention_alone(stack: Stack, patience: float) -> dict[str, Any]:
 
 async def wait_until(dsn: str, query: str, *, patience: float) -> bool:
     deadline = time.monotonic() + patience
-    connection = await connect(dsn)
-    try:
+    async with connected(dsn) as connection:
         while time.monotonic() < deadline:
             if await connection.fetchval(query):
                 return True
             await asyncio.sleep(1)
         return False
-    finally:
-        await connection.close()
 
 
 async def main_async(options: argparse.Namespace) -> dict[str, Any]:
@@ -1193,11 +1167,11 @@ async def main_async(options: argparse.Namespace) -> dict[str, Any]:
 
         # Retention runs at the signal service's start: restart it, then load it while the pass runs.
         updated_before = await updates(stack.dsn)
-        restarted = time.perf_counter()
+        restarted, restarted_at = time.perf_counter(), datetime.now(UTC)
         await asyncio.to_thread(stack.services.restart, "signal")
 
         async def retention() -> None:
-            await wait_for_retention(stack.dsn, FREE_DAYS, options.retention_patience)
+            await wait_for_retention(stack.dsn, FREE_DAYS, restarted_at, options.retention_patience)
 
         result["retention"] = await scale.under_ingest(
             retention, size["ingest_seconds"], warmup=RESTART_WARMUP

@@ -1097,6 +1097,7 @@ async def main_async(options: argparse.Namespace) -> dict[str, Any]:
         # Retention runs once at each start of the signal service; the bench restarts it to measure a pass.
         "ALERTS_RETENTION_INTERVAL_SECONDS": "86400",
         "ALERTS_RETENTION_BATCH_SIZE": "500",
+        **dict(setting.split("=", 1) for setting in options.env),
     }
     retention_only = options.only == "retention"
     with tempfile.TemporaryDirectory() as workdir, Stack(Path(workdir), extra_env=env) as stack:
@@ -1105,6 +1106,7 @@ async def main_async(options: argparse.Namespace) -> dict[str, Any]:
         result: dict[str, Any] = {
             "size": options.size,
             "planned": size,
+            "env": options.env,
             "free_share": options.free_share,
             "load_average_at_start": [round(value, 2) for value in os.getloadavg()],
         }
@@ -1211,6 +1213,14 @@ def main() -> None:
         type=float,
         default=FREE_SHARE,
         help="share of light users on the free plan, whose screenshots past 30 days are due",
+    )
+    arguments.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a setting for the stack's services, e.g. ALERTS_SWEEP_INTERVAL_SECONDS=86400 to measure without"
+        " the capture sweeper (repeatable)",
     )
     arguments.add_argument("--ingest-seconds", type=int, default=0, help="override the size's ingest seconds")
     arguments.add_argument("--repeats", type=int, default=3, help="replays of each kind (--only replay)")

@@ -16,13 +16,17 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
+from typing import Any
 
 from dramatiq.broker import Broker, MessageProxy
 from dramatiq.brokers.redis import RedisBroker
+from dramatiq.common import q_name
+from dramatiq.message import Message
 from dramatiq.middleware import Middleware
 
 from capture_service.settings import CaptureSettings
 from mesh.logging import request_id_var
+from mesh.queues import CAPTURE_OWNER_TTL_SECONDS, CAPTURE_QUEUES, capture_owner_key, capture_owner_mark
 from mesh.workers import AfterMessage, create_redis_broker
 
 
@@ -41,6 +45,29 @@ class RequestIdMiddleware(AfterMessage):
         request_id_var.set("")
 
 
+class CaptureOwnerMarks(Middleware):
+    """Marks each capture message this worker enqueues under its signal, once Redis holds it: a dependency
+    wait's or a held report's delayed copy, a retry, a delayed copy made due. The outbox relay marks the
+    first one. The signal service's stale-capture sweeper then finds a capture's job by its mark, one
+    lookup per candidate (signal_service/captures/queued.py).
+
+    Written after the enqueue and before this worker acknowledges the message it copied, so that at every
+    moment the mark names a message Redis holds. A mark that could not be written leaves the old one,
+    which names a message about to go: the sweeper then queues one more job, which finds the capture
+    done or claimed.
+    """
+
+    def after_enqueue(self, broker: Broker, message: Message[Any], delay: int | None) -> None:
+        if q_name(message.queue_name) not in CAPTURE_QUEUES or not message.args:
+            return
+        assert isinstance(broker, RedisBroker)
+        broker.client.set(
+            capture_owner_key(broker.namespace, str(message.args[0])),
+            capture_owner_mark(message.queue_name, message.options["redis_message_id"]),
+            ex=CAPTURE_OWNER_TTL_SECONDS,
+        )
+
+
 def create_broker(settings: CaptureSettings, *, middleware: Sequence[Middleware] = ()) -> RedisBroker:
     """A Redis broker with the capture retry policy and time limit.
 
@@ -49,7 +76,7 @@ def create_broker(settings: CaptureSettings, *, middleware: Sequence[Middleware]
     """
     return create_redis_broker(
         settings,
-        middleware=[RequestIdMiddleware(), *middleware],
+        middleware=[RequestIdMiddleware(), CaptureOwnerMarks(), *middleware],
         time_limit_ms=int(settings.capture_time_limit_seconds * 1000),
         max_retries=settings.capture_max_retries,
         min_backoff_ms=settings.capture_min_backoff_ms,

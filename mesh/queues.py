@@ -47,3 +47,21 @@ WORKER_HEARTBEAT_TIMEOUT_MS = 30_000
 # names; notify_service's actor claims its due deliveries.
 NOTIFY_QUEUE = "notify"
 NOTIFY_ACTOR = "deliver_notifications"
+
+
+# Each capture message names itself under its signal: the relay and the capture workers write the queue
+# and Redis id of every capture message they enqueue (the outbox's, a dependency wait's or held report's
+# delayed copy, a retry, a delayed copy made due), so the stale-capture sweeper asks Redis about its
+# candidates' own messages instead of reading every queued one. A day bounds the marks' memory; a capture
+# whose message waited longer has no mark, and the sweeper reads the queues for it.
+CAPTURE_OWNER_TTL_SECONDS = 86_400
+
+
+def capture_owner_key(namespace: str, signal_id: str) -> str:
+    """The mark of the newest message enqueued for a capture, under Dramatiq's `namespace`."""
+    return f"{namespace}:capture.owner:{signal_id}"
+
+
+def capture_owner_mark(queue_name: str, redis_message_id: str) -> str:
+    """The mark's value: the queue (its .DQ when delayed) and the id its messages hash keeps it under."""
+    return f"{queue_name}\n{redis_message_id}"

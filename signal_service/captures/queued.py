@@ -5,22 +5,52 @@ acknowledges them: waiting in the queue and fetched by a worker alike. Delayed m
 for a dependency, an outcome held until the signal service records it, a Dramatiq retry's backoff) live
 the same way on the queue's ``.DQ``. A capture with a message in either has a job that will claim or
 report it, so the sweeper must not queue another.
+
+Every capture message is marked under its signal when it is enqueued (mesh.queues.capture_owner_key: the
+outbox relay for the first, the capture workers' broker for each copy), so :meth:`CaptureMessages.unowned`
+asks Redis about the candidates' own messages, one lookup each. Reading every queued message instead cost
+the signal service a second of CPU every 30 s while the workers were 100,000 jobs behind, which showed in
+ingest's p99 (docs/perf/scale.md). A candidate without a mark (it expired, or the message was enqueued by
+a release that wrote none) is decided by reading the queues, as before.
 """
 
 from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Collection
 from dataclasses import dataclass, field
 
 from dramatiq.common import dq_name
 from redis.asyncio import Redis
 
-from mesh.queues import CAPTURE_QUEUES
+from mesh.queues import CAPTURE_QUEUES, capture_owner_key
 
 # Mirrors capture_service/tasks.py's HELD_REPORT_OPTION, which the signal service does not import.
 HELD_REPORT_OPTION = "held_report"
 _SCAN_BATCH = 500
+# Candidates per script call: Redis runs a script to its end, so one call holds it for about a millisecond.
+_LOOKUP_BATCH = 500
+
+# For each signal id in ARGV (after the namespace and the marks' prefix): 0 when its mark names a message
+# Redis holds, 1 when the mark names one that is gone, 2 when there is no mark. Keys are built here, as
+# Dramatiq's own dispatch script builds its queues' keys from the namespace it is given.
+_OWNERS_SCRIPT = """
+local namespace, marks = ARGV[1], ARGV[2]
+local found = {}
+for i = 3, #ARGV do
+    local mark = redis.call("GET", marks .. ARGV[i])
+    if not mark then
+        found[i - 2] = 2
+    else
+        local split = string.find(mark, "\\n", 1, true)
+        local messages = namespace .. ":" .. string.sub(mark, 1, split - 1) .. ".msgs"
+        found[i - 2] = 1 - redis.call("HEXISTS", messages, string.sub(mark, split + 1))
+    end
+end
+return found
+"""
+_OWNED, _GONE, _UNMARKED = 0, 1, 2
 
 
 @dataclass(slots=True)
@@ -34,6 +64,25 @@ class CaptureMessages:
     def __init__(self, redis: Redis, namespace: str) -> None:
         self._redis = redis
         self._namespace = namespace
+        self._marks = capture_owner_key(namespace, "")
+        self._owners = redis.register_script(_OWNERS_SCRIPT)
+
+    async def unowned(self, signal_ids: Collection[uuid.UUID]) -> set[uuid.UUID]:
+        """Those of `signal_ids` no message in the broker owns; raises when Redis is away."""
+        ordered = list(signal_ids)
+        unowned: set[uuid.UUID] = set()
+        unmarked: set[uuid.UUID] = set()
+        for start in range(0, len(ordered), _LOOKUP_BATCH):
+            batch = ordered[start : start + _LOOKUP_BATCH]
+            states = await self._owners(args=[self._namespace, self._marks, *map(str, batch)])
+            for signal_id, state in zip(batch, states, strict=True):
+                if state == _GONE:
+                    unowned.add(signal_id)
+                elif state == _UNMARKED:
+                    unmarked.add(signal_id)
+        if unmarked:
+            unowned |= unmarked - (await self.queued()).signal_ids
+        return unowned
 
     async def queued(self) -> QueuedCaptures:
         """Every capture with a message on a plan queue or its delay queue; raises when Redis is away."""

@@ -317,11 +317,12 @@ class CaptureCoordinator:
             }
         if not any(candidates.values()):
             return 0
-        # Read after the candidates: the outbox relay enqueues before it deletes a row, and a worker
-        # enqueues a job's delayed copy before it acknowledges the job, so one of the two is seen.
-        queued = await self._messages.queued()
+        # Asked after the candidates were read: the outbox relay enqueues (and marks) before it deletes a
+        # row, and a worker enqueues (and marks) a job's delayed copy before it acknowledges the job, so
+        # one of the two is seen.
+        without_job = await self._messages.unowned({id_ for ids in candidates.values() for id_ in ids})
         unowned = {
-            status: [signal_id for signal_id in ids if signal_id not in queued.signal_ids]
+            status: [signal_id for signal_id in ids if signal_id in without_job]
             for status, ids in candidates.items()
         }
         if not any(unowned.values()):

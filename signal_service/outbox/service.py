@@ -23,7 +23,13 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from mesh.loops import BackgroundLoop, backoff_delay
-from mesh.queues import CAPTURE_QUEUES, WORKER_HEARTBEAT_TIMEOUT_MS
+from mesh.queues import (
+    CAPTURE_OWNER_TTL_SECONDS,
+    CAPTURE_QUEUES,
+    WORKER_HEARTBEAT_TIMEOUT_MS,
+    capture_owner_key,
+    capture_owner_mark,
+)
 from signal_service.database import DATABASE_AWAY, Database
 from signal_service.intake.service import QueueBacklog
 from signal_service.outbox.repository import DueMessage, OutboxJob, OutboxRelayRepository, OutboxRepository
@@ -63,7 +69,9 @@ class PipelinedRedisBroker(RedisBroker):
     runs Dramatiq's own dispatch script, with the arguments RedisBroker.enqueue gives it, on the service's
     asyncio Redis client. It encodes each message as Dramatiq's Message.encode would, from the outbox row
     itself: building, copying and encoding a Message per row cost the relay a third of its time. So no
-    middleware hook runs for these messages, and a broker with middleware is refused.
+    middleware hook runs for these messages, and a broker with middleware is refused. A capture message is
+    marked under its signal once Redis holds it (mesh.queues.capture_owner_key), as the capture workers'
+    broker marks the copies it enqueues.
     """
 
     def __init__(self, *, async_client: Redis, **options: Any) -> None:
@@ -118,6 +126,12 @@ class PipelinedRedisBroker(RedisBroker):
                     redis_message_id,
                     message,
                 )
+                if job.queue_name in CAPTURE_QUEUES:
+                    pipe.set(
+                        capture_owner_key(self.namespace, job.args[0]),
+                        capture_owner_mark(job.queue_name, redis_message_id),
+                        ex=CAPTURE_OWNER_TTL_SECONDS,
+                    )
             await pipe.execute()
 
 

@@ -4,14 +4,16 @@ alone every capture a message in the broker still owns (queued, delayed, or an o
 from __future__ import annotations
 
 import asyncio
-import json
 import uuid
 
 import pytest
 import redis.asyncio as aioredis
 import sqlalchemy as sa
+from dramatiq import Message
+from dramatiq.brokers.redis import RedisBroker
 
 from apidevs.alerts.v1 import resources_pb2, signal_service_pb2
+from capture_service.broker import CaptureOwnerMarks
 from mesh.queues import dramatiq_namespace
 from mesh.settings import CommonSettings
 from signal_service.captures.queued import CaptureMessages
@@ -62,21 +64,22 @@ async def _drop_queued(redis, queue: str) -> None:
     await redis.delete(queue, f"{queue}.msgs")
 
 
-async def _delay(redis, queue: str, signal_id: str, **options: object) -> None:
-    """A delayed copy of the capture's job on the queue's .DQ, as a worker re-queues one that waits for a
-    dependency or holds its report."""
-    message_id = str(uuid.uuid4())
-    body = {
-        "queue_name": "capture.free.DQ",
-        "actor_name": "capture_screenshot_free",
-        "args": [signal_id],
-        "kwargs": {},
-        "options": {"eta": 0, "redis_message_id": message_id} | options,
-        "message_id": message_id,
-        "message_timestamp": 0,
-    }
-    await redis.hset(f"{queue}.DQ.msgs", message_id, json.dumps(body))
-    await redis.rpush(f"{queue}.DQ", message_id)
+async def _delay(redis_url: str, queue: str, signal_id: str, **options: object) -> None:
+    """A delayed copy of the capture's job on the queue's .DQ, enqueued by the capture workers' broker as a
+    worker re-queues a job that waits for a dependency or holds its report."""
+    namespace, queue_name = queue.rsplit(":", 1)
+    broker = RedisBroker(url=redis_url, namespace=namespace, middleware=[CaptureOwnerMarks()])
+    try:
+        job = Message(
+            queue_name=queue_name,
+            actor_name="capture_screenshot_free",
+            args=(signal_id,),
+            kwargs={},
+            options=options,
+        )
+        await asyncio.to_thread(broker.enqueue, job, delay=3_600_000)
+    finally:
+        broker.close()
 
 
 async def test_lost_queue_messages_and_dead_workers_are_swept_back(
@@ -155,9 +158,9 @@ async def test_captures_whose_job_waits_on_the_delay_queue_are_left_alone(
     # Nothing left of its job anywhere.
     lost = await stale_capture(b"BINANCE:SOLUSDT lost", claimed=False)
     await _drop_queued(redis, queue)
-    await _delay(redis, queue, waiting_for_storage, resumes_claim=1, infrastructure_waits=3)
-    await _delay(redis, queue, held_report, held_report="CgA=")
-    await _delay(redis, queue, waiting_to_claim, infrastructure_waits=1)
+    await _delay(redis_url, queue, waiting_for_storage, resumes_claim=1, infrastructure_waits=3)
+    await _delay(redis_url, queue, held_report, held_report="CgA=")
+    await _delay(redis_url, queue, waiting_to_claim, infrastructure_waits=1)
     for signal_id in (waiting_for_storage, held_report):
         await _age(database, signal_id, claimed_at=sa.func.now() - sa.text("interval '1 hour'"))
     for signal_id in (waiting_to_claim, lost):

@@ -29,7 +29,11 @@ log = logging.getLogger(__name__)
 # pg_try_advisory_xact_lock key of the retention job: "retain" in ASCII.
 RETENTION_LOCK_KEY = 0x72657461696E
 _MAX_KEYS_PER_CALL = 1000  # StorageService.DeleteObjects' limit
-_PAUSE_RATIO = 1.0
+# Quarter duty: a pass rests three times as long as each batch took. At half duty, 1 M expiries at 10 M
+# signals ran at 3,185/s and wrote 2 GB of WAL a minute, mostly full-page images (289,292 in the minute)
+# of the random old pages each expiry touches; the checkpoints that volume forced every 15 s made more of
+# them, and ingest's p99 rose 1.7x (docs/perf/scale.md, Round 7).
+_PAUSE_RATIO = 3.0
 _DELETE_TIMEOUT_SECONDS = 30.0
 
 STORAGE_BYTES = Gauge("alerts_storage_bytes", "Bytes of stored screenshots, by plan", ["plan"])
@@ -118,8 +122,9 @@ class RetentionJob:
             failed += batch.failed
             if not batch.more_due or batch.failed:
                 break
-            # Half duty: the storage deletions and the batch's statements share this process's event loop
-            # and the machine with ingest; a backlog is worked off at half speed rather than at its expense.
+            # The storage deletions and the batch's statements share this process's event loop and the
+            # machine with ingest, and PostgreSQL writes the batch's pages back after it commits: a backlog is
+            # worked off at a quarter of full speed rather than at ingest's expense.
             await asyncio.sleep((time.perf_counter() - started) * _PAUSE_RATIO)
         if expired:
             log.info("screenshots expired", extra={"count": expired})

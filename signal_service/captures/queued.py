@@ -8,10 +8,11 @@ report it, so the sweeper must not queue another.
 
 Every capture message is marked under its signal when it is enqueued (mesh.queues.capture_owner_key: the
 outbox relay for the first, the capture workers' broker for each copy), so :meth:`CaptureMessages.unowned`
-asks Redis about the candidates' own messages, one lookup each. Reading every queued message instead cost
-the signal service a second of CPU every 30 s while the workers were 100,000 jobs behind, which showed in
-ingest's p99 (docs/perf/scale.md). A candidate without a mark (it expired, or the message was enqueued by
-a release that wrote none) is decided by reading the queues, as before.
+asks Redis about the candidates' own messages, one lookup each. Reading and parsing every queued message
+instead, every 30 s while 36,000-110,000 jobs waited for workers, slowed ingest for seconds at a time and
+was the whole of its p99 tail at 3 M signals (docs/perf/scale.md, round 7). A candidate without
+a mark (it expired, or the message was enqueued by a release that wrote none) is decided by reading the
+queues, as before.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ for i = 3, #ARGV do
 end
 return found
 """
-_OWNED, _GONE, _UNMARKED = 0, 1, 2
+_GONE, _UNMARKED = 1, 2
 
 
 @dataclass(slots=True)
